@@ -1,0 +1,6 @@
+"""napari-msa: Segment Anything with Medical SAM Adapters, in napari and on the command line."""
+
+from .engine import AdapterConfig, CheckpointError, MSAModel, Normalization, Session, load_model
+
+__version__ = "0.1.0"
+__all__ = ["AdapterConfig", "CheckpointError", "MSAModel", "Normalization", "Session", "load_model", "__version__"]

@@ -1,0 +1,233 @@
+"""Offline checkpoints: Meta's SAM ``.pth``, MSA reference checkpoints, and adapter safetensors files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .adapters import ADAPTER_KEY, AdapterConfig
+from .models import MODEL_REGISTRY, PATCH_SIZE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FORMAT = "napari-msa-adapter/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or adapter file that cannot be used with the requested model."""
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key, so nothing is dropped silently."""
+
+    loaded: int = 0
+    resized: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.loaded} tensors loaded"]
+        if self.resized:
+            parts.append(f"{len(self.resized)} resized to the model's image size")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped: {', '.join(self.skipped[:5])}" + (" …" if len(self.skipped) > 5 else ""))
+        if self.missing:
+            parts.append(f"{len(self.missing)} not in the file (kept at init): {', '.join(self.missing[:5])}" + (" …" if len(self.missing) > 5 else ""))
+        return "; ".join(parts)
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a SAM or MSA ``.pth`` safely (``weights_only=True``) and return its model state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path.name} is not a plain weights file (it asks to run code when loaded), so it was refused: {err}"
+        ) from err
+    except Exception as err:  # truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # MSA reference checkpoint
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path.name} holds no SAM state dict (expected a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def infer_architecture(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(embed_dim, depth) of the image encoder in a state dict."""
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        raise CheckpointError("not a SAM checkpoint: it has no 'image_encoder.patch_embed.proj.weight'")
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    return int(state[key].shape[0]), depth
+
+
+def _describe(embed_dim: int, depth: int) -> str:
+    for name, cfg in MODEL_REGISTRY.items():
+        if (cfg.embed_dim, cfg.depth) == (embed_dim, depth):
+            return f"{name} (embed dim {embed_dim}, {depth} blocks)"
+    return f"an unknown SAM (embed dim {embed_dim}, {depth} blocks)"
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Bicubic resize of the absolute position embedding (1, H, W, C) to (1, grid, grid, C)."""
+    resized = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).to(pos.dtype)
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear resize of a relative position table (L, C), as SAM itself does at run time."""
+    resized = F.interpolate(table.float().T[None], size=length, mode="linear", align_corners=False)
+    return resized[0].T.to(table.dtype)
+
+
+def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
+    """Copy a SAM/MSA state dict into ``sam``, resizing position tables to its image size."""
+    cfg = sam.model_config
+    found = infer_architecture(state)
+    if found != (cfg.embed_dim, cfg.depth):
+        raise CheckpointError(
+            f"{source} is {_describe(*found)}, but the model is {_describe(cfg.embed_dim, cfg.depth)}; "
+            f"choose the matching model name"
+        )
+    own = sam.state_dict()
+    report = LoadReport()
+    to_load = {}
+    for key, value in state.items():
+        if key not in own:
+            report.skipped.append(key)
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            if key == "image_encoder.pos_embed":
+                value = resize_pos_embed(value, cfg.image_size // PATCH_SIZE)
+                report.resized.append(key)
+            elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == target.shape[1]:
+                value = resize_rel_pos(value, target.shape[0])
+                report.resized.append(key)
+            else:
+                raise CheckpointError(
+                    f"{source}: '{key}' has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}"
+                )
+        to_load[key] = value.to(target.dtype)
+    report.missing = [k for k in own if k not in to_load and ADAPTER_KEY not in k]
+    missing_adapters = [k for k in own if k not in to_load and ADAPTER_KEY in k]
+    if report.missing:
+        raise CheckpointError(f"{source} lacks {len(report.missing)} SAM weights, e.g. {report.missing[:3]}")
+    sam.load_state_dict(to_load, strict=False)
+    report.loaded = len(to_load)
+    report.missing = missing_adapters
+    if report.skipped:
+        log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
+    return report
+
+
+def save_adapter(
+    sam: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    base_fingerprint: str,
+    normalization: dict | None = None,
+    training: dict | None = None,
+    include_decoder: bool = False,
+) -> Path:
+    """Write adapters (and tuned decoder weights) with the metadata needed to check them on load."""
+    state = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in sam.state_dict().items()
+        if ADAPTER_KEY in k or (include_decoder and k.startswith("mask_decoder."))
+    }
+    if not state:
+        raise CheckpointError("the model has no adapters to save")
+    metadata = {
+        "format": ADAPTER_FORMAT,
+        "model": json.dumps(sam.model_config.to_dict()),
+        "base_fingerprint": base_fingerprint,
+        "adapter_config": json.dumps(sam.adapter_config.to_dict()),
+        "image_size": str(sam.model_config.image_size),
+        "normalization": json.dumps(normalization or {}),
+        "training": json.dumps(training or {}),
+        "includes_decoder": str(bool(include_decoder)),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_adapter_metadata(path: str | os.PathLike) -> dict:
+    """The decoded metadata of an adapter file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"{path.name} is not a safetensors adapter file: {err}") from err
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
+    out = dict(meta)
+    for key in ("model", "adapter_config", "normalization", "training"):
+        out[key] = json.loads(meta.get(key) or "{}")
+    out["image_size"] = int(meta["image_size"])
+    out["includes_decoder"] = meta.get("includes_decoder") == "True"
+    return out
+
+
+def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def check_adapter_compatible(meta: dict, sam: torch.nn.Module, base_fingerprint: str, source: str) -> None:
+    """Raise one clear error naming what the adapter expects and what the model is."""
+    cfg = sam.model_config
+    want = meta["model"]
+    if (want.get("embed_dim"), want.get("depth")) != (cfg.embed_dim, cfg.depth):
+        raise CheckpointError(
+            f"{source} was tuned on {want.get('name')} (embed dim {want.get('embed_dim')}, {want.get('depth')} "
+            f"blocks) but the model is {cfg.name} (embed dim {cfg.embed_dim}, {cfg.depth} blocks)"
+        )
+    if meta["image_size"] != cfg.image_size:
+        raise CheckpointError(
+            f"{source} was tuned at image size {meta['image_size']}, the model runs at {cfg.image_size}; "
+            f"load the model with image_size={meta['image_size']}"
+        )
+    if meta["base_fingerprint"] != base_fingerprint:
+        raise CheckpointError(
+            f"{source} was tuned on other base weights (fingerprint {meta['base_fingerprint']}, "
+            f"this model's is {base_fingerprint}); load the checkpoint it was tuned from"
+        )
+
+
+def adapter_config_of(meta: dict) -> AdapterConfig:
+    return AdapterConfig.from_dict(meta["adapter_config"])

@@ -1,0 +1,230 @@
+"""``load_model``: one entry point for SAM, MSA and demo weights, always from local files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .adapters import ADAPTER_KEY, AdapterConfig, set_depth_slices
+from .checkpoints import (
+    CheckpointError,
+    LoadReport,
+    adapter_config_of,
+    atomic_write,
+    check_adapter_compatible,
+    load_sam_state,
+    read_adapter_metadata,
+    read_adapter_tensors,
+    read_torch_checkpoint,
+    save_adapter,
+)
+from .models import MODEL_REGISTRY, ModelConfig, base_fingerprint, build_sam, get_config
+from .preprocessing import Normalization
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "napari-msa-model/1"
+DEMO_MODEL_NAME = "demo"
+DEMO_MODEL_FILE = Path(__file__).resolve().parent.parent / "models" / "demo_sam.safetensors"
+PRETRAINED_NAMES = ("vit_b", "vit_l", "vit_h")
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """cuda > mps > cpu for 'auto'; an explicit device is checked so the error is clear."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device='auto' or 'cpu'")
+    return dev
+
+
+class MSAModel:
+    """A SAM with (optional) MSA adapters on a device, plus what it was loaded from."""
+
+    def __init__(self, sam: torch.nn.Module, *, name: str, device: torch.device, source: str,
+                 normalization: Normalization | None = None, is_demo: bool = False) -> None:
+        self.sam = sam.to(device).eval()
+        self.name = name
+        self.device = device
+        self.source = source
+        self.is_demo = is_demo
+        self.normalization = normalization or Normalization()
+        self.base_fingerprint = base_fingerprint(sam)
+        self.adapter_source: str | None = None
+        self.adapter_metadata: dict = {}
+        self.version = 0  # bumped whenever weights change, so embedding caches know
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.sam.model_config
+
+    @property
+    def adapter_config(self) -> AdapterConfig | None:
+        return getattr(self.sam, "adapter_config", None)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.device.type == "cuda" else None
+
+    def describe(self) -> str:
+        kind = "demo model (trained on synthetic phantoms, not a SAM checkpoint)" if self.is_demo else self.name
+        adapter = f", adapter {Path(self.adapter_source).name}" if self.adapter_source else ""
+        return f"{kind} @ {self.image_size}px on {self.device.type}{adapter}"
+
+    def weights_key(self) -> str:
+        """Identifies the weights an embedding was computed with (base + adapter version)."""
+        return f"{self.base_fingerprint}-{self.image_size}-{self.adapter_source or 'none'}-{self.version}"
+
+    @torch.no_grad()
+    def encode(self, batch: torch.Tensor, depth_slices: int = 1) -> torch.Tensor:
+        """Image embeddings of a preprocessed (B,3,S,S) batch; bf16 autocast on GPU."""
+        set_depth_slices(self.sam, depth_slices)
+        batch = batch.to(self.device)
+        if self.autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                return self.sam.image_encoder(batch).float()
+        return self.sam.image_encoder(batch)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""
+        return {k: v.detach().clone() for k, v in self.sam.state_dict().items()
+                if ADAPTER_KEY in k or k.startswith("mask_decoder.")}
+
+    def restore_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.sam.load_state_dict(state, strict=False)
+        self.version += 1
+
+    def apply_adapter(self, path: str | os.PathLike) -> LoadReport:
+        """Load an adapter file into this model (checked against the base weights)."""
+        meta = read_adapter_metadata(path)
+        check_adapter_compatible(meta, self.sam, self.base_fingerprint, Path(path).name)
+        if adapter_config_of(meta) != self.adapter_config:
+            raise CheckpointError(
+                f"{Path(path).name} has adapters {adapter_config_of(meta)}, the model has {self.adapter_config}; "
+                "load the model with adapter=PATH so it is built to match"
+            )
+        tensors = read_adapter_tensors(path)
+        own = self.sam.state_dict()
+        unknown = [k for k in tensors if k not in own]
+        if unknown:
+            raise CheckpointError(f"{Path(path).name} has keys this model lacks: {unknown[:3]}")
+        self.sam.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+        if meta.get("normalization"):
+            self.normalization = Normalization.from_dict(meta["normalization"])
+        self.adapter_source = str(path)
+        self.adapter_metadata = meta
+        self.version += 1
+        return LoadReport(loaded=len(tensors))
+
+    def save_adapter(self, path: str | os.PathLike, training: dict | None = None,
+                     include_decoder: bool = False) -> Path:
+        out = save_adapter(self.sam, path, base_fingerprint=self.base_fingerprint,
+                           normalization=self.normalization.to_dict(), training=training,
+                           include_decoder=include_decoder)
+        self.adapter_source = str(out)
+        return out
+
+    def clone(self) -> "MSAModel":
+        """An independent copy (tuning works on a copy so the segmenting session is never half-tuned)."""
+        other = copy.copy(self)
+        other.sam = copy.deepcopy(self.sam)
+        return other
+
+
+def save_model_file(sam: torch.nn.Module, path: str | os.PathLike, *, description: str,
+                    normalization: Normalization | None = None, extra: dict | None = None) -> Path:
+    """A whole model (base + adapters) as one safetensors file with its architecture in the metadata."""
+    state = {k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "model": json.dumps(sam.model_config.to_dict()),
+        "adapter_config": json.dumps(sam.adapter_config.to_dict() if getattr(sam, "adapter_config", None) else None),
+        "description": description,
+        "normalization": json.dumps((normalization or Normalization()).to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def _read_model_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != MODEL_FORMAT:
+            raise CheckpointError(f"{path.name} is not a napari-msa model file (adapter files go to adapter=)")
+        return meta, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load_model(
+    name: str = DEMO_MODEL_NAME,
+    checkpoint: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    *,
+    image_size: int | None = None,
+    adapter_config: AdapterConfig | None = None,
+    random_init: bool = False,
+) -> MSAModel:
+    """Build a model from local files only.
+
+    ``name``: 'demo' (the shipped demo model), 'vit_b'/'vit_l'/'vit_h' (need ``checkpoint`` unless
+    ``random_init``), or a small test architecture ('tiny', 'small'). ``adapter``: a napari-msa
+    safetensors adapter; its architecture and image size are used to build the model.
+    """
+    dev = pick_device(device)
+    adapter_meta = read_adapter_metadata(adapter) if adapter is not None else None
+    if adapter_meta is not None:
+        adapter_config = adapter_config or adapter_config_of(adapter_meta)
+        image_size = image_size or adapter_meta["image_size"]
+    adapter_config = adapter_config or AdapterConfig()
+
+    if name == DEMO_MODEL_NAME or (checkpoint is not None and str(checkpoint).endswith(".safetensors")):
+        path = Path(checkpoint) if checkpoint is not None else DEMO_MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"model file not found: {path}")
+        meta, state = _read_model_file(path)
+        config = ModelConfig.from_dict(json.loads(meta["model"]))
+        if image_size is not None and image_size != config.image_size:
+            config = get_config(config.name, image_size) if config.name in MODEL_REGISTRY else config
+        sam = build_sam(config, adapter_config)
+        own = set(sam.state_dict())
+        base_state = {k: v for k, v in state.items() if ADAPTER_KEY not in k or k in own}
+        report = load_sam_state(sam, base_state, source=path.name)
+        norm = Normalization.from_dict(json.loads(meta.get("normalization") or "{}"))
+        model = MSAModel(sam, name=config.name if name != DEMO_MODEL_NAME else DEMO_MODEL_NAME, device=dev,
+                         source=str(path), normalization=norm, is_demo=name == DEMO_MODEL_NAME)
+    else:
+        config = get_config(name, image_size)
+        sam = build_sam(config, adapter_config)
+        if checkpoint is not None:
+            report = load_sam_state(sam, read_torch_checkpoint(checkpoint), source=Path(checkpoint).name)
+            log.info("%s: %s", Path(checkpoint).name, report.summary())
+            source = str(checkpoint)
+        elif name in PRETRAINED_NAMES and not random_init:
+            raise CheckpointError(
+                f"model '{name}' needs a SAM checkpoint file (e.g. sam_{name}_*.pth from Meta's "
+                "segment-anything release); pass checkpoint=PATH, or use the demo model"
+            )
+        else:
+            report = LoadReport()
+            source = "random init"
+        model = MSAModel(sam, name=name, device=dev, source=source)
+    model.load_report = report
+    if adapter is not None:
+        model.apply_adapter(adapter)
+    return model

@@ -1,0 +1,133 @@
+"""Model registry and construction from segment_anything's own classes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from .adapters import ADAPTER_KEY, AdapterConfig, inject_adapters
+
+PATCH_SIZE = 16
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one SAM variant; ``image_size`` may differ from the size it was trained at."""
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["global_attn_indexes"] = list(self.global_attn_indexes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["global_attn_indexes"] = tuple(d["global_attn_indexes"])
+        return cls(**d)
+
+
+MODEL_REGISTRY: dict[str, ModelConfig] = {
+    "vit_b": ModelConfig("vit_b", 768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": ModelConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": ModelConfig("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
+    # Small random-init configurations for tests and CPU experiments.
+    "tiny": ModelConfig(
+        "tiny", 64, 2, 2, (1,), image_size=256, window_size=7,
+        prompt_embed_dim=64, decoder_mlp_dim=256, decoder_heads=2, iou_head_hidden_dim=64,
+    ),
+    "small": ModelConfig(
+        "small", 128, 4, 4, (1, 3), image_size=256, window_size=8,
+        prompt_embed_dim=128, decoder_mlp_dim=512, decoder_heads=4, iou_head_hidden_dim=128,
+    ),
+}
+VALID_IMAGE_SIZES = (256, 512, 1024)
+
+
+def get_config(name: str, image_size: int | None = None) -> ModelConfig:
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(MODEL_REGISTRY)}")
+    config = MODEL_REGISTRY[name]
+    if image_size is not None and image_size != config.image_size:
+        if image_size % PATCH_SIZE:
+            raise ValueError(f"image size must be a multiple of {PATCH_SIZE}, got {image_size}")
+        config = replace(config, image_size=int(image_size))
+    return config
+
+
+def build_sam(config: ModelConfig, adapter: AdapterConfig | None = None) -> Sam:
+    """A randomly initialised SAM of this architecture, with adapters injected if asked."""
+    grid = config.image_size // PATCH_SIZE
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=PATCH_SIZE,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=4,
+            out_chans=config.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=config.window_size,
+            global_attn_indexes=config.global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(SAM_PIXEL_MEAN),
+        pixel_std=list(SAM_PIXEL_STD),
+    )
+    if adapter is not None:
+        inject_adapters(sam, adapter)
+    sam.model_config = config
+    sam.eval()
+    return sam
+
+
+def base_fingerprint(sam: torch.nn.Module) -> str:
+    """A short, stable hash of the frozen base weights (not adapters), cheap even for vit_h."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(sam.state_dict().items()):
+        if ADAPTER_KEY in name:
+            continue
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 1024)
+        sample = flat[::step][:1024].to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,114 @@
+"""Intensity normalisation presets and SAM's input transform.
+
+Every image reaches the encoder as SAM saw its training data: 8-bit RGB, resized on the longest
+side, normalised with SAM's pixel mean/std and padded. Medical intensities are mapped to 8 bits
+first with a preset; for volumes the window is computed once for the whole volume, so every slice
+is mapped the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+
+PRESETS = ("auto", "ct", "percentile", "limits", "none")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw intensities become 0..255. ``auto``: RGB uint8 as is, anything else by percentiles."""
+
+    preset: str = "auto"
+    level: float = 40.0  # CT window level (HU)
+    width: float = 400.0  # CT window width (HU)
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+    limits: tuple[float, float] | None = None  # explicit (low, high), e.g. napari contrast limits
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown normalisation '{self.preset}'; choose one of: {', '.join(PRESETS)}")
+        if self.preset == "limits" and (self.limits is None or self.limits[1] <= self.limits[0]):
+            raise ValueError("normalisation 'limits' needs limits=(low, high) with low < high")
+        if self.preset == "ct" and self.width <= 0:
+            raise ValueError("CT window width must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        d = dict(d)
+        if d.get("limits") is not None:
+            d["limits"] = tuple(d["limits"])
+        return cls(**d)
+
+
+def intensity_window(image: np.ndarray, norm: Normalization, rgb: bool) -> tuple[float, float] | None:
+    """The (low, high) range mapped to 0..255, or None when the image is used as is."""
+    preset = norm.preset
+    if preset == "auto":
+        preset = "none" if rgb and image.dtype == np.uint8 else "percentile"
+    if preset == "none":
+        return None
+    if preset == "ct":
+        return norm.level - norm.width / 2, norm.level + norm.width / 2
+    if preset == "limits":
+        return float(norm.limits[0]), float(norm.limits[1])
+    sample = image if image.size <= 4_000_000 else image.reshape(-1)[:: image.size // 4_000_000 + 1]
+    lo, hi = np.percentile(sample, [norm.lower_percentile, norm.upper_percentile])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def to_uint8_rgb(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """One 2D plane (Y,X) or (Y,X,C) to (Y,X,3) uint8."""
+    if window is None:
+        if plane.dtype != np.uint8:
+            plane = np.clip(plane, 0, 255).astype(np.uint8)
+    else:
+        lo, hi = window
+        scaled = (plane.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        plane = np.clip(scaled, 0, 255).round().astype(np.uint8)
+    if plane.ndim == 2:
+        plane = np.repeat(plane[..., None], 3, axis=-1)
+    elif plane.shape[-1] == 4:
+        plane = plane[..., :3]
+    elif plane.shape[-1] == 1:
+        plane = np.repeat(plane, 3, axis=-1)
+    return np.ascontiguousarray(plane)
+
+
+def encoder_input(rgb: np.ndarray, image_size: int, pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM's own transform: (1,3,S,S) normalised and padded tensor, and the resized (h, w) before padding."""
+    resized = ResizeLongestSide(image_size).apply_image(rgb)
+    x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None].float()
+    h, w = x.shape[-2:]
+    x = (x - pixel_mean.to(device)) / pixel_std.to(device)
+    x = torch.nn.functional.pad(x, (0, image_size - w, 0, image_size - h))
+    return x, (int(h), int(w))
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How an array's axes are read: 2D grey, 2D RGB, a grey volume or an RGB volume."""
+
+    is_volume: bool
+    rgb: bool
+
+    @classmethod
+    def of(cls, image: np.ndarray, rgb: bool | None = None) -> "ImageLayout":
+        if rgb is None:
+            rgb = image.ndim in (3, 4) and image.shape[-1] in (3, 4) and (image.ndim == 4 or image.shape[0] > 4)
+        spatial = image.ndim - (1 if rgb else 0)
+        if spatial not in (2, 3):
+            raise ValueError(
+                f"expected a (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3) image, got shape {image.shape}; "
+                "drop extra axes (channels, time) first"
+            )
+        return cls(is_volume=spatial == 3, rgb=bool(rgb))

@@ -1,0 +1,332 @@
+"""The prompt session: an image, its cached per-slice embeddings, and prompts → masks."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from segment_anything import SamPredictor
+
+from .checkpoints import atomic_write
+from .loading import MSAModel
+from .preprocessing import ImageLayout, Normalization, encoder_input, intensity_window, to_uint8_rgb
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised when a long operation sees its cancel flag."""
+
+
+@dataclass
+class Embedding:
+    features: torch.Tensor  # (1, C, h, w) on the model's device
+    input_size: tuple[int, int]  # resized image size before padding
+    original_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+class EmbeddingCache:
+    """LRU of slice embeddings under a byte budget; optionally mirrored on disk by content hash."""
+
+    def __init__(self, budget_bytes: int = 1 << 30, directory: str | Path | None = None) -> None:
+        self.budget_bytes = int(budget_bytes)
+        self.directory = Path(directory) if directory is not None else None
+        self._items: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._lock = threading.RLock()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._items
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._items)
+
+    def get(self, key: tuple, device: torch.device) -> Embedding | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        disk = self._disk_path(key)
+        if disk is not None and disk.is_file():
+            saved = torch.load(disk, map_location=device, weights_only=True)
+            emb = Embedding(saved["features"], tuple(saved["input_size"].tolist()), tuple(saved["original_size"].tolist()))
+            self.put(key, emb, write_disk=False)
+            self.hits += 1
+            return emb
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple, emb: Embedding, write_disk: bool = True) -> None:
+        with self._lock:
+            self._items[key] = emb
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and self.nbytes > self.budget_bytes:
+                self._items.popitem(last=False)
+        disk = self._disk_path(key)
+        if write_disk and disk is not None:
+            payload = {
+                "features": emb.features.detach().cpu(),
+                "input_size": torch.tensor(emb.input_size),
+                "original_size": torch.tensor(emb.original_size),
+            }
+            atomic_write(disk, lambda tmp: torch.save(payload, tmp))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def _disk_path(self, key: tuple) -> Path | None:
+        if self.directory is None:
+            return None
+        image_hash, weights_key, z = key
+        return self.directory / image_hash / weights_key / f"z{z:05d}.pt"
+
+
+def content_hash(image: np.ndarray, window: tuple[float, float] | None) -> str:
+    h = hashlib.sha1()
+    h.update(str((image.shape, str(image.dtype), window)).encode())
+    h.update(np.ascontiguousarray(image).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()[:20]
+
+
+def _as_points(points, labels) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.asarray(points if points is not None else [], dtype=np.float64)
+    pts = pts.reshape(-1, pts.shape[-1] if pts.ndim > 1 else max(1, pts.size))
+    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(lab) != len(pts):
+        raise ValueError(f"{len(pts)} points but {len(lab)} labels")
+    return pts, lab
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def prompts_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A box around the mask and a positive point at its most interior pixel (row, col)."""
+    rows, cols = np.nonzero(mask)
+    box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    point = np.array(np.unravel_index(np.argmax(depth), mask.shape), dtype=np.float64)
+    return box, point
+
+
+class Session:
+    """Interactive segmentation of one image (2D or a volume of slices) with one model."""
+
+    def __init__(self, model: MSAModel, *, normalization: Normalization | None = None,
+                 cache_budget_bytes: int = 1 << 30, cache_dir: str | Path | None = None) -> None:
+        self.model = model
+        self.normalization = normalization
+        self.cache = EmbeddingCache(cache_budget_bytes, cache_dir)
+        self._lock = threading.RLock()
+        self.image: np.ndarray | None = None
+        self.layout: ImageLayout | None = None
+        self.window: tuple[float, float] | None = None
+        self.image_hash = ""
+        self.last_logits: np.ndarray | None = None
+
+    # --- image -----------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, *, normalization: Normalization | None = None,
+                  rgb: bool | None = None) -> None:
+        """Use a (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3) array; embeddings are computed lazily per slice."""
+        image = np.asarray(image)
+        if image.size == 0:
+            raise ValueError("the image is empty")
+        if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+            raise ValueError(f"image dtype {image.dtype} is not numeric")
+        layout = ImageLayout.of(image, rgb)
+        if normalization is not None:
+            self.normalization = normalization
+        norm = self.normalization or self.model.normalization
+        window = intensity_window(image, norm, layout.rgb)
+        new_hash = content_hash(image, window)
+        with self._lock:
+            if new_hash != self.image_hash:
+                self.cache.clear()
+            self.image, self.layout, self.window, self.image_hash = image, layout, window, new_hash
+            self.last_logits = None
+
+    @property
+    def num_slices(self) -> int:
+        self._require_image()
+        return self.image.shape[0] if self.layout.is_volume else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        self._require_image()
+        return self.image.shape[: 3 if self.layout.is_volume else 2]
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return tuple(self.spatial_shape[-2:])
+
+    def _require_image(self) -> None:
+        if self.image is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+
+    def plane_rgb(self, z: int = 0) -> np.ndarray:
+        """The 8-bit RGB plane the encoder sees for slice ``z``."""
+        self._require_image()
+        plane = self.image[z] if self.layout.is_volume else self.image
+        return to_uint8_rgb(plane, self.window)
+
+    # --- embeddings ------------------------------------------------------------------------------
+    def _key(self, z: int) -> tuple:
+        return (self.image_hash, self.model.weights_key(), int(z))
+
+    def is_cached(self, z: int = 0) -> bool:
+        return self._key(z) in self.cache
+
+    def embedding(self, z: int = 0) -> Embedding:
+        """The slice's embedding, from memory, then disk, else computed now."""
+        self._require_image()
+        if not 0 <= z < self.num_slices:
+            raise IndexError(f"slice {z} is outside the image (0..{self.num_slices - 1})")
+        key = self._key(z)
+        cached = self.cache.get(key, self.model.device)
+        if cached is not None:
+            return cached
+        rgb = self.plane_rgb(z)
+        sam = self.model.sam
+        x, input_size = encoder_input(rgb, self.model.image_size, sam.pixel_mean, sam.pixel_std, self.model.device)
+        with self._lock:
+            features = self.model.encode(x)
+        emb = Embedding(features, input_size, rgb.shape[:2])
+        self.cache.put(key, emb)
+        return emb
+
+    def embed_slices(self, slices: Iterable[int], *, progress: ProgressFn | None = None,
+                     cancel: CancelFn | None = None) -> None:
+        """Precompute embeddings (prefetch); stops between slices when ``cancel()`` is true."""
+        slices = list(slices)
+        for i, z in enumerate(slices):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            self.embedding(z)
+            if progress is not None:
+                progress(i + 1, len(slices))
+
+    # --- prediction ------------------------------------------------------------------------------
+    def predict(
+        self,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        box: Sequence[float] | None = None,
+        mask_input: np.ndarray | None = None,
+        *,
+        z: int | None = None,
+        multimask: bool | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Mask (bool, plane shape) and SAM's predicted IoU for the prompts.
+
+        Points are (row, col) in 2D or (z, row, col) in a volume; ``box`` is
+        (min_row, min_col, max_row, max_col). For a lone click the best of SAM's three masks is kept.
+        """
+        self._require_image()
+        pts, lab = _as_points(points, labels)
+        if len(pts) == 0 and box is None:
+            raise ValueError("give at least one point or a box")
+        if self.layout.is_volume:
+            if len(pts):
+                if pts.shape[1] != 3:
+                    raise ValueError("points in a volume are (z, row, col)")
+                zs = np.unique(np.round(pts[:, 0]).astype(int))
+                if len(zs) > 1:
+                    raise ValueError(f"points lie on several slices {zs.tolist()}; predict one slice at a time")
+                z = int(zs[0]) if z is None else z
+                pts = pts[:, 1:]
+            if z is None:
+                raise ValueError("in a volume, give the slice: z=... or (z, row, col) points")
+        else:
+            if len(pts) and pts.shape[1] != 2:
+                raise ValueError("points in a 2D image are (row, col)")
+            z = 0
+        h, w = self.plane_shape
+        if len(pts) and (np.any(pts < -0.5) or np.any(pts[:, 0] > h - 0.5) or np.any(pts[:, 1] > w - 0.5)):
+            raise ValueError(f"a point lies outside the {h}×{w} image")
+        emb = self.embedding(z)
+        if multimask is None:
+            multimask = len(pts) == 1 and box is None and mask_input is None
+        predictor = SamPredictor(self.model.sam)
+        predictor.features, predictor.input_size, predictor.original_size = emb.features, emb.input_size, emb.original_size
+        predictor.is_image_set = True
+        xy_box = None if box is None else np.asarray(box, dtype=np.float64)[[1, 0, 3, 2]]
+        with self._lock, torch.no_grad():
+            masks, scores, logits = predictor.predict(
+                point_coords=pts[:, ::-1].copy() if len(pts) else None,
+                point_labels=lab if len(pts) else None,
+                box=xy_box,
+                mask_input=mask_input,
+                multimask_output=multimask,
+            )
+        best = int(np.argmax(scores))
+        self.last_logits = logits[best : best + 1]
+        return masks[best].astype(bool), float(scores[best])
+
+    def propagate(
+        self,
+        mask: np.ndarray,
+        z: int,
+        *,
+        iou_threshold: float = 0.5,
+        max_distance: int | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Carry an object from slice ``z`` to its neighbours, both ways, until it vanishes or jumps.
+
+        Each slice is prompted with the box and the most interior point of the previous slice's
+        mask; a slice whose mask overlaps the previous one by less than ``iou_threshold`` ends that
+        direction (the object has ended or the model lost it). Returns {slice: mask}, start excluded.
+        """
+        self._require_image()
+        if not self.layout.is_volume:
+            raise ValueError("propagation needs a volume (Z,Y,X)")
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            raise ValueError(f"the object is empty on slice {z}; segment it there first")
+        n = self.num_slices
+        limit = n if max_distance is None else max_distance
+        total = min(n - 1, 2 * limit)
+        done = 0
+        result: dict[int, np.ndarray] = {}
+        for step in (1, -1):
+            previous = mask
+            current = z + step
+            while 0 <= current < n and abs(current - z) <= limit:
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                box, point = prompts_from_mask(previous)
+                new, _ = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                if not new.any() or mask_iou(new, previous) < iou_threshold:
+                    break
+                result[current] = new
+                previous = new
+                current += step
+        return result

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="napari-msa",
+    version="0.1.0",
+    description="Segment medical images in napari with SAM + Medical SAM Adapters, and tune the adapters on your own labels",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["napari_msa", "napari_msa.*"]),
+    package_data={"napari_msa": ["napari.yaml", "models/*.safetensors", "sample_data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "segment-anything>=1.0",
+        "numpy",
+        "scipy",
+        "safetensors>=0.4",
+        "tifffile",
+        "tqdm",
+        "napari>=0.5",
+        "magicgui",
+        "qtpy",
+        "psygnal",
+        "npe2",
+    ],
+    extras_require={
+        "qt": ["PyQt6"],
+        "test": ["pytest", "pytest-qt", "pytest-xvfb", "pydicom", "nibabel", "scikit-image", "ruff"],
+        "data": ["pydicom", "nibabel", "scikit-image"],
+    },
+    entry_points={
+        "console_scripts": ["napari-msa=napari_msa.cli:main"],
+        "napari.manifest": ["napari-msa = napari_msa:napari.yaml"],
+    },
+    classifiers=["Framework :: napari", "Programming Language :: Python :: 3"],
+)
