@@ -8,8 +8,8 @@ SAM checkpoints and the MSA reference checkpoints load with unchanged key names.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 import torch
 from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
@@ -35,7 +35,7 @@ class AdapterConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdapterConfig":
+    def from_dict(cls, d: dict) -> AdapterConfig:
         blocks = d.get("blocks")
         return cls(
             bottleneck_ratio=float(d.get("bottleneck_ratio", 0.25)),

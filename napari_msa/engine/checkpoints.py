@@ -41,10 +41,14 @@ class LoadReport:
         if self.resized:
             parts.append(f"{len(self.resized)} resized to the model's image size")
         if self.skipped:
-            parts.append(f"{len(self.skipped)} skipped: {', '.join(self.skipped[:5])}" + (" …" if len(self.skipped) > 5 else ""))
+            parts.append(f"{len(self.skipped)} skipped: {_first(self.skipped)}")
         if self.missing:
-            parts.append(f"{len(self.missing)} not in the file (kept at init): {', '.join(self.missing[:5])}" + (" …" if len(self.missing) > 5 else ""))
+            parts.append(f"{len(self.missing)} not in the file (kept at init): {_first(self.missing)}")
         return "; ".join(parts)
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (" …" if len(keys) > n else "")
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -140,7 +140,7 @@ class MSAModel:
         self.adapter_source = str(out)
         return out
 
-    def clone(self) -> "MSAModel":
+    def clone(self) -> MSAModel:
         """An independent copy (tuning works on a copy so the segmenting session is never half-tuned)."""
         other = copy.copy(self)
         other.sam = copy.deepcopy(self.sam)

@@ -38,7 +38,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["global_attn_indexes"] = tuple(d["global_attn_indexes"])
         return cls(**d)

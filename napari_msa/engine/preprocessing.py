@@ -40,7 +40,7 @@ class Normalization:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         d = dict(d)
         if d.get("limits") is not None:
             d["limits"] = tuple(d["limits"])
@@ -102,7 +102,7 @@ class ImageLayout:
     rgb: bool
 
     @classmethod
-    def of(cls, image: np.ndarray, rgb: bool | None = None) -> "ImageLayout":
+    def of(cls, image: np.ndarray, rgb: bool | None = None) -> ImageLayout:
         if rgb is None:
             rgb = image.ndim in (3, 4) and image.shape[-1] in (3, 4) and (image.ndim == 4 or image.shape[0] > 4)
         spatial = image.ndim - (1 if rgb else 0)

@@ -70,7 +70,9 @@ class EmbeddingCache:
         disk = self._disk_path(key)
         if disk is not None and disk.is_file():
             saved = torch.load(disk, map_location=device, weights_only=True)
-            emb = Embedding(saved["features"], tuple(saved["input_size"].tolist()), tuple(saved["original_size"].tolist()))
+            emb = Embedding(
+                saved["features"], tuple(saved["input_size"].tolist()), tuple(saved["original_size"].tolist())
+            )
             self.put(key, emb, write_disk=False)
             self.hits += 1
             return emb
@@ -271,8 +273,8 @@ class Session:
         if multimask is None:
             multimask = len(pts) == 1 and box is None and mask_input is None
         predictor = SamPredictor(self.model.sam)
-        predictor.features, predictor.input_size, predictor.original_size = emb.features, emb.input_size, emb.original_size
-        predictor.is_image_set = True
+        predictor.features, predictor.is_image_set = emb.features, True
+        predictor.input_size, predictor.original_size = emb.input_size, emb.original_size
         xy_box = None if box is None else np.asarray(box, dtype=np.float64)[[1, 0, 3, 2]]
         with self._lock, torch.no_grad():
             masks, scores, logits = predictor.predict(
