@@ -1,0 +1,1 @@
+"""Subcommands of the ``napari-msa`` command line; each module has ``add_parser`` and ``run``."""

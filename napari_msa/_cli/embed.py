@@ -1,0 +1,44 @@
+"""``napari-msa embed``: precompute slice embeddings into a disk cache the widget and CLI reuse."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import (
+    CLIError,
+    add_model_args,
+    add_normalization_args,
+    model_from_args,
+    normalization_from_args,
+    read_image,
+)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("embed", help="precompute image embeddings into a cache folder",
+                       description="Compute every slice's embedding once (e.g. on a GPU machine) and keep it on "
+                                   "disk, keyed by the image content and the model weights.")
+    p.add_argument("image", help="image (.tif/.tiff/.npy)")
+    p.add_argument("--cache-dir", required=True, help="folder for the embedding cache")
+    add_model_args(p)
+    add_normalization_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_msa.engine import Session
+
+    image = read_image(args.image)
+    session = Session(model_from_args(args), normalization=normalization_from_args(args), cache_dir=args.cache_dir,
+                      cache_budget_bytes=64 << 20)
+    try:
+        session.set_image(image)
+    except ValueError as err:
+        raise CLIError(f"{args.image}: {err}") from err
+    with tqdm(total=session.num_slices, desc="embed", unit="slice", file=sys.stderr, disable=args.quiet) as bar:
+        session.embed_slices(range(session.num_slices), progress=lambda done, total: bar.update(1))
+    print(f"napari-msa embed: {session.num_slices} slice embeddings in {args.cache_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,47 @@
+"""``napari-msa``: segment, tune, embed and demo over the same engine the widgets use."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from napari_msa import __version__
+from napari_msa._cli.common import CLIError
+
+SUBCOMMANDS = ("segment", "tune", "embed", "demo")
+AVAILABLE = [n for n in SUBCOMMANDS if importlib.util.find_spec(f"napari_msa._cli.{n}") is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-msa",
+        description="Segment medical images with SAM + Medical SAM Adapters (weights from local files only).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-msa {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in AVAILABLE:
+        module = importlib.import_module(f"napari_msa._cli.{name}")
+        module.add_parser(sub).set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
+                        format="napari-msa: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except CLIError as err:
+        print(f"napari-msa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-msa {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
