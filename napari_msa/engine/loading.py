@@ -218,7 +218,8 @@ def load_model(
         elif name in PRETRAINED_NAMES and not random_init:
             raise CheckpointError(
                 f"model '{name}' needs a SAM checkpoint file (e.g. sam_{name}_*.pth from Meta's "
-                "segment-anything release); pass its path (--checkpoint PATH on the command line, checkpoint=PATH in Python), or use the demo model"
+                "segment-anything release); pass its path (--checkpoint PATH on the command line, "
+                "checkpoint=PATH in Python), or use the demo model"
             )
         else:
             report = LoadReport()
