@@ -22,7 +22,7 @@ class ModelHub:
         self.model_changed.emit(model)
 
 
-_hubs: "weakref.WeakKeyDictionary[object, ModelHub]" = weakref.WeakKeyDictionary()
+_hubs: weakref.WeakKeyDictionary[object, ModelHub] = weakref.WeakKeyDictionary()
 
 
 def hub_for(viewer) -> ModelHub:
