@@ -144,6 +144,8 @@ class Session:
         self.normalization = normalization
         self.cache = EmbeddingCache(cache_budget_bytes, cache_dir)
         self._lock = threading.RLock()
+        # The encoder has its own lock so a click's decoder pass never waits behind a neighbour's prefetch.
+        self._encode_lock = threading.Lock()
         self.image: np.ndarray | None = None
         self.layout: ImageLayout | None = None
         self.window: tuple[float, float] | None = None
@@ -207,17 +209,21 @@ class Session:
         self._require_image()
         if not 0 <= z < self.num_slices:
             raise IndexError(f"slice {z} is outside the image (0..{self.num_slices - 1})")
-        key = self._key(z)
-        cached = self.cache.get(key, self.model.device)
-        if cached is not None:
-            return cached
-        rgb = self.plane_rgb(z)
-        sam = self.model.sam
-        x, input_size = encoder_input(rgb, self.model.image_size, sam.pixel_mean, sam.pixel_std, self.model.device)
-        with self._lock:
+        with self._lock:  # key and pixels from the same image, even if set_image runs meanwhile
+            key = self._key(z)
+            cached = self.cache.get(key, self.model.device)
+            if cached is not None:
+                return cached
+            rgb = self.plane_rgb(z)
+        with self._encode_lock:
+            again = self.cache.get(key, self.model.device) if key in self.cache else None
+            if again is not None:  # another thread (a prefetch) encoded it while this one waited
+                return again
+            sam = self.model.sam
+            x, input_size = encoder_input(rgb, self.model.image_size, sam.pixel_mean, sam.pixel_std, self.model.device)
             features = self.model.encode(x)
-        emb = Embedding(features, input_size, rgb.shape[:2])
-        self.cache.put(key, emb)
+            emb = Embedding(features, input_size, rgb.shape[:2])
+            self.cache.put(key, emb)
         return emb
 
     def embed_slices(self, slices: Iterable[int], *, progress: ProgressFn | None = None,
