@@ -159,8 +159,10 @@ class Session:
         image = np.asarray(image)
         if image.size == 0:
             raise ValueError("the image is empty")
-        if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-            raise ValueError(f"image dtype {image.dtype} is not numeric")
+        if image.dtype == bool:
+            image = image.astype(np.uint8)
+        if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+            raise ValueError(f"image dtype {image.dtype} is not a real number type")
         layout = ImageLayout.of(image, rgb)
         if normalization is not None:
             self.normalization = normalization

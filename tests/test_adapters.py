@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Block
+
+from napari_msa.engine import AdapterConfig, build_sam, count_parameters, freeze_for_tuning, get_config
+from napari_msa.engine.adapters import AdaptedBlock, adapter_parameter_names, set_depth_slices
+from tests.conftest import randomize_adapters
+
+
+def _pair(adapter: AdapterConfig):
+    config = get_config("tiny")
+    plain = build_sam(config)
+    adapted = build_sam(config, adapter)
+    adapted.load_state_dict(plain.state_dict(), strict=False)
+    return plain, adapted
+
+
+@pytest.mark.parametrize("adapter", [AdapterConfig(), AdapterConfig(depth=True, decoder=True),
+                                     AdapterConfig(blocks=(1,))])
+def test_fresh_adapters_are_identity(adapter):
+    plain, adapted = _pair(adapter)
+    x = torch.randn(2, 3, 256, 256)
+    set_depth_slices(adapted, 2)
+    with torch.no_grad():
+        a, b = plain.image_encoder(x), adapted.image_encoder(x)
+        assert torch.equal(a, b)
+        sparse, dense = plain.prompt_encoder(points=(torch.tensor([[[30.0, 90.0]]]), torch.tensor([[1]])),
+                                             boxes=None, masks=None)
+        pe = plain.prompt_encoder.get_dense_pe()
+        out_plain = plain.mask_decoder(a[:1], pe, sparse, dense, True)
+        out_adapted = adapted.mask_decoder(b[:1], pe, sparse, dense, True)
+    for p, q in zip(out_plain, out_adapted):
+        assert torch.equal(p, q)
+
+
+def test_adapters_change_output_once_trained():
+    plain, adapted = _pair(AdapterConfig(depth=True, decoder=True))
+    randomize_adapters(adapted)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        assert not torch.allclose(plain.image_encoder(x), adapted.image_encoder(x))
+
+
+def test_adapter_placement_and_names():
+    sam = build_sam(get_config("tiny"), AdapterConfig(blocks=(1,), depth=True))
+    assert not isinstance(sam.image_encoder.blocks[0], AdaptedBlock)
+    assert isinstance(sam.image_encoder.blocks[1], AdaptedBlock) and isinstance(sam.image_encoder.blocks[1], Block)
+    names = adapter_parameter_names(sam)
+    # the reference code's key names, so its checkpoints load unchanged
+    assert "image_encoder.blocks.1.Space_Adapter.D_fc1.weight" in names
+    assert "image_encoder.blocks.1.MLP_Adapter.D_fc2.bias" in names
+    assert "image_encoder.blocks.1.Depth_Adapter.D_fc1.weight" in names
+    assert not any(".blocks.0." in n for n in names)
+    fc1 = sam.image_encoder.blocks[1].Space_Adapter.D_fc1
+    assert fc1.out_features == int(64 * 0.25)
+
+
+def test_depth_adapter_mixes_slices_only_when_enabled():
+    sam = build_sam(get_config("tiny"), AdapterConfig(depth=True))
+    randomize_adapters(sam)
+    x = torch.randn(4, 3, 256, 256)
+    with torch.no_grad():
+        set_depth_slices(sam, 1)
+        independent = sam.image_encoder(x)
+        set_depth_slices(sam, 4)
+        mixed = sam.image_encoder(x)
+        # the first slice's features now depend on the other slices
+        x2 = x.clone()
+        x2[3] = torch.randn(3, 256, 256)
+        mixed2 = sam.image_encoder(x2)
+    assert not torch.allclose(independent, mixed)
+    assert not torch.allclose(mixed[0], mixed2[0])
+    set_depth_slices(sam, 3)
+    with pytest.raises(ValueError, match="multiple of depth_slices"):
+        sam.image_encoder(x)
+
+
+def test_depth_branch_groups_same_token_across_slices():
+    """Slices of one volume mix; two volumes in one batch never do (unpartitioned tokens)."""
+    sam = build_sam(get_config("tiny"), AdapterConfig(depth=True))
+    randomize_adapters(sam)
+    set_depth_slices(sam, 2)
+    x = torch.randn(4, 3, 256, 256)
+    x_changed = x.clone()
+    x_changed[3] = torch.randn(3, 256, 256)  # second volume only
+    with torch.no_grad():
+        a, b = sam.image_encoder(x), sam.image_encoder(x_changed)
+    assert torch.equal(a[:2], b[:2])
+    assert not torch.allclose(a[2], b[2])
+
+
+def test_freeze_and_counts():
+    sam = build_sam(get_config("tiny"), AdapterConfig())
+    freeze_for_tuning(sam)
+    trainable, total = count_parameters(sam)
+    assert trainable == sum(p.numel() for n, p in sam.named_parameters() if "Adapter" in n)
+    assert 0 < trainable < total
+    freeze_for_tuning(sam, train_decoder=True)
+    with_decoder, _ = count_parameters(sam)
+    assert with_decoder == trainable + sum(p.numel() for p in sam.mask_decoder.parameters())
+
+
+def test_vit_b_adapter_count_matches_reference_arithmetic():
+    """Two adapters per block in 2D: 12 × 2 × 295,872 (the reference code's shapes)."""
+    from napari_msa.engine.adapters import Adapter
+
+    assert sum(p.numel() for p in Adapter(768).parameters()) == 295_872
+    assert np.isclose(12 * 2 * 295_872 / 1e6, 7.10, atol=0.01)

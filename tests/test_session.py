@@ -1,0 +1,211 @@
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from napari_msa import Session, load_model
+from napari_msa.engine import Cancelled, Normalization, build_sam, get_config
+from napari_msa.engine.preprocessing import ImageLayout, intensity_window, to_uint8_rgb
+from napari_msa.engine.session import prompts_from_mask
+from tests.conftest import blob_volume
+
+
+@pytest.fixture
+def tiny_pth(tmp_path):
+    sam = build_sam(get_config("tiny"))
+    with torch.no_grad():
+        for n, p in sam.named_parameters():
+            if "rel_pos" in n or "pos_embed" in n:
+                p.normal_(std=0.02)
+    path = tmp_path / "tiny.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+def test_matches_segment_anything_predictor(tiny_pth):
+    rgb = np.random.default_rng(3).integers(0, 256, size=(120, 200, 3), dtype=np.uint8)
+    reference = build_sam(get_config("tiny"))
+    reference.load_state_dict(torch.load(tiny_pth, weights_only=True))
+    predictor = SamPredictor(reference)
+    predictor.set_image(rgb)
+
+    session = Session(load_model("tiny", checkpoint=tiny_pth, device="cpu"))
+    session.set_image(rgb)
+    assert torch.equal(session.embedding(0).features, predictor.features)
+
+    row, col = 30, 150
+    masks, scores, _ = predictor.predict(point_coords=np.array([[col, row]]), point_labels=np.array([1]))
+    mask, score = session.predict(points=[(row, col)], labels=[1])
+    assert np.array_equal(mask, masks[np.argmax(scores)]) and score == pytest.approx(scores.max())
+
+    masks, scores, _ = predictor.predict(point_coords=np.array([[col, row], [20, 100]]),
+                                         point_labels=np.array([1, 0]), box=np.array([100, 10, 190, 60]),
+                                         multimask_output=False)
+    mask, score = session.predict(points=[(row, col), (100, 20)], labels=[1, 0], box=(10, 100, 60, 190))
+    assert np.array_equal(mask, masks[0]) and score == pytest.approx(scores[0])
+
+
+def test_orientation_row_col_becomes_x_y(tiny_model, monkeypatch):
+    """An off-centre click at (row 10, col 150) reaches SAM as x=150, y=10 (scaled), never transposed."""
+    seen = {}
+    encoder = tiny_model.sam.prompt_encoder
+    original = encoder.forward
+
+    def spy(points, boxes, masks):
+        seen["points"], seen["boxes"] = points, boxes
+        return original(points, boxes, masks)
+
+    monkeypatch.setattr(encoder, "forward", spy)
+    image = np.zeros((80, 200), np.float32)
+    image[5:15, 140:160] = 1.0  # asymmetric object near the top right
+    session = Session(tiny_model)
+    session.set_image(image)
+    mask, _ = session.predict(points=[(10, 150)], labels=[1], box=(5, 140, 15, 160))
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(80, 200, 256)
+    sy, sx = new_h / 80, new_w / 200
+    xy = seen["points"][0][0, 0].numpy()
+    assert np.allclose(xy, [150 * sx, 10 * sy], atol=1e-4)
+    assert np.allclose(seen["boxes"][0].numpy(), [140 * sx, 5 * sy, 160 * sx, 15 * sy], atol=1e-4)
+    assert mask.shape == (80, 200)
+    # the encoder sees the object where it is: top right of the resized plane
+    rgb = session.plane_rgb(0)
+    assert rgb[10, 150].max() == 255 and rgb[70, 20].max() == 0
+
+
+def test_points_validation(tiny_model):
+    session = Session(tiny_model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        session.predict(points=[(1, 1)])
+    session.set_image(np.zeros((4, 30, 40), np.float32))
+    with pytest.raises(ValueError, match="several slices"):
+        session.predict(points=[(0, 5, 5), (2, 5, 5)], labels=[1, 1])
+    with pytest.raises(ValueError, match="outside"):
+        session.predict(points=[(1, 35, 5)], labels=[1])
+    with pytest.raises(ValueError, match=r"\(z, row, col\)"):
+        session.predict(points=[(5, 5)], labels=[1])
+    with pytest.raises(ValueError, match="labels"):
+        session.predict(points=[(1, 5, 5)], labels=[1, 0])
+    with pytest.raises(ValueError, match="expected a"):
+        session.set_image(np.zeros((2, 3, 4, 5, 6)))
+
+
+def test_lru_cache_stays_within_budget_and_disk_cache_is_reused(tiny_model, tmp_path, monkeypatch):
+    volume = np.random.default_rng(0).normal(size=(6, 40, 50)).astype(np.float32)
+    probe = Session(tiny_model)
+    probe.set_image(volume)
+    one = probe.embedding(0).nbytes
+    session = Session(tiny_model, cache_budget_bytes=int(2.5 * one), cache_dir=tmp_path)
+    session.set_image(volume)
+    for z in range(5):
+        session.embedding(z)
+    assert len(session.cache) == 2 and session.cache.nbytes <= 2.5 * one
+    assert [k[2] for k in session.cache.keys()] == [3, 4]
+    assert session.is_cached(4) and not session.is_cached(0)
+
+    calls = []
+    fresh = Session(tiny_model, cache_dir=tmp_path)
+    fresh.set_image(volume)
+    monkeypatch.setattr(tiny_model, "encode", lambda *a, **k: calls.append(1))
+    assert torch.equal(fresh.embedding(1).features, session.embedding(1).features)
+    assert calls == [] and fresh.cache.hits >= 1
+
+
+def test_changed_weights_invalidate_cache(tiny_model):
+    session = Session(tiny_model)
+    session.set_image(np.ones((30, 30), np.float32))
+    session.embedding(0)
+    assert session.is_cached(0)
+    tiny_model.version += 1
+    assert not session.is_cached(0)
+
+
+def test_embed_slices_progress_and_cancel(tiny_model):
+    session = Session(tiny_model)
+    session.set_image(np.zeros((5, 32, 32), np.float32))
+    seen = []
+    session.embed_slices([0, 1, 2], progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(Cancelled):
+        session.embed_slices([3, 4], cancel=lambda: True)
+    assert not session.is_cached(3)
+
+
+def _oracle(session_volume_mask):
+    """predict() replacement: the true object's cross-section on the prompted slice (deterministic)."""
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, *, z=None, multimask=None):
+        z = int(round(points[0][0]))
+        return session_volume_mask[z].copy(), 1.0
+
+    return predict
+
+
+def test_propagation_follows_the_object_and_stops(tiny_model, monkeypatch):
+    image, mask = blob_volume(shape=(20, 48, 64), center=(10, 20, 40), radii=(5, 9, 14))
+    monkeypatch.setattr(Session, "predict", _oracle(mask))
+    session = Session(tiny_model)
+    session.set_image(image)
+    progress = []
+    result = session.propagate(mask[10], 10, progress=lambda d, t: progress.append(d))
+    present = [z for z in range(20) if mask[z].any()]
+    # slices whose cross-section changes too fast (IoU < 0.5, the ellipsoid's caps) end the run
+    assert set(result) <= set(present) - {10}
+    assert {8, 9, 11, 12} <= set(result)
+    for z, m in result.items():
+        assert np.array_equal(m, mask[z])
+    assert progress and progress == sorted(progress)
+    with pytest.raises(Cancelled):
+        session.propagate(mask[10], 10, cancel=lambda: True)
+    with pytest.raises(ValueError, match="empty"):
+        session.propagate(np.zeros_like(mask[10]), 10)
+
+
+def test_propagation_runs_the_real_model(tiny_model):
+    image, mask = blob_volume(shape=(6, 40, 48), center=(3, 20, 24), radii=(4, 8, 10))
+    session = Session(tiny_model)
+    session.set_image(image)
+    result = session.propagate(mask[3], 3, iou_threshold=0.0)
+    assert all(m.shape == (40, 48) and m.dtype == bool for m in result.values())
+
+
+def test_prompts_from_mask_interior_point():
+    m = np.zeros((30, 40), bool)
+    m[5:25, 10:14] = True  # thin bar: the interior point must lie on it
+    box, point = prompts_from_mask(m)
+    assert box.tolist() == [5, 10, 24, 13]
+    assert m[int(point[0]), int(point[1])]
+
+
+def test_normalization_presets():
+    ct = np.array([[-1000, -160, 40, 240, 3000]], np.int16)
+    window = intensity_window(ct, Normalization("ct", level=40, width=400), rgb=False)
+    assert window == (-160, 240)
+    assert to_uint8_rgb(ct, window)[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    mri = np.linspace(0, 1000, 10001, dtype=np.float32).reshape(1, -1)
+    lo, hi = intensity_window(mri, Normalization("percentile"), rgb=False)
+    assert lo == pytest.approx(5, abs=0.2) and hi == pytest.approx(995, abs=0.2)
+    assert intensity_window(np.zeros((8, 8, 3), np.uint8), Normalization(), rgb=True) is None
+    assert intensity_window(mri, Normalization("limits", limits=(0, 10)), rgb=False) == (0, 10)
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        Normalization("zscore")
+    with pytest.raises(ValueError, match="limits"):
+        Normalization("limits")
+    assert to_uint8_rgb(np.ones((4, 4), np.float32), (0, 2)).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("shape, rgb, volume", [((20, 30), False, False), ((20, 30, 3), True, False),
+                                                ((5, 20, 30), False, True), ((5, 20, 30, 3), True, True),
+                                                ((3, 20, 30), False, True)])
+def test_layouts(shape, rgb, volume):
+    layout = ImageLayout.of(np.zeros(shape, np.uint8))
+    assert (layout.rgb, layout.is_volume) == (rgb, volume)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64, bool])
+def test_any_dtype_predicts(tiny_model, dtype):
+    image = (np.random.default_rng(0).random((40, 50)) * 100).astype(dtype)
+    session = Session(tiny_model)
+    session.set_image(image)
+    mask, score = session.predict(points=[(10, 10)], labels=[1])
+    assert mask.shape == (40, 50) and np.isfinite(score)
