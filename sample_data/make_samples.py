@@ -82,7 +82,7 @@ def mri_volume() -> tuple[np.ndarray, tuple[float, float, float]]:
     vol = np.asarray(img.dataobj[..., 0])  # (i: right->left, j: posterior->anterior, k: inferior->superior)
     zooms = img.header.get_zooms()[:3]
     zyx = np.ascontiguousarray(np.transpose(vol, (2, 1, 0))[:, ::-1, :])  # rows anterior -> posterior
-    return zyx.astype(np.int16), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    return zyx.astype(np.int16), tuple(round(float(zooms[i]), 4) for i in (2, 1, 0))
 
 
 def fundus() -> np.ndarray:
