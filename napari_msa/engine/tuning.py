@@ -680,9 +680,10 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        # Broadcasts rank 0's weights to all processes first, so every process starts the same.
-        runner = DistributedDataParallel(step_module, device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=True)
+        # Broadcasts rank 0's weights to all processes first, so every process starts the same. Every
+        # trainable weight gets a gradient each step (Depth adapters are frozen in 2D tuning), except
+        # in full fine-tuning, where e.g. the negative-point embedding may be unused in a step.
+        runner = DistributedDataParallel(step_module, device_ids=None, find_unused_parameters=full_finetune)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     world = dist_info.world_size

@@ -1,0 +1,147 @@
+"""``napari-msa tune``: image + labels files → a tuned adapter (.safetensors), also under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import (
+    CLIError,
+    add_model_args,
+    add_normalization_args,
+    model_from_args,
+    normalization_from_args,
+    read_image,
+)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "tune", help="tune the adapters on labelled images (few-shot)",
+        description="Tune the MSA adapters (optionally the mask decoder) on an image and its labels: every "
+                    "labelled slice and object id becomes a training example, prompted with simulated clicks. "
+                    "Runs under `torchrun --nproc_per_node N` too (one process per GPU, or gloo on the CPU).",
+        usage="%(prog)s IMAGE LABELS [IMAGE LABELS ...] -o ADAPTER.safetensors [options]",
+    )
+    p.add_argument("files", nargs="+", metavar="IMAGE LABELS",
+                   help="image (.tif/.tiff/.npy: (Y,X), (Y,X,3), (Z,Y,X)) followed by its labels (integer ids, "
+                        "0 = background, same shape); more pairs may follow")
+    p.add_argument("-o", "--output", required=True, help="adapter file to write (.safetensors)")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=200, help="optimiser steps [200]")
+    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate [1e-4]")
+    t.add_argument("--batch-size", type=int, default=2, help="samples per step and process [2]")
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of labelled slices held out to measure Dice (objects when there is one slice); "
+                        "0 turns the held-out check and early stopping off [0.2]")
+    t.add_argument("--patience", type=int, default=5,
+                   help="stop after this many held-out checks without improvement; 0: never [5]")
+    t.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same adapter [0]")
+    t.add_argument("--train-decoder", action="store_true", help="also tune the whole mask decoder")
+    t.add_argument("--last-blocks", type=int, metavar="K",
+                   help="adapters only in the last K encoder blocks; the frozen blocks before them are computed "
+                        "once per image and cached, so a step is cheaper (not with --adapter)")
+    t.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
+    add_model_args(p)
+    add_normalization_args(p)
+    return p
+
+
+def _pairs(files: list[str]) -> list[tuple[str, str]]:
+    if len(files) % 2:
+        raise CLIError(f"give IMAGE LABELS pairs; got {len(files)} file(s): {' '.join(files)}")
+    return [(files[i], files[i + 1]) for i in range(0, len(files), 2)]
+
+
+def _load_model(args: argparse.Namespace):
+    if args.last_blocks is None:
+        return model_from_args(args)
+    from napari_msa.engine import AdapterConfig, CheckpointError, get_config, load_model
+
+    if args.adapter:
+        raise CLIError("--last-blocks builds new adapters; leave out --adapter (its file fixes where adapters sit)")
+    try:
+        depth = get_config(args.model).depth if args.model != "demo" else None
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    if args.last_blocks < 1 or (depth is not None and args.last_blocks > depth):
+        raise CLIError(f"--last-blocks must be between 1 and the model's {depth or 'number of'} blocks")
+    try:
+        if depth is None:  # the demo model: its depth is known once loaded
+            depth = load_model(args.model, checkpoint=args.checkpoint, device="cpu").config.depth
+        blocks = tuple(range(max(0, depth - args.last_blocks), depth))
+        return load_model(args.model, checkpoint=args.checkpoint, device=args.device, image_size=args.image_size,
+                          adapter_config=AdapterConfig(blocks=blocks))
+    except (CheckpointError, ValueError) as err:
+        raise CLIError(str(err)) from err
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from napari_msa.engine import distributed
+    from napari_msa.engine.tuning import TuneProgress, tune
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"output {out.name}: adapters are written as .safetensors")
+    if args.steps < 1:
+        raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    if not 0 <= args.val_fraction < 1:
+        raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    pairs = [(read_image(i), read_image(lab)) for i, lab in _pairs(args.files)]
+    for (img_path, lab_path), (_, labels) in zip(_pairs(args.files), pairs, strict=True):
+        if labels.dtype.kind not in "iub":
+            raise CLIError(f"{lab_path}: labels must be integer ids (0 = background), got {labels.dtype}; "
+                           f"is it the image {img_path} instead?")
+
+    info = distributed.init_from_env(args.device)
+    try:
+        if info.enabled and torch.cuda.is_available() and args.device in ("auto", "cuda"):
+            args.device = f"cuda:{info.local_rank}"
+        torch.manual_seed(args.seed)  # random-init models and fresh adapters start the same on every run
+        model = _load_model(args)
+        quiet = getattr(args, "quiet", False) or not info.is_main
+        bar = tqdm(total=args.steps, desc="tuning", unit="step", disable=quiet, file=sys.stderr)
+
+        def progress(p: TuneProgress) -> None:
+            if p.phase == "train":
+                bar.update(p.step - bar.n)
+                bar.set_postfix(loss=f"{p.loss:.3f}", dice=_fmt(p.val_dice), refresh=False)
+            elif p.phase == "eval" and p.val_dice is not None:
+                bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3f}", dice=_fmt(p.val_dice))
+
+        try:
+            result = tune(
+                model, [a for a, _ in pairs], [b for _, b in pairs], steps=args.steps, lr=args.lr,
+                batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
+                train_decoder=args.train_decoder, augment=not args.no_augment, patience=args.patience,
+                normalization=normalization_from_args(args), inplace=True, progress=progress,
+            )
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+        finally:
+            bar.close()
+        s = result.summary
+        if info.is_main:
+            result.save(out)
+            stop = ", stopped early" if s["stopped"] == "early_stopping" else ""
+            if s["n_val_pairs"]:
+                print(f"held-out Dice (1 click) {_fmt(s['val_dice_before'])} -> {_fmt(s['val_dice_after'])}, "
+                      f"box {_fmt(s['val_box_dice_before'])} -> {_fmt(s['val_box_dice_after'])} "
+                      f"on {s['n_val_pairs']} held-out object(s); {s['steps_done']}/{s['steps_planned']} steps"
+                      f"{stop} on {s['world_size']} process(es); adapter written to {out}")
+            else:
+                print(f"no held-out objects (--val-fraction 0), Dice not measured; {s['steps_done']} steps; "
+                      f"adapter written to {out}")
+        if info.enabled:
+            torch.distributed.barrier()
+    finally:
+        distributed.shutdown()
+    return 0

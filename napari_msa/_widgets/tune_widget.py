@@ -1,0 +1,416 @@
+"""The "Tune (MSA)" dock widget: few-shot adapter tuning from the labels already painted in napari.
+
+The widget copies the chosen image and labels layers' arrays, runs ``napari_msa.engine.tuning.tune``
+on a napari worker (progress comes back through a queued Qt signal, Cancel sets a flag the engine
+checks between steps) and, when tuning succeeds, hands the tuned model to the viewer's model hub so
+the Segment widget uses it at once. The engine tunes a copy, so segmentation keeps working on the
+old model meanwhile and a cancelled or failed run changes nothing. No tensors are touched here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, QPointF, Signal
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msa.engine import DEMO_MODEL_FILE, Cancelled, load_model
+from napari_msa.engine.tuning import TuneProgress, TuneResult, tune
+
+from ._controls import LayerChoice
+from ._hub import hub_for
+
+log = logging.getLogger(__name__)
+
+LOSS_COLOR = QColor(255, 165, 0)
+DICE_COLOR = QColor(0, 200, 255)
+
+
+class _Relay(QObject):
+    """Carries progress reports from the worker thread to the GUI thread."""
+
+    progressed = Signal(object)
+
+
+class CurveWidget(QWidget):
+    """A small live plot: training loss (own scale) and held-out Dice (0..1) against the step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setMinimumHeight(90)
+        self.setToolTip("orange: training loss (scaled to its range); blue: held-out Dice (0 to 1)")
+        self.total = 1
+        self.loss: list[tuple[int, float]] = []
+        self.dice: list[tuple[int, float]] = []
+
+    def reset(self, total: int) -> None:
+        self.total = max(1, total)
+        self.loss, self.dice = [], []
+        self.update()
+
+    def add(self, p: TuneProgress) -> None:
+        if p.phase == "train" and p.loss is not None:
+            self.loss.append((p.step, p.loss))
+        elif p.phase == "eval" and p.val_dice is not None:
+            self.dice.append((p.step, p.val_dice))
+        self.update()
+
+    def _polyline(self, points: list[tuple[int, float]], lo: float, hi: float, rect) -> QPolygonF:
+        span = hi - lo if hi > lo else 1.0
+        poly = QPolygonF()
+        for step, value in points:
+            x = rect.left() + rect.width() * step / self.total
+            y = rect.bottom() - rect.height() * (value - lo) / span
+            poly.append(QPointF(x, y))
+        return poly
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.fillRect(self.rect(), QColor(38, 41, 48))
+        rect = self.rect().adjusted(6, 16, -6, -6)
+        painter.setPen(QPen(QColor(90, 90, 90)))
+        painter.drawRect(rect)
+        painter.setPen(LOSS_COLOR)
+        painter.drawText(8, 12, "loss")
+        painter.setPen(DICE_COLOR)
+        painter.drawText(48, 12, "held-out Dice")
+        if len(self.loss) > 1:
+            values = [v for _, v in self.loss]
+            painter.setPen(QPen(LOSS_COLOR, 1.5))
+            painter.drawPolyline(self._polyline(self.loss, min(values), max(values), rect))
+        if self.dice:
+            painter.setPen(QPen(DICE_COLOR, 2))
+            poly = self._polyline(self.dice, 0.0, 1.0, rect)
+            if len(self.dice) > 1:
+                painter.drawPolyline(poly)
+            painter.setBrush(DICE_COLOR)
+            for i in range(poly.count()):
+                painter.drawEllipse(poly.at(i), 2.5, 2.5)
+        painter.end()
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _message(exc: BaseException) -> str:
+    """One sentence that says what went wrong and what to do."""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return ("Tuning ran out of memory; the model is unchanged. Load the model at a smaller image size or on "
+                "the CPU, or close other programs.")
+    if isinstance(exc, ValueError):
+        return f"Tuning: {exc}"
+    return f"Tuning failed ({type(exc).__name__}: {exc}); the model is unchanged."
+
+
+class TuneWidget(QWidget):
+    """Tune the current model's adapters on an image layer and the labels painted on it."""
+
+    _model_arrived = Signal(object)  # the hub may be fed from any thread; Qt queues it to ours
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.hub = hub_for(napari_viewer)
+        self.result: TuneResult | None = None
+        self._worker = None
+        self._save_worker = None
+        self._cancel = threading.Event()
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._build()
+        self._connections = [
+            (self.viewer.layers.events.inserted, self._refresh_layers),
+            (self.viewer.layers.events.removed, self._refresh_layers),
+            (self.viewer.layers.events.moved, self._refresh_layers),
+        ]
+        for emitter, callback in self._connections:
+            emitter.connect(callback)
+        self._model_arrived.connect(self._show_model)
+        self.hub.model_changed.connect(self._hub_model_changed)
+        self.destroyed.connect(_teardown_factory(self.hub, self._hub_model_changed, list(self._connections),
+                                                 self._cancel))
+        self._refresh_layers()
+        self._show_model(self.hub.model)
+
+    # ============================================================================ layout
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        root.addWidget(self.model_label)
+
+        data = QGroupBox("Annotations")
+        form = QFormLayout(data)
+        self.image_combo = LayerChoice(Image, tooltip="The image the labels were painted on")
+        self.labels_combo = LayerChoice(
+            Labels, tooltip="Your annotations: every labelled slice and every object id in it is used "
+                            "(0 is background)")
+        self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        root.addWidget(data)
+
+        opts = QGroupBox("Training")
+        form = QFormLayout(opts)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(200)
+        self.steps.setToolTip("Optimiser steps of 2 samples; tuning may stop earlier when held-out Dice stalls")
+        form.addRow("Steps", self.steps)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1e-1)
+        self.lr.setSingleStep(1e-5)
+        self.lr.setValue(1e-4)
+        self.lr.setToolTip("AdamW learning rate (1e-4 suits SAM checkpoints)")
+        form.addRow("Learning rate", self.lr)
+        self.val_share = QDoubleSpinBox()
+        self.val_share.setRange(0.0, 0.9)
+        self.val_share.setSingleStep(0.05)
+        self.val_share.setValue(0.2)
+        self.val_share.setToolTip("Share of labelled slices (objects, if there is one slice) held out to measure "
+                                  "Dice; 0 turns the check and early stopping off")
+        form.addRow("Held-out share", self.val_share)
+        self.train_decoder = QCheckBox("also tune the mask decoder")
+        self.train_decoder.setToolTip("Trains SAM's whole mask decoder besides the adapters (larger adapter file)")
+        form.addRow("", self.train_decoder)
+        root.addWidget(opts)
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Tune on a worker; napari stays usable and Segment keeps the old model "
+                                     "until tuning finishes")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        root.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        root.addWidget(self.progress)
+        self.status = QLabel("Paint a few objects in a labels layer, then press Start.")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        self.curve = CurveWidget()
+        root.addWidget(self.curve)
+
+        self.save_button = QPushButton("Save adapter…")
+        self.save_button.setEnabled(False)
+        self.save_button.setToolTip("Write the tuned adapter (.safetensors, with the training summary)")
+        self.save_button.clicked.connect(self._choose_save_path)
+        root.addWidget(self.save_button)
+        root.addStretch(1)
+
+    # ============================================================================ layers and model
+    def _refresh_layers(self, *_) -> None:
+        self.image_combo.refresh(self.viewer.layers)
+        self.labels_combo.refresh(self.viewer.layers)
+        self._pick_matching_labels()
+
+    def _pick_matching_labels(self, *_) -> None:
+        """Prefer a labels layer on the chosen image's grid when the current one does not fit."""
+        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        if image is None or (labels is not None and labels.data.shape == _spatial_shape(image)):
+            return
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and layer.data.shape == _spatial_shape(image):
+                self.labels_combo.choose(layer)
+                return
+
+    def _hub_model_changed(self, model) -> None:
+        self._model_arrived.emit(model)
+
+    def _show_model(self, model) -> None:
+        if model is not None:
+            self.model_label.setText(f"Model: {model.describe()}")
+        elif DEMO_MODEL_FILE.is_file():
+            self.model_label.setText("Model: none loaded; Start uses the demo model")
+        else:
+            self.model_label.setText("Model: none loaded; load one in the Segment (MSA) widget")
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    # ============================================================================ tuning
+    def _inputs(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        if image is None or labels is None:
+            raise ValueError("choose an image layer and the labels layer with your annotations")
+        if image.multiscale or labels.multiscale:
+            raise ValueError("multiscale layers cannot be tuned on; open the full-resolution level as a plain layer")
+        if labels.data.shape != _spatial_shape(image):
+            raise ValueError(f"labels '{labels.name}' {labels.data.shape} do not match image '{image.name}' "
+                             f"{_spatial_shape(image)}; choose the labels painted on this image")
+        lab = np.array(labels.data, copy=True)  # the user may keep painting while tuning runs
+        if not lab.any():
+            raise ValueError(f"labels layer '{labels.name}' is empty; paint a few objects first")
+        return np.asarray(image.data), lab, bool(image.rgb)
+
+    def start(self) -> None:
+        """Start tuning on a worker (no-op while one runs)."""
+        if self.running:
+            return
+        try:
+            image, labels, rgb = self._inputs()
+        except ValueError as err:
+            self._fail(f"Tuning: {err}")
+            return
+        model = self.hub.model
+        if model is None and not DEMO_MODEL_FILE.is_file():
+            self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
+            return
+        steps = int(self.steps.value())
+        settings = dict(steps=steps, lr=float(self.lr.value()), val_fraction=float(self.val_share.value()),
+                        train_decoder=self.train_decoder.isChecked(), rgb=rgb)
+        self._cancel.clear()
+        self.result = None
+        self.curve.reset(steps)
+        self.progress.setRange(0, steps)
+        self.progress.setValue(0)
+        self.status.setText("Preparing…")
+        self._set_running(True)
+        worker = create_worker(self._run, model, image, labels, settings, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _run(self, model, image: np.ndarray, labels: np.ndarray, settings: dict) -> TuneResult:
+        """On the worker thread: (load the demo model,) tune a copy of the model."""
+        if model is None:
+            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"], message="loading demo model"))
+            model = load_model("demo")
+        return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
+                    **settings)
+
+    def cancel(self) -> None:
+        """Ask the running tuning to stop; the model stays as it was."""
+        if self.running:
+            self._cancel.set()
+            self.status.setText("Cancelling…")
+
+    def _on_progress(self, p: TuneProgress) -> None:
+        self.curve.add(p)
+        if p.phase == "prepare":
+            self.status.setText(p.message.capitalize() + "…")
+            return
+        self.progress.setValue(min(p.step, self.progress.maximum()))
+        parts = [f"step {p.step}/{p.total_steps}"]
+        if p.loss is not None:
+            parts.append(f"loss {p.loss:.3f}")
+        if p.val_dice is not None:
+            parts.append(f"held-out Dice {p.val_dice:.3f} (best {p.best_val_dice:.3f})")
+        if p.phase == "train":
+            parts.append(f"ETA {_fmt_time(p.eta_s)}")
+        self.status.setText(" · ".join(parts))
+
+    def _on_done(self, result: TuneResult) -> None:
+        self.result = result
+        s = result.summary
+        self.progress.setValue(self.progress.maximum())
+        if s["n_val_pairs"]:
+            dice = f"held-out Dice {s['val_dice_before']:.3f} → {s['val_dice_after']:.3f}"
+        else:
+            dice = "no held-out objects, Dice not measured"
+        stop = " (stopped early)" if s["stopped"] == "early_stopping" else ""
+        self.status.setText(f"Done in {_fmt_time(s['time_s'])}: {s['steps_done']} steps{stop}, {dice}. "
+                            "Segmentation now uses the tuned adapter; save it to keep it.")
+        self.save_button.setEnabled(True)
+        self.hub.set_model(result.model)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self.status.setText("Cancelled; the model is unchanged.")
+            show_info("Tuning cancelled; the model is unchanged.")
+            return
+        log.debug("tuning failed", exc_info=exc)
+        self._fail(_message(exc))
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (self.image_combo, self.labels_combo, self.steps, self.lr, self.val_share, self.train_decoder):
+            w.setEnabled(not running)
+        if running:
+            self.save_button.setEnabled(False)
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        show_error(message)
+
+    # ============================================================================ saving
+    def _choose_save_path(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save tuned adapter", "adapter.safetensors",
+                                              "Adapters (*.safetensors)")
+        if path:
+            self.save_adapter(path)
+
+    def save_adapter(self, path: str | Path) -> None:
+        """Write the tuned adapter on a worker (atomic: a crash never leaves half a file)."""
+        if self.result is None:
+            self._fail("Nothing to save yet: tune first.")
+            return
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        worker = create_worker(self.result.save, path, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda out: self._saved(Path(out)))
+        worker.errored.connect(lambda exc: self._fail(f"Could not save the adapter to {path}: {exc}"))
+        worker.finished.connect(lambda: setattr(self, "_save_worker", None))
+        self._save_worker = worker
+        worker.start()
+
+    def _saved(self, path: Path) -> None:
+        self.status.setText(f"Adapter saved to {path}.")
+        show_info(f"Adapter saved to {path}")
+
+
+def _spatial_shape(image: Image) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in image.data.shape)
+    return shape[:-1] if image.rgb else shape
+
+
+def _teardown_factory(hub, hub_callback, connections, cancel: threading.Event):
+    def teardown(*_) -> None:
+        """When the widget goes: stop a running tuning and stop listening to the viewer and the hub."""
+        cancel.set()
+        hub.model_changed.disconnect(hub_callback)
+        for emitter, callback in connections:
+            emitter.disconnect(callback)
+
+    return teardown
