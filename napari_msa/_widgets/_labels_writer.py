@@ -1,0 +1,111 @@
+"""Writes masks into a napari Labels layer: a live preview per slice, and a commit that Ctrl+Z undoes.
+
+The preview is painted straight into the layer's array (it changes on every click, so it must not
+flood the undo history) and remembers the values it covered, so it can always be taken back. A commit
+first takes the preview back and then writes the final object through ``Labels.data_setitem`` inside
+``block_history``: one undo step per commit. Pixels of other objects are never touched unless
+``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from napari.layers import Labels
+
+
+@dataclass
+class _PlanePreview:
+    mask: np.ndarray  # the predicted mask of the plane (bool), kept for commit and propagation
+    rows: np.ndarray  # pixels the preview painted
+    cols: np.ndarray
+    previous: np.ndarray  # their values before painting
+
+
+class LabelsWriter:
+    """The preview of one object (the current id) in one labels layer, slice by slice."""
+
+    def __init__(self, layer: Labels, volume: bool) -> None:
+        self.layer = layer
+        self.volume = volume
+        self._preview: dict[int, _PlanePreview] = {}
+        self._preview_id = 0
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _plane(self, z: int) -> np.ndarray:
+        """A writable view of slice ``z`` of the labels (the whole array for 2D)."""
+        return self.layer.data[z] if self.volume else self.layer.data
+
+    def _index(self, z: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.volume:
+            return np.full(rows.shape, z, dtype=np.intp), rows, cols
+        return rows, cols
+
+    @staticmethod
+    def _allowed(plane: np.ndarray, object_id: int, overwrite: bool) -> np.ndarray:
+        """Where the object may be written: background and its own pixels, or anywhere with overwrite."""
+        if overwrite:
+            return np.ones(plane.shape, dtype=bool)
+        return (plane == 0) | (plane == object_id)
+
+    def _restore(self, z: int) -> None:
+        """Take the preview of slice ``z`` back, leaving alone any pixel changed since (e.g. by a brush)."""
+        item = self._preview.pop(z, None)
+        if item is None or len(item.rows) == 0:
+            return
+        plane = self._plane(z)
+        still = plane[item.rows, item.cols] == self._preview_id
+        plane[item.rows[still], item.cols[still]] = item.previous[still]
+
+    # --- preview -------------------------------------------------------------------------------
+    @property
+    def planes(self) -> list[int]:
+        return sorted(self._preview)
+
+    def preview_mask(self, z: int) -> np.ndarray | None:
+        item = self._preview.get(z)
+        return None if item is None else item.mask
+
+    def set_preview(self, z: int, mask: np.ndarray, object_id: int, overwrite: bool = False,
+                    refresh: bool = True) -> int:
+        """Show ``mask`` as the object on slice ``z``, replacing its earlier preview; returns pixels painted."""
+        mask = np.asarray(mask, dtype=bool)
+        plane = self._plane(z)
+        if mask.shape != plane.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match the labels slice {plane.shape}")
+        if object_id != self._preview_id:
+            self.clear(refresh=False)
+            self._preview_id = int(object_id)
+        self._restore(z)
+        rows, cols = np.nonzero(mask & self._allowed(plane, object_id, overwrite))
+        previous = plane[rows, cols].copy()
+        plane[rows, cols] = object_id
+        self._preview[z] = _PlanePreview(mask, rows, cols, previous)
+        if refresh:
+            self.layer.refresh()
+        return len(rows)
+
+    def clear(self, z: int | None = None, refresh: bool = True) -> None:
+        """Drop the preview of slice ``z``, or of every slice."""
+        for plane in [z] if z is not None else list(self._preview):
+            self._restore(plane)
+        if refresh:
+            self.layer.refresh()
+
+    # --- commit --------------------------------------------------------------------------------
+    def commit(self, object_id: int, overwrite: bool = False) -> int:
+        """Make the preview final as one undo step; returns the number of pixels written."""
+        masks = {z: item.mask for z, item in self._preview.items()}
+        self.clear(refresh=False)
+        indices: list[tuple[np.ndarray, ...]] = []
+        for z, mask in sorted(masks.items()):
+            rows, cols = np.nonzero(mask & self._allowed(self._plane(z), object_id, overwrite))
+            indices.append(self._index(z, rows, cols))
+        written = sum(len(ix[0]) for ix in indices)
+        if written:
+            joined = tuple(np.concatenate(parts) for parts in zip(*indices, strict=True))
+            with self.layer.block_history():
+                self.layer.data_setitem(joined, object_id, refresh=False)
+        self.layer.refresh()
+        return written

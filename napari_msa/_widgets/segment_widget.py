@@ -1,0 +1,665 @@
+"""The "Segment (MSA)" dock widget: layout and wiring.
+
+Layers are turned into prompts here (via ``_layers``), engine work runs on napari workers (via
+``_prediction``) and masks are written through ``_labels_writer``; this module only connects them to
+the controls, the viewer's events, the key bindings and the per-viewer model hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msa.engine import DEMO_MODEL_FILE, MSAModel, Normalization, Session, load_model
+from napari_msa.engine.devices import available_devices
+from napari_msa.engine.preprocessing import PRESETS
+
+from . import _layers as L
+from ._controls import LayerChoice, PathPicker
+from ._hub import hub_for
+from ._labels_writer import LabelsWriter
+from ._messages import explain
+from ._prediction import (
+    Failure,
+    ImageFeed,
+    ImageSource,
+    LatestWins,
+    Prefetcher,
+    Propagation,
+    ensure_thread_capacity,
+    guarded,
+    predict_planes,
+)
+
+log = logging.getLogger(__name__)
+
+NEW = "(new)"
+NONE = "(none)"
+MODEL_DEFAULT = "model default"
+PROPAGATED = "propagated"  # marks a slice whose preview came from propagation, not from its own prompts
+MODEL_NAMES = ("demo", "vit_b", "vit_l", "vit_h")
+KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate"}
+SLICE_SETTLE_MS = 150  # wait for scrolling to pause before re-targeting the prefetch
+
+
+class SegmentWidget(QWidget):
+    """Points and boxes → SAM/MSA masks on a worker → a labels layer, in 2D and slice by slice in 3D.
+
+    Keys (on the viewer and on the prompt points layer): T flips positive/negative for new points,
+    C commits the object and moves to a new id, X clears prompts and preview, Shift+S propagates the
+    object through the volume (again to cancel). Ctrl+Z on the labels layer undoes a commit.
+    """
+
+    _model_arrived = Signal(object)  # the hub may be fed from any thread; Qt queues it to ours
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.hub = hub_for(napari_viewer)
+        self.session: Session | None = None
+        self.feed = ImageFeed()
+        self.predictions = LatestWins(self._on_predicted, partial(self._report, "prediction"))
+        self.prefetcher = Prefetcher(self.feed, partial(self._report, "embedding"), self._set_status)
+        self.propagation = Propagation(self.feed, self._on_propagated, partial(self._report, "propagation"),
+                                       on_finished=self._on_propagation_finished)
+        self.writer: LabelsWriter | None = None
+        self._painted: dict[int, tuple | str] = {}  # slice → signature of the prompts its preview shows
+        self._request_sigs: dict[int, dict[int, tuple]] = {}
+        self._prompt_layers: list = []  # layers whose events we follow
+        self._loading = False
+        ensure_thread_capacity()
+
+        self._build()
+        self._update_timer = QTimer(self, singleShot=True, interval=0)
+        self._update_timer.timeout.connect(self.update_prediction)
+        self._slice_timer = QTimer(self, singleShot=True, interval=SLICE_SETTLE_MS)
+        self._slice_timer.timeout.connect(self.start_prefetch)
+
+        self._model_arrived.connect(self._on_model)
+        self.hub.model_changed.connect(self._hub_model_changed)
+        self._viewer_connections = [
+            (self.viewer.layers.events.inserted, self._on_layers_changed),
+            (self.viewer.layers.events.removed, self._on_layer_removed),
+            (self.viewer.layers.events.moved, self._on_layers_changed),
+            (self.viewer.dims.events.current_step, self._on_slice_changed),
+        ]
+        for emitter, callback in self._viewer_connections:
+            emitter.connect(callback)
+        self._bind_viewer_keys()
+        self.destroyed.connect(partial(_teardown, self.viewer, self.hub, self._hub_model_changed,
+                                       list(self._viewer_connections)))
+
+        self._refresh_layer_choices()
+        self._on_image_chosen()
+        if self.hub.model is not None:
+            self._on_model(self.hub.model)
+        else:
+            self._show_model(None)
+
+    # ============================================================================ layout
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("SAM architecture; vit_b/l/h need a SAM checkpoint file. "
+                                    "'demo' is the small model shipped with the plugin.")
+        for name in MODEL_NAMES:
+            self.model_combo.addItem(name)
+        if not DEMO_MODEL_FILE.is_file():
+            item = self.model_combo.model().item(0)
+            item.setEnabled(False)
+            item.setText("demo (not available)")
+            item.setToolTip("demo model not available: choose vit_b/l/h and a checkpoint file")
+            self.model_combo.setCurrentIndex(1)
+        form.addRow("Model", self.model_combo)
+        self.checkpoint = PathPicker("SAM .pth or napari-msa .safetensors",
+                                     "Checkpoints (*.pth *.pt *.safetensors);;All (*)",
+                                     "A SAM checkpoint (sam_vit_b_01ec64.pth, …), an MSA checkpoint, or a napari-msa "
+                                     "model file. Read from disk only; nothing is downloaded.")
+        form.addRow("Checkpoint", self.checkpoint)
+        self.adapter = PathPicker("optional adapter .safetensors", "Adapters (*.safetensors);;All (*)",
+                                  "Adapter weights saved by Tune (MSA) or the CLI; optional.")
+        form.addRow("Adapter", self.adapter)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.device_combo.setToolTip("'auto' takes a GPU when there is one, else the CPU")
+        form.addRow("Device", self.device_combo)
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
+        self.load_button.clicked.connect(self.load_model)
+        form.addRow(self.load_button)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        form.addRow(self.model_label)
+        root.addWidget(model_box)
+
+        data_box = QGroupBox("Image and prompts")
+        form = QFormLayout(data_box)
+        self.image_choice = LayerChoice(Image, tooltip="The image to segment: 2D, RGB, or a (Z,Y,X) volume")
+        self.image_choice.currentIndexChanged.connect(self._on_image_chosen)
+        form.addRow("Image", self.image_choice)
+        self.norm_combo = QComboBox()
+        self.norm_combo.addItems([MODEL_DEFAULT, *PRESETS])
+        self.norm_combo.setToolTip("How intensities become 8-bit for the encoder: the model's own setting, "
+                                   "'ct' (window 40/400 HU), 'percentile' (0.5–99.5 %), 'limits' (the layer's "
+                                   "contrast limits) or 'none'")
+        self.norm_combo.currentIndexChanged.connect(self._on_normalization_changed)
+        form.addRow("Normalisation", self.norm_combo)
+        self.points_choice = LayerChoice(Points, (NEW,), "Prompt points: green positive, red negative. "
+                                         "'(new)' creates '<image> prompts'.")
+        self.points_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        form.addRow("Points", self.points_choice)
+        self.shapes_choice = LayerChoice(Shapes, (NONE,), "Optional boxes: the last rectangle on a slice is "
+                                         "its box prompt")
+        self.shapes_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        form.addRow("Boxes", self.shapes_choice)
+        self.sign_button = QPushButton()
+        self.sign_button.setToolTip("Sign of new points (T toggles): positive adds area, negative removes it")
+        self.sign_button.clicked.connect(self.toggle_positive)
+        form.addRow("New points", self.sign_button)
+        root.addWidget(data_box)
+
+        out_box = QGroupBox("Output")
+        form = QFormLayout(out_box)
+        self.labels_choice = LayerChoice(Labels, (NEW,), "Where masks go; '(new)' creates '<image> labels'")
+        self.labels_choice.currentIndexChanged.connect(self._on_labels_chosen)
+        form.addRow("Labels", self.labels_choice)
+        self.object_id = QSpinBox()
+        self.object_id.setRange(1, 2**31 - 1)
+        self.object_id.setToolTip("Id of the object being segmented; commit moves to the next free id")
+        self.object_id.valueChanged.connect(self._repaint_preview)
+        form.addRow("Object id", self.object_id)
+        self.overwrite = QCheckBox("overwrite other objects")
+        self.overwrite.setToolTip("Off: pixels of other objects are never changed")
+        self.overwrite.toggled.connect(self._repaint_preview)
+        form.addRow(self.overwrite)
+        buttons = QHBoxLayout()
+        self.commit_button = QPushButton("Commit (C)")
+        self.commit_button.setToolTip("Make the preview final (one undo step, Ctrl+Z on the labels layer) "
+                                      "and start a new object")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button = QPushButton("Clear (X)")
+        self.clear_button.setToolTip("Drop the prompts and the preview of the current object")
+        self.clear_button.clicked.connect(self.clear)
+        self.propagate_button = QPushButton("Propagate (Shift+S)")
+        self.propagate_button.setToolTip("Carry the object from this slice through the volume; press again to cancel")
+        self.propagate_button.clicked.connect(self.propagate)
+        for b in (self.commit_button, self.clear_button, self.propagate_button):
+            buttons.addWidget(b)
+        form.addRow(buttons)
+        root.addWidget(out_box)
+
+        self.status = QLabel("Ready")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        root.addStretch(1)
+
+    # ============================================================================ model
+    def load_model(self) -> None:
+        """Load the chosen model on a worker, then share it through the viewer's hub."""
+        if self._loading:
+            return
+        name = MODEL_NAMES[self.model_combo.currentIndex()]
+        checkpoint = self.checkpoint.path() or None
+        adapter = self.adapter.path() or None
+        device = self.device_combo.currentText()
+        if name == "demo" and not DEMO_MODEL_FILE.is_file():
+            show_warning("The demo model is not available; choose vit_b/l/h and a checkpoint file.")
+            return
+        self._loading = True
+        self.load_button.setEnabled(False)
+        self._set_status(f"Loading {name}…")
+        kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter, "device": device}
+        worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True,
+                               _progress={"desc": f"MSA: loading {name}"})
+        worker.returned.connect(self._on_loaded)
+        worker.finished.connect(self._on_load_finished)
+        worker.start()
+
+    def _on_loaded(self, value) -> None:
+        if isinstance(value, Failure):
+            self._report("loading the model", value.error)
+            return
+        self.hub.set_model(value)
+
+    def _on_load_finished(self) -> None:
+        self._loading = False
+        self.load_button.setEnabled(True)
+
+    def _hub_model_changed(self, model) -> None:
+        self._model_arrived.emit(model)
+
+    def _on_model(self, model: MSAModel | None) -> None:
+        """A new model (loaded here or tuned elsewhere): a new session, same image and prompts."""
+        self.predictions.invalidate()
+        self.propagation.discard()
+        self.prefetcher.stop()
+        self.feed.forget()
+        self.session = None if model is None else Session(model)
+        self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
+        self._show_model(model)
+        if model is not None:
+            self.start_prefetch()
+            self.schedule_update()
+
+    def _show_model(self, model: MSAModel | None) -> None:
+        if model is None:
+            text = "No model loaded. Choose a model (and checkpoint) and press Load model."
+            if not DEMO_MODEL_FILE.is_file():
+                text += " The demo model is not available."
+        else:
+            text = f"Model: {model.describe()}"
+        self.model_label.setText(text)
+        if model is not None:
+            self._set_status(text)
+
+    # ============================================================================ layers
+    def image_layer(self) -> Image | None:
+        return self.image_choice.layer()
+
+    def points_layer(self) -> Points | None:
+        return self.points_choice.layer()
+
+    def shapes_layer(self) -> Shapes | None:
+        return self.shapes_choice.layer()
+
+    def labels_layer(self) -> Labels | None:
+        return self.labels_choice.layer()
+
+    def _refresh_layer_choices(self) -> None:
+        for choice in (self.image_choice, self.points_choice, self.shapes_choice, self.labels_choice):
+            choice.refresh(self.viewer.layers)
+
+    def _on_layers_changed(self, event=None) -> None:
+        had_image = self.image_layer()
+        self._refresh_layer_choices()
+        if self.image_layer() != had_image:  # == : plugin widgets see layers through proxies
+            self._on_image_chosen()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        in_use = layer in (self.image_layer(), self.labels_layer(), self.points_layer(), self.shapes_layer())
+        busy = not self.predictions.idle or self.propagation.running
+        if in_use:
+            self.predictions.invalidate()
+            self.propagation.discard()
+            if busy:
+                show_warning(f"Layer '{layer.name}' was removed while the segmenter was working; its result was "
+                             "dropped and no labels changed. Choose the layers again in Segment (MSA).")
+        if self.writer is not None and layer == self.writer.layer:
+            self.writer = None
+            self._painted.clear()
+        if layer in self._prompt_layers:
+            self._follow_prompt_layers()
+            self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
+        if layer == self.image_layer():
+            self.prefetcher.stop()
+            self.feed.forget()
+        self._on_layers_changed()
+
+    def _on_image_chosen(self, *_) -> None:
+        """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
+        self.predictions.invalidate()
+        self.propagation.discard()
+        self.prefetcher.stop()
+        self.writer = None
+        self._painted.clear()
+        image = self.image_layer()
+        if image is None:
+            self._set_status("Open or choose an image layer.")
+            self._follow_prompt_layers()
+            return
+        try:
+            L.check_image(image)
+        except L.PromptError as exc:
+            show_warning(str(exc))
+            return
+        wanted_points = f"{image.name} prompts"
+        points = next((ly for ly in self.viewer.layers if isinstance(ly, Points) and ly.name == wanted_points), None)
+        if points is None:
+            points = self.viewer.add_layer(L.new_prompt_points(image))
+        self._refresh_layer_choices()
+        self.points_choice.choose(points)
+        labels = next((ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name == f"{image.name} labels"),
+                      None)
+        self.labels_choice.choose(labels if labels is not None else NEW)
+        self._on_labels_chosen()
+        self._follow_prompt_layers()
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.start_prefetch()
+        self.schedule_update()
+
+    def _on_prompt_layers_chosen(self, *_) -> None:
+        self._follow_prompt_layers()
+        self.schedule_update()
+
+    def _on_labels_chosen(self, *_) -> None:
+        if self.writer is not None and self.writer.layer != self.labels_layer():
+            self.writer.clear()
+            self.writer = None
+            self._painted.clear()
+        labels = self.labels_layer()
+        if labels is not None:
+            self.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
+        self.schedule_update()
+
+    def _follow_prompt_layers(self) -> None:
+        """Listen to the chosen prompt layers only, and bind the widget's keys on the points layer."""
+        for layer in self._prompt_layers:
+            layer.events.data.disconnect(self._on_prompts_changed)
+            if isinstance(layer, Points):
+                layer.events.features.disconnect(self._on_prompts_changed)
+        self._prompt_layers = [ly for ly in (self.points_layer(), self.shapes_layer()) if ly is not None]
+        for layer in self._prompt_layers:
+            layer.events.data.connect(self._on_prompts_changed)
+            if isinstance(layer, Points):
+                layer.events.features.connect(self._on_prompts_changed)
+                for key, action in KEYS.items():
+                    layer.bind_key(key, _key_action(self, action), overwrite=True)
+        self._show_sign()
+
+    def _bind_viewer_keys(self) -> None:
+        for key, action in KEYS.items():
+            self.viewer.bind_key(key, _key_action(self, action), overwrite=True)
+
+    def _ensure_writer(self) -> LabelsWriter | None:
+        """The labels writer for the chosen layer, creating '<image> labels' when '(new)' is chosen."""
+        image = self.image_layer()
+        if image is None:
+            return None
+        labels = self.labels_layer()
+        if labels is None:
+            active = self.viewer.layers.selection.active
+            labels = self.viewer.add_layer(L.new_labels(image))
+            self.labels_choice.refresh(self.viewer.layers)
+            self.labels_choice.blockSignals(True)
+            self.labels_choice.choose(labels)
+            self.labels_choice.blockSignals(False)
+            self.object_id.setValue(1)
+            if active is not None:
+                self.viewer.layers.selection.active = active
+        L.check_labels(labels, image)
+        if self.writer is None or self.writer.layer != labels:
+            self.writer = LabelsWriter(labels, L.is_volume(image))
+        labels.selected_label = self.object_id.value()
+        return self.writer
+
+    # ============================================================================ prompts → prediction
+    def _on_prompts_changed(self, event=None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)).endswith("ing"):
+            return  # 'adding'/'changing'/'removing' precede the change itself
+        self.schedule_update()
+
+    def schedule_update(self) -> None:
+        """Coalesce the events of one user action into one prediction request."""
+        self._update_timer.start()
+
+    def _source(self, image: Image) -> ImageSource:
+        choice = self.norm_combo.currentText()
+        if choice == MODEL_DEFAULT:
+            norm = None
+        elif choice == "limits":
+            norm = Normalization("limits", limits=tuple(float(v) for v in image.contrast_limits))
+        else:
+            norm = Normalization(choice)
+        return ImageSource(image.data, bool(image.rgb), norm, (id(image), id(image.data), norm, bool(image.rgb)))
+
+    def update_prediction(self) -> None:
+        """Send the slices whose prompts changed to the engine; the newest request wins."""
+        self.predictions.invalidate()  # whatever is in flight answers prompts that no longer exist
+        image = self.image_layer()
+        if image is None:
+            return
+        try:
+            L.check_image(image)
+            prompts = L.collect_prompts(image, self.points_layer(), self.shapes_layer())
+        except L.PromptError as exc:
+            show_warning(str(exc))
+            self._set_status(str(exc))
+            return
+        if self.writer is not None:
+            for z in [z for z, s in self._painted.items() if s != PROPAGATED and z not in prompts]:
+                self.writer.clear(z)
+                del self._painted[z]
+        todo = {z: p for z, p in prompts.items() if self._painted.get(z) != p.signature()}
+        if not todo:
+            return
+        if self.session is None:
+            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
+            self._set_status("No model loaded.")
+            return
+        try:
+            self._ensure_writer()
+        except L.PromptError as exc:
+            show_warning(str(exc))
+            return
+        job = partial(predict_planes, self.session, self.feed, self._source(image), L.is_volume(image), todo)
+        request = self.predictions.submit(job)
+        self._request_sigs = {request: {z: p.signature() for z, p in todo.items()}}
+        self._set_status("Predicting…")
+
+    def _on_predicted(self, request: int, result: dict[int, tuple[np.ndarray, float]]) -> None:
+        sigs = self._request_sigs.pop(request, {})
+        if self.writer is None or self.writer.layer not in self.viewer.layers:
+            show_warning("The labels layer was removed while predicting; nothing was written. "
+                         "Choose a labels layer (or '(new)') in Segment (MSA).")
+            return
+        painted = 0
+        for z, (mask, _score) in result.items():
+            painted += self.writer.set_preview(z, mask, self.object_id.value(), self.overwrite.isChecked(),
+                                               refresh=False)
+            self._painted[z] = sigs.get(z)
+        self.writer.layer.refresh()
+        where = "" if not L.is_volume(self.image_layer()) else f"slice {', '.join(map(str, sorted(result)))}: "
+        scores = ", ".join(f"{s:.2f}" for _, s in result.values())
+        self._set_status(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
+
+    # ============================================================================ actions
+    def toggle_positive(self) -> None:
+        """T: the sign of new points flips (positive adds area, negative removes it)."""
+        points = self.points_layer()
+        if points is None:
+            show_info("Choose a prompt points layer first.")
+            return
+        L.toggle_positive(points)
+        self._show_sign()
+
+    def _show_sign(self) -> None:
+        points = self.points_layer()
+        positive = True if points is None else L.new_points_positive(points)
+        self.sign_button.setText("positive (T)" if positive else "negative (T)")
+        color = L.POSITIVE_COLOR if positive else L.NEGATIVE_COLOR
+        self.sign_button.setStyleSheet(f"color: {color}")
+
+    def commit(self) -> None:
+        """C: the preview becomes final (one undo step); prompts are cleared; the id moves to max + 1."""
+        if self.writer is None or not self.writer.planes:
+            show_info("Nothing to commit: click on the object first.")
+            return
+        if self.writer.layer not in self.viewer.layers:
+            show_warning("The labels layer is gone; choose a labels layer in Segment (MSA).")
+            return
+        self.predictions.invalidate()
+        self.propagation.discard()
+        obj = self.object_id.value()
+        written = self.writer.commit(obj, self.overwrite.isChecked())
+        self._painted.clear()
+        self._clear_prompts()
+        next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
+        self.object_id.setValue(next_id)
+        self.writer.layer.selected_label = next_id
+        self._set_status(f"Committed object {obj} ({written} px); now segmenting object {next_id}. "
+                         "Ctrl+Z on the labels layer undoes it.")
+
+    def clear(self) -> None:
+        """X: drop the prompts and the preview of the current object."""
+        self.predictions.invalidate()
+        self.propagation.discard()
+        if self.writer is not None:
+            self.writer.clear()
+        self._painted.clear()
+        self._clear_prompts()
+        self._set_status(f"Cleared; segmenting object {self.object_id.value()}.")
+
+    def _clear_prompts(self) -> None:
+        """Empty the prompt layers (their events then find nothing to predict)."""
+        points, shapes = self.points_layer(), self.shapes_layer()
+        if points is not None and len(points.data):
+            points.data = np.empty((0, points.ndim))
+        if shapes is not None:
+            boxes = {i for i, kind in enumerate(shapes.shape_type) if kind == "rectangle"}
+            if boxes:
+                shapes.selected_data = boxes
+                shapes.remove_selected()
+
+    def propagate(self) -> None:
+        """Shift+S: carry the current object through the volume (a cancellable worker); again to cancel."""
+        if self.propagation.running:
+            self.propagation.cancel()
+            self._set_status("Cancelling propagation…")
+            return
+        image = self.image_layer()
+        if image is None or not L.is_volume(image):
+            show_info("Propagation needs a (Z,Y,X) volume image.")
+            return
+        if self.session is None:
+            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
+            return
+        try:
+            writer = self._ensure_writer()
+        except L.PromptError as exc:
+            show_warning(str(exc))
+            return
+        z = L.current_plane(self.viewer, image)
+        mask = writer.preview_mask(z)
+        if mask is None:
+            mask = np.asarray(writer.layer.data[z]) == self.object_id.value()
+        if not mask.any():
+            show_info(f"Object {self.object_id.value()} is empty on slice {z}; segment it there first.")
+            return
+        self.prefetcher.stop()
+        self.propagation.start(self.session, self._source(image), mask.copy(), z)
+        self.propagate_button.setText("Cancel (Shift+S)")
+        self._set_status(f"Propagating object {self.object_id.value()} from slice {z}…")
+
+    def _on_propagated(self, masks: dict[int, np.ndarray]) -> None:
+        if self.writer is None or self.writer.layer not in self.viewer.layers:
+            show_warning("The labels layer was removed while propagating; nothing was written.")
+            return
+        for z, mask in masks.items():
+            self.writer.set_preview(z, mask, self.object_id.value(), self.overwrite.isChecked(), refresh=False)
+            self._painted[z] = PROPAGATED
+        self.writer.layer.refresh()
+        span = f"slices {min(masks)}–{max(masks)}" if masks else "no other slice"
+        self._set_status(f"Propagated object {self.object_id.value()} to {span}; C commits, X drops it.")
+
+    def _on_propagation_finished(self) -> None:
+        try:
+            self.propagate_button.setText("Propagate (Shift+S)")
+        except RuntimeError:  # the widget was closed meanwhile
+            pass
+
+    def _repaint_preview(self, *_) -> None:
+        """Id or overwrite changed: show the same preview under the new settings."""
+        if self.writer is None or not self.writer.planes or self.writer.layer not in self.viewer.layers:
+            return
+        masks = {z: self.writer.preview_mask(z) for z in self.writer.planes}
+        self.writer.clear(refresh=False)
+        for z, mask in masks.items():
+            self.writer.set_preview(z, mask, self.object_id.value(), self.overwrite.isChecked(), refresh=False)
+        self.writer.layer.selected_label = self.object_id.value()
+        self.writer.layer.refresh()
+
+    # ============================================================================ slices and embeddings
+    def _on_slice_changed(self, event=None) -> None:
+        image = self.image_layer()
+        if image is not None and L.is_volume(image):
+            self._slice_timer.start()
+
+    def _on_normalization_changed(self, *_) -> None:
+        self.predictions.invalidate()
+        self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
+        self.start_prefetch()
+        self.schedule_update()
+
+    def start_prefetch(self) -> None:
+        """Embed the current slice now and its neighbours after it, in the background."""
+        image = self.image_layer()
+        if image is None or self.session is None or self.propagation.running:
+            return
+        try:
+            L.check_image(image)
+        except L.PromptError:
+            return
+        if L.is_volume(image) and not L.plane_axes_displayed(self.viewer, image):
+            self._set_status("Show the image's (Y,X) planes (dims order) to segment slice by slice.")
+            return
+        n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
+        self.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+
+    # ============================================================================ feedback
+    def _set_status(self, text: str) -> None:
+        try:
+            self.status.setText(text)
+        except RuntimeError:  # the widget was closed while a worker finished
+            pass
+
+    def _report(self, action: str, exc: BaseException) -> None:
+        """A worker error becomes a notification that says what to do; no labels change."""
+        message = explain(action, exc)
+        log.info("%s", message)
+        show_warning(message)
+        self._set_status(message)
+
+    @property
+    def idle(self) -> bool:
+        """No prediction, embedding, propagation or model load in progress (used by tests and benchmarks)."""
+        return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
+                and not self._loading and not self._update_timer.isActive())
+
+
+def _key_action(widget: SegmentWidget, action: str):
+    """A key callback that forwards to ``widget.<action>`` (napari passes the viewer or the layer)."""
+
+    def run(_viewer_or_layer):
+        getattr(widget, action)()
+
+    run.__name__ = f"msa_{action}"
+    run.__doc__ = getattr(SegmentWidget, action).__doc__
+    return run
+
+
+def _teardown(viewer, hub, hub_callback, connections, *_) -> None:
+    """When the widget is destroyed: stop listening to the viewer and the hub, and release the keys."""
+    hub.model_changed.disconnect(hub_callback)
+    for emitter, callback in connections:
+        emitter.disconnect(callback)
+    for key in KEYS:
+        try:
+            unbound = viewer.bind_key(key, None)
+        except (KeyError, ValueError):
+            continue
+        if unbound is not None and not getattr(unbound, "__name__", "").startswith("msa_"):
+            viewer.bind_key(key, unbound)  # someone else's binding: put it back

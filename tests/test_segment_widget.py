@@ -1,0 +1,309 @@
+"""The Segment (MSA) dock widget in a real napari viewer (Xvfb): prompts → worker → labels, undo, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_support import DiskMasks, disk, install, notification_count, notifications_since, wait_idle
+
+from napari_msa import Session, load_model
+from napari_msa._widgets._hub import hub_for
+from napari_msa._widgets.segment_widget import SegmentWidget
+from napari_msa.engine import DEMO_MODEL_FILE
+from napari_msa.engine.loading import save_model_file
+
+SCALE = (2.0, 0.5)
+TRANSLATE = (10.0, -5.0)
+
+
+@pytest.fixture
+def open_segmenter(make_napari_viewer, qtbot):
+    """A viewer with an image and the widget opened through the manifest; waits for workers at the end."""
+    opened = []
+
+    def open_(image: np.ndarray | None = None, model: str | None = "tiny", **image_kwargs):
+        viewer = make_napari_viewer()
+        if image is not None:
+            viewer.add_image(image, name="img", **image_kwargs)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+        opened.append(widget)
+        if model is not None:
+            torch.manual_seed(0)
+            hub_for(viewer).set_model(load_model(model))
+        wait_idle(qtbot, widget)
+        return viewer, widget
+
+    yield open_
+    for widget in opened:
+        widget.prefetcher.stop()
+        widget.propagation.cancel()
+        wait_idle(qtbot, widget)
+
+
+def press(viewer, key: str) -> None:
+    """A key press as napari dispatches it: active layer's keymap first, then the viewer's."""
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def image2d(shape=(64, 80)) -> np.ndarray:
+    return np.random.default_rng(0).random(shape, dtype=np.float32)
+
+
+def test_manifest_widget_opens_with_its_layers(open_segmenter):
+    viewer, widget = open_segmenter(image2d(), model=None, scale=SCALE)
+    assert isinstance(widget, SegmentWidget)
+    points = viewer.layers["img prompts"]
+    assert widget.points_layer() == points and viewer.layers.selection.active == points
+    np.testing.assert_allclose(points.scale, SCALE)
+    assert points.mode == "add"
+    demo_item = widget.model_combo.model().item(0)
+    if DEMO_MODEL_FILE.is_file():
+        assert demo_item.isEnabled()
+    else:
+        assert not demo_item.isEnabled() and "not available" in demo_item.text()
+        assert "demo model is not available" in widget.model_label.text()
+
+
+def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=5))
+    viewer, widget = open_segmenter(image2d(), scale=SCALE, translate=TRANSLATE)
+    # A prompt layer with its own (identity) transform: the point is given in world coordinates.
+    world = viewer.add_points(np.empty((0, 2)), name="world clicks")
+    widget.points_choice.choose(world)
+    pixel = (20, 30)
+    world.add([TRANSLATE[0] + SCALE[0] * pixel[0], TRANSLATE[1] + SCALE[1] * pixel[1]])
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    np.testing.assert_allclose(labels.scale, SCALE)
+    np.testing.assert_array_equal(labels.data == 1, disk((64, 80), pixel, 5))
+    assert set(np.unique(labels.data)) == {0, 1}
+    np.testing.assert_allclose(masks.calls[-1]["points"], [pixel])
+
+
+def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=8))
+    viewer, widget = open_segmenter(image2d(), scale=SCALE)
+    points = widget.points_layer()
+    points.add([32, 40])
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    before = int((labels.data == 1).sum())
+    press(viewer, "T")
+    points.add([32, 46])
+    wait_idle(qtbot, widget)
+    assert points.features["positive"].tolist() == [True, False]
+    after = labels.data == 1
+    assert after.sum() < before
+    assert not after[32, 46] and after[32, 40]
+    np.testing.assert_array_equal(after, disk((64, 80), (32, 40), 8) & ~disk((64, 80), (32, 46), 4))
+
+
+def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
+    viewer, widget = open_segmenter(image2d(), model=None)
+    points = widget.points_layer()
+    assert widget.sign_button.text().startswith("positive")
+    press(viewer, "T")
+    assert widget.sign_button.text().startswith("negative")
+    points.add([5, 5])
+    press(viewer, "T")
+    points.add([6, 6])
+    assert points.features["positive"].tolist() == [False, True]
+    np.testing.assert_allclose(points.face_color[:, :3], [[1, 0, 0], [0, 1, 0]])
+    # T also works when another layer (here the image) is active: it is bound on the viewer too.
+    viewer.layers.selection.active = viewer.layers["img"]
+    press(viewer, "T")
+    assert widget.sign_button.text().startswith("negative")
+
+
+def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    labels = viewer.layers["img labels"]
+    first = disk((64, 80), (20, 20), 6)
+    np.testing.assert_array_equal(labels.data == 1, first)
+    assert widget.object_id.value() == 2 and len(points.data) == 0
+
+    # The second object overlaps the first: the first keeps its pixels (overwrite is off).
+    points.add([20, 28])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    second = disk((64, 80), (20, 28), 6)
+    np.testing.assert_array_equal(labels.data == 1, first)
+    np.testing.assert_array_equal(labels.data == 2, second & ~first)
+    assert widget.object_id.value() == 3
+
+    # With overwrite ticked the third object takes its whole disk.
+    widget.overwrite.setChecked(True)
+    points.add([20, 24])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    third = disk((64, 80), (20, 24), 6)
+    np.testing.assert_array_equal(labels.data == 3, third)
+
+    labels.undo()
+    np.testing.assert_array_equal(labels.data == 2, second & ~first)
+    assert not (labels.data == 3).any()
+    labels.undo()
+    np.testing.assert_array_equal(labels.data == 1, first)
+    assert not (labels.data == 2).any()
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmenter, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    labels = viewer.layers["img labels"]
+    committed = labels.data.copy()
+    points.add([40, 60])
+    wait_idle(qtbot, widget)
+    assert (labels.data == 2).any()
+    press(viewer, "X")
+    wait_idle(qtbot, widget)
+    assert len(points.data) == 0
+    np.testing.assert_array_equal(labels.data, committed)
+
+
+def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=4, hold_first=True))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    clicks = [(10 + 5 * i, 10 + 7 * i) for i in range(8)]
+    points.add(clicks[0])
+    qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)  # the first prediction is in flight
+    for click in clicks[1:]:
+        points.add(click)
+        qtbot.wait(5)
+    masks.release.set()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    np.testing.assert_array_equal(labels.data == 1, masks.expected((64, 80), clicks, [1] * len(clicks)))
+    assert widget.predictions.dropped == 1  # the first result came back stale and was not painted
+    assert len(masks.calls) == 2  # the burst was answered by one more prediction, with all the clicks
+    assert len(masks.calls[-1]["points"]) == len(clicks)
+
+
+def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    labels = viewer.layers["img labels"]
+    before = labels.data.copy()
+    for error, words in ((RuntimeError("decoder exploded"), "prediction failed"),
+                         (MemoryError(), "out of memory")):
+        masks.error = error
+        start = notification_count()
+        points.add([40, 60 - len(points.data)])
+        wait_idle(qtbot, widget)
+        messages = notifications_since(start)
+        assert any(words in m.lower() and "nothing was written" in m for m in messages), messages
+        np.testing.assert_array_equal(labels.data, before)
+
+
+def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6, hold_first=True))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
+    start = notification_count()
+    viewer.layers.remove("img labels")
+    masks.release.set()
+    wait_idle(qtbot, widget)
+    assert any("removed" in m and "no labels changed" in m for m in notifications_since(start))
+    assert "img labels" not in viewer.layers
+    # The widget recovers: the next click creates a fresh labels layer.
+    points.add([40, 40])
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["img labels"].data == 1,
+                                  masks.expected((64, 80), [(20, 20), (40, 40)], [1, 1]))
+
+
+def test_no_model_wrong_labels_and_outside_points_are_notified(open_segmenter, qtbot, make_napari_viewer):
+    viewer, widget = open_segmenter(image2d(), model=None)
+    points = widget.points_layer()
+    start = notification_count()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    assert any("No model loaded" in m for m in notifications_since(start))
+    assert "img labels" not in viewer.layers
+
+    hub_for(viewer).set_model(load_model("tiny"))
+    wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
+    widget.labels_choice.choose(wrong)
+    start = notification_count()
+    widget.update_prediction()
+    wait_idle(qtbot, widget)
+    assert any("has shape (10, 10)" in m for m in notifications_since(start))
+    assert not wrong.data.any()
+
+    widget.labels_choice.choose("(new)")
+    points.data = np.array([[20, 20], [200, 5]])
+    start = notification_count()
+    wait_idle(qtbot, widget)
+    assert any("outside 'img'" in m for m in notifications_since(start))
+    assert "img labels" not in viewer.layers
+
+
+def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qtbot):
+    image = np.zeros((64, 64), np.float32)
+    image[16:48, 20:44] = 1.0
+    viewer, widget = open_segmenter(image)
+    reference = Session(widget.session.model)
+    reference.set_image(image)
+    click = (32, 32)
+    expected, _ = reference.predict(points=[click], labels=[1])
+    widget.points_layer().add(click)
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, expected)
+
+
+def test_hub_model_change_rebuilds_session_and_keeps_prompts(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    widget.points_layer().add([30, 30])
+    wait_idle(qtbot, widget)
+    calls = len(masks.calls)
+    tuned = load_model("tiny")
+    tuned.adapter_source = "/tmp/tuned_adapter.safetensors"
+    hub_for(viewer).set_model(tuned)  # what the Tune widget does when tuning finishes
+    wait_idle(qtbot, widget)
+    assert widget.session.model is tuned
+    assert "tuned_adapter.safetensors" in widget.model_label.text()
+    assert len(masks.calls) == calls + 1  # the prompted slice was predicted again with the new model
+    assert len(widget.points_layer().data) == 1
+    assert (viewer.layers["img labels"].data == 1).sum() == disk((64, 80), (30, 30), 6).sum()
+
+
+def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
+    viewer, widget = open_segmenter(image2d(), model=None)
+    path = save_model_file(load_model("tiny").sam, tmp_path / "tiny_model.safetensors", description="test")
+    widget.model_combo.setCurrentText("vit_b")
+    widget.checkpoint.edit.setText(str(path))
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    model = hub_for(viewer).model
+    assert model is not None and model.source == str(path)
+    assert widget.session.model is model
+    assert model.describe() in widget.model_label.text()
+
+    widget.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
+    start = notification_count()
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    assert any("missing.pth" in m for m in notifications_since(start))
+    assert hub_for(viewer).model is model  # the failed load left the working model in place
