@@ -1,0 +1,368 @@
+"""Train and evaluate the shipped demo model: a small SAM-architecture network learnt from synthetic phantoms.
+
+No SAM weights can be downloaded where this project is built, so the plugin ships a model it trained
+itself, from scratch, on 2D slices drawn on the fly by :mod:`.phantoms` (abdominal CT-like phantoms
+of random layout, contrast, size and noise, plus a share of generic shape scenes). Reproduce the
+shipped file with the command recorded in its metadata (``extra["command"]``), e.g.::
+
+    python -m napari_msa.engine.demo_training --steps 2400 --seed 0
+
+The data of step ``k`` depends only on ``(seed, TRAIN_STREAM, k)`` and the weights start from
+``torch.manual_seed(seed)``, so the same command, thread count and torch build give the same file.
+Evaluation draws from ``EVAL_STREAM``, which training never touches.
+
+The training path feeds the network what :class:`~napari_msa.engine.session.Session` feeds it at run
+time: an 8-bit rendering (CT windows of varied level/width, or percentiles, as users load images)
+through SAM's resize / normalise / pad transform, and clicks as (x, y) in the resized frame. Each
+image is encoded once and prompted for several objects (SAM's own recipe), which is what makes CPU
+training affordable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from . import phantoms
+from .loading import DEMO_MODEL_FILE, MSAModel, save_model_file
+from .models import SAM_PIXEL_MEAN, SAM_PIXEL_STD, build_sam, get_config
+from .preprocessing import Normalization, encoder_input, to_uint8_rgb
+
+DEMO_DESCRIPTION = (
+    "napari-msa DEMO model: a small SAM-architecture network (segment_anything classes) trained from scratch by "
+    "napari-msa on synthetic abdominal CT-like phantoms to segment the structure under a click. It is not Meta's "
+    "SAM; use a SAM checkpoint for real work."
+)
+MIN_TARGET_AREA = 12  # pixels in the model's input frame; smaller pieces are never a training target
+EVAL_MIN_AREA = 64  # pixels in the image's own frame (8x8): the smallest object evaluated
+EVAL_SEED = 1000  # held-out slices come from [EVAL_SEED + seed, EVAL_STREAM, i]
+SIZE_BINS = ((0, 400, "small (<400 px)"), (400, 2500, "medium (400-2500 px)"), (2500, 10**9, "large (>=2500 px)"))
+
+
+# --- data -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    """One object's prompt in the resized frame: clicks as (x, y), an optional box (x0, y0, x1, y1)."""
+
+    points: np.ndarray  # (P, 2) float32
+    labels: np.ndarray  # (P,) int64, 1 positive / 0 negative
+    box: np.ndarray | None
+    target: np.ndarray  # (S, S) float32, zero in the padding
+    single_click: bool  # SAM answers a lone click with three masks; the best one is trained
+
+
+def components(labels: np.ndarray, min_area: int) -> list[np.ndarray]:
+    """Every connected piece of every label with at least ``min_area`` pixels: what one click can mean."""
+    out = []
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        comp, n = ndimage.label(labels == value)
+        sizes = np.bincount(comp.ravel())
+        out.extend(comp == i for i in range(1, n + 1) if sizes[i] >= min_area)
+    return out
+
+
+def _negative_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """A background pixel near the object, where annotators put negative clicks."""
+    ring = ndimage.binary_dilation(mask, iterations=int(rng.integers(2, 8))) & ~mask
+    rows, cols = np.nonzero(ring)
+    if not len(rows):
+        return None
+    i = int(rng.integers(len(rows)))
+    return int(rows[i]), int(cols[i])
+
+
+def make_prompt(mask: np.ndarray, rng: np.random.Generator, size: int) -> Prompt:
+    """Prompts as users give them: mostly one click deep inside, sometimes more clicks or a box."""
+    kind = str(rng.choice(["click", "clicks", "box"], p=[0.6, 0.2, 0.2]))
+    rows, cols = np.nonzero(mask)
+    points: list[tuple[int, int]] = [phantoms.interior_click(mask, rng)]
+    labels = [1]
+    box = None
+    if kind == "clicks":
+        for _ in range(int(rng.integers(1, 3))):
+            neg = _negative_click(mask, rng) if rng.random() < 0.5 else None
+            if neg is not None:
+                points.append(neg)
+                labels.append(0)
+            else:
+                i = int(rng.integers(len(rows)))
+                points.append((int(rows[i]), int(cols[i])))
+                labels.append(1)
+    elif kind == "box":
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        jitter = rng.normal(0, 0.06, 4) * np.array([w, h, w, h])
+        box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64) + jitter
+        box = np.clip(box, 0, size - 1).astype(np.float32)
+        if rng.random() < 0.5:
+            points, labels = [], []
+    target = np.zeros((size, size), dtype=np.float32)
+    target[: mask.shape[0], : mask.shape[1]] = mask
+    xy = np.array([(c, r) for r, c in points], dtype=np.float32).reshape(-1, 2)
+    return Prompt(xy, np.array(labels, dtype=np.int64), box, target, kind == "click")
+
+
+def training_batch(seed: int, step: int, n_images: int, n_objects: int,
+                   size: int) -> tuple[torch.Tensor, list[list[Prompt]]]:
+    """Encoder inputs (B,3,S,S) and each image's prompts for step ``step``: a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, phantoms.TRAIN_STREAM, step])
+    mean, std = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1), torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    images, prompts = [], []
+    while len(images) < n_images:
+        sample = phantoms.random_slice(rng, size_range=(96, 384))
+        rgb = to_uint8_rgb(phantoms.window_to_uint8(sample.image, rng, sample.kind), None)
+        x, (h, w) = encoder_input(rgb, size, mean, std)
+        lab = torch.from_numpy(sample.labels.astype(np.float32))[None, None]
+        lab = F.interpolate(lab, size=(h, w), mode="nearest")[0, 0].numpy().astype(np.int32)
+        objects = components(lab, MIN_TARGET_AREA)
+        if not objects:
+            continue
+        chosen = rng.choice(len(objects), size=n_objects, replace=len(objects) < n_objects)
+        images.append(x[0])
+        prompts.append([make_prompt(objects[int(i)], rng, size) for i in chosen])
+    return torch.stack(images), prompts
+
+
+def _as_is(item):
+    return item
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Steps [start, steps) in order; a worker process makes them while the model trains."""
+
+    def __init__(self, seed: int, start: int, steps: int, n_images: int, n_objects: int, size: int) -> None:
+        self.args = (seed, start, steps, n_images, n_objects, size)
+
+    def __iter__(self):
+        seed, start, steps, n_images, n_objects, size = self.args
+        for step in range(start, steps):
+            yield step, training_batch(seed, step, n_images, n_objects, size)
+
+
+# --- loss -----------------------------------------------------------------------------------------------------------
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = logits.sigmoid().flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def _decode(sam, embedding: torch.Tensor, group: list[Prompt], with_box: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four mask outputs (N,4,S,S logits, input frame) and IoU predictions (N,4) for one image's prompts."""
+    n_pts = max(len(p.points) for p in group)
+    points = None
+    if n_pts:
+        coords = np.zeros((len(group), n_pts, 2), dtype=np.float32)
+        labels = -np.ones((len(group), n_pts), dtype=np.int64)  # -1: SAM's "not a point" padding
+        for i, p in enumerate(group):
+            coords[i, : len(p.points)] = p.points
+            labels[i, : len(p.labels)] = p.labels
+        points = (torch.from_numpy(coords), torch.from_numpy(labels))
+    boxes = torch.from_numpy(np.stack([p.box for p in group])) if with_box else None
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+    low, iou = sam.mask_decoder.predict_masks(
+        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+    )
+    size = sam.image_encoder.img_size
+    return F.interpolate(low, (size, size), mode="bilinear", align_corners=False), iou
+
+
+def training_loss(sam, images: torch.Tensor, prompts: list[list[Prompt]]) -> tuple[torch.Tensor, dict]:
+    """SAM's recipe at CPU scale: BCE + Dice on the best of three masks for a lone click (output 0 for
+    several prompts, as SAM's ``multimask_output`` does), plus MSE of the IoU head on the masks it scores."""
+    embeddings = sam.image_encoder(images)
+    mask_losses, iou_losses, dices = [], [], []
+    for b, image_prompts in enumerate(prompts):
+        for with_box in (False, True):
+            group = [p for p in image_prompts if (p.box is not None) == with_box]
+            if not group:
+                continue
+            logits, iou_pred = _decode(sam, embeddings[b : b + 1], group, with_box)
+            target = torch.from_numpy(np.stack([p.target for p in group]))[:, None].expand_as(logits)
+            dice = _dice_loss(logits, target)
+            per_mask = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1)) + dice
+            single = torch.tensor([p.single_click for p in group])
+            best = per_mask[:, 1:].min(1)
+            mask_losses.append(torch.where(single, best.values, per_mask[:, 0]))
+            with torch.no_grad():
+                hard, truth = logits > 0, target > 0.5
+                inter = (hard & truth).flatten(-2).sum(-1).float()
+                union = (hard | truth).flatten(-2).sum(-1).float().clamp(min=1)
+                chosen = torch.where(single, 1 + best.indices, torch.zeros_like(best.indices))
+                dices.append(1 - dice.gather(1, chosen[:, None])[:, 0])
+            scored = torch.zeros_like(iou_pred, dtype=torch.bool)
+            scored[single, 1:] = True
+            scored[~single, 0] = True
+            iou_losses.append(((iou_pred - inter / union) ** 2)[scored])
+    mask_loss, iou_loss = torch.cat(mask_losses).mean(), torch.cat(iou_losses).mean()
+    stats = {"mask": mask_loss.item(), "iou": iou_loss.item(), "dice": torch.cat(dices).mean().item()}
+    return mask_loss + iou_loss, stats
+
+
+# --- evaluation through the public API ----------------------------------------------------------------------------
+
+
+def evaluation_slices(n: int, seed: int = 0, shapes_share: float = 0.0) -> list[phantoms.SliceSample]:
+    """Held-out phantom slices: the evaluation seed stream, never drawn by training."""
+    return [phantoms.random_slice(np.random.default_rng([EVAL_SEED + seed, phantoms.EVAL_STREAM, i]),
+                                  shapes_share=shapes_share, size_range=(128, 320)) for i in range(n)]
+
+
+def dice_score(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
+
+
+def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]],
+                    normalization: Normalization | None = None, min_area: int = EVAL_MIN_AREA) -> list[dict]:
+    """One positive click at the most interior pixel of every object (connected piece of a label),
+    through ``Session.predict``; one record (area, Dice, predicted IoU) per object."""
+    from .session import Session
+
+    session = Session(model, normalization=normalization)
+    records = []
+    for k, (image, labels) in enumerate(samples):
+        session.set_image(image)
+        for truth in components(labels, min_area):
+            mask, score = session.predict(points=[phantoms.interior_click(truth)], labels=[1])
+            records.append({"sample": k, "area": int(truth.sum()), "dice": dice_score(mask, truth), "score": score})
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Mean Dice overall and per object-size bin (area in the image's own pixels)."""
+    out: dict = {"objects": len(records),
+                 "mean_dice": round(float(np.mean([r["dice"] for r in records])), 4) if records else None, "bins": {}}
+    for lo, hi, name in SIZE_BINS:
+        sel = [r["dice"] for r in records if lo <= r["area"] < hi]
+        if sel:
+            out["bins"][name] = {"objects": len(sel), "mean_dice": round(float(np.mean(sel)), 4),
+                                 "median_dice": round(float(np.median(sel)), 4)}
+    return out
+
+
+def format_summary(result: dict) -> str:
+    lines = [f"mean Dice {result['mean_dice']:.3f} over {result['objects']} objects"]
+    for name, b in result["bins"].items():
+        lines.append(f"  {name:22s} n={b['objects']:4d}  mean {b['mean_dice']:.3f}  median {b['median_dice']:.3f}")
+    return "\n".join(lines)
+
+
+def evaluate_heldout(model: MSAModel, n_slices: int = 60, seed: int = 0,
+                     normalization: Normalization | None = None) -> dict:
+    samples = [(s.image, s.labels) for s in evaluation_slices(n_slices, seed)]
+    return summarize(evaluate_clicks(model, samples, normalization or Normalization("ct")))
+
+
+# --- training -------------------------------------------------------------------------------------------------------
+
+
+def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_size: int = 256,
+          n_images: int = 4, n_objects: int = 6, lr: float = 4e-4, warmup: int = 100, workers: int = 1,
+          eval_slices: int = 60, save_every: int = 200, log=print) -> dict:
+    """Train every weight of a fresh SAM from scratch and write the model file (also every ``save_every``
+    steps, so an interrupted run leaves a usable file); returns the metadata stored as ``extra``."""
+    torch.manual_seed(seed)
+    sam = build_sam(get_config(model_name, image_size))
+    sam.train()
+    decay = [p for n, p in sam.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in sam.named_parameters() if p.ndim < 2 or "pos" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr)
+    batches = _Batches(seed, 0, steps, n_images, n_objects, image_size)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    command = (f"python -m napari_msa.engine.demo_training --steps {steps} --seed {seed} --model {model_name} "
+               f"--image-size {image_size} --images {n_images} --objects {n_objects} --lr {lr} "
+               f"--threads {torch.get_num_threads()}")
+    start = time.time()
+    ema: dict[str, float] = {}
+    extra: dict = {}
+    for step, (images, prompts) in loader:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        loss, stats = training_loss(sam, images, prompts)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        for k, v in stats.items():
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+        last = step == steps - 1
+        if step % 25 == 0 or last:
+            log(f"step {step + 1:5d}/{steps}  mask loss {ema['mask']:.3f}  iou mse {ema['iou']:.4f}  "
+                f"train dice {ema['dice']:.3f}  lr {opt.param_groups[0]['lr']:.1e}  {time.time() - start:.0f} s")
+        if (save_every and (step + 1) % save_every == 0) or last:
+            sam.eval()
+            extra = {"trained_by": "napari_msa.engine.demo_training", "command": command, "seed": seed,
+                     "steps": step + 1, "planned_steps": steps, "train_seconds": round(time.time() - start),
+                     "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "images_per_step": n_images, "objects_per_image": n_objects}
+            if last and eval_slices:
+                model = MSAModel(sam, name="demo", device=torch.device("cpu"), source="training", is_demo=True)
+                result = evaluate_heldout(model, eval_slices, seed)
+                extra["heldout_one_click"] = {"slices": eval_slices, "normalization": "ct", **result}
+                log(format_summary(result))
+            save_model_file(sam, out, description=DEMO_DESCRIPTION, normalization=Normalization(), extra=extra)
+            log(f"wrote {out} after {step + 1} steps")
+            sam.train()
+    sam.eval()
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the demo model, or with --eval-only measure a model file on held-out phantoms."""
+    parser = argparse.ArgumentParser(prog="python -m napari_msa.engine.demo_training",
+                                     description="Train napari-msa's demo model on synthetic phantoms (CPU is fine).")
+    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEMO_MODEL_FILE, help="output .safetensors file")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--model", default="small", help="an architecture of the model registry [small]")
+    parser.add_argument("--images", type=int, default=4, help="images per step [4]")
+    parser.add_argument("--objects", type=int, default=6, help="prompted objects per image [6]")
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--workers", type=int, default=1, help="data-making processes (0: in this process)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--eval-slices", type=int, default=60, help="held-out slices evaluated at the end")
+    parser.add_argument("--save-every", type=int, default=200, help="also write the file every N steps (0: never)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the model file at --out and exit")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.eval_only:
+        from .loading import load_model
+
+        model = load_model("demo", checkpoint=args.out, device="cpu")
+        result = evaluate_heldout(model, args.eval_slices, args.seed)
+        print(format_summary(result))
+        print(json.dumps(result))
+        return 0
+    train(args.steps, args.seed, args.out, model_name=args.model, image_size=args.image_size, n_images=args.images,
+          n_objects=args.objects, lr=args.lr, workers=args.workers, eval_slices=args.eval_slices,
+          save_every=args.save_every)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
