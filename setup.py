@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "qt": ["PyQt6"],
-        "test": ["pytest", "pytest-qt", "pytest-xvfb", "pydicom", "nibabel", "scikit-image", "ruff"],
+        "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "pydicom", "nibabel", "scikit-image", "ruff"],
         "data": ["pydicom", "nibabel", "scikit-image"],
     },
     entry_points={
