@@ -63,9 +63,11 @@ SLICE_SETTLE_MS = 150  # wait for scrolling to pause before re-targeting the pre
 class SegmentWidget(QWidget):
     """Points and boxes → SAM/MSA masks on a worker → a labels layer, in 2D and slice by slice in 3D.
 
-    Keys (on the viewer and on the prompt points layer): T flips positive/negative for new points,
-    C commits the object and moves to a new id, X clears prompts and preview, Shift+S propagates the
-    object through the volume (again to cancel). Ctrl+Z on the labels layer undoes a commit.
+    Keys (bound on the prompt points layer and on the viewer): T flips positive/negative for new
+    points, C commits the object and moves to a new id, X clears prompts and preview, Shift+S
+    propagates the object through the volume (again to cancel). They act while the prompt points layer
+    is selected; on other layers napari's own shortcuts for the same keys (e.g. Labels X, Shapes T)
+    come first. Ctrl+Z on the labels layer undoes a commit.
     """
 
     _model_arrived = Signal(object)  # the hub may be fed from any thread; Qt queues it to ours
@@ -208,6 +210,12 @@ class SegmentWidget(QWidget):
             buttons.addWidget(b)
         form.addRow(buttons)
         root.addWidget(out_box)
+
+        keys = QLabel("Keys with the prompt points layer selected: <b>T</b> positive/negative · <b>C</b> commit · "
+                      "<b>X</b> clear · <b>Shift+S</b> propagate · Ctrl+Z on the labels layer undoes a commit")
+        keys.setWordWrap(True)
+        keys.setToolTip(self.__doc__)
+        root.addWidget(keys)
 
         self.status = QLabel("Ready")
         self.status.setWordWrap(True)
@@ -637,7 +645,7 @@ class SegmentWidget(QWidget):
     def idle(self) -> bool:
         """No prediction, embedding, propagation or model load in progress (used by tests and benchmarks)."""
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
-                and not self._loading and not self._update_timer.isActive())
+                and not self._loading and not self._update_timer.isActive() and not self._slice_timer.isActive())
 
 
 def _key_action(widget: SegmentWidget, action: str):

@@ -1,0 +1,171 @@
+"""The Segment (MSA) widget on volumes: per-slice prompts, cached/prefetched embeddings, propagation, a
+responsive GUI while the encoder runs, and box prompts."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from napari.utils import progress
+from qtpy.QtCore import QTimer
+from segment_support import DiskMasks, disk, install, notification_count, notifications_since, wait_idle
+
+from napari_msa import load_model
+from napari_msa._widgets._hub import hub_for
+
+SHAPE = (8, 48, 56)
+Z_SCALE = (3.0, 1.0, 1.0)
+
+
+@pytest.fixture
+def open_volume(make_napari_viewer, qtbot):
+    """A viewer with a (Z,Y,X) image scaled along z, the widget, and a tiny model whose encoder is counted."""
+    opened = []
+
+    def open_(encode_delay: float = 0.0, set_model: bool = True):
+        viewer = make_napari_viewer()
+        volume = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
+        viewer.add_image(volume, name="vol", scale=Z_SCALE)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+        opened.append(widget)
+        torch.manual_seed(0)
+        model = load_model("tiny")
+        model.encoded = 0
+        real_encode = model.encode
+
+        def counted_encode(*args, **kwargs):
+            model.encoded += 1
+            if encode_delay:
+                time.sleep(encode_delay)  # stands in for a big encoder (torch also runs without the GIL)
+            return real_encode(*args, **kwargs)
+
+        model.encode = counted_encode
+        if set_model:
+            hub_for(viewer).set_model(model)
+            wait_idle(qtbot, widget)
+        return viewer, widget, model
+
+    yield open_
+    for widget in opened:
+        widget.prefetcher.stop()
+        widget.propagation.cancel()
+        wait_idle(qtbot, widget)
+
+
+def go_to_slice(viewer, widget, qtbot, z: int) -> None:
+    viewer.dims.set_current_step(0, z)
+    qtbot.wait(10)  # let the slice-settle timer start
+    wait_idle(qtbot, widget)
+
+
+def test_clicks_are_per_slice_and_slice_changes_reuse_cached_embeddings(open_volume, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=5))
+    viewer, widget, model = open_volume()
+    assert viewer.dims.current_step[0] == 3  # napari opens a volume on its middle slice
+    assert widget.prefetcher.computed == [3, 4, 2, 5, 1]  # that slice, then its neighbours (radius 2)
+    go_to_slice(viewer, widget, qtbot, 0)
+    assert widget.prefetcher.computed[5:] == [0]  # only the slice not yet cached
+    encoded = model.encoded
+    go_to_slice(viewer, widget, qtbot, 2)
+    assert model.encoded == encoded  # slices 0..4 are all cached: no encoder pass at all
+
+    points = widget.points_layer()
+    points.add([2, 20, 30])  # (z, row, col) in the points layer's data = the image's pixels
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    assert labels.data.shape == SHAPE
+    np.testing.assert_allclose(labels.scale, Z_SCALE)
+    np.testing.assert_array_equal(labels.data[2] == 1, disk(SHAPE[1:], (20, 30), 5))
+    assert not np.delete(labels.data, 2, axis=0).any()  # other slices untouched
+    assert masks.calls[-1]["points"][0].tolist() == [2, 20, 30]
+    assert model.encoded == encoded  # the click used the cached embedding
+
+    go_to_slice(viewer, widget, qtbot, 5)
+    points.add([5, 30, 20])
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data[5] == 1, disk(SHAPE[1:], (30, 20), 5))
+    np.testing.assert_array_equal(labels.data[2] == 1, disk(SHAPE[1:], (20, 30), 5))  # slice 2 kept
+    assert len(masks.calls) == 2  # slice 2 was not predicted again
+
+    points.selected_data = {0}
+    points.remove_selected()  # the slice-2 prompt is gone, so is its preview
+    wait_idle(qtbot, widget)
+    assert not labels.data[2].any() and labels.data[5].any()
+
+
+def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget, _ = open_volume()
+    go_to_slice(viewer, widget, qtbot, 3)
+    widget.points_layer().add([3, 24, 28])
+    wait_idle(qtbot, widget)
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key("Shift-S")
+    handler.release_key("Shift-S")
+    assert widget.propagation.running
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    expected = disk(SHAPE[1:], (24, 28), 6)
+    for z in range(SHAPE[0]):
+        np.testing.assert_array_equal(labels.data[z] == 1, expected, err_msg=f"slice {z}")
+    handler.press_key("C")
+    handler.release_key("C")
+    assert widget.object_id.value() == 2
+    assert (labels.data == 1).sum() == SHAPE[0] * expected.sum()
+    labels.undo()  # the whole propagated object was one commit
+    assert not labels.data.any()
+
+
+def test_propagation_can_be_cancelled_and_writes_nothing(open_volume, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget, _ = open_volume()
+    widget.points_layer().add([3, 24, 28])  # on the slice shown (napari opens on the middle one)
+    wait_idle(qtbot, widget)
+    masks.hold_first = True  # hold the propagation's first slice until the cancel has been asked for
+    masks.calls.clear()
+    masks.first_started.clear()
+    start = notification_count()
+    widget.propagate()
+    qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
+    widget.propagate()  # the same key/button again cancels
+    masks.release.set()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    assert labels.data[3].any() and not np.delete(labels.data, 3, axis=0).any()
+    assert any("cancelled" in m for m in notifications_since(start))
+    assert len(masks.calls) == 1
+
+
+def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
+    viewer, widget, model = open_volume(encode_delay=0.4, set_model=False)
+    ticks_while_busy = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks_while_busy.append(not widget.prefetcher.idle))
+    timer.start()
+    hub_for(viewer).set_model(model)
+    assert not widget.prefetcher.idle  # the embedding was handed to a worker, not run here
+    qtbot.waitUntil(lambda: any("embedding" in (p.desc or "") for p in progress._all_instances), timeout=5000)
+    wait_idle(qtbot, widget)
+    timer.stop()
+    assert model.encoded == 5  # the middle slice and its four neighbours
+    assert sum(ticks_while_busy) >= 5  # the GUI thread kept running its timer while the encoder worked
+
+
+def test_a_box_prompt_on_its_slice(open_volume, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget, _ = open_volume()
+    go_to_slice(viewer, widget, qtbot, 4)
+    boxes = viewer.add_shapes(name="boxes", scale=Z_SCALE, ndim=3)
+    widget.shapes_choice.choose(boxes)
+    boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    np.testing.assert_allclose(masks.calls[-1]["box"], [10, 12, 30, 32])
+    assert masks.calls[-1]["z"] == 4
+    np.testing.assert_array_equal(labels.data[4] == 1, disk(SHAPE[1:], (20, 22), 10))
+    widget.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
+    wait_idle(qtbot, widget)
+    assert len(boxes.data) == 0 and not labels.data.any()
