@@ -327,6 +327,9 @@ class PrefixCache:
         self.nbytes = 0
         self.hits = self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get(self, key: tuple[int, int]) -> torch.Tensor | None:
         t = self._items.get(key)
         if t is None:
@@ -802,6 +805,8 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         "full_finetune": bool(full_finetune),
         "trainable_parameters": sum(p.numel() for p in params),
         "prefix_cache": use_cache,
+        "prefix_cache_entries": len(encoder.cache) if encoder.cache is not None else 0,
+        "prefix_cache_hits": encoder.cache.hits if encoder.cache is not None else 0,
         "first_trained_block": start,
         "step_time_s": _r(train_time / max(1, n)),
     }

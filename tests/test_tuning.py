@@ -1,0 +1,288 @@
+"""Few-shot tuning engine: pairs, split, simulated clicks, learning, cancel, reproducibility, prefix cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tuning_support import blob_task
+
+from napari_msa import AdapterConfig, Session, load_model
+from napari_msa.engine import Cancelled
+from napari_msa.engine.checkpoints import read_adapter_metadata
+from napari_msa.engine.tuning import (
+    TuneProgress,
+    build_pairs,
+    correction_click,
+    decode,
+    interior_click,
+    jittered_box,
+    split_pairs,
+    tune,
+    upscale_logits,
+)
+
+SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The test machine's two cores are shared; one torch thread per process is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(image_size: int = SIZE, **kwargs):
+    torch.manual_seed(0)
+    return load_model("tiny", device="cpu", image_size=image_size, **kwargs)
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.trainable_state().items()}
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """A tiny SAM trained (all weights) on bright discs, adapters back to identity: a stand-in for SAM."""
+    images, labels = blob_task(6, seed=0)
+    result = tune(tiny(), images, labels, steps=30, lr=3e-3, val_fraction=0.34, patience=0, full_finetune=True)
+    base = result.model
+    with torch.no_grad():
+        for name, p in base.sam.named_parameters():
+            if "Adapter" in name and "D_fc2" in name:
+                p.zero_()
+    return base
+
+
+# ------------------------------------------------------------------------------------------ pairs
+def test_pairs_from_every_labelled_slice_and_object_of_a_volume():
+    images, labels = blob_task(5, size=48)
+    labels[1] = 0  # an unlabelled slice is skipped
+    labels[3][labels[3] == 2] = 7  # ids need not be consecutive
+    labels[4][:] = 0
+    labels[4][10:12, 10:12] = 3  # 2×2 pixels at 48 px → 5×5 at the model's 128 px: kept
+    labels[4][30, 30] = 4  # a single pixel → 3×3: below min_pixels, dropped
+    slices, pairs = build_pairs(images, labels, image_size=SIZE, min_pixels=12)
+    assert [s.z for s in slices] == [0, 2, 3, 4]
+    assert {(slices[p.slice_id].z, p.object_id) for p in pairs} == {(0, 1), (0, 2), (2, 1), (2, 2), (3, 1), (3, 7),
+                                                                    (4, 3)}
+    assert all(s.rgb.shape == (SIZE, SIZE, 3) and s.rgb.dtype == np.uint8 for s in slices)
+    # a 2D RGB image, non-square: resized on the longest side like the session
+    rgb = np.zeros((40, 80, 3), np.uint8)
+    lab = np.zeros((40, 80), np.int32)
+    lab[10:20, 50:70] = 1
+    slices, pairs = build_pairs(rgb, lab, image_size=SIZE)
+    assert slices[0].rgb.shape == (64, 128, 3) and slices[0].z is None and len(pairs) == 1
+    rows, cols = np.nonzero(slices[0].labels == 1)  # rows 10..19, cols 50..69 scaled by 1.6 (nearest)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 31, 80, 111)
+
+
+def test_pairs_reject_mismatched_or_float_labels():
+    images, labels = blob_task(2, size=32)
+    with pytest.raises(ValueError, match="do not match"):
+        build_pairs(images, labels[:, :, :16], image_size=SIZE)
+    with pytest.raises(ValueError, match="integers"):
+        build_pairs(images, labels.astype(np.float32), image_size=SIZE)
+
+
+def test_split_by_slice_then_by_object_and_clear_errors():
+    rng = np.random.default_rng(0)
+    images, labels = blob_task(5, size=48)
+    slices, pairs = build_pairs(images, labels, image_size=SIZE)
+    train, held, how = split_pairs(slices, pairs, 0.2, rng)
+    assert how == "slice" and len({p.slice_id for p in held}) == 1
+    assert not {p.slice_id for p in held} & {p.slice_id for p in train}
+    slices, pairs = build_pairs(images[0], labels[0], image_size=SIZE)
+    train, held, how = split_pairs(slices, pairs, 0.5, rng)
+    assert how == "object" and len(train) == len(held) == 1
+    lab = labels[0].copy()
+    lab[lab == 2] = 0
+    slices, pairs = build_pairs(images[0], lab, image_size=SIZE)
+    with pytest.raises(ValueError, match="one more object"):
+        split_pairs(slices, pairs, 0.2, rng)
+    assert split_pairs(slices, pairs, 0.0, rng)[2] == "none"
+    with pytest.raises(ValueError, match="no labelled objects"):
+        tune(tiny(), images[0], np.zeros_like(labels[0]), steps=1)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def test_clicks_are_row_col_and_go_where_the_errors_are():
+    gt = np.zeros((60, 100), bool)
+    gt[10:30, 60:95] = True  # wide, off-centre, near the top right
+    r, c = interior_click(gt)
+    assert 17 <= r <= 22 and 69 <= c <= 85  # as deep as possible (the central row), as (row, col)
+    for seed in range(5):
+        r, c = interior_click(gt, np.random.default_rng(seed))
+        assert gt[int(r), int(c)]
+    pred = np.zeros_like(gt)
+    pred[10:30, 60:75] = True  # the right part is missed
+    (r, c), label = correction_click(pred, gt)
+    assert label == 1 and gt[int(r), int(c)] and not pred[int(r), int(c)] and c > 75
+    pred = gt.copy()
+    pred[40:58, 5:40] = True  # a false positive at the bottom left
+    (r, c), label = correction_click(pred, gt)
+    assert label == 0 and r > 40 and c < 40
+    big = np.zeros((700, 500), bool)
+    big[100:400, 300:480] = True  # a large frame is searched on a coarser grid
+    (r, c), label = correction_click(np.zeros_like(big), big)
+    assert label == 1 and big[int(r), int(c)]
+    for seed in range(10):
+        box = jittered_box(gt, np.random.default_rng(seed))
+        assert box[0] < box[2] and box[1] < box[3]
+        assert abs(box[0] - 10) <= 8 and abs(box[3] - 94) <= 14
+
+
+def test_training_decoder_path_matches_the_session():
+    """The training/evaluation prompts give what Session.predict gives for the same (row, col) click.
+
+    An asymmetric off-centre object on a non-square image already at the model's scale: a swapped
+    x/y anywhere would prompt another place and the masks would differ.
+    """
+    from napari_msa.engine.tuning import _Encoder
+
+    model = tiny()
+    image = np.random.default_rng(1).normal(0, 0.2, (SIZE, 80)).astype(np.float32)
+    image[20:50, 50:75] += 2.0
+    session = Session(model)
+    session.set_image(image)
+    point, box = np.array([30.0, 60.0]), np.array([20.0, 50.0, 49.0, 74.0])
+    mask_click, _ = session.predict(points=[point], labels=[1])
+    mask_box, _ = session.predict(box=box)
+    slices, _ = build_pairs(image, (image > 1).astype(np.int32), image_size=SIZE)
+    enc = _Encoder(model, 0, None)
+    with torch.no_grad():
+        emb = enc.full(enc.pixels(slices[0].rgb)[None])
+        low, iou = decode(model.sam, emb, point[None], np.array([1]), None, True)
+        ours_click = (upscale_logits(low, SIZE, (SIZE, 80))[0, int(torch.argmax(iou))] > 0).numpy()
+        low, _ = decode(model.sam, emb, None, None, box, False)
+        ours_box = (upscale_logits(low, SIZE, (SIZE, 80))[0, 0] > 0).numpy()
+        low, iou = decode(model.sam, emb, point[None, ::-1].copy(), np.array([1]), None, True)
+        swapped = (upscale_logits(low, SIZE, (SIZE, 80))[0, int(torch.argmax(iou))] > 0).numpy()
+    np.testing.assert_array_equal(ours_click, mask_click)
+    np.testing.assert_array_equal(ours_box, mask_box)
+    assert (swapped != mask_click).sum() > 20  # the test would notice a transposed click
+
+
+# ------------------------------------------------------------------------------------------ learning
+def test_adapters_alone_learn_a_new_structure_and_nothing_else_moves(pretrained):
+    """Dark discs for a model that only knows bright ones: loss falls, held-out Dice rises."""
+    images, labels = blob_task(6, seed=1)
+    before = {k: v.clone() for k, v in pretrained.sam.state_dict().items()}
+    seen: list[TuneProgress] = []
+    result = tune(pretrained, -images, labels, steps=40, lr=1e-2, val_fraction=0.34, seed=0, patience=0,
+                  progress=seen.append)
+    s = result.summary
+    assert s["loss_last"] < 0.7 * s["loss_first"], s
+    assert s["val_dice_after"] > s["val_dice_before"] + 0.15, s
+    assert s["split"] == "slice" and s["n_val_pairs"] == 4 and s["steps_done"] == 40
+    # progress: prepare, eval before, every step, ETA, done
+    assert seen[0].phase == "prepare" and seen[-1].phase == "done"
+    train = [p for p in seen if p.phase == "train"]
+    assert [p.step for p in train] == list(range(1, 41)) and train[0].eta_s > 0 and train[-1].eta_s == 0
+    # only adapters moved, in the returned copy; the given model is untouched
+    tuned = result.model.sam.state_dict()
+    moved = {k for k in tuned if not torch.equal(tuned[k], before[k])}
+    assert moved and all("Adapter" in k and "Depth" not in k for k in moved)
+    assert states_equal(pretrained.sam.state_dict(), before)
+    assert result.model.version > pretrained.version
+    assert result.model.weights_key() != pretrained.weights_key()
+
+
+def test_decoder_option_learns_and_the_adapter_round_trips(tmp_path):
+    images, labels = blob_task(6, seed=0)
+    model = tiny()
+    result = tune(model, images, labels, steps=30, lr=3e-3, val_fraction=0.34, seed=0, patience=0,
+                  train_decoder=True)
+    s = result.summary
+    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.25, s
+
+    path = result.save(tmp_path / "tuned.safetensors")
+    meta = read_adapter_metadata(path)
+    assert meta["includes_decoder"] and meta["training"]["val_dice_after"] == s["val_dice_after"]
+    assert meta["training"]["steps_done"] == 30 and json.dumps(meta["training"])
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+    reloaded = model.clone()  # the untuned model plus the file
+    reloaded.apply_adapter(path)
+    torch.manual_seed(0)  # the same random base weights as `model`, adapter built from the file's metadata
+    fresh = load_model("tiny", device="cpu", adapter=path)
+    assert fresh.image_size == SIZE
+
+    def predict(m):
+        session = Session(m)
+        session.set_image(images[4])
+        mask, _ = session.predict(points=[(32, 32)], labels=[1])
+        return mask, session.last_logits
+
+    tuned_mask, tuned_logits = predict(result.model)
+    for other in (reloaded, fresh):
+        mask, logits = predict(other)
+        np.testing.assert_array_equal(mask, tuned_mask)
+        np.testing.assert_allclose(logits, tuned_logits, atol=1e-5)
+    _, untuned_logits = predict(model)
+    assert np.abs(untuned_logits - tuned_logits).max() > 0.1  # and tuning did change the predictions
+
+
+# ------------------------------------------------------------------------------------------ safety
+def test_cancel_or_error_leaves_the_model_as_it_was():
+    images, labels = blob_task(4, size=48)
+    model = tiny()
+    before = trainable(model)
+    flags = [p.requires_grad for p in model.sam.parameters()]
+    steps: list[int] = []
+
+    def record(p: TuneProgress) -> None:
+        if p.phase == "train":
+            steps.append(p.step)
+
+    with pytest.raises(Cancelled):
+        tune(model, images, labels, steps=20, lr=1e-1, train_decoder=True, inplace=True, progress=record,
+             cancel=lambda: len(steps) >= 3)
+    assert steps == [1, 2, 3] and states_equal(trainable(model), before)
+
+    def explode(p: TuneProgress) -> None:
+        if p.phase == "train" and p.step == 2:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tune(model, images, labels, steps=20, lr=1e-1, train_decoder=True, inplace=True, progress=explode)
+    assert states_equal(trainable(model), before)
+    assert flags == [p.requires_grad for p in model.sam.parameters()]  # requires_grad put back too
+    with pytest.raises(Cancelled):  # the default (a copy) never touches the model at all
+        tune(model, images, labels, steps=5, cancel=lambda: True)
+    assert states_equal(trainable(model), before)
+
+
+def test_same_seed_same_adapter_other_seed_other_adapter():
+    images, labels = blob_task(4, size=48)
+    model = tiny()
+    runs = [tune(model, images, labels, steps=4, lr=1e-2, seed=seed).model.trainable_state() for seed in (5, 5, 6)]
+    assert states_equal(runs[0], runs[1])
+    assert not states_equal(runs[0], runs[2])
+
+
+def test_prefix_cache_gives_the_same_training_and_hits():
+    """Adapters in the last block only: cached frozen tokens give the same losses as recomputing them."""
+    images, labels = blob_task(4, size=48)
+    model = tiny(adapter_config=AdapterConfig(blocks=(1,)))
+    kwargs = dict(steps=6, lr=1e-2, seed=0, augment=False, val_fraction=0.25, patience=0)
+    cached = tune(model, images, labels, cache_prefix=True, **kwargs)
+    plain = tune(model, images, labels, cache_prefix=False, **kwargs)
+    assert cached.summary["prefix_cache"] and not plain.summary["prefix_cache"]
+    assert cached.summary["first_trained_block"] == 1
+    np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
+    # with augmentation the cache holds one entry per flip/rotation variant
+    augmented = tune(model, images, labels, steps=6, lr=1e-2, seed=0, val_fraction=0.25)
+    assert augmented.summary["prefix_cache"]
+    assert 0 < augmented.summary["prefix_cache_entries"] <= 8 * 4
+    assert augmented.summary["prefix_cache_hits"] > 0
+    with pytest.raises(ValueError, match="last blocks"):
+        tune(tiny(), images, labels, steps=1, cache_prefix=True)
