@@ -180,8 +180,8 @@ def test_adapters_alone_learn_a_new_structure_and_nothing_else_moves(pretrained)
     result = tune(pretrained, -images, labels, steps=40, lr=1e-2, val_fraction=0.34, seed=0, patience=0,
                   progress=seen.append)
     s = result.summary
-    assert s["loss_last"] < 0.7 * s["loss_first"], s
-    assert s["val_dice_after"] > s["val_dice_before"] + 0.15, s
+    assert s["loss_last"] < 0.5 * s["loss_first"], s  # measured: 2.6 → 0.75 (seeds 0-2)
+    assert s["val_dice_after"] > s["val_dice_before"] + 0.3, s  # measured: 0.005 → 0.47
     assert s["split"] == "slice" and s["n_val_pairs"] == 4 and s["steps_done"] == 40
     # progress: prepare, eval before, every step, ETA, done
     assert seen[0].phase == "prepare" and seen[-1].phase == "done"
@@ -202,7 +202,8 @@ def test_decoder_option_learns_and_the_adapter_round_trips(tmp_path):
     result = tune(model, images, labels, steps=30, lr=3e-3, val_fraction=0.34, seed=0, patience=0,
                   train_decoder=True)
     s = result.summary
-    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.25, s
+    # measured: loss 1.6 → 0.6-0.8, Dice 0.07 → 0.56 (seeds 0-2)
+    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.3, s
 
     path = result.save(tmp_path / "tuned.safetensors")
     meta = read_adapter_metadata(path)

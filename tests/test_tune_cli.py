@@ -1,0 +1,119 @@
+"""``napari-msa tune``: files in, adapter out, readable errors, and the same command under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from safetensors.torch import load_file
+from tuning_support import blob_task
+
+from napari_msa import Session, load_model
+from napari_msa.cli import main
+from napari_msa.engine.checkpoints import read_adapter_metadata
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine's two cores are shared; one torch thread is faster and steadier there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    images, labels = blob_task(4, size=48)
+    image_path, labels_path = tmp_path / "image.tif", tmp_path / "labels.npy"
+    tifffile.imwrite(image_path, images)
+    np.save(labels_path, labels)
+    return image_path, labels_path, images
+
+
+def test_tune_writes_an_adapter_that_loads_and_reports_dice(task_files, tmp_path, capsys):
+    image, labels, images = task_files
+    out = tmp_path / "out" / "tuned.safetensors"
+    rc = main(["tune", str(image), str(labels), "-o", str(out), "--model", "tiny", "--steps", "4", "--lr", "3e-3",
+               "--seed", "1", "--val-fraction", "0.25"])
+    assert rc == 0 and out.is_file()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    meta = read_adapter_metadata(out)
+    t = meta["training"]
+    assert t["steps_done"] == 4 and t["n_val_pairs"] == 2 and t["lr"] == 3e-3 and t["seed"] == 1
+    assert f"held-out Dice (1 click) {t['val_dice_before']:.3f} -> {t['val_dice_after']:.3f}" in last
+    assert str(out) in last
+    torch.manual_seed(1)  # the CLI seeds before building, so the same random base comes back
+    model = load_model("tiny", device="cpu", adapter=out)
+    session = Session(model)
+    session.set_image(images[0])
+    assert session.predict(points=[(24, 24)], labels=[1])[0].shape == (48, 48)
+
+
+def test_last_blocks_builds_a_partial_adapter_with_the_prefix_cache(task_files, tmp_path, capsys):
+    image, labels, _ = task_files
+    out = tmp_path / "last.safetensors"
+    assert main(["-q", "tune", str(image), str(labels), "-o", str(out), "--model", "tiny", "--steps", "2",
+                 "--last-blocks", "1"]) == 0
+    meta = read_adapter_metadata(out)
+    assert meta["adapter_config"]["blocks"] == [1] and meta["training"]["prefix_cache"]
+    assert all(k.startswith("image_encoder.blocks.1.") for k in load_file(out))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--last-blocks", "5"], "--last-blocks must be between 1"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["-o", "x.pth"], "written as .safetensors"),
+])
+def test_bad_options_give_one_clear_line(task_files, tmp_path, capsys, extra, message):
+    image, labels, _ = task_files
+    argv = ["tune", str(image), str(labels), "-o", str(tmp_path / "a.safetensors"), "--model", "tiny", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bad_inputs_give_one_clear_line(task_files, tmp_path, capsys):
+    image, labels, images = task_files
+    out = str(tmp_path / "a.safetensors")
+    assert main(["tune", str(image), "-o", out, "--model", "tiny"]) == 2
+    assert "IMAGE LABELS pairs" in capsys.readouterr().err
+    assert main(["tune", str(image), str(image), "-o", out, "--model", "tiny"]) == 2
+    assert "labels must be integer ids" in capsys.readouterr().err
+    np.save(tmp_path / "empty.npy", np.zeros(images.shape, np.int32))
+    assert main(["tune", str(image), str(tmp_path / "empty.npy"), "-o", out, "--model", "tiny"]) == 2
+    assert "no labelled objects" in capsys.readouterr().err
+    np.save(tmp_path / "small.npy", np.zeros((4, 10, 10), np.int32))
+    assert main(["tune", str(image), str(tmp_path / "small.npy"), "-o", out, "--model", "tiny"]) == 2
+    assert "do not match" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(task_files, tmp_path):
+    """2 gloo processes × 1 sample give the adapter 1 process × 2 samples gives (same seed, same samples)."""
+    image, labels, _ = task_files
+    common = [str(image), str(labels), "--model", "tiny", "--steps", "3", "--lr", "3e-3", "--seed", "3",
+              "--val-fraction", "0.25", "--device", "cpu"]
+    ddp_out, single_out = tmp_path / "ddp.safetensors", tmp_path / "single.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "napari_msa.cli", "-q", "tune", *common, "--batch-size", "1", "-o", str(ddp_out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("adapter written to") == 1  # rank 0 only
+    assert main(["-q", "tune", *common, "--batch-size", "2", "-o", str(single_out)]) == 0
+    meta = read_adapter_metadata(ddp_out)
+    assert meta["training"]["world_size"] == 2 and meta["training"]["steps_done"] == 3
+    ddp, single = load_file(ddp_out), load_file(single_out)
+    assert ddp.keys() == single.keys()
+    assert max(float((ddp[k] - single[k]).abs().max()) for k in ddp) < 1e-4
+    assert max(float(ddp[k].abs().max()) for k in ddp if "D_fc2" in k) > 1e-3  # it did train
+    torch.manual_seed(3)
+    load_model("tiny", device="cpu", adapter=ddp_out)  # the file loads on the base it was tuned from
