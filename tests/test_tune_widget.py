@@ -1,0 +1,128 @@
+"""The Tune (MSA) dock widget in a real napari viewer (Xvfb): layers → worker → tuned model in the hub."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tuning_support import blob_task
+
+from napari_msa import Session, load_model
+from napari_msa._widgets import tune_widget as tw
+from napari_msa._widgets._hub import hub_for
+
+SIZE = 128
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine's two cores are shared; one torch thread is faster and steadier there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tuner(make_napari_viewer, qtbot):
+    """A viewer with blobs and their labels, a tiny model in the hub, and the Tune widget from the manifest."""
+    opened = []
+
+    def open_(with_model: bool = True):
+        viewer = make_napari_viewer()
+        images, labels = blob_task(6, size=48)
+        viewer.add_image(images, name="img")
+        viewer.add_labels(labels, name="annotations")
+        model = None
+        if with_model:
+            torch.manual_seed(0)
+            model = load_model("tiny", device="cpu", image_size=SIZE)
+            hub_for(viewer).set_model(model)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
+        opened.append(widget)
+        return viewer, widget, model
+
+    yield open_
+    for widget in opened:
+        widget.cancel()
+        qtbot.waitUntil(lambda w=widget: not w.running and w._save_worker is None, timeout=60_000)
+
+
+def predict_logits(model, image: np.ndarray) -> np.ndarray:
+    session = Session(model)
+    session.set_image(image)
+    session.predict(points=[(2, 24, 24)], labels=[1])
+    return session.last_logits
+
+
+def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path):
+    viewer, widget, old = tuner()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    assert isinstance(widget, tw.TuneWidget)
+    assert widget.image_combo.layer() is viewer.layers["img"]
+    assert widget.labels_combo.layer() is viewer.layers["annotations"]
+    old_state = {k: v.clone() for k, v in old.trainable_state().items()}
+    image = viewer.layers["img"].data
+    before = predict_logits(old, image)
+
+    widget.steps.setValue(12)
+    widget.lr.setValue(0.003)
+    widget.val_share.setValue(0.34)
+    widget.train_decoder.setChecked(True)
+    widget.start_button.click()
+    assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+
+    hub = hub_for(viewer)
+    assert widget.result is not None and hub.model is widget.result.model and hub.model is not old
+    qtbot.waitUntil(lambda: segment.session is not None and segment.session.model is hub.model, timeout=10_000)
+    after = predict_logits(hub.model, image)
+    assert np.abs(after - before).max() > 0.1  # segmentation now answers with the tuned weights
+    assert all(torch.equal(v, old_state[k]) for k, v in old.trainable_state().items())  # old model untouched
+
+    assert widget.progress.value() == widget.progress.maximum() == 12
+    assert [s for s, _ in widget.curve.loss] == list(range(1, 13)) and len(widget.curve.dice) >= 2
+    assert "held-out Dice" in widget.status.text() and widget.save_button.isEnabled()
+    picture = widget.curve.grab().toImage()  # the live curve paints both lines
+    colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
+    assert tw.DICE_COLOR.name() in colours and tw.LOSS_COLOR.name() in colours
+
+    path = tmp_path / "tuned.safetensors"
+    widget.save_adapter(path)
+    qtbot.waitUntil(lambda: path.is_file() and widget._save_worker is None, timeout=30_000)
+    assert "saved" in widget.status.text()
+    reloaded = old.clone()
+    reloaded.apply_adapter(path)
+    np.testing.assert_allclose(predict_logits(reloaded, image), after, atol=1e-5)
+
+
+def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):
+    viewer, widget, old = tuner()
+    widget.steps.setValue(5000)
+    widget.start_button.click()
+    # progress reaches the GUI thread while training runs: the event loop is free
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)
+    assert widget.running
+    viewer.add_labels(np.zeros((6, 48, 48), np.int32), name="more")  # the layer list still reacts
+    assert widget.labels_combo.findText("more") >= 0
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert hub_for(viewer).model is old and widget.result is None
+    assert "Cancelled" in widget.status.text() and widget.start_button.isEnabled()
+    assert widget.progress.value() < 5000
+
+
+def test_unusable_inputs_are_explained(tuner, monkeypatch):
+    viewer, widget, _ = tuner(with_model=False)
+    monkeypatch.setattr(tw, "DEMO_MODEL_FILE", tw.Path("/nonexistent/demo_sam.safetensors"))
+    widget._show_model(None)
+    assert "Segment (MSA)" in widget.model_label.text()
+    widget.start_button.click()
+    assert not widget.running and "load one in the Segment (MSA) widget" in widget.status.text()
+    viewer.layers["annotations"].data = np.zeros((6, 48, 48), np.int32)
+    widget.start_button.click()
+    assert not widget.running and "is empty" in widget.status.text()
+    viewer.layers.remove("annotations")
+    assert widget.labels_combo.layer() is None
+    widget.start_button.click()
+    assert "choose an image layer and the labels layer" in widget.status.text()
