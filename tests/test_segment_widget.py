@@ -194,6 +194,23 @@ def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
     assert len(masks.calls[-1]["points"]) == len(clicks)
 
 
+def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=5))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    masks.hold_first, masks.calls = True, []
+    points.add([40, 60])
+    qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
+    points.selected_data = {1}
+    points.remove_selected()  # back to the prompts whose preview is already shown
+    masks.release.set()
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, disk((64, 80), (20, 20), 5))
+    assert widget.predictions.dropped == 1 and len(masks.calls) == 1
+
+
 def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())

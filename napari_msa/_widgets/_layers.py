@@ -23,6 +23,10 @@ class PromptError(ValueError):
     """A prompt the engine cannot use; the message tells the user what to do."""
 
 
+class PromptsChanging(RuntimeError):
+    """The points layer is mid-update (data and features differ in length); read it again shortly."""
+
+
 @dataclass(frozen=True)
 class PlanePrompts:
     """The prompts of one slice: points (row, col) in image data pixels, their labels (1/0) and one box."""
@@ -150,6 +154,8 @@ def collect_prompts(image: Image, points: Points | None, shapes: Shapes | None) 
         coords = to_image_pixels(points, points.data, image)
         if POSITIVE in points.features:
             signs = points.features[POSITIVE].to_numpy(dtype=bool)
+            if len(signs) != len(coords):
+                raise PromptsChanging()
         else:
             signs = np.ones(len(coords), dtype=bool)
         for i, (coord, sign) in enumerate(zip(coords, signs, strict=True)):

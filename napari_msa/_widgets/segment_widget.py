@@ -415,10 +415,11 @@ class SegmentWidget(QWidget):
 
     # ============================================================================ prompts → prediction
     def _on_prompts_changed(self, event=None) -> None:
+        """Act at once, so a prompt removed while its prediction runs makes that result stale before it lands."""
         action = getattr(event, "action", None)
         if action is not None and str(getattr(action, "value", action)).endswith("ing"):
             return  # 'adding'/'changing'/'removing' precede the change itself
-        self.schedule_update()
+        self.update_prediction()
 
     def schedule_update(self) -> None:
         """Coalesce the events of one user action into one prediction request."""
@@ -435,25 +436,40 @@ class SegmentWidget(QWidget):
         return ImageSource(image.data, bool(image.rgb), norm, (id(image), id(image.data), norm, bool(image.rgb)))
 
     def update_prediction(self) -> None:
-        """Send the slices whose prompts changed to the engine; the newest request wins."""
-        self.predictions.invalidate()  # whatever is in flight answers prompts that no longer exist
+        """Send the slices whose prompts changed to the engine; the newest request wins.
+
+        A request carries every slice whose preview does not match its prompts, so dropping an older
+        request's result never loses a slice. Nothing changed (e.g. a features event after a data
+        event): nothing is sent and the request in flight stays valid.
+        """
         image = self.image_layer()
         if image is None:
             return
         try:
             L.check_image(image)
             prompts = L.collect_prompts(image, self.points_layer(), self.shapes_layer())
+        except L.PromptsChanging:
+            self.predictions.invalidate()
+            self.schedule_update()
+            return
         except L.PromptError as exc:
+            self.predictions.invalidate()  # what is in flight answers prompts the user is fixing
             show_warning(str(exc))
             self._set_status(str(exc))
             return
-        if self.writer is not None:
-            for z in [z for z, s in self._painted.items() if s != PROPAGATED and z not in prompts]:
-                self.writer.clear(z)
+        sigs = {z: p.signature() for z, p in prompts.items()}
+        in_flight = self._request_sigs.get(self.predictions.latest, {})
+        gone = [z for z, s in self._painted.items() if s != PROPAGATED and z not in prompts]
+        if gone or any(sigs.get(z) != sig for z, sig in in_flight.items()):
+            self.predictions.invalidate()  # what is in flight answers prompts that no longer exist
+            in_flight = {}
+            for z in gone:
+                if self.writer is not None:
+                    self.writer.clear(z)
                 del self._painted[z]
-        todo = {z: p for z, p in prompts.items() if self._painted.get(z) != p.signature()}
-        if not todo:
-            return
+        todo = {z: p for z, p in prompts.items() if self._painted.get(z) != sigs[z]}
+        if not todo or all(in_flight.get(z) == sigs[z] for z in todo):
+            return  # up to date, or the request in flight already answers exactly these prompts
         if self.session is None:
             show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
             self._set_status("No model loaded.")
@@ -465,8 +481,7 @@ class SegmentWidget(QWidget):
             return
         job = partial(predict_planes, self.session, self.feed, self._source(image), L.is_volume(image), todo)
         request = self.predictions.submit(job)
-        self._request_sigs = {request: {z: p.signature() for z, p in todo.items()}}
-        self._set_status("Predicting…")
+        self._request_sigs = {request: {z: sigs[z] for z in todo}}
 
     def _on_predicted(self, request: int, result: dict[int, tuple[np.ndarray, float]]) -> None:
         sigs = self._request_sigs.pop(request, {})
