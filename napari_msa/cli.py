@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -12,7 +11,6 @@ from napari_msa import __version__
 from napari_msa._cli.common import CLIError
 
 SUBCOMMANDS = ("segment", "tune", "embed", "demo")
-AVAILABLE = [n for n in SUBCOMMANDS if importlib.util.find_spec(f"napari_msa._cli.{n}") is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-msa {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in AVAILABLE:
+    for name in SUBCOMMANDS:
         module = importlib.import_module(f"napari_msa._cli.{name}")
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
