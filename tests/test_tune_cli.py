@@ -59,9 +59,10 @@ def test_last_blocks_builds_a_partial_adapter_with_the_prefix_cache(task_files, 
     image, labels, _ = task_files
     out = tmp_path / "last.safetensors"
     assert main(["-q", "tune", str(image), str(labels), "-o", str(out), "--model", "tiny", "--steps", "2",
-                 "--last-blocks", "1"]) == 0
+                 "--last-blocks", "1", "--checkpoint-blocks"]) == 0
     meta = read_adapter_metadata(out)
     assert meta["adapter_config"]["blocks"] == [1] and meta["training"]["prefix_cache"]
+    assert meta["training"]["checkpoint_blocks"]
     assert all(k.startswith("image_encoder.blocks.1.") for k in load_file(out))
 
 

@@ -287,3 +287,15 @@ def test_prefix_cache_gives_the_same_training_and_hits():
     assert augmented.summary["prefix_cache_hits"] > 0
     with pytest.raises(ValueError, match="last blocks"):
         tune(tiny(), images, labels, steps=1, cache_prefix=True)
+
+
+def test_activation_checkpointing_trains_the_same():
+    images, labels = blob_task(4, size=48)
+    model = tiny()
+    kwargs = dict(steps=3, lr=1e-2, seed=0, val_fraction=0.25, train_decoder=True)
+    plain = tune(model, images, labels, **kwargs)
+    saving = tune(model, images, labels, checkpoint_blocks=True, **kwargs)
+    assert saving.summary["checkpoint_blocks"]
+    np.testing.assert_allclose(saving.losses, plain.losses, rtol=1e-4)
+    a, b = plain.model.trainable_state(), saving.model.trainable_state()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

@@ -42,6 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--last-blocks", type=int, metavar="K",
                    help="adapters only in the last K encoder blocks; the frozen blocks before them are computed "
                         "once per image and cached, so a step is cheaper (not with --adapter)")
+    t.add_argument("--checkpoint-blocks", action="store_true",
+                   help="recompute block activations in the backward pass instead of keeping them: much less "
+                        "memory (large images, small GPUs), slower steps")
     t.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
     add_model_args(p)
     add_normalization_args(p)
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 model, [a for a, _ in pairs], [b for _, b in pairs], steps=args.steps, lr=args.lr,
                 batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                 train_decoder=args.train_decoder, augment=not args.no_augment, patience=args.patience,
+                checkpoint_blocks=args.checkpoint_blocks,
                 normalization=normalization_from_args(args), inplace=True, progress=progress,
             )
         except ValueError as err:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
@@ -82,6 +83,7 @@ class TuneResult:
     summary: dict
     losses: list[float] = field(default_factory=list)  # every step's loss
     val_history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out Dice)
+    step_times: list[float] = field(default_factory=list)  # seconds per optimiser step (for benchmarks)
 
     def save(self, path) -> object:
         """Write the tuned adapter (and decoder, if it was trained) atomically as safetensors."""
@@ -353,11 +355,12 @@ class PrefixCache:
 class _Encoder:
     """Runs SAM's image encoder in two parts so the frozen prefix can be cached."""
 
-    def __init__(self, model: MSAModel, start: int, cache: PrefixCache | None) -> None:
+    def __init__(self, model: MSAModel, start: int, cache: PrefixCache | None, checkpoint: bool = False) -> None:
         self.model = model
         self.encoder = model.sam.image_encoder
         self.start = start  # first block that must run with gradients
         self.cache = cache
+        self.checkpoint = checkpoint  # recompute block activations in backward instead of keeping them
         sam = model.sam
         self.mean = sam.pixel_mean.to(model.device)
         self.std = sam.pixel_std.to(model.device)
@@ -386,15 +389,29 @@ class _Encoder:
                 t = blk(t)
         return t.float()
 
+    def _blocks(self, t: torch.Tensor, blocks) -> torch.Tensor:
+        for blk in blocks:
+            needs_graph = t.requires_grad or any(p.requires_grad for p in blk.parameters())
+            if self.checkpoint and torch.is_grad_enabled() and needs_graph:
+                t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False)
+            else:
+                t = blk(t)
+        return t
+
     def suffix(self, t: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            for blk in self.encoder.blocks[self.start:]:
-                t = blk(t)
+            t = self._blocks(t, self.encoder.blocks[self.start:])
             return self.encoder.neck(t.permute(0, 3, 1, 2)).float()
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.encoder(x).float()
+            if not self.checkpoint:
+                return self.encoder(x).float()
+            t = self.encoder.patch_embed(x)
+            if self.encoder.pos_embed is not None:
+                t = t + self.encoder.pos_embed
+            t = self._blocks(t, self.encoder.blocks)
+            return self.encoder.neck(t.permute(0, 3, 1, 2)).float()
 
     def tokens(self, keys: list[tuple[int, int]],
                make_input: Callable[[tuple[int, int]], torch.Tensor]) -> torch.Tensor:
@@ -574,6 +591,7 @@ def tune(
     eval_every: int | None = None,
     cache_prefix: bool | None = None,
     cache_budget_bytes: int = 1 << 30,
+    checkpoint_blocks: bool = False,
     normalization: Normalization | None = None,
     rgb: bool | None = None,
     inplace: bool = False,
@@ -587,7 +605,9 @@ def tune(
     click) is measured before training and after every epoch (one pass over the training pairs, at
     least steps/20 steps, or ``eval_every``); training stops early after ``patience`` evaluations
     without improvement and the best weights are kept. ``cache_prefix`` (default: when adapters start
-    after block 0) caches the frozen blocks' tokens. ``full_finetune`` trains every weight (for the
+    after block 0) caches the frozen blocks' tokens. ``checkpoint_blocks`` recomputes each trained
+    block's activations during the backward pass instead of keeping them (much less memory, a
+    slower step; for large images or small GPUs). ``full_finetune`` trains every weight (for the
     benchmark's comparison only: the result cannot be saved as an adapter). Under an initialised
     torch.distributed group, gradients are averaged with DistributedDataParallel, samples are
     sharded by rank and only rank 0 reports progress. Raises ``Cancelled`` when ``cancel()`` turns true.
@@ -630,7 +650,8 @@ def tune(
             weight_decay=weight_decay, batch_size=batch_size, seed=seed, train_decoder=train_decoder,
             augment=augment, box_share=box_share, max_rounds=max_correction_rounds, iou_weight=iou_weight,
             patience=patience, min_delta=min_delta, eval_every=eval_every, cache_prefix=cache_prefix,
-            cache_budget_bytes=cache_budget_bytes, full_finetune=full_finetune, report=report,
+            cache_budget_bytes=cache_budget_bytes, checkpoint_blocks=checkpoint_blocks,
+            full_finetune=full_finetune, report=report,
             check_cancel=check_cancel, t0=t0,
         )
     except BaseException:
@@ -668,7 +689,8 @@ def _set_trainable(sam: nn.Module, train_decoder: bool, full_finetune: bool) -> 
 
 def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info, steps, lr, weight_decay,
            batch_size, seed, train_decoder, augment, box_share, max_rounds, iou_weight, patience, min_delta,
-           eval_every, cache_prefix, cache_budget_bytes, full_finetune, report, check_cancel, t0) -> TuneResult:
+           eval_every, cache_prefix, cache_budget_bytes, checkpoint_blocks, full_finetune, report, check_cancel,
+           t0) -> TuneResult:
     sam = model.sam
     device = model.device
     set_depth_slices(sam, 1)
@@ -677,7 +699,7 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
     use_cache = (start > 0) if cache_prefix is None else bool(cache_prefix)
     if use_cache and start == 0:
         raise ValueError("the prefix cache needs adapters only in the last blocks (AdapterConfig(blocks=...))")
-    encoder = _Encoder(model, start, PrefixCache(cache_budget_bytes) if use_cache else None)
+    encoder = _Encoder(model, start, PrefixCache(cache_budget_bytes) if use_cache else None, checkpoint_blocks)
     step_module = _StepModule(model, encoder, slices, iou_weight)
     runner: nn.Module = step_module
     if dist_info.enabled:
@@ -727,6 +749,7 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
     report(TuneProgress("eval", 0, steps, val_dice=best, best_val_dice=best, message="held-out Dice before tuning"))
 
     losses: list[float] = []
+    step_times: list[float] = []
     stale = 0
     stopped = "completed"
     train_time = 0.0
@@ -744,7 +767,8 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         optimizer.step()
         loss_value = distributed.all_reduce_sum([float(loss.detach())], device)[0] / world
         losses.append(loss_value)
-        train_time += time.perf_counter() - ts
+        step_times.append(time.perf_counter() - ts)
+        train_time += step_times[-1]
         epoch = (step * global_batch) // max(1, len(train_pairs))
         eta = train_time / step * (steps - step)
         latest = val_history[-1][1] if val_history else None
@@ -808,9 +832,10 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         "prefix_cache_entries": len(encoder.cache) if encoder.cache is not None else 0,
         "prefix_cache_hits": encoder.cache.hits if encoder.cache is not None else 0,
         "first_trained_block": start,
+        "checkpoint_blocks": bool(checkpoint_blocks),
         "step_time_s": _r(train_time / max(1, n)),
     }
-    return TuneResult(model=model, summary=summary, losses=losses, val_history=val_history)
+    return TuneResult(model=model, summary=summary, losses=losses, val_history=val_history, step_times=step_times)
 
 
 def _trainable_copy(sam: nn.Module) -> list[torch.Tensor]:

@@ -1,0 +1,174 @@
+"""Adapter tuning vs full fine-tuning of the same model, and the frozen-prefix cache, measured in one run.
+
+Each configuration runs in its own subprocess (so its peak memory is its own), on the same random-init
+model and the same synthetic task (bright discs on noise), through the real ``tune()`` step: encoder,
+1-3 simulated correction rounds through the decoder, BCE + Dice + IoU loss, AdamW.
+
+1. adapters (all blocks) vs full fine-tuning: peak memory (goal <= 0.5x) and step time (goal <= 0.7x)
+2. adapters in the last K blocks with the frozen-prefix cache vs the same without the cache
+
+Peak memory: on CUDA torch.cuda.max_memory_allocated (tensors only); on the CPU the process's peak
+RSS (resource.getrusage), reported both whole and as the growth over the RSS right after the model
+was loaded (the part training adds; the whole includes torch's libraries and the frozen weights).
+Step time: median over the steps after the first (warm-up).
+
+Usage: python benchmarks/bench_tuning.py [--model vit_b] [--image-size 256] [--steps 6] [--last-blocks 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "full": "full fine-tuning (every weight)",
+    "adapters": "adapters in every block",
+    "last_nocache": "adapters in the last K blocks, no cache",
+    "last_cache": "adapters in the last K blocks, prefix cache",
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration in this process; prints one JSON line."""
+    import numpy as np
+    import torch
+
+    from napari_msa import AdapterConfig, load_model
+    from napari_msa.engine.models import get_config
+    from napari_msa.engine.tuning import tune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    depth = get_config(args.model).depth
+    adapter = AdapterConfig()
+    if args.config.startswith("last"):
+        adapter = AdapterConfig(blocks=tuple(range(depth - args.last_blocks, depth)))
+    model = load_model(args.model, random_init=True, device=args.device, image_size=args.image_size,
+                       adapter_config=adapter)
+    rng = np.random.default_rng(0)
+    n, size = 6, args.image_size
+    yy, xx = np.mgrid[:size, :size]
+    images = rng.normal(0, 0.3, (n, size, size)).astype(np.float32)
+    labels = np.zeros((n, size, size), np.int32)
+    for z in range(n):
+        for k in range(2):
+            cy, cx = (0.3 + 0.4 * k) * size, rng.uniform(0.25, 0.75) * size
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.12 * size) ** 2
+            labels[z][disc] = k + 1
+            images[z][disc] += 1.5
+    cuda = model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base_alloc = torch.cuda.memory_allocated() / 2**20
+    rss_loaded = rss_mb()
+    t = time.perf_counter()
+    result = tune(model, images, labels, steps=args.steps, lr=1e-4, batch_size=args.batch_size, val_fraction=0,
+                  seed=0, full_finetune=args.config == "full", cache_prefix=args.config == "last_cache",
+                  inplace=True)
+    wall = time.perf_counter() - t
+    out = {
+        "config": args.config,
+        "step_s": statistics.median(result.step_times[1:] or result.step_times),
+        "first_step_s": result.step_times[0],
+        "wall_s": wall,
+        "trainable": result.summary["trainable_parameters"],
+        "rss_loaded_mb": rss_loaded,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cache_entries": result.summary["prefix_cache_entries"],
+    }
+    if cuda:
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_base_mb"] = base_alloc
+    print(json.dumps(out))
+
+
+def run_config(args: argparse.Namespace, config: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", config, "--model", args.model, "--image-size", str(args.image_size),
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--last-blocks", str(args.last_blocks),
+           "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="vit_b")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--last-blocks", type=int, help="K [a third of the blocks]")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch threads per run [torch's default]")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all configurations (medians reported)")
+    parser.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.config = args.worker
+        worker(args)
+        return
+
+    import torch
+
+    from napari_msa.engine.models import get_config
+
+    depth = get_config(args.model).depth
+    args.last_blocks = args.last_blocks or max(1, depth // 3)
+    if not 0 < args.last_blocks < depth:
+        raise SystemExit(f"--last-blocks must be between 1 and {depth - 1} for {args.model}")
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {args.threads or torch.get_num_threads()}, device {args.device}")
+    print(f"model {args.model} (random init) @ {args.image_size}px, batch {args.batch_size}, {args.steps} steps "
+          f"per run, last K = {args.last_blocks} blocks, {args.repeats} round(s), configurations interleaved")
+    runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
+    for _ in range(args.repeats):
+        for config in CONFIGS:
+            runs[config].append(run_config(args, config))
+
+    def med(config: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[config])
+
+    mem_key = "cuda_peak_mb" if "cuda_peak_mb" in runs["full"][0] else "peak_rss_mb"
+    print(f"\n{'configuration':48s} {'trainable':>11s} {'step s':>8s} {'peak MB':>9s} {'+MB vs loaded':>14s}")
+    for config, title in CONFIGS.items():
+        growth = med(config, mem_key) - med(config, "rss_loaded_mb" if mem_key == "peak_rss_mb" else "cuda_base_mb")
+        print(f"{title:48s} {runs[config][0]['trainable']:>11,d} {med(config, 'step_s'):8.3f} "
+              f"{med(config, mem_key):9.0f} {growth:14.0f}")
+
+    def growth(config: str) -> float:
+        base = "rss_loaded_mb" if mem_key == "peak_rss_mb" else "cuda_base_mb"
+        return med(config, mem_key) - med(config, base)
+
+    mem_ratio = med("adapters", mem_key) / med("full", mem_key)
+    growth_ratio = growth("adapters") / growth("full")
+    step_ratio = med("adapters", "step_s") / med("full", "step_s")
+    cache_ratio = med("last_cache", "step_s") / med("last_nocache", "step_s")
+    last_vs_full = med("last_cache", "step_s") / med("full", "step_s")
+    print(f"\n[1] adapters / full fine-tuning: peak memory {mem_ratio:.2f}x (goal <= 0.5), memory added by "
+          f"training {growth_ratio:.2f}x, step time {step_ratio:.2f}x (goal <= 0.7)")
+    print(f"[2] last {args.last_blocks} blocks: prefix cache / no cache step time {cache_ratio:.2f}x; "
+          f"cached last-{args.last_blocks} / full fine-tuning step time {last_vs_full:.2f}x, peak memory "
+          f"{med('last_cache', mem_key) / med('full', mem_key):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
