@@ -145,6 +145,7 @@ def run_demo(screenshot: str | None = None, *, model_file: str | Path | None = N
     """Open the demo (blocks in napari's event loop); with ``screenshot``, save a PNG of the window and exit."""
     import napari
 
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # its INFO line about an optional accelerator is noise
     viewer = napari.Viewer(title=DEMO_TITLE, show=True)
     try:
         viewer.window.resize(*WINDOW_SIZE)
