@@ -69,6 +69,7 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     widget.lr.setValue(0.003)
     widget.val_share.setValue(0.34)
     widget.train_decoder.setChecked(True)
+    widget.norm_combo.setCurrentText("limits")  # the layer's contrast limits, kept by the tuned model
     widget.start_button.click()
     assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
@@ -79,6 +80,8 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     after = predict_logits(hub.model, image)
     assert np.abs(after - before).max() > 0.1  # segmentation now answers with the tuned weights
     assert all(torch.equal(v, old_state[k]) for k, v in old.trainable_state().items())  # old model untouched
+    limits = tuple(float(v) for v in viewer.layers["img"].contrast_limits)
+    assert hub.model.normalization.preset == "limits" and hub.model.normalization.limits == limits
 
     assert widget.progress.value() == widget.progress.maximum() == 12
     assert [s for s, _ in widget.curve.loss] == list(range(1, 13)) and len(widget.curve.dice) >= 2

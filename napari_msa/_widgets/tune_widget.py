@@ -21,6 +21,7 @@ from qtpy.QtCore import QObject, QPointF, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -34,7 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_msa.engine import DEMO_MODEL_FILE, Cancelled, load_model
+from napari_msa.engine import DEMO_MODEL_FILE, Cancelled, Normalization, load_model
+from napari_msa.engine.preprocessing import PRESETS
 from napari_msa.engine.tuning import TuneProgress, TuneResult, tune
 
 from ._controls import LayerChoice
@@ -42,6 +44,7 @@ from ._hub import hub_for
 
 log = logging.getLogger(__name__)
 
+MODEL_DEFAULT = "model default"
 LOSS_COLOR = QColor(255, 165, 0)
 DICE_COLOR = QColor(0, 200, 255)
 
@@ -173,6 +176,11 @@ class TuneWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
+        self.norm_combo = QComboBox()
+        self.norm_combo.addItems([MODEL_DEFAULT, *PRESETS])
+        self.norm_combo.setToolTip("How intensities become 8-bit for the encoder; use the same as in Segment (MSA). "
+                                   "The tuned model keeps this setting as its default.")
+        form.addRow("Normalisation", self.norm_combo)
         root.addWidget(data)
 
         opts = QGroupBox("Training")
@@ -262,6 +270,14 @@ class TuneWidget(QWidget):
         return self._worker is not None
 
     # ============================================================================ tuning
+    def _normalization(self, image: Image) -> Normalization | None:
+        choice = self.norm_combo.currentText()
+        if choice == MODEL_DEFAULT:
+            return None
+        if choice == "limits":
+            return Normalization("limits", limits=tuple(float(v) for v in image.contrast_limits))
+        return Normalization(choice)
+
     def _inputs(self) -> tuple[np.ndarray, np.ndarray, bool]:
         image, labels = self.image_combo.layer(), self.labels_combo.layer()
         if image is None or labels is None:
@@ -291,7 +307,8 @@ class TuneWidget(QWidget):
             return
         steps = int(self.steps.value())
         settings = dict(steps=steps, lr=float(self.lr.value()), val_fraction=float(self.val_share.value()),
-                        train_decoder=self.train_decoder.isChecked(), rgb=rgb)
+                        train_decoder=self.train_decoder.isChecked(), rgb=rgb,
+                        normalization=self._normalization(self.image_combo.layer()))
         self._cancel.clear()
         self.result = None
         self.curve.reset(steps)
@@ -364,7 +381,8 @@ class TuneWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for w in (self.image_combo, self.labels_combo, self.steps, self.lr, self.val_share, self.train_decoder):
+        for w in (self.image_combo, self.labels_combo, self.norm_combo, self.steps, self.lr, self.val_share,
+                  self.train_decoder):
             w.setEnabled(not running)
         if running:
             self.save_button.setEnabled(False)
