@@ -179,6 +179,7 @@ class Prefetcher:
         self._wanted: tuple[Session, ImageSource, int, int] | None = None
         self._pbar: progress | None = None
         self.computed: list[int] = []  # slices this prefetcher encoded (not found in the cache)
+        self.encoding: int | None = None  # the slice whose encoder pass is running now, if any
 
     @property
     def idle(self) -> bool:
@@ -228,11 +229,13 @@ class Prefetcher:
         if cached:
             return
         if stage == "start":
+            self.encoding = z
             if self._pbar is None:
                 self._pbar = progress(total=n, desc="MSA: embedding slices")
             self._pbar.set_description(f"MSA: embedding slice {z}" + (" (prefetch)" if i else ""))
             self.on_status(f"Embedding slice {z}…" if i == 0 else f"Prefetching slice {z}…")
         else:
+            self.encoding = None
             self.computed.append(z)
             if self._pbar is not None:
                 self._pbar.update(1)
@@ -245,6 +248,7 @@ class Prefetcher:
 
     def _finished(self) -> None:
         self._worker = None
+        self.encoding = None
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None

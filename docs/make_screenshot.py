@@ -1,0 +1,88 @@
+"""Regenerate docs/screenshot.png: napari with the Segment (MSA) widget docked and the phantom segmented.
+
+Drives the real GUI the way a user does (open sample, load the demo model, click on organs, commit),
+with clicks placed at the most interior pixel of each organ in the phantom's ground truth, and prints
+each object's Dice against that ground truth. Needs a display: ``xvfb-run -a python docs/make_screenshot.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtCore import QEventLoop, QTimer
+from scipy import ndimage
+
+from napari_msa._widgets._hub import hub_for
+from napari_msa.engine import DEMO_MODEL_FILE
+
+OUT = Path(__file__).resolve().parent / "screenshot.png"
+SLICE = 16
+COMMITTED = ("liver", "spleen", "right kidney", "left kidney", "aorta")
+PREVIEW = "stomach"  # left as a live preview, its prompt point visible
+
+
+def spin(condition, timeout: float = 600.0) -> None:
+    loop = QEventLoop()
+    check = QTimer()
+    check.setInterval(5)
+    deadline = time.perf_counter() + timeout
+    check.timeout.connect(lambda: (condition() or time.perf_counter() > deadline) and loop.quit())
+    check.start()
+    if not condition():
+        loop.exec()
+    check.stop()
+    if not condition():
+        raise TimeoutError("screenshot step did not finish")
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return tuple(int(v) for v in np.unravel_index(np.argmax(depth), mask.shape))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def main() -> int:
+    if not DEMO_MODEL_FILE.is_file():
+        print(f"the demo model is missing ({DEMO_MODEL_FILE}); the screenshot needs it", file=sys.stderr)
+        return 1
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 940)
+    viewer.open_sample("napari-msa", "phantom")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    truth = next(ly for ly in viewer.layers if ly.name == "phantom ground truth")
+    names = {v: k for k, v in truth.metadata["label_names"].items()}
+
+    widget.model_combo.setCurrentIndex(0)  # demo
+    widget.load_button.click()
+    spin(lambda: hub_for(viewer).model is not None and widget.idle)
+    viewer.dims.set_current_step(0, SLICE)
+    spin(lambda: widget.idle)
+
+    points = widget.points_layer()
+    for organ in (*COMMITTED, PREVIEW):
+        gt = truth.data[SLICE] == names[organ]
+        points.add([SLICE, *interior_point(gt)])
+        spin(lambda: widget.idle)
+        labels = widget.labels_layer()
+        obj = widget.object_id.value()
+        print(f"{organ:14s} object {obj}: Dice vs ground truth {dice(labels.data[SLICE] == obj, gt):.3f}")
+        if organ != PREVIEW:
+            widget.commit()
+    viewer.layers.selection.active = points
+    widget.status.setText(widget.status.text())
+    spin(lambda: widget.idle)
+    viewer.screenshot(str(OUT), canvas_only=False, flash=False)
+    print(f"wrote {OUT}")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
