@@ -124,6 +124,23 @@ def test_training_loss_goes_down_on_a_fixed_batch(one_thread):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
+def test_resume_continues_on_new_data_steps(tmp_path, one_thread):
+    first = dt.train(2, 0, tmp_path / "a.safetensors", model_name="tiny", image_size=128, n_images=1, n_objects=2,
+                     workers=0, eval_slices=0, save_every=0, log=lambda *_: None)
+    second = dt.train(2, 0, tmp_path / "b.safetensors", n_images=1, n_objects=2, workers=0, eval_slices=0,
+                      save_every=0, resume_from=tmp_path / "a.safetensors", log=lambda *_: None)
+    assert first["steps"] == 2 and second["steps"] == second["planned_steps"] == 4
+    assert [s["data_steps"] for s in second["stages"]] == [[0, 2], [2, 4]]
+    assert second["command"].startswith(first["command"] + " && ") and "--resume-from" in second["command"]
+    a = load_model("demo", checkpoint=tmp_path / "a.safetensors", device="cpu").sam.state_dict()
+    b = load_model("demo", checkpoint=tmp_path / "b.safetensors", device="cpu").sam.state_dict()
+    assert b["mask_decoder.iou_token.weight"].shape == a["mask_decoder.iou_token.weight"].shape
+    assert not torch.equal(a["mask_decoder.iou_token.weight"], b["mask_decoder.iou_token.weight"])
+    with pytest.raises(ValueError, match="seed"):
+        dt.train(1, 5, tmp_path / "c.safetensors", workers=0, eval_slices=0, save_every=0,
+                 resume_from=tmp_path / "b.safetensors", log=lambda *_: None)
+
+
 def test_summary_bins_objects_by_size():
     records = [{"area": 100, "dice": 0.5}, {"area": 1000, "dice": 0.8}, {"area": 5000, "dice": 1.0}]
     summary = dt.summarize(records)

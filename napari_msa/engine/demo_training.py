@@ -278,28 +278,56 @@ def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _load_for_resume(path: Path):
+    """A model file written by this module: (sam in train mode, its ``extra``)."""
+    from .loading import _read_model_file
+    from .models import ModelConfig
+
+    meta, state = _read_model_file(Path(path))
+    sam = build_sam(ModelConfig.from_dict(json.loads(meta["model"])))
+    sam.load_state_dict(state)
+    extra = json.loads(meta.get("extra") or "{}")
+    if extra.get("trained_by") != "napari_msa.engine.demo_training" or extra.get("steps") != extra.get("planned_steps"):
+        raise ValueError(f"{Path(path).name} is not a finished run of napari_msa.engine.demo_training")
+    return sam, extra
+
+
 def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_size: int = 256,
           n_images: int = 4, n_objects: int = 6, lr: float = 4e-4, warmup: int = 100, workers: int = 1,
-          eval_slices: int = 60, save_every: int = 200, log=print) -> dict:
-    """Train every weight of a fresh SAM from scratch and write the model file (also every ``save_every``
-    steps, so an interrupted run leaves a usable file); returns the metadata stored as ``extra``."""
+          eval_slices: int = 60, save_every: int = 200, resume_from: Path | None = None, log=print) -> dict:
+    """Train every weight of a fresh SAM from scratch (or continue a finished run, ``resume_from``, on the
+    next, never-seen data steps with a new warm-up and cosine schedule) and write the model file, also every
+    ``save_every`` steps so an interrupted run leaves a usable file; returns the metadata stored as ``extra``."""
     torch.manual_seed(seed)
-    sam = build_sam(get_config(model_name, image_size))
+    previous: dict = {}
+    if resume_from is not None:
+        sam, previous = _load_for_resume(resume_from)
+        if previous["seed"] != seed:
+            raise ValueError(f"resume with the seed of the first run ({previous['seed']}), not {seed}")
+        model_name, image_size = sam.model_config.name, sam.model_config.image_size
+    else:
+        sam = build_sam(get_config(model_name, image_size))
+    offset = int(previous.get("steps", 0))  # data steps already used
     sam.train()
     decay = [p for n, p in sam.named_parameters() if p.ndim >= 2 and "pos" not in n]
     no_decay = [p for n, p in sam.named_parameters() if p.ndim < 2 or "pos" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr)
-    batches = _Batches(seed, 0, steps, n_images, n_objects, image_size)
+    batches = _Batches(seed, offset, offset + steps, n_images, n_objects, image_size)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     command = (f"python -m napari_msa.engine.demo_training --steps {steps} --seed {seed} --model {model_name} "
                f"--image-size {image_size} --images {n_images} --objects {n_objects} --lr {lr} "
                f"--threads {torch.get_num_threads()}")
+    if previous:
+        command = f"{previous['command']} && {command} --resume-from napari_msa/models/{DEMO_MODEL_FILE.name}"
+    earlier = previous.get("stages") or ([{"steps": offset, "data_steps": [0, offset]}] if previous else [])
+    stages = earlier + [{"steps": steps, "lr": lr, "data_steps": [offset, offset + steps]}]
     start = time.time()
     ema: dict[str, float] = {}
     extra: dict = {}
-    for step, (images, prompts) in loader:
+    for data_step, (images, prompts) in loader:
+        step = data_step - offset
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
         loss, stats = training_loss(sam, images, prompts)
@@ -316,7 +344,8 @@ def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_
         if (save_every and (step + 1) % save_every == 0) or last:
             sam.eval()
             extra = {"trained_by": "napari_msa.engine.demo_training", "command": command, "seed": seed,
-                     "steps": step + 1, "planned_steps": steps, "train_seconds": round(time.time() - start),
+                     "steps": offset + step + 1, "planned_steps": offset + steps, "stages": stages,
+                     "train_seconds": previous.get("train_seconds", 0) + round(time.time() - start),
                      "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "images_per_step": n_images, "objects_per_image": n_objects}
             if last and eval_slices:
@@ -347,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--eval-slices", type=int, default=60, help="held-out slices evaluated at the end")
     parser.add_argument("--save-every", type=int, default=200, help="also write the file every N steps (0: never)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up steps of the learning rate [100]")
+    parser.add_argument("--resume-from", type=Path,
+                        help="continue a finished run from its model file, on the data steps after it")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model file at --out and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -360,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     train(args.steps, args.seed, args.out, model_name=args.model, image_size=args.image_size, n_images=args.images,
           n_objects=args.objects, lr=args.lr, workers=args.workers, eval_slices=args.eval_slices,
-          save_every=args.save_every)
+          save_every=args.save_every, warmup=args.warmup, resume_from=args.resume_from)
     return 0
 
 
