@@ -140,3 +140,18 @@ def test_phantom_sample_is_reproducible():
     hu, labels, _ = generate(SAMPLE_SEED, ph.shape)
     np.testing.assert_array_equal(hu, ph)
     np.testing.assert_array_equal(labels, lab)
+
+
+@pytest.mark.gui
+def test_samples_open_in_napari(make_napari_viewer, no_network):
+    """Through napari's own File → Open Sample path: the layer kwargs are ones napari accepts."""
+    viewer = make_napari_viewer()
+    for key, _ in _sample_generators():
+        viewer.open_sample("napari-msa", key)
+    names = [layer.name for layer in viewer.layers]
+    assert {"CT slice (HU)", "CT reference masks", "MRI volume (EPI)", "Fundus photograph",
+            "abdominal phantom (HU)", "phantom ground truth"} <= set(names)
+    phantom = viewer.layers["abdominal phantom (HU)"]
+    assert tuple(phantom.scale) == pytest.approx((5.0, 1.6, 1.6))
+    assert viewer.layers["phantom ground truth"].visible is False
+    assert viewer.layers["Fundus photograph"].rgb
