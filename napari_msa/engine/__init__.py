@@ -6,9 +6,10 @@ from .loading import DEMO_MODEL_FILE, MSAModel, load_model, pick_device
 from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
 from .preprocessing import Normalization
 from .session import Cancelled, Session
+from .tuning import TuneResult, tune
 
 __all__ = [
     "AdapterConfig", "Cancelled", "CheckpointError", "DEMO_MODEL_FILE", "MODEL_REGISTRY", "MSAModel",
     "ModelConfig", "Normalization", "Session", "build_sam", "count_parameters", "freeze_for_tuning",
-    "get_config", "inject_adapters", "load_model", "pick_device",
+    "get_config", "inject_adapters", "load_model", "pick_device", "tune", "TuneResult",
 ]
