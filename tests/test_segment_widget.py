@@ -324,3 +324,18 @@ def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
     wait_idle(qtbot, widget)
     assert any("missing.pth" in m for m in notifications_since(start))
     assert hub_for(viewer).model is model  # the failed load left the working model in place
+
+
+def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbot):
+    viewer, widget = open_segmenter(image2d(), model=None)
+    points = widget.points_layer()
+    assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
+    viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
+    assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
+    assert not any(getattr(f, "__name__", "").startswith("msa_") for f in points.keymap.values())
+    image_choice = [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())]
+    viewer.add_image(image2d(), name="after")
+    points.add([5, 5])
+    assert [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())] == image_choice
+    assert widget.idle and "img labels" not in viewer.layers
+    widget.deleteLater()

@@ -14,7 +14,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import QEvent, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -92,8 +92,11 @@ class SegmentWidget(QWidget):
         self._build()
         self._update_timer = QTimer(self, singleShot=True, interval=0)
         self._update_timer.timeout.connect(self.update_prediction)
-        self._slice_timer = QTimer(self, singleShot=True, interval=SLICE_SETTLE_MS)
-        self._slice_timer.timeout.connect(self.start_prefetch)
+        # Prefetches start from this timer, never straight from an event: scrolling settles first, and
+        # when napari closes (removing layers one by one) the timer dies with the widget instead of
+        # starting an encoder pass for the next image.
+        self._prefetch_timer = QTimer(self, singleShot=True, interval=SLICE_SETTLE_MS)
+        self._prefetch_timer.timeout.connect(self.start_prefetch)
 
         self._model_arrived.connect(self._on_model)
         self.hub.model_changed.connect(self._hub_model_changed)
@@ -106,6 +109,7 @@ class SegmentWidget(QWidget):
         for emitter, callback in self._viewer_connections:
             emitter.connect(callback)
         self._bind_viewer_keys()
+        self._docked = False
         self.destroyed.connect(partial(_teardown, self.viewer, self.hub, self._hub_model_changed,
                                        list(self._viewer_connections)))
 
@@ -267,7 +271,7 @@ class SegmentWidget(QWidget):
         self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
         self._show_model(model)
         if model is not None:
-            self.start_prefetch()
+            self._prefetch_timer.start()
             self.schedule_update()
 
     def _show_model(self, model: MSAModel | None) -> None:
@@ -355,7 +359,7 @@ class SegmentWidget(QWidget):
         self._follow_prompt_layers()
         self.viewer.layers.selection.active = points
         points.mode = "add"
-        self.start_prefetch()
+        self._prefetch_timer.start()
         self.schedule_update()
 
     def _on_prompt_layers_chosen(self, *_) -> None:
@@ -619,12 +623,12 @@ class SegmentWidget(QWidget):
     def _on_slice_changed(self, event=None) -> None:
         image = self.image_layer()
         if image is not None and L.is_volume(image):
-            self._slice_timer.start()
+            self._prefetch_timer.start()
 
     def _on_normalization_changed(self, *_) -> None:
         self.predictions.invalidate()
         self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
-        self.start_prefetch()
+        self._prefetch_timer.start()
         self.schedule_update()
 
     def start_prefetch(self) -> None:
@@ -656,11 +660,36 @@ class SegmentWidget(QWidget):
         show_warning(message)
         self._set_status(message)
 
+    def event(self, e: QEvent) -> bool:
+        """napari's remove_dock_widget detaches (does not delete) the widget: let go of the viewer then."""
+        if e.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self.release()
+        return super().event(e)
+
+    def release(self) -> None:
+        """Stop all work and stop listening to the viewer, its layers, its keys and the model hub."""
+        self._update_timer.stop()
+        self._prefetch_timer.stop()
+        self.predictions.invalidate()
+        self.propagation.discard()
+        self.prefetcher.stop()
+        for layer in self._prompt_layers:
+            layer.events.data.disconnect(self._on_prompts_changed)
+            if isinstance(layer, Points):
+                layer.events.features.disconnect(self._on_prompts_changed)
+                _unbind_keys(layer)
+        self._prompt_layers = []
+        _teardown(self.viewer, self.hub, self._hub_model_changed, self._viewer_connections)
+
     @property
     def idle(self) -> bool:
         """No prediction, embedding, propagation or model load in progress (used by tests and benchmarks)."""
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
-                and not self._loading and not self._update_timer.isActive() and not self._slice_timer.isActive())
+                and not self._loading and not self._update_timer.isActive() and not self._prefetch_timer.isActive())
 
 
 def _key_action(widget: SegmentWidget, action: str):
@@ -674,15 +703,20 @@ def _key_action(widget: SegmentWidget, action: str):
     return run
 
 
-def _teardown(viewer, hub, hub_callback, connections, *_) -> None:
-    """When the widget is destroyed: stop listening to the viewer and the hub, and release the keys."""
-    hub.model_changed.disconnect(hub_callback)
-    for emitter, callback in connections:
-        emitter.disconnect(callback)
+def _unbind_keys(provider) -> None:
+    """Remove this widget's key bindings from a viewer or layer, leaving anyone else's in place."""
     for key in KEYS:
         try:
-            unbound = viewer.bind_key(key, None)
+            unbound = provider.bind_key(key, None)
         except (KeyError, ValueError):
             continue
         if unbound is not None and not getattr(unbound, "__name__", "").startswith("msa_"):
-            viewer.bind_key(key, unbound)  # someone else's binding: put it back
+            provider.bind_key(key, unbound)  # someone else's binding: put it back
+
+
+def _teardown(viewer, hub, hub_callback, connections, *_) -> None:
+    """Stop listening to the viewer and the hub and release the keys (safe to call twice)."""
+    hub.model_changed.disconnect(hub_callback)
+    for emitter, callback in connections:
+        emitter.disconnect(callback)
+    _unbind_keys(viewer)
