@@ -80,7 +80,7 @@ def new_prompt_points(image: Image) -> Points:
         face_color=POSITIVE,
         face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
         border_color="white",
-        size=max(1.0, 0.015 * max(spatial_shape(image)[-2:])),
+        size=max(3.0, 0.025 * max(spatial_shape(image)[-2:])),  # visible at any zoom that shows the image
         **_placement(image),
     )
     layer.mode = "add"

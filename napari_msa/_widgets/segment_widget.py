@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
@@ -22,6 +23,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -123,6 +125,7 @@ class SegmentWidget(QWidget):
     # ============================================================================ layout
     def _build(self) -> None:
         root = QVBoxLayout(self)
+        root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)  # never squeeze rows when docks share space
 
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
@@ -154,10 +157,10 @@ class SegmentWidget(QWidget):
         self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
         self.load_button.clicked.connect(self.load_model)
         form.addRow(self.load_button)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
-        form.addRow(self.model_label)
         root.addWidget(model_box)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)  # outside the group: a wrapped label inside squeezes the form
+        root.addWidget(self.model_label)
 
         data_box = QGroupBox("Image and prompts")
         form = QFormLayout(data_box)
@@ -215,8 +218,8 @@ class SegmentWidget(QWidget):
         form.addRow(buttons)
         root.addWidget(out_box)
 
-        keys = QLabel("Keys with the prompt points layer selected: <b>T</b> positive/negative · <b>C</b> commit · "
-                      "<b>X</b> clear · <b>Shift+S</b> propagate · Ctrl+Z on the labels layer undoes a commit")
+        keys = QLabel("Keys (prompt points selected): <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · "
+                      "<b>Shift+S</b> propagate · Ctrl+Z (labels) undo")
         keys.setWordWrap(True)
         keys.setToolTip(self.__doc__)
         root.addWidget(keys)
@@ -281,9 +284,19 @@ class SegmentWidget(QWidget):
                 text += " The demo model is not available."
         else:
             text = f"Model: {model.describe()}"
+            self._show_model_choice(model)
         self.model_label.setText(text)
         if model is not None:
             self._set_status(text)
+
+    def _show_model_choice(self, model: MSAModel) -> None:
+        """Make the model fields show what is loaded (it may come from the Tune widget or the demo)."""
+        name = "demo" if model.is_demo else model.name
+        if name in MODEL_NAMES and self.model_combo.model().item(MODEL_NAMES.index(name)).isEnabled():
+            self.model_combo.setCurrentIndex(MODEL_NAMES.index(name))
+        if not model.is_demo and Path(model.source).is_file():
+            self.checkpoint.edit.setText(model.source)
+        self.adapter.edit.setText(model.adapter_source or "")
 
     # ============================================================================ layers
     def image_layer(self) -> Image | None:
@@ -404,6 +417,9 @@ class SegmentWidget(QWidget):
         if labels is None:
             active = self.viewer.layers.selection.active
             labels = self.viewer.add_layer(L.new_labels(image))
+            points = self.points_layer()
+            if points is not None and points in self.viewer.layers:  # keep the prompts drawn above the masks
+                self.viewer.layers.move(self.viewer.layers.index(labels), self.viewer.layers.index(points))
             self.labels_choice.refresh(self.viewer.layers)
             self.labels_choice.blockSignals(True)
             self.labels_choice.choose(labels)
