@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DEMO_TITLE = "napari-msa demo: DEMO model trained on synthetic phantoms (not SAM)"
 # Example objects, clicked in this order; all but the last are committed, the last stays a live preview.
-EXAMPLE_OBJECTS = ("liver", "right kidney", "aorta", "spleen")
+EXAMPLE_OBJECTS = ("liver", "left kidney", "aorta", "right kidney")
 WINDOW_SIZE = (1500, 950)
 
 
@@ -53,10 +53,10 @@ def _settled(widget, timeout_s: float) -> bool:
 
 
 def demo_slice(labels: np.ndarray, names: dict[int, str]) -> int:
-    """The slice showing the most example organs (ties: the most labelled pixels)."""
+    """The slice showing the most example organs, each well (ties: the larger of them, up to 400 px each)."""
     wanted = [k for k, v in names.items() if v in EXAMPLE_OBJECTS]
-    scores = [(sum(int((labels[z] == k).sum() >= 60) for k in wanted), int((labels[z] > 0).sum()))
-              for z in range(labels.shape[0])]
+    areas = [[int((labels[z] == k).sum()) for k in wanted] for z in range(labels.shape[0])]
+    scores = [(sum(a >= 60 for a in row), sum(min(a, 400) for a in row)) for row in areas]
     return int(max(range(len(scores)), key=lambda z: scores[z]))
 
 
@@ -108,6 +108,10 @@ def build_demo(viewer, *, model_file: str | Path | None = None, timeout_s: float
     viewer.window.add_dock_widget(segment, name="Segment (MSA)", area="right")
     tune = TuneWidget(viewer)
     viewer.window.add_dock_widget(tune, name="Tune (MSA)", area="right")
+    for widget in (segment, tune):  # the phantom is CT in HU: the soft-tissue window, as a user would pick
+        combo = getattr(widget, "norm_combo", None)
+        if combo is not None and combo.findText("ct") >= 0:
+            combo.setCurrentText("ct")
     viewer.text_overlay.visible = True
     viewer.text_overlay.text = "DEMO model (trained on synthetic phantoms, not SAM): click an organ to segment it"
     viewer.reset_view()
