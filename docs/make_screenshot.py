@@ -19,10 +19,11 @@ from scipy import ndimage
 from napari_msa._widgets._hub import hub_for
 from napari_msa.engine import DEMO_MODEL_FILE
 
-OUT = Path(__file__).resolve().parent / "screenshot.png"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "screenshot.png"
 SLICE = 16
-COMMITTED = ("liver", "spleen", "right kidney", "left kidney", "aorta")
-PREVIEW = "stomach"  # left as a live preview, its prompt point visible
+# Small organs first: with "overwrite" off a later object never takes an earlier one's pixels.
+COMMITTED = ("right kidney", "left kidney", "aorta", "inferior vena cava")
+PREVIEW = "liver"  # left as a live preview, its prompt point visible
 
 
 def spin(condition, timeout: float = 600.0) -> None:
@@ -60,6 +61,7 @@ def main() -> int:
     names = {v: k for k, v in truth.metadata["label_names"].items()}
 
     widget.model_combo.setCurrentIndex(0)  # demo
+    widget.norm_combo.setCurrentText("ct")  # the phantom is CT in HU: the soft-tissue window
     widget.load_button.click()
     spin(lambda: hub_for(viewer).model is not None and widget.idle)
     viewer.dims.set_current_step(0, SLICE)
