@@ -27,6 +27,7 @@ _hubs: weakref.WeakKeyDictionary[object, ModelHub] = weakref.WeakKeyDictionary()
 
 def hub_for(viewer) -> ModelHub:
     """The hub of this viewer, created on first use and dropped with the viewer."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # plugins get a PublicOnlyProxy; key by the real viewer
     if viewer not in _hubs:
         _hubs[viewer] = ModelHub()
     return _hubs[viewer]
