@@ -12,15 +12,14 @@ from tuning_support import blob_task
 from napari_msa import AdapterConfig, Session, load_model
 from napari_msa.engine import Cancelled
 from napari_msa.engine.checkpoints import read_adapter_metadata
-from napari_msa.engine.tuning import (
-    TuneProgress,
+from napari_msa.engine.tuning import TuneProgress, tune
+from napari_msa.engine.tuning_data import (
     build_pairs,
     correction_click,
     decode,
     interior_click,
     jittered_box,
     split_pairs,
-    tune,
     upscale_logits,
 )
 
@@ -146,7 +145,7 @@ def test_training_decoder_path_matches_the_session():
     An asymmetric off-centre object on a non-square image already at the model's scale: a swapped
     x/y anywhere would prompt another place and the masks would differ.
     """
-    from napari_msa.engine.tuning import _Encoder
+    from napari_msa.engine.prefix_cache import _Encoder
 
     model = tiny()
     image = np.random.default_rng(1).normal(0, 0.2, (SIZE, 80)).astype(np.float32)

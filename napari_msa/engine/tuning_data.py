@@ -1,0 +1,232 @@
+"""Training data for tuning: (image, object mask) pairs from labels, a held-out split, and clicks and
+boxes simulated the way an annotator prompts, in the model's input frame (row, col; SAM gets x, y)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from scipy import ndimage
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+
+from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
+
+
+# --------------------------------------------------------------------------------------------------
+# Training pairs
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingSlice:
+    """One labelled plane at the model's input scale (longest side = image size)."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8
+    labels: np.ndarray  # (h, w) int, nearest-resized
+    image_index: int
+    z: int | None  # slice index in a volume, None for a 2D image
+
+
+@dataclass(frozen=True)
+class Pair:
+    slice_id: int
+    object_id: int
+
+
+def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _as_list(x) -> list[np.ndarray]:
+    if isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):
+        return [np.asarray(x)]
+    return [np.asarray(a) for a in x]
+
+
+def build_pairs(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    *,
+    image_size: int,
+    normalization: Normalization | None = None,
+    rgb: bool | None = None,
+    min_pixels: int = 8,
+) -> tuple[list[TrainingSlice], list[Pair]]:
+    """(slices, pairs): every slice with any label, every object id on it with ≥ ``min_pixels`` pixels.
+
+    Images are (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3); labels are integer arrays of the spatial shape.
+    Volumes are windowed once for the whole volume, like the session does.
+    """
+    norm = normalization or Normalization()
+    imgs, labs = _as_list(images), _as_list(labels)
+    if len(imgs) != len(labs):
+        raise ValueError(f"{len(imgs)} images but {len(labs)} label arrays")
+    resize = ResizeLongestSide(image_size)
+    slices: list[TrainingSlice] = []
+    pairs: list[Pair] = []
+    for i, (image, lab) in enumerate(zip(imgs, labs, strict=True)):
+        layout = ImageLayout.of(image, rgb)
+        spatial = image.shape[: image.ndim - (1 if layout.rgb else 0)]
+        if lab.shape != spatial:
+            raise ValueError(
+                f"labels of shape {lab.shape} do not match the image's spatial shape {spatial}; "
+                "use a labels layer drawn on this image"
+            )
+        if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+            raise ValueError(f"labels must be integers (object ids), got dtype {lab.dtype}")
+        window = intensity_window(image, norm, layout.rgb)
+        planes = range(image.shape[0]) if layout.is_volume else [None]
+        for z in planes:
+            plane_lab = lab[z] if z is not None else lab
+            if not plane_lab.any():
+                continue
+            plane = image[z] if z is not None else image
+            small = resize.apply_image(to_uint8_rgb(plane, window))
+            small_lab = _resize_nearest(np.asarray(plane_lab, dtype=np.int64), small.shape[:2])
+            ids, counts = np.unique(small_lab, return_counts=True)
+            objects = [int(o) for o, c in zip(ids, counts, strict=True) if o != 0 and c >= min_pixels]
+            if not objects:
+                continue
+            sid = len(slices)
+            slices.append(TrainingSlice(small, small_lab, i, z))
+            pairs.extend(Pair(sid, o) for o in objects)
+    return slices, pairs
+
+
+def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: float,
+                rng: np.random.Generator) -> tuple[list[Pair], list[Pair], str]:
+    """(train, held-out, 'slice' | 'object' | 'none'): by slice when there are several, else by object."""
+    if not pairs:
+        raise ValueError("no labelled objects found: paint at least two objects (or one object on two slices)")
+    if val_fraction <= 0:
+        return list(pairs), [], "none"
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"the held-out share must be between 0 and 1, got {val_fraction}")
+    slice_ids = sorted({p.slice_id for p in pairs})
+    if len(slice_ids) >= 2:
+        n_val = min(len(slice_ids) - 1, max(1, round(val_fraction * len(slice_ids))))
+        held = set(rng.permutation(slice_ids)[:n_val].tolist())
+        return [p for p in pairs if p.slice_id not in held], [p for p in pairs if p.slice_id in held], "slice"
+    if len(pairs) >= 2:
+        n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+        order = rng.permutation(len(pairs))
+        held = set(order[:n_val].tolist())
+        return ([p for i, p in enumerate(pairs) if i not in held],
+                [p for i, p in enumerate(pairs) if i in held], "object")
+    raise ValueError(
+        "only one labelled object: label at least one more object or slice so some can be held out "
+        "to measure progress (or set the held-out share to 0)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts (row, col in the model's input frame) and SAM's decoder
+# --------------------------------------------------------------------------------------------------
+def depth_map(mask: np.ndarray) -> np.ndarray:
+    """Distance to the nearest pixel outside ``mask`` (image borders count as outside).
+
+    The mean of the taxicab and chessboard chamfer distances: close to Euclidean for picking a
+    point "deep inside", and ~5x cheaper than the exact transform, which matters in the step loop.
+    """
+    padded = np.pad(mask, 1)
+    d = ndimage.distance_transform_cdt(padded, metric="taxicab").astype(np.float32)
+    d += ndimage.distance_transform_cdt(padded, metric="chessboard")
+    return d[1:-1, 1:-1] * 0.5
+
+
+def interior_click(mask: np.ndarray, rng: np.random.Generator | None = None,
+                   depth: np.ndarray | None = None) -> np.ndarray:
+    """(row, col) deep inside ``mask``: the most interior pixel, or a random one of the inner half."""
+    depth = depth_map(mask) if depth is None else depth
+    if rng is None:
+        return np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
+    candidates = np.argwhere(depth >= 0.5 * depth.max())
+    return candidates[rng.integers(len(candidates))].astype(np.float64)
+
+
+def correction_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator | None = None,
+                     max_side: int = 256) -> tuple[np.ndarray, int]:
+    """((row, col), label): at the centre of the largest error; 1 in a missed region, 0 in a false positive.
+
+    Large frames are searched on a grid of at most ``max_side`` pixels a side (the click lands within
+    that grid's cell), which keeps the simulation cheap at 1024 px.
+    """
+    f = max(1, -(-max(gt.shape) // max_side))
+    p, g = pred[::f, ::f], gt[::f, ::f]
+    missed, extra = g & ~p, p & ~g
+    if not missed.any() and not extra.any():
+        return interior_click(gt, rng), 1
+    d_missed, d_extra = depth_map(missed), depth_map(extra)
+    positive = d_missed.max() >= d_extra.max()
+    depth = d_missed if positive else d_extra
+    if rng is None:
+        point = np.array(np.unravel_index(np.argmax(depth), depth.shape))
+    else:
+        candidates = np.argwhere(depth >= 0.8 * depth.max())
+        point = candidates[rng.integers(len(candidates))]
+    point = np.minimum(point * f + f // 2, np.array(gt.shape) - 1)
+    return point.astype(np.float64), int(positive)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """(min_row, min_col, max_row, max_col) of a mask."""
+    rows, cols = np.nonzero(mask)
+    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
+
+
+def jittered_box(mask: np.ndarray, rng: np.random.Generator, scale: float = 0.1) -> np.ndarray:
+    """The mask's box with each edge moved by noise of 10 % of the side (at most 20 %), as SAM trains."""
+    box = mask_box(mask)
+    h, w = box[2] - box[0] + 1, box[3] - box[1] + 1
+    sides = np.array([h, w, h, w])
+    noise = np.clip(rng.normal(0.0, scale, 4), -2 * scale, 2 * scale) * sides
+    box = box + noise
+    box[[0, 2]] = np.clip(box[[0, 2]], 0, mask.shape[0] - 1)
+    box[[1, 3]] = np.clip(box[[1, 3]], 0, mask.shape[1] - 1)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return mask_box(mask)
+    return box
+
+
+def decode(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None, point_labels: np.ndarray | None,
+           box_rc: np.ndarray | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's prompt encoder + mask decoder on one (1,C,g,g) embedding: (low-res logits, IoU scores).
+
+    Points are (row, col) and the box (min_row, min_col, max_row, max_col) in the model's input frame;
+    SAM wants (x, y) = (col, row), which is the swap done here and nowhere else in tuning.
+    """
+    device = embedding.device
+    points = None
+    if points_rc is not None and len(points_rc):
+        xy = torch.as_tensor(np.asarray(points_rc, dtype=np.float32)[:, ::-1].copy(), device=device)[None]
+        lab = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=device)[None]
+        points = (xy, lab)
+    boxes = None
+    if box_rc is not None:
+        boxes = torch.as_tensor(np.asarray(box_rc, dtype=np.float32)[[1, 0, 3, 2]], device=device)[None]
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+def upscale_logits(low_res: torch.Tensor, image_size: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits → the unpadded (h, w) input frame, as SAM's postprocessing does."""
+    up = F.interpolate(low_res.float(), (image_size, image_size), mode="bilinear", align_corners=False)
+    return up[..., : hw[0], : hw[1]]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
+
+
