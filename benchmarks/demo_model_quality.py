@@ -8,7 +8,7 @@
    slice's reference masks (in-sample, what a user does), and tuned on one structure and measured on the other
    (a held-out check).
 
-    python benchmarks/demo_model_quality.py [--slices 120] [--tune-steps 150] [--model-file PATH]
+    python benchmarks/demo_model_quality.py [--slices 120] [--tune-steps 100] [--model-file PATH]
 
 Prints numbers only; nothing here asserts a threshold.
 """
@@ -59,7 +59,7 @@ def tuned(model, hu: np.ndarray, ref: np.ndarray, steps: int, norm: Normalizatio
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=120, help="held-out phantom slices")
-    parser.add_argument("--tune-steps", type=int, default=150)
+    parser.add_argument("--tune-steps", type=int, default=100)
     parser.add_argument("--model-file", help="a model file other than the shipped demo model")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
