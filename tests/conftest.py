@@ -16,6 +16,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The test machine's two cores are shared; one torch thread per process is faster and steadier there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_model():
     return load_model("tiny", device="cpu")

@@ -17,14 +17,7 @@ from napari_msa import Session, load_model
 from napari_msa.cli import main
 from napari_msa.engine.checkpoints import read_adapter_metadata
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's two cores are shared; one torch thread is faster and steadier there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

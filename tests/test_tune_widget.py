@@ -14,13 +14,7 @@ from napari_msa._widgets._hub import hub_for
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's two cores are shared; one torch thread is faster and steadier there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from napari_msa.engine.tuning_data import (
 SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machine's two cores are shared; one torch thread per process is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(image_size: int = SIZE, **kwargs):
