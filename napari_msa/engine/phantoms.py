@@ -225,7 +225,8 @@ def draw_params(rng: np.random.Generator, *, variation: float = 1.0) -> PhantomP
         r = rng.uniform(0.035, 0.07)
         gas = rng.random() < 0.5
         clutter.append(Structure("bowel loop", 0,
-                                 Shape((rng.uniform(-0.4, 0.1), rng.uniform(-0.3, 0.45)), (r, r * rng.uniform(0.7, 1.3)),
+                                 Shape((rng.uniform(-0.4, 0.1), rng.uniform(-0.3, 0.45)),
+                                       (r, r * rng.uniform(0.7, 1.3)),
                                        zc=rng.uniform(0.4, 1.0), hz=rng.uniform(0.1, 0.3), **h(2, 0.1)),
                                  -900.0 if gas else 20.0, rim=(0.012, 50.0)))
     width = f(0.70, 0.95, 0.86)  # body width / field of view
