@@ -317,12 +317,13 @@ def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     command = (f"python -m napari_msa.engine.demo_training --steps {steps} --seed {seed} --model {model_name} "
-               f"--image-size {image_size} --images {n_images} --objects {n_objects} --lr {lr} "
+               f"--image-size {image_size} --images {n_images} --objects {n_objects} --lr {lr} --warmup {warmup} "
                f"--threads {torch.get_num_threads()}")
     if previous:
         command = f"{previous['command']} && {command} --resume-from napari_msa/models/{DEMO_MODEL_FILE.name}"
     earlier = previous.get("stages") or ([{"steps": offset, "data_steps": [0, offset]}] if previous else [])
-    stages = earlier + [{"steps": steps, "lr": lr, "data_steps": [offset, offset + steps]}]
+    stages = earlier + [{"steps": steps, "lr": lr, "warmup": warmup, "objects_per_image": n_objects,
+                       "data_steps": [offset, offset + steps]}]
     start = time.time()
     ema: dict[str, float] = {}
     extra: dict = {}
