@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DEMO_TITLE = "napari-msa demo: DEMO model trained on synthetic phantoms (not SAM)"
 # Example objects, clicked in this order; all but the last are committed, the last stays a live preview.
-EXAMPLE_OBJECTS = ("liver", "left kidney", "aorta", "right kidney")
+EXAMPLE_OBJECTS = ("right kidney", "left kidney", "aorta", "liver")
 WINDOW_SIZE = (1500, 950)
 
 
