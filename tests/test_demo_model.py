@@ -18,9 +18,10 @@ from napari_msa.engine import DEMO_MODEL_FILE
 from napari_msa.engine import demo_training as dt
 from napari_msa.engine.models import build_sam, get_config
 
-# Measured on 8 held-out slices (seed stream EVAL, never trained on): see the test below and
-# benchmarks/demo_model_quality.py for the full figures; the floor leaves a wide margin under them.
-HELDOUT_DICE_FLOOR = 0.70
+# The shipped model scores 0.815 mean Dice (large objects 0.928) on the 8 held-out slices of the test below
+# (evaluation seed stream, never trained on); benchmarks/demo_model_quality.py gives the full figures. The floor
+# leaves a margin for other torch builds; an untrained model scores ~0, the first 2000-step stage 0.71.
+HELDOUT_DICE_FLOOR = 0.75
 
 def _metadata(path: Path) -> dict:
     from safetensors import safe_open
