@@ -59,6 +59,8 @@ def tuned(model, hu: np.ndarray, ref: np.ndarray, steps: int, norm: Normalizatio
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=120, help="held-out phantom slices")
+    parser.add_argument("--eval-seed", type=int, default=0,
+                        help="which held-out set: slices [1000 + seed, EVAL_STREAM, i]; training used none of them")
     parser.add_argument("--tune-steps", type=int, default=100)
     parser.add_argument("--model-file", help="a model file other than the shipped demo model")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -70,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for label, norm in (("CT window 40/400", Normalization("ct")), ("percentile (default 'auto')", None)):
         t = time.perf_counter()
-        samples = [(s.image, s.labels) for s in dt.evaluation_slices(args.slices)]
+        samples = [(s.image, s.labels) for s in dt.evaluation_slices(args.slices, seed=args.eval_seed)]
         records = dt.evaluate_clicks(model, samples, norm or Normalization("percentile"))
         summary = dt.summarize(records)
         report[f"heldout_phantoms[{label}]"] = summary
-        print(f"\nheld-out phantoms, {args.slices} slices, one click per object, normalisation: {label} "
+        print(f"\nheld-out phantoms (set {args.eval_seed}), {args.slices} slices, one click per object, "
+              f"normalisation: {label} "
               f"({time.perf_counter() - t:.0f} s)")
         print(dt.format_summary(summary))
 
