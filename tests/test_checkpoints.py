@@ -119,6 +119,7 @@ def test_adapter_file_roundtrip_gives_same_predictions(tmp_path):
     assert meta["base_fingerprint"] == tuned.base_fingerprint and meta["image_size"] == 256
     assert out.stat().st_size < 1_000_000  # adapters only, not the whole model
     assert not list(tmp_path.glob(".*.tmp"))
+    assert out.stat().st_mode & 0o644 == 0o644  # readable like any file the user writes, not mkstemp's 0600
 
     reloaded = load_model("tiny", checkpoint=path, adapter=out)
     image = np.random.default_rng(0).normal(size=(60, 90)).astype(np.float32)

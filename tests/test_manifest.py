@@ -2,6 +2,8 @@
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import npe2
@@ -39,3 +41,8 @@ def test_engine_never_imports_qt_or_napari():
 def test_widgets_never_import_torch():
     for path in (MANIFEST.parent / "_widgets").glob("*.py"):
         assert not _imports(path, "torch|segment_anything"), path.name
+
+
+def test_sample_data_does_not_import_torch():
+    code = "import sys, napari_msa._sample_data; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -51,6 +51,12 @@ def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (" …" if len(keys) > n else "")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves half a file."""
     path = Path(path)
@@ -59,6 +65,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
