@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 from psygnal import Signal
 
-from napari_msa.engine import MSAModel
+if TYPE_CHECKING:  # the engine (torch) loads when a model does, not with this module
+    from napari_msa.engine import MSAModel
 
 
 class ModelHub:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from napari_msa.engine import Cancelled, CheckpointError
-
 from ._layers import PromptError
 
 
@@ -14,6 +12,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def explain(action: str, exc: BaseException) -> str:
     """A message for ``action`` ('prediction', 'embedding', ...) failing with ``exc``."""
+    from napari_msa.engine import Cancelled, CheckpointError  # here: importing this module must not load torch
+
     if isinstance(exc, Cancelled):
         return f"{action.capitalize()} cancelled; nothing was written."
     if is_out_of_memory(exc):

@@ -20,16 +20,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, QThreadPool, Signal
 
-from napari_msa.engine import Normalization, Session
-
 from ._layers import PlanePrompts
+
+if TYPE_CHECKING:  # annotations only: importing this module must not load torch
+    from napari_msa.engine import Normalization, Session
 
 log = logging.getLogger(__name__)
 

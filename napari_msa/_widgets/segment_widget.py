@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
@@ -30,10 +31,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_msa.engine import DEMO_MODEL_FILE, MSAModel, Normalization, Session, load_model
-from napari_msa.engine.devices import available_devices
-from napari_msa.engine.preprocessing import PRESETS
-
 from . import _layers as L
 from ._controls import LayerChoice, PathPicker
 from ._hub import hub_for
@@ -50,6 +47,9 @@ from ._prediction import (
     guarded,
     predict_planes,
 )
+
+if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
+    from napari_msa.engine import MSAModel, Session
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ class SegmentWidget(QWidget):
 
     # ============================================================================ layout
     def _build(self) -> None:
+        from napari_msa.engine import DEMO_MODEL_FILE
+        from napari_msa.engine.devices import available_devices
+        from napari_msa.engine.preprocessing import PRESETS
+
         root = QVBoxLayout(self)
         root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)  # never squeeze rows when docks share space
 
@@ -232,6 +236,8 @@ class SegmentWidget(QWidget):
     # ============================================================================ model
     def load_model(self) -> None:
         """Load the chosen model on a worker, then share it through the viewer's hub."""
+        from napari_msa.engine import DEMO_MODEL_FILE, load_model
+
         if self._loading:
             return
         name = MODEL_NAMES[self.model_combo.currentIndex()]
@@ -266,6 +272,8 @@ class SegmentWidget(QWidget):
 
     def _on_model(self, model: MSAModel | None) -> None:
         """A new model (loaded here or tuned elsewhere): a new session, same image and prompts."""
+        from napari_msa.engine import Session
+
         self.predictions.invalidate()
         self.propagation.discard()
         self.prefetcher.stop()
@@ -278,6 +286,8 @@ class SegmentWidget(QWidget):
             self.schedule_update()
 
     def _show_model(self, model: MSAModel | None) -> None:
+        from napari_msa.engine import DEMO_MODEL_FILE
+
         if model is None:
             text = "No model loaded. Choose a model (and checkpoint) and press Load model."
             if not DEMO_MODEL_FILE.is_file():
@@ -446,6 +456,8 @@ class SegmentWidget(QWidget):
         self._update_timer.start()
 
     def _source(self, image: Image) -> ImageSource:
+        from napari_msa.engine import Normalization
+
         choice = self.norm_combo.currentText()
         if choice == MODEL_DEFAULT:
             norm = None

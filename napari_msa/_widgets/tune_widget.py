@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -35,12 +36,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_msa.engine import DEMO_MODEL_FILE, Cancelled, Normalization, load_model
-from napari_msa.engine.preprocessing import PRESETS
-from napari_msa.engine.tuning import TuneProgress, TuneResult, tune
-
 from ._controls import LayerChoice
 from ._hub import hub_for
+
+if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
+    from napari_msa.engine import Normalization
+    from napari_msa.engine.tuning import TuneProgress, TuneResult
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ class TuneWidget(QWidget):
 
     # ============================================================================ layout
     def _build(self) -> None:
+        from napari_msa.engine.preprocessing import PRESETS
+
         root = QVBoxLayout(self)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
@@ -258,6 +261,8 @@ class TuneWidget(QWidget):
         self._model_arrived.emit(model)
 
     def _show_model(self, model) -> None:
+        from napari_msa.engine import DEMO_MODEL_FILE
+
         if model is not None:
             self.model_label.setText(f"Model: {model.describe()}")
         elif DEMO_MODEL_FILE.is_file():
@@ -271,6 +276,8 @@ class TuneWidget(QWidget):
 
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
+        from napari_msa.engine import Normalization
+
         choice = self.norm_combo.currentText()
         if choice == MODEL_DEFAULT:
             return None
@@ -294,6 +301,8 @@ class TuneWidget(QWidget):
 
     def start(self) -> None:
         """Start tuning on a worker (no-op while one runs)."""
+        from napari_msa.engine import DEMO_MODEL_FILE
+
         if self.running:
             return
         try:
@@ -325,6 +334,9 @@ class TuneWidget(QWidget):
 
     def _run(self, model, image: np.ndarray, labels: np.ndarray, settings: dict) -> TuneResult:
         """On the worker thread: (load the demo model,) tune a copy of the model."""
+        from napari_msa.engine import load_model
+        from napari_msa.engine.tuning import TuneProgress, tune
+
         if model is None:
             self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"], message="loading demo model"))
             model = load_model("demo")
@@ -367,6 +379,8 @@ class TuneWidget(QWidget):
         self.hub.set_model(result.model)
 
     def _on_error(self, exc: BaseException) -> None:
+        from napari_msa.engine import Cancelled
+
         if isinstance(exc, Cancelled):
             self.status.setText("Cancelled; the model is unchanged.")
             show_info("Tuning cancelled; the model is unchanged.")

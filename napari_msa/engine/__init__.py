@@ -1,5 +1,6 @@
 """The Qt-free engine: torch, numpy and segment_anything only."""
 
+from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
 from .adapters import AdapterConfig, count_parameters, freeze_for_tuning, inject_adapters
 from .checkpoints import CheckpointError
 from .loading import DEMO_MODEL_FILE, MSAModel, load_model, pick_device
