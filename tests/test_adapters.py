@@ -98,7 +98,9 @@ def test_freeze_and_counts():
     assert 0 < trainable < total
     freeze_for_tuning(sam, train_decoder=True)
     with_decoder, _ = count_parameters(sam)
-    assert with_decoder == trainable + sum(p.numel() for p in sam.mask_decoder.parameters())
+    prompt_embeddings = sum(p.numel() for p in sam.prompt_encoder.point_embeddings.parameters())
+    prompt_embeddings += sam.prompt_encoder.not_a_point_embed.weight.numel()
+    assert with_decoder == trainable + sum(p.numel() for p in sam.mask_decoder.parameters()) + prompt_embeddings
 
 
 def test_vit_b_adapter_count_matches_reference_arithmetic():

@@ -51,8 +51,8 @@ def test_demo_model_file_is_small_named_and_reproducible():
     assert heldout["objects"] > 100 and set(heldout["bins"]) == {name for _, _, name in dt.SIZE_BINS}
 
 
-def test_demo_model_loads_by_default_and_says_it_is_a_demo():
-    model = load_model(device="cpu")  # 'demo' is the default name
+def test_demo_model_loads_by_name_and_says_it_is_a_demo():
+    model = load_model("demo", device="cpu")
     assert model.is_demo
     assert "demo model" in model.describe()
     assert model.config.image_size == 256

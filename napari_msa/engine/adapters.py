@@ -187,10 +187,20 @@ def adapter_parameter_names(sam: nn.Module) -> list[str]:
     return [n for n, _ in sam.named_parameters() if ADAPTER_KEY in n]
 
 
+# The prompt side that tuning may train beside the adapters: the mask decoder and the prompt encoder's
+# point/box embeddings (LiteMedSAM was trained with boxes only, so its click embeddings need tuning).
+PROMPT_EMBEDDING_KEYS = ("prompt_encoder.point_embeddings.", "prompt_encoder.not_a_point_embed.")
+
+
+def is_decoder_weight(name: str) -> bool:
+    """True for weights that ``train_decoder`` tunes (and adapter files with a decoder carry)."""
+    return name.startswith("mask_decoder.") or name.startswith(PROMPT_EMBEDDING_KEYS)
+
+
 def freeze_for_tuning(sam: nn.Module, train_decoder: bool = False) -> None:
     """Freeze everything except adapters (and optionally the whole mask decoder)."""
     for name, p in sam.named_parameters():
-        p.requires_grad = ADAPTER_KEY in name or (train_decoder and name.startswith("mask_decoder."))
+        p.requires_grad = ADAPTER_KEY in name or (train_decoder and is_decoder_weight(name))
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

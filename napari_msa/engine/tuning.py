@@ -45,7 +45,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import distributed
-from .adapters import ADAPTER_KEY, set_depth_slices
+from .adapters import ADAPTER_KEY, is_decoder_weight, set_depth_slices
 from .loading import MSAModel
 from .prefix_cache import PrefixCache, _Encoder, dihedral, first_adapted_block
 from .preprocessing import Normalization
@@ -100,7 +100,7 @@ class TuneResult:
     def save(self, path) -> object:
         """Write the tuned adapter (and decoder, if it was trained) atomically as safetensors."""
         return self.model.save_adapter(path, training=self.summary,
-                                       include_decoder=bool(self.summary.get("train_decoder")))
+                                       include_decoder=bool(self.summary.get("saves_decoder")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,9 +339,11 @@ def tune(
             p.requires_grad = flags[n]
         sam.eval()
     state = target.trainable_state()
+    # A decoder that came with the starting adapter (LiteMedSAM's click adapter) is part of the result.
+    result.summary["saves_decoder"] = bool(train_decoder or model.adapter_metadata.get("includes_decoder"))
     target.normalization = norm
     target.adapter_source = f"tuned-{_state_digest(state)}"  # a unique weights key for embedding caches
-    target.adapter_metadata = {"training": result.summary}
+    target.adapter_metadata = {"training": result.summary, "includes_decoder": result.summary["saves_decoder"]}
     target.version += 1
     result.model = target
     result.summary["normalization"] = norm.to_dict()
@@ -358,7 +360,7 @@ def _set_trainable(sam: nn.Module, train_decoder: bool, full_finetune: bool) -> 
         else:
             # Depth adapters get no gradient from single slices: leave them out of 2D tuning.
             p.requires_grad = (ADAPTER_KEY in name and "Depth_Adapter" not in name) or (
-                train_decoder and name.startswith("mask_decoder.")
+                train_decoder and is_decoder_weight(name)
             )
     return [p for p in sam.parameters() if p.requires_grad]
 

@@ -1,0 +1,1 @@
+"""Build-time training of the weights the package ships (not imported at run time)."""

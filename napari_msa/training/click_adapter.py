@@ -1,0 +1,175 @@
+"""Train LiteMedSAM's click adapter: the file that makes clicks work on a box-trained model.
+
+LiteMedSAM was trained with boxes only; one click gives it almost nothing. This trains, with the
+project's own ``tune``, the MSA adapters of its last attention stage, its mask decoder and the
+prompt encoder's point embeddings, on
+
+* phantom slices from the project's generator (exact labels; training seed stream only), and
+* real images that installed packages ship (``real_images``), labelled by LiteMedSAM itself: random
+  boxes, kept when its predicted IoU is high, the mask fills its box plausibly, and re-prompting with
+  the mask's own box gives the same mask. A click inside such a mask should give that mask.
+
+Boxes stay in the training mix (a share of samples is box-prompted), so box quality is kept; the
+result is measured on held-out images by ``benchmarks/litemedsam_quality.py``.
+
+    python -m napari_msa.training.click_adapter --out napari_msa/models/litemedsam_clicks.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, phantoms, tune
+from napari_msa.engine.loading import MSAModel
+
+from .real_images import RealImage, load_real_images
+
+PHANTOM_STREAM_OFFSET = 500_000  # phantom slices drawn at [seed, TRAIN_STREAM, offset + i]
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter_r = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_c = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_r * inter_c
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def _tight_box(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
+
+
+def pseudo_labels(session: Session, plane_shape: tuple[int, int], rng: np.random.Generator, *,
+                  tries: int = 60, min_score: float = 0.75, max_objects: int = 12) -> np.ndarray:
+    """Objects LiteMedSAM itself segments confidently and consistently from random boxes."""
+    h, w = plane_shape
+    labels = np.zeros(plane_shape, dtype=np.int32)
+    for _ in range(tries):
+        if labels.max() >= max_objects:
+            break
+        bh = h * np.exp(rng.uniform(np.log(0.08), np.log(0.6)))
+        bw = w * np.exp(rng.uniform(np.log(0.08), np.log(0.6)))
+        r0, c0 = rng.uniform(0, h - bh), rng.uniform(0, w - bw)
+        box = np.array([r0, c0, r0 + bh, c0 + bw])
+        mask, score = session.predict(box=box)
+        if score < min_score or mask.sum() < 30:
+            continue
+        lab, n = ndimage.label(mask)
+        if n > 1:  # keep the main piece only when it is nearly all of the mask
+            sizes = np.bincount(lab.ravel())[1:]
+            if sizes.max() < 0.9 * mask.sum():
+                continue
+            mask = lab == (np.argmax(sizes) + 1)
+        fill = mask.sum() / max(1.0, bh * bw)
+        if not 0.2 <= fill <= 0.95:
+            continue
+        tight = _tight_box(mask)
+        if _box_iou(tight, box) < 0.6:  # the box was not really around this object
+            continue
+        again, score2 = session.predict(box=tight)
+        if score2 < min_score or (again & mask).sum() / max(1, (again | mask).sum()) < 0.85:
+            continue
+        if (labels[mask] > 0).mean() > 0.05:
+            continue
+        labels[mask & (labels == 0)] = labels.max() + 1
+    return labels
+
+
+def phantom_slices(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Windowed 8-bit phantom slices with exact labels, from the training seed stream only."""
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, phantoms.TRAIN_STREAM, PHANTOM_STREAM_OFFSET + i])
+        s = phantoms.random_slice(rng, shapes_share=0.2)
+        out.append((phantoms.window_to_uint8(s.image, rng, s.kind), s.labels.astype(np.int32), s.kind))
+    return out
+
+
+def build_dataset(model: MSAModel, n_phantoms: int, seed: int, real: list[RealImage] | None = None,
+                  log=print) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+    images, labels, listing = [], [], []
+    for img, lab, _kind in phantom_slices(n_phantoms, seed):
+        images.append(img)
+        labels.append(lab)
+    listing.append({"name": f"{n_phantoms} phantom slices", "source": "napari_msa.engine.phantoms, seed stream "
+                    f"[{seed}, TRAIN_STREAM, {PHANTOM_STREAM_OFFSET}+i]", "licence": "BSD-3-Clause (napari-msa)"})
+    session = Session(model, normalization=Normalization("none"))
+    rng = np.random.default_rng([seed, 77])
+    for item in real if real is not None else load_real_images():
+        session.set_image(item.plane, rgb=item.plane.ndim == 3)
+        lab = pseudo_labels(session, item.plane.shape[:2], rng)
+        n = int(lab.max())
+        log(f"  {item.name}: {n} pseudo-labelled objects")
+        if n == 0:
+            continue
+        images.append(item.plane)
+        labels.append(lab)
+        listing.append({"name": item.name, "source": item.source, "licence": item.licence, "objects": n})
+    return images, labels, listing
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--phantoms", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--blocks", type=str, default="8,9", help="attention blocks that get adapters")
+    ap.add_argument("--box-share", type=float, default=0.35)
+    ap.add_argument("--rounds", type=int, default=2, help="most correction clicks after the first prompt")
+    ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    blocks = tuple(int(b) for b in args.blocks.split(",") if b.strip())
+    model = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=blocks), device="cpu")
+    print("pseudo-labelling real images with LiteMedSAM's own box predictions…")
+    images, labels, listing = build_dataset(model, args.phantoms, args.seed)
+    print(f"{len(images)} images, {sum(int(lab.max() > 0) for lab in labels)} labelled; {time.time() - t0:.0f} s")
+
+    def progress(p) -> None:
+        if p.phase == "eval" or p.step % 50 == 0:
+            print(f"  {p.phase} step {p.step}/{p.total_steps} loss {p.loss} val {p.val_dice} best "
+                  f"{p.best_val_dice} ({p.elapsed_s:.0f} s)", flush=True)
+
+    result = tune(
+        model, images, labels, steps=args.steps, lr=args.lr, batch_size=args.batch_size, val_fraction=0.1,
+        seed=args.seed, train_decoder=True, augment=not args.no_augment, box_share=args.box_share, patience=0,
+        max_correction_rounds=args.rounds,
+        eval_every=max(50, args.steps // 10), cache_prefix=True, cache_budget_bytes=12 << 30,
+        normalization=Normalization("none"), progress=progress,
+    )
+    tuned = result.model
+    tuned.normalization = Normalization()  # users' images get the usual automatic windowing
+    provenance = {
+        "purpose": "click adapter for LiteMedSAM (clicks and boxes)",
+        "command": "python -m napari_msa.training.click_adapter " + " ".join(argv or []),
+        "seed": args.seed, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+        "blocks": list(blocks), "box_share": args.box_share, "threads": args.threads, "rounds": args.rounds,
+        "augment": not args.no_augment, "phantoms": args.phantoms,
+        "data": listing,
+        "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
+                    "phantom evaluation seed stream",
+        "tune_summary": {k: v for k, v in result.summary.items() if k != "val_history"},
+        "val_history": result.summary.get("val_history"),
+        "wall_time_s": round(time.time() - t0, 1),
+    }
+    out = tuned.save_adapter(args.out, training=provenance, include_decoder=True)
+    print(json.dumps({k: v for k, v in provenance.items() if k != "data"}, indent=1))
+    print("wrote", out, f"{out.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
