@@ -59,12 +59,15 @@ def test_manifest_widget_opens_with_its_layers(open_segmenter):
     assert widget.points_layer() == points and viewer.layers.selection.active == points
     np.testing.assert_allclose(points.scale, SCALE)
     assert points.mode == "add"
-    demo_item = widget.model_combo.model().item(0)
+    assert widget.model_combo.currentText() == "litemedsam"  # the default model is preselected
+    assert widget.model_combo.model().item(0).isEnabled()
+    demo_item = widget.model_combo.model().item(1)
     if DEMO_MODEL_FILE.is_file():
         assert demo_item.isEnabled()
     else:
         assert not demo_item.isEnabled() and "not available" in demo_item.text()
         assert "demo model is not available" in widget.model_label.text()
+    assert "loads by itself on your first click" in widget.model_label.text()
 
 
 def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbot, monkeypatch):
@@ -250,16 +253,24 @@ def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monke
                                   masks.expected((64, 80), [(20, 20), (40, 40)], [1, 1]))
 
 
-def test_no_model_wrong_labels_and_outside_points_are_notified(open_segmenter, qtbot, make_napari_viewer):
+def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_segmenter, qtbot, make_napari_viewer):
     viewer, widget = open_segmenter(image2d(), model=None)
     points = widget.points_layer()
     start = notification_count()
-    points.add([20, 20])
+    points.add([20, 20])  # no model yet: the preselected default loads on a worker, then answers the click
+    qtbot.waitUntil(lambda: hub_for(viewer).model is not None, timeout=120_000)
     wait_idle(qtbot, widget)
-    assert any("No model loaded" in m for m in notifications_since(start))
-    assert "img labels" not in viewer.layers
+    assert any("Loading litemedsam for your first prompt" in m for m in notifications_since(start))
+    assert hub_for(viewer).model.name == "litemedsam"
+    assert "img labels" in viewer.layers  # the click was answered with a preview
+    points.data = np.empty((0, 2))
+    wait_idle(qtbot, widget)
+    viewer.layers.remove("img labels")
 
     hub_for(viewer).set_model(load_model("tiny"))
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    viewer.layers.remove("img labels")
     wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
     widget.labels_choice.choose(wrong)
     start = notification_count()

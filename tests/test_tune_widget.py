@@ -111,7 +111,7 @@ def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):
 
 def test_unusable_inputs_are_explained(tuner, monkeypatch):
     viewer, widget, _ = tuner(with_model=False)
-    monkeypatch.setattr("napari_msa.engine.DEMO_MODEL_FILE", tw.Path("/nonexistent/demo_sam.safetensors"))
+    monkeypatch.setattr("napari_msa.engine.litemedsam.is_installed", lambda: False)
     widget._show_model(None)
     assert "Segment (MSA)" in widget.model_label.text()
     widget.start_button.click()

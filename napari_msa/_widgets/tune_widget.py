@@ -261,12 +261,12 @@ class TuneWidget(QWidget):
         self._model_arrived.emit(model)
 
     def _show_model(self, model) -> None:
-        from napari_msa.engine import DEMO_MODEL_FILE
+        from napari_msa.engine.litemedsam import is_installed
 
         if model is not None:
             self.model_label.setText(f"Model: {model.describe()}")
-        elif DEMO_MODEL_FILE.is_file():
-            self.model_label.setText("Model: none loaded; Start uses the demo model")
+        elif is_installed():
+            self.model_label.setText("Model: none loaded; Start loads the default (LiteMedSAM + click adapter)")
         else:
             self.model_label.setText("Model: none loaded; load one in the Segment (MSA) widget")
 
@@ -301,7 +301,7 @@ class TuneWidget(QWidget):
 
     def start(self) -> None:
         """Start tuning on a worker (no-op while one runs)."""
-        from napari_msa.engine import DEMO_MODEL_FILE
+        from napari_msa.engine.litemedsam import is_installed
 
         if self.running:
             return
@@ -311,7 +311,7 @@ class TuneWidget(QWidget):
             self._fail(f"Tuning: {err}")
             return
         model = self.hub.model
-        if model is None and not DEMO_MODEL_FILE.is_file():
+        if model is None and not is_installed():
             self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
         steps = int(self.steps.value())
@@ -333,13 +333,14 @@ class TuneWidget(QWidget):
         worker.start()
 
     def _run(self, model, image: np.ndarray, labels: np.ndarray, settings: dict) -> TuneResult:
-        """On the worker thread: (load the demo model,) tune a copy of the model."""
+        """On the worker thread: (load the default model,) tune a copy of the model."""
         from napari_msa.engine import load_model
         from napari_msa.engine.tuning import TuneProgress, tune
 
         if model is None:
-            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"], message="loading demo model"))
-            model = load_model("demo")
+            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"],
+                                                     message="loading the default model (LiteMedSAM)"))
+            model = load_model()
         return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
                     **settings)
 

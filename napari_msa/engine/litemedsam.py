@@ -55,3 +55,12 @@ def verify(path: Path) -> None:
     if digest.hexdigest() != WEIGHTS_SHA256:
         raise CheckpointError(f"{path} does not match LiteMedSAM's published SHA-256; reinstall {DISTRIBUTION}")
     _verified[key] = True
+
+
+def is_installed() -> bool:
+    """Whether the package holding LiteMedSAM's weights is installed (without importing it)."""
+    try:
+        importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
