@@ -350,3 +350,29 @@ def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbo
     assert [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())] == image_choice
     assert widget.idle and "img labels" not in viewer.layers
     widget.deleteLater()
+
+
+def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    viewer.add_image(image2d((40, 50)), name="other")
+    widget.image_choice.choose(viewer.layers["img"])
+    wait_idle(qtbot, widget)
+    widget.points_layer().add([20, 20])
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    assert (labels.data == 1).any()  # the preview is shown
+    history = len(labels._undo_history)
+
+    widget.image_choice.choose(viewer.layers["other"])
+    wait_idle(qtbot, widget)
+    assert not labels.data.any()  # the preview was taken back, not baked into the old labels
+    assert len(labels._undo_history) == history  # and no undo step was made
+    assert widget.points_layer() is viewer.layers["other prompts"]
+
+    widget.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
+    wait_idle(qtbot, widget)
+    assert widget.object_id.value() == 1  # the id did not advance past an object that was never committed
+    np.testing.assert_array_equal(labels.data == 1, disk((64, 80), (20, 20), 6))
+    widget.clear()
+    assert not labels.data.any()

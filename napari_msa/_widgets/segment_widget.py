@@ -383,13 +383,19 @@ class SegmentWidget(QWidget):
             self.feed.forget()
         self._on_layers_changed()
 
-    def _on_image_chosen(self, *_) -> None:
-        """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
+    def _drop_preview(self) -> None:
+        """Take the uncommitted preview back out of its labels layer and forget it (only a commit writes labels)."""
         self.predictions.invalidate()
         self.propagation.discard()
-        self.prefetcher.stop()
+        if self.writer is not None and self.writer.layer in self.viewer.layers:
+            self.writer.clear()
         self.writer = None
         self._painted.clear()
+
+    def _on_image_chosen(self, *_) -> None:
+        """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
+        self._drop_preview()
+        self.prefetcher.stop()
         image = self.image_layer()
         if image is None:
             self._set_status("Open or choose an image layer.")
@@ -422,9 +428,7 @@ class SegmentWidget(QWidget):
 
     def _on_labels_chosen(self, *_) -> None:
         if self.writer is not None and self.writer.layer != self.labels_layer():
-            self.writer.clear()
-            self.writer = None
-            self._painted.clear()
+            self._drop_preview()
         labels = self.labels_layer()
         if labels is not None:
             self.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
@@ -732,8 +736,7 @@ class SegmentWidget(QWidget):
         """Stop all work and stop listening to the viewer, its layers, its keys and the model hub."""
         self._update_timer.stop()
         self._prefetch_timer.stop()
-        self.predictions.invalidate()
-        self.propagation.discard()
+        self._drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
         self.prefetcher.stop()
         for layer in self._prompt_layers:
             layer.events.data.disconnect(self._on_prompts_changed)
