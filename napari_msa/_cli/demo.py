@@ -21,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="open napari with a CT phantom, the Segment and Tune widgets and the demo model",
         description="Open napari with the synthetic abdominal CT phantom, the Segment (MSA) and Tune (MSA) widgets "
                     "docked, the bundled DEMO model (trained on synthetic phantoms, not SAM) loaded and a few example "
-                    "clicks made. Nothing is downloaded.",
+                    "clicks made. Nothing is downloaded. (The other subcommands and the widgets default to LiteMedSAM; "
+                    "the demo keeps the small phantom model so it starts in seconds.)",
     )
     p.add_argument("--screenshot", metavar="PNG",
                    help="render the demo window to this PNG and exit; without a display it runs under Xvfb")

@@ -1,19 +1,28 @@
-"""``napari-msa segment``: points CSV → labels TIFF, one id per object, optionally propagated in 3D."""
+"""``napari-msa segment``: points and/or boxes CSVs → labels TIFF, one id per object, optionally propagated in 3D.
+
+Boxes come from a napari shapes layer saved as CSV (rectangles; in a volume each lies on one slice)
+and are objects 1, 2, … in shape order; a point whose ``object`` is a box's id refines that box
+(box and points go into one prediction); points with other ids are objects of their own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from .common import (
+    BoxPrompt,
     CLIError,
     ObjectPrompts,
     add_model_args,
     add_normalization_args,
+    clip_boxes,
     model_from_args,
     normalization_from_args,
+    read_boxes_csv,
     read_image,
     read_points_csv,
     write_labels,
@@ -21,13 +30,22 @@ from .common import (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("segment", help="segment objects from point prompts",
-                       description="Segment each object of a napari points CSV into a labels image.")
+    p = sub.add_parser(
+        "segment", help="segment objects from point and/or box prompts",
+        usage="%(prog)s IMAGE [-p POINTS.csv] [-b BOXES.csv] -o LABELS.tif [options]",
+        description="Segment each object of a napari points CSV and/or shapes (boxes) CSV into a labels image. "
+                    "Boxes are objects 1, 2, ... in the order of the shapes; a point whose 'object' is a box's id "
+                    "refines that box (one prediction with box and points); points with other ids are objects of "
+                    "their own. Give -p, -b or both.",
+    )
     p.add_argument("image", help="image (.tif/.tiff/.npy): (Y,X), (Y,X,3) or (Z,Y,X)")
-    p.add_argument("-p", "--points", required=True,
+    p.add_argument("-p", "--points", metavar="POINTS.csv",
                    help="CSV as napari saves a points layer (index,axis-0,axis-1[,axis-2]); optional columns "
-                        "'positive' (1/0) and 'object' (id ≥ 1)")
-    p.add_argument("-o", "--output", required=True, help="labels image to write (.tif)")
+                        "'positive' (1/0) and 'object' (id ≥ 1; without the column every point is object 1)")
+    p.add_argument("-b", "--boxes", metavar="BOXES.csv",
+                   help="CSV as napari saves a shapes layer of rectangles (index,shape-type,vertex-index,axis-0,"
+                        "axis-1[,axis-2]); in a volume each box lies on one slice")
+    p.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="labels image to write (.tif)")
     p.add_argument("--propagate", action="store_true", help="3D: carry each object through the volume")
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="propagation stops where consecutive slices overlap less than this [0.5]")
@@ -36,18 +54,42 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _tasks(objects: list[ObjectPrompts], is_volume: bool) -> list[tuple[int, int | None, np.ndarray, np.ndarray]]:
-    """(object id, slice or None, points, labels): one prediction per object and slice."""
+@dataclass
+class Task:
+    """One prediction: an object's prompts on one slice (z is None in 2D)."""
+
+    object_id: int
+    z: int | None
+    points: np.ndarray  # (N, ndim), N may be 0
+    labels: np.ndarray  # (N,)
+    box: np.ndarray | None = None  # (min_row, min_col, max_row, max_col)
+
+
+def _tasks(objects: list[ObjectPrompts], boxes: list[BoxPrompt], is_volume: bool) -> list[Task]:
+    """One task per object and slice: a box with the points of its object on its slice, points elsewhere."""
+    ndim = 3 if is_volume else 2
+    empty = (np.zeros((0, ndim)), np.zeros(0, dtype=int))
+    by_id = {o.object_id: o for o in objects}
     tasks = []
-    for obj in objects:
+    for b in boxes:
+        obj = by_id.pop(b.object_id, None)
+        pts, lab = (obj.points, obj.labels) if obj is not None else empty
         if not is_volume:
-            tasks.append((obj.object_id, None, obj.points, obj.labels))
+            tasks.append(Task(b.object_id, None, pts, lab, b.box))
+            continue
+        slices = np.round(pts[:, 0]).astype(int)
+        tasks.append(Task(b.object_id, b.z, pts[slices == b.z], lab[slices == b.z], b.box))
+        for z in np.unique(slices[slices != b.z]):  # the same object's points on other slices
+            tasks.append(Task(b.object_id, int(z), pts[slices == z], lab[slices == z]))
+    for obj in by_id.values():
+        if not is_volume:
+            tasks.append(Task(obj.object_id, None, obj.points, obj.labels))
             continue
         slices = np.round(obj.points[:, 0]).astype(int)
         for z in np.unique(slices):
             keep = slices == z
-            tasks.append((obj.object_id, int(z), obj.points[keep], obj.labels[keep]))
-    return tasks
+            tasks.append(Task(obj.object_id, int(z), obj.points[keep], obj.labels[keep]))
+    return sorted(tasks, key=lambda t: (t.object_id, -1 if t.z is None else t.z))
 
 
 def _fill_by_propagation(session, masks: dict[int, np.ndarray], iou_threshold: float) -> dict[int, np.ndarray]:
@@ -69,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_msa.engine import Session
 
+    if args.points is None and args.boxes is None:
+        raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both")
     image = read_image(args.image)
     model = model_from_args(args)
     session = Session(model, normalization=normalization_from_args(args))
@@ -77,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(f"{args.image}: {err}") from err
     shape = session.spatial_shape
-    objects = read_points_csv(args.points, len(shape))
+    objects = read_points_csv(args.points, len(shape)) if args.points is not None else []
+    boxes = read_boxes_csv(args.boxes, len(shape)) if args.boxes is not None else []
+    boxes = clip_boxes(boxes, shape, args.boxes) if boxes else []
     for obj in objects:
         outside = np.any((obj.points < -0.5) | (obj.points > np.array(shape) - 0.5), axis=1)
         if outside.any():
@@ -87,23 +133,26 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--propagate needs a 3D (Z,Y,X) image")
 
     print(f"napari-msa segment: {model.describe()}", file=sys.stderr)
-    max_id = max(o.object_id for o in objects)
-    labels = np.zeros(shape, dtype=np.uint16 if max_id < 2**16 else np.uint32)
+    ids = [o.object_id for o in objects] + [b.object_id for b in boxes]
+    labels = np.zeros(shape, dtype=np.uint16 if max(ids) < 2**16 else np.uint32)
     per_object: dict[int, dict[int, np.ndarray]] = {}
-    for obj_id, z, pts, lab in tqdm(_tasks(objects, session.layout.is_volume), desc="segment", unit="mask",
-                                    file=sys.stderr, disable=args.quiet):
-        if z is not None and lab.max() == 0:
-            raise CLIError(f"object {obj_id} on slice {z} has only negative points; add a positive one")
-        mask, _ = session.predict(points=pts, labels=lab)
-        per_object.setdefault(obj_id, {})[z if z is not None else 0] = mask
+    for task in tqdm(_tasks(objects, boxes, session.layout.is_volume), desc="segment", unit="mask",
+                     file=sys.stderr, disable=args.quiet):
+        if task.box is None and task.z is not None and task.labels.max() == 0:
+            raise CLIError(f"object {task.object_id} on slice {task.z} has only negative points; add a positive "
+                           "one or a box")
+        has_points = len(task.points) > 0
+        mask, _ = session.predict(points=task.points if has_points else None,
+                                  labels=task.labels if has_points else None, box=task.box, z=task.z)
+        per_object.setdefault(task.object_id, {})[task.z if task.z is not None else 0] = mask
     if args.propagate:
         for obj_id in tqdm(list(per_object), desc="propagate", unit="object", file=sys.stderr, disable=args.quiet):
             per_object[obj_id].update(_fill_by_propagation(session, per_object[obj_id], args.iou_threshold))
-    for obj_id, slices in per_object.items():
-        for z, mask in slices.items():
+    for obj_id in sorted(per_object):
+        for z, mask in per_object[obj_id].items():
             target = labels[z] if session.layout.is_volume else labels
-            target[mask & (target == 0)] = obj_id  # an earlier object keeps its pixels
+            target[mask & (target == 0)] = obj_id  # a lower id keeps its pixels
     out = write_labels(args.output, labels)
-    counts = {o: int((labels == o).sum()) for o in per_object}
+    counts = {o: int((labels == o).sum()) for o in sorted(per_object)}
     print(f"napari-msa segment: wrote {out} ({len(counts)} objects, voxels per id {counts})", file=sys.stderr)
     return 0

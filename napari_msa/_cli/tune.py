@@ -21,6 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "tune", help="tune the adapters on labelled images (few-shot)",
         description="Tune the MSA adapters (optionally the mask decoder) on an image and its labels: every "
                     "labelled slice and object id becomes a training example, prompted with simulated clicks. "
+                    "The default model, LiteMedSAM, is tuned on from its shipped click adapter (--no-adapter: from "
+                    "plain LiteMedSAM; --adapter FILE: from that adapter). "
                     "Runs under `torchrun --nproc_per_node N` too (one process per GPU, or gloo on the CPU).",
         usage="%(prog)s IMAGE LABELS [IMAGE LABELS ...] -o ADAPTER.safetensors [options]",
     )
@@ -40,8 +42,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same adapter [0]")
     t.add_argument("--train-decoder", action="store_true", help="also tune the whole mask decoder")
     t.add_argument("--last-blocks", type=int, metavar="K",
-                   help="adapters only in the last K encoder blocks; the frozen blocks before them are computed "
-                        "once per image and cached, so a step is cheaper (not with --adapter)")
+                   help="adapters only in the last K encoder blocks (litemedsam: of its 10 attention blocks); the "
+                        "frozen blocks before them are computed once per image and cached, so a step is cheaper "
+                        "(not with --adapter; tuning from LiteMedSAM's click adapter caches its frozen blocks "
+                        "anyway, so --last-blocks there needs --no-adapter unless K matches the adapter's blocks)")
     t.add_argument("--checkpoint-blocks", action="store_true",
                    help="recompute block activations in the backward pass instead of keeping them: much less "
                         "memory (large images, small GPUs), slower steps")
@@ -57,25 +61,47 @@ def _pairs(files: list[str]) -> list[tuple[str, str]]:
     return [(files[i], files[i + 1]) for i in range(0, len(files), 2)]
 
 
+def _shipped_adapter(args: argparse.Namespace):
+    """The adapter ``load_model(adapter='auto')`` would apply (LiteMedSAM's click adapter), or None."""
+    from napari_msa.engine.loading import DEFAULT_ADAPTERS
+
+    if args.no_adapter or args.adapter or args.checkpoint is not None:
+        return None
+    path = DEFAULT_ADAPTERS.get(args.model)
+    return path if path is not None and path.is_file() else None
+
+
 def _load_model(args: argparse.Namespace):
     if args.last_blocks is None:
-        return model_from_args(args)
+        return model_from_args(args)  # with the shipped adapter, tuning starts from it
     from napari_msa.engine import AdapterConfig, CheckpointError, get_config, load_model
+    from napari_msa.engine.checkpoints import adapter_config_of, read_adapter_metadata
 
     if args.adapter:
         raise CLIError("--last-blocks builds new adapters; leave out --adapter (its file fixes where adapters sit)")
     try:
+        # litemedsam: 10, TinyViT's attention blocks (the ones that hold adapters); demo: known once loaded
         depth = get_config(args.model).depth if args.model != "demo" else None
     except ValueError as err:
         raise CLIError(str(err)) from err
     if args.last_blocks < 1 or (depth is not None and args.last_blocks > depth):
-        raise CLIError(f"--last-blocks must be between 1 and the model's {depth or 'number of'} blocks")
+        raise CLIError(f"--last-blocks must be between 1 and the model's {depth or 'number of'} adapter blocks")
     try:
         if depth is None:  # the demo model: its depth is known once loaded
-            depth = load_model(args.model, checkpoint=args.checkpoint, device="cpu").config.depth
+            depth = load_model(args.model, checkpoint=args.checkpoint, adapter=None, device="cpu").config.depth
         blocks = tuple(range(max(0, depth - args.last_blocks), depth))
-        return load_model(args.model, checkpoint=args.checkpoint, device=args.device, image_size=args.image_size,
-                          adapter_config=AdapterConfig(blocks=blocks))
+        shipped = _shipped_adapter(args)
+        if shipped is not None:
+            have = adapter_config_of(read_adapter_metadata(shipped)).blocks
+            if have is None or tuple(sorted(have)) != blocks:
+                where = "every block" if have is None else "blocks " + ", ".join(map(str, sorted(have)))
+                raise CLIError(f"--last-blocks {args.last_blocks} would put new adapters in blocks "
+                               f"{', '.join(map(str, blocks))}, but the shipped {shipped.name} has them in {where}: "
+                               "leave out --last-blocks to tune on from it, or add --no-adapter to start from the "
+                               "plain model")
+            return load_model(args.model, adapter=shipped, device=args.device, image_size=args.image_size)
+        return load_model(args.model, checkpoint=args.checkpoint, adapter=None, device=args.device,
+                          image_size=args.image_size, adapter_config=AdapterConfig(blocks=blocks))
     except (CheckpointError, ValueError) as err:
         raise CLIError(str(err)) from err
 
