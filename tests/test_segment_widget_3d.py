@@ -104,8 +104,9 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     handler = viewer.window._qt_viewer._key_map_handler
     handler.press_key("Shift-S")
     handler.release_key("Shift-S")
-    assert widget.propagation.running
+    assert widget.propagation.running and widget.propagate_button.text() == "Cancel (Shift+S)"
     wait_idle(qtbot, widget)
+    assert widget.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
     labels = viewer.layers["vol labels"]
     expected = disk(SHAPE[1:], (24, 28), 6)
     for z in range(SHAPE[0]):
@@ -129,9 +130,10 @@ def test_propagation_can_be_cancelled_and_writes_nothing(open_volume, qtbot, mon
     start = notification_count()
     widget.propagate()
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
-    widget.propagate()  # the same key/button again cancels
+    widget.propagate_button.click()  # the same key/button again cancels
     masks.release.set()
     wait_idle(qtbot, widget)
+    assert widget.propagate_button.text() == "Propagate (Shift+S)"
     labels = viewer.layers["vol labels"]
     assert labels.data[3].any() and not np.delete(labels.data, 3, axis=0).any()
     assert any("cancelled" in m for m in notifications_since(start))

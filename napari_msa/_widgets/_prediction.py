@@ -326,3 +326,5 @@ class Propagation:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+        if self.on_finished is not None:
+            self.on_finished()

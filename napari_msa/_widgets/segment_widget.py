@@ -650,7 +650,7 @@ class SegmentWidget(QWidget):
             return
         self.prefetcher.stop()
         self.propagation.start(self.session, self._source(image), mask.copy(), z)
-        self.propagate_button.setText("Cancel (Shift+S)")
+        self._sync_propagate_button()
         self._set_status(f"Propagating object {self.object_id.value()} from slice {z}…")
 
     def _on_propagated(self, masks: dict[int, np.ndarray]) -> None:
@@ -665,8 +665,12 @@ class SegmentWidget(QWidget):
         self._set_status(f"Propagated object {self.object_id.value()} to {span}; C commits, X drops it.")
 
     def _on_propagation_finished(self) -> None:
+        """The worker ended (done, cancelled, failed or discarded): the button proposes a new run again."""
+        self._sync_propagate_button()
+
+    def _sync_propagate_button(self) -> None:
         try:
-            self.propagate_button.setText("Propagate (Shift+S)")
+            self.propagate_button.setText("Cancel (Shift+S)" if self.propagation.running else "Propagate (Shift+S)")
         except RuntimeError:  # the widget was closed meanwhile
             pass
 
