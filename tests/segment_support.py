@@ -27,6 +27,7 @@ class DiskMasks:
         self.hold_first = hold_first
         self.first_started = threading.Event()
         self.release = threading.Event()
+        self.after_call = None  # called on the worker with the number of calls so far (e.g. to cancel)
 
     def expected(self, shape: tuple[int, int], points, labels) -> np.ndarray:
         mask = np.zeros(shape, dtype=bool)
@@ -44,6 +45,8 @@ class DiskMasks:
         if self.hold_first and len(self.calls) == 1:
             self.first_started.set()
             assert self.release.wait(20), "test never released the first prediction"
+        if self.after_call is not None:
+            self.after_call(len(self.calls))
         if self.error is not None:
             raise self.error
         shape = session.plane_shape

@@ -257,6 +257,20 @@ class Prefetcher:
             self._start()
 
 
+@dataclass
+class Stopped:
+    """A cancelled propagation: the slices it had finished (kept as a preview the user commits or clears)."""
+
+    masks: dict[int, np.ndarray]
+
+
+def engine_keeps_partial_propagation() -> bool:
+    """Whether the engine's ``Cancelled`` carries the slices done before the cancel (``.partial``)."""
+    from napari_msa.engine import Cancelled
+
+    return hasattr(Cancelled(), "partial")
+
+
 class _ProgressRelay(QObject):
     """Carries (done, total) from a worker thread to the GUI thread (a queued Qt signal)."""
 
@@ -266,7 +280,7 @@ class _ProgressRelay(QObject):
 class Propagation:
     """Carries one object through the volume on a worker; cancellable between slices, with progress."""
 
-    def __init__(self, feed: ImageFeed, on_done: Callable[[dict[int, np.ndarray]], None],
+    def __init__(self, feed: ImageFeed, on_done: Callable[..., None],
                  on_error: Callable[[BaseException], None], on_finished: Callable[[], None] | None = None) -> None:
         self.feed = feed
         self.on_done = on_done
@@ -303,9 +317,14 @@ class Propagation:
         self._token += 1
         self._cancel.set()
 
-    def _run(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> dict[int, np.ndarray]:
+    def _run(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> dict[int, np.ndarray] | Stopped:
+        from napari_msa.engine import Cancelled
+
         self.feed.prepare(session, source)
-        return session.propagate(mask, z, progress=self._relay.stepped.emit, cancel=self._cancel.is_set)
+        try:
+            return session.propagate(mask, z, progress=self._relay.stepped.emit, cancel=self._cancel.is_set)
+        except Cancelled as exc:  # keep what was done: the engine hands the finished slices over as ``partial``
+            return Stopped(dict(getattr(exc, "partial", None) or {}))
 
     def _stepped(self, done: int, total: int) -> None:
         if self._pbar is not None:
@@ -318,8 +337,10 @@ class Propagation:
             return
         if isinstance(value, Failure):
             self.on_error(value.error)
+        elif isinstance(value, Stopped):
+            self.on_done(value.masks, cancelled=True)
         else:
-            self.on_done(value)
+            self.on_done(value, cancelled=False)
 
     def _finished(self) -> None:
         self._worker = None

@@ -653,7 +653,8 @@ class SegmentWidget(QWidget):
         self._sync_propagate_button()
         self._set_status(f"Propagating object {self.object_id.value()} from slice {z}…")
 
-    def _on_propagated(self, masks: dict[int, np.ndarray]) -> None:
+    def _on_propagated(self, masks: dict[int, np.ndarray], cancelled: bool = False) -> None:
+        """Propagation ended (or was cancelled): the slices it finished become the preview, never final labels."""
         if self.writer is None or self.writer.layer not in self.viewer.layers:
             show_warning("The labels layer was removed while propagating; nothing was written.")
             return
@@ -661,8 +662,18 @@ class SegmentWidget(QWidget):
             self.writer.set_preview(z, mask, self.object_id.value(), self.overwrite.isChecked(), refresh=False)
             self._painted[z] = PROPAGATED
         self.writer.layer.refresh()
-        span = f"slices {min(masks)}–{max(masks)}" if masks else "no other slice"
-        self._set_status(f"Propagated object {self.object_id.value()} to {span}; C commits, X drops it.")
+        obj = self.object_id.value()
+        span = _span(masks)
+        if cancelled and masks:
+            message = (f"Propagation cancelled: object {obj} kept on {span} as a preview; "
+                       "C commits it, X clears it.")
+            show_info(message)
+        elif cancelled:
+            message = "Propagation cancelled; no other slice was changed."
+            show_info(message)
+        else:
+            message = f"Propagated object {obj} to {span or 'no other slice'}; C commits, X clears it."
+        self._set_status(message)
 
     def _on_propagation_finished(self) -> None:
         """The worker ended (done, cancelled, failed or discarded): the button proposes a new run again."""
@@ -755,6 +766,14 @@ class SegmentWidget(QWidget):
         """No prediction, embedding, propagation or model load in progress (used by tests and benchmarks)."""
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
                 and not self._loading and not self._update_timer.isActive() and not self._prefetch_timer.isActive())
+
+
+def _span(planes) -> str:
+    """'slice 3', 'slices 2–6' or '' for a set of slice indices."""
+    planes = sorted(planes)
+    if not planes:
+        return ""
+    return f"slice {planes[0]}" if len(planes) == 1 else f"slices {planes[0]}–{planes[-1]}"
 
 
 def _key_action(widget: SegmentWidget, action: str):
