@@ -279,12 +279,11 @@ def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_seg
     assert any("has shape (10, 10)" in m for m in notifications_since(start))
     assert not wrong.data.any()
 
-    widget.labels_choice.choose("(new)")
-    points.data = np.array([[20, 20], [200, 5]])
     start = notification_count()
+    widget.update_prediction()  # the same problem again: not notified again
     wait_idle(qtbot, widget)
-    assert any("outside 'img'" in m for m in notifications_since(start))
-    assert "img labels" not in viewer.layers
+    assert not notifications_since(start)
+    assert "has shape (10, 10)" in widget.status.text()
 
 
 def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qtbot):
@@ -376,3 +375,34 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     np.testing.assert_array_equal(labels.data == 1, disk((64, 80), (20, 20), 6))
     widget.clear()
     assert not labels.data.any()
+
+
+def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    start = notification_count()
+    points.add([200, 5])  # outside the 64×80 image
+    wait_idle(qtbot, widget)
+    messages = notifications_since(start)
+    assert len(messages) == 1 and "outside 'img'" in messages[0] and "ignored" in messages[0], messages
+    assert "pixel (200, 5)" in messages[0]
+    assert "outside 'img'" in widget.status.text()
+
+    points.add([40, 60])  # later clicks are answered, with the point outside left out, and not told again
+    wait_idle(qtbot, widget)
+    assert notifications_since(start) == messages
+    labels = viewer.layers["img labels"]
+    np.testing.assert_array_equal(labels.data == 1, masks.expected((64, 80), [(20, 20), (40, 60)], [1, 1]))
+    np.testing.assert_allclose(masks.calls[-1]["points"], [(20, 20), (40, 60)])
+    assert "1 prompt outside the image ignored" in widget.status.text()
+
+    points.selected_data = {1}
+    points.remove_selected()  # deleted: the note goes, and a new point outside would be told again
+    wait_idle(qtbot, widget)
+    assert "outside" not in widget.status.text()
+    points.add([5, 500])
+    wait_idle(qtbot, widget)
+    assert len(notifications_since(start)) == 2

@@ -126,29 +126,39 @@ def to_image_pixels(layer, coords: np.ndarray, image: Image) -> np.ndarray:
     return np.array([image.world_to_data(layer.data_to_world(c)) for c in np.asarray(coords, dtype=float)])
 
 
-def _plane_of(coord: np.ndarray, image: Image, where: str) -> int:
+def _plane_of(coord: np.ndarray, image: Image) -> int | None:
+    """The slice a prompt lies on, or None when it lies outside the image's slices."""
     if not is_volume(image):
         return PLANE_2D
     z = int(np.round(coord[0]))
-    if not 0 <= z < spatial_shape(image)[0]:
-        raise PromptError(
-            f"{where} lies on slice {z}, outside '{image.name}' (slices 0..{spatial_shape(image)[0] - 1}); delete it"
-        )
-    return z
+    return z if 0 <= z < spatial_shape(image)[0] else None
 
 
-def _check_inside(rc: np.ndarray, image: Image, where: str) -> None:
+def _inside(rc: np.ndarray, image: Image) -> bool:
     h, w = spatial_shape(image)[-2:]
     r, c = rc
-    if not (-0.5 <= r <= h - 0.5 and -0.5 <= c <= w - 0.5):
-        raise PromptError(
-            f"{where} at pixel ({r:.0f}, {c:.0f}) lies outside '{image.name}' ({h}×{w}); "
-            "delete it (select it and press Delete) and click inside the image"
-        )
+    return bool(-0.5 <= r <= h - 0.5 and -0.5 <= c <= w - 0.5)
 
 
-def collect_prompts(image: Image, points: Points | None, shapes: Shapes | None) -> dict[int, PlanePrompts]:
-    """All prompts grouped by slice (2D images use slice 0); the last rectangle on a slice is its box."""
+def _where(coord: np.ndarray, image: Image) -> str:
+    """'pixel (r, c)' or 'slice z, pixel (r, c)': where a prompt lies, in the image's data pixels."""
+    rc = f"pixel ({coord[-2]:.0f}, {coord[-1]:.0f})"
+    return f"slice {coord[0]:.0f}, {rc}" if is_volume(image) else rc
+
+
+def _extent(image: Image) -> str:
+    shape = spatial_shape(image)
+    return "×".join(map(str, shape))
+
+
+def collect_prompts(image: Image, points: Points | None, shapes: Shapes | None
+                    ) -> tuple[dict[int, PlanePrompts], list[str]]:
+    """All prompts grouped by slice (2D images use slice 0); the last rectangle on a slice is its box.
+
+    Prompts outside the image are left out, so the others still segment; each one left out comes back
+    as one sentence (the same sentence while it stays there, so the widget tells the user once).
+    """
+    ignored: list[str] = []
     pts_by_plane: dict[int, list[tuple[np.ndarray, int]]] = {}
     if points is not None and len(points.data):
         coords = to_image_pixels(points, points.data, image)
@@ -158,25 +168,28 @@ def collect_prompts(image: Image, points: Points | None, shapes: Shapes | None) 
                 raise PromptsChanging()
         else:
             signs = np.ones(len(coords), dtype=bool)
-        for i, (coord, sign) in enumerate(zip(coords, signs, strict=True)):
-            where = f"point {i + 1} of '{points.name}'"
-            z = _plane_of(coord, image, where)
-            _check_inside(coord[-2:], image, where)
+        for coord, sign in zip(coords, signs, strict=True):
+            z = _plane_of(coord, image)
+            if z is None or not _inside(coord[-2:], image):
+                ignored.append(f"A point at {_where(coord, image)} lies outside '{image.name}' ({_extent(image)}) "
+                               f"and is ignored; delete it from '{points.name}' (select it, press Delete).")
+                continue
             pts_by_plane.setdefault(z, []).append((coord[-2:], int(sign)))
 
     boxes: dict[int, np.ndarray] = {}
     if shapes is not None:
-        for i, (verts, kind) in enumerate(zip(shapes.data, shapes.shape_type, strict=True)):
+        for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
             if kind != "rectangle":
                 continue
             pix = to_image_pixels(shapes, verts, image)
-            where = f"rectangle {i + 1} of '{shapes.name}'"
-            z = _plane_of(pix[0], image, where)
+            z = _plane_of(pix[0], image)
             rows, cols = pix[:, -2], pix[:, -1]
             h, w = spatial_shape(image)[-2:]
             box = np.array([max(rows.min(), 0), max(cols.min(), 0), min(rows.max(), h - 1), min(cols.max(), w - 1)])
-            if box[0] > box[2] or box[1] > box[3]:
-                raise PromptError(f"{where} lies outside '{image.name}'; delete it")
+            if z is None or box[0] > box[2] or box[1] > box[3]:
+                ignored.append(f"A box at {_where(pix[0], image)} lies outside '{image.name}' ({_extent(image)}) and "
+                               f"is ignored; delete it from '{shapes.name}'.")
+                continue
             boxes[z] = box  # a later rectangle replaces an earlier one: SAM takes one box
 
     prompts = {}
@@ -185,7 +198,7 @@ def collect_prompts(image: Image, points: Points | None, shapes: Shapes | None) 
         pts = np.array([p for p, _ in items], dtype=float).reshape(-1, 2)
         labels = np.array([s for _, s in items], dtype=int)
         prompts[z] = PlanePrompts(pts, labels, boxes.get(z))
-    return prompts
+    return prompts, ignored
 
 
 def current_plane(viewer, image: Image) -> int:

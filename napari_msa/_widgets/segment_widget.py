@@ -90,6 +90,9 @@ class SegmentWidget(QWidget):
         self._request_sigs: dict[int, dict[int, tuple]] = {}
         self._prompt_layers: list = []  # layers whose events we follow
         self._loading = False
+        self._ignored: list[str] = []  # messages about prompts outside the image, as last told
+        self._result_line = "Ready"  # what the last prediction showed (the status returns to it)
+        self._problems: set[str] = set()  # problems already notified while they last
         ensure_thread_capacity()
 
         self._build()
@@ -514,16 +517,16 @@ class SegmentWidget(QWidget):
             return
         try:
             L.check_image(image)
-            prompts = L.collect_prompts(image, self.points_layer(), self.shapes_layer())
+            prompts, ignored = L.collect_prompts(image, self.points_layer(), self.shapes_layer())
         except L.PromptsChanging:
             self.predictions.invalidate()
             self.schedule_update()
             return
         except L.PromptError as exc:
             self.predictions.invalidate()  # what is in flight answers prompts the user is fixing
-            show_warning(str(exc))
-            self._set_status(str(exc))
+            self._problem(str(exc))
             return
+        self._show_ignored(ignored)
         sigs = {z: p.signature() for z, p in prompts.items()}
         in_flight = self._request_sigs.get(self.predictions.latest, {})
         gone = [z for z, s in self._painted.items() if s != PROPAGATED and z not in prompts]
@@ -543,8 +546,9 @@ class SegmentWidget(QWidget):
         try:
             self._ensure_writer()
         except L.PromptError as exc:
-            show_warning(str(exc))
+            self._problem(str(exc))
             return
+        self._problems.clear()  # the layers work again: a problem that comes back is told again
         job = partial(predict_planes, self.session, self.feed, self._source(image), L.is_volume(image), todo)
         request = self.predictions.submit(job)
         self._request_sigs = {request: {z: sigs[z] for z in todo}}
@@ -563,7 +567,8 @@ class SegmentWidget(QWidget):
         self.writer.layer.refresh()
         where = "" if not L.is_volume(self.image_layer()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
-        self._set_status(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
+        self._result_line = f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}"
+        self._set_status(self._result_line + self._ignored_note())
 
     # ============================================================================ actions
     def toggle_positive(self) -> None:
@@ -724,11 +729,35 @@ class SegmentWidget(QWidget):
         self.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
 
     # ============================================================================ feedback
+    def _show_ignored(self, ignored: list[str]) -> None:
+        """Prompts outside the image: each is told once (a notification) while it stays; the status counts them."""
+        for message in ignored:
+            if message not in self._ignored:
+                show_warning(message)
+        changed = ignored != self._ignored
+        self._ignored = list(ignored)
+        if ignored and changed:
+            self._set_status(ignored[-1] if len(ignored) == 1 else
+                             f"{len(ignored)} prompts outside the image are ignored; delete them. {ignored[-1]}")
+        elif changed:
+            self._set_status(self._result_line + self._ignored_note())
+
+    def _ignored_note(self) -> str:
+        n = len(self._ignored)
+        return "" if not n else f" ({n} prompt{'s' if n > 1 else ''} outside the image ignored)"
+
     def _set_status(self, text: str) -> None:
         try:
             self.status.setText(text)
         except RuntimeError:  # the widget was closed while a worker finished
             pass
+
+    def _problem(self, message: str) -> None:
+        """A problem with the prompts or layers: one notification while it lasts, and the status says it."""
+        if message not in self._problems:
+            show_warning(message)
+            self._problems.add(message)
+        self._set_status(message)
 
     def _report(self, action: str, exc: BaseException) -> None:
         """A worker error becomes a notification that says what to do; no labels change."""
