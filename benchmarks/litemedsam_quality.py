@@ -69,7 +69,7 @@ def ct_sample_objects() -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     return hu, [ref == int(k) for k in names], list(names.values())
 
 
-def mr_small_references(reference_model, rng: np.random.Generator, tries: int = 60) -> tuple[np.ndarray, list]:
+def mr_small_references(reference_model, rng: np.random.Generator) -> tuple[np.ndarray, list]:
     """Objects LiteMedSAM segments confidently from random boxes on MR_small (pseudo ground truth)."""
     import pydicom
     from pydicom.data import get_testdata_file
@@ -79,7 +79,7 @@ def mr_small_references(reference_model, rng: np.random.Generator, tries: int = 
     image = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.float32)
     session = Session(reference_model)
     session.set_image(image)
-    labels = pseudo_labels(session, image.shape, rng, tries=tries)
+    labels = pseudo_labels(session, image, rng)
     return image, [labels == k for k in range(1, int(labels.max()) + 1)]
 
 

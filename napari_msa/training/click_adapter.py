@@ -47,18 +47,45 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
 
 
-def pseudo_labels(session: Session, plane_shape: tuple[int, int], rng: np.random.Generator, *,
-                  tries: int = 60, min_score: float = 0.75, max_objects: int = 12) -> np.ndarray:
-    """Objects LiteMedSAM itself segments confidently and consistently from random boxes."""
-    h, w = plane_shape
-    labels = np.zeros(plane_shape, dtype=np.int32)
-    for _ in range(tries):
-        if labels.max() >= max_objects:
-            break
+def candidate_boxes(plane: np.ndarray, rng: np.random.Generator, n_random: int = 20,
+                    max_candidates: int = 40) -> list[np.ndarray]:
+    """Box proposals (min_row, min_col, max_row, max_col): around connected pieces of the image at a few
+    thresholds (both polarities), with a little margin, plus some random boxes."""
+    grey = plane.mean(axis=-1) if plane.ndim == 3 else plane.astype(np.float32)
+    grey = ndimage.gaussian_filter(grey.astype(np.float32), 1.0)
+    h, w = grey.shape
+    boxes: list[np.ndarray] = []
+    for q in (25, 40, 60, 75, 90):
+        level = np.percentile(grey, q)
+        for fg in (grey > level, grey < level):
+            lab, n = ndimage.label(ndimage.binary_opening(fg, iterations=1))
+            for sl in ndimage.find_objects(lab):
+                if sl is None:
+                    continue
+                bh, bw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+                if not (0.04 * h <= bh <= 0.7 * h and 0.04 * w <= bw <= 0.7 * w):
+                    continue
+                m = rng.uniform(0.0, 0.1)
+                boxes.append(np.array([max(0, sl[0].start - m * bh), max(0, sl[1].start - m * bw),
+                                       min(h - 1, sl[0].stop + m * bh), min(w - 1, sl[1].stop + m * bw)]))
+    rng.shuffle(boxes)
+    boxes = boxes[:max_candidates]
+    for _ in range(n_random):
         bh = h * np.exp(rng.uniform(np.log(0.08), np.log(0.6)))
         bw = w * np.exp(rng.uniform(np.log(0.08), np.log(0.6)))
         r0, c0 = rng.uniform(0, h - bh), rng.uniform(0, w - bw)
-        box = np.array([r0, c0, r0 + bh, c0 + bw])
+        boxes.append(np.array([r0, c0, r0 + bh, c0 + bw]))
+    return boxes
+
+
+def pseudo_labels(session: Session, plane: np.ndarray, rng: np.random.Generator, *,
+                  min_score: float = 0.75, max_objects: int = 12) -> np.ndarray:
+    """Objects LiteMedSAM itself segments confidently and consistently from proposed boxes."""
+    labels = np.zeros(plane.shape[:2], dtype=np.int32)
+    for box in candidate_boxes(plane, rng):
+        if labels.max() >= max_objects:
+            break
+        bh, bw = box[2] - box[0], box[3] - box[1]
         mask, score = session.predict(box=box)
         if score < min_score or mask.sum() < 30:
             continue
@@ -69,10 +96,10 @@ def pseudo_labels(session: Session, plane_shape: tuple[int, int], rng: np.random
                 continue
             mask = lab == (np.argmax(sizes) + 1)
         fill = mask.sum() / max(1.0, bh * bw)
-        if not 0.2 <= fill <= 0.95:
+        if not 0.15 <= fill <= 0.95:
             continue
         tight = _tight_box(mask)
-        if _box_iou(tight, box) < 0.6:  # the box was not really around this object
+        if _box_iou(tight, box) < 0.5:  # the box was not really around this object
             continue
         again, score2 = session.predict(box=tight)
         if score2 < min_score or (again & mask).sum() / max(1, (again | mask).sum()) < 0.85:
@@ -105,7 +132,7 @@ def build_dataset(model: MSAModel, n_phantoms: int, seed: int, real: list[RealIm
     rng = np.random.default_rng([seed, 77])
     for item in real if real is not None else load_real_images():
         session.set_image(item.plane, rgb=item.plane.ndim == 3)
-        lab = pseudo_labels(session, item.plane.shape[:2], rng)
+        lab = pseudo_labels(session, item.plane, rng)
         n = int(lab.max())
         log(f"  {item.name}: {n} pseudo-labelled objects")
         if n == 0:

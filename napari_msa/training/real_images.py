@@ -86,10 +86,8 @@ def _pydicom_ultrasound() -> list[RealImage]:
             ds = pydicom.dcmread(get_testdata_file(fname))
             if getattr(ds, "Modality", "") in HELD_OUT_MODALITIES:
                 continue
-            pixels = ds.pixel_array
-            if ds.PhotometricInterpretation.startswith("YBR"):
-                pixels = pydicom.pixels.convert_color_space(pixels, ds.PhotometricInterpretation, "RGB")
-            elif ds.PhotometricInterpretation == "PALETTE COLOR":
+            pixels = ds.pixel_array  # pydicom 3 returns YBR data already converted to RGB
+            if ds.PhotometricInterpretation == "PALETTE COLOR":
                 pixels = pydicom.pixels.apply_color_lut(pixels, ds)
                 pixels = (pixels / max(1, pixels.max()) * 255).astype(np.uint8)
         except Exception:  # a decoder this machine lacks: skip the file, say so in the data list
