@@ -406,3 +406,32 @@ def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(
     points.add([5, 500])
     wait_idle(qtbot, widget)
     assert len(notifications_since(start)) == 2
+
+
+def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    assert widget.status.text().startswith("Object 1") and widget.activity.text() == ""
+    press(viewer, "C")
+    assert "Committed object 1" in widget.status.text()
+    labels = viewer.layers["img labels"]
+    labels.undo()  # Ctrl+Z on the labels layer: the status must not keep saying it is committed
+    assert "Committed" not in widget.status.text()
+    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+
+    masks.error = RuntimeError("decoder exploded")
+    start = notification_count()
+    points.add([40, 60])  # one click: data and features events, one notification
+    wait_idle(qtbot, widget)
+    points.add([30, 60])  # the same failure again: the status says it, no second notification
+    wait_idle(qtbot, widget)
+    messages = notifications_since(start)
+    assert len(messages) == 1 and "decoder exploded" in messages[0], messages
+    assert "decoder exploded" in widget.status.text()
+    masks.error = None
+    points.add([30, 30])
+    wait_idle(qtbot, widget)
+    assert widget.status.text().startswith("Object 1")  # the result replaces the error once it works again

@@ -197,6 +197,31 @@ def press_key(viewer, key: str) -> None:
     handler.release_key(key)
 
 
+def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volume, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=5))
+    viewer, widget, model = open_volume(encode_delay=0.3, set_model=False)
+    seen = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: seen.append(widget.activity.text()))
+    timer.start()
+    hub_for(viewer).set_model(model)
+    wait_idle(qtbot, widget)
+    assert "Embedding slice 3…" in seen and any(t.startswith("Prefetching slice") for t in seen), set(seen)
+    assert widget.activity.text() == ""  # idle: nothing claims to run
+    widget.points_layer().add([3, 20, 30])
+    wait_idle(qtbot, widget)
+    result = widget.status.text()
+    assert result.startswith("Object 1 — slice 3")
+    seen.clear()
+    viewer.dims.set_current_step(0, 7)  # embeds slice 7 and prefetches 6, 5 (4, 3 are cached)
+    qtbot.waitUntil(lambda: not widget.prefetcher.idle, timeout=5000)
+    wait_idle(qtbot, widget)
+    timer.stop()
+    assert "Embedding slice 7…" in seen and "Prefetching slice 6…" in seen, set(seen)
+    assert widget.status.text() == result and widget.activity.text() == ""
+
+
 def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
     viewer, widget, model = open_volume(encode_delay=0.4, set_model=False)
     ticks_while_busy = []

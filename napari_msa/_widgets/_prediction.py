@@ -110,9 +110,11 @@ def predict_planes(session: Session, feed: ImageFeed, source: ImageSource, volum
 class LatestWins:
     """One prediction in flight; newer requests supersede older ones, whose results are dropped."""
 
-    def __init__(self, on_result: Callable[[int, Any], None], on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, on_result: Callable[[int, Any], None], on_error: Callable[[BaseException], None],
+                 on_change: Callable[[], None] | None = None) -> None:
         self.on_result = on_result
         self.on_error = on_error
+        self.on_change = on_change or (lambda: None)  # told when a prediction starts or ends (the activity line)
         self.latest = 0
         self.dropped = 0  # results thrown away because a newer request existed (for tests and the benchmark)
         self._running = False
@@ -142,6 +144,7 @@ class LatestWins:
         worker.returned.connect(lambda value, r=request: self._returned(r, value))
         worker.finished.connect(self._next)
         worker.start()
+        self.on_change()
 
     def _returned(self, request: int, value: Any) -> None:
         if request != self.latest:
@@ -157,6 +160,8 @@ class LatestWins:
             request, job = self._waiting
             self._waiting = None
             self._start(request, job)
+        else:
+            self.on_change()
 
 
 def prefetch_order(z: int, n_slices: int, radius: int) -> list[int]:
@@ -171,16 +176,17 @@ class Prefetcher:
     """Embeds the current slice and its neighbours in the background, one restartable worker at a time."""
 
     def __init__(self, feed: ImageFeed, on_error: Callable[[BaseException], None],
-                 on_status: Callable[[str], None], radius: int = 2) -> None:
+                 on_change: Callable[[], None] | None = None, radius: int = 2) -> None:
         self.feed = feed
         self.on_error = on_error
-        self.on_status = on_status
+        self.on_change = on_change or (lambda: None)  # told when a slice's encoder pass starts or ends
         self.radius = radius
         self._worker = None
         self._wanted: tuple[Session, ImageSource, int, int] | None = None
         self._pbar: progress | None = None
         self.computed: list[int] = []  # slices this prefetcher encoded (not found in the cache)
         self.encoding: int | None = None  # the slice whose encoder pass is running now, if any
+        self.requested: int | None = None  # the slice asked for (the one shown); the others are neighbours
 
     @property
     def idle(self) -> bool:
@@ -202,6 +208,7 @@ class Prefetcher:
     def _start(self) -> None:
         session, source, z, n_slices = self._wanted
         self._wanted = None
+        self.requested = z
         planes = prefetch_order(z, n_slices, self.radius)
         worker = create_worker(self._embed, session, source, planes, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._yielded)
@@ -234,14 +241,13 @@ class Prefetcher:
             if self._pbar is None:
                 self._pbar = progress(total=n, desc="MSA: embedding slices")
             self._pbar.set_description(f"MSA: embedding slice {z}" + (" (prefetch)" if i else ""))
-            self.on_status(f"Embedding slice {z}…" if i == 0 else f"Prefetching slice {z}…")
+            self.on_change()
         else:
             self.encoding = None
             self.computed.append(z)
             if self._pbar is not None:
                 self._pbar.update(1)
-            if i == 0:
-                self.on_status(f"Slice {z} ready")
+            self.on_change()
 
     def _returned(self, value: Any) -> None:
         if isinstance(value, Failure):
@@ -255,6 +261,7 @@ class Prefetcher:
             self._pbar = None
         if self._wanted is not None:
             self._start()
+        self.on_change()
 
 
 @dataclass
@@ -281,11 +288,15 @@ class Propagation:
     """Carries one object through the volume on a worker; cancellable between slices, with progress."""
 
     def __init__(self, feed: ImageFeed, on_done: Callable[..., None],
-                 on_error: Callable[[BaseException], None], on_finished: Callable[[], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None], on_finished: Callable[[], None] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.feed = feed
         self.on_done = on_done
         self.on_error = on_error
         self.on_finished = on_finished
+        self.on_change = on_change or (lambda: None)  # told when it starts, steps, is cancelled or ends
+        self.done = 0  # slices predicted so far in the current run, of ``total``
+        self.total = 0
         self._cancel = threading.Event()
         self._worker = None
         self._pbar: progress | None = None
@@ -297,10 +308,14 @@ class Propagation:
     def running(self) -> bool:
         return self._worker is not None
 
+    @property
+    def cancelling(self) -> bool:
+        return self.running and self._cancel.is_set()
+
     def start(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> None:
         self._cancel.clear()
-        self._pbar = progress(total=max(1, session.num_slices - 1) if session.image is not None else 0,
-                              desc=f"MSA: propagating from slice {z}")
+        self.done, self.total = 0, max(1, session.num_slices - 1) if session.image is not None else 0
+        self._pbar = progress(total=self.total, desc=f"MSA: propagating from slice {z}")
         token = self._token
         worker = create_worker(guarded(self._run), session, source, mask, z, _start_thread=False,
                                _ignore_errors=True)
@@ -308,14 +323,18 @@ class Propagation:
         worker.finished.connect(self._finished)
         self._worker = worker
         worker.start()
+        self.on_change()
 
     def cancel(self) -> None:
         self._cancel.set()
+        self.on_change()
 
     def discard(self) -> None:
         """Cancel and drop the result (its layers or model are gone)."""
         self._token += 1
         self._cancel.set()
+        if self.running:
+            self.on_change()
 
     def _run(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> dict[int, np.ndarray] | Stopped:
         from napari_msa.engine import Cancelled
@@ -327,6 +346,8 @@ class Propagation:
             return Stopped(dict(getattr(exc, "partial", None) or {}))
 
     def _stepped(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self.on_change()
         if self._pbar is not None:
             if self._pbar.total != total:
                 self._pbar.total = total
@@ -349,3 +370,4 @@ class Propagation:
             self._pbar = None
         if self.on_finished is not None:
             self.on_finished()
+        self.on_change()

@@ -81,15 +81,18 @@ class SegmentWidget(QWidget):
         self.hub = hub_for(napari_viewer)
         self.session: Session | None = None
         self.feed = ImageFeed()
-        self.predictions = LatestWins(self._on_predicted, partial(self._report, "prediction"))
-        self.prefetcher = Prefetcher(self.feed, partial(self._report, "embedding"), self._set_status)
+        self.predictions = LatestWins(self._on_predicted, partial(self._report, "prediction"),
+                                      on_change=self._refresh_activity)
+        self.prefetcher = Prefetcher(self.feed, partial(self._report, "embedding"), self._refresh_activity)
         self.propagation = Propagation(self.feed, self._on_propagated, partial(self._report, "propagation"),
-                                       on_finished=self._on_propagation_finished)
+                                       on_finished=self._on_propagation_finished, on_change=self._refresh_activity)
         self.writer: LabelsWriter | None = None
         self._painted: dict[int, tuple | str] = {}  # slice → signature of the prompts its preview shows
         self._request_sigs: dict[int, dict[int, tuple]] = {}
         self._prompt_layers: list = []  # layers whose events we follow
         self._loading = False
+        self._loading_name = ""
+        self._committed: tuple[Labels, int] | None = None  # the last commit, while the status reports it
         self._ignored: list[str] = []  # messages about prompts outside the image, as last told
         self._result_line = "Ready"  # what the last prediction showed (the status returns to it)
         self._problems: set[str] = set()  # problems already notified while they last
@@ -240,7 +243,11 @@ class SegmentWidget(QWidget):
         keys.setToolTip(self.__doc__)
         root.addWidget(keys)
 
-        self.status = QLabel("Ready")
+        self.activity = QLabel()  # what runs now (loading, embedding, predicting, propagating); empty when idle
+        self.activity.setToolTip("Work in progress; napari's activity dock (bottom right) shows its progress")
+        self.activity.setStyleSheet("color: #9ab8d8")
+        root.addWidget(self.activity)
+        self.status = QLabel("Ready")  # the last outcome: a result, a problem, what to do next
         self.status.setWordWrap(True)
         root.addWidget(self.status)
         root.addStretch(1)
@@ -264,8 +271,9 @@ class SegmentWidget(QWidget):
             show_info("Loading replaces the adapter tuned in this session, which was not saved "
                       "(Tune (MSA) › Save adapter… keeps it).")
         self._loading = True
+        self._loading_name = name
         self.load_button.setEnabled(False)
-        self._set_status(f"Loading {name}…")
+        self._refresh_activity()
         kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter or "auto",
                   "device": device}
         worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True,
@@ -277,11 +285,11 @@ class SegmentWidget(QWidget):
     def _load_on_first_need(self) -> None:
         """Prompts arrived before any model: load the chosen one (the default) now; they are answered after."""
         if self._loading:
-            self._set_status("Loading the model… your prompts are answered as soon as it is ready.")
+            self._set_status("Your prompts are answered as soon as the model is loaded.")
             return
         if not self.model_combo.model().item(self.model_combo.currentIndex()).isEnabled():
-            show_warning("No model loaded: choose a model in Segment (MSA) and press Load model.")
-            self._set_status("No model loaded.")
+            self._problem("No model loaded: choose an available model in the Model field above and press "
+                          "Load model.")
             return
         show_info(f"Loading {self.model_combo.currentText()} for your first prompt (once per session)…")
         self.load_model()
@@ -294,7 +302,11 @@ class SegmentWidget(QWidget):
 
     def _on_load_finished(self) -> None:
         self._loading = False
-        self.load_button.setEnabled(True)
+        try:
+            self.load_button.setEnabled(True)
+        except RuntimeError:  # the widget was closed while loading
+            return
+        self._refresh_activity()
 
     def _hub_model_changed(self, model) -> None:
         self._model_arrived.emit(model)
@@ -548,7 +560,6 @@ class SegmentWidget(QWidget):
         except L.PromptError as exc:
             self._problem(str(exc))
             return
-        self._problems.clear()  # the layers work again: a problem that comes back is told again
         job = partial(predict_planes, self.session, self.feed, self._source(image), L.is_volume(image), todo)
         request = self.predictions.submit(job)
         self._request_sigs = {request: {z: sigs[z] for z in todo}}
@@ -567,6 +578,7 @@ class SegmentWidget(QWidget):
         self.writer.layer.refresh()
         where = "" if not L.is_volume(self.image_layer()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
+        self._problems.clear()  # it works again: a problem that comes back is told again
         self._result_line = f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}"
         self._set_status(self._result_line + self._ignored_note())
 
@@ -604,8 +616,11 @@ class SegmentWidget(QWidget):
         next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
         self.object_id.setValue(next_id)
         self.writer.layer.selected_label = next_id
-        self._set_status(f"Committed object {obj} ({written} px); now segmenting object {next_id}. "
-                         "Ctrl+Z on the labels layer undoes it.")
+        self._result_line = (f"Committed object {obj} ({written} px); now segmenting object {next_id}. "
+                             "Ctrl+Z on the labels layer undoes it.")
+        self._set_status(self._result_line)
+        if written:
+            self._watch_commit(self.writer.layer, obj)
 
     def clear(self) -> None:
         """X: drop the prompts and the preview of the current object."""
@@ -615,7 +630,8 @@ class SegmentWidget(QWidget):
             self.writer.clear()
         self._painted.clear()
         self._clear_prompts()
-        self._set_status(f"Cleared; segmenting object {self.object_id.value()}.")
+        self._result_line = f"Cleared; segmenting object {self.object_id.value()}."
+        self._set_status(self._result_line)
 
     def _clear_prompts(self) -> None:
         """Empty the prompt layers (their events then find nothing to predict)."""
@@ -631,8 +647,7 @@ class SegmentWidget(QWidget):
     def propagate(self) -> None:
         """Shift+S: carry the current object through the volume (a cancellable worker); again to cancel."""
         if self.propagation.running:
-            self.propagation.cancel()
-            self._set_status("Cancelling propagation…")
+            self.propagation.cancel()  # the activity line says "Cancelling…" until the worker stops
             return
         image = self.image_layer()
         if image is None or not L.is_volume(image):
@@ -656,7 +671,7 @@ class SegmentWidget(QWidget):
         self.prefetcher.stop()
         self.propagation.start(self.session, self._source(image), mask.copy(), z)
         self._sync_propagate_button()
-        self._set_status(f"Propagating object {self.object_id.value()} from slice {z}…")
+        self._set_status(f"Propagating object {self.object_id.value()} from slice {z}; Shift+S again cancels.")
 
     def _on_propagated(self, masks: dict[int, np.ndarray], cancelled: bool = False) -> None:
         """Propagation ended (or was cancelled): the slices it finished become the preview, never final labels."""
@@ -747,10 +762,54 @@ class SegmentWidget(QWidget):
         return "" if not n else f" ({n} prompt{'s' if n > 1 else ''} outside the image ignored)"
 
     def _set_status(self, text: str) -> None:
+        """The outcome line: a new outcome replaces the report of the last commit (no longer watched)."""
+        self._unwatch_commit()
         try:
             self.status.setText(text)
         except RuntimeError:  # the widget was closed while a worker finished
             pass
+
+    def _refresh_activity(self) -> None:
+        """The activity line, from what is running now (so it is never stale): empty when nothing runs."""
+        parts = []
+        if self._loading:
+            parts.append(f"Loading {self._loading_name}…")
+        if self.propagation.cancelling:
+            parts.append("Cancelling propagation…")
+        elif self.propagation.running:
+            done, total = self.propagation.done, self.propagation.total
+            parts.append(f"Propagating: {done}/{total} slices…")
+        if self.prefetcher.encoding is not None:
+            z = self.prefetcher.encoding
+            parts.append(f"Embedding slice {z}…" if z == self.prefetcher.requested else f"Prefetching slice {z}…")
+        if not self.predictions.idle:
+            parts.append("Predicting…")
+        try:
+            self.activity.setText(" · ".join(parts))
+        except RuntimeError:  # the widget was closed while a worker finished
+            pass
+
+    def _watch_commit(self, layer: Labels, obj: int) -> None:
+        """While the status reports a commit, notice when Ctrl+Z takes it back (the status must not say it is there)."""
+        self._committed = (layer, obj)
+        layer.events.set_data.connect(self._check_commit)
+
+    def _unwatch_commit(self) -> None:
+        if self._committed is not None:
+            layer, _ = self._committed
+            self._committed = None
+            layer.events.set_data.disconnect(self._check_commit)
+
+    def _check_commit(self, *_) -> None:
+        if self._committed is None:
+            return
+        layer, obj = self._committed
+        if np.any(np.asarray(layer.data) == obj):
+            return
+        if self.writer is not None and self.writer.layer == layer and not self.writer.planes:
+            self.object_id.setValue(int(np.max(layer.data, initial=0)) + 1)
+        self._result_line = f"Object {obj} was undone; segmenting object {self.object_id.value()}."
+        self._set_status(self._result_line)
 
     def _problem(self, message: str) -> None:
         """A problem with the prompts or layers: one notification while it lasts, and the status says it."""
@@ -760,11 +819,10 @@ class SegmentWidget(QWidget):
         self._set_status(message)
 
     def _report(self, action: str, exc: BaseException) -> None:
-        """A worker error becomes a notification that says what to do; no labels change."""
+        """A worker error becomes a notification (once while it repeats) that says what to do; no labels change."""
         message = explain(action, exc)
         log.info("%s", message)
-        show_warning(message)
-        self._set_status(message)
+        self._problem(message)
 
     def event(self, e: QEvent) -> bool:
         """napari's remove_dock_widget detaches (does not delete) the widget: let go of the viewer then."""
@@ -781,6 +839,7 @@ class SegmentWidget(QWidget):
         self._update_timer.stop()
         self._prefetch_timer.stop()
         self._drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
+        self._unwatch_commit()
         self.prefetcher.stop()
         for layer in self._prompt_layers:
             layer.events.data.disconnect(self._on_prompts_changed)
