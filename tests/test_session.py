@@ -209,3 +209,12 @@ def test_any_dtype_predicts(tiny_model, dtype):
     session.set_image(image)
     mask, score = session.predict(points=[(10, 10)], labels=[1])
     assert mask.shape == (40, 50) and np.isfinite(score)
+
+
+def test_prompts_from_mask_margin_grows_the_box_inside_the_plane():
+    m = np.zeros((40, 50), bool)
+    m[10:20, 0:30] = True
+    tight, _ = prompts_from_mask(m)
+    grown, _ = prompts_from_mask(m, margin=0.1)
+    np.testing.assert_allclose(tight, [10, 0, 19, 29])
+    np.testing.assert_allclose(grown, [8, 0, 21, 31.9])  # 2 px minimum on rows, 10 % of 29 on cols, clipped at 0

@@ -126,10 +126,15 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def prompts_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A box around the mask and a positive point at its most interior pixel (row, col)."""
+def prompts_from_mask(mask: np.ndarray, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A box around the mask (grown by ``margin`` × its size on each side, at least 2 px when
+    ``margin`` > 0, clipped to the plane) and a positive point at its most interior pixel (row, col)."""
     rows, cols = np.nonzero(mask)
     box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
+    if margin > 0:
+        grow = np.maximum(2.0, margin * np.array([box[2] - box[0], box[3] - box[1]]))
+        box += np.array([-grow[0], -grow[1], grow[0], grow[1]])
+        box = np.clip(box, 0, [mask.shape[0] - 1, mask.shape[1] - 1] * 2)
     depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     point = np.array(np.unravel_index(np.argmax(depth), mask.shape), dtype=np.float64)
     return box, point
@@ -302,14 +307,17 @@ class Session:
         *,
         iou_threshold: float = 0.5,
         max_distance: int | None = None,
+        box_margin: float = 0.1,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> dict[int, np.ndarray]:
         """Carry an object from slice ``z`` to its neighbours, both ways, until it vanishes or jumps.
 
-        Each slice is prompted with the box and the most interior point of the previous slice's
-        mask; a slice whose mask overlaps the previous one by less than ``iou_threshold`` ends that
-        direction (the object has ended or the model lost it). Returns {slice: mask}, start excluded.
+        Each slice is prompted with the box of the previous slice's mask, grown by ``box_margin``
+        (the object may be larger on the next slice; MedSAM carries boxes the same way), and the
+        mask's most interior point; a slice whose mask overlaps the previous one by less than
+        ``iou_threshold`` ends that direction (the object has ended or the model lost it).
+        Returns {slice: mask}, start excluded.
         """
         self._require_image()
         if not self.layout.is_volume:
@@ -328,7 +336,7 @@ class Session:
             while 0 <= current < n and abs(current - z) <= limit:
                 if cancel is not None and cancel():
                     raise Cancelled()
-                box, point = prompts_from_mask(previous)
+                box, point = prompts_from_mask(previous, box_margin)
                 new, _ = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
                 done += 1
                 if progress is not None:
