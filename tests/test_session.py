@@ -218,3 +218,23 @@ def test_prompts_from_mask_margin_grows_the_box_inside_the_plane():
     grown, _ = prompts_from_mask(m, margin=0.1)
     np.testing.assert_allclose(tight, [10, 0, 19, 29])
     np.testing.assert_allclose(grown, [8, 0, 21, 31.9])  # 2 px minimum on rows, 10 % of 29 on cols, clipped at 0
+
+
+def test_cancelled_propagation_hands_over_the_slices_it_finished(tiny_model):
+    volume = np.zeros((6, 64, 64), np.float32)
+    volume[:, 20:44, 20:44] = 1.0
+    session = Session(tiny_model)
+    session.set_image(volume)
+    start = np.zeros((64, 64), bool)
+    start[20:44, 20:44] = True
+    session.predict = lambda **_: (start.copy(), 0.9)  # a model that always finds the square
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2  # two slices run, then the user cancels
+
+    with pytest.raises(Cancelled) as info:
+        session.propagate(start, 2, cancel=cancel)
+    assert sorted(info.value.partial) == [3, 4]
+    assert all(np.array_equal(m, start) for m in info.value.partial.values())

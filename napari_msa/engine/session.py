@@ -23,7 +23,12 @@ CancelFn = Callable[[], bool]
 
 
 class Cancelled(Exception):
-    """Raised when a long operation sees its cancel flag."""
+    """Raised when a long operation sees its cancel flag; ``partial`` holds what it finished (propagation:
+    {slice: mask}), so a cancel keeps the work done."""
+
+    def __init__(self, message: str = "cancelled", partial: dict | None = None) -> None:
+        super().__init__(message)
+        self.partial: dict = dict(partial or {})
 
 
 @dataclass
@@ -335,7 +340,7 @@ class Session:
             current = z + step
             while 0 <= current < n and abs(current - z) <= limit:
                 if cancel is not None and cancel():
-                    raise Cancelled()
+                    raise Cancelled("propagation was cancelled", partial=result)
                 box, point = prompts_from_mask(previous, box_margin)
                 new, _ = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
                 done += 1
