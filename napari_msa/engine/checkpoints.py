@@ -123,17 +123,37 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     return resized[0].T.to(table.dtype)
 
 
-def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
-    """Copy a SAM/MSA state dict into ``sam``, resizing position tables to its image size."""
+def _check_architecture(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     cfg = sam.model_config
+    is_vit_file = "image_encoder.patch_embed.proj.weight" in state
     if cfg.encoder != "vit":
-        return _load_exact_state(sam, state, source)
+        if is_vit_file:
+            raise CheckpointError(f"{source} is a SAM ViT checkpoint ({_describe(*infer_architecture(state))}), "
+                                  f"but the model is {cfg.name}; choose --model vit_b/vit_l/vit_h for it")
+        return
     found = infer_architecture(state)
     if found != (cfg.embed_dim, cfg.depth):
         raise CheckpointError(
             f"{source} is {_describe(*found)}, but the model is {_describe(cfg.embed_dim, cfg.depth)}; "
             f"choose the matching model name"
         )
+
+
+def _resized(key: str, value: torch.Tensor, target: torch.Tensor, cfg) -> torch.Tensor | None:
+    """SAM's ViT position tables resampled to the model's image size; None for any other mismatch."""
+    if cfg.encoder != "vit":
+        return None  # LiteMedSAM runs at the size it was trained at: nothing to resample
+    if key == "image_encoder.pos_embed":
+        return resize_pos_embed(value, cfg.image_size // PATCH_SIZE)
+    if key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == target.shape[1]:
+        return resize_rel_pos(value, target.shape[0])
+    return None
+
+
+def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
+    """Copy a SAM/MSA/LiteMedSAM state dict into ``sam``; SAM's position tables follow its image size."""
+    cfg = sam.model_config
+    _check_architecture(sam, state, source)
     own = sam.state_dict()
     report = LoadReport()
     to_load = {}
@@ -143,54 +163,18 @@ def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source:
             continue
         target = own[key]
         if value.shape != target.shape:
-            if key == "image_encoder.pos_embed":
-                value = resize_pos_embed(value, cfg.image_size // PATCH_SIZE)
-                report.resized.append(key)
-            elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == target.shape[1]:
-                value = resize_rel_pos(value, target.shape[0])
-                report.resized.append(key)
-            else:
-                raise CheckpointError(
-                    f"{source}: '{key}' has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}"
-                )
+            value = _resized(key, value, target, cfg)
+            if value is None:
+                raise CheckpointError(f"{source}: '{key}' has shape {tuple(state[key].shape)}, {cfg.name} expects "
+                                      f"{tuple(target.shape)}")
+            report.resized.append(key)
         to_load[key] = value.to(target.dtype)
-    report.missing = [k for k in own if k not in to_load and ADAPTER_KEY not in k]
-    missing_adapters = [k for k in own if k not in to_load and ADAPTER_KEY in k]
-    if report.missing:
-        raise CheckpointError(f"{source} lacks {len(report.missing)} SAM weights, e.g. {report.missing[:3]}")
-    sam.load_state_dict(to_load, strict=False)
-    report.loaded = len(to_load)
-    report.missing = missing_adapters
-    if report.skipped:
-        log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
-    return report
-
-
-def _load_exact_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-    """Models other than SAM's ViT (LiteMedSAM): every base key present with its shape, nothing resized."""
-    cfg = sam.model_config
-    if "image_encoder.patch_embed.proj.weight" in state:
-        raise CheckpointError(f"{source} is a SAM ViT checkpoint ({_describe(*infer_architecture(state))}), "
-                              f"but the model is {cfg.name}; choose --model vit_b/vit_l/vit_h for it")
-    own = sam.state_dict()
-    report = LoadReport()
-    to_load = {}
-    for key, value in state.items():
-        if key not in own:
-            report.skipped.append(key)
-            continue
-        if value.shape != own[key].shape:
-            raise CheckpointError(
-                f"{source}: '{key}' has shape {tuple(value.shape)}, {cfg.name} expects {tuple(own[key].shape)}"
-            )
-        to_load[key] = value.to(own[key].dtype)
     lacking = [k for k in own if k not in to_load and ADAPTER_KEY not in k]
     if lacking:
-        raise CheckpointError(f"{source} is not a {cfg.name} checkpoint: it lacks {len(lacking)} of its weights, "
-                              f"e.g. {lacking[:3]}")
+        raise CheckpointError(f"{source} lacks {len(lacking)} of {cfg.name}'s weights, e.g. {lacking[:3]}")
     sam.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
-    report.missing = [k for k in own if k not in to_load]
+    report.missing = [k for k in own if k not in to_load]  # adapters only: they start at zero
     if report.skipped:
         log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
     return report
