@@ -14,7 +14,6 @@ from segment_support import DiskMasks, disk, install, notification_count, notifi
 
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa._widgets._prediction import engine_keeps_partial_propagation
 
 SHAPE = (8, 48, 56)
 Z_SCALE = (3.0, 1.0, 1.0)
@@ -148,8 +147,6 @@ def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, mo
     assert not labels.data.any()
 
 
-@pytest.mark.xfail(not engine_keeps_partial_propagation(), strict=True,
-                   reason="needs the engine's Cancelled to carry the finished slices (Cancelled.partial)")
 def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volume, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from qtpy.QtCore import QObject, QThreadPool, Signal
 
+from ._activity import ActivityBar
 from ._layers import PlanePrompts
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
@@ -183,7 +183,7 @@ class Prefetcher:
         self.radius = radius
         self._worker = None
         self._wanted: tuple[Session, ImageSource, int, int] | None = None
-        self._pbar: progress | None = None
+        self._pbar: ActivityBar | None = None
         self.computed: list[int] = []  # slices this prefetcher encoded (not found in the cache)
         self.encoding: int | None = None  # the slice whose encoder pass is running now, if any
         self.requested: int | None = None  # the slice asked for (the one shown); the others are neighbours
@@ -234,20 +234,22 @@ class Prefetcher:
 
     def _yielded(self, event: tuple) -> None:
         stage, i, n, z, cached = event
-        if cached:
-            return
-        if stage == "start":
+        if stage == "start" and not cached:
             self.encoding = z
-            if self._pbar is None:
-                self._pbar = progress(total=n, desc="MSA: embedding slices")
-            self._pbar.set_description(f"MSA: embedding slice {z}" + (" (prefetch)" if i else ""))
+            desc = f"MSA: embedding slice {z}" + (" (prefetch)" if i else "")
+            if self._pbar is None:  # opened at the first slice that needs the encoder (cached ones are instant)
+                self._pbar = ActivityBar(desc, total=n)
+                self._pbar.set(done=i)
+            self._pbar.set(desc=desc)
             self.on_change()
-        else:
-            self.encoding = None
-            self.computed.append(z)
+        elif stage == "done":
+            if not cached:
+                self.encoding = None
+                self.computed.append(z)
             if self._pbar is not None:
-                self._pbar.update(1)
-            self.on_change()
+                self._pbar.set(done=i + 1)
+            if not cached:
+                self.on_change()
 
     def _returned(self, value: Any) -> None:
         if isinstance(value, Failure):
@@ -271,13 +273,6 @@ class Stopped:
     masks: dict[int, np.ndarray]
 
 
-def engine_keeps_partial_propagation() -> bool:
-    """Whether the engine's ``Cancelled`` carries the slices done before the cancel (``.partial``)."""
-    from napari_msa.engine import Cancelled
-
-    return hasattr(Cancelled(), "partial")
-
-
 class _ProgressRelay(QObject):
     """Carries (done, total) from a worker thread to the GUI thread (a queued Qt signal)."""
 
@@ -299,7 +294,7 @@ class Propagation:
         self.total = 0
         self._cancel = threading.Event()
         self._worker = None
-        self._pbar: progress | None = None
+        self._pbar: ActivityBar | None = None
         self._relay = _ProgressRelay()
         self._relay.stepped.connect(self._stepped)
         self._token = 0  # bumped by discard(): a result that arrives after it is dropped
@@ -315,7 +310,7 @@ class Propagation:
     def start(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> None:
         self._cancel.clear()
         self.done, self.total = 0, max(1, session.num_slices - 1) if session.image is not None else 0
-        self._pbar = progress(total=self.total, desc=f"MSA: propagating from slice {z}")
+        self._pbar = ActivityBar(f"MSA: propagating from slice {z}", total=self.total)
         token = self._token
         worker = create_worker(guarded(self._run), session, source, mask, z, _start_thread=False,
                                _ignore_errors=True)
@@ -343,15 +338,13 @@ class Propagation:
         try:
             return session.propagate(mask, z, progress=self._relay.stepped.emit, cancel=self._cancel.is_set)
         except Cancelled as exc:  # keep what was done: the engine hands the finished slices over as ``partial``
-            return Stopped(dict(getattr(exc, "partial", None) or {}))
+            return Stopped(dict(exc.partial))
 
     def _stepped(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         self.on_change()
         if self._pbar is not None:
-            if self._pbar.total != total:
-                self._pbar.total = total
-            self._pbar.update(done - self._pbar.n)
+            self._pbar.set(done=done, total=total)
 
     def _returned(self, token: int, value: Any) -> None:
         if token != self._token:

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _layers as L
+from ._activity import ActivityBar
 from ._controls import LayerChoice, PathPicker
 from ._hub import hub_for
 from ._labels_writer import LabelsWriter
@@ -92,6 +93,7 @@ class SegmentWidget(QWidget):
         self._prompt_layers: list = []  # layers whose events we follow
         self._loading = False
         self._loading_name = ""
+        self._load_bar: ActivityBar | None = None
         self._committed: tuple[Labels, int] | None = None  # the last commit, while the status reports it
         self._ignored: list[str] = []  # messages about prompts outside the image, as last told
         self._result_line = "Ready"  # what the last prediction showed (the status returns to it)
@@ -276,9 +278,11 @@ class SegmentWidget(QWidget):
         self._refresh_activity()
         kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter or "auto",
                   "device": device}
-        worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True,
-                               _progress={"desc": f"MSA: loading {name}"})
+        # the engine's load has no steps to report: a busy bar in the activity dock while it runs
+        self._load_bar = ActivityBar(f"MSA: loading {name}")
+        worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
+        worker.finished.connect(self._load_bar.close)  # closes even if the widget is gone by then
         worker.finished.connect(self._on_load_finished)
         worker.start()
 
@@ -302,6 +306,9 @@ class SegmentWidget(QWidget):
 
     def _on_load_finished(self) -> None:
         self._loading = False
+        if self._load_bar is not None:
+            self._load_bar.close()
+            self._load_bar = None
         try:
             self.load_button.setEnabled(True)
         except RuntimeError:  # the widget was closed while loading

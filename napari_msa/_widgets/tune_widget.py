@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._activity import ActivityBar
 from ._controls import LayerChoice
 from ._hub import hub_for
 
@@ -142,6 +143,7 @@ class TuneWidget(QWidget):
         self.hub = hub_for(napari_viewer)
         self.result: TuneResult | None = None
         self._worker = None
+        self._bar: ActivityBar | None = None  # the run's bar in napari's activity dock
         self._save_worker = None
         self._cancel = threading.Event()
         self._relay = _Relay()
@@ -328,6 +330,8 @@ class TuneWidget(QWidget):
         worker = create_worker(self._run, model, image, labels, settings, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
+        self._bar = ActivityBar("MSA: tuning, preparing", total=steps)
+        worker.finished.connect(self._bar.close)  # closes even if the widget is gone by then
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
@@ -352,10 +356,14 @@ class TuneWidget(QWidget):
 
     def _on_progress(self, p: TuneProgress) -> None:
         self.curve.add(p)
+        bar = self._bar if self._bar is not None else ActivityBar.closed_bar()
         if p.phase == "prepare":
             self.status.setText(p.message.capitalize() + "…")
+            bar.set(desc=f"MSA: tuning, {p.message}")
             return
         self.progress.setValue(min(p.step, self.progress.maximum()))
+        eta = {"train": f", ETA {_fmt_time(p.eta_s)}", "eval": ", measuring held-out Dice"}.get(p.phase, "")
+        bar.set(done=p.step, total=p.total_steps, desc=f"MSA: tuning step {p.step}/{p.total_steps}{eta}")
         parts = [f"step {p.step}/{p.total_steps}"]
         if p.loss is not None:
             parts.append(f"loss {p.loss:.3f}")
@@ -391,6 +399,9 @@ class TuneWidget(QWidget):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
