@@ -123,3 +123,38 @@ def test_unusable_inputs_are_explained(tuner, monkeypatch):
     assert widget.labels_combo.layer() is None
     widget.start_button.click()
     assert "choose an image layer and the labels layer" in widget.status.text()
+
+
+def test_labels_choice_follows_the_layer_being_annotated(make_napari_viewer, qtbot, monkeypatch):
+    from segment_support import DiskMasks, install, wait_idle
+
+    viewer = make_napari_viewer()
+    images, truth = blob_task(4, size=48)
+    viewer.add_image(images, name="img")
+    viewer.add_labels(truth, name="ground truth")  # a sample's ground truth comes first
+    viewer.add_labels(np.zeros((3, 48, 48), np.int32), name="other grid")  # never fits this image
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
+    assert widget.labels_combo.layer() is viewer.layers["ground truth"]  # the only one that fits
+
+    mine = viewer.add_labels(np.zeros_like(truth), name="mine")  # added (and selected) to paint in
+    assert widget.labels_combo.layer() is mine
+    viewer.layers.selection.active = viewer.layers["ground truth"]  # selected in the layer list
+    assert widget.labels_combo.layer() is viewer.layers["ground truth"]
+    viewer.layers.selection.active = viewer.layers["img"]
+    mine.paint((1, 20, 20), 3)  # painting a layer makes it the one being annotated
+    assert widget.labels_combo.layer() is mine
+    viewer.layers.selection.active = viewer.layers["other grid"]  # wrong shape: the choice stays
+    assert widget.labels_combo.layer() is mine
+
+    # the Segment widget's commits count as painting its labels layer
+    install(monkeypatch, DiskMasks(radius=5))
+    _, segment = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    hub_for(viewer).set_model(load_model("tiny"))
+    wait_idle(qtbot, segment)
+    viewer.dims.set_current_step(0, 2)
+    segment.points_layer().add([2, 24, 24])
+    wait_idle(qtbot, segment)
+    viewer.layers.selection.active = viewer.layers["ground truth"]
+    segment.commit()
+    assert widget.labels_combo.layer() is viewer.layers["img labels"]
+    wait_idle(qtbot, segment)

@@ -149,17 +149,20 @@ class TuneWidget(QWidget):
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._build()
+        self._recent: list = []  # labels layers, least to most recently selected or painted
+        self._watched: list = []  # labels layers whose edits we follow
         self._connections = [
             (self.viewer.layers.events.inserted, self._refresh_layers),
             (self.viewer.layers.events.removed, self._refresh_layers),
             (self.viewer.layers.events.moved, self._refresh_layers),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
         ]
         for emitter, callback in self._connections:
             emitter.connect(callback)
         self._model_arrived.connect(self._show_model)
         self.hub.model_changed.connect(self._hub_model_changed)
         self.destroyed.connect(_teardown_factory(self.hub, self._hub_model_changed, list(self._connections),
-                                                 self._cancel))
+                                                 self._cancel, self._watched, self._labels_edited))
         self._refresh_layers()
         self._show_model(self.hub.model)
 
@@ -177,7 +180,8 @@ class TuneWidget(QWidget):
         self.image_combo = LayerChoice(Image, tooltip="The image the labels were painted on")
         self.labels_combo = LayerChoice(
             Labels, tooltip="Your annotations: every labelled slice and every object id in it is used "
-                            "(0 is background)")
+                            "(0 is background). Follows the labels layer you last selected or painted on "
+                            "this image's grid.")
         self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
@@ -247,17 +251,60 @@ class TuneWidget(QWidget):
     def _refresh_layers(self, *_) -> None:
         self.image_combo.refresh(self.viewer.layers)
         self.labels_combo.refresh(self.viewer.layers)
+        self._follow_labels_edits()
+        self._on_active_layer()
         self._pick_matching_labels()
 
+    def _follow_labels_edits(self) -> None:
+        """Listen to painting (and data replacement) on every labels layer, to know which one is being annotated."""
+        present = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+        for layer in [ly for ly in self._watched if ly not in present]:
+            _disconnect_edits(layer, self._labels_edited)
+            self._watched.remove(layer)
+        for layer in [ly for ly in present if ly not in self._watched]:
+            layer.events.paint.connect(self._labels_edited)
+            layer.events.data.connect(self._labels_edited)
+            self._watched.append(layer)
+        self._recent = [ly for ly in self._recent if ly in present]
+
+    def _touch(self, layer) -> None:
+        if layer in self._recent:
+            self._recent.remove(layer)
+        self._recent.append(layer)
+
+    def _labels_edited(self, event) -> None:
+        layer = getattr(event, "source", None)
+        if isinstance(layer, Labels):
+            self._touch(layer)
+            self._pick_matching_labels()
+
+    def _on_active_layer(self, *_) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels):
+            self._touch(active)
+            self._pick_matching_labels()
+
     def _pick_matching_labels(self, *_) -> None:
-        """Prefer a labels layer on the chosen image's grid when the current one does not fit."""
-        image, labels = self.image_combo.layer(), self.labels_combo.layer()
-        if image is None or (labels is not None and labels.data.shape == _spatial_shape(image)):
+        """The labels layer the user works on: the one last selected or painted on the image's grid, else the
+        current choice if it fits, else the newest that fits (a sample's ground truth usually comes first)."""
+        if self.running:
+            return  # what is being tuned on stays shown
+        image, current = self.image_combo.layer(), self.labels_combo.layer()
+        if image is None:
             return
-        for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and layer.data.shape == _spatial_shape(image):
-                self.labels_combo.choose(layer)
-                return
+        shape = _spatial_shape(image)
+        fits = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.data.shape == shape]
+        recent = [ly for ly in self._recent if ly in fits]
+        if recent:
+            choice = recent[-1]
+        elif current is not None and current in fits:
+            choice = current
+        elif fits:
+            choice = fits[-1]
+        else:
+            return
+        if choice != current:
+            self.labels_combo.choose(choice)
 
     def _hub_model_changed(self, model) -> None:
         self._model_arrived.emit(model)
@@ -449,12 +496,19 @@ def _spatial_shape(image: Image) -> tuple[int, ...]:
     return shape[:-1] if image.rgb else shape
 
 
-def _teardown_factory(hub, hub_callback, connections, cancel: threading.Event):
+def _disconnect_edits(layer, callback) -> None:
+    layer.events.paint.disconnect(callback)
+    layer.events.data.disconnect(callback)
+
+
+def _teardown_factory(hub, hub_callback, connections, cancel: threading.Event, watched: list, edited):
     def teardown(*_) -> None:
-        """When the widget goes: stop a running tuning and stop listening to the viewer and the hub."""
+        """When the widget goes: stop a running tuning and stop listening to the viewer, its layers and the hub."""
         cancel.set()
         hub.model_changed.disconnect(hub_callback)
         for emitter, callback in connections:
             emitter.disconnect(callback)
+        for layer in watched:
+            _disconnect_edits(layer, edited)
 
     return teardown
