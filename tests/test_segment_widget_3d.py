@@ -250,3 +250,35 @@ def test_a_box_prompt_on_its_slice(open_volume, qtbot, monkeypatch):
     widget.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
     wait_idle(qtbot, widget)
     assert len(boxes.data) == 0 and not labels.data.any()
+
+
+def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget, _ = open_volume()
+    boxes = viewer.layers["vol boxes"]  # created with the prompt points, placed like the image
+    assert widget.shapes_layer() is boxes and boxes.mode == "add_rectangle" and boxes.ndim == 3
+    np.testing.assert_allclose(boxes.scale, Z_SCALE)
+    assert viewer.layers.selection.active is widget.points_layer()  # clicks still go to the points
+    go_to_slice(viewer, widget, qtbot, 4)
+
+    viewer.layers.selection.active = boxes  # the user selects the box layer and drags a rectangle
+    boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    np.testing.assert_allclose(masks.calls[-1]["box"], [10, 12, 30, 32])
+    np.testing.assert_array_equal(labels.data[4] == 1, disk(SHAPE[1:], (20, 22), 10))
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("vol labels") < names.index("vol boxes") < names.index("vol prompts")  # prompts on top
+
+    press_key(viewer, "X")  # the widget's keys act on its own box layer too
+    wait_idle(qtbot, widget)
+    assert len(boxes.data) == 0 and not labels.data.any()
+    boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
+    wait_idle(qtbot, widget)
+    press_key(viewer, "C")
+    assert (labels.data == 1).any() and widget.object_id.value() == 2 and len(boxes.data) == 0
+
+    widget.shapes_choice.choose("(none)")  # boxes can be switched off...
+    assert widget.shapes_layer() is None
+    widget.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
+    assert widget.shapes_layer() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1

@@ -16,6 +16,7 @@ from napari.layers import Image, Labels, Points, Shapes
 POSITIVE = "positive"
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
+BOX_COLOR = "yellow"
 PLANE_2D = 0  # the only plane of a 2D image
 
 
@@ -74,7 +75,7 @@ def new_prompt_points(image: Image) -> Points:
     layer = Points(
         np.empty((0, image.ndim)),
         ndim=image.ndim,
-        name=f"{image.name} prompts",
+        name=prompt_points_name(image),
         features=pd.DataFrame({POSITIVE: pd.Series([], dtype=bool)}),
         feature_defaults={POSITIVE: True},
         face_color=POSITIVE,
@@ -84,6 +85,29 @@ def new_prompt_points(image: Image) -> Points:
         **_placement(image),
     )
     layer.mode = "add"
+    return layer
+
+
+def prompt_points_name(image: Image) -> str:
+    return f"{image.name} prompts"
+
+
+def prompt_boxes_name(image: Image) -> str:
+    return f"{image.name} boxes"
+
+
+def new_prompt_boxes(image: Image) -> Shapes:
+    """An empty Shapes layer for box prompts, in rectangle mode: drag a box around the object."""
+    width = max(1.0, 0.006 * max(spatial_shape(image)[-2:]))
+    layer = Shapes(
+        ndim=image.ndim,
+        name=prompt_boxes_name(image),
+        edge_color=BOX_COLOR,
+        face_color="transparent",
+        edge_width=width,
+        **_placement(image),
+    )
+    layer.mode = "add_rectangle"
     return layer
 
 

@@ -67,9 +67,12 @@ SLICE_SETTLE_MS = 150  # wait for scrolling to pause before re-targeting the pre
 class SegmentWidget(QWidget):
     """Points and boxes → SAM/MSA masks on a worker → a labels layer, in 2D and slice by slice in 3D.
 
-    Keys (bound on the prompt points layer and on the viewer): T flips positive/negative for new
+    The widget makes each image's prompt layers: '<image> prompts' (points, add mode) and '<image> boxes'
+    (rectangles, add-rectangle mode: select it and drag a box around the object).
+
+    Keys (bound on those two layers and on the viewer): T flips positive/negative for new
     points, C commits the object and moves to a new id, X clears prompts and preview, Shift+S
-    propagates the object through the volume (again to cancel). They act while the prompt points layer
+    propagates the object through the volume (again to cancel). They act while a prompt layer
     is selected; on other layers napari's own shortcuts for the same keys (e.g. Labels X, Shapes T)
     come first. Ctrl+Z on the labels layer undoes a commit.
     """
@@ -199,8 +202,10 @@ class SegmentWidget(QWidget):
                                          "'(new)' creates '<image> prompts'.")
         self.points_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
         form.addRow("Points", self.points_choice)
-        self.shapes_choice = LayerChoice(Shapes, (NONE,), "Optional boxes: the last rectangle on a slice is "
-                                         "its box prompt")
+        self.shapes_choice = LayerChoice(Shapes, (NEW, NONE), "Box prompts: select '<image> boxes' (created for "
+                                         "you, in rectangle mode) and drag a box around the object; the last "
+                                         "rectangle on a slice is its box. '(new)' creates the layer, '(none)' "
+                                         "ignores boxes.")
         self.shapes_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
         form.addRow("Boxes", self.shapes_choice)
         self.sign_button = QPushButton()
@@ -239,8 +244,8 @@ class SegmentWidget(QWidget):
         form.addRow(buttons)
         root.addWidget(out_box)
 
-        keys = QLabel("Keys (prompt points selected): <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · "
-                      "<b>Shift+S</b> propagate · Ctrl+Z (labels) undo")
+        keys = QLabel("Keys (prompt points or boxes selected): <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · "
+                      "<b>Shift+S</b> propagate · Ctrl+Z (labels) undo. Boxes: select '&lt;image&gt; boxes', drag.")
         keys.setWordWrap(True)
         keys.setToolTip(self.__doc__)
         root.addWidget(keys)
@@ -428,12 +433,15 @@ class SegmentWidget(QWidget):
         except L.PromptError as exc:
             show_warning(str(exc))
             return
-        wanted_points = f"{image.name} prompts"
-        points = next((ly for ly in self.viewer.layers if isinstance(ly, Points) and ly.name == wanted_points), None)
-        if points is None:
-            points = self.viewer.add_layer(L.new_prompt_points(image))
+        points = self._own_prompt_layer(image, Points)
+        boxes = self._own_prompt_layer(image, Shapes)
         self._refresh_layer_choices()
+        self.points_choice.blockSignals(True)  # one _on_prompt_layers_chosen below, not one per combo
+        self.shapes_choice.blockSignals(True)
         self.points_choice.choose(points)
+        self.shapes_choice.choose(boxes)
+        self.points_choice.blockSignals(False)
+        self.shapes_choice.blockSignals(False)
         labels = next((ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name == f"{image.name} labels"),
                       None)
         self.labels_choice.choose(labels if labels is not None else NEW)
@@ -444,7 +452,36 @@ class SegmentWidget(QWidget):
         self._prefetch_timer.start()
         self.schedule_update()
 
+    def _own_prompt_layer(self, image: Image, kind: type) -> Points | Shapes:
+        """The image's '<image> prompts' (Points) or '<image> boxes' (Shapes, rectangle mode), created if missing.
+
+        Boxes go below the points, so a click on a point is never taken by a rectangle's edge.
+        """
+        name = L.prompt_points_name(image) if kind is Points else L.prompt_boxes_name(image)
+        layer = next((ly for ly in self.viewer.layers if isinstance(ly, kind) and ly.name == name), None)
+        if layer is not None:
+            return layer
+        active = self.viewer.layers.selection.active
+        layer = self.viewer.add_layer(L.new_prompt_points(image) if kind is Points else L.new_prompt_boxes(image))
+        points = self.viewer.layers[L.prompt_points_name(image)] if kind is Shapes and \
+            L.prompt_points_name(image) in self.viewer.layers else None
+        if points is not None:
+            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(points))
+        if active is not None and kind is Shapes:
+            self.viewer.layers.selection.active = active
+        return layer
+
     def _on_prompt_layers_chosen(self, *_) -> None:
+        """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
+        image = self.image_layer()
+        if image is not None:
+            for choice, kind in ((self.points_choice, Points), (self.shapes_choice, Shapes)):
+                if choice.currentText() == NEW:
+                    layer = self._own_prompt_layer(image, kind)
+                    choice.refresh(self.viewer.layers)
+                    choice.blockSignals(True)
+                    choice.choose(layer)
+                    choice.blockSignals(False)
         self._follow_prompt_layers()
         self.schedule_update()
 
@@ -457,16 +494,24 @@ class SegmentWidget(QWidget):
         self.schedule_update()
 
     def _follow_prompt_layers(self) -> None:
-        """Listen to the chosen prompt layers only, and bind the widget's keys on the points layer."""
+        """Listen to the chosen prompt layers only, and bind the widget's keys on them."""
+        chosen = [ly for ly in (self.points_layer(), self.shapes_layer()) if ly is not None]
         for layer in self._prompt_layers:
             layer.events.data.disconnect(self._on_prompts_changed)
             if isinstance(layer, Points):
                 layer.events.features.disconnect(self._on_prompts_changed)
-        self._prompt_layers = [ly for ly in (self.points_layer(), self.shapes_layer()) if ly is not None]
+            if layer not in chosen:
+                _unbind_keys(layer)
+        self._prompt_layers = chosen
+        image = self.image_layer()
+        own_boxes = None if image is None else L.prompt_boxes_name(image)
         for layer in self._prompt_layers:
             layer.events.data.connect(self._on_prompts_changed)
             if isinstance(layer, Points):
                 layer.events.features.connect(self._on_prompts_changed)
+            # the keys act on the prompt points and on the widget's own box layer (a Shapes layer the user
+            # brought keeps napari's shortcuts)
+            if isinstance(layer, Points) or layer.name == own_boxes:
                 for key, action in KEYS.items():
                     layer.bind_key(key, _key_action(self, action), overwrite=True)
         self._show_sign()
@@ -484,9 +529,10 @@ class SegmentWidget(QWidget):
         if labels is None:
             active = self.viewer.layers.selection.active
             labels = self.viewer.add_layer(L.new_labels(image))
-            points = self.points_layer()
-            if points is not None and points in self.viewer.layers:  # keep the prompts drawn above the masks
-                self.viewer.layers.move(self.viewer.layers.index(labels), self.viewer.layers.index(points))
+            prompts = [self.viewer.layers.index(ly) for ly in (self.points_layer(), self.shapes_layer())
+                       if ly is not None and ly in self.viewer.layers]
+            if prompts:  # keep the prompts drawn above the masks
+                self.viewer.layers.move(self.viewer.layers.index(labels), min(prompts))
             self.labels_choice.refresh(self.viewer.layers)
             self.labels_choice.blockSignals(True)
             self.labels_choice.choose(labels)
@@ -852,7 +898,7 @@ class SegmentWidget(QWidget):
             layer.events.data.disconnect(self._on_prompts_changed)
             if isinstance(layer, Points):
                 layer.events.features.disconnect(self._on_prompts_changed)
-                _unbind_keys(layer)
+            _unbind_keys(layer)
         self._prompt_layers = []
         _teardown(self.viewer, self.hub, self._hub_model_changed, self._viewer_connections)
 
