@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -143,6 +144,18 @@ def build_dataset(model: MSAModel, n_phantoms: int, seed: int, real: list[RealIm
     return images, labels, listing
 
 
+def _write_dataset(path: Path, images, labels, listing) -> None:
+    arrays = {f"image{i}": a for i, a in enumerate(images)} | {f"labels{i}": a for i, a in enumerate(labels)}
+    np.savez_compressed(path, listing=np.array(json.dumps(listing)), **arrays)
+
+
+def _read_dataset(path: Path):
+    with np.load(path) as f:
+        n = sum(1 for k in f.files if k.startswith("image"))
+        return ([f[f"image{i}"] for i in range(n)], [f[f"labels{i}"] for i in range(n)],
+                json.loads(str(f["listing"])))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -156,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="most correction clicks after the first prompt")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-cache", type=Path, help="an .npz holding the training data: written after "
+                    "pseudo-labelling, read instead of it when it exists (same seed and data)")
+    ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -163,7 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     blocks = tuple(int(b) for b in args.blocks.split(",") if b.strip())
     model = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=blocks), device="cpu")
     print("pseudo-labelling real images with LiteMedSAM's own box predictions…")
-    images, labels, listing = build_dataset(model, args.phantoms, args.seed)
+    if args.data_cache is not None and args.data_cache.is_file():
+        images, labels, listing = _read_dataset(args.data_cache)
+    else:
+        images, labels, listing = build_dataset(model, args.phantoms, args.seed)
+        if args.data_cache is not None:
+            _write_dataset(args.data_cache, images, labels, listing)
     print(f"{len(images)} images, {sum(int(lab.max() > 0) for lab in labels)} labelled; {time.time() - t0:.0f} s")
 
     def progress(p) -> None:
@@ -175,14 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         model, images, labels, steps=args.steps, lr=args.lr, batch_size=args.batch_size, val_fraction=0.1,
         seed=args.seed, train_decoder=True, augment=not args.no_augment, box_share=args.box_share, patience=0,
         max_correction_rounds=args.rounds,
-        eval_every=max(50, args.steps // 10), cache_prefix=True, cache_budget_bytes=12 << 30,
+        eval_every=args.eval_every, cache_prefix=True, cache_budget_bytes=12 << 30,
         normalization=Normalization("none"), progress=progress,
     )
     tuned = result.model
     tuned.normalization = Normalization()  # users' images get the usual automatic windowing
     provenance = {
         "purpose": "click adapter for LiteMedSAM (clicks and boxes)",
-        "command": "python -m napari_msa.training.click_adapter " + " ".join(argv or []),
+        "command": "python -m napari_msa.training.click_adapter " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
         "blocks": list(blocks), "box_share": args.box_share, "threads": args.threads, "rounds": args.rounds,
         "augment": not args.no_augment, "phantoms": args.phantoms,
