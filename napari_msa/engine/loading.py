@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from .checkpoints import (
 )
 from .litemedsam import CREDIT, bundled_weights
 from .models import MODEL_REGISTRY, ModelConfig, base_fingerprint, build_sam, get_config
-from .preprocessing import Normalization, encoder_input
+from .preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class MSAModel:
         self.adapter_source: str | None = None
         self.adapter_metadata: dict = {}
         self.version = 0  # bumped whenever weights change, so embedding caches know
+        self._encoder_key: tuple[int, str] | None = None  # (version, key) of the last weights_key()
 
     @property
     def config(self) -> ModelConfig:
@@ -107,8 +109,19 @@ class MSAModel:
                              self.config.pixel_norm)
 
     def weights_key(self) -> str:
-        """Identifies the weights an embedding was computed with (base + adapter version)."""
-        return f"{self.base_fingerprint}-{self.image_size}-{self.adapter_source or 'none'}-{self.version}"
+        """What an embedding depends on, by content: base weights, image size, the encoder adapters' values,
+        the encoder's precision and the preprocessing version. Never a path, so an adapter file replaced
+        under the same name never reuses the old embeddings, and a key cannot name a folder."""
+        if self._encoder_key is None or self._encoder_key[0] != self.version:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.sam.image_encoder.state_dict().items()):
+                if ADAPTER_KEY in name:
+                    h.update(name.encode())
+                    h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            precision = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
+            key = f"{self.base_fingerprint}-{self.image_size}-{h.hexdigest()[:16]}-{precision}-p{PREPROCESSING_VERSION}"
+            self._encoder_key = (self.version, key)
+        return self._encoder_key[1]
 
     @torch.no_grad()
     def encode(self, batch: torch.Tensor, depth_slices: int = 1) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 PRESETS = ("auto", "ct", "percentile", "limits", "none")
+PREPROCESSING_VERSION = 2  # part of embedding-cache keys: bump when pixels reach the encoder differently
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,12 @@ class Normalization:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown normalisation '{self.preset}'; choose one of: {', '.join(PRESETS)}")
-        if self.preset == "limits" and (self.limits is None or self.limits[1] <= self.limits[0]):
-            raise ValueError("normalisation 'limits' needs limits=(low, high) with low < high")
-        if self.preset == "ct" and self.width <= 0:
-            raise ValueError("CT window width must be positive")
+        if self.preset == "limits" and (self.limits is None or not np.all(np.isfinite(self.limits))
+                                        or self.limits[1] <= self.limits[0]):
+            raise ValueError("normalisation 'limits' needs finite limits=(low, high) with low < high")
+        if self.preset == "ct" and not (np.isfinite(self.width) and self.width > 0 and np.isfinite(self.level)):
+            raise ValueError(f"the CT window needs a finite level and a positive width, got level {self.level}, "
+                             f"width {self.width}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +62,10 @@ def intensity_window(image: np.ndarray, norm: Normalization, rgb: bool) -> tuple
     if preset == "limits":
         return float(norm.limits[0]), float(norm.limits[1])
     sample = image if image.size <= 4_000_000 else image.reshape(-1)[:: image.size // 4_000_000 + 1]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]  # NaN/Inf pixels must not make the window (nan, nan)
+        if sample.size == 0:
+            raise ValueError("the image has no finite pixel values (all NaN or Inf)")
     lo, hi = np.percentile(sample, [norm.lower_percentile, norm.upper_percentile])
     if hi <= lo:
         hi = lo + 1.0
@@ -67,12 +74,14 @@ def intensity_window(image: np.ndarray, norm: Normalization, rgb: bool) -> tuple
 
 def to_uint8_rgb(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     """One 2D plane (Y,X) or (Y,X,C) to (Y,X,3) uint8."""
+    # Non-finite pixels (NaN/Inf) become the window's low end rather than poisoning the plane.
     if window is None:
         if plane.dtype != np.uint8:
-            plane = np.clip(plane, 0, 255).astype(np.uint8)
+            plane = np.clip(np.nan_to_num(plane, nan=0.0, posinf=0.0, neginf=0.0), 0, 255).astype(np.uint8)
     else:
         lo, hi = window
         scaled = (plane.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
         plane = np.clip(scaled, 0, 255).round().astype(np.uint8)
     if plane.ndim == 2:
         plane = np.repeat(plane[..., None], 3, axis=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -74,13 +75,11 @@ class EmbeddingCache:
                 return self._items[key]
         disk = self._disk_path(key)
         if disk is not None and disk.is_file():
-            saved = torch.load(disk, map_location=device, weights_only=True)
-            emb = Embedding(
-                saved["features"], tuple(saved["input_size"].tolist()), tuple(saved["original_size"].tolist())
-            )
-            self.put(key, emb, write_disk=False)
-            self.hits += 1
-            return emb
+            emb = self._read_disk(disk, device)
+            if emb is not None:
+                self.put(key, emb, write_disk=False)
+                self.hits += 1
+                return emb
         self.misses += 1
         return None
 
@@ -102,6 +101,23 @@ class EmbeddingCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    @staticmethod
+    def _read_disk(path: Path, device: torch.device) -> Embedding | None:
+        """A cached embedding, or None (with a warning, the file removed) when it is unreadable or malformed."""
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+            features = saved["features"]
+            input_size = tuple(int(v) for v in saved["input_size"].tolist())
+            original_size = tuple(int(v) for v in saved["original_size"].tolist())
+            if features.ndim != 4 or len(input_size) != 2 or len(original_size) != 2:
+                raise ValueError(f"unexpected shapes {tuple(features.shape)}, {input_size}, {original_size}")
+        except Exception as err:  # truncated, empty or foreign file: recompute rather than fail for good
+            warnings.warn(f"embedding cache file {path} is unreadable ({err}); recomputing it", RuntimeWarning,
+                          stacklevel=3)
+            path.unlink(missing_ok=True)
+            return None
+        return Embedding(features, input_size, original_size)
 
     def _disk_path(self, key: tuple) -> Path | None:
         if self.directory is None:
@@ -174,6 +190,11 @@ class Session:
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise ValueError(f"image dtype {image.dtype} is not a real number type")
         layout = ImageLayout.of(image, rgb)
+        if np.issubdtype(image.dtype, np.floating):
+            bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+            if bad:
+                warnings.warn(f"the image has {bad} non-finite pixels (NaN/Inf); the model sees them as the "
+                              "intensity window's low end", RuntimeWarning, stacklevel=2)
         if normalization is not None:
             self.normalization = normalization
         norm = self.normalization or self.model.normalization
