@@ -435,3 +435,59 @@ def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter
     points.add([30, 30])
     wait_idle(qtbot, widget)
     assert widget.status.text().startswith("Object 1")  # the result replaces the error once it works again
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields(open_segmenter, qtbot):
+    from napari_msa._widgets.segment_widget import SIGN_COLORS
+
+    long_name = "ct_abdomen_patient_0042_portal_venous_phase"
+    viewer, widget = open_segmenter(image2d(), model=None)
+    viewer.add_image(image2d(), name=long_name)
+    widget.image_choice.choose(viewer.layers[long_name])
+    wait_idle(qtbot, widget)
+
+    # the sign of new points: the points' colour as background, dark text on it, contrast >= 4.5:1 (WCAG AA)
+    for positive in (True, False):
+        if L_new_points_positive(widget) != positive:
+            press(viewer, "T")
+        background, text = SIGN_COLORS[positive]
+        style = widget.sign_button.styleSheet()
+        assert background in style and f"color: {text}" in style
+        lighter, darker = sorted((_luminance(background), _luminance(text)), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5
+        picture = widget.sign_button.grab().toImage()
+        assert picture.pixelColor(picture.width() // 2, 3).name() == background  # the style is what is painted
+
+    # long names: cut in the middle, so Points still reads '… prompts' and not like the image; full text in tooltips
+    for combo in (widget.image_choice, widget.points_choice, widget.shapes_choice, widget.labels_choice):
+        combo.setFixedWidth(170)
+    points_text = widget.points_choice.displayed_text()
+    assert "…" in points_text and points_text.endswith("prompts"), points_text
+    assert widget.shapes_choice.displayed_text().endswith("boxes")
+    assert widget.image_choice.displayed_text() != points_text
+    assert widget.points_choice.toolTip().startswith(f"{long_name} prompts")
+    index = widget.points_choice.currentIndex()
+    assert widget.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
+
+    # a model error names the widget's fields, not command-line flags
+    widget.model_combo.setCurrentText("vit_b")
+    widget.checkpoint.edit.setText("")
+    start = notification_count()
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    messages = notifications_since(start)
+    assert any("Checkpoint field" in m for m in messages), messages
+    assert not any("--" in m or "=PATH" in m for m in messages), messages
+    assert "Checkpoint field" in widget.status.text()
+
+
+def L_new_points_positive(widget) -> bool:  # noqa: N802 - mirrors the widget's layer helper
+    from napari_msa._widgets._layers import new_points_positive
+
+    return new_points_positive(widget.points_layer())

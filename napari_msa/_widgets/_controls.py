@@ -2,10 +2,74 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
+    QWidget,
+)
 
 
-class LayerChoice(QComboBox):
+class ElidingComboBox(QComboBox):
+    """A combo box that shortens a long current text in the middle ('brain_…_prompts'), never at the end.
+
+    Qt cuts a text that does not fit at its end, so '<image> prompts' in a narrow dock reads as '<image>'
+    and the Points field looks like the Image field. The full text is in the tooltip and in each item's
+    tooltip; the description given at construction follows it.
+    """
+
+    def __init__(self, tooltip: str = "") -> None:
+        super().__init__()
+        self._description = tooltip
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(10)
+        self.currentIndexChanged.connect(self._update_tooltip)
+        self.model().rowsInserted.connect(self._tooltip_items)
+        self._update_tooltip()
+
+    def setToolTip(self, text: str) -> None:  # noqa: N802 - Qt's name
+        self._description = text
+        self._update_tooltip()
+
+    def _update_tooltip(self, *_) -> None:
+        text = self.currentText()
+        super().setToolTip(f"{text}\n\n{self._description}" if text and self._description else
+                           text or self._description)
+
+    def _tooltip_items(self, _parent, first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            if not self.itemData(i, Qt.ItemDataRole.ToolTipRole):
+                self.setItemData(i, self.itemText(i), Qt.ItemDataRole.ToolTipRole)
+
+    def _text_rect_width(self, option: QStyleOptionComboBox) -> int:
+        rect = self.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                           QStyle.SubControl.SC_ComboBoxEditField, self)
+        return max(0, rect.width() - 4)
+
+    def displayed_text(self) -> str:
+        """The current text as painted: elided in the middle when it does not fit."""
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        return self.fontMetrics().elidedText(option.currentText, Qt.TextElideMode.ElideMiddle,
+                                             self._text_rect_width(option))
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QStylePainter(self)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        option.currentText = self.fontMetrics().elidedText(option.currentText, Qt.TextElideMode.ElideMiddle,
+                                                           self._text_rect_width(option))
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+
+
+class LayerChoice(ElidingComboBox):
     """The viewer's layers of one type, plus optional special entries such as '(new)' or '(none)'.
 
     ``refresh`` keeps the current choice when that layer still exists, so renaming or adding other
@@ -13,13 +77,10 @@ class LayerChoice(QComboBox):
     """
 
     def __init__(self, layer_type: type, specials: tuple[str, ...] = (), tooltip: str = "") -> None:
-        super().__init__()
+        super().__init__(tooltip)
         self.layer_type = layer_type
         self.specials = specials
         self._layers: list = []
-        self.setToolTip(tooltip)
-        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
 
     def refresh(self, layers) -> None:
         current = self.layer()
@@ -38,6 +99,7 @@ class LayerChoice(QComboBox):
                 self.setCurrentIndex(self.specials.index(special))
         finally:
             self.blockSignals(False)
+        self._update_tooltip()
 
     def layer(self):
         """The chosen layer, or None when a special entry (or nothing) is chosen."""
@@ -50,6 +112,7 @@ class LayerChoice(QComboBox):
             self.setCurrentIndex(self.specials.index(layer))
         elif layer in self._layers:
             self.setCurrentIndex(len(self.specials) + self._layers.index(layer))
+        self._update_tooltip()  # also when the caller blocked the signals
 
 
 class PathPicker(QWidget):

@@ -22,7 +22,6 @@ from qtpy.QtCore import QObject, QPointF, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -37,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._activity import ActivityBar
-from ._controls import LayerChoice
+from ._controls import ElidingComboBox, LayerChoice
 from ._hub import hub_for
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
@@ -185,7 +184,7 @@ class TuneWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
-        self.norm_combo = QComboBox()
+        self.norm_combo = ElidingComboBox()
         self.norm_combo.addItems([MODEL_DEFAULT, *PRESETS])
         self.norm_combo.setToolTip("How intensities become 8-bit for the encoder; use the same as in Segment (MSA). "
                                    "The tuned model keeps this setting as its default.")
