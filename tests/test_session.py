@@ -111,12 +111,19 @@ def test_lru_cache_stays_within_budget_and_disk_cache_is_reused(tiny_model, tmp_
     assert calls == [] and fresh.cache.hits >= 1
 
 
-def test_changed_weights_invalidate_cache(tiny_model):
-    session = Session(tiny_model)
+def test_changed_encoder_weights_invalidate_cache_and_decoder_changes_do_not():
+    model = load_model("tiny", device="cpu")
+    session = Session(model)
     session.set_image(np.ones((30, 30), np.float32))
     session.embedding(0)
     assert session.is_cached(0)
-    tiny_model.version += 1
+    with torch.no_grad():  # what tuning the decoder does: embeddings stay valid
+        next(model.sam.mask_decoder.parameters()).add_(0.1)
+    model.version += 1
+    assert session.is_cached(0)
+    with torch.no_grad():  # tuning the encoder's adapters: they do not
+        next(p for n, p in model.sam.named_parameters() if "Adapter" in n).add_(0.1)
+    model.version += 1
     assert not session.is_cached(0)
 
 
