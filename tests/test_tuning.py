@@ -306,3 +306,18 @@ def test_early_stopping_keeps_the_best_weights():
     # measured again from scratch on the same held-out split, the returned weights score the best Dice
     again = tune(result.model, images, labels, steps=0, **kwargs).summary
     assert again["val_dice_before"] == pytest.approx(s["val_dice_after"], abs=1e-4)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_model():
+    from napari_msa.engine.tuning import TuningDiverged
+
+    model = load_model("tiny", device="cpu")
+    before = {k: v.clone() for k, v in model.trainable_state().items()}
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[35:60, 30:60] = 2
+    with pytest.raises(TuningDiverged, match="lower the learning rate"):
+        tune(model, image, labels, steps=5, lr=1e30, val_fraction=0.0, inplace=True)
+    after = model.trainable_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -68,6 +68,10 @@ from .tuning_data import (
 CancelFn = Callable[[], bool]
 
 
+class TuningDiverged(ValueError):
+    """The loss or the weights became non-finite: the run is abandoned and the model left as it was."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Progress and result
 # --------------------------------------------------------------------------------------------------
@@ -444,6 +448,11 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         loss_value = distributed.all_reduce_sum([float(loss.detach())], device)[0] / world
+        if not math.isfinite(loss_value) or not all(bool(torch.isfinite(p).all()) for p in params):
+            raise TuningDiverged(
+                f"tuning diverged at step {step}: the loss or the weights became NaN/Inf, so nothing was kept; "
+                f"lower the learning rate (it was {lr:g})"
+            )
         losses.append(loss_value)
         step_times.append(time.perf_counter() - ts)
         train_time += step_times[-1]
