@@ -112,3 +112,12 @@ def test_an_all_nan_image_and_a_nan_window_are_refused():
         Normalization("ct", width=float("nan"))
     with pytest.raises(ValueError, match="finite limits"):
         Normalization("limits", limits=(0.0, float("inf")))
+
+
+def test_non_finite_prompts_are_refused():
+    session = Session(load_model("tiny", device="cpu"))
+    session.set_image(image())
+    with pytest.raises(ValueError, match="finite"):
+        session.predict(points=[(np.nan, 3.0)], labels=[1])
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        session.predict(box=(1.0, 2.0, np.inf, 9.0))

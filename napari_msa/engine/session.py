@@ -289,6 +289,10 @@ class Session:
         pts, lab = _as_points(points, labels)
         if len(pts) == 0 and box is None:
             raise ValueError("give at least one point or a box")
+        if not np.isfinite(pts).all():
+            raise ValueError("point coordinates must be finite numbers (got NaN or Inf)")
+        if box is not None and (len(box) != 4 or not np.isfinite(np.asarray(box, dtype=np.float64)).all()):
+            raise ValueError("a box is 4 finite numbers (min_row, min_col, max_row, max_col)")
         if self.layout.is_volume:
             if len(pts):
                 if pts.shape[1] != 3:
