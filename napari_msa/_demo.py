@@ -113,7 +113,8 @@ def build_demo(viewer, *, model_file: str | Path | None = None, timeout_s: float
         if combo is not None and combo.findText("ct") >= 0:
             combo.setCurrentText("ct")
     viewer.text_overlay.visible = True
-    viewer.text_overlay.text = "DEMO model (trained on synthetic phantoms, not SAM): click an organ to segment it"
+    viewer.text_overlay.text = ("DEMO model (trained on synthetic phantoms, not SAM): click an organ to segment it. "
+                                "The plugin's default model is LiteMedSAM + click adapter (Model: litemedsam).")
     viewer.reset_view()
 
     points = segment.points_layer()
