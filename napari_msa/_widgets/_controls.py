@@ -2,18 +2,108 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QStyle,
     QStyleOptionComboBox,
     QStylePainter,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
+
+
+class ScrollPanel(QScrollArea):
+    """A dock widget's contents in a vertical scroll area, so two docked widgets fit a small screen.
+
+    The contents keep their own minimum size (rows are never squeezed or overlapped): when the dock
+    is shorter, a vertical scroll bar appears. The panel asks for the contents' full width (plus the
+    scroll bar) so nothing is cut at the side, and for a small minimum height, so napari can share
+    the dock area between widgets on a 1366×768 screen.
+    """
+
+    MIN_HEIGHT = 140  # a few rows stay visible however small the dock gets
+
+    def __init__(self, owner: QWidget) -> None:
+        super().__init__()
+        self.contents = QWidget()
+        self.setWidget(self.contents)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+        outer = QVBoxLayout(owner)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self)
+        self.contents.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        """The contents changed their size needs (a section opened, a long text): the dock must hear of it."""
+        if watched is self.contents and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+    def _width(self) -> int:
+        return self.contents.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(self._width(), min(self.MIN_HEIGHT, self.contents.sizeHint().height()))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(max(self._width(), self.contents.sizeHint().width()), self.contents.sizeHint().height())
+
+
+class Section(QWidget):
+    """A titled group whose body folds away (click the title), to save height in a shared dock.
+
+    ``body`` takes the group's layout. ``user_toggled`` tells whether the user opened or closed it
+    by hand (then the widget stops folding it by itself).
+    """
+
+    def __init__(self, title: str, expanded: bool = True, tooltip: str = "") -> None:
+        super().__init__()
+        self.header = QToolButton()
+        self.header.setCheckable(True)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.header.setToolTip(tooltip or "Click to show or hide")
+        self.body = QFrame()
+        self.body.setFrameShape(QFrame.Shape.StyledPanel)
+        self.user_toggled = False
+        self._title = title
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.header)
+        layout.addWidget(self.body)
+        self.header.clicked.connect(self._clicked)
+        self.set_expanded(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.header.isChecked()
+
+    def set_title(self, title: str) -> None:
+        self._title = title
+        self.header.setText(title)
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.header.setChecked(expanded)
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.header.setText(self._title)
+        self.body.setVisible(expanded)
+
+    def _clicked(self, checked: bool) -> None:
+        self.user_toggled = True
+        self.set_expanded(checked)
 
 
 class ElidingComboBox(QComboBox):

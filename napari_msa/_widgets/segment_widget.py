@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from . import _layers as L
 from ._activity import ActivityBar
-from ._controls import ElidingComboBox, LayerChoice, PathPicker
+from ._controls import ElidingComboBox, LayerChoice, PathPicker, ScrollPanel, Section
 from ._hub import hub_for
 from ._labels_writer import LabelsWriter
 from ._messages import explain
@@ -143,11 +143,13 @@ class SegmentWidget(QWidget):
         from napari_msa.engine.litemedsam import INSTALL_HINT, is_installed
         from napari_msa.engine.preprocessing import PRESETS
 
-        root = QVBoxLayout(self)
+        self.panel = ScrollPanel(self)  # scrolls when the dock is short; nothing is squeezed
+        root = QVBoxLayout(self.panel.contents)
         root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)  # never squeeze rows when docks share space
 
-        model_box = QGroupBox("Model")
-        form = QFormLayout(model_box)
+        self.model_section = Section("Model", tooltip="Model, checkpoint, adapter and device; folds away once a "
+                                     "model is loaded (the line below names it). Click to show or hide.")
+        form = QFormLayout(self.model_section.body)
         self.model_combo = ElidingComboBox()
         self.model_combo.setToolTip(
             "litemedsam (default): LiteMedSAM, a medical SAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights "
@@ -183,7 +185,7 @@ class SegmentWidget(QWidget):
         self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
         self.load_button.clicked.connect(self.load_model)
         form.addRow(self.load_button)
-        root.addWidget(model_box)
+        root.addWidget(self.model_section)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)  # outside the group: a wrapped label inside squeezes the form
         root.addWidget(self.model_label)
@@ -246,8 +248,8 @@ class SegmentWidget(QWidget):
         form.addRow(buttons)
         root.addWidget(out_box)
 
-        keys = QLabel("Keys (prompt points or boxes selected): <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · "
-                      "<b>Shift+S</b> propagate · Ctrl+Z (labels) undo. Boxes: select '&lt;image&gt; boxes', drag.")
+        keys = QLabel("Keys: <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · <b>Shift+S</b> propagate · "
+                      "Ctrl+Z undo (hover for more)")
         keys.setWordWrap(True)
         keys.setToolTip(self.__doc__)
         root.addWidget(keys)
@@ -255,6 +257,8 @@ class SegmentWidget(QWidget):
         self.activity = QLabel()  # what runs now (loading, embedding, predicting, propagating); empty when idle
         self.activity.setToolTip("Work in progress; napari's activity dock (bottom right) shows its progress")
         self.activity.setStyleSheet("color: #9ab8d8")
+        self.activity.setWordWrap(True)
+        self.activity.hide()
         root.addWidget(self.activity)
         self.status = QLabel("Ready")  # the last outcome: a result, a problem, what to do next
         self.status.setWordWrap(True)
@@ -308,6 +312,7 @@ class SegmentWidget(QWidget):
     def _on_loaded(self, value) -> None:
         if isinstance(value, Failure):
             self._report("loading the model", value.error)
+            self.model_section.set_expanded(True)  # show the fields the message names
             return
         self.hub.set_model(value)
 
@@ -351,9 +356,12 @@ class SegmentWidget(QWidget):
         else:
             text = f"Model: {model.describe()}"
             self._show_model_choice(model)
+            if not self.model_section.user_toggled:
+                self.model_section.set_expanded(False)  # loaded: the line below names it; click Model to change
         self.model_label.setText(text)
         if model is not None:
-            self._set_status(text)
+            self._set_status("Ready: click on an object (T for negative points), or drag a box in "
+                             "'<image> boxes'.")
 
     def _show_model_choice(self, model: MSAModel) -> None:
         """Make the model fields show what is loaded (it may come from the Tune widget or the demo)."""
@@ -842,6 +850,7 @@ class SegmentWidget(QWidget):
             parts.append("Predicting…")
         try:
             self.activity.setText(" · ".join(parts))
+            self.activity.setVisible(bool(parts))
         except RuntimeError:  # the widget was closed while a worker finished
             pass
 

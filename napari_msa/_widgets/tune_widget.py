@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._activity import ActivityBar
-from ._controls import ElidingComboBox, LayerChoice
+from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
 from ._hub import hub_for
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
@@ -169,7 +169,8 @@ class TuneWidget(QWidget):
     def _build(self) -> None:
         from napari_msa.engine.preprocessing import PRESETS
 
-        root = QVBoxLayout(self)
+        self.panel = ScrollPanel(self)  # scrolls when the dock is short; nothing is squeezed
+        root = QVBoxLayout(self.panel.contents)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         root.addWidget(self.model_label)
@@ -191,8 +192,10 @@ class TuneWidget(QWidget):
         form.addRow("Normalisation", self.norm_combo)
         root.addWidget(data)
 
-        opts = QGroupBox("Training")
-        form = QFormLayout(opts)
+        self.training_section = Section("Training", expanded=False,
+                                        tooltip="Steps, learning rate, held-out share, decoder; the title shows "
+                                                "the current settings. Click to show or hide.")
+        form = QFormLayout(self.training_section.body)
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(200)
@@ -215,7 +218,11 @@ class TuneWidget(QWidget):
         self.train_decoder = QCheckBox("also tune the mask decoder")
         self.train_decoder.setToolTip("Trains SAM's whole mask decoder besides the adapters (larger adapter file)")
         form.addRow("", self.train_decoder)
-        root.addWidget(opts)
+        root.addWidget(self.training_section)
+        for control in (self.steps, self.lr, self.val_share):
+            control.valueChanged.connect(self._title_training)
+        self.train_decoder.toggled.connect(self._title_training)
+        self._title_training()
 
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
@@ -245,6 +252,12 @@ class TuneWidget(QWidget):
         self.save_button.clicked.connect(self._choose_save_path)
         root.addWidget(self.save_button)
         root.addStretch(1)
+
+    def _title_training(self, *_) -> None:
+        """The folded Training section still says what it will do."""
+        decoder = ", + decoder" if self.train_decoder.isChecked() else ""
+        self.training_section.set_title(f"Training: {self.steps.value()} steps, lr {self.lr.value():g}, "
+                                        f"held-out {self.val_share.value():.0%}{decoder}")
 
     # ============================================================================ layers and model
     def _refresh_layers(self, *_) -> None:
