@@ -340,9 +340,11 @@ def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbo
     viewer, widget = open_segmenter(image2d(), model=None)
     points = widget.points_layer()
     assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
+    assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
     viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in points.keymap.values())
+    assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
     image_choice = [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())]
     viewer.add_image(image2d(), name="after")
     points.add([5, 5])
