@@ -282,3 +282,16 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     assert widget.shapes_layer() is None
     widget.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
     assert widget.shapes_layer() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
+
+
+def test_a_refused_action_is_told_once_and_shown_in_the_status(open_volume, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget, _ = open_volume()
+    widget.points_layer().add([3, 24, 28])
+    wait_idle(qtbot, widget)
+    go_to_slice(viewer, widget, qtbot, 5)  # nothing segmented on this slice
+    start = notification_count()
+    press_key(viewer, "Shift-S")
+    messages = notifications_since(start)
+    assert len(messages) == 1 and "empty on slice 5" in messages[0]
+    assert "empty on slice 5" in widget.status.text() and not widget.propagation.running

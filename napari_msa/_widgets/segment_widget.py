@@ -277,7 +277,8 @@ class SegmentWidget(QWidget):
         adapter = self.adapter.path() or None
         device = self.device_combo.currentText()
         if name == "demo" and not DEMO_MODEL_FILE.is_file():
-            show_warning("The demo model is not available; choose vit_b/l/h and a checkpoint file.")
+            self._tell("The demo model is not available; choose litemedsam, or vit_b/l/h and a file in the "
+                       "Checkpoint field.", warning=True)
             return
         current = self.hub.model
         if current is not None and current.adapter_source and not Path(current.adapter_source).is_file():
@@ -441,7 +442,7 @@ class SegmentWidget(QWidget):
         try:
             L.check_image(image)
         except L.PromptError as exc:
-            show_warning(str(exc))
+            self._problem(str(exc))
             return
         points = self._own_prompt_layer(image, Points)
         boxes = self._own_prompt_layer(image, Shapes)
@@ -630,8 +631,8 @@ class SegmentWidget(QWidget):
     def _on_predicted(self, request: int, result: dict[int, tuple[np.ndarray, float]]) -> None:
         sigs = self._request_sigs.pop(request, {})
         if self.writer is None or self.writer.layer not in self.viewer.layers:
-            show_warning("The labels layer was removed while predicting; nothing was written. "
-                         "Choose a labels layer (or '(new)') in Segment (MSA).")
+            self._tell("The labels layer was removed while predicting; nothing was written. Choose a labels layer "
+                       "(or '(new)') in the Labels field.", warning=True)
             return
         painted = 0
         for z, (mask, _score) in result.items():
@@ -650,7 +651,7 @@ class SegmentWidget(QWidget):
         """T: the sign of new points flips (positive adds area, negative removes it)."""
         points = self.points_layer()
         if points is None:
-            show_info("Choose a prompt points layer first.")
+            self._tell("Choose a prompt points layer first.")
             return
         L.toggle_positive(points)
         self._show_sign()
@@ -666,10 +667,11 @@ class SegmentWidget(QWidget):
     def commit(self) -> None:
         """C: the preview becomes final (one undo step); prompts are cleared; the id moves to max + 1."""
         if self.writer is None or not self.writer.planes:
-            show_info("Nothing to commit: click on the object first.")
+            self._tell("Nothing to commit: click on the object first.")
             return
         if self.writer.layer not in self.viewer.layers:
-            show_warning("The labels layer is gone; choose a labels layer in Segment (MSA).")
+            self._tell("The labels layer is gone; choose a labels layer (or '(new)') in the Labels field.",
+                       warning=True)
             return
         self.predictions.invalidate()
         self.propagation.discard()
@@ -715,7 +717,7 @@ class SegmentWidget(QWidget):
             return
         image = self.image_layer()
         if image is None or not L.is_volume(image):
-            show_info("Propagation needs a (Z,Y,X) volume image.")
+            self._tell("Propagation needs a (Z,Y,X) volume image.")
             return
         if self.session is None:
             self._load_on_first_need()
@@ -723,14 +725,14 @@ class SegmentWidget(QWidget):
         try:
             writer = self._ensure_writer()
         except L.PromptError as exc:
-            show_warning(str(exc))
+            self._problem(str(exc))
             return
         z = L.current_plane(self.viewer, image)
         mask = writer.preview_mask(z)
         if mask is None:
             mask = np.asarray(writer.layer.data[z]) == self.object_id.value()
         if not mask.any():
-            show_info(f"Object {self.object_id.value()} is empty on slice {z}; segment it there first.")
+            self._tell(f"Object {self.object_id.value()} is empty on slice {z}; segment it there first.")
             return
         self.prefetcher.stop()
         self.propagation.start(self.session, self._source(image), mask.copy(), z)
@@ -740,7 +742,7 @@ class SegmentWidget(QWidget):
     def _on_propagated(self, masks: dict[int, np.ndarray], cancelled: bool = False) -> None:
         """Propagation ended (or was cancelled): the slices it finished become the preview, never final labels."""
         if self.writer is None or self.writer.layer not in self.viewer.layers:
-            show_warning("The labels layer was removed while propagating; nothing was written.")
+            self._tell("The labels layer was removed while propagating; nothing was written.", warning=True)
             return
         for z, mask in masks.items():
             self.writer.set_preview(z, mask, self.object_id.value(), self.overwrite.isChecked(), refresh=False)
@@ -875,6 +877,11 @@ class SegmentWidget(QWidget):
             self.object_id.setValue(int(np.max(layer.data, initial=0)) + 1)
         self._result_line = f"Object {obj} was undone; segmenting object {self.object_id.value()}."
         self._set_status(self._result_line)
+
+    def _tell(self, message: str, warning: bool = False) -> None:
+        """An answer to something the user did: one notification, and the status line says it too."""
+        (show_warning if warning else show_info)(message)
+        self._set_status(message)
 
     def _problem(self, message: str) -> None:
         """A problem with the prompts or layers: one notification while it lasts, and the status says it."""
