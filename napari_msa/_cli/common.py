@@ -51,6 +51,28 @@ MODEL_HELP = (
 )
 
 
+def check_output(path: str | Path, *, inputs: tuple = (), folder: bool = False) -> Path:
+    """Refuse an output before any model work: one that is an input, a folder where a file goes (or the
+    reverse), a read-only existing file, or a folder path through a file. Missing folders are made on write."""
+    path = Path(path)
+    resolved = path.resolve()
+    for given in inputs:
+        if given is not None and Path(given).resolve() == resolved:
+            raise CLIError(f"output {path} is also an input; choose another name so the input stays as it is")
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise CLIError(f"{path} is a file, not a folder; give a folder for the cache")
+        return path
+    if path.is_dir():
+        raise CLIError(f"output {path} is a folder; give a file name inside it")
+    existing = next(parent for parent in resolved.parents if parent.exists())
+    if not existing.is_dir():
+        raise CLIError(f"output {path}: {existing} is a file, so no folder can be made there")
+    if path.exists() and not path.stat().st_mode & 0o222:
+        raise CLIError(f"output {path} is read-only; it was not replaced (make it writable or choose another name)")
+    return path
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="litemedsam", metavar="NAME", help=MODEL_HELP)

@@ -9,6 +9,7 @@ from .common import (
     CLIError,
     add_model_args,
     add_normalization_args,
+    check_output,
     model_from_args,
     normalization_from_args,
     read_image,
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_msa.engine import Session
 
+    check_output(args.cache_dir, inputs=(args.image,), folder=True)
     image = read_image(args.image)
     session = Session(model_from_args(args), normalization=normalization_from_args(args), cache_dir=args.cache_dir,
                       cache_budget_bytes=64 << 20)

@@ -19,6 +19,7 @@ from .common import (
     ObjectPrompts,
     add_model_args,
     add_normalization_args,
+    check_output,
     clip_boxes,
     model_from_args,
     normalization_from_args,
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.points is None and args.boxes is None:
         raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both")
+    check_output(args.output, inputs=(args.image, args.points, args.boxes))
     image = read_image(args.image)
     model = model_from_args(args)
     session = Session(model, normalization=normalization_from_args(args))

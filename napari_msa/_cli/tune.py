@@ -10,6 +10,7 @@ from .common import (
     CLIError,
     add_model_args,
     add_normalization_args,
+    check_output,
     model_from_args,
     normalization_from_args,
     read_image,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise CLIError(f"output {out.name}: adapters are written as .safetensors")
+    check_output(out, inputs=tuple(args.files))
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.val_fraction < 1:

@@ -1,0 +1,59 @@
+"""Outputs are checked before any model work: nothing created or damaged (issue 10, items 3 and 6)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_msa.cli import main
+
+
+@pytest.fixture()
+def files(tmp_path):
+    image = tmp_path / "x.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).random((32, 32), dtype=np.float32))
+    labels = tmp_path / "labels.tif"
+    lab = np.zeros((32, 32), np.uint8)
+    lab[4:14, 4:14], lab[18:30, 16:30] = 1, 2
+    tifffile.imwrite(labels, lab)
+    points = tmp_path / "p.csv"
+    with points.open("w", newline="") as f:
+        csv.writer(f).writerows([["index", "axis-0", "axis-1"], [0, 10, 10]])
+    return tmp_path, image, labels, points
+
+
+def fingerprint(folder):
+    return {p.name: (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CASES = [
+    # (argv builder, expected message part)
+    (lambda d, i, lab, p: ["segment", str(i), "-p", str(p), "-o", str(i), "--model", "demo"], "is also an input"),
+    (lambda d, i, lab, p: ["segment", str(i), "-p", str(p), "-o", str(p), "--model", "demo"], "is also an input"),
+    (lambda d, i, lab, p: ["segment", str(i), "-p", str(p), "-o", str(d), "--model", "demo"], "is a folder"),
+    (lambda d, i, lab, p: ["segment", str(i), "-p", str(p), "-o", str(p / "x.tif"), "--model", "demo"],
+     "is a file, so no folder can be made there"),
+    (lambda d, i, lab, p: ["segment", str(i), "-p", str(p), "-o", str(d / "ro.tif"), "--model", "demo"],
+     "is read-only; it was not replaced"),
+    (lambda d, i, lab, p: ["tune", str(i), str(lab), "-o", str(lab), "--model", "demo"],
+     "adapters are written as .safetensors"),
+    (lambda d, i, lab, p: ["tune", str(i), str(lab), "-o", str(d), "--model", "demo"], "safetensors"),
+    (lambda d, i, lab, p: ["embed", str(i), "--cache-dir", str(i), "--model", "demo"], "is also an input"),
+    (lambda d, i, lab, p: ["embed", str(i), "--cache-dir", str(p), "--model", "demo"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize(("build", "message"), CASES)
+def test_bad_outputs_are_refused_first_and_nothing_changes(files, capsys, build, message):
+    folder, image, labels, points = files
+    read_only = folder / "ro.tif"
+    tifffile.imwrite(read_only, np.zeros((2, 2), np.uint8))
+    read_only.chmod(0o444)
+    before = fingerprint(folder)
+    assert main(build(folder, image, labels, points)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert fingerprint(folder) == before
