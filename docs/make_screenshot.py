@@ -1,6 +1,7 @@
 """Regenerate docs/screenshot.png: napari with the Segment (MSA) widget docked and the phantom segmented.
 
-Drives the real GUI the way a user does (open sample, load the demo model, click on organs, commit),
+Drives the real GUI the way a user does (open sample, the default model LiteMedSAM + click adapter loads
+on the first click, click on organs, commit),
 with clicks placed at the most interior pixel of each organ in the phantom's ground truth, and prints
 each object's Dice against that ground truth. Needs a display: ``xvfb-run -a python docs/make_screenshot.py``.
 """
@@ -17,7 +18,7 @@ from qtpy.QtCore import QEventLoop, QTimer
 from scipy import ndimage
 
 from napari_msa._widgets._hub import hub_for
-from napari_msa.engine import DEMO_MODEL_FILE
+from napari_msa.engine.litemedsam import INSTALL_HINT, is_installed
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "screenshot.png"
 SLICE = 16
@@ -50,8 +51,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> int:
-    if not DEMO_MODEL_FILE.is_file():
-        print(f"the demo model is missing ({DEMO_MODEL_FILE}); the screenshot needs it", file=sys.stderr)
+    if not is_installed():
+        print(f"the default model's weights are missing: {INSTALL_HINT}", file=sys.stderr)
         return 1
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 940)
@@ -60,18 +61,16 @@ def main() -> int:
     truth = next(ly for ly in viewer.layers if ly.name == "phantom ground truth")
     names = {v: k for k, v in truth.metadata["label_names"].items()}
 
-    widget.model_combo.setCurrentIndex(0)  # demo
+    assert widget.model_combo.currentText() == "litemedsam"  # the default, preselected
     widget.norm_combo.setCurrentText("ct")  # the phantom is CT in HU: the soft-tissue window
-    widget.load_button.click()
-    spin(lambda: hub_for(viewer).model is not None and widget.idle)
     viewer.dims.set_current_step(0, SLICE)
     spin(lambda: widget.idle)
 
     points = widget.points_layer()
     for organ in (*COMMITTED, PREVIEW):
         gt = truth.data[SLICE] == names[organ]
-        points.add([SLICE, *interior_point(gt)])
-        spin(lambda: widget.idle)
+        points.add([SLICE, *interior_point(gt)])  # the first click also loads the model
+        spin(lambda: hub_for(viewer).model is not None and widget.idle)
         labels = widget.labels_layer()
         obj = widget.object_id.value()
         print(f"{organ:14s} object {obj}: Dice vs ground truth {dice(labels.data[SLICE] == obj, gt):.3f}")

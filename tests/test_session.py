@@ -245,3 +245,15 @@ def test_cancelled_propagation_hands_over_the_slices_it_finished(tiny_model):
         session.propagate(start, 2, cancel=cancel)
     assert sorted(info.value.partial) == [3, 4]
     assert all(np.array_equal(m, start) for m in info.value.partial.values())
+
+
+def test_propagation_stops_where_the_predicted_iou_is_low(tiny_model):
+    volume = np.zeros((6, 64, 64), np.float32)
+    session = Session(tiny_model)
+    session.set_image(volume)
+    start = np.zeros((64, 64), bool)
+    start[20:44, 20:44] = True
+    scores = {0: 0.9, 1: 0.9, 3: 0.9, 4: 0.2, 5: 0.9}
+    session.predict = lambda points, **_: (start.copy(), scores[int(points[0][0])])
+    assert sorted(session.propagate(start, 2, min_score=0.5)) == [0, 1, 3]  # slice 4 ends the upward run
+    assert sorted(session.propagate(start, 2)) == [0, 1, 3, 4, 5]  # no score stop by default

@@ -338,6 +338,7 @@ class Session:
         iou_threshold: float = 0.5,
         max_distance: int | None = None,
         box_margin: float = 0.1,
+        min_score: float = 0.0,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> dict[int, np.ndarray]:
@@ -346,8 +347,8 @@ class Session:
         Each slice is prompted with the box of the previous slice's mask, grown by ``box_margin``
         (the object may be larger on the next slice; MedSAM carries boxes the same way), and the
         mask's most interior point; a slice whose mask overlaps the previous one by less than
-        ``iou_threshold`` ends that direction (the object has ended or the model lost it).
-        Returns {slice: mask}, start excluded.
+        ``iou_threshold``, or whose predicted IoU is below ``min_score``, ends that direction (the
+        object has ended or the model lost it). Returns {slice: mask}, start excluded.
         """
         self._require_image()
         if not self.layout.is_volume:
@@ -367,11 +368,11 @@ class Session:
                 if cancel is not None and cancel():
                     raise Cancelled("propagation was cancelled", partial=result)
                 box, point = prompts_from_mask(previous, box_margin)
-                new, _ = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
+                new, score = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not new.any() or mask_iou(new, previous) < iou_threshold:
+                if not new.any() or score < min_score or mask_iou(new, previous) < iou_threshold:
                     break
                 result[current] = new
                 previous = new
