@@ -101,6 +101,8 @@ class MSAModel:
             adapter = f", adapter {Path(self.adapter_source).name}"
         else:
             adapter = ""
+        if adapter == " + click adapter":
+            return f"{kind}{adapter} @ {self.image_size}px on {self.device.type}"
         return f"{kind} @ {self.image_size}px on {self.device.type}{adapter}"
 
     def preprocess(self, rgb) -> tuple[torch.Tensor, tuple[int, int]]:
