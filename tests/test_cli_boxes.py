@@ -236,7 +236,7 @@ def test_default_model_segments_a_box(tmp_path, capsys):
     boxes = save_shapes(tmp_path / "b.csv", [rectangle((18, 28), (42, 62))])
     assert main(["segment", str(tmp_path / "img.npy"), "-b", str(boxes), "-o", str(tmp_path / "o.tif"),
                  "--device", "cpu"]) == 0
-    assert "napari-msa segment: LiteMedSAM @ 256px on cpu" in capsys.readouterr().err
+    assert "napari-msa segment: LiteMedSAM + click adapter @ 256px on cpu" in capsys.readouterr().err
     mask = tifffile.imread(tmp_path / "o.tif") == 1
     truth = image > 0
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.85

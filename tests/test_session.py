@@ -255,5 +255,5 @@ def test_propagation_stops_where_the_predicted_iou_is_low(tiny_model):
     start[20:44, 20:44] = True
     scores = {0: 0.9, 1: 0.9, 3: 0.9, 4: 0.2, 5: 0.9}
     session.predict = lambda points, **_: (start.copy(), scores[int(points[0][0])])
-    assert sorted(session.propagate(start, 2, min_score=0.5)) == [0, 1, 3]  # slice 4 ends the upward run
-    assert sorted(session.propagate(start, 2)) == [0, 1, 3, 4, 5]  # no score stop by default
+    assert sorted(session.propagate(start, 2)) == [0, 1, 3]  # default 0.5: slice 4 ends the upward run
+    assert sorted(session.propagate(start, 2, min_score=0.0)) == [0, 1, 3, 4, 5]  # no score stop

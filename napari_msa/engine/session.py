@@ -338,7 +338,7 @@ class Session:
         iou_threshold: float = 0.5,
         max_distance: int | None = None,
         box_margin: float = 0.1,
-        min_score: float = 0.0,
+        min_score: float = 0.5,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> dict[int, np.ndarray]:
