@@ -57,3 +57,58 @@ def test_bad_outputs_are_refused_first_and_nothing_changes(files, capsys, build,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert fingerprint(folder) == before
+
+
+def _points(path, rows):
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["index", "axis-0", "axis-1", "object"], *rows])
+    return path
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([[0, 10, 10, 99999999999]], "object ids are whole numbers from 1 to"),
+    ([[0, 10, 10, 1.7]], "object ids are whole numbers from 1 to"),
+    ([[0, 10, 10, 0]], "object ids are whole numbers from 1 to"),
+])
+def test_bad_object_ids_are_one_line_errors(files, capsys, rows, message):
+    folder, image, _, _ = files
+    points = _points(folder / "ids.csv", rows)
+    assert main(["segment", str(image), "-p", str(points), "-o", str(folder / "o.tif"), "--model", "demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (folder / "o.tif").exists()
+
+
+def test_an_unknown_device_is_a_one_line_error(files, capsys):
+    folder, image, _, points = files
+    assert main(["segment", str(image), "-p", str(points), "-o", str(folder / "o.tif"), "--model", "demo",
+                 "--device", "banana"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown device 'banana'" in err[0], err
+
+
+def test_damaged_adapter_files_name_the_file_and_the_problem(tmp_path):
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_msa import CheckpointError, load_model
+
+    model = load_model("tiny", device="cpu")
+    good = model.save_adapter(tmp_path / "good.safetensors")
+    with safe_open(str(good), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    no_size = dict(meta)
+    del no_size["image_size"]
+    save_file(tensors, tmp_path / "no_size.safetensors", metadata=no_size)
+    with pytest.raises(CheckpointError, match="no_size.safetensors: its adapter metadata is incomplete"):
+        load_model("tiny", adapter=tmp_path / "no_size.safetensors", device="cpu")
+    key = next(iter(tensors))
+    bent = dict(tensors)
+    bent[key] = torch.zeros(3, 3)
+    save_file(bent, tmp_path / "bent.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match="bent.safetensors: .* has shape \\(3, 3\\)"):
+        model.apply_adapter(tmp_path / "bent.safetensors")
+    assert json.loads(meta["model"])["name"] == "tiny"

@@ -162,6 +162,9 @@ def _check_axes(path: Path, row: dict[str, str], ndim: int, layer: str) -> list[
     return axes
 
 
+MAX_OBJECT_ID = 2**32 - 1  # labels are written as uint32 at most
+
+
 def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
     """Prompts from the CSV napari writes for a points layer (``index,axis-0,...``), grouped by object."""
     path = Path(path)
@@ -173,9 +176,13 @@ def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
     for line, row in enumerate(rows, start=2):
         try:
             coords = [float(row[a]) for a in axes]
-            obj = int(float(row.get("object") or 1))
+            obj_value = float(row.get("object") or 1)
         except (TypeError, ValueError) as err:
             raise CLIError(f"{path.name} line {line}: {err}") from err
+        if not obj_value.is_integer() or not 0 < obj_value <= MAX_OBJECT_ID:
+            raise CLIError(f"{path.name} line {line}: object ids are whole numbers from 1 to {MAX_OBJECT_ID}, "
+                           f"got {row.get('object')}")
+        obj = int(obj_value)
         pos_text = str(row.get("positive", "1") or "1").strip().lower()
         if pos_text not in _TRUE | _FALSE:
             raise CLIError(f"{path.name} line {line}: 'positive' must be 1/0 or true/false, got {pos_text!r}")

@@ -223,9 +223,13 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
     out = dict(meta)
-    for key in ("model", "adapter_config", "normalization", "training"):
-        out[key] = json.loads(meta.get(key) or "{}")
-    out["image_size"] = int(meta["image_size"])
+    try:
+        for key in ("model", "adapter_config", "normalization", "training"):
+            out[key] = json.loads(meta.get(key) or "{}")
+        out["image_size"] = int(meta["image_size"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path.name}: its adapter metadata is incomplete or damaged ({type(err).__name__}: "
+                              f"{err}); save the adapter again from Tune (MSA) or `napari-msa tune`") from err
     out["includes_decoder"] = meta.get("includes_decoder") == "True"
     return out
 

@@ -52,7 +52,10 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device='auto' or 'cpu'")
     return dev
@@ -158,6 +161,11 @@ class MSAModel:
         unknown = [k for k in tensors if k not in own]
         if unknown:
             raise CheckpointError(f"{Path(path).name} has keys this model lacks: {unknown[:3]}")
+        wrong = [k for k, v in tensors.items() if v.shape != own[k].shape]
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(f"{Path(path).name}: '{k}' has shape {tuple(tensors[k].shape)}, the model expects "
+                                  f"{tuple(own[k].shape)}; the file is damaged or for another model")
         self.sam.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
         if meta.get("normalization"):
             self.normalization = Normalization.from_dict(meta["normalization"])
