@@ -112,3 +112,13 @@ def test_damaged_adapter_files_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="bent.safetensors: .* has shape \\(3, 3\\)"):
         model.apply_adapter(tmp_path / "bent.safetensors")
     assert json.loads(meta["model"])["name"] == "tiny"
+
+
+def test_a_text_file_as_a_safetensors_checkpoint_is_a_one_line_error(files, capsys):
+    folder, image, _, points = files
+    fake = folder / "model.safetensors"
+    fake.write_text("not a model")
+    assert main(["segment", str(image), "-p", str(points), "-o", str(folder / "o.tif"), "--model", "demo",
+                 "--checkpoint", str(fake)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors is not a readable safetensors model file" in err[0], err

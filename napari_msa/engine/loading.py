@@ -205,11 +205,16 @@ def save_model_file(sam: torch.nn.Module, path: str | os.PathLike, *, descriptio
 
 
 def _read_model_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != MODEL_FORMAT:
-            raise CheckpointError(f"{path.name} is not a napari-msa model file (adapter files go to adapter=)")
-        return meta, {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != MODEL_FORMAT:
+                raise CheckpointError(f"{path.name} is not a napari-msa model file (adapter files go to adapter=)")
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as err:  # not safetensors at all, or truncated
+        raise CheckpointError(f"{path.name} is not a readable safetensors model file ({err})") from err
 
 
 def load_model(
