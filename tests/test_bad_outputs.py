@@ -122,3 +122,12 @@ def test_a_text_file_as_a_safetensors_checkpoint_is_a_one_line_error(files, caps
                  "--checkpoint", str(fake)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.safetensors is not a readable safetensors model file" in err[0], err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "1.5"])
+def test_an_iou_threshold_outside_0_1_is_refused(files, capsys, value):
+    folder, image, _, points = files
+    assert main(["segment", str(image), "-p", str(points), "-o", str(folder / "o.tif"), "--model", "demo",
+                 "--iou-threshold", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--iou-threshold is an overlap between 0 and 1" in err[0], err

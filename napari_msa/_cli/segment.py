@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.points is None and args.boxes is None:
         raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both")
     check_output(args.output, inputs=(args.image, args.points, args.boxes))
+    if not 0.0 <= args.iou_threshold <= 1.0:  # also refuses nan
+        raise CLIError(f"--iou-threshold is an overlap between 0 and 1, got {args.iou_threshold}")
     image = read_image(args.image)
     model = model_from_args(args)
     session = Session(model, normalization=normalization_from_args(args))

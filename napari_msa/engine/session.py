@@ -356,6 +356,9 @@ class Session:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise ValueError(f"the object is empty on slice {z}; segment it there first")
+        for name, value in (("iou_threshold", iou_threshold), ("min_score", min_score)):
+            if not 0.0 <= value <= 1.0:  # nan too: it would never stop
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
         n = self.num_slices
         limit = n if max_distance is None else max_distance
         total = min(n - 1, 2 * limit)
