@@ -131,3 +131,17 @@ def test_an_iou_threshold_outside_0_1_is_refused(files, capsys, value):
                  "--iou-threshold", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--iou-threshold is an overlap between 0 and 1" in err[0], err
+
+
+def test_swapped_image_and_labels_are_named_as_a_possible_swap(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ct = rng.normal(0, 300, (2, 120, 120)).astype(np.int16)  # CT-like values (negative HU) as "labels"
+    tifffile.imwrite(tmp_path / "ct.tif", ct)
+    tifffile.imwrite(tmp_path / "float.tif", ct.astype(np.float32))
+    tifffile.imwrite(tmp_path / "many.tif", rng.integers(0, 60_000, (2, 120, 120)).astype(np.int32))
+    for image, labels in (("float.tif", "float.tif"), ("float.tif", "ct.tif"), ("float.tif", "many.tif")):
+        assert main(["tune", str(tmp_path / image), str(tmp_path / labels), "-o", str(tmp_path / "a.safetensors"),
+                     "--model", "demo", "--steps", "1"]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # after the (empty) progress bar
+        assert "error:" in last and ("swapped" in last or "rather than labels" in last), last
+    assert not (tmp_path / "a.safetensors").exists()

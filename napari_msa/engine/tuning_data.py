@@ -16,10 +16,12 @@ from torch import nn
 
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 
-
 # --------------------------------------------------------------------------------------------------
 # Training pairs
 # --------------------------------------------------------------------------------------------------
+MAX_LABEL_IDS = 10_000  # more object ids than this is an image given as labels, not an annotation
+
+
 @dataclass
 class TrainingSlice:
     """One labelled plane at the model's input scale (longest side = image size)."""
@@ -78,7 +80,15 @@ def build_pairs(
                 "use a labels layer drawn on this image"
             )
         if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-            raise ValueError(f"labels must be integers (object ids), got dtype {lab.dtype}")
+            raise ValueError(f"labels must be integers (object ids), got dtype {lab.dtype}; were the image and the "
+                             "labels swapped? (the image comes first)")
+        if lab.dtype != bool and lab.min() < 0:
+            raise ValueError("the labels hold negative values, which no object id has; were the image and the labels "
+                             "swapped? (the image comes first)")
+        n_ids = len(np.unique(lab)) - 1
+        if n_ids > MAX_LABEL_IDS:
+            raise ValueError(f"the labels hold {n_ids} object ids (more than {MAX_LABEL_IDS}); is this an image "
+                             "rather than labels? (the image comes first, then the labels painted on it)")
         window = intensity_window(image, norm, layout.rgb)
         planes = range(image.shape[0]) if layout.is_volume else [None]
         for z in planes:
