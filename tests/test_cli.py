@@ -69,7 +69,7 @@ def test_segment_2d_with_negative_point(tmp_path, monkeypatch):
     ("index,axis-0,axis-1\n0,5,5\n", "need columns axis-0, axis-1, axis-2"),
     ("index,axis-0,axis-1,axis-2\n0,2,100,5\n", "outside the image"),
     ("index,axis-0,axis-1,axis-2,positive\n0,2,5,5,maybe\n", "'positive' must be"),
-    ("index,axis-0,axis-1,axis-2,object\n0,2,5,5,0\n", "object ids start at 1"),
+    ("index,axis-0,axis-1,axis-2,object\n0,2,5,5,0\n", "object ids are whole numbers from 1 to"),
 ])
 def test_bad_points_give_one_clear_line(tmp_path, capsys, csv, message):
     np.save(tmp_path / "v.npy", np.zeros((4, 20, 20), np.float32))

@@ -186,8 +186,6 @@ def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
         pos_text = str(row.get("positive", "1") or "1").strip().lower()
         if pos_text not in _TRUE | _FALSE:
             raise CLIError(f"{path.name} line {line}: 'positive' must be 1/0 or true/false, got {pos_text!r}")
-        if obj < 1:
-            raise CLIError(f"{path.name} line {line}: object ids start at 1, got {obj}")
         groups.setdefault(obj, []).append((coords, int(pos_text in _TRUE)))
     return [
         ObjectPrompts(obj, np.array([c for c, _ in items]), np.array([p for _, p in items]))
