@@ -139,23 +139,8 @@ def _inject_tinyvit(encoder: nn.Module, config: AdapterConfig) -> None:
         blocks[i].MLP_Adapter = Adapter(dim, config.bottleneck_ratio)
 
 
-def encoder_blocks(sam: nn.Module) -> list[nn.Module]:
-    """The encoder blocks that can hold adapters: SAM's ViT blocks, or TinyViT's attention blocks."""
-    encoder = sam.image_encoder
-    if hasattr(encoder, "attention_blocks"):
-        return encoder.attention_blocks()
-    return list(encoder.blocks)
-
-
-def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
-    """Attach zero-initialised adapters to ``sam`` (a segment_anything ``Sam``) in place."""
-    encoder = sam.image_encoder
-    if hasattr(encoder, "attention_blocks"):
-        _inject_tinyvit(encoder, config)
-        blocks_to_adapt: list[int] = []
-    else:
-        blocks_to_adapt = config.adapted_blocks(len(encoder.blocks))
-    for i in blocks_to_adapt:
+def _inject_vit(encoder: nn.Module, config: AdapterConfig) -> None:
+    for i in config.adapted_blocks(len(encoder.blocks)):
         block = encoder.blocks[i]
         dim = block.norm1.normalized_shape[0]
         block.__class__ = AdaptedBlock
@@ -163,6 +148,15 @@ def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
         block.MLP_Adapter = Adapter(dim, config.bottleneck_ratio)
         block.Depth_Adapter = Adapter(dim, config.bottleneck_ratio) if config.depth else None
         block.depth_slices = 1
+
+
+def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Attach zero-initialised adapters to ``sam`` (a segment_anything ``Sam``) in place."""
+    encoder = sam.image_encoder
+    if hasattr(encoder, "attention_blocks"):  # LiteMedSAM's TinyViT: its blocks have adapter slots of their own
+        _inject_tinyvit(encoder, config)
+    else:
+        _inject_vit(encoder, config)
     if config.decoder:
         for layer in sam.mask_decoder.transformer.layers:
             dim = layer.norm1.normalized_shape[0]

@@ -96,17 +96,13 @@ class MSAModel:
 
     def describe(self) -> str:
         kind = "demo model (trained on synthetic phantoms, not a SAM checkpoint)" if self.is_demo else self.name
+        where = f"@ {self.image_size}px on {self.device.type}"
         if self.name == LITEMEDSAM_NAME:
             kind = "LiteMedSAM"
         if self.adapter_source and Path(self.adapter_source) == CLICK_ADAPTER_FILE:
-            adapter = " + click adapter"
-        elif self.adapter_source:
-            adapter = f", adapter {Path(self.adapter_source).name}"
-        else:
-            adapter = ""
-        if adapter == " + click adapter":
-            return f"{kind}{adapter} @ {self.image_size}px on {self.device.type}"
-        return f"{kind} @ {self.image_size}px on {self.device.type}{adapter}"
+            return f"{kind} + click adapter {where}"
+        adapter = f", adapter {Path(self.adapter_source).name}" if self.adapter_source else ""
+        return f"{kind} {where}{adapter}"
 
     def preprocess(self, rgb) -> tuple[torch.Tensor, tuple[int, int]]:
         """(1,3,S,S) encoder input of an 8-bit RGB plane on this model's device, and its size before padding."""
