@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import re
+import signal
+import stat
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,40 +58,170 @@ def _first(keys: list[str], n: int = 5) -> str:
 
 
 def _current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask's set-and-restore races
+    with files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+_LIVE_TEMPS: set[str] = set()  # temp files this process is writing now (removed on SIGTERM)
+
+
+def _remove_live_temps() -> None:
+    for tmp in list(_LIVE_TEMPS):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _temps_removed_on_sigterm():
+    """While the main thread writes, SIGTERM first removes this process's temp files, then does what it did
+    before (the default: end the process). Writes from other threads rely on the stale-file sweep."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (None, signal.SIG_IGN):  # set outside Python, or ignored: leave it alone
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        _remove_live_temps()
+        signal.signal(signum, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+STALE_TEMP_AGE_S = 3600.0  # temp files without a writer's pid (older versions) count as stale after this
+_TEMP_MIDDLE = re.compile(r"(?:(\d+)\.)?[a-z0-9_]{8}")  # "<pid>.<mkstemp's 8 characters>"; older: no pid
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp files a killed earlier write of ``target`` left behind (its writer's pid is gone)."""
+    prefix = f".{target.name}."
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return
+    now = time.time()
+    for tmp in candidates:
+        ours = _TEMP_MIDDLE.fullmatch(tmp.name[len(prefix):-len(".tmp")])
+        if ours is None or str(tmp) in _LIVE_TEMPS:
+            continue  # another file's temp (a longer name), or one being written now
+        try:
+            if ours.group(1) is not None:
+                stale = not _pid_alive(int(ours.group(1)))
+            else:
+                stale = now - tmp.stat().st_mtime > STALE_TEMP_AGE_S
+            if stale:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted earlier write", tmp)
+        except OSError:
+            continue
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves half a file.
+
+    A file that is replaced keeps its permissions (a new one gets the user's usual mode, not mkstemp's 0600),
+    a symlink is written through to its target, and a read-only file is refused rather than replaced. The
+    temp file is removed on errors, Ctrl-C and (main thread) SIGTERM; ones a killed earlier write left behind
+    are removed on the next write of the same file.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name inside it")
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_current_umask()
+    if target.exists() and not mode & 0o222:
+        raise PermissionError(f"{path} is read-only; it was not replaced (make it writable or choose another name)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
+    with _temps_removed_on_sigterm():
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        _LIVE_TEMPS.add(tmp)
+        try:
+            write(tmp)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            _LIVE_TEMPS.discard(tmp)
     return path
+
+
+def _file_kind(path: Path) -> str:
+    """What a file that is no readable checkpoint looks like, for the message (torch's own says "101")."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(256)
+    except OSError as err:
+        return f"cannot open it: {err.strerror or err}"
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):
+        return "it is damaged or cut short"
+    if head[8:10] == b'{"':
+        return "it is a safetensors file, not a .pth"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its content is not a PyTorch save"
+    return "it is a text file"
+
+
+def _unreadable(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({_file_kind(path)}); give the "
+                           "model's .pth weights file")
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a SAM or MSA ``.pth`` safely (``weights_only=True``) and return its model state dict."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; give the .pth file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        wants = re.search(r"GLOBAL (\S+)", str(err))
+        if wants is None:  # not a pickle torch can read at all
+            raise _unreadable(path) from err
         raise CheckpointError(
-            f"{path.name} is not a plain weights file (it asks to run code when loaded), so it was refused: {err}"
+            f"{path.name} was refused: loading it would run code ({wants.group(1)}), and only files of plain weights "
+            "are loaded; save just the weights (torch.save(model.state_dict(), path)) from a source you trust"
         ) from err
-    except Exception as err:  # truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # truncated or foreign files; torch's own messages are long or just "101"
+        raise _unreadable(path) from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # MSA reference checkpoint
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -213,6 +349,8 @@ def save_adapter(
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
     """The decoded metadata of an adapter file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"adapter {path} is a folder, not a file; give the .safetensors file inside it")
     if not path.is_file():
         raise CheckpointError(f"adapter file not found: {path}")
     try:
