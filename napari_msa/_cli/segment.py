@@ -19,6 +19,8 @@ from .common import (
     ObjectPrompts,
     add_model_args,
     add_normalization_args,
+    check_input,
+    check_model_args,
     check_output,
     clip_boxes,
     model_from_args,
@@ -26,6 +28,7 @@ from .common import (
     read_boxes_csv,
     read_image,
     read_points_csv,
+    say,
     write_labels,
 )
 
@@ -114,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.points is None and args.boxes is None:
         raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both")
+    check_input(args.image, "image")
+    for path, what in ((args.points, "points"), (args.boxes, "boxes")):
+        if path is not None:
+            check_input(path, what)
+    check_model_args(args)
     check_output(args.output, inputs=(args.image, args.points, args.boxes))
     if not 0.0 <= args.iou_threshold <= 1.0:  # also refuses nan
         raise CLIError(f"--iou-threshold is an overlap between 0 and 1, got {args.iou_threshold}")
@@ -136,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.propagate and not session.layout.is_volume:
         raise CLIError("--propagate needs a 3D (Z,Y,X) image")
 
-    print(f"napari-msa segment: {model.describe()}", file=sys.stderr)
+    say(args, f"napari-msa segment: {model.describe()}")
     ids = [o.object_id for o in objects] + [b.object_id for b in boxes]
     labels = np.zeros(shape, dtype=np.uint16 if max(ids) < 2**16 else np.uint32)
     per_object: dict[int, dict[int, np.ndarray]] = {}
@@ -158,5 +166,5 @@ def run(args: argparse.Namespace) -> int:
             target[mask & (target == 0)] = obj_id  # a lower id keeps its pixels
     out = write_labels(args.output, labels)
     counts = {o: int((labels == o).sum()) for o in sorted(per_object)}
-    print(f"napari-msa segment: wrote {out} ({len(counts)} objects, voxels per id {counts})", file=sys.stderr)
+    say(args, f"napari-msa segment: wrote {out} ({len(counts)} objects, voxels per id {counts})")
     return 0

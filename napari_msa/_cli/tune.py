@@ -10,6 +10,8 @@ from .common import (
     CLIError,
     add_model_args,
     add_normalization_args,
+    check_input,
+    check_model_args,
     check_output,
     model_from_args,
     normalization_from_args,
@@ -90,6 +92,8 @@ def _load_model(args: argparse.Namespace):
     try:
         if depth is None:  # the demo model: its depth is known once loaded
             depth = load_model(args.model, checkpoint=args.checkpoint, adapter=None, device="cpu").config.depth
+            if args.last_blocks > depth:
+                raise CLIError(f"--last-blocks must be between 1 and the model's {depth} adapter blocks")
         blocks = tuple(range(max(0, depth - args.last_blocks), depth))
         shipped = _shipped_adapter(args)
         if shipped is not None:
@@ -121,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise CLIError(f"output {out.name}: adapters are written as .safetensors")
+    for i, path in enumerate(args.files):
+        check_input(path, "labels" if i % 2 else "image")
+    check_model_args(args)
     check_output(out, inputs=tuple(args.files))
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
@@ -139,9 +146,14 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)  # random-init models and fresh adapters start the same on every run
         model = _load_model(args)
         quiet = getattr(args, "quiet", False) or not info.is_main
-        bar = tqdm(total=args.steps, desc="tuning", unit="step", disable=quiet, file=sys.stderr)
+        bars = []  # made at the first step, so an error in the labels comes without a bar before it
 
         def progress(p: TuneProgress) -> None:
+            if p.phase not in ("train", "eval"):
+                return
+            if not bars:
+                bars.append(tqdm(total=args.steps, desc="tuning", unit="step", disable=quiet, file=sys.stderr))
+            bar = bars[0]
             if p.phase == "train":
                 bar.update(p.step - bar.n)
                 bar.set_postfix(loss=f"{p.loss:.3f}", dice=_fmt(p.val_dice), refresh=False)
@@ -159,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CLIError(str(err)) from err
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         s = result.summary
         if info.is_main:
             result.save(out)
+        if info.is_main and not quiet:
             stop = ", stopped early" if s["stopped"] == "early_stopping" else ""
             if s["n_val_pairs"]:
                 print(f"held-out Dice (1 click) {_fmt(s['val_dice_before'])} -> {_fmt(s['val_dice_after'])}, "
