@@ -96,6 +96,9 @@ class _Encoder:
         self.cache = cache
         self.checkpoint = checkpoint  # recompute block activations in backward instead of keeping them
         self.units = encoder_units(self.encoder)
+        # With the whole encoder frozen (decoder-only tuning) the cache holds finished embeddings: a step
+        # then costs one decoder pass per prompt round.
+        self.frozen_head = start >= len(self.units) and not any(p.requires_grad for p in self.encoder.parameters())
         sam = model.sam
         self.mean = sam.pixel_mean.to(model.device)
         self.std = sam.pixel_std.to(model.device)
@@ -120,6 +123,8 @@ class _Encoder:
             t = encoder_stem(self.encoder, x)
             for unit in self.units[: self.start]:
                 t = unit(t)
+            if self.frozen_head:
+                t = encoder_head(self.encoder, t)
         return t.float()
 
     def _blocks(self, t: torch.Tensor, blocks) -> torch.Tensor:
@@ -132,6 +137,8 @@ class _Encoder:
         return t
 
     def suffix(self, t: torch.Tensor) -> torch.Tensor:
+        if self.frozen_head:
+            return t
         with self._autocast():
             t = self._blocks(t, self.units[self.start:])
             return encoder_head(self.encoder, t).float()

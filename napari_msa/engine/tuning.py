@@ -36,7 +36,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from torch import nn
 from . import distributed
 from .adapters import ADAPTER_KEY, is_decoder_weight, set_depth_slices
 from .loading import MSAModel
-from .prefix_cache import PrefixCache, _Encoder, dihedral, first_adapted_block
+from .prefix_cache import PrefixCache, _Encoder, dihedral, encoder_units, first_adapted_block
 from .preprocessing import Normalization
 from .session import Cancelled
 from .tuning_data import (
@@ -138,7 +138,7 @@ class _StepModule(nn.Module):
         """The object's depth map, computed once (a flipped depth map is the flipped mask's depth map)."""
         key = (slice_id, object_id)
         if key not in self._depths:
-            self._depths[key] = depth_map(self.slices[slice_id].labels == object_id)
+            self._depths[key] = depth_map(self.slices[slice_id].mask(object_id))
         return self._depths[key]
 
     def _views(self, s: _Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -206,37 +206,60 @@ def _bce_dice(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Held-out evaluation
 # --------------------------------------------------------------------------------------------------
+@dataclass
+class HeldOut:
+    """Held-out Dice at one point of the run. ``click`` averages several simulated single clicks per object (the
+    most interior pixel and two seeded points of its inner half), so one object flipping between SAM's
+    multimask outputs moves it less than a single click would; ``score`` = mean of click and box Dice."""
+
+    click: float
+    box: float
+    per_label: dict[int, tuple[float, float]]  # label id -> (click, box)
+
+    @property
+    def score(self) -> float:
+        return 0.5 * (self.click + self.box)
+
+
+VAL_CLICKS = 3  # simulated single clicks per held-out object
+
+
 @torch.no_grad()
 def _evaluate(step_module: _StepModule, pairs: list[Pair], dist_info: distributed.DistInfo,
-              device: torch.device) -> tuple[float, float] | None:
-    """Mean held-out Dice for (one most-interior click, the exact box), over all processes' shares."""
+              device: torch.device) -> HeldOut | None:
+    """Held-out Dice over all processes' shares of ``pairs`` (the same prompts at every evaluation)."""
     if not pairs:
         return None
     enc, sam, size = step_module.enc, step_module.sam, step_module.image_size
-    mine = pairs[dist_info.rank :: dist_info.world_size]
-    sums = [0.0, 0.0, 0.0]
-    by_slice: dict[int, list[Pair]] = {}
-    for p in mine:
-        by_slice.setdefault(p.slice_id, []).append(p)
+    labels = sorted({p.label for p in pairs})
+    slot = {label: i for i, label in enumerate(labels)}
+    sums = np.zeros((len(labels), 3))  # click, box, count
+    by_slice: dict[int, list[tuple[int, Pair]]] = {}
+    for index in range(dist_info.rank, len(pairs), dist_info.world_size):
+        by_slice.setdefault(pairs[index].slice_id, []).append((index, pairs[index]))
     for sid, group in by_slice.items():
         sl = step_module.slices[sid]
         if enc.cache is not None:
             emb = enc.suffix(enc.tokens([(sid, 0)], lambda key: enc.pixels(step_module.slices[key[0]].rgb)))
         else:
             emb = enc.full(enc.pixels(sl.rgb)[None])
-        for p in group:
-            gt = sl.labels == p.object_id
-            click_point = interior_click(gt, depth=step_module.depth(sid, p.object_id))
-            low, iou = decode(sam, emb, click_point[None], np.array([1]), None, True)
-            best = int(torch.argmax(iou[0]))
-            click = upscale_logits(low, size, gt.shape)[0, best] > 0
+        for index, p in group:
+            gt = sl.mask(p.object_id)
+            depth = step_module.depth(sid, p.object_id)
+            rng = np.random.default_rng([index, 7])
+            clicks = [interior_click(gt, depth=depth)] + [interior_click(gt, rng, depth) for _ in range(VAL_CLICKS - 1)]
+            click_dice = 0.0
+            for point in clicks:
+                low, iou = decode(sam, emb, point[None], np.array([1]), None, True)
+                best = int(torch.argmax(iou[0]))
+                click_dice += dice((upscale_logits(low, size, gt.shape)[0, best] > 0).cpu().numpy(), gt)
             low, _ = decode(sam, emb, None, None, mask_box(gt), False)
             boxed = upscale_logits(low, size, gt.shape)[0, 0] > 0
-            sums[0] += dice(click.cpu().numpy(), gt)
-            sums[1] += dice(boxed.cpu().numpy(), gt)
-            sums[2] += 1
-    click_sum, box_sum, n = distributed.all_reduce_sum(sums, device)
-    return click_sum / n, box_sum / n
+            sums[slot[p.label]] += (click_dice / len(clicks), dice(boxed.cpu().numpy(), gt), 1.0)
+    sums = np.asarray(distributed.all_reduce_sum(sums.ravel().tolist(), device)).reshape(-1, 3)
+    n = sums[:, 2].sum()
+    per_label = {label: (sums[i, 0] / sums[i, 2], sums[i, 1] / sums[i, 2]) for label, i in slot.items() if sums[i, 2]}
+    return HeldOut(float(sums[:, 0].sum() / n), float(sums[:, 1].sum() / n), per_label)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,58 +273,73 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:12]
 
 
+@dataclass
+class TuneConfig:
+    """How tuning runs (stored in the adapter file's metadata). The defaults are the few-shot case the Tune
+    widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
+
+    steps: int = 200  # optimiser steps
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    batch_size: int = 2  # samples per step and process
+    val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
+    seed: int = 0
+    train_adapters: bool = True  # the MSA adapters in the image encoder
+    train_decoder: bool = False  # the mask decoder and the point embeddings
+    augment: bool = True  # flips/90° rotations (and intensity jitter when the encoder runs every step)
+    box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
+    max_correction_rounds: int = 3
+    iou_weight: float = 1.0
+    patience: int = 5  # held-out checks without improvement before stopping; 0: never
+    min_delta: float = 1e-3  # smaller held-out gains do not count as improvement
+    warmup: float = 0.1  # share of the steps spent warming the learning rate up
+    min_steps_share: float = 0.5  # early stopping never before this share of the steps
+    evaluations: int = 10  # held-out checks in a run (unless eval_every)
+    eval_every: int | None = None
+    cache_prefix: bool | None = None  # None: cache the frozen blocks when adapters start after block 0
+    cache_budget_bytes: int = 1 << 30
+    checkpoint_blocks: bool = False  # recompute activations in backward: less memory, slower steps
+    full_finetune: bool = False  # every weight (benchmark comparison only; cannot be saved as an adapter)
+
+    def check(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be ≥ 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
+        if not (self.train_adapters or self.train_decoder or self.full_finetune):
+            raise ValueError("nothing to tune: train the adapters, the decoder or both")
+
+
 def tune(
     model: MSAModel,
     images: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray | Sequence[np.ndarray],
+    config: TuneConfig | None = None,
     *,
-    steps: int = 200,
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    batch_size: int = 2,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    train_decoder: bool = False,
-    augment: bool = True,
-    box_share: float = 0.3,
-    max_correction_rounds: int = 3,
-    iou_weight: float = 1.0,
-    patience: int = 5,
-    min_delta: float = 1e-3,
-    eval_every: int | None = None,
-    cache_prefix: bool | None = None,
-    cache_budget_bytes: int = 1 << 30,
-    checkpoint_blocks: bool = False,
     normalization: Normalization | None = None,
     rgb: bool | None = None,
     inplace: bool = False,
-    full_finetune: bool = False,
     progress: Callable[[TuneProgress], None] | None = None,
     cancel: CancelFn | None = None,
+    **options,
 ) -> TuneResult:
-    """Tune ``model``'s adapters on labelled images; returns the tuned model and a summary.
+    """Tune ``model`` on labelled images; returns the tuned model and a summary.
 
-    ``steps`` optimiser steps of ``batch_size`` samples per process. Held-out Dice (one interior
-    click) is measured before training and after every epoch (one pass over the training pairs, at
-    least steps/20 steps, or ``eval_every``); training stops early after ``patience`` evaluations
-    without improvement and the best weights are kept. ``cache_prefix`` (default: when adapters start
-    after block 0) caches the frozen blocks' tokens. ``checkpoint_blocks`` recomputes each trained
-    block's activations during the backward pass instead of keeping them (much less memory, a
-    slower step; for large images or small GPUs). ``full_finetune`` trains every weight (for the
-    benchmark's comparison only: the result cannot be saved as an adapter). Under an initialised
-    torch.distributed group, gradients are averaged with DistributedDataParallel, samples are
-    sharded by rank and only rank 0 reports progress. Raises ``Cancelled`` when ``cancel()`` turns true.
+    ``config`` (or keyword ``options``, which override its fields) says what trains and how. Held-out Dice
+    is measured before training and ``config.evaluations`` times during it; the weights of the best check
+    are kept, and the starting weights when no check beat them. Under an initialised torch.distributed
+    group, gradients are averaged with DistributedDataParallel, samples are sharded by rank and only rank 0
+    reports progress. Raises ``Cancelled`` when ``cancel()`` turns true.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
-    if model.adapter_config is None and not full_finetune:
+    cfg = replace(config or TuneConfig(), **options)
+    cfg.check()
+    steps = cfg.steps
+    if model.adapter_config is None and cfg.train_adapters and not cfg.full_finetune:
         raise ValueError("the model has no adapters to tune; load it with adapters (the default)")
     t0 = time.perf_counter()
     dist_info = distributed.current()
     norm = normalization or model.normalization
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
 
     def report(p: TuneProgress) -> None:
         if progress is not None and dist_info.is_main:
@@ -317,7 +355,7 @@ def tune(
 
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
-    train_pairs, val_pairs, split = split_pairs(slices, pairs, val_fraction, rng)
+    train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
     check_cancel()
 
     target = model if inplace else model.clone()
@@ -325,15 +363,8 @@ def tune(
     snapshot = model.trainable_state() if inplace else None
     flags = {n: p.requires_grad for n, p in sam.named_parameters()}
     try:
-        result = _train(
-            target, slices, train_pairs, val_pairs, split, dist_info=dist_info, steps=steps, lr=lr,
-            weight_decay=weight_decay, batch_size=batch_size, seed=seed, train_decoder=train_decoder,
-            augment=augment, box_share=box_share, max_rounds=max_correction_rounds, iou_weight=iou_weight,
-            patience=patience, min_delta=min_delta, eval_every=eval_every, cache_prefix=cache_prefix,
-            cache_budget_bytes=cache_budget_bytes, checkpoint_blocks=checkpoint_blocks,
-            full_finetune=full_finetune, report=report,
-            check_cancel=check_cancel, t0=t0,
-        )
+        result = _train(target, slices, train_pairs, val_pairs, split, cfg, dist_info=dist_info, report=report,
+                        check_cancel=check_cancel)
     except BaseException:
         if snapshot is not None:
             target.restore_state(snapshot)
@@ -344,7 +375,7 @@ def tune(
         sam.eval()
     state = target.trainable_state()
     # A decoder that came with the starting adapter (LiteMedSAM's click adapter) is part of the result.
-    result.summary["saves_decoder"] = bool(train_decoder or model.adapter_metadata.get("includes_decoder"))
+    result.summary["saves_decoder"] = bool(cfg.train_decoder or model.adapter_metadata.get("includes_decoder"))
     target.normalization = norm
     target.adapter_source = f"tuned-{_state_digest(state)}"  # a unique weights key for embedding caches
     target.adapter_metadata = {"training": result.summary, "includes_decoder": result.summary["saves_decoder"]}
@@ -357,32 +388,33 @@ def tune(
     return result
 
 
-def _set_trainable(sam: nn.Module, train_decoder: bool, full_finetune: bool) -> list[nn.Parameter]:
+def _set_trainable(sam: nn.Module, train_adapters: bool, train_decoder: bool,
+                   full_finetune: bool) -> list[nn.Parameter]:
     for name, p in sam.named_parameters():
         if full_finetune:
             p.requires_grad = True
         else:
             # Depth adapters get no gradient from single slices: leave them out of 2D tuning.
-            p.requires_grad = (ADAPTER_KEY in name and "Depth_Adapter" not in name) or (
+            p.requires_grad = (train_adapters and ADAPTER_KEY in name and "Depth_Adapter" not in name) or (
                 train_decoder and is_decoder_weight(name)
             )
     return [p for p in sam.parameters() if p.requires_grad]
 
 
-def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info, steps, lr, weight_decay,
-           batch_size, seed, train_decoder, augment, box_share, max_rounds, iou_weight, patience, min_delta,
-           eval_every, cache_prefix, cache_budget_bytes, checkpoint_blocks, full_finetune, report, check_cancel,
-           t0) -> TuneResult:
+def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair], val_pairs: list[Pair], split: str,
+           cfg: TuneConfig, *, dist_info: distributed.DistInfo, report: Callable[[TuneProgress], None],
+           check_cancel: Callable[[], None]) -> TuneResult:
     sam = model.sam
     device = model.device
     set_depth_slices(sam, 1)
-    params = _set_trainable(sam, train_decoder, full_finetune)
-    start = 0 if full_finetune else first_adapted_block(sam)
-    use_cache = (start > 0) if cache_prefix is None else bool(cache_prefix)
+    params = _set_trainable(sam, cfg.train_adapters, cfg.train_decoder, cfg.full_finetune)
+    units = len(encoder_units(sam.image_encoder))
+    start = 0 if cfg.full_finetune else first_adapted_block(sam) if cfg.train_adapters else units
+    use_cache = (start > 0) if cfg.cache_prefix is None else bool(cfg.cache_prefix)
     if use_cache and start == 0:
         raise ValueError("the prefix cache needs adapters only in the last blocks (AdapterConfig(blocks=...))")
-    encoder = _Encoder(model, start, PrefixCache(cache_budget_bytes) if use_cache else None, checkpoint_blocks)
-    step_module = _StepModule(model, encoder, slices, iou_weight)
+    encoder = _Encoder(model, start, PrefixCache(cfg.cache_budget_bytes) if use_cache else None, cfg.checkpoint_blocks)
+    step_module = _StepModule(model, encoder, slices, cfg.iou_weight)
     runner: nn.Module = step_module
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -390,45 +422,45 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         # Broadcasts rank 0's weights to all processes first, so every process starts the same. Every
         # trainable weight gets a gradient each step (Depth adapters are frozen in 2D tuning), except
         # in full fine-tuning, where e.g. the negative-point embedding may be unused in a step.
-        runner = DistributedDataParallel(step_module, device_ids=None, find_unused_parameters=full_finetune)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        runner = DistributedDataParallel(step_module, device_ids=None, find_unused_parameters=cfg.full_finetune)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup_steps = max(1, round(cfg.warmup * cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.steps, warmup_steps))
+    min_steps = round(cfg.min_steps_share * cfg.steps)
 
     world = dist_info.world_size
-    global_batch = batch_size * world
-    epoch_steps = max(1, math.ceil(len(train_pairs) / global_batch))
-    interval = eval_every or max(epoch_steps, math.ceil(steps / 20))
+    global_batch = cfg.batch_size * world
+    interval = cfg.eval_every or max(1, math.ceil(cfg.steps / cfg.evaluations))
     order: list[int] = []
     epoch = 0
 
     def next_indices(step: int) -> list[int]:
         while len(order) < (step + 1) * global_batch:
-            order.extend(np.random.default_rng([seed, 1, len(order)]).permutation(len(train_pairs)).tolist())
+            order.extend(np.random.default_rng([cfg.seed, 1, len(order)]).permutation(len(train_pairs)).tolist())
         return order[step * global_batch : (step + 1) * global_batch]
 
     def make_sample(step: int, slot: int, pair_index: int) -> _Sample:
-        r = np.random.default_rng([seed, 2, step, slot])
+        r = np.random.default_rng([cfg.seed, 2, step, slot])
         pair = train_pairs[pair_index]
         return _Sample(
             slice_id=pair.slice_id,
             object_id=pair.object_id,
-            variant=int(r.integers(8)) if augment else 0,
-            contrast=float(r.uniform(0.8, 1.2)) if augment and not use_cache else 1.0,
-            brightness=float(r.uniform(-0.1, 0.1)) if augment and not use_cache else 0.0,
-            use_box=bool(r.random() < box_share),
-            rounds=int(r.integers(1, max_rounds + 1)) if max_rounds > 0 else 0,
+            variant=int(r.integers(8)) if cfg.augment else 0,
+            contrast=float(r.uniform(0.8, 1.2)) if cfg.augment and not use_cache else 1.0,
+            brightness=float(r.uniform(-0.1, 0.1)) if cfg.augment and not use_cache else 0.0,
+            use_box=bool(r.random() < cfg.box_share),
+            rounds=int(r.integers(1, cfg.max_correction_rounds + 1)) if cfg.max_correction_rounds > 0 else 0,
             rng=r,
         )
 
-    val_history: list[tuple[int, float]] = []
-    box_history: list[tuple[int, float]] = []
+    history: list[tuple[int, HeldOut]] = []
     first = _evaluate(step_module, val_pairs, dist_info, device)
     if first is not None:
-        val_history.append((0, first[0]))
-        box_history.append((0, first[1]))
-    best = first[0] if first is not None else None
-    best_step = 0
+        history.append((0, first))
+    best, best_step = first, 0
     best_state = _trainable_copy(sam) if first is not None else None
-    report(TuneProgress("eval", 0, steps, val_dice=best, best_val_dice=best, message="held-out Dice before tuning"))
+    report(TuneProgress("eval", 0, cfg.steps, val_dice=_click(first), best_val_dice=_click(first),
+                        message="held-out Dice before tuning"))
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -436,7 +468,7 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
     stopped = "completed"
     train_time = 0.0
     step = 0
-    for step in range(1, steps + 1):
+    for step in range(1, cfg.steps + 1):
         check_cancel()
         ts = time.perf_counter()
         idx = next_indices(step - 1)
@@ -447,35 +479,36 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
         loss_value = distributed.all_reduce_sum([float(loss.detach())], device)[0] / world
         if not math.isfinite(loss_value) or not all(bool(torch.isfinite(p).all()) for p in params):
             raise TuningDiverged(
                 f"tuning diverged at step {step}: the loss or the weights became NaN/Inf, so nothing was kept; "
-                f"lower the learning rate (it was {lr:g})"
+                f"lower the learning rate (it was {cfg.lr:g})"
             )
         losses.append(loss_value)
         step_times.append(time.perf_counter() - ts)
         train_time += step_times[-1]
         epoch = (step * global_batch) // max(1, len(train_pairs))
-        eta = train_time / step * (steps - step)
-        latest = val_history[-1][1] if val_history else None
-        report(TuneProgress("train", step, steps, loss=loss_value, val_dice=latest, best_val_dice=best,
+        eta = train_time / step * (cfg.steps - step)
+        latest = _click(history[-1][1]) if history else None
+        report(TuneProgress("train", step, cfg.steps, loss=loss_value, val_dice=latest, best_val_dice=_click(best),
                             epoch=epoch, eta_s=eta))
-        if val_pairs and (step % interval == 0 or step == steps):
+        if val_pairs and (step % interval == 0 or step == cfg.steps):
             check_cancel()
-            click, boxed = _evaluate(step_module, val_pairs, dist_info, device)
-            val_history.append((step, click))
-            box_history.append((step, boxed))
-            if click > best + min_delta:
-                best, best_step, best_state, stale = click, step, _trainable_copy(sam), 0
+            held = _evaluate(step_module, val_pairs, dist_info, device)
+            history.append((step, held))
+            if held.score > best.score + cfg.min_delta:
+                best, best_step, best_state, stale = held, step, _trainable_copy(sam), 0
             else:
                 stale += 1
-            report(TuneProgress("eval", step, steps, loss=loss_value, val_dice=click, best_val_dice=best,
-                                epoch=epoch, eta_s=eta))
-            if patience and stale >= patience:
+            report(TuneProgress("eval", step, cfg.steps, loss=loss_value, val_dice=held.click,
+                                best_val_dice=best.click, epoch=epoch, eta_s=eta))
+            # Never before ``min_steps``: zero-initialised adapters barely move in the warm-up.
+            if cfg.patience and stale >= cfg.patience and step >= min_steps:
                 stopped = "early_stopping"
                 break
-    steps_done = step if steps else 0
+    steps_done = step if cfg.steps else 0
     if best_state is not None:
         with torch.no_grad():
             for p, saved in zip(params, best_state, strict=True):
@@ -484,45 +517,78 @@ def _train(model: MSAModel, slices, train_pairs, val_pairs, split, *, dist_info,
 
     n = len(losses)
     k = max(1, n // 10)
-    box_at_best = dict(box_history).get(best_step) if box_history else None
     summary = {
         "method": "napari-msa few-shot adapter tuning",
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": model.config.name,
         "image_size": model.image_size,
-        "steps_planned": steps,
+        "steps_planned": cfg.steps,
         "steps_done": steps_done,
         "stopped": stopped,
+        # "untuned" when no held-out check beat the starting weights: the model is returned as it came.
+        "kept": "tuned" if best_step or first is None else "untuned",
         "epochs": round(steps_done * global_batch / max(1, len(train_pairs)), 2),
         "best_step": best_step,
         "n_train_pairs": len(train_pairs),
         "n_val_pairs": len(val_pairs),
         "n_slices": len(slices),
         "split": split,
-        "val_dice_before": _r(first[0]) if first else None,
-        "val_dice_after": _r(best),
-        "val_box_dice_before": _r(first[1]) if first else None,
-        "val_box_dice_after": _r(box_at_best),
+        "val_dice_before": _r(_click(first)),
+        "val_dice_after": _r(_click(best)),
+        "val_box_dice_before": _r(first.box) if first else None,
+        "val_box_dice_after": _r(best.box) if best else None,
+        "val_per_label": _per_label(first, best),
+        "val_clicks_per_object": VAL_CLICKS,
         "loss_first": _r(float(np.mean(losses[:k]))) if n else None,
         "loss_last": _r(float(np.mean(losses[-k:]))) if n else None,
-        "val_history": [[s, _r(d)] for s, d in val_history],
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
+        "val_history": [[s, _r(h.click), _r(h.box)] for s, h in history],
+        "lr": cfg.lr,
+        "lr_schedule": f"linear warm-up over {warmup_steps} steps, then cosine to {FINAL_LR_SHARE:g}x",
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
         "world_size": world,
-        "seed": seed,
-        "augment": augment,
-        "train_decoder": bool(train_decoder),
-        "full_finetune": bool(full_finetune),
+        "seed": cfg.seed,
+        "augment": cfg.augment,
+        "train_adapters": bool(cfg.train_adapters),
+        "train_decoder": bool(cfg.train_decoder),
+        "full_finetune": bool(cfg.full_finetune),
         "trainable_parameters": sum(p.numel() for p in params),
         "prefix_cache": use_cache,
         "prefix_cache_entries": len(encoder.cache) if encoder.cache is not None else 0,
         "prefix_cache_hits": encoder.cache.hits if encoder.cache is not None else 0,
         "first_trained_block": start,
-        "checkpoint_blocks": bool(checkpoint_blocks),
+        "checkpoint_blocks": bool(cfg.checkpoint_blocks),
         "step_time_s": _r(train_time / max(1, n)),
     }
-    return TuneResult(model=model, summary=summary, losses=losses, val_history=val_history, step_times=step_times)
+    return TuneResult(model=model, summary=summary, losses=losses,
+                      val_history=[(s, h.click) for s, h in history], step_times=step_times)
+
+
+def _click(held: HeldOut | None) -> float | None:
+    return None if held is None else held.click
+
+
+def _per_label(first: HeldOut | None, best: HeldOut | None) -> dict[str, dict[str, list]]:
+    """{label id: {"click": [before, after], "box": [before, after]}} on the held-out objects."""
+    if first is None or best is None:
+        return {}
+    return {str(label): {"click": [_r(first.per_label[label][0]), _r(best.per_label[label][0])],
+                         "box": [_r(first.per_label[label][1]), _r(best.per_label[label][1])]}
+            for label in sorted(first.per_label)}
+
+
+FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of the peak learning rate
+
+
+def lr_factor(steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up from 10 % to the peak, then cosine decay to FINAL_LR_SHARE: zero-initialised adapters
+    take a high peak learning rate once the first steps have set the direction, and settle at the end."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.1 + 0.9 * step / warmup_steps
+        t = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return FINAL_LR_SHARE + (1 - FINAL_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return factor
 
 
 def _trainable_copy(sam: nn.Module) -> list[torch.Tensor]:

@@ -27,15 +27,23 @@ class TrainingSlice:
     """One labelled plane at the model's input scale (longest side = image size)."""
 
     rgb: np.ndarray  # (h, w, 3) uint8
-    labels: np.ndarray  # (h, w) int, nearest-resized
+    labels: np.ndarray  # (h, w) int, the user's ids, nearest-resized
     image_index: int
     z: int | None  # slice index in a volume, None for a 2D image
+    pieces: np.ndarray | None = None  # (h, w) int32: each connected piece of each label its own id
+
+    def mask(self, piece: int) -> np.ndarray:
+        return self.pieces == piece
 
 
 @dataclass(frozen=True)
 class Pair:
+    """One training object: a connected piece of a label, since one click selects one piece (two kidneys
+    under one label are two objects)."""
+
     slice_id: int
-    object_id: int
+    object_id: int  # the piece's id in TrainingSlice.pieces
+    label: int = 0  # the user's label id it belongs to (for per-label results)
 
 
 def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -59,7 +67,8 @@ def build_pairs(
     rgb: bool | None = None,
     min_pixels: int = 8,
 ) -> tuple[list[TrainingSlice], list[Pair]]:
-    """(slices, pairs): every slice with any label, every object id on it with ≥ ``min_pixels`` pixels.
+    """(slices, pairs): every slice with any label, every connected piece of a label on it with ≥ ``min_pixels``
+    pixels.
 
     Images are (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3); labels are integer arrays of the spatial shape.
     Volumes are windowed once for the whole volume, like the session does.
@@ -98,14 +107,30 @@ def build_pairs(
             plane = image[z] if z is not None else image
             small = resize.apply_image(to_uint8_rgb(plane, window))
             small_lab = _resize_nearest(np.asarray(plane_lab, dtype=np.int64), small.shape[:2])
-            ids, counts = np.unique(small_lab, return_counts=True)
-            objects = [int(o) for o, c in zip(ids, counts, strict=True) if o != 0 and c >= min_pixels]
-            if not objects:
+            pieces, piece_labels = _pieces(small_lab, min_pixels)
+            if not piece_labels:
                 continue
             sid = len(slices)
-            slices.append(TrainingSlice(small, small_lab, i, z))
-            pairs.extend(Pair(sid, o) for o in objects)
+            slices.append(TrainingSlice(small, small_lab, i, z, pieces))
+            pairs.extend(Pair(sid, piece, label) for piece, label in enumerate(piece_labels, start=1))
     return slices, pairs
+
+
+def _pieces(labels: np.ndarray, min_pixels: int) -> tuple[np.ndarray, list[int]]:
+    """(piece map, label of piece 1, 2, ...): connected pieces of every label with >= ``min_pixels`` pixels."""
+    pieces = np.zeros(labels.shape, dtype=np.int32)
+    piece_labels: list[int] = []
+    ids, counts = np.unique(labels, return_counts=True)
+    for label, count in zip(ids, counts, strict=True):
+        if label == 0 or count < min_pixels:
+            continue
+        parts, n = ndimage.label(labels == label)
+        sizes = np.bincount(parts.ravel(), minlength=n + 1)
+        for part in range(1, n + 1):
+            if sizes[part] >= min_pixels:
+                piece_labels.append(int(label))
+                pieces[parts == part] = len(piece_labels)
+    return pieces, piece_labels
 
 
 def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: float,
