@@ -1,0 +1,52 @@
+"""The command line's side of medical I/O: one array per input, and labels written on that input's geometry.
+
+The subcommands pass plain arrays between reading and writing, so the geometry of the image read last is kept
+here: ``segment IMAGE.nii.gz -o labels.nii.gz`` writes the labels with IMAGE's affine and header. Every image read
+(medical or not) replaces it, so an earlier command in the same process never lends its geometry to a later one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import Geometry, MedicalIOError, read_medical, write_nifti_labels
+
+_last_geometry: Geometry | None = None
+
+
+def forget_geometry() -> None:
+    """Called when an image without geometry (TIFF, .npy) is read."""
+    global _last_geometry
+    _last_geometry = None
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """The one volume in a NIfTI file or DICOM file/folder, in the display order napari-msa's napari reader gives
+    (so points saved from napari on that layer are indices into this array)."""
+    global _last_geometry
+    path = Path(path)
+    images = read_medical(path)
+    if len(images) > 1:
+        listed = "; ".join(f"'{im.name}' {'x'.join(map(str, im.data.shape))}" for im in images[:6])
+        more = f" and {len(images) - 6} more" if len(images) > 6 else ""
+        raise MedicalIOError(f"{path} holds {len(images)} series ({listed}{more}); the command line reads one: "
+                             "give a folder holding only that series (napari opens them all, one layer each)")
+    image = images[0]
+    if image.geometry.n_leading:
+        shape = image.geometry.display_shape
+        raise MedicalIOError(f"{path.name} is 4D ({shape[0]} volumes of {'x'.join(map(str, shape[1:]))}); the "
+                             "command line segments one volume: save one first, e.g. with nibabel "
+                             "nib.save(img.slicer[..., 0], 'volume0.nii.gz')")
+    _last_geometry = image.geometry
+    return image.data
+
+
+def write_labels(path: str | Path, labels: np.ndarray) -> Path:
+    """Labels as NIfTI on the geometry of the image read last when they fit its grid; else as plain axial
+    (Z, Y, X) with 1 mm voxels (the input was a TIFF or .npy)."""
+    geometry = _last_geometry
+    if geometry is not None and geometry.spatial_display_shape != tuple(np.shape(labels)):
+        geometry = None
+    return write_nifti_labels(path, labels, geometry)
