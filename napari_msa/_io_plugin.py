@@ -82,6 +82,10 @@ def find_source_geometry(name: str, shape: tuple[int, ...], scale, translate, vi
     return next(iter(candidates.values()))
 
 
+class LabelsNotSaved(RuntimeError):
+    """Raised by the writer instead of a ValueError, which napari would swallow into 'not a valid writer'."""
+
+
 def write_labels(path: str, data, attributes: dict) -> list[str]:
     """npe2 single-layer writer: a Labels layer as .nii/.nii.gz on the geometry of the image it was drawn on.
 
@@ -94,8 +98,11 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
     labels = np.asarray(data)
     meta = (attributes.get("metadata") or {}).get(GEOMETRY_KEY)
     scale, translate = attributes.get("scale"), attributes.get("translate")
-    geometry = Geometry.from_metadata(meta) if meta else None
-    if geometry is None:
-        geometry = find_source_geometry(str(attributes.get("name", "")), labels.shape, scale, translate)
-    written = write_nifti_labels(path, labels, geometry, scale=scale, translate=translate)
+    try:
+        geometry = Geometry.from_metadata(meta) if meta else None
+        if geometry is None:
+            geometry = find_source_geometry(str(attributes.get("name", "")), labels.shape, scale, translate)
+        written = write_nifti_labels(path, labels, geometry, scale=scale, translate=translate)
+    except MedicalIOError as err:
+        raise LabelsNotSaved(f"{Path(path).name} was not saved: {err}") from err
     return [str(written)]
