@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from napari_msa import load_model
+
+# Every model the tests load computes in the reference fp32 arithmetic (bit-exact comparisons hold on every
+# machine, whatever its CPU or GPU); tests/test_precision.py covers 'auto' and 'bf16' explicitly.
+os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

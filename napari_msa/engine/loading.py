@@ -28,6 +28,7 @@ from .checkpoints import (
 )
 from .litemedsam import CREDIT, bundled_weights
 from .models import MODEL_REGISTRY, ModelConfig, base_fingerprint, build_sam, get_config
+from .precision import FP32_EXACT, Precision, resolve_precision
 from .preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,12 @@ class MSAModel:
     """A SAM with (optional) MSA adapters on a device, plus what it was loaded from."""
 
     def __init__(self, sam: torch.nn.Module, *, name: str, device: torch.device, source: str,
-                 normalization: Normalization | None = None, is_demo: bool = False) -> None:
+                 normalization: Normalization | None = None, is_demo: bool = False,
+                 precision: Precision = FP32_EXACT) -> None:
         self.sam = sam.to(device).eval()
+        self.precision = precision
+        if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
+            self.sam.image_encoder.to(memory_format=torch.channels_last)
         self.name = name
         self.device = device
         self.source = source
@@ -92,11 +97,12 @@ class MSAModel:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.device.type == "cuda" else None
+        """bf16 when the encoder runs under bf16 autocast (``precision``), else None (fp32)."""
+        return self.precision.autocast_dtype
 
     def describe(self) -> str:
         kind = "demo model (trained on synthetic phantoms, not a SAM checkpoint)" if self.is_demo else self.name
-        where = f"@ {self.image_size}px on {self.device.type}"
+        where = f"@ {self.image_size}px on {self.device.type}" + (", bf16" if self.precision.name == "bf16" else "")
         if self.name == LITEMEDSAM_NAME:
             kind = "LiteMedSAM"
         if self.adapter_source and Path(self.adapter_source) == CLICK_ADAPTER_FILE:
@@ -111,28 +117,31 @@ class MSAModel:
 
     def weights_key(self) -> str:
         """What an embedding depends on, by content: base weights, image size, the encoder adapters' values,
-        the encoder's precision and the preprocessing version. Never a path, so an adapter file replaced
-        under the same name never reuses the old embeddings, and a key cannot name a folder."""
+        the encoder's precision (and how embeddings are stored) and the preprocessing version. Never a path,
+        so an adapter file replaced under the same name never reuses the old embeddings, and a key cannot name
+        a folder."""
         if self._encoder_key is None or self._encoder_key[0] != self.version:
             h = hashlib.sha256()
             for name, tensor in sorted(self.sam.image_encoder.state_dict().items()):
                 if ADAPTER_KEY in name:
                     h.update(name.encode())
                     h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            precision = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
-            key = f"{self.base_fingerprint}-{self.image_size}-{h.hexdigest()[:16]}-{precision}-p{PREPROCESSING_VERSION}"
+            key = (f"{self.base_fingerprint}-{self.image_size}-{h.hexdigest()[:16]}-{self.precision.key}"
+                   f"-p{PREPROCESSING_VERSION}")
             self._encoder_key = (self.version, key)
         return self._encoder_key[1]
 
     @torch.no_grad()
     def encode(self, batch: torch.Tensor, depth_slices: int = 1) -> torch.Tensor:
-        """Image embeddings of a preprocessed (B,3,S,S) batch; bf16 autocast on GPU."""
+        """fp32 image embeddings of a preprocessed (B,3,S,S) batch, computed in the model's ``precision``."""
         set_depth_slices(self.sam, depth_slices)
         batch = batch.to(self.device)
+        if self.precision.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return self.sam.image_encoder(batch).float()
-        return self.sam.image_encoder(batch)
+                return self.sam.image_encoder(batch).float().contiguous()
+        return self.sam.image_encoder(batch).contiguous()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""
@@ -222,6 +231,7 @@ def load_model(
     image_size: int | None = None,
     adapter_config: AdapterConfig | None = None,
     random_init: bool = False,
+    precision: str | None = None,
 ) -> MSAModel:
     """Build a model from local files only.
 
@@ -230,9 +240,11 @@ def load_model(
     ``random_init``), or a small test architecture ('tiny', 'small', 'tinyvit_test'). ``adapter``: a
     napari-msa safetensors adapter (its architecture and image size are used to build the model);
     'auto' (the default) means the adapter shipped for this model (LiteMedSAM's click adapter), if
-    any; None means none.
+    any; None means none. ``precision``: 'auto', 'fp32' (the reference arithmetic, bit for bit) or 'bf16'
+    for the image encoder (``engine.precision``); None means $NAPARI_MSA_PRECISION, else 'auto'.
     """
     dev = pick_device(device)
+    prec = resolve_precision(precision, dev)
     if adapter is not None and str(adapter) == AUTO:
         shipped = DEFAULT_ADAPTERS.get(name) if checkpoint is None and not random_init else None
         adapter = shipped if shipped is not None and shipped.is_file() else None
@@ -256,7 +268,7 @@ def load_model(
         report = load_sam_state(sam, base_state, source=path.name)
         norm = Normalization.from_dict(json.loads(meta.get("normalization") or "{}"))
         model = MSAModel(sam, name=config.name if name != DEMO_MODEL_NAME else DEMO_MODEL_NAME, device=dev,
-                         source=str(path), normalization=norm, is_demo=name == DEMO_MODEL_NAME)
+                         source=str(path), normalization=norm, is_demo=name == DEMO_MODEL_NAME, precision=prec)
     else:
         config = get_config(name, image_size)
         sam = build_sam(config, adapter_config)
@@ -277,7 +289,7 @@ def load_model(
         else:
             report = LoadReport()
             source = "random init"
-        model = MSAModel(sam, name=name, device=dev, source=source)
+        model = MSAModel(sam, name=name, device=dev, source=source, precision=prec)
     model.load_report = report
     if adapter is not None:
         model.apply_adapter(adapter)

@@ -17,6 +17,7 @@ from segment_anything import SamPredictor
 
 from .checkpoints import atomic_write
 from .loading import MSAModel
+from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 
 ProgressFn = Callable[[int, int], None]
@@ -34,13 +35,19 @@ class Cancelled(Exception):
 
 @dataclass
 class Embedding:
-    features: torch.Tensor  # (1, C, h, w) on the model's device
+    features: torch.Tensor  # (1, C, h, w) on the model's device; fp16 in the caches where the precision says so
     input_size: tuple[int, int]  # resized image size before padding
     original_size: tuple[int, int]
 
     @property
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
+
+    def as_float(self) -> Embedding:
+        """The fp32 embedding the mask decoder takes (the cached one itself when it is fp32)."""
+        if self.features.dtype == torch.float32:
+            return self
+        return Embedding(self.features.float(), self.input_size, self.original_size)
 
 
 class EmbeddingCache:
@@ -238,36 +245,72 @@ class Session:
         return self._key(z) in self.cache
 
     def embedding(self, z: int = 0) -> Embedding:
-        """The slice's embedding, from memory, then disk, else computed now."""
-        self._require_image()
-        if not 0 <= z < self.num_slices:
-            raise IndexError(f"slice {z} is outside the image (0..{self.num_slices - 1})")
+        """The slice's fp32 embedding, from memory, then disk, else computed now."""
+        self._check_slice(z)
         with self._lock:  # key and pixels from the same image, even if set_image runs meanwhile
             key = self._key(z)
             cached = self.cache.get(key, self.model.device)
             if cached is not None:
-                return cached
+                return cached.as_float()
             rgb = self.plane_rgb(z)
+        return self._encode([(key, rgb)])[0].as_float()
+
+    def _check_slice(self, z: int) -> None:
+        self._require_image()
+        if not 0 <= z < self.num_slices:
+            raise IndexError(f"slice {z} is outside the image (0..{self.num_slices - 1})")
+
+    def _encode(self, work: list[tuple[tuple, np.ndarray]]) -> list[Embedding]:
+        """One encoder pass over (key, 8-bit RGB plane) pairs; the embeddings go into the cache, stored in
+        the precision's cache dtype (fp16 halves memory and disk where that was measured to keep the masks)."""
         with self._encode_lock:
-            again = self.cache.get(key, self.model.device) if key in self.cache else None
-            if again is not None:  # another thread (a prefetch) encoded it while this one waited
-                return again
-            x, input_size = self.model.preprocess(rgb)
-            features = self.model.encode(x)
-            emb = Embedding(features, input_size, rgb.shape[:2])
-            self.cache.put(key, emb)
-        return emb
+            out: list[Embedding | None] = [self.cache.get(key, self.model.device) if key in self.cache else None
+                                           for key, _ in work]  # another thread (a prefetch) may have done some
+            todo = [i for i, e in enumerate(out) if e is None]
+            if todo:
+                inputs = [self.model.preprocess(work[i][1]) for i in todo]
+                features = self.model.encode(torch.cat([x for x, _ in inputs]))
+                store = self.model.precision.cache_dtype
+                for j, i in enumerate(todo):
+                    key, rgb = work[i]
+                    f = features[j : j + 1].to(store)
+                    if len(todo) > 1 and f.dtype == features.dtype:
+                        f = f.clone()  # not a view that keeps the whole batch alive in the cache
+                    out[i] = Embedding(f, inputs[j][1], rgb.shape[:2])
+                    self.cache.put(key, out[i])
+        return out
 
     def embed_slices(self, slices: Iterable[int], *, progress: ProgressFn | None = None,
-                     cancel: CancelFn | None = None) -> None:
-        """Precompute embeddings (prefetch); stops between slices when ``cancel()`` is true."""
+                     cancel: CancelFn | None = None, batch_size: int | None = None) -> None:
+        """Precompute embeddings (a prefetch, a whole volume); stops between encoder passes when ``cancel()``
+        is true. ``batch_size`` slices go through the encoder per pass (None: what was measured fastest on
+        the model's kind of device, ``engine.precision.batch_size``); slices already cached (memory or
+        disk) are skipped."""
         slices = list(slices)
+        for z in slices:
+            self._check_slice(z)
+        step = max(1, int(batch_size or default_batch_size(self.model.device)))
+        done = 0
+        pending: list[int] = []
         for i, z in enumerate(slices):
+            pending.append(z)
+            if len(pending) < step and i + 1 < len(slices):
+                continue
             if cancel is not None and cancel():
                 raise Cancelled()
-            self.embedding(z)
-            if progress is not None:
-                progress(i + 1, len(slices))
+            with self._lock:
+                work = []
+                for zz in pending:
+                    key = self._key(zz)
+                    if self.cache.get(key, self.model.device) is None:
+                        work.append((key, self.plane_rgb(zz)))
+            if work:
+                self._encode(work)
+            for _ in pending:
+                done += 1
+                if progress is not None:
+                    progress(done, len(slices))
+            pending = []
 
     # --- prediction ------------------------------------------------------------------------------
     def predict(

@@ -1,0 +1,135 @@
+"""The encoder's number format per device, decided once from measurements (never by trial at run time).
+
+Three settings, chosen with ``load_model(precision=...)``, ``--precision`` or the Segment widget:
+
+* ``fp32`` – the reference arithmetic: fp32, the default memory layout, fp32 embeddings in the caches.
+  Identity and exactness tests use it (an untuned model equals LiteMedSAM/SAM bit for bit).
+* ``bf16`` – the image encoder under bf16 autocast (fp32 weights; matmuls and convolutions in bf16),
+  channels-last; embeddings cached as fp16.
+* ``auto`` – per device, what ``benchmarks/precision_accuracy.py`` and ``benchmarks/bench_speed.py``
+  showed to keep the masks and to be faster (BENCHMARKS.md, "Precision and speed"): bf16 on CUDA and on
+  CPUs with native bf16 instructions (AVX512-BF16 or AMX); elsewhere fp32, channels-last, embeddings
+  cached as fp16. Without native bf16 a CPU emulates it, which is slower than fp32.
+
+The environment variable ``NAPARI_MSA_PRECISION`` (fp32, bf16 or auto) sets what ``precision=None``
+means, e.g. to make every model of a process exact (the test suite does so).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ENV_VAR = "NAPARI_MSA_PRECISION"
+
+# --- decided from the benchmarks' tables (BENCHMARKS.md, "Precision and speed"); change them only with new figures.
+# Mask Dice bf16 vs fp32 on the held-out phantoms and samples met the gate (mean >= 0.99, none < 0.95).
+BF16_KEEPS_MASKS = True
+# Mask Dice with embeddings stored as fp16 (after an fp32 or a bf16 encoder) met the same gate.
+HALF_CACHE_KEEPS_MASKS = True
+# Slices per encoder pass for whole-volume embedding: on the 2-core CPU one slice at a time was as fast
+# as several per pass (no gain to pay the memory for); a GPU needs batches to fill it (GPU figures to come).
+CPU_BATCH = 1
+CUDA_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the encoder computes in, how embeddings are kept, and why (for the model's description)."""
+
+    name: str  # 'fp32' or 'bf16': the encoder's arithmetic
+    cache_dtype: torch.dtype  # how embeddings are stored in memory and on disk
+    channels_last: bool
+    reason: str = ""
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    @property
+    def key(self) -> str:
+        """Part of an embedding's cache key: everything here that changes the stored numbers."""
+        cache = str(self.cache_dtype).removeprefix("torch.")
+        return f"{self.name}-{cache}" + ("-cl" if self.channels_last else "")
+
+    @property
+    def exact(self) -> bool:
+        return self.name == "fp32" and self.cache_dtype == torch.float32 and not self.channels_last
+
+
+FP32_EXACT = Precision("fp32", torch.float32, False, "asked for fp32: the reference arithmetic")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast is faster than fp32.
+
+    torch's own probes first (the same ones oneDNN's kernels are chosen by); /proc/cpuinfo when a torch
+    build lacks them.
+    """
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if p is not None]
+    if probes:
+        try:
+            return any(bool(p()) for p in probes)
+        except RuntimeError:
+            pass
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) \
+        if device.type == "cuda" else False
+
+
+def check_precision(precision: str | None) -> str:
+    """'auto', 'fp32' or 'bf16' (None: the environment's default); anything else is a clear error."""
+    if precision is None:
+        precision = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+        if precision not in PRECISIONS:
+            raise ValueError(f"{ENV_VAR}={precision!r} is not a precision; use {', '.join(PRECISIONS)}")
+    precision = str(precision).strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> Precision:
+    """The precision a model on ``device`` runs in for the setting ``precision`` (see the module's docstring)."""
+    precision = check_precision(precision)
+    half = torch.float16 if HALF_CACHE_KEEPS_MASKS else torch.float32
+    if precision == "fp32":
+        return FP32_EXACT
+    if precision == "bf16":
+        if device.type == "mps":
+            raise ValueError("bf16 is not supported on Apple GPUs (mps) here; use precision fp32 or auto")
+        slow = device.type == "cpu" and not cpu_has_native_bf16()
+        return Precision("bf16", half, True, "asked for bf16" + (" (this CPU emulates bf16: slower than fp32)"
+                                                                  if slow else ""))
+    if device.type == "cuda" and BF16_KEEPS_MASKS and cuda_has_bf16(device):
+        return Precision("bf16", half, True, "auto: bf16 on this GPU")
+    if device.type == "cpu" and BF16_KEEPS_MASKS and cpu_has_native_bf16():
+        return Precision("bf16", half, True, "auto: this CPU has native bf16 (AVX512-BF16/AMX)")
+    where = "this CPU has no native bf16" if device.type == "cpu" else f"{device.type}"
+    return Precision("fp32", half, device.type == "cpu", f"auto: fp32 ({where})")
+
+
+def batch_size(device: torch.device) -> int:
+    """Slices per encoder pass when a whole volume is embedded (measured per kind of device)."""
+    return CUDA_BATCH if device.type == "cuda" else CPU_BATCH
