@@ -17,8 +17,19 @@ class CLIError(Exception):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image from .tif/.tiff (tifffile) or .npy (no pickles)."""
+    """An image from .tif/.tiff (tifffile), .npy (no pickles), NIfTI (.nii/.nii.gz) or DICOM (a file or a folder
+    holding one series); NIfTI and DICOM in the display order of napari-msa's napari reader (napari_msa.medical_io),
+    their geometry kept for ``write_labels``."""
+    from napari_msa import medical_io
+    from napari_msa.medical_io import cli as medical_cli
+
     path = Path(path)
+    if medical_io.is_nifti_name(path) or path.is_dir() or (path.is_file() and medical_io.is_dicom_path(path)):
+        try:
+            return medical_cli.read_array(path)
+        except medical_io.MedicalIOError as err:
+            raise CLIError(str(err)) from err
+    medical_cli.forget_geometry()
     if not path.is_file():
         raise CLIError(f"image file not found: {path}")
     suffix = path.suffix.lower()
@@ -31,18 +42,28 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.load(path, allow_pickle=False)
     except Exception as err:
         raise CLIError(f"cannot read {path}: {err}") from err
-    raise CLIError(f"{path.name}: unsupported image type '{suffix}'; use .tif, .tiff or .npy")
+    raise CLIError(f"{path.name}: unsupported image type '{suffix}'; use .tif, .tiff, .npy, .nii, .nii.gz, .dcm "
+                   "or a DICOM folder")
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
-    """A labels image as TIFF, written atomically."""
+    """A labels image as TIFF, or as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image read for this
+    command (same affine and header, the source's voxel order); written atomically."""
     import tifffile
 
+    from napari_msa import medical_io
     from napari_msa.engine.checkpoints import atomic_write
 
     path = Path(path)
+    if medical_io.is_nifti_name(path):
+        from napari_msa.medical_io import cli as medical_cli
+
+        try:
+            return medical_cli.write_labels(path, labels)
+        except medical_io.MedicalIOError as err:
+            raise CLIError(f"output {path.name}: {err}") from err
     if path.suffix.lower() not in (".tif", ".tiff"):
-        raise CLIError(f"output {path.name}: labels are written as .tif/.tiff")
+        raise CLIError(f"output {path.name}: labels are written as .tif/.tiff, .nii or .nii.gz")
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib"))
 
 
@@ -80,6 +101,8 @@ def check_output(path: str | Path, *, inputs: tuple = (), folder: bool = False) 
 def check_input(path: str | Path, what: str) -> Path:
     """An input file that exists and is a file: a folder is named as a folder, not as "not found"."""
     path = Path(path)
+    if path.is_dir() and what == "image":
+        return path  # a DICOM series folder; read_image says so if it holds no DICOM images
     if path.is_dir():
         raise CLIError(f"{what} {path} is a folder, not a file; give the file inside it")
     if not path.is_file():

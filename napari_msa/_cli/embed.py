@@ -23,7 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="precompute image embeddings into a cache folder",
                        description="Compute every slice's embedding once (e.g. on a GPU machine) and keep it on "
                                    "disk, keyed by the image content and the model weights.")
-    p.add_argument("image", help="image (.tif/.tiff/.npy)")
+    p.add_argument("image", help="image: .tif/.tiff/.npy, NIfTI .nii/.nii.gz or DICOM (a file, or a folder "
+                                 "holding one series)")
     p.add_argument("--cache-dir", required=True, help="folder for the embedding cache")
     add_model_args(p)
     add_normalization_args(p)

@@ -42,14 +42,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "refines that box (one prediction with box and points); points with other ids are objects of "
                     "their own. Give -p, -b or both.",
     )
-    p.add_argument("image", help="image (.tif/.tiff/.npy): (Y,X), (Y,X,3) or (Z,Y,X)")
+    p.add_argument("image", help="image: .tif/.tiff/.npy ((Y,X), (Y,X,3) or (Z,Y,X)), NIfTI .nii/.nii.gz or DICOM "
+                                 "(a file, or a folder holding one series), read as napari-msa's napari reader "
+                                 "shows it (see README, 'Medical files')")
     p.add_argument("-p", "--points", metavar="POINTS.csv",
-                   help="CSV as napari saves a points layer (index,axis-0,axis-1[,axis-2]); optional columns "
+                   help="CSV as napari saves a points layer (index,axis-0,axis-1[,axis-2]): indices into the image "
+                        "array as this command reads it, which for NIfTI/DICOM is the layer napari-msa's napari "
+                        "reader opens, so points drawn on that layer and saved from napari fit; optional columns "
                         "'positive' (1/0) and 'object' (id ≥ 1; without the column every point is object 1)")
     p.add_argument("-b", "--boxes", metavar="BOXES.csv",
                    help="CSV as napari saves a shapes layer of rectangles (index,shape-type,vertex-index,axis-0,"
                         "axis-1[,axis-2]); in a volume each box lies on one slice")
-    p.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="labels image to write (.tif)")
+    p.add_argument("-o", "--output", required=True, metavar="LABELS.tif",
+                   help="labels image to write: .tif, or .nii/.nii.gz (for a NIfTI or DICOM image: with its affine "
+                        "and header, in its voxel order, so the labels overlay it voxel for voxel)")
     p.add_argument("--propagate", action="store_true", help="3D: carry each object through the volume")
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="propagation stops where consecutive slices overlap less than this [0.5]")

@@ -30,8 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         usage="%(prog)s IMAGE LABELS [IMAGE LABELS ...] -o ADAPTER.safetensors [options]",
     )
     p.add_argument("files", nargs="+", metavar="IMAGE LABELS",
-                   help="image (.tif/.tiff/.npy: (Y,X), (Y,X,3), (Z,Y,X)) followed by its labels (integer ids, "
-                        "0 = background, same shape); more pairs may follow")
+                   help="image (.tif/.tiff/.npy: (Y,X), (Y,X,3), (Z,Y,X); NIfTI .nii/.nii.gz; DICOM file or "
+                        "series folder) followed by its labels (integer ids, 0 = background, same shape as the "
+                        "image as read: NIfTI labels saved by napari-msa fit their image); more pairs may follow")
     p.add_argument("-o", "--output", required=True, help="adapter file to write (.safetensors)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=200, help="optimiser steps [200]")
