@@ -22,6 +22,8 @@ setup(
         "scipy",
         "safetensors>=0.4",
         "tifffile",
+        "nibabel>=5.0",  # NIfTI in and labels out, with their geometry (napari_msa.medical_io)
+        "pydicom>=3.0",  # DICOM files and series folders
         "tqdm",
         "napari>=0.5",
         "magicgui",
@@ -31,8 +33,8 @@ setup(
     ],
     extras_require={
         "qt": ["PyQt6"],
-        "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "pydicom", "nibabel", "scikit-image", "ruff"],
-        "data": ["pydicom", "nibabel", "scikit-image"],
+        "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "scikit-image", "ruff"],
+        "data": ["scikit-image"],  # sample_data/make_samples.py and the click adapter's training images
     },
     entry_points={
         "console_scripts": ["napari-msa=napari_msa.cli:main"],
