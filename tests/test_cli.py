@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tifffile
 
 from napari_msa import Session
@@ -63,22 +62,6 @@ def test_segment_2d_with_negative_point(tmp_path, monkeypatch):
     assert main(["-q", "segment", str(tmp_path / "img.npy"), "-p", str(tmp_path / "p.csv"),
                  "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 0
     assert np.array_equal(tifffile.imread(tmp_path / "o.tif"), truth)
-
-
-@pytest.mark.parametrize("csv, message", [
-    ("index,axis-0,axis-1\n0,5,5\n", "need columns axis-0, axis-1, axis-2"),
-    ("index,axis-0,axis-1,axis-2\n0,2,100,5\n", "outside the image"),
-    ("index,axis-0,axis-1,axis-2,positive\n0,2,5,5,maybe\n", "'positive' must be"),
-    ("index,axis-0,axis-1,axis-2,object\n0,2,5,5,0\n", "object ids are whole numbers from 1 to"),
-])
-def test_bad_points_give_one_clear_line(tmp_path, capsys, csv, message):
-    np.save(tmp_path / "v.npy", np.zeros((4, 20, 20), np.float32))
-    (tmp_path / "p.csv").write_text(csv)
-    code = main(["-q", "segment", str(tmp_path / "v.npy"), "-p", str(tmp_path / "p.csv"), "-o",
-                 str(tmp_path / "o.tif"), "--model", "tiny"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and message in err[-1] and err[-1].startswith("napari-msa segment: error:")
-    assert not (tmp_path / "o.tif").exists()
 
 
 def test_console_script_errors_without_traceback(tmp_path):

@@ -186,8 +186,13 @@ def add_normalization_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace):
+    import torch
+
     from napari_msa.engine import CheckpointError, load_model
 
+    # adapters the file does not hold start random, and the embedding cache key hashes their values: the same
+    # seed in every run lets `embed` and later runs share the cache
+    torch.manual_seed(0)
     try:
         return load_model(args.model, checkpoint=args.checkpoint, adapter=adapter_from_args(args),
                           device=args.device, image_size=args.image_size)
@@ -222,11 +227,30 @@ def _read_rows(path: Path, what: str) -> list[dict[str, str]]:
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeDecodeError as err:
+        raise CLIError(f"{path.name} is not a text CSV file (its bytes are not UTF-8 text); give the {what} CSV "
+                       "napari saves with File > Save Selected Layer") from err
+    except (OSError, csv.Error) as err:
         raise CLIError(f"cannot read {path}: {err}") from err
     if not rows:
         raise CLIError(f"{path.name} has no {what}")
     return rows
+
+
+def _number(path: Path, line: int, row: dict, column: str, default: float | None = None) -> float:
+    """One finite number from a CSV cell, or a one-line error naming the line and the column."""
+    text = row.get(column)
+    if text is None or not str(text).strip():
+        if default is not None:
+            return default
+        raise CLIError(f"{path.name} line {line}: no value in column '{column}'")
+    try:
+        value = float(text)
+    except ValueError:
+        raise CLIError(f"{path.name} line {line}: {text!r} in column '{column}' is not a number") from None
+    if not np.isfinite(value):
+        raise CLIError(f"{path.name} line {line}: {text!r} in column '{column}' is not a finite number")
+    return value
 
 
 def _check_axes(path: Path, row: dict[str, str], ndim: int, layer: str) -> list[str]:
@@ -256,11 +280,11 @@ def read_points_csv(path: str | Path, ndim: int) -> list[ObjectPrompts]:
     axes = _check_axes(path, rows[0], ndim, "points")
     groups: dict[int, list[tuple[list[float], int]]] = {}
     for line, row in enumerate(rows, start=2):
+        coords = [_number(path, line, row, a) for a in axes]
         try:
-            coords = [float(row[a]) for a in axes]
             obj_value = float(row.get("object") or 1)
-        except (TypeError, ValueError) as err:
-            raise CLIError(f"{path.name} line {line}: {err}") from err
+        except ValueError:
+            obj_value = float("nan")  # told below, with the ids allowed
         if not obj_value.is_integer() or not 0 < obj_value <= MAX_OBJECT_ID:
             raise CLIError(f"{path.name} line {line}: object ids are whole numbers from 1 to {MAX_OBJECT_ID}, "
                            f"got {row.get('object')}")
@@ -302,11 +326,8 @@ def read_boxes_csv(path: str | Path, ndim: int) -> list[BoxPrompt]:
     axes = _check_axes(path, rows[0], ndim, "shapes")
     shapes: dict[int, dict] = {}
     for line, row in enumerate(rows, start=2):
-        try:
-            index = int(float(row["index"]))
-            coords = [float(row[a]) for a in axes]
-        except (TypeError, ValueError) as err:
-            raise CLIError(f"{path.name} line {line}: {err}") from err
+        index = int(_number(path, line, row, "index"))
+        coords = [_number(path, line, row, a) for a in axes]
         kind = str(row.get("shape-type") or "").strip().lower()
         shape = shapes.setdefault(index, {"line": line, "kind": kind, "vertices": []})
         if kind != shape["kind"]:

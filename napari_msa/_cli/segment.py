@@ -160,8 +160,11 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"object {task.object_id} on slice {task.z} has only negative points; add a positive "
                            "one or a box")
         has_points = len(task.points) > 0
-        mask, _ = session.predict(points=task.points if has_points else None,
-                                  labels=task.labels if has_points else None, box=task.box, z=task.z)
+        try:
+            mask, _ = session.predict(points=task.points if has_points else None,
+                                      labels=task.labels if has_points else None, box=task.box, z=task.z)
+        except ValueError as err:  # a prompt the engine refuses: said as the CLI says everything
+            raise CLIError(f"object {task.object_id}: {err}") from err
         per_object.setdefault(task.object_id, {})[task.z if task.z is not None else 0] = mask
     if args.propagate:
         for obj_id in tqdm(list(per_object), desc="propagate", unit="object", file=sys.stderr, disable=args.quiet):

@@ -61,6 +61,15 @@ class Failure:
     error: BaseException
 
 
+def relay_warnings(worker) -> None:
+    """Warnings raised on ``worker`` (e.g. an image's NaN pixels) become napari notifications. napari's workers
+    mean to do this themselves, but their notifying mixin's __init__ never runs (it sits past QRunnable in the
+    MRO; napari 0.9.2, superqt 0.9.0), so they were lost. napari's manager shows each warning once."""
+    from napari.utils.notifications import notification_manager
+
+    worker.warned.connect(lambda args: notification_manager.receive_warning(*args))
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``fn``; on error return Failure so the widget turns it into a notification."""
 
@@ -141,6 +150,7 @@ class LatestWins:
     def _start(self, request: int, job: Callable[[], Any]) -> None:
         self._running = True
         worker = create_worker(guarded(job), _start_thread=False, _ignore_errors=True)
+        relay_warnings(worker)
         worker.returned.connect(lambda value, r=request: self._returned(r, value))
         worker.finished.connect(self._next)
         worker.start()
@@ -211,6 +221,7 @@ class Prefetcher:
         self.requested = z
         planes = prefetch_order(z, n_slices, self.radius)
         worker = create_worker(self._embed, session, source, planes, _start_thread=False, _ignore_errors=True)
+        relay_warnings(worker)
         worker.yielded.connect(self._yielded)
         worker.returned.connect(self._returned)
         worker.finished.connect(self._finished)
@@ -314,6 +325,7 @@ class Propagation:
         token = self._token
         worker = create_worker(guarded(self._run), session, source, mask, z, _start_thread=False,
                                _ignore_errors=True)
+        relay_warnings(worker)
         worker.returned.connect(lambda value: self._returned(token, value))
         worker.finished.connect(self._finished)
         self._worker = worker
