@@ -190,9 +190,9 @@ def model_from_args(args: argparse.Namespace):
 
     from napari_msa.engine import CheckpointError, load_model
 
-    # adapters the file does not hold start random, and the embedding cache key hashes their values: the same
-    # seed in every run lets `embed` and later runs share the cache
-    torch.manual_seed(0)
+    # weights no file holds (fresh adapters, test models) start random, and the embedding cache key hashes the
+    # adapters: the same seed in every run (tune: its --seed) lets `embed` and later runs share the cache
+    torch.manual_seed(getattr(args, "seed", 0))
     try:
         return load_model(args.model, checkpoint=args.checkpoint, adapter=adapter_from_args(args),
                           device=args.device, image_size=args.image_size)
