@@ -76,7 +76,7 @@ def score(session: Session, volume_labels: np.ndarray, slices: list[int]) -> lis
     return records
 
 
-def run_one(model_name: str, seed: int, k: int, tune_kwargs: dict, device: str) -> dict:
+def run_one(model_name: str, seed: int, k: int, tune_kwargs: dict, device: str, verbose: bool = False) -> dict:
     image, labels, names = phantom_volume(seed, shape=SHAPE)
     labelled = labelled_slices(SHAPE[0], k)
     others = [z for z in range(SHAPE[0]) if z not in labelled]
@@ -88,7 +88,11 @@ def run_one(model_name: str, seed: int, k: int, tune_kwargs: dict, device: str) 
     train_labels = np.zeros_like(labels)
     train_labels[labelled] = labels[labelled]
     t0 = time.perf_counter()
-    result = tune(base, image, train_labels, normalization=CT, **tune_kwargs)
+    def show(p) -> None:
+        if verbose and p.phase == "eval":
+            print(f"    step {p.step}: held-out click Dice {p.val_dice:.3f} at {p.elapsed_s:.0f} s", flush=True)
+
+    result = tune(base, image, train_labels, normalization=CT, progress=show, **tune_kwargs)
     tune_s = time.perf_counter() - t0
 
     tuned = Session(result.model, normalization=CT)
@@ -167,6 +171,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", help="append results here as JSON lines")
+    ap.add_argument("--verbose", action="store_true", help="print every held-out check")
     ap.add_argument("--report", nargs="+", metavar="JSONL", help="print the table of earlier runs and stop")
     ap.add_argument("--png", help="with --report: write the learning curve here")
     args = ap.parse_args()
@@ -188,7 +193,7 @@ def main() -> None:
         for seed in args.seeds:
             if (args.model, seed, k, json.dumps(tune_kwargs, sort_keys=True)) in done:
                 continue
-            run = run_one(args.model, seed, k, tune_kwargs, args.device)
+            run = run_one(args.model, seed, k, tune_kwargs, args.device, args.verbose)
             print(summarize(run), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

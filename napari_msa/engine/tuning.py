@@ -56,6 +56,7 @@ from .tuning_data import (
     build_pairs,
     correction_click,
     decode,
+    decode_batch,
     depth_map,
     dice,
     interior_click,
@@ -243,19 +244,23 @@ def _evaluate(step_module: _StepModule, pairs: list[Pair], dist_info: distribute
             emb = enc.suffix(enc.tokens([(sid, 0)], lambda key: enc.pixels(step_module.slices[key[0]].rgb)))
         else:
             emb = enc.full(enc.pixels(sl.rgb)[None])
-        for index, p in group:
-            gt = sl.mask(p.object_id)
+        # Every click and every box of the slice in one decoder pass each (same prompts at every check).
+        truths = [sl.mask(p.object_id) for _, p in group]
+        clicks = []
+        for (index, p), gt in zip(group, truths, strict=True):
             depth = step_module.depth(sid, p.object_id)
             rng = np.random.default_rng([index, 7])
-            clicks = [interior_click(gt, depth=depth)] + [interior_click(gt, rng, depth) for _ in range(VAL_CLICKS - 1)]
-            click_dice = 0.0
-            for point in clicks:
-                low, iou = decode(sam, emb, point[None], np.array([1]), None, True)
-                best = int(torch.argmax(iou[0]))
-                click_dice += dice((upscale_logits(low, size, gt.shape)[0, best] > 0).cpu().numpy(), gt)
-            low, _ = decode(sam, emb, None, None, mask_box(gt), False)
-            boxed = upscale_logits(low, size, gt.shape)[0, 0] > 0
-            sums[slot[p.label]] += (click_dice / len(clicks), dice(boxed.cpu().numpy(), gt), 1.0)
+            clicks.append(interior_click(gt, depth=depth))
+            clicks += [interior_click(gt, rng, depth) for _ in range(VAL_CLICKS - 1)]
+        low, iou = decode_batch(sam, emb, np.array(clicks)[:, None], np.ones((len(clicks), 1)), None, True)
+        best = iou.argmax(1)
+        click_masks = (upscale_logits(low[torch.arange(len(clicks)), best][:, None], size, sl.rgb.shape[:2])[:, 0] > 0)
+        low, _ = decode_batch(sam, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
+        box_masks = upscale_logits(low, size, sl.rgb.shape[:2])[:, 0] > 0
+        click_masks, box_masks = click_masks.cpu().numpy(), box_masks.cpu().numpy()
+        for j, ((_, p), gt) in enumerate(zip(group, truths, strict=True)):
+            click_dice = np.mean([dice(m, gt) for m in click_masks[j * VAL_CLICKS : (j + 1) * VAL_CLICKS]])
+            sums[slot[p.label]] += (click_dice, dice(box_masks[j], gt), 1.0)
     sums = np.asarray(distributed.all_reduce_sum(sums.ravel().tolist(), device)).reshape(-1, 3)
     n = sums[:, 2].sum()
     per_label = {label: (sums[i, 0] / sums[i, 2], sums[i, 1] / sums[i, 2]) for label, i in slot.items() if sums[i, 2]}

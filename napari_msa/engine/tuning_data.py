@@ -230,20 +230,30 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, scale: float = 0.1)
 
 def decode(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None, point_labels: np.ndarray | None,
            box_rc: np.ndarray | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's prompt encoder + mask decoder on one (1,C,g,g) embedding: (low-res logits, IoU scores).
+    """SAM's prompt encoder + mask decoder for one prompt on one (1,C,g,g) embedding: (low-res logits, IoU scores).
 
     Points are (row, col) and the box (min_row, min_col, max_row, max_col) in the model's input frame;
     SAM wants (x, y) = (col, row), which is the swap done here and nowhere else in tuning.
     """
+    return decode_batch(sam, embedding, None if points_rc is None else np.asarray(points_rc)[None],
+                        None if point_labels is None else np.asarray(point_labels)[None],
+                        None if box_rc is None else np.asarray(box_rc)[None], multimask)
+
+
+def decode_batch(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None,
+                 point_labels: np.ndarray | None, boxes_rc: np.ndarray | None,
+                 multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """N prompts on one (1,C,g,g) embedding in one decoder pass: points (N,P,2) with labels (N,P), and/or
+    boxes (N,4); returns (N,M,g',g') logits and (N,M) IoU scores. Cheaper per prompt than N passes."""
     device = embedding.device
     points = None
-    if points_rc is not None and len(points_rc):
-        xy = torch.as_tensor(np.asarray(points_rc, dtype=np.float32)[:, ::-1].copy(), device=device)[None]
-        lab = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=device)[None]
+    if points_rc is not None and np.asarray(points_rc).size:
+        xy = torch.as_tensor(np.asarray(points_rc, dtype=np.float32)[..., ::-1].copy(), device=device)
+        lab = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=device)
         points = (xy, lab)
     boxes = None
-    if box_rc is not None:
-        boxes = torch.as_tensor(np.asarray(box_rc, dtype=np.float32)[[1, 0, 3, 2]], device=device)[None]
+    if boxes_rc is not None:
+        boxes = torch.as_tensor(np.asarray(boxes_rc, dtype=np.float32)[:, [1, 0, 3, 2]], device=device)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
     return sam.mask_decoder(
         image_embeddings=embedding,
