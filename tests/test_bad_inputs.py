@@ -223,7 +223,7 @@ CASES = [
      "tune x.tif labels.tif -o a.safetensors --model demo --last-blocks 99",
      "--last-blocks must be between 1 and the model's 4 adapter blocks"),
     ("last-blocks-0", "--last-blocks 0", "tune x.tif labels.tif -o a.safetensors --model demo --last-blocks 0",
-     "--last-blocks must be between 1"),
+     "--last-blocks must be at least 1, got 0"),
     ("model-vs-model-file", "--model with a .safetensors checkpoint",
      f"segment x.tif -p p.csv -o out.tif --model vit_b --checkpoint {DEMO}",
      "--model vit_b clashes with --checkpoint demo_sam.safetensors: a napari-msa model file brings its own "

@@ -88,8 +88,10 @@ def _load_model(args: argparse.Namespace):
         depth = get_config(args.model).depth if args.model != "demo" else None
     except ValueError as err:
         raise CLIError(str(err)) from err
-    if args.last_blocks < 1 or (depth is not None and args.last_blocks > depth):
-        raise CLIError(f"--last-blocks must be between 1 and the model's {depth or 'number of'} adapter blocks")
+    if args.last_blocks < 1:
+        raise CLIError(f"--last-blocks must be at least 1, got {args.last_blocks}")
+    if depth is not None and args.last_blocks > depth:
+        raise CLIError(f"--last-blocks must be between 1 and the model's {depth} adapter blocks")
     try:
         if depth is None:  # the demo model: its depth is known once loaded
             depth = load_model(args.model, checkpoint=args.checkpoint, adapter=None, device="cpu").config.depth
