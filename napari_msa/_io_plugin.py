@@ -65,9 +65,12 @@ def find_source_geometry(name: str, shape: tuple[int, ...], scale, translate, vi
     candidates = {}
     for layer in viewer.layers:
         meta = getattr(layer, "metadata", {}).get(GEOMETRY_KEY)
-        if not meta:
+        try:
+            geometry = Geometry.from_metadata(meta) if meta else None
+        except MedicalIOError:
+            geometry = None  # another layer's damaged metadata must not block this save
+        if geometry is None:
             continue
-        geometry = Geometry.from_metadata(meta)
         if geometry.spatial_display_shape == tuple(shape) and _placement_matches(layer, scale, translate):
             candidates[layer.name] = geometry
     if not candidates:

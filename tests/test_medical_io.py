@@ -310,6 +310,13 @@ def test_dicom_labels_are_written_on_the_dicom_geometry(tmp_path):
     assert written.shape == (128, 128, 4) and np.allclose(written.affine, expected)  # DICOM LPS -> NIfTI RAS
     assert np.array_equal(np.asarray(written.dataobj)[:, :, 1].T, labels[1])  # (column, row, slice) order
 
+    single = _one(dicom_test_file("CT_small.dcm"))  # one slice: a 2D layer, written back as one slice
+    mask = np.zeros(single.data.shape, bool)
+    mask[40:70, 20:90] = True
+    flat = nib.load(write_nifti_labels(tmp_path / "one.nii", mask, single.geometry))
+    assert flat.shape == (128, 128, 1) and np.array_equal(np.asarray(flat.dataobj)[:, :, 0].T, mask)
+    assert np.array_equal(_one(tmp_path / "one.nii").data, mask)
+
 
 def test_importing_the_readers_loads_no_torch():
     code = ("import sys, napari_msa._io_plugin, napari_msa.medical_io.dicom, napari_msa.medical_io.nifti; "

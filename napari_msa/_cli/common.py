@@ -24,7 +24,7 @@ def read_image(path: str | Path) -> np.ndarray:
     from napari_msa.medical_io import cli as medical_cli
 
     path = Path(path)
-    if medical_io.is_nifti_name(path) or path.is_dir() or (path.is_file() and medical_io.is_dicom_path(path)):
+    if medical_io.is_medical_path(path):
         try:
             return medical_cli.read_array(path)
         except medical_io.MedicalIOError as err:

@@ -268,52 +268,66 @@ def _check_spacing(positions: np.ndarray, normal: np.ndarray, where: str) -> Non
                       f"shown and written with their mean, {np.mean(gaps):.3g} mm", stacklevel=3)
 
 
+@dataclass
+class _Frames:
+    """A series' frames in slice order, each frame's (slope, intercept), their positions (None: unknown)."""
+
+    ds: pydicom.Dataset  # a full dataset of the series, for the attributes shared by all frames
+    frames: list[np.ndarray]
+    rescale: list[tuple[float, float]]
+    positions: np.ndarray | None
+
+
+def _one_file(item: _Image, normal: np.ndarray | None, where: str) -> _Frames:
+    """A single-frame file, or a multi-frame file sorted by its frames' positions."""
+    ds, arr = _pixels(item)
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    if n == 1:
+        positions = _floats(ds.get("ImagePositionPatient") or [], 3)
+        return _Frames(ds, [arr], [_rescale(ds, None)], None if positions is None else positions[None])
+    frames, rescale = list(arr), [_rescale(ds, k) for k in range(n)]
+    positions = _positions_multiframe(ds, n, normal)
+    if positions is None or normal is None:
+        return _Frames(ds, frames, rescale, None)  # no positions: frames in file order
+    order = np.argsort(positions @ normal, kind="stable")
+    _check_spacing(positions[order], normal, where)
+    return _Frames(ds, [frames[k] for k in order], [rescale[k] for k in order], positions[order])
+
+
+def _single_frame_files(items: list[_Image], normal: np.ndarray | None, where: str) -> _Frames:
+    """One slice per file, sorted by position along the normal (by InstanceNumber when positions are missing)."""
+    positions = None
+    if normal is not None and all("ImagePositionPatient" in it.ds for it in items):
+        positions = np.array([_floats(it.ds.ImagePositionPatient, 3) for it in items])
+        order = np.argsort(positions @ normal, kind="stable")
+        positions = positions[order]
+        _check_spacing(positions, normal, where)
+    else:
+        order = sorted(range(len(items)), key=lambda k: (int(items[k].ds.get("InstanceNumber") or 0),
+                                                          items[k].path.name))
+    decoded = [_pixels(items[k]) for k in order]
+    frames = [arr for _, arr in decoded]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise MedicalIOError(f"{where}: images of different sizes {sorted(shapes)}")
+    return _Frames(decoded[0][0], frames, [_rescale(ds, None) for ds, _ in decoded], positions)
+
+
 def _volume(items: list[_Image], name: str) -> MedicalImage:
     first = items[0].ds
     where = f"series '{name}' ({items[0].path.parent})"
-    frames_per_file = int(first.get("NumberOfFrames", 1) or 1)
     iop = _orientation(first)
     normal = np.cross(iop[:3], iop[3:]) if iop is not None else None
-    if frames_per_file > 1 or len(items) == 1:
-        if len(items) > 1:
-            raise MedicalIOError(f"{where} is spread over {len(items)} multi-frame files; open one file at a time")
-        ds, arr = _pixels(items[0])
-        n = frames_per_file
-        frames = list(arr) if n > 1 else [arr]
-        rescale = [_rescale(ds, k if n > 1 else None) for k in range(n)]
-        positions = _positions_multiframe(ds, n, normal) if n > 1 else _floats(ds.get("ImagePositionPatient")
-                                                                               or [], 3)
-        if positions is not None and positions.ndim == 1:
-            positions = positions[None]
-        if positions is not None and len(positions) > 1 and normal is not None:
-            order = np.argsort(positions @ normal, kind="stable")
-            frames, rescale, positions = [frames[k] for k in order], [rescale[k] for k in order], positions[order]
-            _check_spacing(positions, normal, where)
-        elif n > 1:
-            positions = None  # no positions: frames in file order
+    if len(items) == 1:
+        got = _one_file(items[0], normal, where)
+    elif int(first.get("NumberOfFrames", 1) or 1) > 1:
+        raise MedicalIOError(f"{where} is spread over {len(items)} multi-frame files; open one file at a time")
     else:
-        located = iop is not None and all("ImagePositionPatient" in it.ds for it in items)
-        if located:
-            positions = np.array([_floats(it.ds.ImagePositionPatient, 3) for it in items])
-            order = np.argsort(positions @ normal, kind="stable")
-            _check_spacing(positions[order], normal, where)
-        else:
-            positions = None
-            order = sorted(range(len(items)), key=lambda k: (int(items[k].ds.get("InstanceNumber") or 0),
-                                                              items[k].path.name))
-        items = [items[k] for k in order]
-        positions = positions[order] if positions is not None else None
-        decoded = [_pixels(it) for it in items]
-        frames = [arr for _, arr in decoded]
-        rescale = [_rescale(ds, None) for ds, _ in decoded]
-        ds = decoded[0][0]
-        shapes = {f.shape for f in frames}
-        if len(shapes) > 1:
-            raise MedicalIOError(f"{where}: images of different sizes {sorted(shapes)}")
+        got = _single_frame_files(items, normal, where)
+    ds = got.ds
     rgb = int(ds.get("SamplesPerPixel", 1) or 1) > 1
-    values = _modality_values(frames, rescale) if not rgb else np.stack(frames)
-    spacing = _pixel_spacing(ds)
-    affine = _affine(iop, spacing, positions, _slice_thickness(ds))
+    values = np.stack(got.frames) if rgb else _modality_values(got.frames, got.rescale)
+    affine = _affine(iop, _pixel_spacing(ds), got.positions, _slice_thickness(ds))
     # (slice, row, column[, channel]) -> nibabel's voxel order (column, row, slice[, channel])
     source = np.swapaxes(values, 0, 2)
     info = {key: str(ds.get(key, "") or "") for key in ("Modality", "SeriesDescription", "SeriesNumber",
