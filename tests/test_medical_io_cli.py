@@ -11,6 +11,8 @@ from napari_msa.cli import main
 from napari_msa.medical_io import read_medical
 from tests.medical_io_files import NIB_DATA, phantom, write_series
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores
+
 LIVER = 1
 
 

@@ -11,6 +11,8 @@ from napari_msa._widgets._layers import new_labels
 from napari_msa.medical_io import GEOMETRY_KEY
 from tests.medical_io_files import NIB_DATA, nifti_like, write_series
 
+pytestmark = pytest.mark.gui
+
 
 def _labelled_voxels_match(labels_display: np.ndarray, layer, written: nib.Nifti1Image) -> None:
     """Each labelled display voxel, placed in napari's world (mm), is the same id in the written file.
