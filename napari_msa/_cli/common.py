@@ -168,6 +168,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                               "clicks hardly do)")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--image-size", type=int, choices=(256, 512, 1024), help="model input size")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="image encoder arithmetic: auto (bf16 on GPUs and on CPUs with native bf16, else fp32; "
+                        "half-size embedding cache), fp32 (the reference, exact), bf16 [default: auto, or "
+                        "$NAPARI_MSA_PRECISION]")
 
 
 def adapter_from_args(args: argparse.Namespace) -> str | None:
@@ -195,7 +199,8 @@ def model_from_args(args: argparse.Namespace):
     torch.manual_seed(getattr(args, "seed", 0))
     try:
         return load_model(args.model, checkpoint=args.checkpoint, adapter=adapter_from_args(args),
-                          device=args.device, image_size=args.image_size)
+                          device=args.device, image_size=args.image_size,
+                          precision=getattr(args, "precision", None))
     except (CheckpointError, ValueError) as err:
         raise CLIError(str(err)) from err
 

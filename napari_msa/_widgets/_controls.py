@@ -206,9 +206,9 @@ class LayerChoice(ElidingComboBox):
 
 
 class PathPicker(QWidget):
-    """A path field with a '…' button that opens a file dialog."""
+    """A path field with a '…' button that opens a file dialog (a folder dialog with ``folder=True``)."""
 
-    def __init__(self, placeholder: str, file_filter: str, tooltip: str = "") -> None:
+    def __init__(self, placeholder: str, file_filter: str, tooltip: str = "", folder: bool = False) -> None:
         super().__init__()
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
@@ -216,8 +216,9 @@ class PathPicker(QWidget):
         self.edit.setClearButtonEnabled(True)
         self.button = QPushButton("…")
         self.button.setFixedWidth(28)
-        self.button.setToolTip("Choose a file")
+        self.button.setToolTip("Choose a folder" if folder else "Choose a file")
         self.file_filter = file_filter
+        self.folder = folder
         self.button.clicked.connect(self._browse)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
@@ -225,7 +226,10 @@ class PathPicker(QWidget):
         row.addWidget(self.button)
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.path() or "", self.file_filter)
+        if self.folder:
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.path() or "")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.path() or "", self.file_filter)
         if path:
             self.edit.setText(path)
 

@@ -47,6 +47,7 @@ from ._prediction import (
     guarded,
     predict_planes,
 )
+from ._volume import VolumeEmbedder
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import MSAModel, Session
@@ -92,6 +93,9 @@ class SegmentWidget(QWidget):
         self.prefetcher = Prefetcher(self.feed, partial(self._report, "embedding"), self._refresh_activity)
         self.propagation = Propagation(self.feed, self._on_propagated, partial(self._report, "propagation"),
                                        on_finished=self._on_propagation_finished, on_change=self._refresh_activity)
+        self.volume = VolumeEmbedder(self.feed, partial(self._report, "embedding the volume"),
+                                     self._refresh_activity, self._on_volume_finished)
+        self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         self.writer: LabelsWriter | None = None
         self._painted: dict[int, tuple | str] = {}  # slice → signature of the prompts its preview shows
         self._request_sigs: dict[int, dict[int, tuple]] = {}
@@ -181,6 +185,13 @@ class SegmentWidget(QWidget):
         self.device_combo.addItems(available_devices())
         self.device_combo.setToolTip("'auto' takes a GPU when there is one, else the CPU")
         form.addRow("Device", self.device_combo)
+        self.precision_combo = ElidingComboBox()
+        self.precision_combo.addItems(["auto", "fp32", "bf16"])
+        self.precision_combo.setToolTip(
+            "How the image encoder computes. auto: bf16 on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), "
+            "else fp32; embeddings kept at half size. fp32: the reference arithmetic, exact. bf16: always (slower "
+            "than fp32 on CPUs without native bf16). Masks from bf16 match fp32 (BENCHMARKS.md).")
+        form.addRow("Precision", self.precision_combo)
         self.load_button = QPushButton("Load model")
         self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
         self.load_button.clicked.connect(self.load_model)
@@ -212,6 +223,18 @@ class SegmentWidget(QWidget):
                                          "ignores boxes.")
         self.shapes_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
         form.addRow("Boxes", self.shapes_choice)
+        embed_row = QHBoxLayout()
+        self.cache_folder = PathPicker("optional folder for embeddings", "", "A folder where slice embeddings are "
+                                       "kept on disk and found again next time (also those `napari-msa embed "
+                                       "--cache-dir FOLDER` made). Empty: kept in memory only.", folder=True)
+        self.cache_folder.edit.textChanged.connect(self._on_cache_folder_changed)
+        self.embed_button = QPushButton("Embed volume")
+        self.embed_button.setToolTip("Embed every slice in the background (progress and time left in napari's "
+                                     "activity dock), so a click on any slice answers at once; press again to stop")
+        self.embed_button.clicked.connect(self.embed_volume)
+        embed_row.addWidget(self.cache_folder, 1)
+        embed_row.addWidget(self.embed_button)
+        form.addRow("Embeddings", embed_row)
         self.sign_button = QPushButton()
         self.sign_button.setToolTip("Sign of new points (T toggles): positive adds area, negative removes it")
         self.sign_button.clicked.connect(self.toggle_positive)
@@ -289,7 +312,7 @@ class SegmentWidget(QWidget):
         self.load_button.setEnabled(False)
         self._refresh_activity()
         kwargs = {"checkpoint": checkpoint if name != "demo" else None, "adapter": adapter or "auto",
-                  "device": device}
+                  "device": device, "precision": self.precision_combo.currentText()}
         # the engine's load has no steps to report: a busy bar in the activity dock while it runs
         self._load_bar = ActivityBar(f"MSA: loading {name}")
         worker = create_worker(guarded(load_model), name, **kwargs, _start_thread=False, _ignore_errors=True)
@@ -338,13 +361,17 @@ class SegmentWidget(QWidget):
         self.predictions.invalidate()
         self.propagation.discard()
         self.prefetcher.stop()
+        self.volume.cancel()
         self.feed.forget()
-        self.session = None if model is None else Session(model)
+        self.session = None if model is None else Session(model, cache_dir=self.cache_folder.path() or None)
         self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
         self._show_model(model)
         if model is not None:
             self._prefetch_timer.start()
             self.schedule_update()
+            if self._volume_wanted:
+                self._volume_wanted = False
+                self.embed_volume()
 
     def _show_model(self, model: MSAModel | None) -> None:
         from napari_msa.engine import DEMO_MODEL_FILE
@@ -434,6 +461,7 @@ class SegmentWidget(QWidget):
         """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
         self._drop_preview()
         self.prefetcher.stop()
+        self.volume.cancel()  # its worker would give the session the old image back
         image = self.image_layer()
         if image is None:
             self._set_status("Open or choose an image layer.")
@@ -789,6 +817,7 @@ class SegmentWidget(QWidget):
             self._prefetch_timer.start()
 
     def _on_normalization_changed(self, *_) -> None:
+        self.volume.cancel()
         self.predictions.invalidate()
         self._painted = {z: s for z, s in self._painted.items() if s == PROPAGATED}
         self._prefetch_timer.start()
@@ -808,6 +837,41 @@ class SegmentWidget(QWidget):
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
         self.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+
+    def embed_volume(self) -> None:
+        """Embed every slice in the background (press again to stop); loads the model first if needed."""
+        if self.volume.running:
+            self.volume.cancel()
+            return
+        image = self.image_layer()
+        if image is None:
+            self._problem("Open or choose an image layer first (the Image field above).")
+            return
+        try:
+            L.check_image(image)
+        except L.PromptError as exc:
+            self._problem(str(exc))
+            return
+        if self.session is None:
+            self._volume_wanted = True
+            self._load_on_first_need()
+            return
+        n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
+        self.volume.start(self.session, self._source(image), n_slices)
+        self.embed_button.setText("Stop embedding")
+
+    def _on_volume_finished(self, completed: bool) -> None:
+        try:
+            self.embed_button.setText("Embed volume")
+        except RuntimeError:  # the widget was closed meanwhile
+            return
+        if completed:
+            where = f", kept in {self.cache_folder.path()}" if self.cache_folder.path() else ""
+            self._set_status(f"All {self.volume.total} slices are embedded{where}.")
+
+    def _on_cache_folder_changed(self, text: str) -> None:
+        if self.session is not None:
+            self.session.cache.directory = Path(text.strip()) if text.strip() else None
 
     # ============================================================================ feedback
     def _show_ignored(self, ignored: list[str]) -> None:
@@ -848,6 +912,10 @@ class SegmentWidget(QWidget):
         if self.prefetcher.encoding is not None:
             z = self.prefetcher.encoding
             parts.append(f"Embedding slice {z}…" if z == self.prefetcher.requested else f"Prefetching slice {z}…")
+        if self.volume.cancelling:
+            parts.append("Stopping the volume embedding…")
+        elif self.volume.running:
+            parts.append(self.volume.describe() + "…")
         if not self.predictions.idle:
             parts.append("Predicting…")
         try:
@@ -913,6 +981,7 @@ class SegmentWidget(QWidget):
         self._drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
         self._unwatch_commit()
         self.prefetcher.stop()
+        self.volume.cancel()
         for layer in self._prompt_layers:
             layer.events.data.disconnect(self._on_prompts_changed)
             if isinstance(layer, Points):
@@ -925,7 +994,8 @@ class SegmentWidget(QWidget):
     def idle(self) -> bool:
         """No prediction, embedding, propagation or model load in progress (used by tests and benchmarks)."""
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
-                and not self._loading and not self._update_timer.isActive() and not self._prefetch_timer.isActive())
+                and not self.volume.running and not self._loading and not self._update_timer.isActive()
+                and not self._prefetch_timer.isActive())
 
 
 def _span(planes) -> str:
