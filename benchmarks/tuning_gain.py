@@ -76,36 +76,44 @@ def score(session: Session, volume_labels: np.ndarray, slices: list[int]) -> lis
     return records
 
 
-def run_one(model_name: str, seed: int, k: int, tune_kwargs: dict, device: str, verbose: bool = False) -> dict:
-    image, labels, names = phantom_volume(seed, shape=SHAPE)
+class Volume:
+    """One phantom volume, its model as loaded, and that model's scores on every slice (computed once and
+    shared by every k: each k scores the slices it did not label)."""
+
+    def __init__(self, model_name: str, seed: int, device: str) -> None:
+        self.model_name, self.seed = model_name, seed
+        self.image, self.labels, self.names = phantom_volume(seed, shape=SHAPE)
+        self.base = load_model(model_name, device=device)
+        self.session = Session(self.base, normalization=CT)
+        self.session.set_image(self.image)
+        self.before = score(self.session, self.labels, list(range(SHAPE[0])))
+
+
+def run_one(volume: Volume, k: int, tune_kwargs: dict, verbose: bool = False) -> dict:
     labelled = labelled_slices(SHAPE[0], k)
     others = [z for z in range(SHAPE[0]) if z not in labelled]
-    base = load_model(model_name, device=device)
-    session = Session(base, normalization=CT)
-    session.set_image(image)
-    before = score(session, labels, others)
+    train_labels = np.zeros_like(volume.labels)
+    train_labels[labelled] = volume.labels[labelled]
 
-    train_labels = np.zeros_like(labels)
-    train_labels[labelled] = labels[labelled]
-    t0 = time.perf_counter()
     def show(p) -> None:
         if verbose and p.phase == "eval":
             print(f"    step {p.step}: held-out click Dice {p.val_dice:.3f} at {p.elapsed_s:.0f} s", flush=True)
 
-    result = tune(base, image, train_labels, normalization=CT, progress=show, **tune_kwargs)
+    t0 = time.perf_counter()
+    result = tune(volume.base, volume.image, train_labels, normalization=CT, progress=show, **tune_kwargs)
     tune_s = time.perf_counter() - t0
 
     tuned = Session(result.model, normalization=CT)
-    tuned.cache = session.cache  # keys hold the encoder's weights: reused only if the encoder is unchanged
-    tuned.set_image(image)
-    after = score(tuned, labels, others)
+    tuned.cache = volume.session.cache  # keys hold the encoder's weights: reused only if the encoder is unchanged
+    tuned.set_image(volume.image)
+    after = score(tuned, volume.labels, others)
     s = result.summary
     return {
-        "model": model_name, "seed": seed, "k": k, "labelled": labelled, "tune": tune_kwargs,
+        "model": volume.model_name, "seed": volume.seed, "k": k, "labelled": labelled, "tune": tune_kwargs,
         "tune_s": round(tune_s, 1), "steps_done": s.get("steps_done"), "stopped": s.get("stopped"),
         "kept": s.get("kept", "tuned"), "val_before": s.get("val_dice_before"), "val_after": s.get("val_dice_after"),
-        "names": {str(a): b for a, b in names.items()},
-        "before": before, "after": after,
+        "step_time_s": s.get("step_time_s"), "names": {str(a): b for a, b in volume.names.items()},
+        "before": [r for r in volume.before if r["z"] in others], "after": after,
     }
 
 
@@ -189,11 +197,11 @@ def main() -> None:
         for line in Path(args.out).read_text().splitlines():
             r = json.loads(line)
             done.add((r["model"], r["seed"], r["k"], json.dumps(r["tune"], sort_keys=True)))
-    for k in args.k:
-        for seed in args.seeds:
-            if (args.model, seed, k, json.dumps(tune_kwargs, sort_keys=True)) in done:
-                continue
-            run = run_one(args.model, seed, k, tune_kwargs, args.device, args.verbose)
+    for seed in args.seeds:
+        todo = [k for k in args.k if (args.model, seed, k, json.dumps(tune_kwargs, sort_keys=True)) not in done]
+        volume = Volume(args.model, seed, args.device) if todo else None
+        for k in todo:
+            run = run_one(volume, k, tune_kwargs, args.verbose)
             print(summarize(run), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

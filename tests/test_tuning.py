@@ -274,7 +274,8 @@ def test_cancel_or_error_leaves_the_model_as_it_was():
 def test_same_seed_same_adapter_other_seed_other_adapter():
     images, labels = blob_task(4, size=48)
     model = tiny()
-    runs = [tune(model, images, labels, steps=4, lr=1e-2, seed=seed).model.trainable_state() for seed in (5, 5, 6)]
+    runs = [tune(model, images, labels, steps=4, lr=1e-2, seed=seed, val_fraction=0).model.trainable_state()
+            for seed in (5, 5, 6)]  # no held-out check: a run without gain would keep the start in both
     assert states_equal(runs[0], runs[1])
     assert not states_equal(runs[0], runs[2])
 

@@ -55,7 +55,6 @@ from .tuning_data import (
     TrainingSlice,
     build_pairs,
     correction_click,
-    decode,
     decode_batch,
     depth_map,
     dice,
@@ -113,18 +112,21 @@ class TuneResult:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Sample:
+    """One step's work for one process: several objects of one slice (one dihedral variant), prompted
+    together, so the decoder runs once per prompt kind and round for all of them."""
+
     slice_id: int
-    object_id: int
+    object_ids: list[int]
+    use_box: list[bool]  # per object: a jittered box first instead of a click
     variant: int  # dihedral 0..7
     contrast: float
     brightness: float
-    use_box: bool
     rounds: int  # correction rounds after the first prompt
     rng: np.random.Generator
 
 
 class _StepModule(nn.Module):
-    """Computes the loss of a batch of samples: encoder once per sample, decoder once per prompt round."""
+    """Computes the loss of one sample: the encoder once, the decoder once per prompt kind and round."""
 
     def __init__(self, model: MSAModel, encoder: _Encoder, slices: list[TrainingSlice], iou_weight: float) -> None:
         super().__init__()
@@ -142,65 +144,62 @@ class _StepModule(nn.Module):
             self._depths[key] = depth_map(self.slices[slice_id].mask(object_id))
         return self._depths[key]
 
-    def _views(self, s: _Sample) -> tuple[np.ndarray, np.ndarray]:
-        sl = self.slices[s.slice_id]
-        return dihedral(sl.rgb, s.variant), dihedral(self.depth(s.slice_id, s.object_id), s.variant)
-
-    def forward(self, samples: list[_Sample]) -> torch.Tensor:
-        views = [self._views(s) for s in samples]
+    def forward(self, s: _Sample) -> torch.Tensor:
+        rgb = dihedral(self.slices[s.slice_id].rgb, s.variant)
         if self.enc.cache is not None:
             def make_input(key: tuple[int, int]) -> torch.Tensor:
                 return self.enc.pixels(dihedral(self.slices[key[0]].rgb, key[1]))
 
-            keys = [(s.slice_id, s.variant) for s in samples]
-            emb = self.enc.suffix(self.enc.tokens(keys, make_input))
+            emb = self.enc.suffix(self.enc.tokens([(s.slice_id, s.variant)], make_input))
         else:
-            x = torch.stack([self.enc.pixels(v[0], s.contrast, s.brightness) for v, s in zip(views, samples,
-                                                                                               strict=True)])
-            emb = self.enc.full(x)
-        losses = [self._sample_loss(emb[i : i + 1], views[i][1], samples[i]) for i in range(len(samples))]
-        return torch.stack(losses).mean()
+            emb = self.enc.full(self.enc.pixels(rgb, s.contrast, s.brightness)[None])
+        depths = [dihedral(self.depth(s.slice_id, o), s.variant) for o in s.object_ids]
+        losses = []
+        for use_box in (False, True):  # clicks and boxes are decoded apart (different prompt shapes)
+            chosen = [d for d, b in zip(depths, s.use_box, strict=True) if b == use_box]
+            if chosen:
+                losses.append(self._loss(emb, chosen, use_box, s.rounds, s.rng) * len(chosen))
+        return torch.stack(losses).sum() / len(depths)
 
-    def _sample_loss(self, emb: torch.Tensor, depth: np.ndarray, s: _Sample) -> torch.Tensor:
-        rng = s.rng
-        gt_np = depth > 0
-        hw = gt_np.shape
-        gt = torch.as_tensor(gt_np, dtype=torch.float32, device=emb.device)
-        points: list[np.ndarray] = []
-        labels: list[int] = []
-        box = jittered_box(gt_np, rng) if s.use_box else None
-        if box is None:
-            points.append(interior_click(gt_np, rng, depth))
-            labels.append(1)
+    def _loss(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
+              rng: np.random.Generator) -> torch.Tensor:
+        """Mean loss over objects and rounds: first prompt, then ``rounds`` correction clicks."""
+        truth_np = np.stack([d > 0 for d in depths])  # (N, h, w)
+        hw = truth_np.shape[1:]
+        truth = torch.as_tensor(truth_np, dtype=torch.float32, device=emb.device)
+        boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
+        points = [[] if use_box else [interior_click(t, rng, d)] for t, d in zip(truth_np, depths, strict=True)]
+        labels = [[] if use_box else [1] for _ in depths]
         total = emb.new_zeros(())
-        for r in range(1 + s.rounds):
-            multimask = len(points) == 1 and box is None
-            low, iou_pred = decode(self.sam, emb, np.array(points) if points else None,
-                                   np.array(labels) if labels else None, box, multimask)
-            logits = upscale_logits(low, self.image_size, hw)[0]  # (M, h, w)
-            mask_loss = _bce_dice(logits, gt)
+        for r in range(1 + rounds):
+            multimask = r == 0 and not use_box  # a lone click: SAM answers with three masks
+            low, iou_pred = decode_batch(self.sam, emb, np.array(points) if points[0] else None,
+                                         np.array(labels) if labels[0] else None, boxes, multimask)
+            logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
+            mask_loss = _bce_dice(logits, truth)  # (N, M)
             with torch.no_grad():
                 pred = logits > 0
-                inter = (pred & (gt > 0)).sum((1, 2)).float()
-                union = (pred | (gt > 0)).sum((1, 2)).float().clamp(min=1)
-                iou_true = inter / union
-            iou_loss = F.mse_loss(iou_pred[0].float(), iou_true)
-            total = total + mask_loss.min() + self.iou_weight * iou_loss
-            if r < s.rounds:
-                shown = int(torch.argmax(iou_pred[0])) if multimask else 0  # what the session would show
-                point, label = correction_click(pred[shown].cpu().numpy(), gt_np, rng)
-                points.append(point)
-                labels.append(label)
-        return total / (1 + s.rounds)
+                gt = truth[:, None] > 0
+                iou_true = (pred & gt).sum((2, 3)).float() / (pred | gt).sum((2, 3)).float().clamp(min=1)
+            iou_loss = F.mse_loss(iou_pred.float(), iou_true)
+            total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
+            if r < rounds:
+                shown = iou_pred.argmax(1) if multimask else torch.zeros(len(depths), dtype=torch.long)
+                shown_np = pred[torch.arange(len(depths)), shown.cpu()].cpu().numpy()
+                for i in range(len(depths)):
+                    point, label = correction_click(shown_np[i], truth_np[i], rng)
+                    points[i].append(point)
+                    labels[i].append(label)
+        return total / (1 + rounds)
 
 
-def _bce_dice(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-mask BCE + soft Dice, (M,h,w) logits against one (h,w) mask."""
-    target = gt.expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2))
+def _bce_dice(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-mask BCE + soft Dice: (N,M,h,w) logits against (N,h,w) masks → (N,M)."""
+    target = truth[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))
     p = torch.sigmoid(logits)
-    inter = (p * target).sum((1, 2))
-    soft_dice = 1.0 - (2.0 * inter + 1.0) / (p.sum((1, 2)) + target.sum((1, 2)) + 1.0)
+    inter = (p * target).sum((2, 3))
+    soft_dice = 1.0 - (2.0 * inter + 1.0) / (p.sum((2, 3)) + target.sum((2, 3)) + 1.0)
     return bce + soft_dice
 
 
@@ -295,10 +294,11 @@ class TuneConfig:
     box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
     max_correction_rounds: int = 3
     iou_weight: float = 1.0
-    patience: int = 5  # held-out checks without improvement before stopping; 0: never
+    patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
     min_delta: float = 1e-3  # smaller held-out gains do not count as improvement
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
-    min_steps_share: float = 0.5  # early stopping never before this share of the steps
+    min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
+    # barely move during the warm-up, and a first half without gain says little about the second
     evaluations: int = 10  # held-out checks in a run (unless eval_every)
     eval_every: int | None = None
     cache_prefix: bool | None = None  # None: cache the frozen blocks when adapters start after block 0
@@ -434,27 +434,30 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     min_steps = round(cfg.min_steps_share * cfg.steps)
 
     world = dist_info.world_size
-    global_batch = cfg.batch_size * world
     interval = cfg.eval_every or max(1, math.ceil(cfg.steps / cfg.evaluations))
-    order: list[int] = []
+    by_slice: dict[int, list[Pair]] = {}
+    for pair in train_pairs:
+        by_slice.setdefault(pair.slice_id, []).append(pair)
+    slice_ids = sorted(by_slice)
     epoch = 0
 
-    def next_indices(step: int) -> list[int]:
-        while len(order) < (step + 1) * global_batch:
-            order.extend(np.random.default_rng([cfg.seed, 1, len(order)]).permutation(len(train_pairs)).tolist())
-        return order[step * global_batch : (step + 1) * global_batch]
-
-    def make_sample(step: int, slot: int, pair_index: int) -> _Sample:
-        r = np.random.default_rng([cfg.seed, 2, step, slot])
-        pair = train_pairs[pair_index]
+    def make_sample(step: int) -> _Sample:
+        """This process's slice for ``step`` (every slice once per cycle, in a seeded order) and up to
+        ``batch_size`` of its objects."""
+        turn = (step - 1) * world + dist_info.rank
+        cycle, pos = divmod(turn, len(slice_ids))
+        sid = slice_ids[int(np.random.default_rng([cfg.seed, 1, cycle]).permutation(len(slice_ids))[pos])]
+        r = np.random.default_rng([cfg.seed, 2, step, dist_info.rank])
+        pairs = by_slice[sid]
+        chosen = r.permutation(len(pairs))[: cfg.batch_size]
         return _Sample(
-            slice_id=pair.slice_id,
-            object_id=pair.object_id,
+            slice_id=sid,
+            object_ids=[pairs[i].object_id for i in chosen],
+            use_box=[bool(r.random() < cfg.box_share) for _ in chosen],
             variant=int(r.integers(8)) if cfg.augment else 0,
             contrast=float(r.uniform(0.8, 1.2)) if cfg.augment and not use_cache else 1.0,
             brightness=float(r.uniform(-0.1, 0.1)) if cfg.augment and not use_cache else 0.0,
-            use_box=bool(r.random() < cfg.box_share),
-            rounds=int(r.integers(1, cfg.max_correction_rounds + 1)) if cfg.max_correction_rounds > 0 else 0,
+            rounds=int(r.integers(0, cfg.max_correction_rounds + 1)),
             rng=r,
         )
 
@@ -476,10 +479,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     for step in range(1, cfg.steps + 1):
         check_cancel()
         ts = time.perf_counter()
-        idx = next_indices(step - 1)
-        local = [(slot, i) for slot, i in enumerate(idx) if slot % world == dist_info.rank]
-        samples = [make_sample(step, slot, i) for slot, i in local]
-        loss = runner(samples)
+        loss = runner(make_sample(step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -494,7 +494,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         losses.append(loss_value)
         step_times.append(time.perf_counter() - ts)
         train_time += step_times[-1]
-        epoch = (step * global_batch) // max(1, len(train_pairs))
+        epoch = step * world // len(slice_ids)
         eta = train_time / step * (cfg.steps - step)
         latest = _click(history[-1][1]) if history else None
         report(TuneProgress("train", step, cfg.steps, loss=loss_value, val_dice=latest, best_val_dice=_click(best),
@@ -505,12 +505,11 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
             history.append((step, held))
             if held.score > best.score + cfg.min_delta:
                 best, best_step, best_state, stale = held, step, _trainable_copy(sam), 0
-            else:
+            elif step >= min_steps:  # checks in the first part of the run do not count against it
                 stale += 1
             report(TuneProgress("eval", step, cfg.steps, loss=loss_value, val_dice=held.click,
                                 best_val_dice=best.click, epoch=epoch, eta_s=eta))
-            # Never before ``min_steps``: zero-initialised adapters barely move in the warm-up.
-            if cfg.patience and stale >= cfg.patience and step >= min_steps:
+            if cfg.patience and stale >= cfg.patience:
                 stopped = "early_stopping"
                 break
     steps_done = step if cfg.steps else 0
@@ -532,7 +531,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         "stopped": stopped,
         # "untuned" when no held-out check beat the starting weights: the model is returned as it came.
         "kept": "tuned" if best_step or first is None else "untuned",
-        "epochs": round(steps_done * global_batch / max(1, len(train_pairs)), 2),
+        "epochs": round(steps_done * world / len(slice_ids), 2),  # passes over the training slices
         "best_step": best_step,
         "n_train_pairs": len(train_pairs),
         "n_val_pairs": len(val_pairs),
