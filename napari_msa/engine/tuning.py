@@ -210,15 +210,16 @@ def _bce_dice(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 class HeldOut:
     """Held-out Dice at one point of the run. ``click`` averages several simulated single clicks per object (the
     most interior pixel and two seeded points of its inner half), so one object flipping between SAM's
-    multimask outputs moves it less than a single click would; ``score`` = mean of click and box Dice."""
+    multimask outputs moves it less than a single click would."""
 
     click: float
     box: float
     per_label: dict[int, tuple[float, float]]  # label id -> (click, box)
 
-    @property
-    def score(self) -> float:
-        return 0.5 * (self.click + self.box)
+    def score(self, start: HeldOut) -> float:
+        """The selection criterion: one-click Dice, less any loss of box Dice against the starting weights
+        (boxes already work well; clicks are what tuning is for, but not at the boxes' expense)."""
+        return self.click + min(0.0, self.box - start.box)
 
 
 VAL_CLICKS = 3  # simulated single clicks per held-out object
@@ -282,24 +283,29 @@ class TuneConfig:
     """How tuning runs (stored in the adapter file's metadata). The defaults are the few-shot case the Tune
     widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
 
-    steps: int = 200  # optimiser steps
-    lr: float = 1e-4  # peak learning rate (AdamW)
+    steps: int | None = None  # optimiser steps; None: scaled to the data (auto_steps)
+    lr: float = 3e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01
-    batch_size: int = 2  # samples per step and process
+    batch_size: int = 4  # objects of one slice per step and process
     val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
     seed: int = 0
-    train_adapters: bool = True  # the MSA adapters in the image encoder
-    train_decoder: bool = False  # the mask decoder and the point embeddings
-    augment: bool = True  # flips/90° rotations (and intensity jitter when the encoder runs every step)
+    # Default: the mask decoder on embeddings computed once per slice, the most gain per minute measured
+    # (benchmarks/tuning_gain.py); a LiteMedSAM step through the encoder's last stage costs far more.
+    train_adapters: bool = False  # the MSA adapters in the image encoder
+    train_decoder: bool = True  # the mask decoder and the point embeddings
+    # Flips/90° rotations (and intensity jitter when the encoder runs every step). None: on when the encoder
+    # trains; off for the decoder alone, where each new view costs an encoder pass and the slices to segment
+    # share the labelled ones' orientation.
+    augment: bool | None = None
     box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
-    max_correction_rounds: int = 3
+    max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
     iou_weight: float = 1.0
     patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
     min_delta: float = 1e-3  # smaller held-out gains do not count as improvement
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
     min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
     # barely move during the warm-up, and a first half without gain says little about the second
-    evaluations: int = 10  # held-out checks in a run (unless eval_every)
+    evaluations: int = 6  # held-out checks in a run (unless eval_every)
     eval_every: int | None = None
     cache_prefix: bool | None = None  # None: cache the frozen blocks when adapters start after block 0
     cache_budget_bytes: int = 1 << 30
@@ -307,7 +313,7 @@ class TuneConfig:
     full_finetune: bool = False  # every weight (benchmark comparison only; cannot be saved as an adapter)
 
     def check(self) -> None:
-        if self.steps < 0:
+        if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
@@ -338,7 +344,7 @@ def tune(
     """
     cfg = replace(config or TuneConfig(), **options)
     cfg.check()
-    steps = cfg.steps
+    steps = cfg.steps or 0  # known once the pairs are built when scaled to the data
     if model.adapter_config is None and cfg.train_adapters and not cfg.full_finetune:
         raise ValueError("the model has no adapters to tune; load it with adapters (the default)")
     t0 = time.perf_counter()
@@ -361,6 +367,11 @@ def tune(
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
+    if cfg.steps is None:
+        cfg = replace(cfg, steps=auto_steps(len(train_pairs), cfg.batch_size, dist_info.world_size))
+    if cfg.augment is None:
+        cfg = replace(cfg, augment=bool(cfg.train_adapters or cfg.full_finetune))
+    steps = cfg.steps
     check_cancel()
 
     target = model if inplace else model.clone()
@@ -391,6 +402,17 @@ def tune(
     report(TuneProgress("done", result.summary["steps_done"], steps, val_dice=result.summary["val_dice_after"],
                         best_val_dice=result.summary["val_dice_after"], message="done"))
     return result
+
+
+AUTO_EPOCHS = 8  # each training object is seen about this many times...
+AUTO_STEPS = (40, 200)  # ...within these bounds
+
+
+def auto_steps(n_train_objects: int, batch_size: int, world_size: int = 1) -> int:
+    """The step budget for ``steps=None``: a fixed number of passes over the training objects, so a few labelled
+    slices tune in a few minutes and more labels get more steps (benchmarks/tuning_gain.py measured it)."""
+    per_step = batch_size * world_size
+    return int(min(AUTO_STEPS[1], max(AUTO_STEPS[0], math.ceil(AUTO_EPOCHS * n_train_objects / per_step))))
 
 
 def _set_trainable(sam: nn.Module, train_adapters: bool, train_decoder: bool,
@@ -503,7 +525,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
             check_cancel()
             held = _evaluate(step_module, val_pairs, dist_info, device)
             history.append((step, held))
-            if held.score > best.score + cfg.min_delta:
+            if held.score(first) > best.score(first) + cfg.min_delta:
                 best, best_step, best_state, stale = held, step, _trainable_copy(sam), 0
             elif step >= min_steps:  # checks in the first part of the run do not count against it
                 stale += 1
