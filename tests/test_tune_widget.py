@@ -59,10 +59,10 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     image = viewer.layers["img"].data
     before = predict_logits(old, image)
 
-    widget.steps.setValue(12)
+    widget.steps.setValue(40)  # the tiny random model's held-out Dice first rises at ~step 25
     widget.lr.setValue(0.003)
     widget.val_share.setValue(0.34)
-    widget.train_decoder.setChecked(True)
+    widget.train_what.setCurrentText("adapters + decoder")
     widget.norm_combo.setCurrentText("limits")  # the layer's contrast limits, kept by the tuned model
     widget.start_button.click()
     assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
@@ -77,9 +77,16 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     limits = tuple(float(v) for v in viewer.layers["img"].contrast_limits)
     assert hub.model.normalization.preset == "limits" and hub.model.normalization.limits == limits
 
-    assert widget.progress.value() == widget.progress.maximum() == 12
-    assert [s for s, _ in widget.curve.loss] == list(range(1, 13)) and len(widget.curve.dice) >= 2
+    steps = widget.result.summary["steps_done"]
+    assert widget.progress.value() == widget.progress.maximum() == 40
+    assert [s for s, _ in widget.curve.loss] == list(range(1, steps + 1)) and len(widget.curve.dice) >= 2
     assert "held-out Dice" in widget.status.text() and widget.save_button.isEnabled()
+    # the per-label table (blob_task's ids 1 and 2) and the choice to keep or discard
+    table = widget.results.text()
+    assert not widget.results.isHidden() and "label 1" in table and "label 2" in table and "all 4 objects" in table
+    assert not widget.keep_button.isHidden() and not widget.discard_button.isHidden()
+    widget.keep_button.click()
+    assert widget.keep_button.isHidden() and hub.model is widget.result.model and "Kept" in widget.status.text()
     picture = widget.curve.grab().toImage()  # the live curve paints both lines
     colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
     assert tw.DICE_COLOR.name() in colours and tw.LOSS_COLOR.name() in colours
@@ -91,6 +98,35 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     reloaded = old.clone()
     reloaded.apply_adapter(path)
     np.testing.assert_allclose(predict_logits(reloaded, image), after, atol=1e-5)
+
+
+def test_discard_goes_back_to_the_model_tuning_started_from(tuner, qtbot):
+    viewer, widget, old = tuner()
+    viewer.layers["annotations"].metadata["label_names"] = {1: "disc", 2: "other disc"}
+    widget.steps.setValue(40)
+    widget.lr.setValue(0.003)
+    widget.val_share.setValue(0.34)
+    widget.train_what.setCurrentText("adapters + decoder")
+    widget.start_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    hub = hub_for(viewer)
+    assert "disc" in widget.results.text() and "label 1" not in widget.results.text()  # the layer's names
+    assert hub.model is widget.result.model is not old
+    widget.discard_button.click()
+    assert hub.model is old and widget.result is None and not widget.save_button.isEnabled()
+    assert "Discarded" in widget.status.text() and widget.discard_button.isHidden()
+
+
+def test_results_table_marks_a_label_that_got_worse():
+    summary = {"val_per_label": {"1": {"click": [0.8, 0.9], "box": [0.9, 0.9]},
+                                 "2": {"click": [0.8, 0.5], "box": [0.9, 0.91]}},
+               "val_dice_before": 0.8, "val_dice_after": 0.7, "val_box_dice_before": 0.9,
+               "val_box_dice_after": 0.905, "n_val_pairs": 2}
+    html = tw.results_table(summary, {1: "liver"})
+    assert "liver" in html and "label 2" in html and "all 2 objects" in html
+    rows = html.split("<tr>")
+    assert "#7bd88f" in rows[2] and "#ff6b6b" not in rows[2]  # liver: click rose
+    assert "#ff6b6b" in rows[3]  # label 2: click fell 0.8 → 0.5
 
 
 def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):

@@ -96,4 +96,5 @@ def test_both_widgets_docked_fit_a_1366x768_screen(make_napari_viewer, qtbot):
     assert segment.panel.contents.sizeHint().height() <= segment.panel.viewport().height() + 200
     segment.model_section.header.click()  # the user opens it again; it then stays as the user left it
     assert segment.model_section.expanded and segment.model_section.user_toggled
-    assert tune.training_section.header.text().startswith("Training: 200 steps")
+    assert tune.training_section.header.text().startswith("Training: ")  # folded, it still says what it will do
+    assert f"{tune.train_what.currentText()}, auto steps" in tune.training_section.header.text()

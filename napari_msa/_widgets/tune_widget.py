@@ -18,10 +18,9 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QPointF, Signal
+from qtpy.QtCore import QObject, QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
-    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -46,6 +45,11 @@ if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing 
 log = logging.getLogger(__name__)
 
 MODEL_DEFAULT = "model default"
+TRAIN_CHOICES = {  # shown name: (train the encoder adapters, train the mask decoder)
+    "mask decoder": (False, True),
+    "encoder adapters": (True, False),
+    "adapters + decoder": (True, True),
+}
 LOSS_COLOR = QColor(255, 165, 0)
 DICE_COLOR = QColor(0, 200, 255)
 
@@ -141,6 +145,8 @@ class TuneWidget(QWidget):
         self.viewer = napari_viewer
         self.hub = hub_for(napari_viewer)
         self.result: TuneResult | None = None
+        self._before = None  # the model tuning started from: what Discard goes back to
+        self._label_names: dict = {}
         self._worker = None
         self._bar: ActivityBar | None = None  # the run's bar in napari's activity dock
         self._save_worker = None
@@ -168,6 +174,7 @@ class TuneWidget(QWidget):
     # ============================================================================ layout
     def _build(self) -> None:
         from napari_msa.engine.preprocessing import PRESETS
+        from napari_msa.engine.tuning import TuneConfig
 
         self.panel = ScrollPanel(self)  # scrolls when the dock is short; nothing is squeezed
         root = QVBoxLayout(self.panel.contents)
@@ -196,32 +203,42 @@ class TuneWidget(QWidget):
                                         tooltip="Steps, learning rate, held-out share, decoder; the title shows "
                                                 "the current settings. Click to show or hide.")
         form = QFormLayout(self.training_section.body)
+        defaults = TuneConfig()
+        self.train_what = ElidingComboBox()
+        self.train_what.addItems(list(TRAIN_CHOICES))
+        self.train_what.setCurrentText(next(k for k, v in TRAIN_CHOICES.items()
+                                            if v == (defaults.train_adapters, defaults.train_decoder)))
+        self.train_what.setToolTip("What learns from your labels. The mask decoder trains on embeddings computed "
+                                   "once per slice, so it is the fastest; the encoder adapters (MSA) recompute the "
+                                   "last blocks every step. The adapter file holds what was tuned.")
+        form.addRow("Tune", self.train_what)
         self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(200)
-        self.steps.setToolTip("Optimiser steps of 2 samples; tuning may stop earlier when held-out Dice stalls")
+        self.steps.setRange(0, 100_000)
+        self.steps.setSpecialValueText("auto")
+        self.steps.setValue(defaults.steps or 0)
+        self.steps.setToolTip(f"Optimiser steps of {defaults.batch_size} objects of one slice. auto: about "
+                              "8 passes over your objects (40 to 200 steps). Tuning may stop earlier once held-out "
+                              "Dice stops improving in the second half of the run")
         form.addRow("Steps", self.steps)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1e-1)
         self.lr.setSingleStep(1e-5)
-        self.lr.setValue(1e-4)
-        self.lr.setToolTip("AdamW learning rate (1e-4 suits SAM checkpoints)")
+        self.lr.setValue(defaults.lr)
+        self.lr.setToolTip("Peak AdamW learning rate (after a short warm-up, it decays on a cosine)")
         form.addRow("Learning rate", self.lr)
         self.val_share = QDoubleSpinBox()
         self.val_share.setRange(0.0, 0.9)
         self.val_share.setSingleStep(0.05)
-        self.val_share.setValue(0.2)
+        self.val_share.setValue(defaults.val_fraction)
         self.val_share.setToolTip("Share of labelled slices (objects, if there is one slice) held out to measure "
-                                  "Dice; 0 turns the check and early stopping off")
+                                  "Dice; the tuned weights are kept only if they beat the model on them. 0 turns "
+                                  "the check and early stopping off")
         form.addRow("Held-out share", self.val_share)
-        self.train_decoder = QCheckBox("also tune the mask decoder")
-        self.train_decoder.setToolTip("Trains SAM's whole mask decoder besides the adapters (larger adapter file)")
-        form.addRow("", self.train_decoder)
         root.addWidget(self.training_section)
         for control in (self.steps, self.lr, self.val_share):
             control.valueChanged.connect(self._title_training)
-        self.train_decoder.toggled.connect(self._title_training)
+        self.train_what.currentIndexChanged.connect(self._title_training)
         self._title_training()
 
         buttons = QHBoxLayout()
@@ -245,6 +262,22 @@ class TuneWidget(QWidget):
         root.addWidget(self.status)
         self.curve = CurveWidget()
         root.addWidget(self.curve)
+        self.results = QLabel()  # per-label held-out Dice before/after, once a run ends
+        self.results.setTextFormat(Qt.TextFormat.RichText)
+        self.results.setWordWrap(True)
+        self.results.setVisible(False)
+        root.addWidget(self.results)
+        decision = QHBoxLayout()
+        self.keep_button = QPushButton("Keep tuned")
+        self.keep_button.setToolTip("Keep segmenting with the tuned adapter (save it to use it in a later session)")
+        self.keep_button.clicked.connect(self.keep)
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.setToolTip("Go back to the model as it was before tuning")
+        self.discard_button.clicked.connect(self.discard)
+        decision.addWidget(self.keep_button)
+        decision.addWidget(self.discard_button)
+        root.addLayout(decision)
+        self._show_decision(False)
 
         self.save_button = QPushButton("Save adapter…")
         self.save_button.setEnabled(False)
@@ -254,10 +287,13 @@ class TuneWidget(QWidget):
         root.addStretch(1)
 
     def _title_training(self, *_) -> None:
-        """The folded Training section still says what it will do."""
-        decoder = ", + decoder" if self.train_decoder.isChecked() else ""
-        self.training_section.set_title(f"Training: {self.steps.value()} steps, lr {self.lr.value():g}, "
-                                        f"held-out {self.val_share.value():.0%}{decoder}")
+        """The folded Training section still says what it will do (in full in its tooltip)."""
+        steps = self.steps.value() or "auto"
+        what = self.train_what.currentText()
+        self.training_section.set_title(f"Training: {what}, {steps} steps")
+        self.training_section.header.setToolTip(
+            f"Tune {what}, {steps} steps, peak learning rate {self.lr.value():g}, "
+            f"{self.val_share.value():.0%} of the labelled slices held out. Click to show or hide.")
 
     # ============================================================================ layers and model
     def _refresh_layers(self, *_) -> None:
@@ -324,6 +360,8 @@ class TuneWidget(QWidget):
     def _show_model(self, model) -> None:
         from napari_msa.engine.litemedsam import is_installed
 
+        if self.result is not None and model is not self.result.model:
+            self._show_decision(False)  # another model was loaded meanwhile: nothing to keep or discard
         if model is not None:
             self.model_label.setText(f"Model: {model.describe()}")
         elif is_installed():
@@ -375,21 +413,26 @@ class TuneWidget(QWidget):
         if model is None and not is_installed():
             self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
-        steps = int(self.steps.value())
+        steps = int(self.steps.value()) or None  # 0 shows as "auto"
+        train_adapters, train_decoder = TRAIN_CHOICES[self.train_what.currentText()]
         settings = dict(steps=steps, lr=float(self.lr.value()), val_fraction=float(self.val_share.value()),
-                        train_decoder=self.train_decoder.isChecked(), rgb=rgb,
+                        train_adapters=train_adapters, train_decoder=train_decoder, rgb=rgb,
                         normalization=self._normalization(self.image_combo.layer()))
         self._cancel.clear()
         self.result = None
-        self.curve.reset(steps)
-        self.progress.setRange(0, steps)
+        self._before = model
+        self._label_names = dict(self.labels_combo.layer().metadata.get("label_names", {}) or {})
+        self.results.setVisible(False)
+        self._show_decision(False)
+        self.curve.reset(steps or 1)
+        self.progress.setRange(0, steps or 0)  # busy until the budget is known
         self.progress.setValue(0)
         self.status.setText("Preparing…")
         self._set_running(True)
         worker = create_worker(self._run, model, image, labels, settings, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
-        self._bar = ActivityBar("MSA: tuning, preparing", total=steps)
+        self._bar = ActivityBar("MSA: tuning, preparing", total=steps or 0)
         worker.finished.connect(self._bar.close)  # closes even if the widget is gone by then
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -401,9 +444,10 @@ class TuneWidget(QWidget):
         from napari_msa.engine.tuning import TuneProgress, tune
 
         if model is None:
-            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"],
+            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"] or 0,
                                                      message="loading the default model (LiteMedSAM)"))
             model = load_model()
+            self._before = model  # what Discard goes back to
         return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
                     **settings)
 
@@ -414,6 +458,9 @@ class TuneWidget(QWidget):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, p: TuneProgress) -> None:
+        if p.total_steps and self.progress.maximum() != p.total_steps:  # an "auto" budget is known now
+            self.progress.setRange(0, p.total_steps)
+            self.curve.total = p.total_steps
         self.curve.add(p)
         bar = self._bar if self._bar is not None else ActivityBar.closed_bar()
         if p.phase == "prepare":
@@ -433,18 +480,46 @@ class TuneWidget(QWidget):
         self.status.setText(" · ".join(parts))
 
     def _on_done(self, result: TuneResult) -> None:
-        self.result = result
         s = result.summary
         self.progress.setValue(self.progress.maximum())
-        if s["n_val_pairs"]:
-            dice = f"held-out Dice {s['val_dice_before']:.3f} → {s['val_dice_after']:.3f}"
-        else:
-            dice = "no held-out objects, Dice not measured"
         stop = " (stopped early)" if s["stopped"] == "early_stopping" else ""
-        self.status.setText(f"Done in {_fmt_time(s['time_s'])}: {s['steps_done']} steps{stop}, {dice}. "
-                            "Segmentation now uses the tuned adapter; save it to keep it.")
+        done = f"Done in {_fmt_time(s['time_s'])}: {s['steps_done']} steps{stop}"
+        if s["n_val_pairs"]:
+            self.results.setText(results_table(s, self._label_names))
+            self.results.setVisible(True)
+        if s.get("kept") == "untuned":
+            self.status.setText(f"{done}. No held-out check beat the model as it was, so it stays unchanged; "
+                                "label more slices or objects and tune again.")
+            return
+        self.result = result
+        dice = (f"held-out Dice {s['val_dice_before']:.3f} → {s['val_dice_after']:.3f}" if s["n_val_pairs"]
+                else "no held-out objects, Dice not measured")
+        self.status.setText(f"{done}, {dice}. Segmentation uses the tuned adapter now: keep it, or discard it to go "
+                            "back.")
         self.save_button.setEnabled(True)
+        self._show_decision(True)
         self.hub.set_model(result.model)
+
+    def keep(self) -> None:
+        """Keep the tuned adapter (it is already in use); offer saving."""
+        self._show_decision(False)
+        self.status.setText("Kept: Segment (MSA) uses the tuned adapter. Save it to use it in a later session.")
+
+    def discard(self) -> None:
+        """Go back to the model tuning started from."""
+        if self.result is None:
+            return
+        self._show_decision(False)
+        self.result = None
+        self.save_button.setEnabled(False)
+        before = self._before
+        self._before = None
+        self.hub.set_model(before)
+        self.status.setText("Discarded: back to the model as it was before tuning.")
+
+    def _show_decision(self, visible: bool) -> None:
+        self.keep_button.setVisible(visible)
+        self.discard_button.setVisible(visible)
 
     def _on_error(self, exc: BaseException) -> None:
         from napari_msa.engine import Cancelled
@@ -467,7 +542,7 @@ class TuneWidget(QWidget):
         self.start_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         for w in (self.image_combo, self.labels_combo, self.norm_combo, self.steps, self.lr, self.val_share,
-                  self.train_decoder):
+                  self.train_what):
             w.setEnabled(not running)
         if running:
             self.save_button.setEnabled(False)
@@ -501,6 +576,28 @@ class TuneWidget(QWidget):
     def _saved(self, path: Path) -> None:
         self.status.setText(f"Adapter saved to {path}.")
         show_info(f"Adapter saved to {path}")
+
+
+def results_table(summary: dict, names: dict | None = None) -> str:
+    """Held-out Dice before → after per label and overall, as a small HTML table; a drop is shown in red
+    so a structure that got worse is seen, not averaged away."""
+    names = names or {}
+
+    def cell(pair: list) -> str:
+        before, after = pair
+        if before is None or after is None:
+            return "<td>n/a</td>"
+        color = "#ff6b6b" if after < before - 0.01 else "#7bd88f" if after > before + 0.01 else "inherit"
+        return f'<td>{before:.3f} → <span style="color:{color}">{after:.3f}</span></td>'
+
+    rows = ["<tr><th align=left>held-out</th><th>1 click</th><th>box</th></tr>"]
+    for label, dice in summary.get("val_per_label", {}).items():
+        name = names.get(int(label), names.get(str(label), f"label {label}"))
+        rows.append(f"<tr><td>{name}</td>{cell(dice['click'])}{cell(dice['box'])}</tr>")
+    overall = [summary["val_dice_before"], summary["val_dice_after"]]
+    boxes = [summary["val_box_dice_before"], summary["val_box_dice_after"]]
+    rows.append(f"<tr><td><b>all {summary['n_val_pairs']} objects</b></td>{cell(overall)}{cell(boxes)}</tr>")
+    return "<table cellspacing=4>" + "".join(rows) + "</table>"
 
 
 def _spatial_shape(image: Image) -> tuple[int, ...]:
