@@ -20,6 +20,9 @@ from .common import (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from napari_msa.engine.tuning import AUTO_EPOCHS, AUTO_STEPS, TuneConfig
+
+    DEFAULTS = TuneConfig()  # noqa: N806 - read like a constant
     p = sub.add_parser(
         "tune", help="tune the adapters on labelled images (few-shot)",
         description="Tune the MSA adapters (optionally the mask decoder) on an image and its labels: every "
@@ -35,16 +38,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "image as read: NIfTI labels saved by napari-msa fit their image); more pairs may follow")
     p.add_argument("-o", "--output", required=True, help="adapter file to write (.safetensors)")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=200, help="optimiser steps [200]")
-    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate [1e-4]")
-    t.add_argument("--batch-size", type=int, default=2, help="samples per step and process [2]")
+    t.add_argument("--train", choices=("decoder", "adapters", "both"), default=None,
+                   help="what learns: the mask decoder on embeddings computed once per slice (fastest), the MSA "
+                        "adapters in the encoder, or both [decoder; adapters with --last-blocks]")
+    t.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps [auto: about {AUTO_EPOCHS} passes over the labelled objects, "
+                        f"{AUTO_STEPS[0]}-{AUTO_STEPS[1]} steps]")
+    t.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                   help=f"peak AdamW learning rate, after a warm-up, decaying on a cosine [{DEFAULTS.lr:g}]")
+    t.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help=f"objects of one slice per step and process [{DEFAULTS.batch_size}]")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of labelled slices held out to measure Dice (objects when there is one slice); "
                         "0 turns the held-out check and early stopping off [0.2]")
-    t.add_argument("--patience", type=int, default=5,
-                   help="stop after this many held-out checks without improvement; 0: never [5]")
+    t.add_argument("--patience", type=int, default=DEFAULTS.patience,
+                   help="stop after this many held-out checks without improvement in the second half of the run; "
+                        f"0: never [{DEFAULTS.patience}]")
     t.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same adapter [0]")
-    t.add_argument("--train-decoder", action="store_true", help="also tune the whole mask decoder")
+    t.add_argument("--train-decoder", action="store_true", help="the same as --train both")
     t.add_argument("--last-blocks", type=int, metavar="K",
                    help="adapters only in the last K encoder blocks (litemedsam: of its 10 attention blocks); the "
                         "frozen blocks before them are computed once per image and cached, so a step is cheaper "
@@ -53,7 +64,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-blocks", action="store_true",
                    help="recompute block activations in the backward pass instead of keeping them: much less "
                         "memory (large images, small GPUs), slower steps")
-    t.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
+    t.add_argument("--no-augment", action="store_true",
+                   help="no flips, rotations or intensity jitter (the default when only the decoder trains)")
     add_model_args(p)
     add_normalization_args(p)
     return p
@@ -118,6 +130,16 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def per_label_lines(summary: dict) -> str:
+    """Held-out Dice per label before -> after, so a structure that got worse is seen, not averaged away."""
+    lines = ["held-out Dice per label (1 click | box), before -> after:"]
+    for label, d in summary.get("val_per_label", {}).items():
+        (cb, ca), (bb, ba) = d["click"], d["box"]
+        worse = "  <- worse" if ca < cb - 0.01 or ba < bb - 0.01 else ""
+        lines.append(f"  label {label:>4}: {_fmt(cb)} -> {_fmt(ca)} | {_fmt(bb)} -> {_fmt(ba)}{worse}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -132,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         check_input(path, "labels" if i % 2 else "image")
     check_model_args(args)
     check_output(out, inputs=tuple(args.files))
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.val_fraction < 1:
         raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -155,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             if p.phase not in ("train", "eval"):
                 return
             if not bars:
-                bars.append(tqdm(total=args.steps, desc="tuning", unit="step", disable=quiet, file=sys.stderr))
+                bars.append(tqdm(total=p.total_steps, desc="tuning", unit="step", disable=quiet, file=sys.stderr))
             bar = bars[0]
             if p.phase == "train":
                 bar.update(p.step - bar.n)
@@ -163,11 +185,13 @@ def run(args: argparse.Namespace) -> int:
             elif p.phase == "eval" and p.val_dice is not None:
                 bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3f}", dice=_fmt(p.val_dice))
 
+        train = args.train or ("both" if args.train_decoder else "adapters" if args.last_blocks else "decoder")
         try:
             result = tune(
                 model, [a for a, _ in pairs], [b for _, b in pairs], steps=args.steps, lr=args.lr,
+                train_adapters=train in ("adapters", "both"), train_decoder=train in ("decoder", "both"),
                 batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
-                train_decoder=args.train_decoder, augment=not args.no_augment, patience=args.patience,
+                augment=False if args.no_augment else None, patience=args.patience,
                 checkpoint_blocks=args.checkpoint_blocks,
                 normalization=normalization_from_args(args), inplace=True, progress=progress,
             )
@@ -182,10 +206,13 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main and not quiet:
             stop = ", stopped early" if s["stopped"] == "early_stopping" else ""
             if s["n_val_pairs"]:
+                print(per_label_lines(s))
+                kept = (" no check beat the starting weights, so the adapter written is the one tuning started "
+                        "from;" if s.get("kept") == "untuned" else "")
                 print(f"held-out Dice (1 click) {_fmt(s['val_dice_before'])} -> {_fmt(s['val_dice_after'])}, "
                       f"box {_fmt(s['val_box_dice_before'])} -> {_fmt(s['val_box_dice_after'])} "
                       f"on {s['n_val_pairs']} held-out object(s); {s['steps_done']}/{s['steps_planned']} steps"
-                      f"{stop} on {s['world_size']} process(es); adapter written to {out}")
+                      f"{stop} on {s['world_size']} process(es);{kept} adapter written to {out}")
             else:
                 print(f"no held-out objects (--val-fraction 0), Dice not measured; {s['steps_done']} steps; "
                       f"adapter written to {out}")

@@ -144,7 +144,10 @@ class _StepModule(nn.Module):
             self._depths[key] = depth_map(self.slices[slice_id].mask(object_id))
         return self._depths[key]
 
-    def forward(self, s: _Sample) -> torch.Tensor:
+    def forward(self, samples: list[_Sample]) -> torch.Tensor:
+        return torch.stack([self._sample_loss(s) for s in samples]).mean()
+
+    def _sample_loss(self, s: _Sample) -> torch.Tensor:
         rgb = dihedral(self.slices[s.slice_id].rgb, s.variant)
         if self.enc.cache is not None:
             def make_input(key: tuple[int, int]) -> torch.Tensor:
@@ -286,7 +289,8 @@ class TuneConfig:
     steps: int | None = None  # optimiser steps; None: scaled to the data (auto_steps)
     lr: float = 3e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01
-    batch_size: int = 4  # objects of one slice per step and process
+    batch_size: int = 4  # objects of one slice per sample
+    slices_per_step: int = 1  # samples (slices) per step and process
     val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
     seed: int = 0
     # Default: the mask decoder on embeddings computed once per slice, the most gain per minute measured
@@ -368,7 +372,7 @@ def tune(
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
     if cfg.steps is None:
-        cfg = replace(cfg, steps=auto_steps(len(train_pairs), cfg.batch_size, dist_info.world_size))
+        cfg = replace(cfg, steps=auto_steps(len(train_pairs), cfg.batch_size * cfg.slices_per_step, dist_info.world_size))
     if cfg.augment is None:
         cfg = replace(cfg, augment=bool(cfg.train_adapters or cfg.full_finetune))
     steps = cfg.steps
@@ -447,9 +451,10 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         from torch.nn.parallel import DistributedDataParallel
 
         # Broadcasts rank 0's weights to all processes first, so every process starts the same. Every
-        # trainable weight gets a gradient each step (Depth adapters are frozen in 2D tuning), except
-        # in full fine-tuning, where e.g. the negative-point embedding may be unused in a step.
-        runner = DistributedDataParallel(step_module, device_ids=None, find_unused_parameters=cfg.full_finetune)
+        # adapter weight gets a gradient each step (Depth adapters are frozen in 2D tuning); decoder weights
+        # may not (the negative-point or box-corner embeddings in a step without such prompts).
+        runner = DistributedDataParallel(step_module, device_ids=None,
+                                         find_unused_parameters=cfg.full_finetune or cfg.train_decoder)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup_steps = max(1, round(cfg.warmup * cfg.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.steps, warmup_steps))
@@ -463,13 +468,13 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     slice_ids = sorted(by_slice)
     epoch = 0
 
-    def make_sample(step: int) -> _Sample:
-        """This process's slice for ``step`` (every slice once per cycle, in a seeded order) and up to
-        ``batch_size`` of its objects."""
-        turn = (step - 1) * world + dist_info.rank
+    def make_sample(turn: int) -> _Sample:
+        """The ``turn``-th sample of the run (every slice once per cycle, in a seeded order) with up to
+        ``batch_size`` of its objects. Turns are numbered over all processes, so N processes with one slice
+        per step train exactly like one process with N slices per step."""
         cycle, pos = divmod(turn, len(slice_ids))
         sid = slice_ids[int(np.random.default_rng([cfg.seed, 1, cycle]).permutation(len(slice_ids))[pos])]
-        r = np.random.default_rng([cfg.seed, 2, step, dist_info.rank])
+        r = np.random.default_rng([cfg.seed, 2, turn])
         pairs = by_slice[sid]
         chosen = r.permutation(len(pairs))[: cfg.batch_size]
         return _Sample(
@@ -482,6 +487,8 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
             rounds=int(r.integers(0, cfg.max_correction_rounds + 1)),
             rng=r,
         )
+
+    per_step = world * cfg.slices_per_step
 
     history: list[tuple[int, HeldOut]] = []
     first = _evaluate(step_module, val_pairs, dist_info, device)
@@ -501,7 +508,8 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     for step in range(1, cfg.steps + 1):
         check_cancel()
         ts = time.perf_counter()
-        loss = runner(make_sample(step))
+        first_turn = (step - 1) * per_step + dist_info.rank * cfg.slices_per_step
+        loss = runner([make_sample(first_turn + j) for j in range(cfg.slices_per_step)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -516,7 +524,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         losses.append(loss_value)
         step_times.append(time.perf_counter() - ts)
         train_time += step_times[-1]
-        epoch = step * world // len(slice_ids)
+        epoch = step * per_step // len(slice_ids)
         eta = train_time / step * (cfg.steps - step)
         latest = _click(history[-1][1]) if history else None
         report(TuneProgress("train", step, cfg.steps, loss=loss_value, val_dice=latest, best_val_dice=_click(best),
@@ -553,7 +561,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         "stopped": stopped,
         # "untuned" when no held-out check beat the starting weights: the model is returned as it came.
         "kept": "tuned" if best_step or first is None else "untuned",
-        "epochs": round(steps_done * world / len(slice_ids), 2),  # passes over the training slices
+        "epochs": round(steps_done * per_step / len(slice_ids), 2),  # passes over the training slices
         "best_step": best_step,
         "n_train_pairs": len(train_pairs),
         "n_val_pairs": len(val_pairs),
@@ -572,6 +580,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         "lr_schedule": f"linear warm-up over {warmup_steps} steps, then cosine to {FINAL_LR_SHARE:g}x",
         "weight_decay": cfg.weight_decay,
         "batch_size": cfg.batch_size,
+        "slices_per_step": cfg.slices_per_step,
         "world_size": world,
         "seed": cfg.seed,
         "augment": cfg.augment,
