@@ -287,7 +287,7 @@ class TuneConfig:
     widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
 
     steps: int | None = None  # optimiser steps; None: scaled to the data (auto_steps)
-    lr: float = 3e-4  # peak learning rate (AdamW)
+    lr: float = 1e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01
     batch_size: int = 4  # objects of one slice per sample
     slices_per_step: int = 1  # samples (slices) per step and process
@@ -305,7 +305,10 @@ class TuneConfig:
     max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
     iou_weight: float = 1.0
     patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
-    min_delta: float = 1e-3  # smaller held-out gains do not count as improvement
+    min_delta: float = 1e-3  # smaller held-out gains do not count as improvement (early stopping)
+    # The tuned weights replace the starting ones only when they beat them on the held-out objects by this much:
+    # a few held-out objects give a noisy estimate, and smaller gains did not carry over to unlabelled slices.
+    accept_margin: float = 0.02
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
     min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
     # barely move during the warm-up, and a first half without gain says little about the second
@@ -372,7 +375,8 @@ def tune(
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
     if cfg.steps is None:
-        cfg = replace(cfg, steps=auto_steps(len(train_pairs), cfg.batch_size * cfg.slices_per_step, dist_info.world_size))
+        per_step = cfg.batch_size * cfg.slices_per_step
+        cfg = replace(cfg, steps=auto_steps(len(train_pairs), per_step, dist_info.world_size))
     if cfg.augment is None:
         cfg = replace(cfg, augment=bool(cfg.train_adapters or cfg.full_finetune))
     steps = cfg.steps
@@ -495,7 +499,7 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     if first is not None:
         history.append((0, first))
     best, best_step = first, 0
-    best_state = _trainable_copy(sam) if first is not None else None
+    start_state = best_state = _trainable_copy(sam) if first is not None else None
     report(TuneProgress("eval", 0, cfg.steps, val_dice=_click(first), best_val_dice=_click(first),
                         message="held-out Dice before tuning"))
 
@@ -543,6 +547,8 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
                 stopped = "early_stopping"
                 break
     steps_done = step if cfg.steps else 0
+    if first is not None and best.score(first) < first.score(first) + cfg.accept_margin:
+        best, best_step, best_state = first, 0, start_state  # not a clear gain: keep the starting weights
     if best_state is not None:
         with torch.no_grad():
             for p, saved in zip(params, best_state, strict=True):
@@ -559,8 +565,9 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
         "steps_planned": cfg.steps,
         "steps_done": steps_done,
         "stopped": stopped,
-        # "untuned" when no held-out check beat the starting weights: the model is returned as it came.
+        # "untuned" when no held-out check beat the starting weights by accept_margin: returned as it came.
         "kept": "tuned" if best_step or first is None else "untuned",
+        "accept_margin": cfg.accept_margin,
         "epochs": round(steps_done * per_step / len(slice_ids), 2),  # passes over the training slices
         "best_step": best_step,
         "n_train_pairs": len(train_pairs),
