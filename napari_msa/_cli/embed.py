@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                  "holding one series)")
     p.add_argument("--cache-dir", required=True, help="folder for the embedding cache")
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help="slices per encoder pass [default: what was measured fastest on the device: 4 on a CPU]")
+                   help="slices per encoder pass [default: what was measured fastest on the device: 1 on a CPU]")
     add_model_args(p)
     add_normalization_args(p)
     return p

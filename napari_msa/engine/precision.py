@@ -32,10 +32,12 @@ ENV_VAR = "NAPARI_MSA_PRECISION"
 BF16_KEEPS_MASKS = True
 # Mask Dice with embeddings stored as fp16 (after an fp32 or a bf16 encoder) met the same gate.
 HALF_CACHE_KEEPS_MASKS = True
-# Slices per encoder pass for whole-volume embedding: on the 2-core CPU (no native bf16) 4 per pass took
-# 0.62-0.68x the time per slice of one per pass in two runs, for ~0.6 GB more peak memory; a GPU needs
-# batches to fill it (8 until GPU figures are measured).
-CPU_BATCH = 4
+# Slices per encoder pass for whole-volume embedding. On the 2-core CPU, 4 per pass took 0.56-0.68x the time
+# per slice of 1 per pass with 2 threads while other jobs loaded the cores, but 1.38x with 1 thread: the gain
+# was the threads waiting for each other on a busy machine, not the arithmetic, and it costs ~0.6 GB of peak
+# memory. So one slice per pass on CPUs (``--batch-size`` overrides); a GPU needs batches to fill it (8 until
+# GPU figures are measured).
+CPU_BATCH = 1
 CUDA_BATCH = 8
 
 
