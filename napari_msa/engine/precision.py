@@ -97,8 +97,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_has_bf16(device: torch.device) -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) \
-        if device.type == "cuda" else False
+    """Whether a CUDA device computes bf16 in hardware (Ampere and later); older GPUs only emulate it."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.3 has no including_emulation and does not count emulation
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def check_precision(precision: str | None) -> str:
