@@ -223,7 +223,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     wait_idle(qtbot, widget)
     assert all(widget.session.is_cached(z) for z in range(6))
     assert len(list(tmp_path.rglob("*.pt"))) == 6  # kept on disk for the next session and `napari-msa embed`
-    assert "MSA: embedding the volume" in bars
+    assert any(b.startswith("MSA: embedding the volume") for b in bars)  # its time left may come first
     assert any(line.startswith("Embedding the volume:") for line in lines)
     assert widget.embed_button.text() == "Embed volume" and "All 6 slices are embedded" in widget.status.text()
 
