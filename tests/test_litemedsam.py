@@ -112,7 +112,7 @@ def test_tinyvit_model_tunes_and_round_trips_its_adapter(tmp_path):
     yy, xx = np.mgrid[:64, :64]
     labels[((yy - 20) ** 2 + (xx - 22) ** 2) < 64] = 1
     labels[((yy - 44) ** 2 + (xx - 40) ** 2) < 81] = 2
-    result = tune(model, image, labels, steps=3, val_fraction=0.0, seed=0)
+    result = tune(model, image, labels, steps=3, val_fraction=0.0, seed=0, train_adapters=True, train_decoder=False)
     tuned = result.model
     moved = [n for n, p in tuned.sam.named_parameters() if "Adapter.D_fc2" in n and p.abs().sum() > 0]
     assert moved, "no adapter up-projection moved"
@@ -134,7 +134,7 @@ def test_prefix_cache_runs_on_tinyvit_last_blocks():
     labels = np.zeros((64, 64), np.int32)
     labels[10:30, 12:34] = 1
     labels[40:58, 30:50] = 2
-    result = tune(model, image, labels, steps=2, val_fraction=0.0, seed=0)
+    result = tune(model, image, labels, steps=2, val_fraction=0.0, seed=0, train_adapters=True, train_decoder=False)
     assert result.summary["prefix_cache"] is True
     assert result.summary["first_trained_block"] > 0
 
