@@ -35,6 +35,7 @@ setup(
         "qt": ["PyQt6"],
         "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "scikit-image", "ruff"],
         "data": ["scikit-image"],  # sample_data/make_samples.py and the click adapter's training images
+        "bench": ["matplotlib"],  # the learning-curve PNG of benchmarks/tuning_gain.py
     },
     entry_points={
         "console_scripts": ["napari-msa=napari_msa.cli:main"],
