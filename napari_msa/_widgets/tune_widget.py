@@ -18,7 +18,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtCore import QObject, QPointF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
@@ -487,6 +487,8 @@ class TuneWidget(QWidget):
         if s["n_val_pairs"]:
             self.results.setText(results_table(s, self._label_names))
             self.results.setVisible(True)
+        # In a short dock the table and the buttons sit below the fold: scroll to them once laid out.
+        QTimer.singleShot(0, lambda: self.panel.ensureWidgetVisible(self.save_button))
         if s.get("kept") == "untuned":
             self.status.setText(f"{done}. No held-out check beat the model as it was, so it stays unchanged; "
                                 "label more slices or objects and tune again.")
