@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.engine import demo_training as dt  # noqa: E402
-from napari_msa.engine.phantoms import interior_click  # noqa: E402
+from napari_msa.engine.geometry import dice, most_interior  # noqa: E402
 
 
 def ct_sample() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -44,8 +44,8 @@ def ct_dice(model, hu: np.ndarray, ref: np.ndarray, names: dict[int, str], norm:
     out = {}
     for label, name in names.items():
         truth = ref == label
-        mask, _ = session.predict(points=[interior_click(truth)], labels=[1])
-        out[name] = round(dt.dice_score(mask, truth), 4)
+        mask, _ = session.predict(points=[most_interior(truth)], labels=[1])
+        out[name] = round(dice(mask, truth), 4)
     return out
 
 

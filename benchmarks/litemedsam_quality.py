@@ -32,15 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.engine import demo_training as dt  # noqa: E402
+from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.loading import CLICK_ADAPTER_FILE  # noqa: E402
-from napari_msa.engine.phantoms import interior_click  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)
-
-
-def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    rows, cols = np.nonzero(mask)
-    return float(rows.min()), float(cols.min()), float(rows.max()), float(cols.max())
 
 
 def score_objects(model, image: np.ndarray, truths: list[np.ndarray], norm: Normalization | None,
@@ -49,15 +44,15 @@ def score_objects(model, image: np.ndarray, truths: list[np.ndarray], norm: Norm
     session.set_image(image)
     out: dict[str, list[float]] = {"click": [], "box": [], "box+click": []}
     for truth in truths:
-        click = interior_click(truth)
+        click = most_interior(truth)
         mask, _ = session.predict(points=[click], labels=[1])
-        out["click"].append(dt.dice_score(mask, truth))
+        out["click"].append(dice(mask, truth))
         if with_box:
-            box = tight_box(truth)
+            box = mask_box(truth)
             mask, _ = session.predict(box=box)
-            out["box"].append(dt.dice_score(mask, truth))
+            out["box"].append(dice(mask, truth))
             mask, _ = session.predict(points=[click], labels=[1], box=box)
-            out["box+click"].append(dt.dice_score(mask, truth))
+            out["box+click"].append(dice(mask, truth))
     return out
 
 
@@ -150,7 +145,7 @@ def main() -> None:
         ct = score_objects(model, hu, ct_truths, CT)
         ph: dict[str, list[float]] = {"click": [], "box": [], "box+click": []}
         for image, labels in phantom:
-            part = score_objects(model, image, dt.components(labels, dt.EVAL_MIN_AREA), CT)
+            part = score_objects(model, image, components(labels, dt.EVAL_MIN_AREA), CT)
             for k in ph:
                 ph[k] += part[k]
         mr = score_objects(model, mr_image, mr_truths, None, with_box=False)

@@ -34,11 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from litemedsam_quality import CT, ct_sample_objects, tight_box  # noqa: E402
+from litemedsam_quality import CT, ct_sample_objects  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.engine import demo_training as dt  # noqa: E402
-from napari_msa.engine.phantoms import interior_click  # noqa: E402
+from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.session import Embedding  # noqa: E402
 
 GATE_MEAN, GATE_MIN = 0.99, 0.95
@@ -72,10 +72,10 @@ def datasets(phantom_slices: int) -> list[tuple[str, np.ndarray, list[np.ndarray
     hu, truths, _ = ct_sample_objects()
     out.append(("CT sample", hu, truths, CT))
     for s in dt.evaluation_slices(phantom_slices, seed=0):
-        out.append(("phantoms (eval stream)", s.image, dt.components(s.labels, dt.EVAL_MIN_AREA), CT))
+        out.append(("phantoms (eval stream)", s.image, components(s.labels, dt.EVAL_MIN_AREA), CT))
     (vol, _, _), (labels, _, _) = phantom_volume()
     for z in range(0, vol.shape[0], 4):
-        objects = dt.components(labels[z], dt.EVAL_MIN_AREA)
+        objects = components(labels[z], dt.EVAL_MIN_AREA)
         if objects:
             out.append(("phantom sample volume", vol[z], objects, CT))
     mr = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.float32)
@@ -115,8 +115,8 @@ def main() -> None:
         rel.append(float((low - ref.features).norm() / ref.features.norm()))
         prompts = []
         for obj in objects:
-            prompts.append({"points": [interior_click(obj)], "labels": [1]})
-            prompts.append({"box": tight_box(obj)})
+            prompts.append({"points": [most_interior(obj)], "labels": [1]})
+            prompts.append({"box": mask_box(obj)})
         kinds = ["click", "box"] * len(objects)
         truth = masks_for(session, ref.features, ref, prompts)
         variants = {
@@ -129,7 +129,7 @@ def main() -> None:
             got = masks_for(session, features, ref, prompts)
             per = scores.setdefault(variant, {})
             for kind, a, b in zip(kinds, truth, got):
-                per.setdefault(f"{name}|{kind}", []).append(dt.dice_score(a, b))
+                per.setdefault(f"{name}|{kind}", []).append(dice(a, b))
         print(f"{name}: {len(objects)} objects, embedding rel. diff bf16 {rel[-1]:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.engine import demo_training as dt  # noqa: E402
+from napari_msa.engine.geometry import dice  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         session.predict = predict
         result = session.propagate(gt[z0], z0, iou_threshold=0.0)
         session.predict = original
-        dices = {z: dt.dice_score(m, gt[z]) for z, m in result.items()}
+        dices = {z: dice(m, gt[z]) for z, m in result.items()}
         for z, d in dices.items():
             scores_seen.append((record[z], d))
         present = int((areas > 0).sum()) - 1

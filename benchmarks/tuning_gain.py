@@ -31,9 +31,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
+from napari_msa.engine.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.phantoms import phantom_volume  # noqa: E402
 from napari_msa.engine.tuning import tune  # noqa: E402
-from napari_msa.engine.tuning_data import depth_map, dice, mask_box  # noqa: E402
 
 # Phantom volumes come from phantom_volume(seed) = the generator's EVALUATION stream [seed, 1]; demo training
 # draws [0, TRAIN_STREAM=0, step, i] and the click adapter [seed, 0, 500_000 + i]: these volumes were never seen.
@@ -67,8 +67,7 @@ def score(session: Session, volume_labels: np.ndarray, slices: list[int]) -> lis
     records = []
     for z in slices:
         for lab, mask in objects_of(volume_labels[z]):
-            depth = depth_map(mask)
-            row, col = np.unravel_index(np.argmax(depth), depth.shape)
+            row, col = most_interior(mask, depth_map(mask))
             pred, _ = session.predict(points=[[z, row, col]], labels=[1])
             click = dice(pred, mask)
             pred, _ = session.predict(box=mask_box(mask), z=z)

@@ -64,6 +64,8 @@ def example_clicks(plane: np.ndarray, names: dict[int, str]) -> list[tuple[str, 
     """(name, (row, col)) at the most interior pixel of each example organ's largest piece on ``plane``."""
     from scipy import ndimage
 
+    from napari_msa.engine.geometry import most_interior
+
     by_name = {v: k for k, v in names.items()}
     clicks = []
     for name in EXAMPLE_OBJECTS:
@@ -76,8 +78,7 @@ def example_clicks(plane: np.ndarray, names: dict[int, str]) -> list[tuple[str, 
         largest = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
         if largest.sum() < 60:
             continue
-        depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1]
-        clicks.append((name, tuple(int(i) for i in np.unravel_index(np.argmax(depth), plane.shape))))
+        clicks.append((name, tuple(int(i) for i in most_interior(largest))))
     return clicks
 
 

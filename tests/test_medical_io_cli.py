@@ -5,24 +5,15 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from napari_msa.cli import main
+from napari_msa.engine.geometry import dice, most_interior
 from napari_msa.medical_io import read_medical
 from tests.medical_io_files import NIB_DATA, phantom, write_series
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores
 
 LIVER = 1
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
-
-
-def _interior(mask: np.ndarray) -> np.ndarray:
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
-    return np.array(np.unravel_index(np.argmax(depth), mask.shape))
 
 
 def _display_index(path, world_ras: np.ndarray) -> np.ndarray:
@@ -53,7 +44,7 @@ def test_nifti_round_trip_with_the_demo_model(tmp_path, slab):
     affine = np.array([[sx, 0, 0, -180.0], [0, -sy, 0, 120.0], [0, 0, -sz, 40.0], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(source, affine), tmp_path / "ct.nii.gz")
     k = 2
-    i, j = _interior(truth_source[:, :, k] == LIVER)
+    i, j = most_interior(truth_source[:, :, k] == LIVER)
     click = _display_index(tmp_path / "ct.nii.gz", affine @ [i, j, k, 1])
     assert np.allclose(click, np.round(click)) and round(click[0]) == truth.shape[0] - 1 - k
     _points_csv(tmp_path / "p.csv", click)
@@ -65,7 +56,7 @@ def test_nifti_round_trip_with_the_demo_model(tmp_path, slab):
     assert written.shape == source.shape and np.allclose(written.affine, affine)
     labels = np.asarray(written.dataobj)
     assert set(np.unique(labels)) == {0, 1} and not labels[:, :, [0, 1, 3, 4, 5]].any()
-    assert _dice(labels[:, :, k] == 1, truth_source[:, :, k] == LIVER) > 0.85
+    assert dice(labels[:, :, k] == 1, truth_source[:, :, k] == LIVER) > 0.85
 
 
 def test_dicom_folder_round_trip_with_the_demo_model(tmp_path, slab):
@@ -73,7 +64,7 @@ def test_dicom_folder_round_trip_with_the_demo_model(tmp_path, slab):
     ct, truth, _ = slab
     files = write_series(tmp_path / "series", [s + 1024 for s in ct], spacing=5.0)  # stored values: HU + 1024
     z = 3
-    _points_csv(tmp_path / "p.csv", (z, *_interior(truth[z] == LIVER)))
+    _points_csv(tmp_path / "p.csv", (z, *most_interior(truth[z] == LIVER)))
     out = tmp_path / "out" / "labels.nii.gz"
     assert main(["-q", "segment", str(tmp_path / "series"), "-p", str(tmp_path / "p.csv"), "-o", str(out),
                  "--model", "demo", "--normalize", "ct"]) == 0
@@ -85,7 +76,7 @@ def test_dicom_folder_round_trip_with_the_demo_model(tmp_path, slab):
     assert written.shape == (224, 224, 6) and np.allclose(first[:3], [-ipp[0], -ipp[1], ipp[2]])
     assert np.allclose(np.diag(written.affine)[:3], [-0.661468, -0.661468, 5.0])  # CT_small's pixel spacing
     labels = np.asarray(written.dataobj)
-    assert _dice(labels[:, :, z].T == 1, truth[z] == LIVER) > 0.85 and labels.sum() == labels[:, :, z].sum()
+    assert dice(labels[:, :, z].T == 1, truth[z] == LIVER) > 0.85 and labels.sum() == labels[:, :, z].sum()
 
 
 def test_real_mri_labels_land_where_napari_shows_them(tmp_path):
@@ -119,7 +110,7 @@ def test_tiff_input_with_nifti_output_and_dicom_embed(tmp_path, slab):
 
     ct, truth, _ = slab
     tifffile.imwrite(tmp_path / "ct.tif", ct)
-    _points_csv(tmp_path / "p.csv", (2, *_interior(truth[2] == LIVER)))
+    _points_csv(tmp_path / "p.csv", (2, *most_interior(truth[2] == LIVER)))
     assert main(["-q", "segment", str(tmp_path / "ct.tif"), "-p", str(tmp_path / "p.csv"), "-o",
                  str(tmp_path / "l.nii.gz"), "--model", "tiny"]) == 0
     (back,) = read_medical(tmp_path / "l.nii.gz")  # no geometry in a TIFF: axial, 1 mm, same array back

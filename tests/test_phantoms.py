@@ -48,15 +48,3 @@ def test_volume_organs_change_along_z():
     hu, labels, _ = P.phantom_volume(seed=5, shape=(16, 96, 96))
     liver = (labels == P.ORGAN_LABELS["liver"]).sum(axis=(1, 2))
     assert liver.max() > 0 and liver.min() < liver.max() * 0.5
-
-
-def test_interior_click_lies_inside_the_object():
-    mask = np.zeros((40, 60), bool)
-    mask[5:30, 10:20] = True
-    mask[20:30, 10:50] = True  # an L shape: its centroid is outside
-    r, c = P.interior_click(mask)
-    assert mask[r, c]
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        r, c = P.interior_click(mask, rng)
-        assert mask[r, c]

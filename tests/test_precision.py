@@ -11,6 +11,7 @@ from napari_msa import Session, load_model
 from napari_msa.cli import main
 from napari_msa.engine import Cancelled
 from napari_msa.engine import precision as P
+from napari_msa.engine.geometry import dice
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -20,10 +21,6 @@ def _volume(n: int = 5, size: int = 48) -> np.ndarray:
     vol = rng.normal(0, 0.2, (n, size, size)).astype(np.float32)
     vol[:, 12:30, 15:35] += 1.0
     return vol
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 # --- the policy -----------------------------------------------------------------------------------------------------
@@ -110,7 +107,7 @@ def test_fp32_model_is_bit_exact_and_bf16_model_is_close(one_torch_thread):
     assert 0 < float((fa - fb).norm() / fa.norm()) < 0.05
     assert b.cache.nbytes * 2 == a.cache.nbytes  # stored as fp16: half the memory per slice
     for prompt in ({"points": [(20, 25)], "labels": [1]}, {"box": (12, 15, 30, 35)}):
-        assert _dice(a.predict(**prompt)[0], b.predict(**prompt)[0]) > 0.9
+        assert dice(a.predict(**prompt)[0], b.predict(**prompt)[0]) > 0.9
 
 
 def test_disk_cache_is_kept_per_precision(tmp_path, one_torch_thread):
@@ -273,7 +270,7 @@ def test_cuda_auto_is_bf16_and_keeps_masks():
         fa, fb = a.embedding(z).features, b.embedding(z).features
         assert fa.device.type == "cuda" and float((fa - fb).norm() / fa.norm()) < 0.05
         prompt = {"points": [(z, 20, 25)], "labels": [1]}
-        assert _dice(a.predict(**prompt)[0], b.predict(**prompt)[0]) > 0.9
+        assert dice(a.predict(**prompt)[0], b.predict(**prompt)[0]) > 0.9
 
 
 @pytest.mark.cuda

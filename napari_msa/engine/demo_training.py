@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from . import phantoms
+from .geometry import components, dice, exact_depth, most_interior
 from .loading import DEMO_MODEL_FILE, MSAModel, save_model_file
+from .losses import bce_dice_loss, hard_iou, soft_dice_loss
 from .models import SAM_PIXEL_MEAN, SAM_PIXEL_STD, build_sam, get_config
 from .preprocessing import Normalization, encoder_input, to_uint8_rgb
 
@@ -62,18 +64,6 @@ class Prompt:
     single_click: bool  # SAM answers a lone click with three masks; the best one is trained
 
 
-def components(labels: np.ndarray, min_area: int) -> list[np.ndarray]:
-    """Every connected piece of every label with at least ``min_area`` pixels: what one click can mean."""
-    out = []
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        comp, n = ndimage.label(labels == value)
-        sizes = np.bincount(comp.ravel())
-        out.extend(comp == i for i in range(1, n + 1) if sizes[i] >= min_area)
-    return out
-
-
 def _negative_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
     """A background pixel near the object, where annotators put negative clicks."""
     ring = ndimage.binary_dilation(mask, iterations=int(rng.integers(2, 8))) & ~mask
@@ -84,11 +74,19 @@ def _negative_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, in
     return int(rows[i]), int(cols[i])
 
 
+def _deep_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """(row, col) of a random pixel well inside ``mask`` (depth at least 20-80 % of the deepest, and 1 px)."""
+    depth = exact_depth(mask)
+    rows, cols = np.nonzero(depth >= max(1.0, rng.uniform(0.2, 0.8) * depth.max()))
+    i = int(rng.integers(len(rows)))
+    return int(rows[i]), int(cols[i])
+
+
 def make_prompt(mask: np.ndarray, rng: np.random.Generator, size: int) -> Prompt:
     """Prompts as users give them: mostly one click deep inside, sometimes more clicks or a box."""
     kind = str(rng.choice(["click", "clicks", "box"], p=[0.6, 0.2, 0.2]))
     rows, cols = np.nonzero(mask)
-    points: list[tuple[int, int]] = [phantoms.interior_click(mask, rng)]
+    points: list[tuple[int, int]] = [_deep_click(mask, rng)]
     labels = [1]
     box = None
     if kind == "clicks":
@@ -154,12 +152,6 @@ class _Batches(torch.utils.data.IterableDataset):
 # --- loss -----------------------------------------------------------------------------------------------------------
 
 
-def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p = logits.sigmoid().flatten(-2)
-    t = target.flatten(-2)
-    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
-
-
 def _decode(sam, embedding: torch.Tensor, group: list[Prompt], with_box: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All four mask outputs (N,4,S,S logits, input frame) and IoU predictions (N,4) for one image's prompts."""
     n_pts = max(len(p.points) for p in group)
@@ -193,21 +185,18 @@ def training_loss(sam, images: torch.Tensor, prompts: list[list[Prompt]]) -> tup
                 continue
             logits, iou_pred = _decode(sam, embeddings[b : b + 1], group, with_box)
             target = torch.from_numpy(np.stack([p.target for p in group]))[:, None].expand_as(logits)
-            dice = _dice_loss(logits, target)
-            per_mask = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1)) + dice
+            per_mask = bce_dice_loss(logits, target)
             single = torch.tensor([p.single_click for p in group])
             best = per_mask[:, 1:].min(1)
             mask_losses.append(torch.where(single, best.values, per_mask[:, 0]))
             with torch.no_grad():
-                hard, truth = logits > 0, target > 0.5
-                inter = (hard & truth).flatten(-2).sum(-1).float()
-                union = (hard | truth).flatten(-2).sum(-1).float().clamp(min=1)
+                iou_true = hard_iou(logits > 0, target > 0.5)
                 chosen = torch.where(single, 1 + best.indices, torch.zeros_like(best.indices))
-                dices.append(1 - dice.gather(1, chosen[:, None])[:, 0])
+                dices.append(1 - soft_dice_loss(logits, target).gather(1, chosen[:, None])[:, 0])
             scored = torch.zeros_like(iou_pred, dtype=torch.bool)
             scored[single, 1:] = True
             scored[~single, 0] = True
-            iou_losses.append(((iou_pred - inter / union) ** 2)[scored])
+            iou_losses.append(((iou_pred - iou_true) ** 2)[scored])
     mask_loss, iou_loss = torch.cat(mask_losses).mean(), torch.cat(iou_losses).mean()
     stats = {"mask": mask_loss.item(), "iou": iou_loss.item(), "dice": torch.cat(dices).mean().item()}
     return mask_loss + iou_loss, stats
@@ -222,11 +211,6 @@ def evaluation_slices(n: int, seed: int = 0, shapes_share: float = 0.0) -> list[
                                   shapes_share=shapes_share, size_range=(128, 320)) for i in range(n)]
 
 
-def dice_score(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
 def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]],
                     normalization: Normalization | None = None, min_area: int = EVAL_MIN_AREA) -> list[dict]:
     """One positive click at the most interior pixel of every object (connected piece of a label),
@@ -238,8 +222,8 @@ def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]
     for k, (image, labels) in enumerate(samples):
         session.set_image(image)
         for truth in components(labels, min_area):
-            mask, score = session.predict(points=[phantoms.interior_click(truth)], labels=[1])
-            records.append({"sample": k, "area": int(truth.sum()), "dice": dice_score(mask, truth), "score": score})
+            mask, score = session.predict(points=[most_interior(truth)], labels=[1])
+            records.append({"sample": k, "area": int(truth.sum()), "dice": dice(mask, truth), "score": score})
     return records
 
 

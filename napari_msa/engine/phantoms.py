@@ -415,19 +415,3 @@ def window_to_uint8(image: np.ndarray, rng: np.random.Generator | None, kind: st
     if rng is not None and rng.random() < 0.3:
         out = 255.0 * (out / 255.0) ** rng.uniform(0.6, 1.6)
     return out.round().astype(np.uint8)
-
-
-def object_ids(labels: np.ndarray, min_area: int) -> list[int]:
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    return [int(i) for i, n in zip(ids, counts) if n >= min_area]
-
-
-def interior_click(mask: np.ndarray, rng: np.random.Generator | None = None) -> tuple[int, int]:
-    """(row, col) of a click inside ``mask``: its most interior pixel, or a random deep-ish one with ``rng``."""
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    if rng is None:
-        return tuple(int(i) for i in np.unravel_index(np.argmax(depth), mask.shape))
-    deep = depth >= max(1.0, rng.uniform(0.2, 0.8) * depth.max())
-    rows, cols = np.nonzero(deep)
-    i = int(rng.integers(len(rows)))
-    return int(rows[i]), int(cols[i])

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from segment_anything import SamPredictor
 
 from .checkpoints import atomic_write
+from .geometry import grown_box, iou, most_interior
 from .loading import MSAModel
 from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
@@ -149,23 +149,10 @@ def _as_points(points, labels) -> tuple[np.ndarray, np.ndarray]:
     return pts, lab
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def prompts_from_mask(mask: np.ndarray, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """A box around the mask (grown by ``margin`` × its size on each side, at least 2 px when
-    ``margin`` > 0, clipped to the plane) and a positive point at its most interior pixel (row, col)."""
-    rows, cols = np.nonzero(mask)
-    box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
-    if margin > 0:
-        grow = np.maximum(2.0, margin * np.array([box[2] - box[0], box[3] - box[1]]))
-        box += np.array([-grow[0], -grow[1], grow[0], grow[1]])
-        box = np.clip(box, 0, [mask.shape[0] - 1, mask.shape[1] - 1] * 2)
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    point = np.array(np.unravel_index(np.argmax(depth), mask.shape), dtype=np.float64)
-    return box, point
+    """A box around the mask (grown by ``margin`` × its size on each side, at least 2 px when ``margin`` > 0,
+    clipped to the plane) and a positive point at its most interior pixel (row, col)."""
+    return grown_box(mask, margin), most_interior(mask)
 
 
 class Session:
@@ -418,7 +405,7 @@ class Session:
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not new.any() or score < min_score or mask_iou(new, previous) < iou_threshold:
+                if not new.any() or score < min_score or iou(new, previous) < iou_threshold:
                     break
                 result[current] = new
                 previous = new

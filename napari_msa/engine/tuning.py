@@ -46,7 +46,9 @@ from torch import nn
 
 from . import distributed
 from .adapters import ADAPTER_KEY, is_decoder_weight, set_depth_slices
+from .geometry import depth_map, dice, interior_click, mask_box
 from .loading import MSAModel
+from .losses import bce_dice_loss, hard_iou
 from .prefix_cache import PrefixCache, _Encoder, dihedral, encoder_units, first_adapted_block
 from .preprocessing import Normalization
 from .session import Cancelled
@@ -56,11 +58,7 @@ from .tuning_data import (
     build_pairs,
     correction_click,
     decode_batch,
-    depth_map,
-    dice,
-    interior_click,
     jittered_box,
-    mask_box,
     split_pairs,
     upscale_logits,
 )
@@ -179,11 +177,10 @@ class _StepModule(nn.Module):
             low, iou_pred = decode_batch(self.sam, emb, np.array(points) if points[0] else None,
                                          np.array(labels) if labels[0] else None, boxes, multimask)
             logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
-            mask_loss = _bce_dice(logits, truth)  # (N, M)
+            mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
             with torch.no_grad():
                 pred = logits > 0
-                gt = truth[:, None] > 0
-                iou_true = (pred & gt).sum((2, 3)).float() / (pred | gt).sum((2, 3)).float().clamp(min=1)
+                iou_true = hard_iou(pred, truth[:, None] > 0)
             iou_loss = F.mse_loss(iou_pred.float(), iou_true)
             total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
             if r < rounds:
@@ -194,16 +191,6 @@ class _StepModule(nn.Module):
                     points[i].append(point)
                     labels[i].append(label)
         return total / (1 + rounds)
-
-
-def _bce_dice(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-mask BCE + soft Dice: (N,M,h,w) logits against (N,h,w) masks → (N,M)."""
-    target = truth[:, None].expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum((2, 3))
-    soft_dice = 1.0 - (2.0 * inter + 1.0) / (p.sum((2, 3)) + target.sum((2, 3)) + 1.0)
-    return bce + soft_dice
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from .geometry import depth_map, interior_click, mask_box, most_interior
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 
 # --------------------------------------------------------------------------------------------------
@@ -160,30 +161,8 @@ def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: fl
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompts (row, col in the model's input frame) and SAM's decoder
+# Prompts as an annotator gives them (row, col in the model's input frame)
 # --------------------------------------------------------------------------------------------------
-def depth_map(mask: np.ndarray) -> np.ndarray:
-    """Distance to the nearest pixel outside ``mask`` (image borders count as outside).
-
-    The mean of the taxicab and chessboard chamfer distances: close to Euclidean for picking a
-    point "deep inside", and ~5x cheaper than the exact transform, which matters in the step loop.
-    """
-    padded = np.pad(mask, 1)
-    d = ndimage.distance_transform_cdt(padded, metric="taxicab").astype(np.float32)
-    d += ndimage.distance_transform_cdt(padded, metric="chessboard")
-    return d[1:-1, 1:-1] * 0.5
-
-
-def interior_click(mask: np.ndarray, rng: np.random.Generator | None = None,
-                   depth: np.ndarray | None = None) -> np.ndarray:
-    """(row, col) deep inside ``mask``: the most interior pixel, or a random one of the inner half."""
-    depth = depth_map(mask) if depth is None else depth
-    if rng is None:
-        return np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
-    candidates = np.argwhere(depth >= 0.5 * depth.max())
-    return candidates[rng.integers(len(candidates))].astype(np.float64)
-
-
 def correction_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator | None = None,
                      max_side: int = 256) -> tuple[np.ndarray, int]:
     """((row, col), label): at the centre of the largest error; 1 in a missed region, 0 in a false positive.
@@ -198,20 +177,14 @@ def correction_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator 
         return interior_click(gt, rng), 1
     d_missed, d_extra = depth_map(missed), depth_map(extra)
     positive = d_missed.max() >= d_extra.max()
-    depth = d_missed if positive else d_extra
+    region, depth = (missed, d_missed) if positive else (extra, d_extra)
     if rng is None:
-        point = np.array(np.unravel_index(np.argmax(depth), depth.shape))
+        point = most_interior(region, depth)
     else:
         candidates = np.argwhere(depth >= 0.8 * depth.max())
         point = candidates[rng.integers(len(candidates))]
     point = np.minimum(point * f + f // 2, np.array(gt.shape) - 1)
     return point.astype(np.float64), int(positive)
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """(min_row, min_col, max_row, max_col) of a mask."""
-    rows, cols = np.nonzero(mask)
-    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
 
 
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, scale: float = 0.1) -> np.ndarray:
@@ -268,10 +241,3 @@ def upscale_logits(low_res: torch.Tensor, image_size: int, hw: tuple[int, int]) 
     """Low-res logits → the unpadded (h, w) input frame, as SAM's postprocessing does."""
     up = F.interpolate(low_res.float(), (image_size, image_size), mode="bilinear", align_corners=False)
     return up[..., : hw[0], : hw[1]]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
-
-

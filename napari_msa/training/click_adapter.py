@@ -28,6 +28,7 @@ import torch
 from scipy import ndimage
 
 from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, phantoms, tune
+from napari_msa.engine.geometry import mask_box
 from napari_msa.engine.loading import MSAModel
 
 from .real_images import RealImage, load_real_images
@@ -41,11 +42,6 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = inter_r * inter_c
     area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / area if area > 0 else 0.0
-
-
-def _tight_box(mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(mask)
-    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
 
 
 def candidate_boxes(plane: np.ndarray, rng: np.random.Generator, n_random: int = 20,
@@ -99,7 +95,7 @@ def pseudo_labels(session: Session, plane: np.ndarray, rng: np.random.Generator,
         fill = mask.sum() / max(1.0, bh * bw)
         if not 0.15 <= fill <= 0.95:
             continue
-        tight = _tight_box(mask)
+        tight = mask_box(mask)
         if _box_iou(tight, box) < 0.5:  # the box was not really around this object
             continue
         again, score2 = session.predict(box=tight)

@@ -1,0 +1,70 @@
+"""Prompts → masks on an image embedding: SAM's prompt encoder and mask decoder, called in one place.
+
+The session, tuning (training steps and held-out checks) and demo training all decode through ``decode``, so
+the (row, col) → (x, y) swap SAM wants, the choice between its single and multimask outputs and the mapping
+between the image and the model's input frame exist once. The numbers are segment_anything's own:
+``SamPredictor.predict`` gives the same masks, scores and logits (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+
+
+def to_input_frame(points_rc: np.ndarray, original_size: tuple[int, int], image_size: int) -> np.ndarray:
+    """(row, col) points (any leading shape; boxes as (..., 2, 2)) of an image of ``original_size`` → the
+    model's input frame, where the longest side is ``image_size`` (SAM's ResizeLongestSide, in float64)."""
+    old_h, old_w = original_size
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(old_h, old_w, image_size)
+    out = np.array(points_rc, dtype=np.float64)
+    out[..., 0] = out[..., 0] * (new_h / old_h)
+    out[..., 1] = out[..., 1] * (new_w / old_w)
+    return out
+
+
+def decode(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None = None,
+           point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None, multimask: bool = False,
+           *, mask_input: torch.Tensor | None = None, all_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """N prompts on one (1,C,g,g) embedding in one decoder pass: (N,M,g',g') low-res logits and (N,M) IoU scores.
+
+    Points are (N,P,2) (row, col) in the model's input frame with (N,P) labels (1 positive, 0 negative, -1 a
+    padding "not a point"); boxes (N,4) as (min_row, min_col, max_row, max_col) there; ``mask_input`` (N,1,g',g')
+    logits of an earlier prediction. ``multimask``: SAM's three masks for an ambiguous prompt (M = 3), else its
+    single mask (M = 1); ``all_outputs``: all four (training picks among them itself).
+    """
+    device = embedding.device
+    points = None
+    if points_rc is not None and np.asarray(points_rc).size:
+        xy = torch.as_tensor(np.asarray(points_rc, dtype=np.float32)[..., ::-1].copy(), device=device)
+        lab = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=device)
+        points = (xy, lab)
+    boxes = None
+    if boxes_rc is not None:
+        boxes = torch.as_tensor(np.asarray(boxes_rc, dtype=np.float32)[:, [1, 0, 3, 2]], device=device)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    low, iou = sam.mask_decoder.predict_masks(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+    if all_outputs:
+        return low, iou
+    chosen = slice(1, None) if multimask else slice(0, 1)  # what MaskDecoder.forward returns
+    return low[:, chosen], iou[:, chosen]
+
+
+def upscale_logits(low_res: torch.Tensor, image_size: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits → the unpadded (h, w) input frame, as SAM's postprocessing does (no resize to the image)."""
+    up = F.interpolate(low_res.float(), (image_size, image_size), mode="bilinear", align_corners=False)
+    return up[..., : hw[0], : hw[1]]
+
+
+def image_masks(sam: nn.Module, low_res: torch.Tensor, input_size: tuple[int, int],
+                original_size: tuple[int, int]) -> torch.Tensor:
+    """Boolean masks at the image's own size from low-res logits (SAM's postprocessing and threshold)."""
+    return sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
