@@ -97,8 +97,8 @@ def test_training_batches_are_a_function_of_seed_and_step():
         np.testing.assert_array_equal(pa.points, pb.points)
     for prompt in a_prompts[0]:
         assert prompt.target.shape == (128, 128) and prompt.target.any()
-        for x, y in prompt.points[prompt.labels == 1]:  # positive clicks lie on the object
-            assert prompt.target[int(y), int(x)] == 1
+        for r, c in prompt.points[prompt.labels == 1]:  # positive clicks, (row, col), lie on the object
+            assert prompt.target[int(r), int(c)] == 1
 
 
 @pytest.fixture

@@ -35,9 +35,16 @@ def test_matches_segment_anything_predictor(tiny_pth):
     assert torch.equal(session.embedding(0).features, predictor.features)
 
     row, col = 30, 150
-    masks, scores, _ = predictor.predict(point_coords=np.array([[col, row]]), point_labels=np.array([1]))
+    masks, scores, logits = predictor.predict(point_coords=np.array([[col, row]]), point_labels=np.array([1]))
     mask, score = session.predict(points=[(row, col)], labels=[1])
     assert np.array_equal(mask, masks[np.argmax(scores)]) and score == pytest.approx(scores.max())
+    np.testing.assert_array_equal(session.last_logits, logits[[np.argmax(scores)]])
+
+    previous = logits[[np.argmax(scores)]]  # a second round fed the first one's logits, as interactive SAM does
+    masks, scores, _ = predictor.predict(point_coords=np.array([[col, row], [40, 60]]), point_labels=np.array([1, 1]),
+                                         mask_input=previous, multimask_output=False)
+    mask, score = session.predict(points=[(row, col), (60, 40)], labels=[1, 1], mask_input=previous)
+    assert np.array_equal(mask, masks[0]) and score == pytest.approx(scores[0])
 
     masks, scores, _ = predictor.predict(point_coords=np.array([[col, row], [20, 100]]),
                                          point_labels=np.array([1, 0]), box=np.array([100, 10, 190, 60]),

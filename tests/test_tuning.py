@@ -12,16 +12,10 @@ from tuning_support import blob_task
 from napari_msa import AdapterConfig, Session, load_model
 from napari_msa.engine import Cancelled
 from napari_msa.engine.checkpoints import read_adapter_metadata
+from napari_msa.engine.decoding import decode, upscale_logits
+from napari_msa.engine.geometry import interior_click
 from napari_msa.engine.tuning import TuneProgress, tune
-from napari_msa.engine.tuning_data import (
-    build_pairs,
-    correction_click,
-    decode,
-    interior_click,
-    jittered_box,
-    split_pairs,
-    upscale_logits,
-)
+from napari_msa.engine.tuning_data import build_pairs, correction_click, jittered_box, split_pairs
 
 SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
 
@@ -169,11 +163,11 @@ def test_training_decoder_path_matches_the_session():
     enc = _Encoder(model, 0, None)
     with torch.no_grad():
         emb = enc.full(enc.pixels(slices[0].rgb)[None])
-        low, iou = decode(model.sam, emb, point[None], np.array([1]), None, True)
+        low, iou = decode(model.sam, emb, point[None, None], np.array([[1]]), None, True)
         ours_click = (upscale_logits(low, SIZE, (SIZE, 80))[0, int(torch.argmax(iou))] > 0).numpy()
-        low, _ = decode(model.sam, emb, None, None, box, False)
+        low, _ = decode(model.sam, emb, None, None, box[None], False)
         ours_box = (upscale_logits(low, SIZE, (SIZE, 80))[0, 0] > 0).numpy()
-        low, iou = decode(model.sam, emb, point[None, ::-1].copy(), np.array([1]), None, True)
+        low, iou = decode(model.sam, emb, point[None, None, ::-1].copy(), np.array([[1]]), None, True)
         swapped = (upscale_logits(low, SIZE, (SIZE, 80))[0, int(torch.argmax(iou))] > 0).numpy()
     np.testing.assert_array_equal(ours_click, mask_click)
     np.testing.assert_array_equal(ours_box, mask_box)

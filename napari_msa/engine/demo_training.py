@@ -13,7 +13,8 @@ Evaluation draws from ``EVAL_STREAM``, which training never touches.
 
 The training path feeds the network what :class:`~napari_msa.engine.session.Session` feeds it at run
 time: an 8-bit rendering (CT windows of varied level/width, or percentiles, as users load images)
-through SAM's resize / normalise / pad transform, and clicks as (x, y) in the resized frame. Each
+through SAM's resize / normalise / pad transform, and clicks in the resized frame, decoded by
+:func:`~napari_msa.engine.decoding.decode` as at run time. Each
 image is encoded once and prompted for several objects (SAM's own recipe), which is what makes CPU
 training affordable.
 """
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from . import phantoms
+from .decoding import decode, upscale_logits
 from .geometry import components, dice, exact_depth, most_interior
 from .loading import DEMO_MODEL_FILE, MSAModel, save_model_file
 from .losses import bce_dice_loss, hard_iou, soft_dice_loss
@@ -55,7 +57,8 @@ SIZE_BINS = ((0, 400, "small (<400 px)"), (400, 2500, "medium (400-2500 px)"), (
 
 @dataclass
 class Prompt:
-    """One object's prompt in the resized frame: clicks as (x, y), an optional box (x0, y0, x1, y1)."""
+    """One object's prompt in the resized frame: clicks as (row, col), an optional box (min_row, min_col, max_row,
+    max_col); ``engine.decoding.decode`` hands them to SAM as (x, y)."""
 
     points: np.ndarray  # (P, 2) float32
     labels: np.ndarray  # (P,) int64, 1 positive / 0 negative
@@ -108,8 +111,9 @@ def make_prompt(mask: np.ndarray, rng: np.random.Generator, size: int) -> Prompt
             points, labels = [], []
     target = np.zeros((size, size), dtype=np.float32)
     target[: mask.shape[0], : mask.shape[1]] = mask
-    xy = np.array([(c, r) for r, c in points], dtype=np.float32).reshape(-1, 2)
-    return Prompt(xy, np.array(labels, dtype=np.int64), box, target, kind == "click")
+    rc = np.array(points, dtype=np.float32).reshape(-1, 2)
+    box_rc = None if box is None else box[[1, 0, 3, 2]]
+    return Prompt(rc, np.array(labels, dtype=np.int64), box_rc, target, kind == "click")
 
 
 def training_batch(seed: int, step: int, n_images: int, n_objects: int,
@@ -155,22 +159,15 @@ class _Batches(torch.utils.data.IterableDataset):
 def _decode(sam, embedding: torch.Tensor, group: list[Prompt], with_box: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All four mask outputs (N,4,S,S logits, input frame) and IoU predictions (N,4) for one image's prompts."""
     n_pts = max(len(p.points) for p in group)
-    points = None
-    if n_pts:
-        coords = np.zeros((len(group), n_pts, 2), dtype=np.float32)
-        labels = -np.ones((len(group), n_pts), dtype=np.int64)  # -1: SAM's "not a point" padding
-        for i, p in enumerate(group):
-            coords[i, : len(p.points)] = p.points
-            labels[i, : len(p.labels)] = p.labels
-        points = (torch.from_numpy(coords), torch.from_numpy(labels))
-    boxes = torch.from_numpy(np.stack([p.box for p in group])) if with_box else None
-    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    low, iou = sam.mask_decoder.predict_masks(
-        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-    )
+    coords = np.zeros((len(group), n_pts, 2), dtype=np.float32)
+    labels = -np.ones((len(group), n_pts), dtype=np.int64)  # -1: SAM's "not a point" padding
+    for i, p in enumerate(group):
+        coords[i, : len(p.points)] = p.points
+        labels[i, : len(p.labels)] = p.labels
+    boxes = np.stack([p.box for p in group]) if with_box else None
+    low, iou = decode(sam, embedding, coords, labels, boxes, all_outputs=True)
     size = sam.image_encoder.img_size
-    return F.interpolate(low, (size, size), mode="bilinear", align_corners=False), iou
+    return upscale_logits(low, size, (size, size)), iou
 
 
 def training_loss(sam, images: torch.Tensor, prompts: list[list[Prompt]]) -> tuple[torch.Tensor, dict]:

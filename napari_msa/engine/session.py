@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor
 
 from .checkpoints import atomic_write
+from .decoding import decode, image_masks, to_input_frame
 from .geometry import grown_box, iou, most_interior
 from .loading import MSAModel
 from .precision import batch_size as default_batch_size
@@ -344,18 +344,16 @@ class Session:
         emb = self.embedding(z)
         if multimask is None:
             multimask = len(pts) == 1 and box is None and mask_input is None
-        predictor = SamPredictor(self.model.sam)
-        predictor.features, predictor.is_image_set = emb.features, True
-        predictor.input_size, predictor.original_size = emb.input_size, emb.original_size
-        xy_box = None if box is None else np.asarray(box, dtype=np.float64)[[1, 0, 3, 2]]
+        sam, frame = self.model.sam, (emb.original_size, self.model.image_size)
+        points_in = to_input_frame(pts, *frame)[None] if len(pts) else None
+        box_in = None if box is None else to_input_frame(np.reshape(box, (2, 2)), *frame).reshape(1, 4)
+        dense = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float,
+                                                                device=emb.features.device)[None]
         with self._lock, torch.no_grad():
-            masks, scores, logits = predictor.predict(
-                point_coords=pts[:, ::-1].copy() if len(pts) else None,
-                point_labels=lab if len(pts) else None,
-                box=xy_box,
-                mask_input=mask_input,
-                multimask_output=multimask,
-            )
+            low, iou = decode(sam, emb.features, points_in, lab[None] if len(pts) else None, box_in, multimask,
+                              mask_input=dense)
+            masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].cpu().numpy()
+            scores, logits = iou[0].cpu().numpy(), low[0].cpu().numpy()
         best = int(np.argmax(scores))
         self.last_logits = logits[best : best + 1]
         return masks[best].astype(bool), float(scores[best])

@@ -46,6 +46,7 @@ from torch import nn
 
 from . import distributed
 from .adapters import ADAPTER_KEY, is_decoder_weight, set_depth_slices
+from .decoding import decode, upscale_logits
 from .geometry import depth_map, dice, interior_click, mask_box
 from .loading import MSAModel
 from .losses import bce_dice_loss, hard_iou
@@ -57,10 +58,8 @@ from .tuning_data import (
     TrainingSlice,
     build_pairs,
     correction_click,
-    decode_batch,
     jittered_box,
     split_pairs,
-    upscale_logits,
 )
 
 CancelFn = Callable[[], bool]
@@ -174,8 +173,8 @@ class _StepModule(nn.Module):
         total = emb.new_zeros(())
         for r in range(1 + rounds):
             multimask = r == 0 and not use_box  # a lone click: SAM answers with three masks
-            low, iou_pred = decode_batch(self.sam, emb, np.array(points) if points[0] else None,
-                                         np.array(labels) if labels[0] else None, boxes, multimask)
+            low, iou_pred = decode(self.sam, emb, np.array(points) if points[0] else None,
+                                   np.array(labels) if labels[0] else None, boxes, multimask)
             logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
             mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
             with torch.no_grad():
@@ -242,10 +241,10 @@ def _evaluate(step_module: _StepModule, pairs: list[Pair], dist_info: distribute
             rng = np.random.default_rng([index, 7])
             clicks.append(interior_click(gt, depth=depth))
             clicks += [interior_click(gt, rng, depth) for _ in range(VAL_CLICKS - 1)]
-        low, iou = decode_batch(sam, emb, np.array(clicks)[:, None], np.ones((len(clicks), 1)), None, True)
+        low, iou = decode(sam, emb, np.array(clicks)[:, None], np.ones((len(clicks), 1)), None, True)
         best = iou.argmax(1)
         click_masks = (upscale_logits(low[torch.arange(len(clicks)), best][:, None], size, sl.rgb.shape[:2])[:, 0] > 0)
-        low, _ = decode_batch(sam, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
+        low, _ = decode(sam, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
         box_masks = upscale_logits(low, size, sl.rgb.shape[:2])[:, 0] > 0
         click_masks, box_masks = click_masks.cpu().numpy(), box_masks.cpu().numpy()
         for j, ((_, p), gt) in enumerate(zip(group, truths, strict=True)):

@@ -7,12 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint
 from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
-from torch import nn
 
 from .geometry import depth_map, interior_click, mask_box, most_interior
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
@@ -199,45 +195,3 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, scale: float = 0.1)
     if box[2] <= box[0] or box[3] <= box[1]:
         return mask_box(mask)
     return box
-
-
-def decode(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None, point_labels: np.ndarray | None,
-           box_rc: np.ndarray | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's prompt encoder + mask decoder for one prompt on one (1,C,g,g) embedding: (low-res logits, IoU scores).
-
-    Points are (row, col) and the box (min_row, min_col, max_row, max_col) in the model's input frame;
-    SAM wants (x, y) = (col, row), which is the swap done here and nowhere else in tuning.
-    """
-    return decode_batch(sam, embedding, None if points_rc is None else np.asarray(points_rc)[None],
-                        None if point_labels is None else np.asarray(point_labels)[None],
-                        None if box_rc is None else np.asarray(box_rc)[None], multimask)
-
-
-def decode_batch(sam: nn.Module, embedding: torch.Tensor, points_rc: np.ndarray | None,
-                 point_labels: np.ndarray | None, boxes_rc: np.ndarray | None,
-                 multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """N prompts on one (1,C,g,g) embedding in one decoder pass: points (N,P,2) with labels (N,P), and/or
-    boxes (N,4); returns (N,M,g',g') logits and (N,M) IoU scores. Cheaper per prompt than N passes."""
-    device = embedding.device
-    points = None
-    if points_rc is not None and np.asarray(points_rc).size:
-        xy = torch.as_tensor(np.asarray(points_rc, dtype=np.float32)[..., ::-1].copy(), device=device)
-        lab = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=device)
-        points = (xy, lab)
-    boxes = None
-    if boxes_rc is not None:
-        boxes = torch.as_tensor(np.asarray(boxes_rc, dtype=np.float32)[:, [1, 0, 3, 2]], device=device)
-    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    return sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
-
-
-def upscale_logits(low_res: torch.Tensor, image_size: int, hw: tuple[int, int]) -> torch.Tensor:
-    """Low-res logits → the unpadded (h, w) input frame, as SAM's postprocessing does."""
-    up = F.interpolate(low_res.float(), (image_size, image_size), mode="bilinear", align_corners=False)
-    return up[..., : hw[0], : hw[1]]
