@@ -1,10 +1,16 @@
-import numpy as np
 import pytest
 import torch
 from segment_anything.modeling.image_encoder import Block
 
 from napari_msa.engine import AdapterConfig, build_sam, count_parameters, freeze_for_tuning, get_config
-from napari_msa.engine.adapters import AdaptedBlock, adapter_parameter_names, set_depth_slices
+from napari_msa.engine.adapters import (
+    PROMPT_EMBEDDING_KEYS,
+    AdaptedBlock,
+    adapter_parameter_names,
+    is_trainable,
+    set_depth_slices,
+    set_trainable,
+)
 from tests.conftest import randomize_adapters
 
 
@@ -90,17 +96,34 @@ def test_depth_branch_groups_same_token_across_slices():
     assert not torch.allclose(a[2], b[2])
 
 
-def test_freeze_and_counts():
-    sam = build_sam(get_config("tiny"), AdapterConfig())
+def test_trainable_weights_and_counts():
+    """``set_trainable`` (what tuning uses) and the public ``freeze_for_tuning`` follow one rule."""
+    sam = build_sam(get_config("tiny"), AdapterConfig(depth=True, decoder=True))
+    names = dict(sam.named_parameters())
+    adapters = {n for n in names if "Adapter" in n}
+    depth = {n for n in adapters if "Depth_Adapter" in n}
+    prompt_side = {n for n in names if n.startswith("mask_decoder.") or n.startswith(PROMPT_EMBEDDING_KEYS)}
+    assert depth and adapters - depth and prompt_side - adapters and prompt_side & adapters  # decoder adapters
+
+    def trainable() -> set[str]:
+        return {n for n, p in names.items() if p.requires_grad}
+
+    params = set_trainable(sam, adapters=True)
+    assert trainable() == adapters - depth and len(params) == len(adapters - depth)  # 2D: no depth adapters
+    set_trainable(sam, adapters=False, decoder=True)
+    assert trainable() == prompt_side  # the decoder's own adapters train with the decoder
+    set_trainable(sam, adapters=True, decoder=True, depth=True)
+    assert trainable() == adapters | prompt_side
+    assert trainable() == {n for n in names if is_trainable(n, adapters=True, decoder=True, depth=True)}
+    set_trainable(sam, adapters=False, everything=True)
+    assert trainable() == set(names)
+
     freeze_for_tuning(sam)
-    trainable, total = count_parameters(sam)
-    assert trainable == sum(p.numel() for n, p in sam.named_parameters() if "Adapter" in n)
-    assert 0 < trainable < total
+    assert trainable() == adapters
+    trainable_count, total = count_parameters(sam)
+    assert trainable_count == sum(names[n].numel() for n in adapters) and 0 < trainable_count < total
     freeze_for_tuning(sam, train_decoder=True)
-    with_decoder, _ = count_parameters(sam)
-    prompt_embeddings = sum(p.numel() for p in sam.prompt_encoder.point_embeddings.parameters())
-    prompt_embeddings += sam.prompt_encoder.not_a_point_embed.weight.numel()
-    assert with_decoder == trainable + sum(p.numel() for p in sam.mask_decoder.parameters()) + prompt_embeddings
+    assert trainable() == adapters | prompt_side
 
 
 def test_vit_b_adapter_count_matches_reference_arithmetic():
@@ -108,4 +131,9 @@ def test_vit_b_adapter_count_matches_reference_arithmetic():
     from napari_msa.engine.adapters import Adapter
 
     assert sum(p.numel() for p in Adapter(768).parameters()) == 295_872
-    assert np.isclose(12 * 2 * 295_872 / 1e6, 7.10, atol=0.01)
+    with torch.device("meta"):  # vit_b's shapes without its memory
+        sam = build_sam(get_config("vit_b"), AdapterConfig())
+    set_trainable(sam, adapters=True)
+    trainable, total = count_parameters(sam)
+    assert trainable == 12 * 2 * 295_872  # 7.10 M
+    assert total - trainable == 93_735_472  # SAM ViT-B itself

@@ -11,6 +11,7 @@ from tuning_support import blob_task
 
 from napari_msa import AdapterConfig, Session, load_model
 from napari_msa.engine import Cancelled
+from napari_msa.engine.adapters import is_trainable
 from napari_msa.engine.checkpoints import read_adapter_metadata
 from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.geometry import interior_click
@@ -197,6 +198,22 @@ def test_adapters_alone_learn_a_new_structure_and_nothing_else_moves(pretrained)
     assert states_equal(pretrained.sam.state_dict(), before)
     assert result.model.version > pretrained.version
     assert result.model.weights_key() != pretrained.weights_key()
+
+
+def test_tuning_trains_exactly_what_set_trainable_names():
+    """The rule production uses, checked where it is used: 2D tuning moves the encoder's and the decoder's
+    adapters, never the depth adapters (single slices give them no gradient) nor anything else."""
+    model = tiny(adapter_config=AdapterConfig(depth=True, decoder=True))
+    images, labels = blob_task(3, seed=0)
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    result = tune(model, images, labels, steps=2, lr=1e-2, val_fraction=0.0, train_adapters=True, train_decoder=False)
+    names = {n for n, _ in model.sam.named_parameters() if is_trainable(n, adapters=True)}
+    assert any("Depth_Adapter" in n for n, _ in model.sam.named_parameters()) and not any("Depth" in n for n in names)
+    params = dict(model.sam.named_parameters())
+    assert result.summary["trainable_parameters"] == sum(params[n].numel() for n in names)
+    tuned = result.model.sam.state_dict()
+    moved = {k for k in tuned if not torch.equal(tuned[k], before[k])}
+    assert moved and moved <= names and any(k.startswith("mask_decoder.") for k in moved)
 
 
 def test_decoder_option_learns_and_the_adapter_round_trips(tmp_path):

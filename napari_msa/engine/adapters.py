@@ -17,6 +17,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
 ADAPTER_KEY = "Adapter"
+DEPTH_ADAPTER = "Depth_Adapter"
 MLP_ADAPTER_SCALE = 0.5
 
 
@@ -187,14 +188,29 @@ PROMPT_EMBEDDING_KEYS = ("prompt_encoder.point_embeddings.", "prompt_encoder.not
 
 
 def is_decoder_weight(name: str) -> bool:
-    """True for weights that ``train_decoder`` tunes (and adapter files with a decoder carry)."""
+    """True for the prompt side's weights: the mask decoder and the prompt encoder's point embeddings."""
     return name.startswith("mask_decoder.") or name.startswith(PROMPT_EMBEDDING_KEYS)
 
 
-def freeze_for_tuning(sam: nn.Module, train_decoder: bool = False) -> None:
-    """Freeze everything except adapters (and optionally the whole mask decoder)."""
+def is_trainable(name: str, *, adapters: bool = True, decoder: bool = False, depth: bool = False) -> bool:
+    """Whether tuning trains the weight ``name``: the MSA adapters (``adapters``; the depth adapters only with
+    ``depth``, since single slices give them no gradient) and/or the prompt side (``decoder``). The one rule for
+    what tuning trains, what a cancelled tuning restores and what an adapter file holds."""
+    adapter = ADAPTER_KEY in name and (depth or DEPTH_ADAPTER not in name)
+    return (adapters and adapter) or (decoder and is_decoder_weight(name))
+
+
+def set_trainable(sam: nn.Module, *, adapters: bool = True, decoder: bool = False, depth: bool = False,
+                  everything: bool = False) -> list[nn.Parameter]:
+    """Set ``requires_grad`` by ``is_trainable`` (every weight with ``everything``); returns the trainable ones."""
     for name, p in sam.named_parameters():
-        p.requires_grad = ADAPTER_KEY in name or (train_decoder and is_decoder_weight(name))
+        p.requires_grad = everything or is_trainable(name, adapters=adapters, decoder=decoder, depth=depth)
+    return [p for p in sam.parameters() if p.requires_grad]
+
+
+def freeze_for_tuning(sam: nn.Module, train_decoder: bool = False) -> None:
+    """Freeze everything except all adapters, depth adapters included (and optionally the prompt side)."""
+    set_trainable(sam, adapters=True, decoder=train_decoder, depth=True)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

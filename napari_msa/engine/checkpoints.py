@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapters import ADAPTER_KEY, AdapterConfig, is_decoder_weight
+from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable
 from .models import MODEL_REGISTRY, PATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def save_adapter(
     state = {
         k: v.detach().to("cpu").contiguous()
         for k, v in sam.state_dict().items()
-        if ADAPTER_KEY in k or (include_decoder and is_decoder_weight(k))
+        if is_trainable(k, adapters=True, decoder=include_decoder, depth=True)
     }
     if not state:
         raise CheckpointError("the model has no adapters to save")

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapters import ADAPTER_KEY, AdapterConfig, is_decoder_weight, set_depth_slices
+from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from .checkpoints import (
     CheckpointError,
     LoadReport,
@@ -146,7 +146,7 @@ class MSAModel:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""
         return {k: v.detach().clone() for k, v in self.sam.state_dict().items()
-                if ADAPTER_KEY in k or is_decoder_weight(k)}
+                if is_trainable(k, adapters=True, decoder=True, depth=True)}
 
     def restore_state(self, state: dict[str, torch.Tensor]) -> None:
         self.sam.load_state_dict(state, strict=False)

@@ -45,7 +45,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import distributed
-from .adapters import ADAPTER_KEY, is_decoder_weight, set_depth_slices
+from .adapters import set_depth_slices, set_trainable
 from .decoding import decode, upscale_logits
 from .geometry import depth_map, dice, interior_click, mask_box
 from .loading import MSAModel
@@ -409,26 +409,13 @@ def auto_steps(n_train_objects: int, batch_size: int, world_size: int = 1) -> in
     return int(min(AUTO_STEPS[1], max(AUTO_STEPS[0], math.ceil(AUTO_EPOCHS * n_train_objects / per_step))))
 
 
-def _set_trainable(sam: nn.Module, train_adapters: bool, train_decoder: bool,
-                   full_finetune: bool) -> list[nn.Parameter]:
-    for name, p in sam.named_parameters():
-        if full_finetune:
-            p.requires_grad = True
-        else:
-            # Depth adapters get no gradient from single slices: leave them out of 2D tuning.
-            p.requires_grad = (train_adapters and ADAPTER_KEY in name and "Depth_Adapter" not in name) or (
-                train_decoder and is_decoder_weight(name)
-            )
-    return [p for p in sam.parameters() if p.requires_grad]
-
-
 def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair], val_pairs: list[Pair], split: str,
            cfg: TuneConfig, *, dist_info: distributed.DistInfo, report: Callable[[TuneProgress], None],
            check_cancel: Callable[[], None]) -> TuneResult:
     sam = model.sam
     device = model.device
     set_depth_slices(sam, 1)
-    params = _set_trainable(sam, cfg.train_adapters, cfg.train_decoder, cfg.full_finetune)
+    params = set_trainable(sam, adapters=cfg.train_adapters, decoder=cfg.train_decoder, everything=cfg.full_finetune)
     units = len(encoder_units(sam.image_encoder))
     start = 0 if cfg.full_finetune else first_adapted_block(sam) if cfg.train_adapters else units
     use_cache = (start > 0) if cfg.cache_prefix is None else bool(cfg.cache_prefix)
