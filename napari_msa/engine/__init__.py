@@ -2,11 +2,15 @@
 
 from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
 from .adapters import AdapterConfig, count_parameters, freeze_for_tuning, inject_adapters
+from .cancel import Cancelled
 from .checkpoints import CheckpointError
-from .loading import DEMO_MODEL_FILE, MSAModel, load_model, pick_device
+from .devices import pick_device
+from .loading import load_model
+from .model import MSAModel
+from .model_files import DEMO_MODEL_FILE
 from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
 from .preprocessing import Normalization
-from .session import Cancelled, Session
+from .session import Session
 from .tuning import TuneResult, tune
 
 __all__ = [

@@ -1,9 +1,9 @@
-"""Offline checkpoints: Meta's SAM ``.pth``, MSA reference checkpoints, and adapter safetensors files."""
+"""Offline checkpoints: Meta's SAM ``.pth`` and MSA reference checkpoints read safely into a model, and the atomic
+write every file the project saves goes through. The project's own formats are in ``model_files``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -18,15 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable
+from .adapters import ADAPTER_KEY
 from .models import MODEL_REGISTRY, PATCH_SIZE
 
 log = logging.getLogger(__name__)
-
-ADAPTER_FORMAT = "napari-msa-adapter/1"
 
 
 class CheckpointError(ValueError):
@@ -314,89 +310,3 @@ def load_sam_state(sam: torch.nn.Module, state: dict[str, torch.Tensor], source:
     if report.skipped:
         log.warning("%s: keys the model has no place for were skipped: %s", source, report.skipped)
     return report
-
-
-def save_adapter(
-    sam: torch.nn.Module,
-    path: str | os.PathLike,
-    *,
-    base_fingerprint: str,
-    normalization: dict | None = None,
-    training: dict | None = None,
-    include_decoder: bool = False,
-) -> Path:
-    """Write adapters (and tuned decoder weights) with the metadata needed to check them on load."""
-    state = {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in sam.state_dict().items()
-        if is_trainable(k, adapters=True, decoder=include_decoder, depth=True)
-    }
-    if not state:
-        raise CheckpointError("the model has no adapters to save")
-    metadata = {
-        "format": ADAPTER_FORMAT,
-        "model": json.dumps(sam.model_config.to_dict()),
-        "base_fingerprint": base_fingerprint,
-        "adapter_config": json.dumps(sam.adapter_config.to_dict()),
-        "image_size": str(sam.model_config.image_size),
-        "normalization": json.dumps(normalization or {}),
-        "training": json.dumps(training or {}),
-        "includes_decoder": str(bool(include_decoder)),
-    }
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
-def read_adapter_metadata(path: str | os.PathLike) -> dict:
-    """The decoded metadata of an adapter file."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"adapter {path} is a folder, not a file; give the .safetensors file inside it")
-    if not path.is_file():
-        raise CheckpointError(f"adapter file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:
-        raise CheckpointError(f"{path.name} is not a safetensors adapter file: {err}") from err
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
-    out = dict(meta)
-    try:
-        for key in ("model", "adapter_config", "normalization", "training"):
-            out[key] = json.loads(meta.get(key) or "{}")
-        out["image_size"] = int(meta["image_size"])
-    except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path.name}: its adapter metadata is incomplete or damaged ({type(err).__name__}: "
-                              f"{err}); save the adapter again from Tune (MSA) or `napari-msa tune`") from err
-    out["includes_decoder"] = meta.get("includes_decoder") == "True"
-    return out
-
-
-def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def check_adapter_compatible(meta: dict, sam: torch.nn.Module, base_fingerprint: str, source: str) -> None:
-    """Raise one clear error naming what the adapter expects and what the model is."""
-    cfg = sam.model_config
-    want = meta["model"]
-    if (want.get("embed_dim"), want.get("depth")) != (cfg.embed_dim, cfg.depth):
-        raise CheckpointError(
-            f"{source} was tuned on {want.get('name')} (embed dim {want.get('embed_dim')}, {want.get('depth')} "
-            f"blocks) but the model is {cfg.name} (embed dim {cfg.embed_dim}, {cfg.depth} blocks)"
-        )
-    if meta["image_size"] != cfg.image_size:
-        raise CheckpointError(
-            f"{source} was tuned at image size {meta['image_size']}, the model runs at {cfg.image_size}; "
-            f"load the model with image_size={meta['image_size']}"
-        )
-    if meta["base_fingerprint"] != base_fingerprint:
-        raise CheckpointError(
-            f"{source} was tuned on other base weights (fingerprint {meta['base_fingerprint']}, "
-            f"this model's is {base_fingerprint}); load the checkpoint it was tuned from"
-        )
-
-
-def adapter_config_of(meta: dict) -> AdapterConfig:
-    return AdapterConfig.from_dict(meta["adapter_config"])

@@ -36,8 +36,9 @@ from scipy import ndimage
 from . import phantoms
 from .decoding import decode, upscale_logits
 from .geometry import components, dice, exact_depth, most_interior
-from .loading import DEMO_MODEL_FILE, MSAModel, save_model_file
 from .losses import bce_dice_loss, hard_iou, soft_dice_loss
+from .model import MSAModel
+from .model_files import DEMO_MODEL_FILE, read_model_file, save_model_file
 from .models import SAM_PIXEL_MEAN, SAM_PIXEL_STD, build_sam, get_config
 from .preprocessing import Normalization, encoder_input, to_uint8_rgb
 
@@ -261,10 +262,9 @@ def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 def _load_for_resume(path: Path):
     """A model file written by this module: (sam in train mode, its ``extra``)."""
-    from .loading import _read_model_file
     from .models import ModelConfig
 
-    meta, state = _read_model_file(Path(path))
+    meta, state = read_model_file(Path(path))
     sam = build_sam(ModelConfig.from_dict(json.loads(meta["model"])))
     sam.load_state_dict(state)
     extra = json.loads(meta.get("extra") or "{}")

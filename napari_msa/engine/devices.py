@@ -1,15 +1,34 @@
-"""Which devices torch can use on this machine, for device menus (the widgets must not import torch)."""
+"""Which devices torch can use here: ``pick_device`` for loading a model, ``available_devices`` for device menus
+(the widgets must not import torch, so they call this module from their model panel)."""
 
 from __future__ import annotations
 
 import torch
 
 
+def _accelerators() -> list[str]:
+    """The accelerators torch sees on this machine, best first."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
 def available_devices() -> list[str]:
     """'auto' first, then 'cpu' and whichever accelerators torch sees here."""
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
+    return ["auto", "cpu", *_accelerators()]
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """cuda > mps > cpu for 'auto'; an explicit device is checked so the error is clear."""
+    if str(device) == "auto":
+        return torch.device((_accelerators() or ["cpu"])[0])
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device='auto' or 'cpu'")
+    return dev

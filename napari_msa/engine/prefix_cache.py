@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .loading import MSAModel
+from .model import MSAModel
 from .preprocessing import normalize_pixels
 
 
@@ -86,7 +86,7 @@ class PrefixCache:
             self.nbytes -= old.element_size() * old.nelement()
 
 
-class _Encoder:
+class SplitEncoder:
     """Runs SAM's image encoder in two parts so the frozen prefix can be cached."""
 
     def __init__(self, model: MSAModel, start: int, cache: PrefixCache | None, checkpoint: bool = False) -> None:

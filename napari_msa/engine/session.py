@@ -6,31 +6,20 @@ import hashlib
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .cancel import CancelFn, Cancelled, ProgressFn
 from .checkpoints import atomic_write
 from .decoding import decode, image_masks, to_input_frame
 from .geometry import grown_box, iou, most_interior
-from .loading import MSAModel
+from .model import MSAModel
 from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
-
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(Exception):
-    """Raised when a long operation sees its cancel flag; ``partial`` holds what it finished (propagation:
-    {slice: mask}), so a cancel keeps the work done."""
-
-    def __init__(self, message: str = "cancelled", partial: dict | None = None) -> None:
-        super().__init__(message)
-        self.partial: dict = dict(partial or {})
 
 
 @dataclass

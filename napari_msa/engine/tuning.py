@@ -46,13 +46,13 @@ from torch import nn
 
 from . import distributed
 from .adapters import set_depth_slices, set_trainable
+from .cancel import CancelFn, Cancelled
 from .decoding import decode, upscale_logits
 from .geometry import depth_map, dice, interior_click, mask_box
-from .loading import MSAModel
 from .losses import bce_dice_loss, hard_iou
-from .prefix_cache import PrefixCache, _Encoder, dihedral, encoder_units, first_adapted_block
+from .model import MSAModel
+from .prefix_cache import PrefixCache, SplitEncoder, dihedral, encoder_units, first_adapted_block
 from .preprocessing import Normalization
-from .session import Cancelled
 from .tuning_data import (
     Pair,
     TrainingSlice,
@@ -61,8 +61,6 @@ from .tuning_data import (
     jittered_box,
     split_pairs,
 )
-
-CancelFn = Callable[[], bool]
 
 
 class TuningDiverged(ValueError):
@@ -125,7 +123,7 @@ class _Sample:
 class _StepModule(nn.Module):
     """Computes the loss of one sample: the encoder once, the decoder once per prompt kind and round."""
 
-    def __init__(self, model: MSAModel, encoder: _Encoder, slices: list[TrainingSlice], iou_weight: float) -> None:
+    def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float) -> None:
         super().__init__()
         self.sam = model.sam
         self.image_size = model.image_size
@@ -421,7 +419,8 @@ def _train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair]
     use_cache = (start > 0) if cfg.cache_prefix is None else bool(cfg.cache_prefix)
     if use_cache and start == 0:
         raise ValueError("the prefix cache needs adapters only in the last blocks (AdapterConfig(blocks=...))")
-    encoder = _Encoder(model, start, PrefixCache(cfg.cache_budget_bytes) if use_cache else None, cfg.checkpoint_blocks)
+    encoder = SplitEncoder(model, start, PrefixCache(cfg.cache_budget_bytes) if use_cache else None,
+                           cfg.checkpoint_blocks)
     step_module = _StepModule(model, encoder, slices, cfg.iou_weight)
     runner: nn.Module = step_module
     if dist_info.enabled:

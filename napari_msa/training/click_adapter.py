@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, phantoms, tune
 from napari_msa.engine.geometry import mask_box
-from napari_msa.engine.loading import MSAModel
+from napari_msa.engine.model import MSAModel
 
 from .real_images import RealImage, load_real_images
 

@@ -1,0 +1,149 @@
+"""The project's own file formats, and where the shipped files are.
+
+A *model file* is a whole model (base weights + adapters) as one safetensors file with its architecture in the
+metadata (the demo model); an *adapter file* holds tuned weights only (adapters, optionally the prompt side)
+with what is needed to check them against the base weights on load. Both are written atomically.
+Meta's and the MSA reference ``.pth`` checkpoints are read by ``checkpoints``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .adapters import AdapterConfig, is_trainable
+from .checkpoints import CheckpointError, atomic_write
+from .preprocessing import Normalization
+
+MODEL_FORMAT = "napari-msa-model/1"
+ADAPTER_FORMAT = "napari-msa-adapter/1"
+
+DEMO_MODEL_NAME = "demo"
+LITEMEDSAM_NAME = "litemedsam"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEMO_MODEL_FILE = MODELS_DIR / "demo_sam.safetensors"
+# The adapter the project trained so that clicks (not only boxes) work on LiteMedSAM; see BENCHMARKS.md.
+CLICK_ADAPTER_FILE = MODELS_DIR / "litemedsam_clicks.safetensors"
+DEFAULT_ADAPTERS = {LITEMEDSAM_NAME: CLICK_ADAPTER_FILE}
+
+
+# --- model files ------------------------------------------------------------------------------------------------
+def save_model_file(sam: torch.nn.Module, path: str | os.PathLike, *, description: str,
+                    normalization: Normalization | None = None, extra: dict | None = None) -> Path:
+    """A whole model (base + adapters) as one safetensors file with its architecture in the metadata."""
+    state = {k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "model": json.dumps(sam.model_config.to_dict()),
+        "adapter_config": json.dumps(sam.adapter_config.to_dict() if getattr(sam, "adapter_config", None) else None),
+        "description": description,
+        "normalization": json.dumps((normalization or Normalization()).to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_model_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a model file; one clear error for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != MODEL_FORMAT:
+                raise CheckpointError(f"{path.name} is not a napari-msa model file (adapter files go to adapter=)")
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as err:  # not safetensors at all, or truncated
+        raise CheckpointError(f"{path.name} is not a readable safetensors model file ({err})") from err
+
+
+# --- adapter files ----------------------------------------------------------------------------------------------
+def save_adapter(
+    sam: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    base_fingerprint: str,
+    normalization: dict | None = None,
+    training: dict | None = None,
+    include_decoder: bool = False,
+) -> Path:
+    """Write adapters (and tuned decoder weights) with the metadata needed to check them on load."""
+    state = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in sam.state_dict().items()
+        if is_trainable(k, adapters=True, decoder=include_decoder, depth=True)
+    }
+    if not state:
+        raise CheckpointError("the model has no adapters to save")
+    metadata = {
+        "format": ADAPTER_FORMAT,
+        "model": json.dumps(sam.model_config.to_dict()),
+        "base_fingerprint": base_fingerprint,
+        "adapter_config": json.dumps(sam.adapter_config.to_dict()),
+        "image_size": str(sam.model_config.image_size),
+        "normalization": json.dumps(normalization or {}),
+        "training": json.dumps(training or {}),
+        "includes_decoder": str(bool(include_decoder)),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_adapter_metadata(path: str | os.PathLike) -> dict:
+    """The decoded metadata of an adapter file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"adapter {path} is a folder, not a file; give the .safetensors file inside it")
+    if not path.is_file():
+        raise CheckpointError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"{path.name} is not a safetensors adapter file: {err}") from err
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
+    out = dict(meta)
+    try:
+        for key in ("model", "adapter_config", "normalization", "training"):
+            out[key] = json.loads(meta.get(key) or "{}")
+        out["image_size"] = int(meta["image_size"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path.name}: its adapter metadata is incomplete or damaged ({type(err).__name__}: "
+                              f"{err}); save the adapter again from Tune (MSA) or `napari-msa tune`") from err
+    out["includes_decoder"] = meta.get("includes_decoder") == "True"
+    return out
+
+
+def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def check_adapter_compatible(meta: dict, sam: torch.nn.Module, base_fingerprint: str, source: str) -> None:
+    """Raise one clear error naming what the adapter expects and what the model is."""
+    cfg = sam.model_config
+    want = meta["model"]
+    if (want.get("embed_dim"), want.get("depth")) != (cfg.embed_dim, cfg.depth):
+        raise CheckpointError(
+            f"{source} was tuned on {want.get('name')} (embed dim {want.get('embed_dim')}, {want.get('depth')} "
+            f"blocks) but the model is {cfg.name} (embed dim {cfg.embed_dim}, {cfg.depth} blocks)"
+        )
+    if meta["image_size"] != cfg.image_size:
+        raise CheckpointError(
+            f"{source} was tuned at image size {meta['image_size']}, the model runs at {cfg.image_size}; "
+            f"load the model with image_size={meta['image_size']}"
+        )
+    if meta["base_fingerprint"] != base_fingerprint:
+        raise CheckpointError(
+            f"{source} was tuned on other base weights (fingerprint {meta['base_fingerprint']}, "
+            f"this model's is {base_fingerprint}); load the checkpoint it was tuned from"
+        )
+
+
+def adapter_config_of(meta: dict) -> AdapterConfig:
+    return AdapterConfig.from_dict(meta["adapter_config"])
