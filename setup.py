@@ -34,7 +34,7 @@ setup(
     extras_require={
         "qt": ["PyQt6"],
         "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "scikit-image", "ruff"],
-        "data": ["scikit-image"],  # sample_data/make_samples.py and the click adapter's training images
+        "data": ["scikit-image"],  # napari_msa.demo.samples and the click adapter's training images
         "bench": ["matplotlib"],  # the learning-curve PNG of benchmarks/tuning_gain.py
     },
     entry_points={

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.engine import demo_training as dt  # noqa: E402
+from napari_msa.demo import evaluation as ev  # noqa: E402
 from napari_msa.engine.geometry import dice, most_interior  # noqa: E402
 
 
@@ -72,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for label, norm in (("CT window 40/400", Normalization("ct")), ("percentile (default 'auto')", None)):
         t = time.perf_counter()
-        samples = [(s.image, s.labels) for s in dt.evaluation_slices(args.slices, seed=args.eval_seed)]
-        records = dt.evaluate_clicks(model, samples, norm or Normalization("percentile"))
-        summary = dt.summarize(records)
+        samples = [(s.image, s.labels) for s in ev.evaluation_slices(args.slices, seed=args.eval_seed)]
+        records = ev.evaluate_clicks(model, samples, norm or Normalization("percentile"))
+        summary = ev.summarize(records)
         report[f"heldout_phantoms[{label}]"] = summary
         print(f"\nheld-out phantoms (set {args.eval_seed}), {args.slices} slices, one click per object, "
               f"normalisation: {label} "
               f"({time.perf_counter() - t:.0f} s)")
-        print(dt.format_summary(summary))
+        print(ev.format_summary(summary))
 
     hu, ref, names = ct_sample()
     print("\nreal CT slice (pydicom CT_small), one click per reference structure")

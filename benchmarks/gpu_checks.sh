@@ -80,7 +80,7 @@ import sys
 
 import numpy as np
 
-from napari_msa.engine.phantoms import phantom_volume
+from napari_msa.demo.phantoms import phantom_volume
 
 hu, labels, _ = phantom_volume(9001, shape=(8, 256, 256))
 np.save(f"{sys.argv[1]}/ddp_image.npy", hu)

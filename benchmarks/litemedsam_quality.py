@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.engine import demo_training as dt  # noqa: E402
+from napari_msa.demo import evaluation as ev  # noqa: E402
 from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.model_files import CLICK_ADAPTER_FILE  # noqa: E402
 
@@ -136,7 +136,7 @@ def main() -> None:
     models["demo model"] = load_model("demo", device="cpu")
 
     hu, ct_truths, ct_names = ct_sample_objects()
-    phantom = [(s.image, s.labels) for s in dt.evaluation_slices(args.phantom_slices, seed=0)]
+    phantom = [(s.image, s.labels) for s in ev.evaluation_slices(args.phantom_slices, seed=0)]
     mr_image, mr_truths = mr_small_references(plain, np.random.default_rng(5))
 
     rows = []
@@ -145,7 +145,7 @@ def main() -> None:
         ct = score_objects(model, hu, ct_truths, CT)
         ph: dict[str, list[float]] = {"click": [], "box": [], "box+click": []}
         for image, labels in phantom:
-            part = score_objects(model, image, components(labels, dt.EVAL_MIN_AREA), CT)
+            part = score_objects(model, image, components(labels, ev.EVAL_MIN_AREA), CT)
             for k in ph:
                 ph[k] += part[k]
         mr = score_objects(model, mr_image, mr_truths, None, with_box=False)

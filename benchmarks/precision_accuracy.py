@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from litemedsam_quality import CT, ct_sample_objects  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
-from napari_msa.engine import demo_training as dt  # noqa: E402
+from napari_msa.demo import evaluation as ev  # noqa: E402
 from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.session import Embedding  # noqa: E402
 
@@ -57,7 +57,7 @@ def mr_small_objects(session: Session, image: np.ndarray) -> list[np.ndarray]:
     if not objects:
         pieces, n = ndimage.label(image > threshold_otsu(image))
         sizes = np.bincount(pieces.ravel())[1:]
-        objects = [pieces == k + 1 for k in np.argsort(sizes)[::-1][:6] if sizes[k] >= dt.EVAL_MIN_AREA]
+        objects = [pieces == k + 1 for k in np.argsort(sizes)[::-1][:6] if sizes[k] >= ev.EVAL_MIN_AREA]
     return objects
 
 
@@ -71,11 +71,11 @@ def datasets(phantom_slices: int) -> list[tuple[str, np.ndarray, list[np.ndarray
     out = []
     hu, truths, _ = ct_sample_objects()
     out.append(("CT sample", hu, truths, CT))
-    for s in dt.evaluation_slices(phantom_slices, seed=0):
-        out.append(("phantoms (eval stream)", s.image, components(s.labels, dt.EVAL_MIN_AREA), CT))
+    for s in ev.evaluation_slices(phantom_slices, seed=0):
+        out.append(("phantoms (eval stream)", s.image, components(s.labels, ev.EVAL_MIN_AREA), CT))
     (vol, _, _), (labels, _, _) = phantom_volume()
     for z in range(0, vol.shape[0], 4):
-        objects = components(labels[z], dt.EVAL_MIN_AREA)
+        objects = components(labels[z], ev.EVAL_MIN_AREA)
         if objects:
             out.append(("phantom sample volume", vol[z], objects, CT))
     mr = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.float32)

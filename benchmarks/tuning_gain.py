@@ -31,8 +31,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
+from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
 from napari_msa.engine.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
-from napari_msa.engine.phantoms import phantom_volume  # noqa: E402
 from napari_msa.engine.tuning import tune  # noqa: E402
 
 # Phantom volumes come from phantom_volume(seed) = the generator's EVALUATION stream [seed, 1]; demo training

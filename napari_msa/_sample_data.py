@@ -27,7 +27,7 @@ def sample_dir() -> Path:
             return candidate
     raise FileNotFoundError(
         "napari-msa's sample data is missing (looked in " + ", ".join(str(c) for c in _CANDIDATES) + "); "
-        "reinstall the package or run `python sample_data/make_samples.py` in a source checkout"
+        "reinstall the package or run `python -m napari_msa.demo.samples` in a source checkout"
     )
 
 

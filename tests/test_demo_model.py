@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from napari_msa import Normalization, load_model
+from napari_msa.demo import evaluation as ev
+from napari_msa.demo import training as dt
 from napari_msa.engine import DEMO_MODEL_FILE
-from napari_msa.engine import demo_training as dt
 from napari_msa.engine.geometry import components, dice, most_interior
 from napari_msa.engine.models import build_sam, get_config
 
@@ -43,13 +44,13 @@ def test_demo_model_file_is_small_named_and_reproducible():
     commands = extra["command"].split(" && ")
     assert len(commands) == len(stages) and sum(st["steps"] for st in stages) == extra["steps"]
     for i, (command, stage) in enumerate(zip(commands, stages)):
-        assert command.startswith("python -m napari_msa.engine.demo_training ")
+        assert command.startswith("python -m ") and command.split()[2] in (dt.MODULE, *dt.EARLIER_MODULES)
         assert f"--steps {stage['steps']} " in command and f"--seed {extra['seed']} " in command
         assert ("--resume-from" in command) == (i > 0)
     assert [st["data_steps"] for st in stages] == [[a, a + st["steps"]] for a, st in
                                                   zip(np.cumsum([0] + [st["steps"] for st in stages]), stages)]
     heldout = extra["heldout_one_click"]
-    assert heldout["objects"] > 100 and set(heldout["bins"]) == {name for _, _, name in dt.SIZE_BINS}
+    assert heldout["objects"] > 100 and set(heldout["bins"]) == {name for _, _, name in ev.SIZE_BINS}
 
 
 def test_demo_model_loads_by_name_and_says_it_is_a_demo():
@@ -62,11 +63,11 @@ def test_demo_model_loads_by_name_and_says_it_is_a_demo():
 def test_demo_model_segments_held_out_phantom_objects():
     """One click per object on phantom slices training never saw, through Session.predict."""
     model = load_model("demo", device="cpu")
-    samples = [(s.image, s.labels) for s in dt.evaluation_slices(8, seed=7)]
-    records = dt.evaluate_clicks(model, samples, Normalization("ct"))
+    samples = [(s.image, s.labels) for s in ev.evaluation_slices(8, seed=7)]
+    records = ev.evaluate_clicks(model, samples, Normalization("ct"))
     assert len(records) >= 30
     dice = np.array([r["dice"] for r in records])
-    assert dice.mean() >= HELDOUT_DICE_FLOOR, dt.format_summary(dt.summarize(records))
+    assert dice.mean() >= HELDOUT_DICE_FLOOR, ev.format_summary(ev.summarize(records))
     large = [r["dice"] for r in records if r["area"] >= 2500]
     assert not large or np.mean(large) >= HELDOUT_DICE_FLOOR
 
@@ -75,7 +76,7 @@ def test_demo_model_click_picks_the_object_under_it():
     """Clicking two different organs of one slice gives two different, mostly disjoint masks."""
     from napari_msa import Session
 
-    sample = dt.evaluation_slices(1, seed=11)[0]
+    sample = ev.evaluation_slices(1, seed=11)[0]
     objects = sorted(components(sample.labels, 400), key=lambda m: -m.sum())[:2]
     session = Session(load_model("demo", device="cpu"), normalization=Normalization("ct"))
     session.set_image(sample.image)
@@ -144,9 +145,26 @@ def test_resume_continues_on_new_data_steps(tmp_path, one_thread):
                  resume_from=tmp_path / "b.safetensors", log=lambda *_: None)
 
 
+def test_demo_code_outside_the_engine_loads_without_torch():
+    """The phantoms (the sample-data menu's source) and the demo package import neither torch nor
+    segment_anything; the package's own __init__ is bypassed so only these modules' imports count."""
+    code = (
+        "import importlib.util, sys, types\n"
+        "shell = types.ModuleType('napari_msa')\n"
+        "shell.__path__ = list(importlib.util.find_spec('napari_msa').submodule_search_locations)\n"
+        "sys.modules['napari_msa'] = shell\n"
+        "import napari_msa.demo, napari_msa.demo.phantoms as P\n"
+        "P.phantom_volume(shape=(2, 32, 32))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segment_anything')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_summary_bins_objects_by_size():
     records = [{"area": 100, "dice": 0.5}, {"area": 1000, "dice": 0.8}, {"area": 5000, "dice": 1.0}]
-    summary = dt.summarize(records)
+    summary = ev.summarize(records)
     assert summary["objects"] == 3 and summary["mean_dice"] == pytest.approx(0.7667, abs=1e-3)
     assert [b["objects"] for b in summary["bins"].values()] == [1, 1, 1]
 

@@ -157,12 +157,12 @@ def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():
 
 def test_the_click_adapter_makes_one_click_work_on_held_out_phantoms():
     """One click per object on phantom slices from the evaluation stream: untuned LiteMedSAM vs the default."""
-    from napari_msa.engine import demo_training as dt
+    from napari_msa.demo import evaluation as ev
 
-    samples = [(s.image, s.labels) for s in dt.evaluation_slices(3, seed=0)]
+    samples = [(s.image, s.labels) for s in ev.evaluation_slices(3, seed=0)]
     ct = Normalization("ct")
-    plain = dt.summarize(dt.evaluate_clicks(load_model("litemedsam", adapter=None, device="cpu"), samples, ct))
-    tuned = dt.summarize(dt.evaluate_clicks(load_model(device="cpu"), samples, ct))
+    plain = ev.summarize(ev.evaluate_clicks(load_model("litemedsam", adapter=None, device="cpu"), samples, ct))
+    tuned = ev.summarize(ev.evaluate_clicks(load_model(device="cpu"), samples, ct))
     assert tuned["objects"] >= 10
     assert tuned["mean_dice"] >= CLICK_DICE_FLOOR, (plain, tuned)
     assert tuned["mean_dice"] >= plain["mean_dice"] + 0.3, (plain, tuned)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_msa.engine import phantoms as P
+from napari_msa.demo import phantoms as P
 
 
 def test_same_seed_same_slice_other_seed_other_slice():

@@ -133,8 +133,8 @@ def test_sample_module_does_not_import_torch():
 def test_phantom_sample_is_reproducible():
     """The shipped phantom is exactly what the seeded generator makes (so the script in the repo made it)."""
     from napari_msa._sample_data import phantom_volume
-    from napari_msa.engine.phantoms import SAMPLE_SEED
-    from napari_msa.engine.phantoms import phantom_volume as generate
+    from napari_msa.demo.phantoms import SAMPLE_SEED
+    from napari_msa.demo.phantoms import phantom_volume as generate
 
     (ph, _, _), (lab, _, _) = phantom_volume()
     hu, labels, _ = generate(SAMPLE_SEED, ph.shape)

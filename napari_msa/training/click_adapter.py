@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, phantoms, tune
+from napari_msa.demo import phantoms
+from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, tune
 from napari_msa.engine.geometry import mask_box
 from napari_msa.engine.model import MSAModel
 
@@ -123,7 +124,7 @@ def build_dataset(model: MSAModel, n_phantoms: int, seed: int, real: list[RealIm
     for img, lab, _kind in phantom_slices(n_phantoms, seed):
         images.append(img)
         labels.append(lab)
-    listing.append({"name": f"{n_phantoms} phantom slices", "source": "napari_msa.engine.phantoms, seed stream "
+    listing.append({"name": f"{n_phantoms} phantom slices", "source": "napari_msa.demo.phantoms, seed stream "
                     f"[{seed}, TRAIN_STREAM, {PHANTOM_STREAM_OFFSET}+i]", "licence": "BSD-3-Clause (napari-msa)"})
     session = Session(model, normalization=Normalization("none"))
     rng = np.random.default_rng([seed, 77])

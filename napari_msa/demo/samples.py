@@ -1,11 +1,11 @@
 """Write napari-msa's sample images from sources installed with pip (no network) and a seeded phantom.
 
-Run from the repository root::
+Run in a source checkout (needs the ``data`` extra: pydicom, nibabel, scikit-image)::
 
-    python sample_data/make_samples.py            # rewrites sample_data/*.tif and samples.json
+    python -m napari_msa.demo.samples            # rewrites sample_data/*.tif and samples.json
 
 Every output is reproducible: the real images are conversions of files bundled with pydicom,
-nibabel and scikit-image; the phantom comes from ``napari_msa.engine.phantoms`` with a fixed seed.
+nibabel and scikit-image; the phantom comes from ``napari_msa.demo.phantoms`` with a fixed seed.
 ``samples.json`` records, per file, what napari needs to show it right (voxel spacing as layer
 ``scale``, contrast limits, label names) and where it came from.
 """
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from scipy import ndimage
 
-HERE = Path(__file__).resolve().parent
+from .phantoms import SAMPLE_SEED, phantom_volume
+
+HERE = Path(__file__).resolve().parent.parent / "sample_data"  # the repository's sample_data/ (linked)
 PHANTOM_SHAPE = (32, 224, 224)
 PHANTOM_SPACING = (5.0, 1.6, 1.6)  # mm (z, y, x): a ~36 cm wide abdomen, 5 mm slices
 
@@ -96,9 +97,6 @@ def fundus() -> np.ndarray:
 
 
 def phantom() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    sys.path.insert(0, str(HERE.parent))
-    from napari_msa.engine.phantoms import SAMPLE_SEED, phantom_volume
-
     return phantom_volume(SAMPLE_SEED, PHANTOM_SHAPE)
 
 
@@ -116,7 +114,7 @@ def main() -> int:
     meta["ct_slice_reference.tif"] = {
         "name": "CT reference masks", "scale": list(spacing), "unit": "mm",
         "label_names": {"1": "spinal canal", "2": "aorta"},
-        "source": "made from ct_slice.tif by thresholds + connected components (make_samples.ct_reference)",
+        "source": "made from ct_slice.tif by thresholds + connected components (napari_msa.demo.samples.ct_reference)",
         "licence": "MIT (derived from pydicom's CT_small.dcm)",
     }
 
@@ -140,11 +138,9 @@ def main() -> int:
     ph, labels, names = phantom()
     _write("phantom_ct.tif", ph)
     _write("phantom_labels.tif", labels)
-    from napari_msa.engine.phantoms import SAMPLE_SEED
-
     common = {"scale": list(PHANTOM_SPACING), "unit": "mm",
-              "source": f"synthetic: napari_msa.engine.phantoms.phantom_volume(seed={SAMPLE_SEED}, "
-                        f"shape={PHANTOM_SHAPE}) via sample_data/make_samples.py",
+              "source": f"synthetic: napari_msa.demo.phantoms.phantom_volume(seed={SAMPLE_SEED}, "
+                        f"shape={PHANTOM_SHAPE}) via python -m napari_msa.demo.samples",
               "licence": "BSD-3-Clause (napari-msa)"}
     meta["phantom_ct.tif"] = {"name": "abdominal phantom (HU)", "contrast_limits": [-160, 240], **common}
     meta["phantom_labels.tif"] = {"name": "phantom ground truth", "label_names": {str(k): v for k, v in names.items()},

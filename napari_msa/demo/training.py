@@ -1,15 +1,16 @@
 """Train and evaluate the shipped demo model: a small SAM-architecture network learnt from synthetic phantoms.
 
 No SAM weights can be downloaded where this project is built, so the plugin ships a model it trained
-itself, from scratch, on 2D slices drawn on the fly by :mod:`.phantoms` (abdominal CT-like phantoms
+itself, from scratch, on 2D slices drawn on the fly by :mod:`napari_msa.demo.phantoms` (abdominal CT-like phantoms
 of random layout, contrast, size and noise, plus a share of generic shape scenes). Reproduce the
-shipped file with the command recorded in its metadata (``extra["command"]``), e.g.::
+shipped file with the command recorded in its metadata (``extra["command"]``; files trained before issue #13
+name this module ``napari_msa.engine.demo_training``), e.g.::
 
-    python -m napari_msa.engine.demo_training --steps 2400 --seed 0
+    python -m napari_msa.demo.training --steps 2400 --seed 0
 
 The data of step ``k`` depends only on ``(seed, TRAIN_STREAM, k)`` and the weights start from
 ``torch.manual_seed(seed)``, so the same command, thread count and torch build give the same file.
-Evaluation draws from ``EVAL_STREAM``, which training never touches.
+Evaluation (:mod:`napari_msa.demo.evaluation`) draws from ``EVAL_STREAM``, which training never touches.
 
 The training path feeds the network what :class:`~napari_msa.engine.session.Session` feeds it at run
 time: an 8-bit rendering (CT windows of varied level/width, or percentiles, as users load images)
@@ -33,14 +34,16 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from napari_msa.engine.decoding import decode, upscale_logits
+from napari_msa.engine.geometry import components, exact_depth
+from napari_msa.engine.losses import bce_dice_loss, hard_iou, soft_dice_loss
+from napari_msa.engine.model import MSAModel
+from napari_msa.engine.model_files import DEMO_MODEL_FILE, read_model_file, save_model_file
+from napari_msa.engine.models import SAM_PIXEL_MEAN, SAM_PIXEL_STD, ModelConfig, build_sam, get_config
+from napari_msa.engine.preprocessing import Normalization, encoder_input, to_uint8_rgb
+
 from . import phantoms
-from .decoding import decode, upscale_logits
-from .geometry import components, dice, exact_depth, most_interior
-from .losses import bce_dice_loss, hard_iou, soft_dice_loss
-from .model import MSAModel
-from .model_files import DEMO_MODEL_FILE, read_model_file, save_model_file
-from .models import SAM_PIXEL_MEAN, SAM_PIXEL_STD, build_sam, get_config
-from .preprocessing import Normalization, encoder_input, to_uint8_rgb
+from .evaluation import evaluate_heldout, format_summary
 
 DEMO_DESCRIPTION = (
     "napari-msa DEMO model: a small SAM-architecture network (segment_anything classes) trained from scratch by "
@@ -48,9 +51,9 @@ DEMO_DESCRIPTION = (
     "SAM; use a SAM checkpoint for real work."
 )
 MIN_TARGET_AREA = 12  # pixels in the model's input frame; smaller pieces are never a training target
-EVAL_MIN_AREA = 64  # pixels in the image's own frame (8x8): the smallest object evaluated
-EVAL_SEED = 1000  # held-out slices come from [EVAL_SEED + seed, EVAL_STREAM, i]
-SIZE_BINS = ((0, 400, "small (<400 px)"), (400, 2500, "medium (400-2500 px)"), (2500, 10**9, "large (>=2500 px)"))
+MODULE = "napari_msa.demo.training"
+# The module's name before issue #13 moved demo code out of the engine, as the shipped model file records it.
+EARLIER_MODULES = ("napari_msa.engine.demo_training",)
 
 
 # --- data -----------------------------------------------------------------------------------------------------------
@@ -200,56 +203,6 @@ def training_loss(sam, images: torch.Tensor, prompts: list[list[Prompt]]) -> tup
     return mask_loss + iou_loss, stats
 
 
-# --- evaluation through the public API ----------------------------------------------------------------------------
-
-
-def evaluation_slices(n: int, seed: int = 0, shapes_share: float = 0.0) -> list[phantoms.SliceSample]:
-    """Held-out phantom slices: the evaluation seed stream, never drawn by training."""
-    return [phantoms.random_slice(np.random.default_rng([EVAL_SEED + seed, phantoms.EVAL_STREAM, i]),
-                                  shapes_share=shapes_share, size_range=(128, 320)) for i in range(n)]
-
-
-def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]],
-                    normalization: Normalization | None = None, min_area: int = EVAL_MIN_AREA) -> list[dict]:
-    """One positive click at the most interior pixel of every object (connected piece of a label),
-    through ``Session.predict``; one record (area, Dice, predicted IoU) per object."""
-    from .session import Session
-
-    session = Session(model, normalization=normalization)
-    records = []
-    for k, (image, labels) in enumerate(samples):
-        session.set_image(image)
-        for truth in components(labels, min_area):
-            mask, score = session.predict(points=[most_interior(truth)], labels=[1])
-            records.append({"sample": k, "area": int(truth.sum()), "dice": dice(mask, truth), "score": score})
-    return records
-
-
-def summarize(records: list[dict]) -> dict:
-    """Mean Dice overall and per object-size bin (area in the image's own pixels)."""
-    out: dict = {"objects": len(records),
-                 "mean_dice": round(float(np.mean([r["dice"] for r in records])), 4) if records else None, "bins": {}}
-    for lo, hi, name in SIZE_BINS:
-        sel = [r["dice"] for r in records if lo <= r["area"] < hi]
-        if sel:
-            out["bins"][name] = {"objects": len(sel), "mean_dice": round(float(np.mean(sel)), 4),
-                                 "median_dice": round(float(np.median(sel)), 4)}
-    return out
-
-
-def format_summary(result: dict) -> str:
-    lines = [f"mean Dice {result['mean_dice']:.3f} over {result['objects']} objects"]
-    for name, b in result["bins"].items():
-        lines.append(f"  {name:22s} n={b['objects']:4d}  mean {b['mean_dice']:.3f}  median {b['median_dice']:.3f}")
-    return "\n".join(lines)
-
-
-def evaluate_heldout(model: MSAModel, n_slices: int = 60, seed: int = 0,
-                     normalization: Normalization | None = None) -> dict:
-    samples = [(s.image, s.labels) for s in evaluation_slices(n_slices, seed)]
-    return summarize(evaluate_clicks(model, samples, normalization or Normalization("ct")))
-
-
 # --- training -------------------------------------------------------------------------------------------------------
 
 
@@ -262,14 +215,12 @@ def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 def _load_for_resume(path: Path):
     """A model file written by this module: (sam in train mode, its ``extra``)."""
-    from .models import ModelConfig
-
     meta, state = read_model_file(Path(path))
     sam = build_sam(ModelConfig.from_dict(json.loads(meta["model"])))
     sam.load_state_dict(state)
     extra = json.loads(meta.get("extra") or "{}")
-    if extra.get("trained_by") != "napari_msa.engine.demo_training" or extra.get("steps") != extra.get("planned_steps"):
-        raise ValueError(f"{Path(path).name} is not a finished run of napari_msa.engine.demo_training")
+    if extra.get("trained_by") not in (MODULE, *EARLIER_MODULES) or extra.get("steps") != extra.get("planned_steps"):
+        raise ValueError(f"{Path(path).name} is not a finished run of {MODULE}")
     return sam, extra
 
 
@@ -297,7 +248,7 @@ def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_
     batches = _Batches(seed, offset, offset + steps, n_images, n_objects, image_size)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
-    command = (f"python -m napari_msa.engine.demo_training --steps {steps} --seed {seed} --model {model_name} "
+    command = (f"python -m {MODULE} --steps {steps} --seed {seed} --model {model_name} "
                f"--image-size {image_size} --images {n_images} --objects {n_objects} --lr {lr} --warmup {warmup} "
                f"--threads {torch.get_num_threads()}")
     if previous:
@@ -325,7 +276,7 @@ def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_
                 f"train dice {ema['dice']:.3f}  lr {opt.param_groups[0]['lr']:.1e}  {time.time() - start:.0f} s")
         if (save_every and (step + 1) % save_every == 0) or last:
             sam.eval()
-            extra = {"trained_by": "napari_msa.engine.demo_training", "command": command, "seed": seed,
+            extra = {"trained_by": MODULE, "command": command, "seed": seed,
                      "steps": offset + step + 1, "planned_steps": offset + steps, "stages": stages,
                      "train_seconds": previous.get("train_seconds", 0) + round(time.time() - start),
                      "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -344,7 +295,7 @@ def train(steps: int, seed: int, out: Path, *, model_name: str = "small", image_
 
 def main(argv: list[str] | None = None) -> int:
     """Train the demo model, or with --eval-only measure a model file on held-out phantoms."""
-    parser = argparse.ArgumentParser(prog="python -m napari_msa.engine.demo_training",
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                      description="Train napari-msa's demo model on synthetic phantoms (CPU is fine).")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
@@ -365,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.eval_only:
-        from .loading import load_model
+        from napari_msa.engine.loading import load_model
 
         model = load_model("demo", checkpoint=args.out, device="cpu")
         result = evaluate_heldout(model, args.eval_slices, args.seed)
