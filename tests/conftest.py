@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random-init models built from segment_anything's classes (milliseconds to build)."""
+"""Shared fixtures: tiny random-init models built from segment_anything's classes (milliseconds to build), seeds, and
+one torch thread. Helpers that tests import live in the *_support.py / *_files.py modules beside this file, imported
+by their bare names (pytest puts this folder on sys.path), never from conftest."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seeded():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
@@ -34,21 +36,3 @@ def one_torch_thread():
 @pytest.fixture
 def tiny_model():
     return load_model("tiny", device="cpu")
-
-
-def randomize_adapters(sam: torch.nn.Module, scale: float = 0.05) -> None:
-    """Give zero-initialised adapters non-zero weights, as after tuning."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in sam.named_parameters():
-            if "Adapter" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-
-
-def blob_volume(shape=(16, 48, 64), center=(8, 20, 40), radii=(5, 9, 14)) -> tuple[np.ndarray, np.ndarray]:
-    """A float volume with one bright off-centre ellipsoid, and its mask."""
-    zz, yy, xx = np.indices(shape)
-    mask = sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), center, radii)) <= 1.0
-    rng = np.random.default_rng(0)
-    image = rng.normal(0, 0.1, shape).astype(np.float32) + mask.astype(np.float32)
-    return image, mask

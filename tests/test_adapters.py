@@ -1,5 +1,6 @@
 import pytest
 import torch
+from model_support import randomize_adapters
 from segment_anything.modeling.image_encoder import Block
 
 from napari_msa.engine import AdapterConfig, build_sam, count_parameters, freeze_for_tuning, get_config
@@ -11,7 +12,6 @@ from napari_msa.engine.adapters import (
     set_depth_slices,
     set_trainable,
 )
-from tests.conftest import randomize_adapters
 
 
 def _pair(adapter: AdapterConfig):

@@ -50,7 +50,7 @@ def _rectangle(r0, c0, r1, c1):
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def template(tmp_path_factory, one_torch_thread):
     """Every file the table's commands read, made once; each test works on its own copy."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -58,7 +58,6 @@ def template(tmp_path_factory):
     from napari_msa import load_model
     from napari_msa.engine import build_sam, get_config
 
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("bad_inputs")
     rng = np.random.default_rng(0)
     image = rng.random((32, 32), dtype=np.float32)

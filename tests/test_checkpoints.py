@@ -4,13 +4,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_support import randomize_adapters
 from segment_anything.modeling.image_encoder import get_rel_pos
 
 from napari_msa import load_model
 from napari_msa.engine import AdapterConfig, CheckpointError, Session, build_sam, get_config
 from napari_msa.engine.checkpoints import resize_rel_pos
 from napari_msa.engine.model_files import read_adapter_metadata
-from tests.conftest import randomize_adapters
 
 
 def _save_sam_pth(tmp_path: Path, name="tiny", **kwargs) -> tuple[Path, dict]:

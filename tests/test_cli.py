@@ -3,10 +3,10 @@ import sys
 
 import numpy as np
 import tifffile
+from model_support import blob_volume
 
 from napari_msa import Session
 from napari_msa.cli import main
-from tests.conftest import blob_volume
 
 
 def _oracle(volume_labels):

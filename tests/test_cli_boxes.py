@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from model_support import blob_volume
 
 from napari_msa import Session
 from napari_msa.cli import build_parser, main
-from tests.conftest import blob_volume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

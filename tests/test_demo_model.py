@@ -102,16 +102,7 @@ def test_training_batches_are_a_function_of_seed_and_step():
             assert prompt.target[int(r), int(c)] == 1
 
 
-@pytest.fixture
-def one_thread():
-    """Two torch threads on a shared 2-core machine are ~10x slower than one; this test needs no more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_training_loss_goes_down_on_a_fixed_batch(one_thread):
+def test_training_loss_goes_down_on_a_fixed_batch(one_torch_thread):
     """The training path (prompt encoding, best-of-three, IoU head) really learns: overfit one batch."""
     torch.manual_seed(0)
     sam = build_sam(get_config("tiny", 128))
@@ -128,7 +119,7 @@ def test_training_loss_goes_down_on_a_fixed_batch(one_thread):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
-def test_resume_continues_on_new_data_steps(tmp_path, one_thread):
+def test_resume_continues_on_new_data_steps(tmp_path, one_torch_thread):
     first = dt.train(2, 0, tmp_path / "a.safetensors", model_name="tiny", image_size=128, n_images=1, n_objects=2,
                      workers=0, eval_slices=0, save_every=0, log=lambda *_: None)
     second = dt.train(2, 0, tmp_path / "b.safetensors", n_images=1, n_objects=2, workers=0, eval_slices=0,

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from medical_io_files import NIB_DATA, dicom_test_file, expected_display, nifti_like, write_series
 from pydicom.uid import generate_uid
 
 from napari_msa.medical_io import GEOMETRY_KEY, Geometry, MedicalIOError, read_medical, write_nifti_labels
-from tests.medical_io_files import NIB_DATA, dicom_test_file, expected_display, nifti_like, write_series
 
 AXIAL_ORDERS = [("L", "A", "S"), ("R", "A", "S"), ("R", "P", "I"), ("A", "L", "S"), ("P", "R", "I")]
 OTHER_PLANES = [("L", "S", "A"), ("I", "A", "R")]  # slice axis A/P (coronal), R/L (sagittal)

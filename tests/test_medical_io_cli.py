@@ -5,11 +5,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from medical_io_files import NIB_DATA, phantom, write_series
 
 from napari_msa.cli import main
 from napari_msa.engine.geometry import dice, most_interior
 from napari_msa.medical_io import read_medical
-from tests.medical_io_files import NIB_DATA, phantom, write_series
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from medical_io_files import NIB_DATA, nifti_like, write_series
 
 from napari_msa._io_plugin import LabelsNotSaved
 from napari_msa._widgets._layers import new_labels
 from napari_msa.medical_io import GEOMETRY_KEY
-from tests.medical_io_files import NIB_DATA, nifti_like, write_series
 
 pytestmark = pytest.mark.gui
 

@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 import torch
+from model_support import blob_volume
 from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from napari_msa import Session, load_model
 from napari_msa.engine import Cancelled, Normalization, build_sam, get_config
+from napari_msa.engine.geometry import dice
 from napari_msa.engine.preprocessing import ImageLayout, intensity_window, to_uint8_rgb
 from napari_msa.engine.session import prompts_from_mask
-from tests.conftest import blob_volume
 
 
 @pytest.fixture
@@ -175,12 +176,15 @@ def test_propagation_follows_the_object_and_stops(tiny_model, monkeypatch):
         session.propagate(np.zeros_like(mask[10]), 10)
 
 
-def test_propagation_runs_the_real_model(tiny_model):
-    image, mask = blob_volume(shape=(6, 40, 48), center=(3, 20, 24), radii=(4, 8, 10))
-    session = Session(tiny_model)
+def test_propagation_runs_the_real_model():
+    """A trained model (the demo model) carries a blob to the slices around it, both ways, and finds it there."""
+    image, mask = blob_volume(shape=(9, 48, 64), center=(4, 20, 40), radii=(3, 9, 14))
+    session = Session(load_model("demo", device="cpu"))
     session.set_image(image)
-    result = session.propagate(mask[3], 3, iou_threshold=0.0)
-    assert all(m.shape == (40, 48) and m.dtype == bool for m in result.values())
+    result = session.propagate(mask[4], 4, iou_threshold=0.3)
+    assert {3, 5} <= set(result) <= {z for z in range(9) if mask[z].any()} - {4}
+    assert all(m.shape == (48, 64) and m.dtype == bool for m in result.values())
+    assert min(dice(result[z], mask[z]) for z in (3, 5)) > 0.8
 
 
 def test_prompts_from_mask_interior_point():
