@@ -10,26 +10,14 @@ Usage: python benchmarks/bench_engine.py [--model vit_b] [--repeats 3] [--clicks
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from _harness import interleaved, machine_line, median
 from segment_anything import SamPredictor
 
 from napari_msa import Session, load_model
 from napari_msa.engine import build_sam, get_config
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def main() -> None:
@@ -39,8 +27,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=50)
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
+    print(machine_line())
 
     adapted = load_model(args.model, random_init=True, device="cpu")
     plain = build_sam(get_config(args.model))
@@ -48,15 +35,11 @@ def main() -> None:
     size = adapted.image_size
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
-        plain.image_encoder(x)  # warm-up
-        adapted.sam.image_encoder(x)
-        t_plain, t_adapted = [], []
-        for _ in range(args.repeats):  # interleaved so background load hits both alike
-            t_plain += timed(lambda: plain.image_encoder(x), 1)
-            t_adapted += timed(lambda: adapted.sam.image_encoder(x), 1)
-    enc_ratio = statistics.median(t_adapted) / statistics.median(t_plain)
-    print(f"[1] encoder {args.model}@{size}: SAM {statistics.median(t_plain):.2f} s, with adapters "
-          f"{statistics.median(t_adapted):.2f} s -> ratio {enc_ratio:.3f} (goal <= 1.10)")
+        enc = interleaved({"plain": lambda: plain.image_encoder(x), "adapted": lambda: adapted.sam.image_encoder(x)},
+                          args.repeats)
+    enc_ratio = median(enc["adapted"]) / median(enc["plain"])
+    print(f"[1] encoder {args.model}@{size}: SAM {median(enc['plain']):.2f} s, with adapters "
+          f"{median(enc['adapted']):.2f} s -> ratio {enc_ratio:.3f} (goal <= 1.10)")
 
     rgb = np.random.default_rng(0).integers(0, 256, size=(512, 640, 3), dtype=np.uint8)
     predictor = SamPredictor(plain)
@@ -68,20 +51,21 @@ def main() -> None:
     clicks = [(int(rng.integers(0, 512)), int(rng.integers(0, 640))) for _ in range(args.clicks)]
     t_raw, t_ours = [], []
     for r, c in clicks:
-        t_raw += timed(lambda r=r, c=c: predictor.predict(point_coords=np.array([[c, r]]),
-                                                          point_labels=np.array([1])), 1)
-        t_ours += timed(lambda r=r, c=c: session.predict(points=[(r, c)], labels=[1]), 1)
-    p50_raw, p50_ours = statistics.median(t_raw) * 1e3, statistics.median(t_ours) * 1e3
+        t = interleaved({"raw": lambda r=r, c=c: predictor.predict(point_coords=np.array([[c, r]]),
+                                                                   point_labels=np.array([1])),
+                         "ours": lambda r=r, c=c: session.predict(points=[(r, c)], labels=[1])}, 1, warmup=False)
+        t_raw += t["raw"]
+        t_ours += t["ours"]
+    p50_raw, p50_ours = median(t_raw) * 1e3, median(t_ours) * 1e3
     print(f"[2] click on cached embedding: SamPredictor.predict p50 {p50_raw:.1f} ms, Session.predict p50 "
           f"{p50_ours:.1f} ms -> ratio {p50_ours / p50_raw:.3f} (goal <= 1.2)")
 
-    base = statistics.median(t_adapted)
+    base = median(enc["adapted"])
     for small in (512, 256):
         m = load_model(args.model, random_init=True, device="cpu", image_size=small)
         xs = torch.randn(1, 3, small, small)
         with torch.no_grad():
-            m.sam.image_encoder(xs)
-            t = statistics.median(timed(lambda m=m, xs=xs: m.sam.image_encoder(xs), args.repeats))
+            t = median(interleaved({"small": lambda m=m, xs=xs: m.sam.image_encoder(xs)}, args.repeats)["small"])
         print(f"[3] encoder {args.model}@{small}: {t:.3f} s -> {t / base:.3f} of the {size} time "
               f"({base / t:.1f}x faster)")
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _harness import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,19 +51,6 @@ def default_model(device: str, precision: str):
     config = adapter_config_of(read_adapter_metadata(CLICK_ADAPTER_FILE))
     return load_model("litemedsam", random_init=True, adapter=None, adapter_config=config, device=device,
                       precision=precision)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
@@ -131,10 +119,7 @@ def volume_end_to_end(slices: int, device: str, precision: str, disk: bool = Tru
         loaded = time.perf_counter() - t0
         session = Session(model, cache_dir=cache if disk else None, cache_budget_bytes=4 << 30)
         session.set_image(volume)
-        t1 = time.perf_counter()
-        session.embed_slices(range(slices))
-        sync(model.device)
-        embedded = time.perf_counter() - t1
+        embedded = timed(lambda: session.embed_slices(range(slices)), model.device)
         on_disk = sum(p.stat().st_size for p in Path(cache).rglob("*.pt"))
         end_to_end = time.perf_counter() - t0
         reread = float("nan")

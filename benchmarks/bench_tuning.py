@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -136,7 +134,7 @@ def main() -> None:
         worker(args)
         return
 
-    import torch
+    from _harness import machine_line  # loads torch: only in the parent, after the workers' arguments
 
     from napari_msa.engine.models import get_config
 
@@ -145,8 +143,7 @@ def main() -> None:
     if not 0 < args.last_blocks < depth:
         raise SystemExit(f"--last-blocks must be between 1 and {depth - 1} for {args.model}")
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {args.threads or torch.get_num_threads()}, device {args.device}")
+    print(machine_line(device=args.device, threads=args.threads))
     print(f"model {args.model} (random init) @ {args.image_size}px, batch {args.batch_size}, {args.steps} steps "
           f"per run, last K = {args.last_blocks} blocks, {args.repeats} round(s), configurations interleaved")
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}

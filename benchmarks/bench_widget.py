@@ -14,13 +14,12 @@ benchmarks/bench_widget.py``. Usage: [--model vit_b] [--clicks 15] [--size 512] 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+from _harness import machine_line
 from qtpy.QtCore import QEventLoop, QTimer
 from segment_anything import SamPredictor
 
@@ -94,8 +93,7 @@ def main() -> None:
     from napari_msa._widgets._hub import hub_for
 
     torch.manual_seed(0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}; napari {napari.__version__}")
+    print(machine_line(extra=f"napari {napari.__version__}"))
     t = time.perf_counter()
     model = load_model(args.model, random_init=True, device="cpu")
     print(f"model: random-init {args.model} @ {model.image_size}px, built in {time.perf_counter() - t:.1f} s")
