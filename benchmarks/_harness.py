@@ -56,12 +56,16 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def ratio_table(values: dict[str, float], baseline: str | None, *, header: str, unit: str = "s",
-                digits: int = 4) -> str:
-    """A markdown table: each candidate's value and its ratio to ``baseline`` ('–' where there is none)."""
+def ratio_table(values: dict[str, float], baseline: str | None, *, header: str, unit: str = "s", digits: int = 4,
+                baseline_title: str | None = None, references: dict[str, float] | None = None) -> str:
+    """A markdown table: each candidate's value, its ratio to the ``baseline`` row ('–' where there is none) and to
+    each fixed reference value (``references``: column title -> value, e.g. a compute floor)."""
     base = values.get(baseline) if baseline is not None else None
-    lines = [f"| {header} | {unit} | vs {baseline or 'baseline'} |", "|---|---|---|"]
+    references = references or {}
+    titles = [f"vs {t}" for t in ([baseline_title or baseline] if baseline is not None else []) + list(references)]
+    lines = ["| " + " | ".join([header, unit, *titles]) + " |", "|" + "---|" * (2 + len(titles))]
     for name, value in values.items():
-        ratio = f"{value / base:.2f}×" if base else "–"
-        lines.append(f"| {name} | {value:.{digits}f} | {ratio} |")
+        ratios = ([f"{value / base:.2f}×" if base else "–"] if baseline is not None else [])
+        ratios += [f"{value / ref:.2f}×" for ref in references.values()]
+        lines.append("| " + " | ".join([name, f"{value:.{digits}f}", *ratios]) + " |")
     return "\n".join(lines)

