@@ -47,6 +47,10 @@ class Feedback:
         self.result_line = text
         self.set(text)
 
+    def fresh(self) -> None:
+        """Something new starts (a tuning run): problems seen before are told again if they come back."""
+        self._problems.clear()
+
     def tell(self, message: str, warning: bool = False) -> None:
         """An answer to something the user did: one notification, and the status line says it too."""
         (show_warning if warning else show_info)(message)
