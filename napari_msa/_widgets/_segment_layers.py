@@ -11,7 +11,10 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
 from . import _layers as L
+from ._controls import LayerChoice
 
+NEW = "(new)"  # a layer field's choice: the image's own layer, made when needed
+NONE = "(none)"  # the Boxes field's choice: no box prompts
 KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate"}
 
 
@@ -113,3 +116,82 @@ def unbind_keys(provider) -> None:
             continue
         if unbound is not None and not getattr(unbound, "__name__", "").startswith("msa_"):
             provider.bind_key(key, unbound)  # someone else's binding: put it back
+
+
+class SegmentLayers:
+    """The layers the Segment widget works on, as chosen in its four layer fields, kept in step with the viewer.
+
+    ``(new)`` in a field means the image's own layer: '<image> prompts', '<image> boxes' (made as soon as the
+    image is chosen) and '<image> labels' (made on the first mask).
+    """
+
+    def __init__(self, viewer, image: LayerChoice, points: LayerChoice, shapes: LayerChoice,
+                 labels: LayerChoice) -> None:
+        self.viewer = viewer
+        self.choices = {"image": image, "points": points, "shapes": shapes, "labels": labels}
+
+    def image(self) -> Image | None:
+        return self.choices["image"].layer()
+
+    def points(self) -> Points | None:
+        return self.choices["points"].layer()
+
+    def shapes(self) -> Shapes | None:
+        return self.choices["shapes"].layer()
+
+    def labels(self) -> Labels | None:
+        return self.choices["labels"].layer()
+
+    def prompts(self) -> list:
+        return [ly for ly in (self.points(), self.shapes()) if ly is not None]
+
+    def own_boxes_name(self) -> str | None:
+        image = self.image()
+        return None if image is None else L.prompt_boxes_name(image)
+
+    def in_use(self, layer) -> bool:
+        return layer in (self.image(), self.labels(), self.points(), self.shapes())
+
+    def refresh(self) -> None:
+        for choice in self.choices.values():
+            choice.refresh(self.viewer.layers)
+
+    def adopt(self, image: Image) -> Points:
+        """A new image: choose its own prompt layers (made if missing) and its labels, if it has some."""
+        points = own_prompt_layer(self.viewer, image, Points)
+        boxes = own_prompt_layer(self.viewer, image, Shapes)
+        self.refresh()
+        choose_quietly(self.choices["points"], points)  # the caller acts once, not once per field
+        choose_quietly(self.choices["shapes"], boxes)
+        labels = own_labels(self.viewer, image)
+        self.choices["labels"].choose(labels if labels is not None else NEW)
+        return points
+
+    def adopt_new_prompt_layers(self) -> None:
+        """'(new)' in Points or Boxes: the image's own layer, found or made."""
+        image = self.image()
+        if image is None:
+            return
+        for key, kind in (("points", Points), ("shapes", Shapes)):
+            choice = self.choices[key]
+            if choice.currentText() == NEW:
+                layer = own_prompt_layer(self.viewer, image, kind)
+                choice.refresh(self.viewer.layers)
+                choose_quietly(choice, layer)
+
+    def labels_to_write(self, image: Image) -> tuple[Labels, bool]:
+        """The chosen labels layer, or '<image> labels' made now for '(new)'; and whether it was made."""
+        labels = self.labels()
+        if labels is not None:
+            return labels, False
+        labels = add_labels_below(self.viewer, image, [self.points(), self.shapes()])
+        self.choices["labels"].refresh(self.viewer.layers)
+        choose_quietly(self.choices["labels"], labels)
+        return labels, True
+
+
+def choose_quietly(choice: LayerChoice, layer) -> None:
+    """Choose without the change signal (the caller acts once for several changes)."""
+    choice.blockSignals(True)
+    choice.choose(layer)
+    choice.blockSignals(False)
