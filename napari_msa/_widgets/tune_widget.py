@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,6 +43,7 @@ from ._layers import spatial_shape
 from ._model_panel import ModelPanel
 from ._tune_curve import CurveWidget, TuneRelay
 from ._tune_curve import fmt_time as _fmt_time
+from ._tune_layers import AnnotatedLabels
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
@@ -74,16 +76,16 @@ class TuneWidget(QWidget):
         self._relay = TuneRelay()
         self._relay.progressed.connect(self._on_progress)
         self._build()
-        self._recent: list = []  # labels layers, least to most recently selected or painted
-        self._watched: list = []  # labels layers whose edits we follow
-        for emitter, callback in ((self.viewer.layers.events.inserted, self._refresh_layers),
-                                  (self.viewer.layers.events.removed, self._refresh_layers),
-                                  (self.viewer.layers.events.moved, self._refresh_layers),
-                                  (self.viewer.layers.selection.events.active, self._on_active_layer)):
+        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running)
+        self.image_combo.currentIndexChanged.connect(self.annotations.pick)
+        for emitter, callback in ((self.viewer.layers.events.inserted, self.annotations.refresh),
+                                  (self.viewer.layers.events.removed, self.annotations.refresh),
+                                  (self.viewer.layers.events.moved, self.annotations.refresh),
+                                  (self.viewer.layers.selection.events.active, self.annotations.active_changed)):
             self.link.connect(emitter, callback)
         self.link.on_release(self._cancel.set)  # a run the closed widget started stops
-        self.link.on_release(_unwatch_factory(self._watched, self._labels_edited))
-        self._refresh_layers()
+        self.link.on_release(self.annotations.release)
+        self.annotations.refresh()
         self._show_model(self.hub.model)
 
     # ============================================================================ layout
@@ -104,7 +106,6 @@ class TuneWidget(QWidget):
             Labels, tooltip="Your annotations: every labelled slice and every object id in it is used "
                             "(0 is background). Follows the labels layer you last selected or painted on "
                             "this image's grid.")
-        self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         self.norm_combo = ElidingComboBox()
@@ -118,7 +119,7 @@ class TuneWidget(QWidget):
                                         tooltip="Steps, learning rate, held-out share, decoder; the title shows "
                                                 "the current settings. Click to show or hide.")
         form = QFormLayout(self.training_section.body)
-        defaults = _TuneDefaults()
+        defaults = SimpleNamespace(**C.TUNE_DEFAULTS)  # TuneConfig's, without importing the engine
         self.train_what = ElidingComboBox()
         self.train_what.addItems(list(TRAIN_CHOICES))
         self.train_what.setCurrentText(next(k for k, v in TRAIN_CHOICES.items()
@@ -208,66 +209,7 @@ class TuneWidget(QWidget):
             f"Tune {what}, {steps} steps, peak learning rate {self.lr.value():g}, "
             f"{self.val_share.value():.0%} of the labelled slices held out. Click to show or hide.")
 
-    # ============================================================================ layers and model
-    def _refresh_layers(self, *_) -> None:
-        self.image_combo.refresh(self.viewer.layers)
-        self.labels_combo.refresh(self.viewer.layers)
-        self._follow_labels_edits()
-        self._on_active_layer()
-        self._pick_matching_labels()
-
-    def _follow_labels_edits(self) -> None:
-        """Listen to painting (and data replacement) on every labels layer, to know which one is being annotated."""
-        present = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
-        for layer in [ly for ly in self._watched if ly not in present]:
-            layer.events.paint.disconnect(self._labels_edited)
-            layer.events.data.disconnect(self._labels_edited)
-            self._watched.remove(layer)
-        for layer in [ly for ly in present if ly not in self._watched]:
-            layer.events.paint.connect(self._labels_edited)
-            layer.events.data.connect(self._labels_edited)
-            self._watched.append(layer)
-        self._recent = [ly for ly in self._recent if ly in present]
-
-    def _touch(self, layer) -> None:
-        if layer in self._recent:
-            self._recent.remove(layer)
-        self._recent.append(layer)
-
-    def _labels_edited(self, event) -> None:
-        layer = getattr(event, "source", None)
-        if isinstance(layer, Labels):
-            self._touch(layer)
-            self._pick_matching_labels()
-
-    def _on_active_layer(self, *_) -> None:
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Labels):
-            self._touch(active)
-            self._pick_matching_labels()
-
-    def _pick_matching_labels(self, *_) -> None:
-        """The labels layer the user works on: the one last selected or painted on the image's grid, else the
-        current choice if it fits, else the newest that fits (a sample's ground truth usually comes first)."""
-        if self.running:
-            return  # what is being tuned on stays shown
-        image, current = self.image_combo.layer(), self.labels_combo.layer()
-        if image is None:
-            return
-        shape = spatial_shape(image)
-        fits = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.data.shape == shape]
-        recent = [ly for ly in self._recent if ly in fits]
-        if recent:
-            choice = recent[-1]
-        elif current is not None and current in fits:
-            choice = current
-        elif fits:
-            choice = fits[-1]
-        else:
-            return
-        if choice != current:
-            self.labels_combo.choose(choice)
-
+    # ============================================================================ model
     def _show_model(self, model) -> None:
         if self.result is not None and model is not self.result.model:
             self._show_decision(False)  # another model was loaded meanwhile: nothing to keep or discard
@@ -501,21 +443,3 @@ def _no_model_text() -> str:
     if C.litemedsam_installed():
         return "Model: none loaded; Start loads the default (LiteMedSAM + click adapter)"
     return "Model: none loaded; load one in the Segment (MSA) widget"
-
-
-class _TuneDefaults:
-    """TuneConfig's defaults, read without importing the engine (see ``_choices``)."""
-
-    def __init__(self) -> None:
-        self.__dict__.update(C.TUNE_DEFAULTS)
-
-
-def _unwatch_factory(watched: list, edited):
-    def unwatch() -> None:
-        """Stop following the labels layers' edits (the widget is closed or undocked)."""
-        for layer in watched:
-            layer.events.paint.disconnect(edited)
-            layer.events.data.disconnect(edited)
-        watched.clear()
-
-    return unwatch
