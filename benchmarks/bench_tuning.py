@@ -94,11 +94,11 @@ def worker(args: argparse.Namespace) -> None:
         "step_s": statistics.median(result.step_times[len(result.step_times) // 2:]),
         "first_step_s": result.step_times[0],
         "wall_s": wall,
-        "trainable": result.summary["trainable_parameters"],
+        "trainable": result.summary.trainable_parameters,
         "rss_start_mb": rss_start,
         "rss_loaded_mb": rss_loaded,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cache_entries": result.summary["prefix_cache_entries"],
+        "cache_entries": result.summary.prefix_cache_entries,
     }
     if cuda:
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

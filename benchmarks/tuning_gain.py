@@ -110,9 +110,9 @@ def run_one(volume: Volume, k: int, tune_kwargs: dict, verbose: bool = False) ->
     s = result.summary
     return {
         "model": volume.model_name, "seed": volume.seed, "k": k, "labelled": labelled, "tune": tune_kwargs,
-        "tune_s": round(tune_s, 1), "steps_done": s.get("steps_done"), "stopped": s.get("stopped"),
-        "kept": s.get("kept", "tuned"), "val_before": s.get("val_dice_before"), "val_after": s.get("val_dice_after"),
-        "step_time_s": s.get("step_time_s"), "names": {str(a): b for a, b in volume.names.items()},
+        "tune_s": round(tune_s, 1), "steps_done": s.steps_done, "stopped": s.stopped, "kept": s.kept,
+        "held_out": s.to_dict()["held_out"], "val_objects": s.per_object, "best_step": s.best_step,
+        "step_time_s": s.step_time_s, "names": {str(a): b for a, b in volume.names.items()},
         "before": [r for r in volume.before if r["z"] in others], "after": after,
     }
 

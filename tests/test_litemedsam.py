@@ -135,8 +135,8 @@ def test_prefix_cache_runs_on_tinyvit_last_blocks():
     labels[10:30, 12:34] = 1
     labels[40:58, 30:50] = 2
     result = tune(model, image, labels, steps=2, val_fraction=0.0, seed=0, train_adapters=True, train_decoder=False)
-    assert result.summary["prefix_cache"] is True
-    assert result.summary["first_trained_block"] > 0
+    assert result.summary.prefix_cache is True
+    assert result.summary.first_trained_block > 0
 
 
 def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():

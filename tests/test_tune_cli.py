@@ -38,8 +38,9 @@ def test_tune_writes_an_adapter_that_loads_and_reports_dice(task_files, tmp_path
     last = capsys.readouterr().out.strip().splitlines()[-1]
     meta = read_adapter_metadata(out)
     t = meta["training"]
-    assert t["steps_done"] == 4 and t["n_val_pairs"] == 2 and t["lr"] == 3e-3 and t["seed"] == 1
-    assert f"held-out Dice (1 click) {t['val_dice_before']:.3f} -> {t['val_dice_after']:.3f}" in last
+    assert t["steps_done"] == 4 and t["n_val_objects"] == 2 and t["config"]["lr"] == 3e-3 and t["config"]["seed"] == 1
+    h = t["held_out"]
+    assert f"held-out Dice (1 click) {h['click_before']:.3f} -> {h['click_after']:.3f}" in last
     assert str(out) in last
     torch.manual_seed(1)  # the CLI seeds before building, so the same random base comes back
     model = load_model("tiny", device="cpu", adapter=out)
@@ -55,7 +56,7 @@ def test_last_blocks_builds_a_partial_adapter_with_the_prefix_cache(task_files, 
                  "--last-blocks", "1", "--checkpoint-blocks"]) == 0
     meta = read_adapter_metadata(out)
     assert meta["adapter_config"]["blocks"] == [1] and meta["training"]["prefix_cache"]
-    assert meta["training"]["checkpoint_blocks"]
+    assert meta["training"]["config"]["checkpoint_blocks"]
     assert all(k.startswith("image_encoder.blocks.1.") for k in load_file(out))
 
 

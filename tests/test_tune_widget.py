@@ -78,7 +78,7 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     limits = tuple(float(v) for v in viewer.layers["img"].contrast_limits)
     assert hub.model.normalization.preset == "limits" and hub.model.normalization.limits == limits
 
-    steps = widget.result.summary["steps_done"]
+    steps = widget.result.summary.steps_done
     assert widget.progress.value() == widget.progress.maximum() == 40
     assert [s for s, _ in widget.curve.loss] == list(range(1, steps + 1)) and len(widget.curve.dice) >= 2
     assert "held-out Dice" in widget.status.text() and widget.save_button.isEnabled()
@@ -119,10 +119,12 @@ def test_discard_goes_back_to_the_model_tuning_started_from(tuner, qtbot):
 
 
 def test_results_table_marks_a_label_that_got_worse():
-    summary = {"val_per_label": {"1": {"click": [0.8, 0.9], "box": [0.9, 0.9]},
-                                 "2": {"click": [0.8, 0.5], "box": [0.9, 0.91]}},
-               "val_dice_before": 0.8, "val_dice_after": 0.7, "val_box_dice_before": 0.9,
-               "val_box_dice_after": 0.905, "n_val_pairs": 2}
+    from napari_msa.engine.tune_types import DiceChange, TuneConfig, TuneSummary
+
+    summary = TuneSummary(config=TuneConfig(), model="tiny", image_size=48, n_slices=2, n_train_objects=2,
+                          n_val_objects=2, split="slice", steps_done=4, stopped="completed", kept="tuned", best_step=4,
+                          epochs=1.0, held_out=DiceChange(0.8, 0.7, 0.9, 0.905),
+                          per_label={1: DiceChange(0.8, 0.9, 0.9, 0.9), 2: DiceChange(0.8, 0.5, 0.9, 0.91)})
     html = tw.results_table(summary, {1: "liver"})
     assert "liver" in html and "label 2" in html and "all 2 objects" in html
     rows = html.split("<tr>")

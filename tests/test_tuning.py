@@ -189,9 +189,9 @@ def test_adapters_alone_learn_a_new_structure_and_nothing_else_moves(pretrained)
     result = tune(pretrained, -images, labels, steps=40, lr=3e-2, batch_size=8, val_fraction=0.34, seed=0,
                   patience=0, train_adapters=True, train_decoder=False, max_correction_rounds=3, progress=seen.append)
     s = result.summary
-    assert s["loss_last"] < 0.5 * s["loss_first"], s  # measured: 3.1 → 0.85
-    assert s["val_dice_after"] > s["val_dice_before"] + 0.3, s  # measured: 0.005 → 0.46
-    assert s["split"] == "slice" and s["n_val_pairs"] == 4 and s["steps_done"] == 40
+    assert s.loss_last < 0.5 * s.loss_first, s  # measured: 3.1 → 0.85
+    assert s.held_out.click_after > s.held_out.click_before + 0.3, s  # measured: 0.005 → 0.46
+    assert s.split == "slice" and s.n_val_objects == 4 and s.steps_done == 40
     # progress: prepare, eval before, every step, ETA, done
     assert seen[0].phase == "prepare" and seen[-1].phase == "done"
     train = [p for p in seen if p.phase == "train"]
@@ -212,12 +212,13 @@ def test_decoder_option_learns_and_the_adapter_round_trips(tmp_path):
                   train_adapters=True, train_decoder=True)
     s = result.summary
     # measured: loss 1.64 → 0.85, held-out click Dice (3 clicks per object) 0.08 → 0.34
-    assert s["loss_last"] < 0.7 * s["loss_first"] and s["val_dice_after"] > s["val_dice_before"] + 0.2, s
+    assert s.loss_last < 0.7 * s.loss_first and s.held_out.click_after > s.held_out.click_before + 0.2, s
 
     path = result.save(tmp_path / "tuned.safetensors")
     meta = read_adapter_metadata(path)
-    assert meta["includes_decoder"] and meta["training"]["val_dice_after"] == s["val_dice_after"]
-    assert meta["training"]["steps_done"] == 30 and json.dumps(meta["training"])
+    assert meta["includes_decoder"] and meta["training"]["held_out"]["click_after"] == s.held_out.click_after
+    assert meta["training"]["steps_done"] == meta["training"]["config"]["steps"] == 30
+    assert json.loads(json.dumps(meta["training"])) == meta["training"]
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
 
     reloaded = model.clone()  # the untuned model plus the file
@@ -288,15 +289,15 @@ def test_prefix_cache_gives_the_same_training_and_hits():
                   train_decoder=False)
     cached = tune(model, images, labels, cache_prefix=True, **kwargs)
     plain = tune(model, images, labels, cache_prefix=False, **kwargs)
-    assert cached.summary["prefix_cache"] and not plain.summary["prefix_cache"]
-    assert cached.summary["first_trained_block"] == 1
+    assert cached.summary.prefix_cache and not plain.summary.prefix_cache
+    assert cached.summary.first_trained_block == 1
     np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
     # with augmentation the cache holds one entry per flip/rotation variant
     augmented = tune(model, images, labels, steps=6, lr=1e-2, seed=0, val_fraction=0.25, train_adapters=True,
                      train_decoder=False)  # augmentation is on by default when the encoder trains
-    assert augmented.summary["prefix_cache"]
-    assert 0 < augmented.summary["prefix_cache_entries"] <= 8 * 4
-    assert augmented.summary["prefix_cache_hits"] > 0
+    assert augmented.summary.prefix_cache
+    assert 0 < augmented.summary.prefix_cache_entries <= 8 * 4
+    assert augmented.summary.prefix_cache_hits > 0
     with pytest.raises(ValueError, match="last blocks"):
         tune(tiny(), images, labels, steps=1, cache_prefix=True, train_adapters=True)
 
@@ -311,8 +312,8 @@ def test_decoder_alone_trains_on_embeddings_computed_once():
     cached = tune(model, images, labels, cache_prefix=True, **kwargs)
     plain = tune(model, images, labels, cache_prefix=False, **kwargs)
     s = cached.summary
-    assert s["train_decoder"] and not s["train_adapters"] and not s["augment"] and s["saves_decoder"]
-    assert s["prefix_cache_entries"] == 4 and s["prefix_cache_hits"] >= 6 - 3  # 3 training slices + 1 held out
+    assert s.config.train_decoder and not s.config.train_adapters and not s.config.augment and s.saves_decoder
+    assert s.prefix_cache_entries == 4 and s.prefix_cache_hits >= 6 - 3  # 3 training slices + 1 held out
     np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
     assert states_equal(cached.model.sam.image_encoder.state_dict(), encoder_before)
     moved = [k for k, v in cached.model.sam.state_dict().items() if k.startswith("mask_decoder")
@@ -326,7 +327,7 @@ def test_activation_checkpointing_trains_the_same():
     kwargs = dict(steps=3, lr=1e-2, seed=0, val_fraction=0.25, train_decoder=True)
     plain = tune(model, images, labels, **kwargs)
     saving = tune(model, images, labels, checkpoint_blocks=True, **kwargs)
-    assert saving.summary["checkpoint_blocks"]
+    assert saving.summary.config.checkpoint_blocks
     np.testing.assert_allclose(saving.losses, plain.losses, rtol=1e-4)
     a, b = plain.model.trainable_state(), saving.model.trainable_state()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
@@ -338,14 +339,14 @@ def test_early_stopping_keeps_the_best_weights():
     kwargs = dict(seed=0, val_fraction=0.25, eval_every=2)
     result = tune(tiny(), images, labels, steps=40, lr=1.0, train_decoder=True, patience=2, **kwargs)
     s = result.summary
-    start_box = s["val_history"][0][2]
-    score = {step: click + min(0.0, box - start_box) for step, click, box in s["val_history"]}  # the criterion
-    assert s["stopped"] == "early_stopping" and 20 <= s["steps_done"] < 40  # never before half the steps
-    assert score[s["best_step"]] == max(score.values()) > score[s["steps_done"]]  # the last check was worse
-    assert s["val_dice_after"] == dict((st, c) for st, c, _ in s["val_history"])[s["best_step"]]
+    start_box = s.history[0][2]
+    score = {step: click + min(0.0, box - start_box) for step, click, box in s.history}  # the criterion
+    assert s.stopped == "early_stopping" and 20 <= s.steps_done < 40  # never before half the steps
+    assert score[s.best_step] == max(score.values()) > score[s.steps_done]  # the last check was worse
+    assert s.held_out.click_after == dict((st, c) for st, c, _ in s.history)[s.best_step]
     # measured again from scratch on the same held-out split, the returned weights score the best Dice
     again = tune(result.model, images, labels, steps=0, **kwargs).summary
-    assert again["val_dice_before"] == pytest.approx(s["val_dice_after"], abs=1e-4)
+    assert again.held_out.click_before == pytest.approx(s.held_out.click_after, abs=1e-4)
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_model():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import (
     CLIError,
@@ -17,6 +18,9 @@ from .common import (
     normalization_from_args,
     read_image,
 )
+
+if TYPE_CHECKING:
+    from napari_msa.engine.tune_types import TuneSummary
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -130,13 +134,13 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def per_label_lines(summary: dict) -> str:
+def per_label_lines(summary: TuneSummary) -> str:
     """Held-out Dice per label before -> after, so a structure that got worse is seen, not averaged away."""
     lines = ["held-out Dice per label (1 click | box), before -> after:"]
-    for label, d in summary.get("val_per_label", {}).items():
-        (cb, ca), (bb, ba) = d["click"], d["box"]
-        worse = "  <- worse" if ca < cb - 0.01 or ba < bb - 0.01 else ""
-        lines.append(f"  label {label:>4}: {_fmt(cb)} -> {_fmt(ca)} | {_fmt(bb)} -> {_fmt(ba)}{worse}")
+    for label, d in summary.per_label.items():
+        worse = "  <- worse" if d.worse() else ""
+        lines.append(f"  label {label:>4}: {_fmt(d.click_before)} -> {_fmt(d.click_after)} | "
+                     f"{_fmt(d.box_before)} -> {_fmt(d.box_after)}{worse}")
     return "\n".join(lines)
 
 
@@ -204,17 +208,18 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             result.save(out)
         if info.is_main and not quiet:
-            stop = ", stopped early" if s["stopped"] == "early_stopping" else ""
-            if s["n_val_pairs"]:
+            stop = ", stopped early" if s.stopped == "early_stopping" else ""
+            if s.held_out is not None:
                 print(per_label_lines(s))
                 kept = (" no check beat the starting weights, so the adapter written is the one tuning started "
-                        "from;" if s.get("kept") == "untuned" else "")
-                print(f"held-out Dice (1 click) {_fmt(s['val_dice_before'])} -> {_fmt(s['val_dice_after'])}, "
-                      f"box {_fmt(s['val_box_dice_before'])} -> {_fmt(s['val_box_dice_after'])} "
-                      f"on {s['n_val_pairs']} held-out object(s); {s['steps_done']}/{s['steps_planned']} steps"
-                      f"{stop} on {s['world_size']} process(es);{kept} adapter written to {out}")
+                        "from;" if not s.tuned else "")
+                h = s.held_out
+                print(f"held-out Dice (1 click) {_fmt(h.click_before)} -> {_fmt(h.click_after)}, "
+                      f"box {_fmt(h.box_before)} -> {_fmt(h.box_after)} "
+                      f"on {s.n_val_objects} held-out object(s); {s.steps_done}/{s.config.steps} steps"
+                      f"{stop} on {s.world_size} process(es);{kept} adapter written to {out}")
             else:
-                print(f"no held-out objects (--val-fraction 0), Dice not measured; {s['steps_done']} steps; "
+                print(f"no held-out objects (--val-fraction 0), Dice not measured; {s.steps_done} steps; "
                       f"adapter written to {out}")
         if info.enabled:
             torch.distributed.barrier()

@@ -47,7 +47,7 @@ from ._tune_layers import AnnotatedLabels
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
-    from napari_msa.engine.tuning import TuneProgress, TuneResult
+    from napari_msa.engine.tuning import TuneProgress, TuneResult, TuneSummary
 
 log = logging.getLogger(__name__)
 
@@ -320,19 +320,19 @@ class TuneWidget(QWidget):
     def _on_done(self, result: TuneResult) -> None:
         s = result.summary
         self.progress.setValue(self.progress.maximum())
-        stop = " (stopped early)" if s["stopped"] == "early_stopping" else ""
-        done = f"Done in {_fmt_time(s['time_s'])}: {s['steps_done']} steps{stop}"
-        if s["n_val_pairs"]:
+        stop = " (stopped early)" if s.stopped == "early_stopping" else ""
+        done = f"Done in {_fmt_time(s.time_s)}: {s.steps_done} steps{stop}"
+        if s.held_out is not None:
             self.results.setText(results_table(s, self._label_names))
             self.results.setVisible(True)
         # In a short dock the table and the buttons sit below the fold: scroll to them once laid out.
         QTimer.singleShot(0, lambda: self.panel.ensureWidgetVisible(self.save_button))
-        if s.get("kept") == "untuned":
+        if not s.tuned:
             self.status.setText(f"{done}. No held-out check beat the model as it was, so it stays unchanged; "
                                 "label more slices or objects and tune again.")
             return
         self.result = result
-        dice = (f"held-out Dice {s['val_dice_before']:.3f} → {s['val_dice_after']:.3f}" if s["n_val_pairs"]
+        dice = (f"held-out Dice {s.held_out.click_before:.3f} → {s.held_out.click_after:.3f}" if s.held_out
                 else "no held-out objects, Dice not measured")
         self.status.setText(f"{done}, {dice}. Segmentation uses the tuned adapter now: keep it, or discard it to go "
                             "back.")
@@ -417,25 +417,24 @@ class TuneWidget(QWidget):
         show_info(f"Adapter saved to {path}")
 
 
-def results_table(summary: dict, names: dict | None = None) -> str:
+def results_table(summary: TuneSummary, names: dict | None = None) -> str:
     """Held-out Dice before → after per label and overall, as a small HTML table; a drop is shown in red
     so a structure that got worse is seen, not averaged away."""
     names = names or {}
 
-    def cell(pair: list) -> str:
-        before, after = pair
+    def cell(before: float | None, after: float | None) -> str:
         if before is None or after is None:
             return "<td>n/a</td>"
         color = "#ff6b6b" if after < before - 0.01 else "#7bd88f" if after > before + 0.01 else "inherit"
         return f'<td>{before:.3f} → <span style="color:{color}">{after:.3f}</span></td>'
 
     rows = ["<tr><th align=left>held-out</th><th>1 click</th><th>box</th></tr>"]
-    for label, dice in summary.get("val_per_label", {}).items():
+    for label, d in summary.per_label.items():
         name = names.get(int(label), names.get(str(label), f"label {label}"))
-        rows.append(f"<tr><td>{name}</td>{cell(dice['click'])}{cell(dice['box'])}</tr>")
-    overall = [summary["val_dice_before"], summary["val_dice_after"]]
-    boxes = [summary["val_box_dice_before"], summary["val_box_dice_after"]]
-    rows.append(f"<tr><td><b>all {summary['n_val_pairs']} objects</b></td>{cell(overall)}{cell(boxes)}</tr>")
+        rows.append(f"<tr><td>{name}</td>{cell(d.click_before, d.click_after)}{cell(d.box_before, d.box_after)}</tr>")
+    h = summary.held_out
+    rows.append(f"<tr><td><b>all {summary.n_val_objects} objects</b></td>{cell(h.click_before, h.click_after)}"
+                f"{cell(h.box_before, h.box_after)}</tr>")
     return "<table cellspacing=4>" + "".join(rows) + "</table>"
 
 

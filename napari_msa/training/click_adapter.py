@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
                     "phantom evaluation seed stream",
-        "tune_summary": {k: v for k, v in result.summary.items() if k != "val_history"},
-        "val_history": result.summary.get("val_history"),
+        "tune_summary": {k: v for k, v in result.summary.to_dict().items() if k != "history"},
+        "val_history": result.summary.history,
         "wall_time_s": round(time.time() - t0, 1),
     }
     out = tuned.save_adapter(args.out, training=provenance, include_decoder=True)

@@ -1,0 +1,139 @@
+"""What ``tune()`` takes (TuneConfig), reports while it runs (TuneProgress) and returns (TuneSummary).
+
+Kept apart from the loop so the widget, the CLI and the adapter file's metadata share one typed vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+class TuningDiverged(ValueError):
+    """The loss or the weights became non-finite: the run is abandoned and the model left as it was."""
+
+
+@dataclass
+class TuneConfig:
+    """How tuning runs (stored in the adapter file's metadata). The defaults are the few-shot case the Tune
+    widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
+
+    steps: int | None = None  # optimiser steps; None: scaled to the data (auto_steps)
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    batch_size: int = 4  # objects of one slice per sample
+    slices_per_step: int = 1  # samples (slices) per step and process
+    val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
+    seed: int = 0
+    # Default: the mask decoder on embeddings computed once per slice, the most gain per minute measured
+    # (benchmarks/tuning_gain.py); a LiteMedSAM step through the encoder's last stage costs far more.
+    train_adapters: bool = False  # the MSA adapters in the image encoder
+    train_decoder: bool = True  # the mask decoder and the point embeddings
+    # Flips/90° rotations (and intensity jitter when the encoder runs every step). None: on when the encoder
+    # trains; off for the decoder alone, where each new view costs an encoder pass and the slices to segment
+    # share the labelled ones' orientation.
+    augment: bool | None = None
+    box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
+    max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
+    iou_weight: float = 1.0
+    patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
+    min_delta: float = 1e-3  # smaller held-out gains do not count as improvement (early stopping)
+    # The tuned weights replace the starting ones only when they beat them on the held-out objects by this much:
+    # a few held-out objects give a noisy estimate, and smaller gains did not carry over to unlabelled slices.
+    accept_margin: float = 0.02
+    warmup: float = 0.1  # share of the steps spent warming the learning rate up
+    min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
+    # barely move during the warm-up, and a first half without gain says little about the second
+    evaluations: int = 6  # held-out checks in a run (unless eval_every)
+    eval_every: int | None = None
+    cache_prefix: bool | None = None  # None: cache the frozen blocks when adapters start after block 0
+    cache_budget_bytes: int = 1 << 30
+    checkpoint_blocks: bool = False  # recompute activations in backward: less memory, slower steps
+    full_finetune: bool = False  # every weight (benchmark comparison only; cannot be saved as an adapter)
+
+    def check(self) -> None:
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps must be ≥ 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
+        if not (self.train_adapters or self.train_decoder or self.full_finetune):
+            raise ValueError("nothing to tune: train the adapters, the decoder or both")
+
+
+@dataclass
+class TuneProgress:
+    """One progress report: ``phase`` is 'prepare', 'eval', 'train' or 'done'."""
+
+    phase: str
+    step: int
+    total_steps: int
+    loss: float | None = None  # this step's training loss
+    val_dice: float | None = None  # latest held-out Dice (1 click), None without a held-out split
+    best_val_dice: float | None = None
+    epoch: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class DiceChange:
+    """Held-out Dice before tuning and with the weights returned, for one click and for a box."""
+
+    click_before: float
+    click_after: float
+    box_before: float
+    box_after: float
+
+    def worse(self, tolerance: float = 0.01) -> bool:
+        """True when clicks or boxes lost more than ``tolerance``: shown in red in the widget, flagged in the CLI."""
+        return self.click_after < self.click_before - tolerance or self.box_after < self.box_before - tolerance
+
+
+@dataclass
+class TuneSummary:
+    """What a run did and measured. ``to_dict()`` is what the adapter file's metadata keeps."""
+
+    config: TuneConfig  # as run: steps and augment resolved
+    model: str
+    image_size: int
+    n_slices: int
+    n_train_objects: int
+    n_val_objects: int
+    split: str  # how objects were held out: 'slice', 'object' or 'none'
+    steps_done: int
+    stopped: str  # 'completed' or 'early_stopping'
+    # 'untuned' when no held-out check beat the starting weights by accept_margin: returned as it came.
+    kept: str
+    best_step: int
+    epochs: float  # passes over the training slices
+    held_out: DiceChange | None  # over all held-out objects; None without a held-out split
+    per_label: dict[int, DiceChange] = field(default_factory=dict)
+    # (label, click before, click after, box before, box after) per held-out object
+    per_object: list[tuple[int, float, float, float, float]] = field(default_factory=list)
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (step, click, box) at each check
+    val_clicks_per_object: int = 0
+    loss_first: float | None = None  # mean of the first tenth of the steps
+    loss_last: float | None = None
+    lr_schedule: str = ""
+    world_size: int = 1
+    trainable_parameters: int = 0
+    prefix_cache: bool = False
+    prefix_cache_entries: int = 0
+    prefix_cache_hits: int = 0
+    first_trained_block: int = 0
+    step_time_s: float = 0.0
+    saves_decoder: bool = False  # the adapter file carries decoder weights (trained, or came with the start)
+    normalization: dict = field(default_factory=dict)
+    time_s: float = 0.0
+    finished_at: str = ""
+    method: str = "napari-msa few-shot adapter tuning"
+
+    @property
+    def tuned(self) -> bool:
+        return self.kept == "tuned"
+
+    def to_dict(self) -> dict:
+        """JSON-able; per-label keys become strings."""
+        d = asdict(self)
+        d["per_label"] = {str(k): v for k, v in d["per_label"].items()}
+        return d
