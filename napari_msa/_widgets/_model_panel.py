@@ -164,7 +164,8 @@ class ModelPanel:
     def _loaded(self, value) -> None:
         if isinstance(value, Failure):
             self.feedback.report("loading the model", value.error)
-            self.section.set_expanded(True)  # show the fields the message names
+            if self.section is not None:
+                self.section.set_expanded(True)  # show the fields the message names
             return
         self.hub.set_model(value)
 
