@@ -112,7 +112,7 @@ def main() -> None:
     predictor.features, predictor.input_size, predictor.original_size = emb.features, emb.input_size, emb.original_size
     predictor.is_image_set = True
     painted_at: list[float] = []
-    original = widget._on_predicted
+    original = widget.editor.predicted
 
     def on_predicted(request, result):
         original(request, result)

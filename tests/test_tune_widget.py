@@ -8,6 +8,7 @@ import torch
 from tuning_support import blob_task
 
 from napari_msa import Session, load_model
+from napari_msa._widgets import _tune_curve
 from napari_msa._widgets import tune_widget as tw
 from napari_msa._widgets._hub import hub_for
 
@@ -89,7 +90,7 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     assert widget.keep_button.isHidden() and hub.model is widget.result.model and "Kept" in widget.status.text()
     picture = widget.curve.grab().toImage()  # the live curve paints both lines
     colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
-    assert tw.DICE_COLOR.name() in colours and tw.LOSS_COLOR.name() in colours
+    assert _tune_curve.DICE_COLOR.name() in colours and _tune_curve.LOSS_COLOR.name() in colours
 
     path = tmp_path / "tuned.safetensors"
     widget.save_adapter(path)
@@ -149,7 +150,7 @@ def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):
 
 def test_unusable_inputs_are_explained(tuner, monkeypatch):
     viewer, widget, _ = tuner(with_model=False)
-    monkeypatch.setattr("napari_msa.engine.litemedsam.is_installed", lambda: False)
+    monkeypatch.setattr("napari_msa._widgets._choices.litemedsam_installed", lambda: False)
     widget._show_model(None)
     assert "Segment (MSA)" in widget.model_label.text()
     widget.start_button.click()
@@ -196,3 +197,23 @@ def test_labels_choice_follows_the_layer_being_annotated(make_napari_viewer, qtb
     segment.commit()
     assert widget.labels_combo.layer() is viewer.layers["img labels"]
     wait_idle(qtbot, segment)
+
+
+def test_undocking_stops_tuning_and_lets_go_of_the_viewer_and_the_hub(tuner, qtbot):
+    viewer, widget, old = tuner()
+    widget.steps.setValue(5000)
+    widget.start_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
+    shown = widget.model_label.text()
+    viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)  # the run it started was cancelled
+    assert hub_for(viewer).model is old and widget.result is None
+    viewer.add_labels(np.zeros((6, 48, 48), np.int32), name="after")
+    assert widget.labels_combo.findText("after") < 0  # no longer follows the layer list
+    viewer.layers["annotations"].paint((1, 20, 20), 3)
+    viewer.layers.selection.active = viewer.layers["after"]
+    assert widget.labels_combo.layer() is viewer.layers["annotations"]  # nor edits and selection
+    hub_for(viewer).set_model(load_model("tiny", device="cpu", image_size=SIZE))
+    qtbot.wait(50)
+    assert widget.model_label.text() == shown  # nor the model hub
+    widget.deleteLater()

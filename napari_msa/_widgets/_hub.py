@@ -1,11 +1,16 @@
-"""One model per napari viewer, shared by the Segment and Tune widgets (no global singleton)."""
+"""One model per napari viewer, shared by the Segment and Tune widgets (no global singleton), and each
+widget's ties to its viewer, let go when the widget is undocked or closed."""
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import Signal as QtSignal
+from qtpy.QtWidgets import QWidget
 
 if TYPE_CHECKING:  # the engine (torch) loads when a model does, not with this module
     from napari_msa.engine import MSAModel
@@ -33,3 +38,84 @@ def hub_for(viewer) -> ModelHub:
     if viewer not in _hubs:
         _hubs[viewer] = ModelHub()
     return _hubs[viewer]
+
+
+class _ModelRelay(QObject):
+    """The hub may be fed from any thread; this queued Qt signal brings its news to the widget's thread."""
+
+    arrived = QtSignal(object)
+
+
+class _ParentWatcher(QObject):
+    """napari's remove_dock_widget detaches (does not delete) a widget: that is when it must let go."""
+
+    def __init__(self, owner: QWidget, on_undocked: Callable[[], None]) -> None:
+        super().__init__(owner)
+        self._docked = False
+        self._on_undocked = on_undocked
+        owner.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange:
+            if watched.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self._on_undocked()
+        return False
+
+
+class ViewerLink:
+    """A dock widget's ties to its viewer: the viewer's events it follows, the model hub, and what to stop.
+
+    Everything is let go when the widget is undocked (napari keeps the object) or destroyed, exactly once;
+    until then ``connect`` and ``on_release`` collect what to undo, which must not need the widget's Qt
+    objects (they may be gone). ``on_undocked`` runs first on undocking only: the widget stops its own work.
+    """
+
+    def __init__(self, owner: QWidget, viewer, on_model: Callable[[MSAModel | None], None],
+                 on_undocked: Callable[[], None] | None = None) -> None:
+        self.viewer = viewer
+        self.hub = hub_for(viewer)
+        self.released = False
+        self._connections: list[tuple[object, Callable]] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self._relay = _ModelRelay(owner)
+        self._relay.arrived.connect(on_model)
+        self.hub.model_changed.connect(self._forward)
+        self._on_undocked = on_undocked
+        self._watcher = _ParentWatcher(owner, self._undocked)
+        owner.destroyed.connect(self.release)
+
+    def _undocked(self) -> None:
+        if not self.released and self._on_undocked is not None:
+            self._on_undocked()
+        self.release()
+
+    def _forward(self, model) -> None:
+        try:
+            self._relay.arrived.emit(model)
+        except RuntimeError:  # the widget is being deleted; release() disconnects us
+            pass
+
+    def connect(self, emitter, callback: Callable) -> None:
+        """Follow ``emitter`` (a napari/psygnal event) until release."""
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def on_release(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` on release (first registered, first run)."""
+        self._cleanups.append(cleanup)
+
+    def release(self, *_) -> None:
+        """Stop listening to the hub and the viewer and run the cleanups (safe to call again)."""
+        if self.released:
+            return
+        self.released = True
+        self.hub.model_changed.disconnect(self._forward)
+        for emitter, callback in self._connections:
+            emitter.disconnect(callback)
+        self._connections.clear()
+        for cleanup in self._cleanups:
+            cleanup()
+        self._cleanups.clear()

@@ -1,5 +1,8 @@
 """Writes masks into a napari Labels layer: a live preview per slice, and a commit that Ctrl+Z undoes.
 
+The masks themselves belong to the object draft (``object_draft.ObjectDraft``); this module only paints
+them and takes them back.
+
 The preview is painted straight into the layer's array (it changes on every click, so it must not
 flood the undo history) and remembers the values it covered, so it can always be taken back. A commit
 first takes the preview back and then writes the final object through ``Labels.data_setitem`` inside
@@ -17,7 +20,6 @@ from napari.layers import Labels
 
 @dataclass
 class _PlanePreview:
-    mask: np.ndarray  # the predicted mask of the plane (bool), kept for commit and propagation
     rows: np.ndarray  # pixels the preview painted
     cols: np.ndarray
     previous: np.ndarray  # their values before painting
@@ -63,10 +65,6 @@ class LabelsWriter:
     def planes(self) -> list[int]:
         return sorted(self._preview)
 
-    def preview_mask(self, z: int) -> np.ndarray | None:
-        item = self._preview.get(z)
-        return None if item is None else item.mask
-
     def set_preview(self, z: int, mask: np.ndarray, object_id: int, overwrite: bool = False,
                     refresh: bool = True) -> int:
         """Show ``mask`` as the object on slice ``z``, replacing its earlier preview; returns pixels painted."""
@@ -81,7 +79,7 @@ class LabelsWriter:
         rows, cols = np.nonzero(mask & self._allowed(plane, object_id, overwrite))
         previous = plane[rows, cols].copy()
         plane[rows, cols] = object_id
-        self._preview[z] = _PlanePreview(mask, rows, cols, previous)
+        self._preview[z] = _PlanePreview(rows, cols, previous)
         if refresh:
             self.layer.refresh()
         return len(rows)
@@ -94,9 +92,8 @@ class LabelsWriter:
             self.layer.refresh()
 
     # --- commit --------------------------------------------------------------------------------
-    def commit(self, object_id: int, overwrite: bool = False) -> int:
-        """Make the preview final as one undo step; returns the number of pixels written."""
-        masks = {z: item.mask for z, item in self._preview.items()}
+    def commit(self, masks: dict[int, np.ndarray], object_id: int, overwrite: bool = False) -> int:
+        """Take the preview back and write ``masks`` (slice → mask) as one undo step; returns pixels written."""
         self.clear(refresh=False)
         indices: list[tuple[np.ndarray, ...]] = []
         for z, mask in sorted(masks.items()):

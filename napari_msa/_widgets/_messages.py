@@ -37,14 +37,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)
 
 
-def explain(action: str, exc: BaseException) -> str:
-    """A message for ``action`` ('prediction', 'embedding', ...) failing with ``exc``."""
+def explain(action: str, exc: BaseException, outcome: str = "nothing was written") -> str:
+    """A message for ``action`` ('prediction', 'tuning', ...) failing with ``exc``; ``outcome`` says what that
+    left as it was ('nothing was written', 'the model is unchanged')."""
     from napari_msa.engine import Cancelled, CheckpointError  # here: importing this module must not load torch
 
     if isinstance(exc, Cancelled):
-        return f"{action.capitalize()} cancelled; nothing was written."
+        return f"{action.capitalize()} cancelled; {outcome}."
     if is_out_of_memory(exc):
-        return (f"Out of memory during {action}; nothing was written. Choose a smaller model or the cpu device "
+        return (f"Out of memory during {action}; {outcome}. Choose a smaller model or the cpu device "
                 "(Device field), close other programs, or crop the image.")
     if isinstance(exc, (PromptError, CheckpointError)):
         return in_widget_terms(f"{action.capitalize()}: {exc}")
@@ -52,5 +53,5 @@ def explain(action: str, exc: BaseException) -> str:
         return f"{action.capitalize()}: file not found ({exc.filename}); check the path in the widget's fields."
     if isinstance(exc, ValueError):
         return in_widget_terms(f"{action.capitalize()}: {exc}")
-    return f"{action.capitalize()} failed ({type(exc).__name__}: {exc}); nothing was written. " \
-           "Check the model and the layers chosen in the Segment (MSA) widget."
+    return f"{action.capitalize()} failed ({type(exc).__name__}: {exc}); {outcome}. " \
+           "Check the model and the layers chosen in the widget."

@@ -8,7 +8,8 @@ The GUI thread only hands plain arrays and prompts to these classes and gets mas
   decoder passes and the labels always show the last click.
 * ``Prefetcher`` – embeddings of the current slice, then its neighbours, with a napari progress bar in
   the activity dock. A slice change restarts it (between slices: an encoder pass cannot be interrupted).
-* ``Propagation`` – one object through the volume, with progress and a cancel flag.
+* ``Propagation`` – one object through the volume, with progress and a cancel flag (the running/cancelling
+  bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``_volume``).
 
 Every engine call goes through ``ImageFeed.prepare`` first, which gives the session the image once per
 (session, layer data, normalisation) instead of hashing a whole volume on every click.
@@ -290,25 +291,23 @@ class _ProgressRelay(QObject):
     stepped = Signal(int, int)
 
 
-class Propagation:
-    """Carries one object through the volume on a worker; cancellable between slices, with progress."""
+class CancellableRun:
+    """One cancellable worker at a time, stepping through slices, with a bar in napari's activity dock.
 
-    def __init__(self, feed: ImageFeed, on_done: Callable[..., None],
-                 on_error: Callable[[BaseException], None], on_finished: Callable[[], None] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
-        self.feed = feed
-        self.on_done = on_done
-        self.on_error = on_error
-        self.on_finished = on_finished
-        self.on_change = on_change or (lambda: None)  # told when it starts, steps, is cancelled or ends
-        self.done = 0  # slices predicted so far in the current run, of ``total``
+    The bookkeeping propagation and volume embedding share: ``running`` while the worker lives,
+    ``cancelling`` once asked to stop, ``done``/``total`` from the worker's progress, ``on_change`` told
+    whenever any of them changes. Subclasses give the job and what its result means.
+    """
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self.on_change = on_change or (lambda: None)
+        self.done = 0  # slices finished so far in the current run, of ``total``
         self.total = 0
         self._cancel = threading.Event()
         self._worker = None
-        self._pbar: ActivityBar | None = None
+        self._bar: ActivityBar | None = None
         self._relay = _ProgressRelay()
         self._relay.stepped.connect(self._stepped)
-        self._token = 0  # bumped by discard(): a result that arrives after it is dropped
 
     @property
     def running(self) -> bool:
@@ -318,23 +317,66 @@ class Propagation:
     def cancelling(self) -> bool:
         return self.running and self._cancel.is_set()
 
-    def start(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> None:
+    def _launch(self, desc: str, total: int, job: Callable[..., Any], *args,
+                on_returned: Callable[[Any], None]) -> None:
+        """Run ``job(*args)`` on a worker; its value (or Failure) goes to ``on_returned``."""
         self._cancel.clear()
-        self.done, self.total = 0, max(1, session.num_slices - 1) if session.image is not None else 0
-        self._pbar = ActivityBar(f"MSA: propagating from slice {z}", total=self.total)
-        token = self._token
-        worker = create_worker(guarded(self._run), session, source, mask, z, _start_thread=False,
-                               _ignore_errors=True)
+        self.done, self.total = 0, total
+        self._bar = ActivityBar(desc, total=total)
+        worker = create_worker(guarded(job), *args, _start_thread=False, _ignore_errors=True)
         relay_warnings(worker)
-        worker.returned.connect(lambda value: self._returned(token, value))
+        worker.returned.connect(on_returned)
         worker.finished.connect(self._finished)
         self._worker = worker
         worker.start()
         self.on_change()
 
     def cancel(self) -> None:
-        self._cancel.set()
+        """Stop between slices; what was finished is kept (see the subclass)."""
+        if self.running:
+            self._cancel.set()
+            self.on_change()
+
+    def _stepped(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self._bar is not None:
+            self._bar.set(done=done, total=total, desc=self._describe_bar())
         self.on_change()
+
+    def _describe_bar(self) -> str | None:
+        """The bar's description while it runs (None: unchanged)."""
+        return None
+
+    def _ended(self) -> None:
+        """The worker is gone (done, cancelled, failed or discarded)."""
+
+    def _finished(self) -> None:
+        self._worker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._ended()
+        self.on_change()
+
+
+class Propagation(CancellableRun):
+    """Carries one object through the volume on a worker; cancellable between slices, with progress."""
+
+    def __init__(self, feed: ImageFeed, on_done: Callable[..., None],
+                 on_error: Callable[[BaseException], None], on_finished: Callable[[], None] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        super().__init__(on_change)  # on_change: told when it starts, steps, is cancelled or ends
+        self.feed = feed
+        self.on_done = on_done
+        self.on_error = on_error
+        self.on_finished = on_finished
+        self._token = 0  # bumped by discard(): a result that arrives after it is dropped
+
+    def start(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> None:
+        total = max(1, session.num_slices - 1) if session.image is not None else 0
+        token = self._token
+        self._launch(f"MSA: propagating from slice {z}", total, self._run, session, source, mask, z,
+                     on_returned=lambda value: self._returned(token, value))
 
     def discard(self) -> None:
         """Cancel and drop the result (its layers or model are gone)."""
@@ -352,12 +394,6 @@ class Propagation:
         except Cancelled as exc:  # keep what was done: the engine hands the finished slices over as ``partial``
             return Stopped(dict(exc.partial))
 
-    def _stepped(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-        self.on_change()
-        if self._pbar is not None:
-            self._pbar.set(done=done, total=total)
-
     def _returned(self, token: int, value: Any) -> None:
         if token != self._token:
             return
@@ -368,11 +404,6 @@ class Propagation:
         else:
             self.on_done(value, cancelled=False)
 
-    def _finished(self) -> None:
-        self._worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+    def _ended(self) -> None:
         if self.on_finished is not None:
             self.on_finished()
-        self.on_change()

@@ -9,17 +9,12 @@ memory or in its disk folder, so a volume embedded earlier (in napari or by ``na
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
-
-from ._activity import ActivityBar
-from ._prediction import Failure, ImageFeed, ImageSource, guarded
+from ._prediction import CancellableRun, Failure, ImageFeed, ImageSource
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import Session
@@ -60,39 +55,18 @@ class EtaClock:
         return (t1 - t0) / (d1 - d0) * (total - done)
 
 
-class _Relay(QObject):
-    """(done, total) from the worker thread to the GUI thread (a queued Qt signal)."""
-
-    stepped = Signal(int, int)
-
-
-class VolumeEmbedder:
+class VolumeEmbedder(CancellableRun):
     """Embeds all slices of the session's volume on a worker; one run at a time, cancellable."""
 
     def __init__(self, feed: ImageFeed, on_error: Callable[[BaseException], None],
                  on_change: Callable[[], None] | None = None,
                  on_finished: Callable[[bool], None] | None = None) -> None:
+        super().__init__(on_change)
         self.feed = feed
         self.on_error = on_error
-        self.on_change = on_change or (lambda: None)
         self.on_finished = on_finished  # told (completed?) when a run ends
-        self.done = 0
-        self.total = 0
         self.eta = EtaClock()
-        self._cancel = threading.Event()
-        self._worker = None
         self._completed = False
-        self._bar: ActivityBar | None = None
-        self._relay = _Relay()
-        self._relay.stepped.connect(self._stepped)
-
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
-    @property
-    def cancelling(self) -> bool:
-        return self.running and self._cancel.is_set()
 
     def seconds_left(self) -> float | None:
         return self.eta.left(self.done, self.total)
@@ -105,23 +79,10 @@ class VolumeEmbedder:
     def start(self, session: Session, source: ImageSource, n_slices: int) -> None:
         if self.running:
             return
-        self._cancel.clear()
         self._completed = False
-        self.done, self.total = 0, int(n_slices)
         self.eta.start()
-        self._bar = ActivityBar("MSA: embedding the volume", total=self.total)
-        worker = create_worker(guarded(self._run), session, source, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._returned)
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        worker.start()
-        self.on_change()
-
-    def cancel(self) -> None:
-        """Stop after the encoder pass in progress; the slices done stay cached."""
-        if self.running:
-            self._cancel.set()
-            self.on_change()
+        self._launch("MSA: embedding the volume", int(n_slices), self._run, session, source,
+                     on_returned=self._returned)
 
     def _run(self, session: Session, source: ImageSource) -> bool:
         from napari_msa.engine import Cancelled
@@ -135,13 +96,12 @@ class VolumeEmbedder:
         return True
 
     def _stepped(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
         self.eta.step(done)
-        if self._bar is not None:
-            left = format_eta(self.seconds_left())
-            self._bar.set(done=done, total=total,
-                          desc="MSA: embedding the volume" + (f" (about {left} left)" if left else ""))
-        self.on_change()
+        super()._stepped(done, total)
+
+    def _describe_bar(self) -> str:
+        left = format_eta(self.seconds_left())
+        return "MSA: embedding the volume" + (f" (about {left} left)" if left else "")
 
     def _returned(self, value: Any) -> None:
         if isinstance(value, Failure):
@@ -149,11 +109,6 @@ class VolumeEmbedder:
         else:
             self._completed = bool(value)
 
-    def _finished(self) -> None:
-        self._worker = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def _ended(self) -> None:
         if self.on_finished is not None:
             self.on_finished(self._completed)
-        self.on_change()

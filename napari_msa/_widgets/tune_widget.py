@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QPointF, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -34,9 +34,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import _choices as C
 from ._activity import ActivityBar
 from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
-from ._hub import hub_for
+from ._feedback import Feedback
+from ._hub import ViewerLink
+from ._layers import spatial_shape
+from ._model_panel import ModelPanel
+from ._tune_curve import CurveWidget, TuneRelay
+from ._tune_curve import fmt_time as _fmt_time
+from ._tune_layers import AnnotatedLabels
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
@@ -44,106 +51,21 @@ if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing 
 
 log = logging.getLogger(__name__)
 
-MODEL_DEFAULT = "model default"
 TRAIN_CHOICES = {  # shown name: (train the encoder adapters, train the mask decoder)
     "mask decoder": (False, True),
     "encoder adapters": (True, False),
     "adapters + decoder": (True, True),
 }
-LOSS_COLOR = QColor(255, 165, 0)
-DICE_COLOR = QColor(0, 200, 255)
-
-
-class _Relay(QObject):
-    """Carries progress reports from the worker thread to the GUI thread."""
-
-    progressed = Signal(object)
-
-
-class CurveWidget(QWidget):
-    """A small live plot: training loss (own scale) and held-out Dice (0..1) against the step."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setMinimumHeight(90)
-        self.setToolTip("orange: training loss (scaled to its range); blue: held-out Dice (0 to 1)")
-        self.total = 1
-        self.loss: list[tuple[int, float]] = []
-        self.dice: list[tuple[int, float]] = []
-
-    def reset(self, total: int) -> None:
-        self.total = max(1, total)
-        self.loss, self.dice = [], []
-        self.update()
-
-    def add(self, p: TuneProgress) -> None:
-        if p.phase == "train" and p.loss is not None:
-            self.loss.append((p.step, p.loss))
-        elif p.phase == "eval" and p.val_dice is not None:
-            self.dice.append((p.step, p.val_dice))
-        self.update()
-
-    def _polyline(self, points: list[tuple[int, float]], lo: float, hi: float, rect) -> QPolygonF:
-        span = hi - lo if hi > lo else 1.0
-        poly = QPolygonF()
-        for step, value in points:
-            x = rect.left() + rect.width() * step / self.total
-            y = rect.bottom() - rect.height() * (value - lo) / span
-            poly.append(QPointF(x, y))
-        return poly
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.fillRect(self.rect(), QColor(38, 41, 48))
-        rect = self.rect().adjusted(6, 16, -6, -6)
-        painter.setPen(QPen(QColor(90, 90, 90)))
-        painter.drawRect(rect)
-        painter.setPen(LOSS_COLOR)
-        painter.drawText(8, 12, "loss")
-        painter.setPen(DICE_COLOR)
-        painter.drawText(48, 12, "held-out Dice")
-        if len(self.loss) > 1:
-            values = [v for _, v in self.loss]
-            painter.setPen(QPen(LOSS_COLOR, 1.5))
-            painter.drawPolyline(self._polyline(self.loss, min(values), max(values), rect))
-        if self.dice:
-            painter.setPen(QPen(DICE_COLOR, 2))
-            poly = self._polyline(self.dice, 0.0, 1.0, rect)
-            if len(self.dice) > 1:
-                painter.drawPolyline(poly)
-            painter.setBrush(DICE_COLOR)
-            for i in range(poly.count()):
-                painter.drawEllipse(poly.at(i), 2.5, 2.5)
-        painter.end()
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "…"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _message(exc: BaseException) -> str:
-    """One sentence that says what went wrong and what to do."""
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return ("Tuning ran out of memory; the model is unchanged. Load the model at a smaller image size or on "
-                "the CPU, or close other programs.")
-    if isinstance(exc, ValueError):
-        return f"Tuning: {exc}"
-    return f"Tuning failed ({type(exc).__name__}: {exc}); the model is unchanged."
 
 
 class TuneWidget(QWidget):
     """Tune the current model's adapters on an image layer and the labels painted on it."""
 
-    _model_arrived = Signal(object)  # the hub may be fed from any thread; Qt queues it to ours
-
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.hub = hub_for(napari_viewer)
+        self.link = ViewerLink(self, napari_viewer, self._show_model)  # undocked or closed: lets go of the viewer
+        self.hub = self.link.hub
         self.result: TuneResult | None = None
         self._before = None  # the model tuning started from: what Discard goes back to
         self._label_names: dict = {}
@@ -151,35 +73,30 @@ class TuneWidget(QWidget):
         self._bar: ActivityBar | None = None  # the run's bar in napari's activity dock
         self._save_worker = None
         self._cancel = threading.Event()
-        self._relay = _Relay()
+        self._relay = TuneRelay()
         self._relay.progressed.connect(self._on_progress)
         self._build()
-        self._recent: list = []  # labels layers, least to most recently selected or painted
-        self._watched: list = []  # labels layers whose edits we follow
-        self._connections = [
-            (self.viewer.layers.events.inserted, self._refresh_layers),
-            (self.viewer.layers.events.removed, self._refresh_layers),
-            (self.viewer.layers.events.moved, self._refresh_layers),
-            (self.viewer.layers.selection.events.active, self._on_active_layer),
-        ]
-        for emitter, callback in self._connections:
-            emitter.connect(callback)
-        self._model_arrived.connect(self._show_model)
-        self.hub.model_changed.connect(self._hub_model_changed)
-        self.destroyed.connect(_teardown_factory(self.hub, self._hub_model_changed, list(self._connections),
-                                                 self._cancel, self._watched, self._labels_edited))
-        self._refresh_layers()
+        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running)
+        self.image_combo.currentIndexChanged.connect(self.annotations.pick)
+        for emitter, callback in ((self.viewer.layers.events.inserted, self.annotations.refresh),
+                                  (self.viewer.layers.events.removed, self.annotations.refresh),
+                                  (self.viewer.layers.events.moved, self.annotations.refresh),
+                                  (self.viewer.layers.selection.events.active, self.annotations.active_changed)):
+            self.link.connect(emitter, callback)
+        self.link.on_release(self._cancel.set)  # a run the closed widget started stops
+        self.link.on_release(self.annotations.release)
+        self.annotations.refresh()
         self._show_model(self.hub.model)
 
     # ============================================================================ layout
     def _build(self) -> None:
-        from napari_msa.engine.preprocessing import PRESETS
-        from napari_msa.engine.tuning import TuneConfig
-
         self.panel = ScrollPanel(self)  # scrolls when the dock is short; nothing is squeezed
         root = QVBoxLayout(self.panel.contents)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
+        self.status = QLabel("Paint a few objects in a labels layer, then press Start.")  # added below
+        self.status.setWordWrap(True)
+        self.feedback = Feedback(self.status)
+        self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, chooser=False)
+        self.model_label = self.model_panel.label
         root.addWidget(self.model_label)
 
         data = QGroupBox("Annotations")
@@ -189,11 +106,10 @@ class TuneWidget(QWidget):
             Labels, tooltip="Your annotations: every labelled slice and every object id in it is used "
                             "(0 is background). Follows the labels layer you last selected or painted on "
                             "this image's grid.")
-        self.image_combo.currentIndexChanged.connect(self._pick_matching_labels)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         self.norm_combo = ElidingComboBox()
-        self.norm_combo.addItems([MODEL_DEFAULT, *PRESETS])
+        self.norm_combo.addItems(list(C.NORMALIZATIONS))
         self.norm_combo.setToolTip("How intensities become 8-bit for the encoder; use the same as in Segment (MSA). "
                                    "The tuned model keeps this setting as its default.")
         form.addRow("Normalisation", self.norm_combo)
@@ -203,7 +119,7 @@ class TuneWidget(QWidget):
                                         tooltip="Steps, learning rate, held-out share, decoder; the title shows "
                                                 "the current settings. Click to show or hide.")
         form = QFormLayout(self.training_section.body)
-        defaults = TuneConfig()
+        defaults = SimpleNamespace(**C.TUNE_DEFAULTS)  # TuneConfig's, without importing the engine
         self.train_what = ElidingComboBox()
         self.train_what.addItems(list(TRAIN_CHOICES))
         self.train_what.setCurrentText(next(k for k, v in TRAIN_CHOICES.items()
@@ -257,8 +173,6 @@ class TuneWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         root.addWidget(self.progress)
-        self.status = QLabel("Paint a few objects in a labels layer, then press Start.")
-        self.status.setWordWrap(True)
         root.addWidget(self.status)
         self.curve = CurveWidget()
         root.addWidget(self.curve)
@@ -295,79 +209,11 @@ class TuneWidget(QWidget):
             f"Tune {what}, {steps} steps, peak learning rate {self.lr.value():g}, "
             f"{self.val_share.value():.0%} of the labelled slices held out. Click to show or hide.")
 
-    # ============================================================================ layers and model
-    def _refresh_layers(self, *_) -> None:
-        self.image_combo.refresh(self.viewer.layers)
-        self.labels_combo.refresh(self.viewer.layers)
-        self._follow_labels_edits()
-        self._on_active_layer()
-        self._pick_matching_labels()
-
-    def _follow_labels_edits(self) -> None:
-        """Listen to painting (and data replacement) on every labels layer, to know which one is being annotated."""
-        present = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
-        for layer in [ly for ly in self._watched if ly not in present]:
-            _disconnect_edits(layer, self._labels_edited)
-            self._watched.remove(layer)
-        for layer in [ly for ly in present if ly not in self._watched]:
-            layer.events.paint.connect(self._labels_edited)
-            layer.events.data.connect(self._labels_edited)
-            self._watched.append(layer)
-        self._recent = [ly for ly in self._recent if ly in present]
-
-    def _touch(self, layer) -> None:
-        if layer in self._recent:
-            self._recent.remove(layer)
-        self._recent.append(layer)
-
-    def _labels_edited(self, event) -> None:
-        layer = getattr(event, "source", None)
-        if isinstance(layer, Labels):
-            self._touch(layer)
-            self._pick_matching_labels()
-
-    def _on_active_layer(self, *_) -> None:
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Labels):
-            self._touch(active)
-            self._pick_matching_labels()
-
-    def _pick_matching_labels(self, *_) -> None:
-        """The labels layer the user works on: the one last selected or painted on the image's grid, else the
-        current choice if it fits, else the newest that fits (a sample's ground truth usually comes first)."""
-        if self.running:
-            return  # what is being tuned on stays shown
-        image, current = self.image_combo.layer(), self.labels_combo.layer()
-        if image is None:
-            return
-        shape = _spatial_shape(image)
-        fits = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.data.shape == shape]
-        recent = [ly for ly in self._recent if ly in fits]
-        if recent:
-            choice = recent[-1]
-        elif current is not None and current in fits:
-            choice = current
-        elif fits:
-            choice = fits[-1]
-        else:
-            return
-        if choice != current:
-            self.labels_combo.choose(choice)
-
-    def _hub_model_changed(self, model) -> None:
-        self._model_arrived.emit(model)
-
+    # ============================================================================ model
     def _show_model(self, model) -> None:
-        from napari_msa.engine.litemedsam import is_installed
-
         if self.result is not None and model is not self.result.model:
             self._show_decision(False)  # another model was loaded meanwhile: nothing to keep or discard
-        if model is not None:
-            self.model_label.setText(f"Model: {model.describe()}")
-        elif is_installed():
-            self.model_label.setText("Model: none loaded; Start loads the default (LiteMedSAM + click adapter)")
-        else:
-            self.model_label.setText("Model: none loaded; load one in the Segment (MSA) widget")
+        self.model_panel.show(model)
 
     @property
     def running(self) -> bool:
@@ -375,14 +221,7 @@ class TuneWidget(QWidget):
 
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
-        from napari_msa.engine import Normalization
-
-        choice = self.norm_combo.currentText()
-        if choice == MODEL_DEFAULT:
-            return None
-        if choice == "limits":
-            return Normalization("limits", limits=tuple(float(v) for v in image.contrast_limits))
-        return Normalization(choice)
+        return C.normalization(self.norm_combo.currentText(), image)
 
     def _inputs(self) -> tuple[np.ndarray, np.ndarray, bool]:
         image, labels = self.image_combo.layer(), self.labels_combo.layer()
@@ -390,9 +229,9 @@ class TuneWidget(QWidget):
             raise ValueError("choose an image layer and the labels layer with your annotations")
         if image.multiscale or labels.multiscale:
             raise ValueError("multiscale layers cannot be tuned on; open the full-resolution level as a plain layer")
-        if labels.data.shape != _spatial_shape(image):
+        if labels.data.shape != spatial_shape(image):
             raise ValueError(f"labels '{labels.name}' {labels.data.shape} do not match image '{image.name}' "
-                             f"{_spatial_shape(image)}; choose the labels painted on this image")
+                             f"{spatial_shape(image)}; choose the labels painted on this image")
         lab = np.array(labels.data, copy=True)  # the user may keep painting while tuning runs
         if not lab.any():
             raise ValueError(f"labels layer '{labels.name}' is empty; paint a few objects first")
@@ -400,8 +239,6 @@ class TuneWidget(QWidget):
 
     def start(self) -> None:
         """Start tuning on a worker (no-op while one runs)."""
-        from napari_msa.engine.litemedsam import is_installed
-
         if self.running:
             return
         try:
@@ -410,7 +247,7 @@ class TuneWidget(QWidget):
             self._fail(f"Tuning: {err}")
             return
         model = self.hub.model
-        if model is None and not is_installed():
+        if model is None and not C.litemedsam_installed():
             self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
         steps = int(self.steps.value()) or None  # 0 shows as "auto"
@@ -419,6 +256,7 @@ class TuneWidget(QWidget):
                         train_adapters=train_adapters, train_decoder=train_decoder, rgb=rgb,
                         normalization=self._normalization(self.image_combo.layer()))
         self._cancel.clear()
+        self.feedback.fresh()  # a new run: a problem that comes back is told again
         self.result = None
         self._before = model
         self._label_names = dict(self.labels_combo.layer().metadata.get("label_names", {}) or {})
@@ -446,7 +284,7 @@ class TuneWidget(QWidget):
         if model is None:
             self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"] or 0,
                                                      message="loading the default model (LiteMedSAM)"))
-            model = load_model()
+            model = load_model(C.DEFAULT_MODEL)
             self._before = model  # what Discard goes back to
         return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
                     **settings)
@@ -531,7 +369,7 @@ class TuneWidget(QWidget):
             show_info("Tuning cancelled; the model is unchanged.")
             return
         log.debug("tuning failed", exc_info=exc)
-        self._fail(_message(exc))
+        self.feedback.report("tuning", exc, outcome="the model is unchanged")
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -550,8 +388,7 @@ class TuneWidget(QWidget):
             self.save_button.setEnabled(False)
 
     def _fail(self, message: str) -> None:
-        self.status.setText(message)
-        show_error(message)
+        self.feedback.problem(message)
 
     # ============================================================================ saving
     def _choose_save_path(self) -> None:
@@ -601,24 +438,7 @@ def results_table(summary: TuneSummary, names: dict | None = None) -> str:
     return "<table cellspacing=4>" + "".join(rows) + "</table>"
 
 
-def _spatial_shape(image: Image) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in image.data.shape)
-    return shape[:-1] if image.rgb else shape
-
-
-def _disconnect_edits(layer, callback) -> None:
-    layer.events.paint.disconnect(callback)
-    layer.events.data.disconnect(callback)
-
-
-def _teardown_factory(hub, hub_callback, connections, cancel: threading.Event, watched: list, edited):
-    def teardown(*_) -> None:
-        """When the widget goes: stop a running tuning and stop listening to the viewer, its layers and the hub."""
-        cancel.set()
-        hub.model_changed.disconnect(hub_callback)
-        for emitter, callback in connections:
-            emitter.disconnect(callback)
-        for layer in watched:
-            _disconnect_edits(layer, edited)
-
-    return teardown
+def _no_model_text() -> str:
+    if C.litemedsam_installed():
+        return "Model: none loaded; Start loads the default (LiteMedSAM + click adapter)"
+    return "Model: none loaded; load one in the Segment (MSA) widget"

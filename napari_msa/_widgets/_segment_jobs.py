@@ -1,0 +1,79 @@
+"""The Segment widget's engine work: one session on the viewer's model, and the workers that use it.
+
+Predictions (newest wins), prefetched slice embeddings, propagation and whole-volume embedding share one
+``ImageFeed``, so the session gets each image once. What runs is described for the widget's activity line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from ._prediction import ImageFeed, LatestWins, Prefetcher, Propagation
+from ._volume import VolumeEmbedder
+
+if TYPE_CHECKING:  # annotations only: importing this module must not load torch
+    from napari_msa.engine import MSAModel, Session
+
+
+class SegmentJobs:
+    """A session (None until a model is there) and its four kinds of worker."""
+
+    def __init__(self, on_predicted: Callable, on_propagated: Callable, on_propagation_ended: Callable[[], None],
+                 on_volume_ended: Callable[[bool], None], report: Callable[[str, BaseException], None],
+                 on_change: Callable[[], None]) -> None:
+        self.session: Session | None = None
+        self.feed = ImageFeed()
+        self.predictions = LatestWins(on_predicted, partial(report, "prediction"), on_change=on_change)
+        self.prefetcher = Prefetcher(self.feed, partial(report, "embedding"), on_change)
+        self.propagation = Propagation(self.feed, on_propagated, partial(report, "propagation"),
+                                       on_finished=on_propagation_ended, on_change=on_change)
+        self.volume = VolumeEmbedder(self.feed, partial(report, "embedding the volume"), on_change,
+                                     on_volume_ended)
+
+    def use(self, model: MSAModel | None, cache_dir: str | None) -> None:
+        """A new model: everything running or waiting is dropped, and a new session starts on it."""
+        self.drop_results()
+        self.prefetcher.stop()
+        self.volume.cancel()
+        self.feed.forget()
+        if model is None:
+            self.session = None
+        else:
+            from napari_msa.engine import Session  # the model is loaded: so is the engine
+
+            self.session = Session(model, cache_dir=cache_dir)
+
+    def drop_results(self) -> None:
+        """Results on their way answer layers or prompts that changed: they are never shown."""
+        self.predictions.invalidate()
+        self.propagation.discard()
+
+    def stop(self) -> None:
+        """Stop the background embedding (the widget closes)."""
+        self.prefetcher.stop()
+        self.volume.cancel()
+
+    @property
+    def idle(self) -> bool:
+        return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
+                and not self.volume.running)
+
+    def activity(self) -> list[str]:
+        """What runs now, for the activity line (empty when nothing runs)."""
+        parts = []
+        if self.propagation.cancelling:
+            parts.append("Cancelling propagation…")
+        elif self.propagation.running:
+            parts.append(f"Propagating: {self.propagation.done}/{self.propagation.total} slices…")
+        z = self.prefetcher.encoding
+        if z is not None:
+            parts.append(f"Embedding slice {z}…" if z == self.prefetcher.requested else f"Prefetching slice {z}…")
+        if self.volume.cancelling:
+            parts.append("Stopping the volume embedding…")
+        elif self.volume.running:
+            parts.append(self.volume.describe() + "…")
+        if not self.predictions.idle:
+            parts.append("Predicting…")
+        return parts

@@ -1,0 +1,239 @@
+"""The object being segmented, on napari's side: prompts in the chosen layers → requests on the workers → a
+preview painted in the labels layer → commit, clear, propagate.
+
+The decisions and the state are the ``ObjectDraft``'s (Qt-free, tested alone); this class carries them out on
+the layers, the workers and the status line. The Segment widget wires it to its controls and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QCheckBox, QSpinBox
+
+from . import _layers as L
+from . import _segment_layers as S
+from ._feedback import Feedback
+from ._labels_writer import LabelsWriter
+from ._prediction import ImageSource, predict_planes
+from ._segment_jobs import SegmentJobs
+from .object_draft import ObjectDraft
+
+
+class ObjectEditor:
+    """One object at a time: its draft, and the writer that shows it in the labels layer until it is committed."""
+
+    def __init__(self, viewer, layers: S.SegmentLayers, feedback: Feedback, object_id: QSpinBox,
+                 overwrite: QCheckBox, source: Callable[[Image], ImageSource], need_model: Callable[[], None],
+                 schedule: Callable[[], None]) -> None:
+        self.viewer = viewer
+        self.layers = layers
+        self.feedback = feedback
+        self.object_id = object_id
+        self.overwrite = overwrite
+        self.source = source  # the image as the engine gets it (normalisation chosen in the widget)
+        self.need_model = need_model  # prompts came before a model: load one
+        self.schedule = schedule  # ask again once the events of this user action are over
+        self.jobs: SegmentJobs | None = None  # set by the widget (the jobs report back to this editor)
+        self.draft = ObjectDraft()
+        self.writer: LabelsWriter | None = None
+
+    def usable_image(self, tell: bool = True) -> Image | None:
+        """The chosen image if the engine can segment it; else None (and ``tell``: the problem is told)."""
+        image = self.layers.image()
+        if image is not None:
+            try:
+                L.check_image(image)
+            except L.PromptError as exc:
+                if tell:
+                    self.feedback.problem(str(exc))
+                return None
+        return image
+
+    def _shown(self) -> bool:
+        return self.writer is not None and self.writer.layer in self.viewer.layers
+
+    # ============================================================================ prompts → preview
+    def update(self) -> None:
+        """Send the slices whose prompts changed to the engine; the newest request wins.
+
+        A request carries every slice whose preview does not match its prompts, so dropping an older
+        request's result never loses a slice. Nothing changed (e.g. a features event after a data
+        event): nothing is sent and the request in flight stays valid.
+        """
+        predictions = self.jobs.predictions
+        image = self.usable_image()
+        if image is None:
+            predictions.invalidate()  # what is in flight answers prompts the user is fixing
+            return
+        try:
+            prompts, ignored = L.collect_prompts(image, self.layers.points(), self.layers.shapes())
+        except L.PromptsChanging:
+            predictions.invalidate()
+            self.schedule()
+            return
+        self.feedback.show_ignored(ignored)
+        update = self.draft.update({z: p.signature() for z, p in prompts.items()}, predictions.latest)
+        if update.stale:
+            predictions.invalidate()  # what is in flight answers prompts that no longer exist
+        if self.writer is not None:
+            for z in update.dropped:
+                self.writer.clear(z)
+        if not update.todo:
+            return  # up to date, or the request in flight already answers exactly these prompts
+        if self.jobs.session is None:
+            self.need_model()
+            return
+        try:
+            self.ensure_writer()
+        except L.PromptError as exc:
+            self.feedback.problem(str(exc))
+            return
+        todo = {z: prompts[z] for z in update.todo}
+        job = partial(predict_planes, self.jobs.session, self.jobs.feed, self.source(image), L.is_volume(image), todo)
+        self.draft.sent(predictions.submit(job), update.todo)
+
+    def predicted(self, request: int, result: dict[int, tuple[np.ndarray, float]]) -> None:
+        """The newest request's masks: they become the preview."""
+        if not self._shown():
+            self.draft.unanswered(request)
+            self.feedback.tell("The labels layer was removed while predicting; nothing was written. Choose a "
+                               "labels layer (or '(new)') in the Labels field.", warning=True)
+            return
+        painted = self._paint(self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()}))
+        where = "" if not L.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
+        scores = ", ".join(f"{s:.2f}" for _, s in result.values())
+        self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
+
+    def _paint(self, masks: dict[int, np.ndarray]) -> int:
+        """Show ``masks`` as the current object's preview; returns the pixels painted."""
+        obj, overwrite = self.object_id.value(), self.overwrite.isChecked()
+        painted = sum(self.writer.set_preview(z, m, obj, overwrite, refresh=False) for z, m in masks.items())
+        self.writer.layer.refresh()
+        return painted
+
+    def repaint(self, *_) -> None:
+        """Id or overwrite changed: show the same preview under the new settings."""
+        if not self.draft or not self._shown():
+            return
+        self.writer.clear(refresh=False)
+        self._paint(self.draft.masks)
+        self.writer.layer.selected_label = self.object_id.value()
+
+    def ensure_writer(self) -> LabelsWriter | None:
+        """The labels writer for the chosen layer, creating '<image> labels' when '(new)' is chosen."""
+        image = self.layers.image()
+        if image is None:
+            return None
+        labels, made = self.layers.labels_to_write(image)
+        if made:
+            self.object_id.setValue(1)
+        L.check_labels(labels, image)
+        if self.writer is None or self.writer.layer != labels:
+            self.writer = LabelsWriter(labels, L.is_volume(image))
+        labels.selected_label = self.object_id.value()
+        return self.writer
+
+    def drop_preview(self) -> None:
+        """Take the uncommitted preview back out of its labels layer and forget it (only a commit writes labels)."""
+        self.jobs.drop_results()
+        if self._shown():
+            self.writer.clear()
+        self.writer = None
+        self.draft.drop()
+
+    def layer_removed(self, layer) -> None:
+        """The labels layer being written went: so did the preview in it."""
+        if self.writer is not None and layer == self.writer.layer:
+            self.writer = None
+            self.draft.drop()
+
+    # ============================================================================ actions
+    def commit(self) -> None:
+        """The preview becomes final (one undo step); prompts are cleared; the id moves to max + 1."""
+        if self.writer is None or not self.draft:
+            self.feedback.tell("Nothing to commit: click on the object first.")
+            return
+        if not self._shown():
+            self.feedback.tell("The labels layer is gone; choose a labels layer (or '(new)') in the Labels field.",
+                               warning=True)
+            return
+        self.jobs.drop_results()
+        obj = self.object_id.value()
+        written = self.writer.commit(self.draft.take(), obj, self.overwrite.isChecked())
+        S.clear_prompts(self.layers.points(), self.layers.shapes())
+        next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
+        self.object_id.setValue(next_id)
+        self.writer.layer.selected_label = next_id
+        self.feedback.outcome(f"Committed object {obj} ({written} px); now segmenting object {next_id}. "
+                              "Ctrl+Z on the labels layer undoes it.")
+        if written:
+            self.feedback.watch_commit(self.writer.layer, obj, self._commit_undone)
+
+    def _commit_undone(self, layer: Labels, obj: int) -> None:
+        if self.writer is not None and self.writer.layer == layer and not self.draft:
+            self.object_id.setValue(int(np.max(layer.data, initial=0)) + 1)
+        self.feedback.outcome(f"Object {obj} was undone; segmenting object {self.object_id.value()}.")
+
+    def clear(self) -> None:
+        """Drop the prompts and the preview of the current object."""
+        self.jobs.drop_results()
+        if self.writer is not None:
+            self.writer.clear()
+        self.draft.drop()
+        S.clear_prompts(self.layers.points(), self.layers.shapes())
+        self.feedback.outcome(f"Cleared; segmenting object {self.object_id.value()}.")
+
+    def propagate(self) -> None:
+        """Carry the object through the volume from the slice shown (a cancellable worker); again to cancel."""
+        propagation = self.jobs.propagation
+        if propagation.running:
+            propagation.cancel()  # the activity line says "Cancelling…" until the worker stops
+            return
+        image = self.layers.image()
+        if image is None or not L.is_volume(image):
+            self.feedback.tell("Propagation needs a (Z,Y,X) volume image.")
+            return
+        if self.jobs.session is None:
+            self.need_model()
+            return
+        try:
+            writer = self.ensure_writer()
+        except L.PromptError as exc:
+            self.feedback.problem(str(exc))
+            return
+        z, obj = L.current_plane(self.viewer, image), self.object_id.value()
+        mask = self.draft.seed(z, np.asarray(writer.layer.data[z]) == obj)
+        if mask is None:
+            self.feedback.tell(f"Object {obj} is empty on slice {z}; segment it there first.")
+            return
+        self.jobs.prefetcher.stop()
+        propagation.start(self.jobs.session, self.source(image), mask, z)
+        self.feedback.set(f"Propagating object {obj} from slice {z}; Shift+S again cancels.")
+
+    def propagated(self, masks: dict[int, np.ndarray], cancelled: bool = False) -> None:
+        """Propagation ended (or was cancelled): the slices it finished become the preview, never final labels."""
+        if not self._shown():
+            self.feedback.tell("The labels layer was removed while propagating; nothing was written.", warning=True)
+            return
+        self._paint(self.draft.propagated(masks))
+        obj, span = self.object_id.value(), _span(masks)
+        if cancelled:
+            message = (f"Propagation cancelled: object {obj} kept on {span} as a preview; C commits it, X clears it."
+                       if masks else "Propagation cancelled; no other slice was changed.")
+            show_info(message)
+        else:
+            message = f"Propagated object {obj} to {span or 'no other slice'}; C commits, X clears it."
+        self.feedback.set(message)
+
+
+def _span(planes) -> str:
+    """'slice 3', 'slices 2–6' or '' for a set of slice indices."""
+    planes = sorted(planes)
+    if not planes:
+        return ""
+    return f"slice {planes[0]}" if len(planes) == 1 else f"slices {planes[0]}–{planes[-1]}"

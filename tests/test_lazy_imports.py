@@ -1,0 +1,114 @@
+"""torch comes with the first model, not before: importing the package, its widget and sample-data modules, and
+opening both widgets in a viewer load neither torch nor segment_anything (engine imports take seconds here, and
+napari imports and builds these on its GUI thread). Each case runs in a fresh interpreter: this test process
+has torch loaded already (conftest)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+MANIFEST = yaml.safe_load((Path(__file__).resolve().parent.parent / "napari_msa" / "napari.yaml").read_text())
+COMMANDS = MANIFEST["contributions"]["commands"]
+WIDGET_COMMANDS = {w["command"] for w in MANIFEST["contributions"]["widgets"]}
+WIDGET_MODULES = sorted({c["python_name"].split(":")[0] for c in COMMANDS if c["id"] in WIDGET_COMMANDS})
+HEAVY = ("torch", "segment_anything")
+
+needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X server (pytest-xvfb or xvfb-run)")
+
+
+def _loaded_after(code: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; it prints the heavy modules it then finds in sys.modules."""
+    script = code + f"\nimport sys\nprint('LOADED:', ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+
+
+def _loaded(proc: subprocess.CompletedProcess) -> list[str]:
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("LOADED:"))
+    return [m for m in line.removeprefix("LOADED:").strip().split(",") if m]
+
+
+def test_the_manifest_names_both_widget_modules():
+    assert WIDGET_MODULES == ["napari_msa._widgets.segment_widget", "napari_msa._widgets.tune_widget"]
+
+
+@pytest.mark.parametrize("module", ["napari_msa", *WIDGET_MODULES, "napari_msa._sample_data"])
+def test_importing_loads_neither_torch_nor_segment_anything(module):
+    assert _loaded(_loaded_after(f"import {module}")) == []
+
+
+@pytest.mark.gui
+@needs_display
+def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_worker():
+    """napari first, as when a user opens the widgets from the menu; then the Segment widget's first load."""
+    code = textwrap.dedent("""
+        import sys, threading
+        import numpy as np
+        import napari
+        from qtpy.QtWidgets import QApplication
+
+        viewer = napari.Viewer(show=True)
+        viewer.add_image(np.random.default_rng(0).random((64, 64), dtype=np.float32), name="image")
+        _, segment = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+        _, tune = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
+        app = QApplication.instance()
+        app.processEvents()
+        viewer.screenshot(canvas_only=False)  # the canvas has drawn: Qt's OpenGL (and its driver) is loaded
+        assert "torch" not in sys.modules and "segment_anything" not in sys.modules, "opening the widgets"
+        assert segment.device_combo.currentText() == "auto"
+
+        import builtins
+        importer = []
+        real_import = builtins.__import__
+        def watch(name, *args, **kwargs):
+            if name == "torch" and "torch" not in sys.modules:
+                importer.append(threading.current_thread() is threading.main_thread())
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = watch
+
+        from napari_msa._widgets import _choices
+        segment.model_combo.setCurrentText("demo" if _choices.demo_model_available() else "litemedsam")
+        segment.load_button.click()
+        deadline = __import__("time").monotonic() + 150
+        while segment.hub.model is None and __import__("time").monotonic() < deadline:
+            app.processEvents()
+        builtins.__import__ = real_import
+        assert segment.hub.model is not None, segment.status.text()
+        app.processEvents()
+        assert importer == [False], f"torch was first imported on the main thread: {importer}"
+        assert "Model:" in tune.model_label.text()
+        viewer.close()
+        print("LOADED ON A WORKER", flush=True)
+    """)
+    proc = _loaded_after(code, timeout=240)
+    assert "torch" in _loaded(proc) and "LOADED ON A WORKER" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
+    """``_choices`` keeps these torch-free; each must equal the engine's own value."""
+    import dataclasses
+    import inspect
+
+    from napari_msa._widgets import _choices as C
+    from napari_msa.engine import DEMO_MODEL_FILE, litemedsam, load_model
+    from napari_msa.engine.devices import available_devices
+    from napari_msa.engine.preprocessing import PRESETS
+    from napari_msa.engine.tuning import TuneConfig
+
+    assert C.NORMALIZATIONS == (C.MODEL_DEFAULT, *PRESETS)
+    assert C.DEFAULT_MODEL == inspect.signature(load_model).parameters["name"].default
+    assert C.DEMO_MODEL_FILE == DEMO_MODEL_FILE
+    assert C.LITEMEDSAM_DISTRIBUTION == litemedsam.DISTRIBUTION
+    assert C.LITEMEDSAM_INSTALL_HINT == litemedsam.INSTALL_HINT
+    assert C.litemedsam_installed() == litemedsam.is_installed()
+    defaults = dataclasses.asdict(TuneConfig())
+    assert C.TUNE_DEFAULTS == {k: defaults[k] for k in C.TUNE_DEFAULTS}
+    assert list(C.DEVICES_BEFORE_LOADING) == available_devices()[:2]
