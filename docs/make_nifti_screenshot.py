@@ -26,24 +26,14 @@ import napari
 import nibabel as nib
 import numpy as np
 import tifffile
-from scipy import ndimage
 
 from napari_msa._sample_data import sample_dir
 from napari_msa.cli import main as cli
+from napari_msa.engine.geometry import dice, most_interior
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "nifti_screenshot.png"
 ORGANS = ("liver", "spleen", "right kidney", "left kidney", "aorta")
 MODEL = "litemedsam"  # the default model (LiteMedSAM + click adapter)
-
-
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel deepest inside a 2D mask."""
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return tuple(int(v) for v in np.unravel_index(np.argmax(depth), mask.shape))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
 def write_study(folder: Path) -> tuple[Path, np.ndarray, dict[str, int]]:
@@ -98,7 +88,7 @@ def main() -> int:
     labels.opacity = 0.45
     print(f"layers: {image.name} {image.data.shape} scale {tuple(image.scale)} mm; {labels.name} "
           f"({labels._type_string}) scale {tuple(labels.scale)} mm")
-    aorta_row = interior_point((truth == ids["aorta"]).any(axis=0))[0]  # a coronal plane through the aorta
+    aorta_row = int(most_interior((truth == ids["aorta"]).any(axis=0))[0])  # a coronal plane through the aorta
     image.bounding_box.visible = True  # the data's extent: 358 mm wide, 160 mm high
     viewer.dims.order = (1, 0, 2)  # slice along Y (anterior -> posterior): a coronal reslice, Z shown vertically
     viewer.dims.set_current_step(1, aorta_row)

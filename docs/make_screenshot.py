@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import napari
-import numpy as np
 from qtpy.QtCore import QEventLoop, QTimer
-from scipy import ndimage
 
 from napari_msa._widgets._hub import hub_for
+from napari_msa.engine.geometry import dice, exact_depth, most_interior
 from napari_msa.engine.litemedsam import INSTALL_HINT, is_installed
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "screenshot.png"
@@ -41,15 +40,6 @@ def spin(condition, timeout: float = 600.0) -> None:
         raise TimeoutError("screenshot step did not finish")
 
 
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return tuple(int(v) for v in np.unravel_index(np.argmax(depth), mask.shape))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
-
-
 def main() -> int:
     if not is_installed():
         print(f"the default model's weights are missing: {INSTALL_HINT}", file=sys.stderr)
@@ -69,7 +59,7 @@ def main() -> int:
     points = widget.points_layer()
     for organ in (*COMMITTED, PREVIEW):
         gt = truth.data[SLICE] == names[organ]
-        points.add([SLICE, *interior_point(gt)])  # the first click also loads the model
+        points.add([SLICE, *most_interior(gt, exact_depth(gt))])  # the first click also loads the model
         spin(lambda: hub_for(viewer).model is not None and widget.idle)
         labels = widget.labels_layer()
         obj = widget.object_id.value()
