@@ -199,13 +199,19 @@ def _unreadable(path: Path) -> CheckpointError:
                            "model's .pth weights file")
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a SAM or MSA ``.pth`` safely (``weights_only=True``) and return its model state dict."""
+def existing_file(path: str | os.PathLike, what: str, suffix: str) -> Path:
+    """``path`` as a Path, or a CheckpointError naming ``what`` it should be when it is a folder or missing."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file; give the .pth file inside it")
+        raise CheckpointError(f"{what} {path} is a folder, not a file; give the {suffix} file inside it")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"{what} file not found: {path}")
+    return path
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a SAM or MSA ``.pth`` safely (``weights_only=True``) and return its model state dict."""
+    path = existing_file(path, "checkpoint", ".pth")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig
-from .checkpoints import CheckpointError, LoadReport, load_sam_state, read_torch_checkpoint
+from .checkpoints import CheckpointError, LoadReport, existing_file, load_sam_state, read_torch_checkpoint
 from .devices import pick_device
 from .litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
@@ -66,9 +66,7 @@ def load_model(
     adapter_config = adapter_config or AdapterConfig()
 
     if name == DEMO_MODEL_NAME or (checkpoint is not None and str(checkpoint).endswith(".safetensors")):
-        path = Path(checkpoint) if checkpoint is not None else DEMO_MODEL_FILE
-        if not path.is_file():
-            raise CheckpointError(f"model file not found: {path}")
+        path = existing_file(checkpoint if checkpoint is not None else DEMO_MODEL_FILE, "model", ".safetensors")
         meta, state = read_model_file(path)
         config = ModelConfig.from_dict(json.loads(meta["model"]))
         if image_size is not None and image_size != config.image_size:

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapters import AdapterConfig, is_trainable
-from .checkpoints import CheckpointError, atomic_write
+from .checkpoints import CheckpointError, atomic_write, existing_file
 from .preprocessing import Normalization
 
 MODEL_FORMAT = "napari-msa-model/1"
@@ -95,11 +95,7 @@ def save_adapter(
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
     """The decoded metadata of an adapter file."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"adapter {path} is a folder, not a file; give the .safetensors file inside it")
-    if not path.is_file():
-        raise CheckpointError(f"adapter file not found: {path}")
+    path = existing_file(path, "adapter", ".safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
