@@ -339,10 +339,10 @@ class Session:
         dense = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float,
                                                                 device=emb.features.device)[None]
         with self._lock, torch.no_grad():
-            low, iou = decode(sam, emb.features, points_in, lab[None] if len(pts) else None, box_in, multimask,
-                              mask_input=dense)
+            low, predicted_iou = decode(sam, emb.features, points_in, lab[None] if len(pts) else None, box_in,
+                                        multimask, mask_input=dense)
             masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].cpu().numpy()
-            scores, logits = iou[0].cpu().numpy(), low[0].cpu().numpy()
+            scores, logits = predicted_iou[0].cpu().numpy(), low[0].cpu().numpy()
         best = int(np.argmax(scores))
         self.last_logits = logits[best : best + 1]
         return masks[best].astype(bool), float(scores[best])
