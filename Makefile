@@ -14,7 +14,7 @@ demo: $(STAMP)
 	napari-msa demo
 
 test: $(STAMP)
-	$(PYTHON) -m ruff check napari_msa tests benchmarks
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -ra
 
 bench: $(STAMP)

@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 setup(
     name="napari-msa",
     version="0.1.0",
-    description="Segment medical images in napari with SAM + Medical SAM Adapters, and tune the adapters on your own labels",
+    description=("Segment medical images in napari with SAM + Medical SAM Adapters, "
+                 "and tune the adapters on your own labels"),
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",

@@ -102,6 +102,7 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
     from napari_msa.engine.devices import available_devices
     from napari_msa.engine.preprocessing import PRESETS
     from napari_msa.engine.tuning import TuneConfig
+    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
 
     assert C.NORMALIZATIONS == (C.MODEL_DEFAULT, *PRESETS)
     assert C.DEFAULT_MODEL == inspect.signature(load_model).parameters["name"].default
@@ -111,4 +112,6 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
     assert C.litemedsam_installed() == litemedsam.is_installed()
     defaults = dataclasses.asdict(TuneConfig())
     assert C.TUNE_DEFAULTS == {k: defaults[k] for k in C.TUNE_DEFAULTS}
+    assert C.STANDARD_BUDGET == dataclasses.astuple(STANDARD)
+    assert C.LIGHT_DECODER_BUDGET == dataclasses.astuple(LIGHT_DECODER)
     assert list(C.DEVICES_BEFORE_LOADING) == available_devices()[:2]

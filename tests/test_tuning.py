@@ -373,3 +373,27 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_model():
         tune(model, image, labels, steps=5, lr=1e30, val_fraction=0.0, inplace=True)
     after = model.trainable_state()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_automatic_budget_follows_what_a_step_costs():
+    """Decoder-only tuning of a light decoder (≤ 32×32 embedding tokens, as the demo model) gets 8 objects per step
+    and ~64 passes; a 64×64 grid (LiteMedSAM, SAM at 1024 px) or training encoder adapters gets 4 and ~8."""
+    from dataclasses import replace
+
+    from napari_msa.engine.tune_types import TuneConfig
+    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD, decoder_tokens, step_budget
+
+    light_model, heavy_model = tiny(), tiny(image_size=1024)
+    assert decoder_tokens(light_model) == 8 * 8 and decoder_tokens(heavy_model) == 64 * 64
+    decoder_only = TuneConfig()
+    assert step_budget(light_model, decoder_only) == LIGHT_DECODER
+    assert step_budget(heavy_model, decoder_only) == STANDARD
+    assert step_budget(light_model, replace(decoder_only, train_adapters=True)) == STANDARD
+    assert STANDARD.steps(24, 4) == 48 and STANDARD.steps(2, 4) == 40 and STANDARD.steps(500, 4) == 200
+    assert LIGHT_DECODER.steps(24, 8) == 192 and LIGHT_DECODER.steps(100, 8) == 400
+
+    images, labels = blob_task(3, size=48)
+    s = tune(light_model, images, labels, val_fraction=0.0).summary
+    assert s.config.batch_size == 8 and s.steps_done == s.config.steps == LIGHT_DECODER.steps(s.n_train_objects, 8)
+    s = tune(light_model, images, labels, val_fraction=0.0, batch_size=2, steps=3).summary  # the user's choice wins
+    assert (s.config.batch_size, s.steps_done) == (2, 3)

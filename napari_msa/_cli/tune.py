@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from napari_msa.engine.tuning import AUTO_EPOCHS, AUTO_STEPS, TuneConfig
+    from napari_msa.engine.tuning import TuneConfig
+    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
 
     DEFAULTS = TuneConfig()  # noqa: N806 - read like a constant
     p = sub.add_parser(
@@ -46,12 +47,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="what learns: the mask decoder on embeddings computed once per slice (fastest), the MSA "
                         "adapters in the encoder, or both [decoder; adapters with --last-blocks]")
     t.add_argument("--steps", type=int, default=None,
-                   help=f"optimiser steps [auto: about {AUTO_EPOCHS} passes over the labelled objects, "
-                        f"{AUTO_STEPS[0]}-{AUTO_STEPS[1]} steps]")
+                   help=f"optimiser steps [auto: about {STANDARD.epochs:g} passes over the labelled objects, "
+                        f"{STANDARD.min_steps}-{STANDARD.max_steps} steps; when only the decoder of a light model "
+                        f"(the demo model) trains, about {LIGHT_DECODER.epochs:g} passes, "
+                        f"{LIGHT_DECODER.min_steps}-{LIGHT_DECODER.max_steps} steps]")
     t.add_argument("--lr", type=float, default=DEFAULTS.lr,
                    help=f"peak AdamW learning rate, after a warm-up, decaying on a cosine [{DEFAULTS.lr:g}]")
     t.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                   help=f"objects of one slice per step and process [{DEFAULTS.batch_size}]")
+                   help=f"objects of one slice per step and process [auto: {STANDARD.batch_size}; "
+                        f"{LIGHT_DECODER.batch_size} when only the decoder of a light model trains]")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of labelled slices held out to measure Dice (objects when there is one slice); "
                         "0 turns the held-out check and early stopping off [0.2]")

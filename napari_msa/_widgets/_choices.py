@@ -30,8 +30,11 @@ NORMALIZATION_TIP = ("How intensities become 8-bit for the encoder: the model's 
 DEVICES_BEFORE_LOADING = ("auto", "cpu")  # accelerators are listed once torch has looked (with the first model)
 
 # TuneConfig's defaults that the Tune widget shows (steps None: scaled to the data).
-TUNE_DEFAULTS = {"steps": None, "lr": 1e-4, "val_fraction": 0.2, "batch_size": 4, "train_adapters": False,
+TUNE_DEFAULTS = {"steps": None, "lr": 1e-4, "val_fraction": 0.2, "batch_size": None, "train_adapters": False,
                  "train_decoder": True}
+# tuning_budget's automatic budgets, (objects per step, passes over the objects, min steps, max steps).
+STANDARD_BUDGET = (4, 8, 40, 200)
+LIGHT_DECODER_BUDGET = (8, 64, 40, 400)  # decoder-only tuning of a light model (the demo model)
 
 
 def litemedsam_installed() -> bool:

@@ -132,9 +132,13 @@ class TuneWidget(QWidget):
         self.steps.setRange(0, 100_000)
         self.steps.setSpecialValueText("auto")
         self.steps.setValue(defaults.steps or 0)
-        self.steps.setToolTip(f"Optimiser steps of {defaults.batch_size} objects of one slice. auto: about "
-                              "8 passes over your objects (40 to 200 steps). Tuning may stop earlier once held-out "
-                              "Dice stops improving in the second half of the run")
+        standard, light = C.STANDARD_BUDGET, C.LIGHT_DECODER_BUDGET
+        self.steps.setToolTip(f"Optimiser steps, each on a few objects of one slice. auto: about {standard[1]} "
+                              f"passes over your objects ({standard[2]} to {standard[3]} steps of {standard[0]} "
+                              f"objects); when only the decoder of a light model (the demo model) tunes, about "
+                              f"{light[1]} passes ({light[2]} to {light[3]} steps of {light[0]} objects), which "
+                              "take under a minute there. Tuning may stop earlier once held-out Dice stops "
+                              "improving in the second half of the run")
         form.addRow("Steps", self.steps)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)

@@ -17,10 +17,10 @@ class TuneConfig:
     """How tuning runs (stored in the adapter file's metadata). The defaults are the few-shot case the Tune
     widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
 
-    steps: int | None = None  # optimiser steps; None: scaled to the data (auto_steps)
+    steps: int | None = None  # optimiser steps; None: scaled to the data and the model (tuning_budget)
     lr: float = 1e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01
-    batch_size: int = 4  # objects of one slice per sample
+    batch_size: int | None = None  # objects of one slice per sample; None: the model's budget (4, or 8 if light)
     slices_per_step: int = 1  # samples (slices) per step and process
     val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
     seed: int = 0
@@ -54,7 +54,7 @@ class TuneConfig:
     def check(self) -> None:
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
         if not (self.train_adapters or self.train_decoder or self.full_finetune):
             raise ValueError("nothing to tune: train the adapters, the decoder or both")

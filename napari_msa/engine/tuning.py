@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,12 +45,11 @@ from .cancel import CancelFn, Cancelled
 from .model import MSAModel
 from .preprocessing import Normalization
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
+from .tuning_budget import step_budget
 from .tuning_data import build_pairs, split_pairs
 from .tuning_loop import train
 
-__all__ = ["DiceChange", "TuneConfig", "TuneProgress", "TuneResult", "TuneSummary", "TuningDiverged", "auto_steps",
-           "tune"]
-
+__all__ = ["DiceChange", "TuneConfig", "TuneProgress", "TuneResult", "TuneSummary", "TuningDiverged", "tune"]
 
 
 @dataclass
@@ -115,9 +113,12 @@ def tune(
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
+    budget = step_budget(model, cfg)
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=budget.batch_size)
     if cfg.steps is None:
-        per_step = cfg.batch_size * cfg.slices_per_step
-        cfg = replace(cfg, steps=auto_steps(len(train_pairs), per_step, dist_info.world_size))
+        per_step = cfg.batch_size * cfg.slices_per_step * dist_info.world_size
+        cfg = replace(cfg, steps=budget.steps(len(train_pairs), per_step))
     if cfg.augment is None:
         cfg = replace(cfg, augment=bool(cfg.train_adapters or cfg.full_finetune))
     steps = cfg.steps
@@ -152,16 +153,6 @@ def tune(
     report(TuneProgress("done", summary.steps_done, steps, val_dice=after, best_val_dice=after, message="done"))
     return TuneResult(target, summary, loop.losses, loop.step_times)
 
-
-AUTO_EPOCHS = 8  # each training object is seen about this many times...
-AUTO_STEPS = (40, 200)  # ...within these bounds
-
-
-def auto_steps(n_train_objects: int, batch_size: int, world_size: int = 1) -> int:
-    """The step budget for ``steps=None``: a fixed number of passes over the training objects, so a few labelled
-    slices tune in a few minutes and more labels get more steps (benchmarks/tuning_gain.py measured it)."""
-    per_step = batch_size * world_size
-    return int(min(AUTO_STEPS[1], max(AUTO_STEPS[0], math.ceil(AUTO_EPOCHS * n_train_objects / per_step))))
 
 
 def _state_digest(state: dict[str, torch.Tensor]) -> str:
