@@ -83,8 +83,11 @@ def worker(args: argparse.Namespace) -> None:
         base_alloc = torch.cuda.memory_allocated() / 2**20
     rss_loaded = rss_mb()
     t = time.perf_counter()
+    full = args.config == "full"
+    # The adapters alone, as the comparison means (tune()'s default trains the decoder on cached embeddings).
     result = tune(model, images, labels, steps=args.steps, lr=1e-4, batch_size=args.batch_size, val_fraction=0,
-                  seed=0, full_finetune=args.config == "full", cache_prefix=args.config == "last_cache",
+                  seed=0, full_finetune=full, train_adapters=not full, train_decoder=False,
+                  cache_prefix=args.config == "last_cache",
                   checkpoint_blocks=args.config == "adapters_ckpt", augment=args.augment, inplace=True)
     wall = time.perf_counter() - t
     out = {
