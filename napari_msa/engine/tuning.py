@@ -154,7 +154,6 @@ def tune(
     return TuneResult(target, summary, loop.losses, loop.step_times)
 
 
-
 def _state_digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state):
