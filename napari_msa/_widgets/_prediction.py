@@ -154,8 +154,8 @@ class LatestWins:
         relay_warnings(worker)
         worker.returned.connect(lambda value, r=request: self._returned(r, value))
         worker.finished.connect(self._next)
-        worker.start()
         self.on_change()
+        worker.start()
 
     def _returned(self, request: int, value: Any) -> None:
         if request != self.latest:
@@ -328,8 +328,8 @@ class CancellableRun:
         worker.returned.connect(on_returned)
         worker.finished.connect(self._finished)
         self._worker = worker
+        self.on_change()  # before the thread starts: the activity line must name the job before its first step
         worker.start()
-        self.on_change()
 
     def cancel(self) -> None:
         """Stop between slices; what was finished is kept (see the subclass)."""
