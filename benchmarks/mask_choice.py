@@ -12,6 +12,7 @@ on other data.
 
     python benchmarks/mask_choice.py --model litemedsam
     python benchmarks/mask_choice.py --model demo
+    python benchmarks/mask_choice.py --adapter other_click_adapter.safetensors
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def table(title: str, cands: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="litemedsam")
+    ap.add_argument("--adapter", default="auto", help="an adapter file ('auto': the model's shipped one)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_line("cpu"))
-    session = Session(load_model(args.model, device="cpu"))
+    session = Session(load_model(args.model, adapter=args.adapter, device="cpu"))
     table(f"{args.model}, phantom development volumes {DEV_SEEDS}", phantom_candidates(session))
     table(f"{args.model}, CT sample", ct_sample_candidates(session))
 
