@@ -7,7 +7,8 @@ The preview is painted straight into the layer's array (it changes on every clic
 flood the undo history) and remembers the values it covered, so it can always be taken back. A commit
 first takes the preview back and then writes the final object through ``Labels.data_setitem`` inside
 ``block_history``: one undo step per commit. Pixels of other objects are never touched unless
-``overwrite`` is set.
+``overwrite`` is set. With ``replace`` (refining an object) the new mask *is* the object on its slice: the
+object's pixels outside it are shown as background in the preview and cleared by the commit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class _PlanePreview:
     rows: np.ndarray  # pixels the preview painted
     cols: np.ndarray
     previous: np.ndarray  # their values before painting
+    erased: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.intp), np.zeros(0, np.intp))  # the object's own
+    # pixels outside a replacing mask, shown as background
 
 
 class LabelsWriter:
@@ -54,11 +57,24 @@ class LabelsWriter:
     def _restore(self, z: int) -> None:
         """Take the preview of slice ``z`` back, leaving alone any pixel changed since (e.g. by a brush)."""
         item = self._preview.pop(z, None)
-        if item is None or len(item.rows) == 0:
+        if item is None:
             return
         plane = self._plane(z)
         still = plane[item.rows, item.cols] == self._preview_id
         plane[item.rows[still], item.cols[still]] = item.previous[still]
+        rows, cols = item.erased
+        still = plane[rows, cols] == 0
+        plane[rows[still], cols[still]] = self._preview_id
+
+    def committed(self, z: int, object_id: int) -> np.ndarray:
+        """The object's pixels on slice ``z`` as they are without the preview (bool plane)."""
+        plane = self._plane(z)
+        mask = plane == object_id
+        item = self._preview.get(z)
+        if item is not None and object_id == self._preview_id:
+            mask[item.rows, item.cols] = item.previous == object_id
+            mask[item.erased] = True
+        return mask
 
     # --- preview -------------------------------------------------------------------------------
     @property
@@ -66,8 +82,9 @@ class LabelsWriter:
         return sorted(self._preview)
 
     def set_preview(self, z: int, mask: np.ndarray, object_id: int, overwrite: bool = False,
-                    refresh: bool = True) -> int:
-        """Show ``mask`` as the object on slice ``z``, replacing its earlier preview; returns pixels painted."""
+                    refresh: bool = True, replace: bool = False) -> int:
+        """Show ``mask`` as the object on slice ``z``, replacing its earlier preview; returns pixels painted.
+        ``replace``: the mask is all of the object there (its pixels outside are shown as background)."""
         mask = np.asarray(mask, dtype=bool)
         plane = self._plane(z)
         if mask.shape != plane.shape:
@@ -76,10 +93,12 @@ class LabelsWriter:
             self.clear(refresh=False)
             self._preview_id = int(object_id)
         self._restore(z)
+        erased = np.nonzero((plane == object_id) & ~mask) if replace else _PlanePreview.erased
+        plane[erased] = 0
         rows, cols = np.nonzero(mask & self._allowed(plane, object_id, overwrite))
         previous = plane[rows, cols].copy()
         plane[rows, cols] = object_id
-        self._preview[z] = _PlanePreview(rows, cols, previous)
+        self._preview[z] = _PlanePreview(rows, cols, previous, erased)
         if refresh:
             self.layer.refresh()
         return len(rows)
@@ -92,17 +111,25 @@ class LabelsWriter:
             self.layer.refresh()
 
     # --- commit --------------------------------------------------------------------------------
-    def commit(self, masks: dict[int, np.ndarray], object_id: int, overwrite: bool = False) -> int:
-        """Take the preview back and write ``masks`` (slice → mask) as one undo step; returns pixels written."""
+    def commit(self, masks: dict[int, np.ndarray], object_id: int, overwrite: bool = False,
+               replace: bool = False) -> int:
+        """Take the preview back and write ``masks`` (slice → mask) as one undo step; returns pixels written.
+        ``replace``: on each slice of ``masks`` the object's pixels outside its mask become background."""
         self.clear(refresh=False)
         indices: list[tuple[np.ndarray, ...]] = []
+        erased: list[tuple[np.ndarray, ...]] = []
         for z, mask in sorted(masks.items()):
-            rows, cols = np.nonzero(mask & self._allowed(self._plane(z), object_id, overwrite))
+            plane = self._plane(z)
+            if replace:
+                erased.append(self._index(z, *np.nonzero((plane == object_id) & ~mask)))
+            rows, cols = np.nonzero(mask & self._allowed(plane, object_id, overwrite))
             indices.append(self._index(z, rows, cols))
         written = sum(len(ix[0]) for ix in indices)
-        if written:
-            joined = tuple(np.concatenate(parts) for parts in zip(*indices, strict=True))
-            with self.layer.block_history():
-                self.layer.data_setitem(joined, object_id, refresh=False)
+        if written or any(len(ix[0]) for ix in erased):
+            with self.layer.block_history():  # both changes are one undo step
+                for parts, value in ((erased, 0), (indices, object_id)):
+                    if any(len(ix[0]) for ix in parts):
+                        joined = tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+                        self.layer.data_setitem(joined, value, refresh=False)
         self.layer.refresh()
         return written

@@ -65,6 +65,13 @@ def build(w, root: QVBoxLayout) -> None:
     w.overwrite.setToolTip("Off: pixels of other objects are never changed")
     w.overwrite.toggled.connect(w._repaint_preview)
     form.addRow(w.overwrite)
+    w.refine = QCheckBox("refine the object where it exists")
+    w.refine.setToolTip("On: set Object id to an object already in the labels and click on a slice where it is: "
+                        "its box joins your clicks (a negative click trims it, a positive one extends it) and "
+                        "Commit replaces the object on that slice by the new mask (Ctrl+Z undoes). "
+                        "Off: a new mask is added to the object")
+    w.refine.toggled.connect(w._on_refine_toggled)
+    form.addRow(w.refine)
     buttons = QHBoxLayout()
     w.commit_button = _button("Commit (C)", w.commit, "Make the preview final (one undo step, Ctrl+Z on the labels "
                               "layer) and start a new object")

@@ -8,6 +8,7 @@ the layers, the workers and the status line. The Segment widget wires it to its 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -21,20 +22,21 @@ from ._feedback import Feedback
 from ._labels_writer import LabelsWriter
 from ._prediction import ImageSource, predict_planes
 from ._segment_jobs import SegmentJobs
-from .object_draft import ObjectDraft
+from .object_draft import ObjectDraft, refine_box
 
 
 class ObjectEditor:
     """One object at a time: its draft, and the writer that shows it in the labels layer until it is committed."""
 
     def __init__(self, viewer, layers: S.SegmentLayers, feedback: Feedback, object_id: QSpinBox,
-                 overwrite: QCheckBox, source: Callable[[Image], ImageSource], need_model: Callable[[], None],
-                 schedule: Callable[[], None]) -> None:
+                 overwrite: QCheckBox, refine: QCheckBox, source: Callable[[Image], ImageSource],
+                 need_model: Callable[[], None], schedule: Callable[[], None]) -> None:
         self.viewer = viewer
         self.layers = layers
         self.feedback = feedback
         self.object_id = object_id
         self.overwrite = overwrite
+        self.refine = refine  # the object's pixels on a prompted slice are the starting point, and replaced
         self.source = source  # the image as the engine gets it (normalisation chosen in the widget)
         self.need_model = need_model  # prompts came before a model: load one
         self.schedule = schedule  # ask again once the events of this user action are over
@@ -93,7 +95,7 @@ class ObjectEditor:
         except L.PromptError as exc:
             self.feedback.problem(str(exc))
             return
-        todo = {z: prompts[z] for z in update.todo}
+        todo = {z: self._with_object_box(z, prompts[z]) for z in update.todo}
         job = partial(predict_planes, self.jobs.session, self.jobs.feed, self.source(image), L.is_volume(image), todo)
         self.draft.sent(predictions.submit(job), update.todo)
 
@@ -109,20 +111,39 @@ class ObjectEditor:
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
         self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
 
+    def _with_object_box(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
+        """Refining: clicks without a box of their own get the box of the object as it is on that slice."""
+        if not self.refine.isChecked() or prompts.box is not None:
+            return prompts
+        box = refine_box(self.writer.committed(z, self.object_id.value()), prompts.points, prompts.labels)
+        return prompts if box is None else replace(prompts, box=box)
+
     def _paint(self, masks: dict[int, np.ndarray]) -> int:
         """Show ``masks`` as the current object's preview; returns the pixels painted."""
-        obj, overwrite = self.object_id.value(), self.overwrite.isChecked()
-        painted = sum(self.writer.set_preview(z, m, obj, overwrite, refresh=False) for z, m in masks.items())
+        obj, overwrite, refine = self.object_id.value(), self.overwrite.isChecked(), self.refine.isChecked()
+        painted = sum(self.writer.set_preview(z, m, obj, overwrite, refresh=False, replace=refine)
+                      for z, m in masks.items())
         self.writer.layer.refresh()
         return painted
 
     def repaint(self, *_) -> None:
-        """Id or overwrite changed: show the same preview under the new settings."""
+        """Id, overwrite or refine changed: show the same preview under the new settings; when refining, the
+        object's box is part of the prompts, so its slices are predicted again."""
         if not self.draft or not self._shown():
             return
         self.writer.clear(refresh=False)
         self._paint(self.draft.masks)
         self.writer.layer.selected_label = self.object_id.value()
+        if self.refine.isChecked():
+            self.draft.outdated()
+            self.schedule()
+
+    def refine_toggled(self, *_) -> None:
+        """Refining on or off changes the prompts (the object's box) and what a commit replaces."""
+        self.repaint()
+        if self.draft:
+            self.draft.outdated()
+            self.schedule()
 
     def ensure_writer(self) -> LabelsWriter | None:
         """The labels writer for the chosen layer, creating '<image> labels' when '(new)' is chosen."""
@@ -164,7 +185,7 @@ class ObjectEditor:
             return
         self.jobs.drop_results()
         obj = self.object_id.value()
-        written = self.writer.commit(self.draft.take(), obj, self.overwrite.isChecked())
+        written = self.writer.commit(self.draft.take(), obj, self.overwrite.isChecked(), self.refine.isChecked())
         S.clear_prompts(self.layers.points(), self.layers.shapes())
         next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
         self.object_id.setValue(next_id)

@@ -61,7 +61,7 @@ class SegmentWidget(QWidget):
         self.hub = self.link.hub
         self._build()
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
-                                   self._source, self._load_on_first_need, self.schedule_update)
+                                   self.refine, self._source, self._load_on_first_need, self.schedule_update)
         self.draft = self.editor.draft
         self.jobs = self.editor.jobs = SegmentJobs(self.editor.predicted, self.editor.propagated,
                                                    self._sync_propagate_button, self._on_volume_finished,
@@ -286,6 +286,9 @@ class SegmentWidget(QWidget):
     def _repaint_preview(self, *_) -> None:
         """Id or overwrite changed: show the same preview under the new settings."""
         self.editor.repaint()
+
+    def _on_refine_toggled(self, *_) -> None:
+        self.editor.refine_toggled()
 
     # ============================================================================ slices and embeddings
     def _on_slice_changed(self, event=None) -> None:
