@@ -4,10 +4,10 @@ An annotator commits a quick one-click mask, then sees it is wrong. With the Seg
 where it exists" the clicks on that slice go to SAM together with the box of the object as committed (grown to
 hold the positive clicks, ``object_draft.refine_box``), and the answer replaces the object. Without it, the only
 way to fix the object is to segment it again from clicks alone. A third way, for reference: every round
-takes the box of the mask shown after the previous round (what clicks on a preview could send). Both are simulated here with the widget's
-prompts through ``Session.predict``: the start is the model's own mask for one click at the object's most
-interior pixel; each round adds one correction click at the centre of the largest error (positive in a missed
-region, negative in a false one), and every click so far is sent.
+takes the box of the mask shown after the previous round (what clicks on a preview could send). All are
+simulated with the widget's prompts through ``Session.predict``: the start is the model's own mask for one
+click at the object's most interior pixel; each round adds one correction click at the centre of the largest
+error (positive in a missed region, negative in a false one), and every click so far is sent.
 
 Objects: every connected piece >= 64 px of the development phantom volumes (seeds 7001-7004 of the evaluation
 stream; never used for reported tuning figures) whose one-click mask has Dice < 0.9: the ones worth refining.
