@@ -105,6 +105,7 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     assert masks.calls[-1]["box"] is not None
 
     widget.commit()
+    assert widget.object_id.value() == 1 and "Refined object 1" in widget.status.text()  # still fixing it
     expected = original.copy()
     plane(expected)[plane(expected) == 1] = 0
     plane(expected)[new & (plane(expected) == 0)] = 1

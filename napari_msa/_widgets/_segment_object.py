@@ -175,7 +175,8 @@ class ObjectEditor:
 
     # ============================================================================ actions
     def commit(self) -> None:
-        """The preview becomes final (one undo step); prompts are cleared; the id moves to max + 1."""
+        """The preview becomes final (one undo step); prompts are cleared; the id moves to max + 1, except after
+        refining an object that was there (the user is still fixing it)."""
         if self.writer is None or not self.draft:
             self.feedback.tell("Nothing to commit: click on the object first.")
             return
@@ -185,8 +186,15 @@ class ObjectEditor:
             return
         self.jobs.drop_results()
         obj = self.object_id.value()
+        self.writer.clear(refresh=False)
+        refined = self.refine.isChecked() and bool(np.any(self.writer.layer.data == obj))
         written = self.writer.commit(self.draft.take(), obj, self.overwrite.isChecked(), self.refine.isChecked())
         S.clear_prompts(self.layers.points(), self.layers.shapes())
+        if refined:  # the user is fixing this object: stay on it
+            self.writer.layer.selected_label = obj
+            self.feedback.outcome(f"Refined object {obj} ({written} px); still on object {obj} (set Object id for "
+                                  "another). Ctrl+Z on the labels layer undoes it.")
+            return
         next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
         self.object_id.setValue(next_id)
         self.writer.layer.selected_label = next_id
