@@ -112,3 +112,30 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     np.testing.assert_array_equal(labels.data, expected)  # replaced on the slice clicked, nowhere else
     labels.undo()
     np.testing.assert_array_equal(labels.data, original)
+
+
+@pytest.mark.gui
+def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer, qtbot, monkeypatch):
+    masks = install(monkeypatch, DiskMasks(radius=7))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random(SHAPE, dtype=np.float32), name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    torch.manual_seed(0)
+    hub_for(viewer).set_model(load_model("tiny"))
+    wait_idle(qtbot, widget)
+    points = widget.points_layer()
+    points.add([30.0, 30.0])
+    wait_idle(qtbot, widget)
+    assert masks.calls[-1]["box"] is None  # a lone click: SAM's three masks, no box
+    shown = disk(SHAPE, (30, 30), 7)
+    widget.toggle_positive()
+    points.add([30.0, 34.0])  # a negative correction click
+    wait_idle(qtbot, widget)
+    np.testing.assert_allclose(masks.calls[-1]["box"], refine_box(shown, np.array([[30, 30], [30, 34]]),
+                                                                  np.array([1, 0])))
+    labels = viewer.layers["img labels"]
+    np.testing.assert_array_equal(labels.data == 1, shown & ~disk(SHAPE, (30, 34), 3.5))
+    points.selected_data = {1}
+    points.remove_selected()  # back to the lone click: no box again
+    wait_idle(qtbot, widget)
+    assert masks.calls[-1]["box"] is None

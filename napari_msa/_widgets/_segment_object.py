@@ -112,10 +112,21 @@ class ObjectEditor:
         self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
 
     def _with_object_box(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
-        """Refining: clicks without a box of their own get the box of the object as it is on that slice."""
-        if not self.refine.isChecked() or prompts.box is not None:
+        """Clicks without a box of their own get the box of the object as the user sees it on that slice:
+        correction clicks (a second click or more) the box of the mask shown for the earlier ones; when
+        refining, the first click the box of the object as committed. A box steadies them: with the default
+        model one correction click lifted poor masks from Dice 0.815 to 0.885 with it, 0.782 without
+        (``benchmarks/refine_quality.py``)."""
+        if prompts.box is not None:
             return prompts
-        box = refine_box(self.writer.committed(z, self.object_id.value()), prompts.points, prompts.labels)
+        shown = self.draft.masks.get(z)
+        if shown is not None and len(prompts.points) >= 2 and self.draft.answers(z) is not None:
+            existing = shown
+        elif self.refine.isChecked():
+            existing = self.writer.committed(z, self.object_id.value())
+        else:
+            return prompts
+        box = refine_box(existing, prompts.points, prompts.labels)
         return prompts if box is None else replace(prompts, box=box)
 
     def _paint(self, masks: dict[int, np.ndarray]) -> int:
