@@ -77,7 +77,9 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     labels = viewer.add_labels(original.copy(), name="img labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     torch.manual_seed(0)
-    hub_for(viewer).set_model(load_model("tiny"))
+    model = load_model("tiny")
+    model.box_steadies_clicks = True  # as LiteMedSAM's
+    hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
     widget.labels_choice.choose(labels)
     widget.object_id.setValue(1)
@@ -121,7 +123,9 @@ def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer
     viewer.add_image(np.random.default_rng(0).random(SHAPE, dtype=np.float32), name="img")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     torch.manual_seed(0)
-    hub_for(viewer).set_model(load_model("tiny"))
+    model = load_model("tiny")
+    model.box_steadies_clicks = True  # as LiteMedSAM's
+    hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
     points = widget.points_layer()
     points.add([30.0, 30.0])
@@ -139,3 +143,15 @@ def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer
     points.remove_selected()  # back to the lone click: no box again
     wait_idle(qtbot, widget)
     assert masks.calls[-1]["box"] is None
+
+    # a model that clicks alone serve better (the demo model) gets the clicks as they are
+    model.box_steadies_clicks = False
+    widget.toggle_positive()
+    points.add([30.0, 34.0])
+    wait_idle(qtbot, widget)
+    assert masks.calls[-1]["box"] is None and len(masks.calls[-1]["points"]) == 2
+
+
+def test_only_litemedsam_takes_the_box_with_its_clicks():
+    assert load_model("litemedsam", adapter=None, device="cpu").box_steadies_clicks
+    assert not load_model("tiny").box_steadies_clicks

@@ -67,9 +67,9 @@ def build(w, root: QVBoxLayout) -> None:
     form.addRow(w.overwrite)
     w.refine = QCheckBox("refine the object where it exists")
     w.refine.setToolTip("On: set Object id to an object already in the labels and click on a slice where it is: "
-                        "its box joins your clicks (a negative click trims it, a positive one extends it) and "
-                        "Commit replaces the object on that slice (and on slices propagated to) by the new "
-                        "mask (Ctrl+Z undoes) and stays on the object. Off: a new mask is added to the object")
+                        "with LiteMedSAM its box joins your clicks (a negative click trims it, a positive one "
+                        "extends it); Commit replaces the object on that slice (and on slices propagated to) by "
+                        "the new mask (Ctrl+Z undoes) and stays on the object. Off: a new mask is added to the object")
     w.refine.toggled.connect(w._on_refine_toggled)
     form.addRow(w.refine)
     buttons = QHBoxLayout()

@@ -112,12 +112,11 @@ class ObjectEditor:
         self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
 
     def _with_object_box(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
-        """Clicks without a box of their own get the box of the object as the user sees it on that slice:
-        correction clicks (a second click or more) the box of the mask shown for the earlier ones; when
-        refining, the first click the box of the object as committed. A box steadies them: with the default
-        model one correction click lifted poor masks from Dice 0.815 to 0.885 with it, 0.782 without
-        (``benchmarks/refine_quality.py``)."""
-        if prompts.box is not None:
+        """For a model that a box steadies (``MSAModel.box_steadies_clicks``: LiteMedSAM), clicks without a box
+        of their own get the box of the object as the user sees it on that slice: correction clicks (a second
+        click or more) the box of the mask shown for the earlier ones; when refining, the first click the box
+        of the object as committed."""
+        if prompts.box is not None or not self.jobs.session.model.box_steadies_clicks:
             return prompts
         shown = self.draft.masks.get(z)
         if shown is not None and len(prompts.points) >= 2 and self.draft.answers(z) is not None:
