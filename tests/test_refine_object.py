@@ -114,6 +114,7 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     np.testing.assert_array_equal(labels.data, expected)  # replaced on the slice clicked, nowhere else
     labels.undo()
     np.testing.assert_array_equal(labels.data, original)
+    assert "refinement of object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
 
 
 @pytest.mark.gui

@@ -26,7 +26,7 @@ class Feedback:
         self.result_line = ready  # what the last result showed (the status returns to it)
         self._problems: set[str] = set()  # problems already notified while they last
         self._ignored: list[str] = []  # messages about prompts outside the image, as last told
-        self._committed: tuple = ()  # (labels layer, id, on_undone) while the status reports that commit
+        self._committed: tuple = ()  # (labels layer, id, on_undone, undone) while the status reports a commit
 
     def set(self, text: str) -> None:
         """The outcome line: a new outcome replaces the report of the last commit (no longer watched)."""
@@ -88,10 +88,11 @@ class Feedback:
         return "" if not n else f" ({n} prompt{'s' if n > 1 else ''} outside the image ignored)"
 
     # --- a commit the status reports ------------------------------------------------------------------
-    def watch_commit(self, layer, obj: int, on_undone) -> None:
+    def watch_commit(self, layer, obj: int, on_undone, undone=None) -> None:
         """While the status reports a commit, notice when Ctrl+Z takes it back (the status must not say it is
-        there): ``on_undone(layer, obj)`` then says what happened."""
-        self._committed = (layer, obj, on_undone)
+        there): ``on_undone(layer, obj)`` then says what happened. ``undone()`` tells whether it was taken back
+        (default: the object is gone)."""
+        self._committed = (layer, obj, on_undone, undone or (lambda: not np.any(np.asarray(layer.data) == obj)))
         layer.events.set_data.connect(self._check_commit)
 
     def unwatch_commit(self) -> None:
@@ -103,6 +104,6 @@ class Feedback:
     def _check_commit(self, *_) -> None:
         if not self._committed:
             return
-        layer, obj, on_undone = self._committed
-        if not np.any(np.asarray(layer.data) == obj):
+        layer, obj, on_undone, undone = self._committed
+        if undone():
             on_undone(layer, obj)

@@ -198,12 +198,17 @@ class ObjectEditor:
         obj = self.object_id.value()
         self.writer.clear(refresh=False)
         refined = self.refine.isChecked() and bool(np.any(self.writer.layer.data == obj))
-        written = self.writer.commit(self.draft.take(), obj, self.overwrite.isChecked(), self.refine.isChecked())
+        masks, writer = self.draft.take(), self.writer
+        before = {z: writer.committed(z, obj) for z in masks} if refined else {}
+        written = writer.commit(masks, obj, self.overwrite.isChecked(), self.refine.isChecked())
         S.clear_prompts(self.layers.points(), self.layers.shapes())
         if refined:  # the user is fixing this object: stay on it
-            self.writer.layer.selected_label = obj
+            writer.layer.selected_label = obj
             self.feedback.outcome(f"Refined object {obj} ({written} px); still on object {obj} (set Object id for "
                                   "another). Ctrl+Z on the labels layer undoes it.")
+            if any(not np.array_equal(writer.committed(z, obj), m) for z, m in before.items()):
+                self.feedback.watch_commit(writer.layer, obj, self._refinement_undone, undone=lambda: all(
+                    np.array_equal(writer.committed(z, obj), m) for z, m in before.items()))
             return
         next_id = int(np.max(self.writer.layer.data, initial=0)) + 1
         self.object_id.setValue(next_id)
@@ -212,6 +217,9 @@ class ObjectEditor:
                               "Ctrl+Z on the labels layer undoes it.")
         if written:
             self.feedback.watch_commit(self.writer.layer, obj, self._commit_undone)
+
+    def _refinement_undone(self, layer: Labels, obj: int) -> None:
+        self.feedback.outcome(f"The refinement of object {obj} was undone; still on object {obj}.")
 
     def _commit_undone(self, layer: Labels, obj: int) -> None:
         if self.writer is not None and self.writer.layer == layer and not self.draft:
