@@ -2,8 +2,8 @@
 
 An annotator commits a quick one-click mask, then sees it is wrong. With the Segment widget's "refine the object
 where it exists" the clicks on that slice go to SAM together with the box of the object as committed (grown to
-hold the positive clicks, ``object_draft.refine_box``), and the answer replaces the object. Without it, the only
-way to fix the object is to segment it again from clicks alone. A third way, for reference: every round
+hold the positive clicks, ``geometry.clicked_object_box``), and the answer replaces the object. Without it, the
+only way to fix the object is to segment it again from clicks alone. A third way, for reference: every round
 takes the box of the mask shown after the previous round (what clicks on a preview could send). All are
 simulated with the widget's prompts through ``Session.predict``: the start is the model's own mask for one
 click at the object's most interior pixel; each round adds one correction click at the centre of the largest
@@ -32,9 +32,8 @@ from _harness import machine_line  # noqa: E402
 from tuning_gain import CT, SHAPE, objects_of  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
-from napari_msa._widgets.object_draft import refine_box  # noqa: E402
 from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
-from napari_msa.engine.geometry import depth_map, dice, most_interior  # noqa: E402
+from napari_msa.engine.geometry import clicked_object_box, depth_map, dice, most_interior  # noqa: E402
 from napari_msa.engine.tuning_data import correction_click  # noqa: E402
 
 DEV_SEEDS = (7001, 7002, 7003, 7004)
@@ -56,9 +55,9 @@ def refine_rounds(session: Session, z: int, truth: np.ndarray, rounds: int) -> d
             pts = np.array(points)
             box = None
             if way == WAYS[0]:
-                box = refine_box(committed, pts, np.array(labels))
+                box = clicked_object_box(committed, pts, np.array(labels))
             elif way == WAYS[2]:
-                box = refine_box(shown, pts, np.array(labels))
+                box = clicked_object_box(shown, pts, np.array(labels))
             shown, _ = session.predict(points=np.column_stack([np.full(len(pts), z), pts]), labels=labels, box=box)
             scores.append(dice(shown, truth))
         out[way] = scores

@@ -11,9 +11,24 @@ from segment_support import DiskMasks, disk, install, wait_idle
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
 from napari_msa._widgets._labels_writer import LabelsWriter
-from napari_msa._widgets.object_draft import refine_box
+from napari_msa.engine.geometry import clicked_object_box
 
 SHAPE = (64, 80)
+
+
+def open_segmenter(make_napari_viewer, qtbot, image: np.ndarray, labels: np.ndarray | None = None):
+    """A viewer with 'img' (and 'img labels'), the widget from the manifest, and a tiny model that takes boxes
+    with its clicks, as LiteMedSAM does."""
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    layer = None if labels is None else viewer.add_labels(labels.copy(), name="img labels")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    model.box_steadies_clicks = True
+    hub_for(viewer).set_model(model)
+    wait_idle(qtbot, widget)
+    return viewer, widget, model, layer
 
 
 def existing_labels(volume: bool = False) -> np.ndarray:
@@ -29,16 +44,16 @@ def existing_labels(volume: bool = False) -> np.ndarray:
     return out
 
 
-def test_the_refine_box_covers_the_object_and_positive_clicks_only():
+def test_the_clicked_object_box_covers_the_object_and_positive_clicks_only():
     obj = np.zeros(SHAPE, bool)
     obj[20:30, 10:40] = True
-    box = refine_box(obj, np.array([[25.0, 50.0], [5.0, 5.0]]), np.array([1, 0]))
+    box = clicked_object_box(obj, np.array([[25.0, 50.0], [5.0, 5.0]]), np.array([1, 0]))
     # rows 20-29, cols 10-50 (the positive click), grown by 5 % (at least 2 px); the negative click adds nothing
     np.testing.assert_allclose(box, [18.0, 8.0, 31.0, 52.0])
     edge = np.zeros(SHAPE, bool)
     edge[0:10, 70:80] = True
-    np.testing.assert_allclose(refine_box(edge, np.zeros((0, 2)), np.zeros(0)), [0, 68, 11, 79])  # clipped
-    assert refine_box(np.zeros(SHAPE, bool), np.array([[5.0, 5.0]]), np.array([1])) is None
+    np.testing.assert_allclose(clicked_object_box(edge, np.zeros((0, 2)), np.zeros(0)), [0, 68, 11, 79])  # clipped
+    assert clicked_object_box(np.zeros(SHAPE, bool), np.array([[5.0, 5.0]]), np.array([1])) is None
 
 
 def test_a_replacing_preview_is_taken_back_exactly_and_its_commit_is_one_undo_step():
@@ -70,17 +85,9 @@ def test_a_replacing_preview_is_taken_back_exactly_and_its_commit_is_one_undo_st
 def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_restores_it(
         make_napari_viewer, qtbot, monkeypatch, volume):
     masks = install(monkeypatch, DiskMasks(radius=7))
-    viewer = make_napari_viewer()
     image = np.random.default_rng(0).random((3, *SHAPE) if volume else SHAPE, dtype=np.float32)
-    viewer.add_image(image, name="img")
     original = existing_labels(volume)
-    labels = viewer.add_labels(original.copy(), name="img labels")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    torch.manual_seed(0)
-    model = load_model("tiny")
-    model.box_steadies_clicks = True  # as LiteMedSAM's
-    hub_for(viewer).set_model(model)
-    wait_idle(qtbot, widget)
+    viewer, widget, _, labels = open_segmenter(make_napari_viewer, qtbot, image, original)
     widget.labels_choice.choose(labels)
     widget.object_id.setValue(1)
     widget.refine.setChecked(True)
@@ -91,7 +98,7 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     widget.points_layer().add([1.0, *click] if volume else click)
     wait_idle(qtbot, widget)
     plane = (lambda data: data[1]) if volume else (lambda data: data)
-    np.testing.assert_allclose(masks.calls[-1]["box"], refine_box(plane(original) == 1, np.array([click]),
+    np.testing.assert_allclose(masks.calls[-1]["box"], clicked_object_box(plane(original) == 1, np.array([click]),
                                                                   np.array([1])))
     new = disk(SHAPE, tuple(click), 7)
     np.testing.assert_array_equal(plane(labels.data) == 1, new)  # the preview shows the object replaced
@@ -120,14 +127,8 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
 @pytest.mark.gui
 def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=7))
-    viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(0).random(SHAPE, dtype=np.float32), name="img")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    torch.manual_seed(0)
-    model = load_model("tiny")
-    model.box_steadies_clicks = True  # as LiteMedSAM's
-    hub_for(viewer).set_model(model)
-    wait_idle(qtbot, widget)
+    viewer, widget, model, _ = open_segmenter(make_napari_viewer, qtbot,
+                                              np.random.default_rng(0).random(SHAPE, dtype=np.float32))
     points = widget.points_layer()
     points.add([30.0, 30.0])
     wait_idle(qtbot, widget)
@@ -136,7 +137,7 @@ def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer
     widget.toggle_positive()
     points.add([30.0, 34.0])  # a negative correction click
     wait_idle(qtbot, widget)
-    np.testing.assert_allclose(masks.calls[-1]["box"], refine_box(shown, np.array([[30, 30], [30, 34]]),
+    np.testing.assert_allclose(masks.calls[-1]["box"], clicked_object_box(shown, np.array([[30, 30], [30, 34]]),
                                                                   np.array([1, 0])))
     labels = viewer.layers["img labels"]
     np.testing.assert_array_equal(labels.data == 1, shown & ~disk(SHAPE, (30, 34), 3.5))

@@ -22,7 +22,7 @@ from ._feedback import Feedback
 from ._labels_writer import LabelsWriter
 from ._prediction import ImageSource, predict_planes
 from ._segment_jobs import SegmentJobs
-from .object_draft import ObjectDraft, refine_box
+from .object_draft import ObjectDraft
 
 
 class ObjectEditor:
@@ -125,7 +125,9 @@ class ObjectEditor:
             existing = self.writer.committed(z, self.object_id.value())
         else:
             return prompts
-        box = refine_box(existing, prompts.points, prompts.labels)
+        from napari_msa.engine.geometry import clicked_object_box  # a model is loaded: so is the engine
+
+        box = clicked_object_box(existing, prompts.points, prompts.labels)
         return prompts if box is None else replace(prompts, box=box)
 
     def _paint(self, masks: dict[int, np.ndarray]) -> int:

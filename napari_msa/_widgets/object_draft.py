@@ -132,22 +132,3 @@ class ObjectDraft:
         if mask is None or not mask.any():
             return None
         return mask.copy()
-
-
-def refine_box(existing: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float = 0.05
-               ) -> np.ndarray | None:
-    """The box that refining an object adds to the clicks on a slice: around the object's pixels there and the
-    positive clicks, grown by ``margin`` of its size (at least 2 px), within the plane; None where it has none.
-
-    SAM reads clicks relative to a box: a negative click trims the object, a positive one outside extends it.
-    """
-    if not existing.any():
-        return None
-    rows, cols = np.nonzero(existing)
-    positive = np.asarray(points, dtype=np.float64).reshape(-1, 2)[np.asarray(labels).reshape(-1) == 1]
-    r = np.concatenate([rows, positive[:, 0]])
-    c = np.concatenate([cols, positive[:, 1]])
-    box = np.array([r.min(), c.min(), r.max(), c.max()], dtype=np.float64)
-    grow = np.maximum(2.0, margin * np.array([box[2] - box[0], box[3] - box[1]]))
-    box += np.array([-grow[0], -grow[1], grow[0], grow[1]])
-    return np.clip(box, 0, [existing.shape[0] - 1, existing.shape[1] - 1] * 2)

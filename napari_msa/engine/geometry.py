@@ -17,15 +17,30 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
 
 
-def grown_box(mask: np.ndarray, margin: float) -> np.ndarray:
+def grown_box(mask: np.ndarray, margin: float, include: np.ndarray | None = None) -> np.ndarray:
     """The mask's box grown by ``margin`` × its size on each side (at least 2 px when ``margin`` > 0), clipped to
-    the plane: a box for the next slice of an object that may be a little larger there."""
+    the plane: a box for the next slice of an object that may be a little larger there. ``include``: (N, 2)
+    points the box must hold as well (before growing)."""
     box = mask_box(mask)
+    if include is not None and len(include):
+        pts = np.asarray(include, dtype=np.float64).reshape(-1, 2)
+        box = np.concatenate([np.minimum(box[:2], pts.min(0)), np.maximum(box[2:], pts.max(0))])
     if margin > 0:
         grow = np.maximum(2.0, margin * np.array([box[2] - box[0], box[3] - box[1]]))
         box += np.array([-grow[0], -grow[1], grow[0], grow[1]])
         box = np.clip(box, 0, [mask.shape[0] - 1, mask.shape[1] - 1] * 2)
     return box
+
+
+def clicked_object_box(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float = 0.05
+                       ) -> np.ndarray | None:
+    """The box that goes with clicks on an object the user sees (``mask``): around it and the positive clicks,
+    grown by ``margin``; None when the mask is empty. SAM reads clicks relative to a box: a negative click then
+    trims the object, a positive one outside extends it (the Segment widget's correction clicks and refining)."""
+    if not mask.any():
+        return None
+    positive = np.asarray(points, dtype=np.float64).reshape(-1, 2)[np.asarray(labels).reshape(-1) == 1]
+    return grown_box(mask, margin, include=positive)
 
 
 def exact_depth(mask: np.ndarray) -> np.ndarray:
