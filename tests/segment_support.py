@@ -39,9 +39,11 @@ class DiskMasks:
                 mask &= ~disk(shape, (r, c), self.radius / 2)
         return mask
 
-    def __call__(self, session, points=None, labels=None, box=None, mask_input=None, *, z=None, multimask=None):
+    def __call__(self, session, points=None, labels=None, box=None, mask_input=None, *, z=None, multimask=None,
+                 prior=None, candidate=0):
         self.calls.append({"points": None if points is None else np.asarray(points, float).copy(),
-                           "labels": None if labels is None else np.asarray(labels).copy(), "box": box, "z": z})
+                           "labels": None if labels is None else np.asarray(labels).copy(), "box": box, "z": z,
+                           "prior": None if prior is None else np.asarray(prior).copy(), "candidate": candidate})
         if self.hold_first and len(self.calls) == 1:
             self.first_started.set()
             assert self.release.wait(20), "test never released the first prediction"

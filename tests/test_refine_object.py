@@ -1,4 +1,5 @@
-"""Refining an object already in the labels: its box joins the clicks, and commit replaces it on that slice."""
+"""Refining an object already in the labels: the object as committed goes with the clicks (the engine's rule
+decides how), and commit replaces it on that slice."""
 
 from __future__ import annotations
 
@@ -17,15 +18,13 @@ SHAPE = (64, 80)
 
 
 def open_segmenter(make_napari_viewer, qtbot, image: np.ndarray, labels: np.ndarray | None = None):
-    """A viewer with 'img' (and 'img labels'), the widget from the manifest, and a tiny model that takes boxes
-    with its clicks, as LiteMedSAM does."""
+    """A viewer with 'img' (and 'img labels'), the widget from the manifest, and a tiny model."""
     viewer = make_napari_viewer()
     viewer.add_image(image, name="img")
     layer = None if labels is None else viewer.add_labels(labels.copy(), name="img labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     torch.manual_seed(0)
     model = load_model("tiny")
-    model.box_steadies_clicks = True
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
     return viewer, widget, model, layer
@@ -98,8 +97,8 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     widget.points_layer().add([1.0, *click] if volume else click)
     wait_idle(qtbot, widget)
     plane = (lambda data: data[1]) if volume else (lambda data: data)
-    np.testing.assert_allclose(masks.calls[-1]["box"], clicked_object_box(plane(original) == 1, np.array([click]),
-                                                                  np.array([1])))
+    np.testing.assert_array_equal(masks.calls[-1]["prior"], plane(original) == 1)  # the object as committed
+    assert masks.calls[-1]["box"] is None  # the widget adds no prompt of its own: the engine's rule does
     new = disk(SHAPE, tuple(click), 7)
     np.testing.assert_array_equal(plane(labels.data) == 1, new)  # the preview shows the object replaced
     np.testing.assert_array_equal(labels.data == 2, original == 2)  # the other object untouched
@@ -107,11 +106,11 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     # refine off: the same click without the object's box, added to the object
     widget.refine.setChecked(False)
     wait_idle(qtbot, widget)
-    assert masks.calls[-1]["box"] is None
+    assert masks.calls[-1]["prior"] is None
     np.testing.assert_array_equal(plane(labels.data) == 1, (plane(original) == 1) | (new & (plane(original) == 0)))
     widget.refine.setChecked(True)
     wait_idle(qtbot, widget)
-    assert masks.calls[-1]["box"] is not None
+    assert masks.calls[-1]["prior"] is not None
 
     widget.commit()
     assert widget.object_id.value() == 1 and "Refined object 1" in widget.status.text()  # still fixing it
@@ -125,35 +124,36 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
 
 
 @pytest.mark.gui
-def test_a_correction_click_carries_the_box_of_the_mask_shown(make_napari_viewer, qtbot, monkeypatch):
+def test_the_widget_sends_every_click_and_n_cycles_the_masks_of_a_lone_click(make_napari_viewer, qtbot,
+                                                                              monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=7))
     viewer, widget, model, _ = open_segmenter(make_napari_viewer, qtbot,
                                               np.random.default_rng(0).random(SHAPE, dtype=np.float32))
     points = widget.points_layer()
     points.add([30.0, 30.0])
     wait_idle(qtbot, widget)
-    assert masks.calls[-1]["box"] is None  # a lone click: SAM's three masks, no box
-    shown = disk(SHAPE, (30, 30), 7)
+    assert masks.calls[-1]["box"] is None and masks.calls[-1]["candidate"] == 0
+    assert "mask 1 of 3" in widget.status.text()
+    for expected in (1, 2, 0):  # N: the model's next mask for this click, round and round
+        widget.next_mask()
+        wait_idle(qtbot, widget)
+        assert masks.calls[-1]["candidate"] == expected
+    widget.next_mask()
+    wait_idle(qtbot, widget)
+    assert "mask 2 of 3" in widget.status.text()
     widget.toggle_positive()
-    points.add([30.0, 34.0])  # a negative correction click
+    points.add([30.0, 34.0])  # a negative correction click: the interaction goes on from the mask chosen
     wait_idle(qtbot, widget)
-    np.testing.assert_allclose(masks.calls[-1]["box"], clicked_object_box(shown, np.array([[30, 30], [30, 34]]),
-                                                                  np.array([1, 0])))
-    labels = viewer.layers["img labels"]
-    np.testing.assert_array_equal(labels.data == 1, shown & ~disk(SHAPE, (30, 34), 3.5))
-    points.selected_data = {1}
-    points.remove_selected()  # back to the lone click: no box again
+    call = masks.calls[-1]
+    assert call["box"] is None and call["prior"] is None and call["candidate"] == 1
+    np.testing.assert_array_equal(call["points"], [[30, 30], [30, 34]])
+    np.testing.assert_array_equal(call["labels"], [1, 0])
+    n = len(masks.calls)
+    widget.next_mask()  # two clicks: one mask; N says so and predicts nothing
     wait_idle(qtbot, widget)
-    assert masks.calls[-1]["box"] is None
-
-    # a model that clicks alone serve better (the demo model) gets the clicks as they are
-    model.box_steadies_clicks = False
-    widget.toggle_positive()
-    points.add([30.0, 34.0])
-    wait_idle(qtbot, widget)
-    assert masks.calls[-1]["box"] is None and len(masks.calls[-1]["points"]) == 2
+    assert len(masks.calls) == n and "single click" in widget.status.text()
 
 
-def test_only_litemedsam_takes_the_box_with_its_clicks():
-    assert load_model("litemedsam", adapter=None, device="cpu").box_steadies_clicks
-    assert not load_model("tiny").box_steadies_clicks
+def test_each_model_has_its_interaction_rule():
+    assert load_model("tiny").interaction.name == "logits"  # SAM's own protocol
+    assert load_model("demo").interaction.name == "clicks"

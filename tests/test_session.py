@@ -50,8 +50,39 @@ def test_matches_segment_anything_predictor(tiny_pth):
     masks, scores, _ = predictor.predict(point_coords=np.array([[col, row], [20, 100]]),
                                          point_labels=np.array([1, 0]), box=np.array([100, 10, 190, 60]),
                                          multimask_output=False)
-    mask, score = session.predict(points=[(row, col), (100, 20)], labels=[1, 0], box=(10, 100, 60, 190))
+    mask, score = session.predict(points=[(row, col), (100, 20)], labels=[1, 0], box=(10, 100, 60, 190),
+                                  multimask=False)  # one pass, exactly these prompts
     assert np.array_equal(mask, masks[0]) and score == pytest.approx(scores[0])
+
+
+def test_an_interaction_is_sams_iterative_protocol(tiny_pth):
+    """SAM's rule (the box first, then each click with the previous answer's logits) equals SamPredictor driven
+    by hand, and a call with all the clicks at once equals one call per click."""
+    rgb = np.random.default_rng(4).integers(0, 256, size=(120, 200, 3), dtype=np.uint8)
+    reference = build_sam(get_config("tiny"))
+    reference.load_state_dict(torch.load(tiny_pth, weights_only=True))
+    predictor = SamPredictor(reference)
+    predictor.set_image(rgb)
+    box_xy, clicks_xy, labels = np.array([100, 10, 190, 60]), np.array([[150, 30], [20, 100], [120, 40]]), [1, 0, 1]
+    _, _, logits = predictor.predict(box=box_xy, multimask_output=False)
+    expected = []
+    for k in range(1, 4):
+        masks, scores, logits = predictor.predict(point_coords=clicks_xy[:k], point_labels=np.array(labels[:k]),
+                                                  box=box_xy, mask_input=logits, multimask_output=False)
+        expected.append((masks[0], scores[0]))
+
+    model = load_model("tiny", checkpoint=tiny_pth, device="cpu")
+    assert model.interaction.name == "logits"  # SAM's own protocol for SAM-architecture checkpoints
+    box_rc, clicks_rc = (10, 100, 60, 190), clicks_xy[:, ::-1]
+    one_by_one = Session(model)
+    one_by_one.set_image(rgb)
+    for k in range(1, 4):
+        mask, score = one_by_one.predict(points=clicks_rc[:k], labels=labels[:k], box=box_rc)
+        assert np.array_equal(mask, expected[k - 1][0]) and score == pytest.approx(expected[k - 1][1], abs=1e-6)
+    at_once = Session(model)
+    at_once.set_image(rgb)
+    mask, _ = at_once.predict(points=clicks_rc, labels=labels, box=box_rc)
+    assert np.array_equal(mask, expected[-1][0])
 
 
 def test_orientation_row_col_becomes_x_y(tiny_model, monkeypatch):

@@ -33,6 +33,9 @@ from .common import (
 )
 
 
+INTERACTIONS = ("model", "clicks", "box", "logits", "box+logits")  # engine.interaction.RULE_NAMES (torch-free here)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "segment", help="segment objects from point and/or box prompts",
@@ -59,6 +62,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--propagate", action="store_true", help="3D: carry each object through the volume")
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="propagation stops where consecutive slices overlap less than this [0.5]")
+    p.add_argument("--interaction", choices=INTERACTIONS, default="model",
+                   help="how an object's clicks (in file order) become prompts, click after click: the box of the "
+                        "mask so far, its logits, both, or the clicks alone [default: the model's own rule]")
     add_model_args(p)
     add_normalization_args(p)
     return p
@@ -134,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     model = model_from_args(args)
     session = Session(model, normalization=normalization_from_args(args))
+    if args.interaction != "model":
+        session.rule = args.interaction
     try:
         session.set_image(image)
     except ValueError as err:

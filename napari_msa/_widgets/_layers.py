@@ -7,7 +7,7 @@ right pixels) and groups prompts by slice. No engine calls, no tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,19 @@ class PlanePrompts:
     points: np.ndarray
     labels: np.ndarray
     box: np.ndarray | None = None
+    candidate: int = 0  # which of the model's masks a lone click keeps (N cycles it); 0 is the model's choice
+    prior: np.ndarray | None = field(default=None, compare=False)  # the object as committed there, when refining
 
     def signature(self) -> tuple:
-        """Equal signatures mean the same prediction; used to skip slices whose preview is up to date."""
+        """Equal signatures mean the same prediction; used to skip slices whose preview is up to date (a change
+        of prior, i.e. of refining, marks the draft outdated instead)."""
         box = None if self.box is None else tuple(np.round(self.box, 3))
-        return tuple(map(tuple, np.round(self.points, 3))), tuple(self.labels.tolist()), box
+        return tuple(map(tuple, np.round(self.points, 3))), tuple(self.labels.tolist()), box, self.candidate
+
+    @property
+    def ambiguous(self) -> bool:
+        """A lone click with nothing else to go on: the model offers several masks."""
+        return len(self.points) == 1 and self.box is None and (self.prior is None or not self.prior.any())
 
 
 def is_volume(image: Image) -> bool:

@@ -105,7 +105,7 @@ class ImageFeed:
 
 def predict_planes(session: Session, feed: ImageFeed, source: ImageSource, volume: bool,
                    prompts: dict[int, PlanePrompts]) -> dict[int, tuple[np.ndarray, float]]:
-    """Masks for each slice's prompts (runs on a worker)."""
+    """Masks for each slice's prompts (runs on a worker); how clicks become prompts is the engine's rule."""
     feed.prepare(session, source)
     out = {}
     for z, p in prompts.items():
@@ -113,7 +113,7 @@ def predict_planes(session: Session, feed: ImageFeed, source: ImageSource, volum
         if volume and len(pts):
             pts = np.column_stack([np.full(len(pts), z, dtype=float), pts])
         out[z] = session.predict(points=pts if len(pts) else None, labels=p.labels if len(pts) else None,
-                                 box=p.box, z=z if volume else None)
+                                 box=p.box, z=z if volume else None, prior=p.prior, candidate=p.candidate)
     return out
 
 

@@ -15,7 +15,7 @@ from ._controls import LayerChoice
 
 NEW = "(new)"  # a layer field's choice: the image's own layer, made when needed
 NONE = "(none)"  # the Boxes field's choice: no box prompts
-KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate"}
+KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate", "N": "next_mask"}
 
 
 def own_prompt_layer(viewer, image: Image, kind: type) -> Points | Shapes:

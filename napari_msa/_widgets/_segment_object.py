@@ -24,6 +24,8 @@ from ._prediction import ImageSource, predict_planes
 from ._segment_jobs import SegmentJobs
 from .object_draft import ObjectDraft
 
+CANDIDATES = 3  # SAM's masks for an ambiguous prompt
+
 
 class ObjectEditor:
     """One object at a time: its draft, and the writer that shows it in the labels layer until it is committed."""
@@ -43,6 +45,8 @@ class ObjectEditor:
         self.jobs: SegmentJobs | None = None  # set by the widget (the jobs report back to this editor)
         self.draft = ObjectDraft()
         self.writer: LabelsWriter | None = None
+        self.choices: dict[int, tuple[tuple, int]] = {}  # slice → (its lone click's signature, mask chosen with N)
+        self.ambiguous: dict[int, int] = {}  # slices of the request in flight that were a lone click → mask shown
 
     def usable_image(self, tell: bool = True) -> Image | None:
         """The chosen image if the engine can segment it; else None (and ``tell``: the problem is told)."""
@@ -79,6 +83,13 @@ class ObjectEditor:
             self.schedule()
             return
         self.feedback.show_ignored(ignored)
+        if prompts and self.jobs.session is not None and self.writer is None:
+            try:  # the request needs the labels layer when refining (the object as committed)
+                self.ensure_writer()
+            except L.PromptError as exc:
+                self.feedback.problem(str(exc))
+                return
+        prompts = {z: self._request(z, p) for z, p in prompts.items()} if self.writer is not None else prompts
         update = self.draft.update({z: p.signature() for z, p in prompts.items()}, predictions.latest)
         if update.stale:
             predictions.invalidate()  # what is in flight answers prompts that no longer exist
@@ -95,7 +106,8 @@ class ObjectEditor:
         except L.PromptError as exc:
             self.feedback.problem(str(exc))
             return
-        todo = {z: self._with_object_box(z, prompts[z]) for z in update.todo}
+        todo = {z: prompts[z] for z in update.todo}
+        self.ambiguous = {z: p.candidate for z, p in todo.items() if p.ambiguous}
         job = partial(predict_planes, self.jobs.session, self.jobs.feed, self.source(image), L.is_volume(image), todo)
         self.draft.sent(predictions.submit(job), update.todo)
 
@@ -109,26 +121,41 @@ class ObjectEditor:
         painted = self._paint(self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()}))
         where = "" if not L.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
-        self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}")
+        choice = [f"mask {self.ambiguous[z] + 1} of {CANDIDATES}" for z in result if z in self.ambiguous]
+        hint = f"; {choice[0]} for this click (N: next)" if len(choice) == 1 else ""
+        self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}{hint}")
 
-    def _with_object_box(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
-        """For a model that a box steadies (``MSAModel.box_steadies_clicks``: LiteMedSAM), clicks without a box
-        of their own get the box of the object as the user sees it on that slice: correction clicks (a second
-        click or more) the box of the mask shown for the earlier ones; when refining, the first click the box
-        of the object as committed."""
-        if prompts.box is not None or not self.jobs.session.model.box_steadies_clicks:
-            return prompts
-        shown = self.draft.masks.get(z)
-        if shown is not None and len(prompts.points) >= 2 and self.draft.answers(z) is not None:
-            existing = shown
-        elif self.refine.isChecked():
-            existing = self.writer.committed(z, self.object_id.value())
-        else:
-            return prompts
-        from napari_msa.engine.geometry import clicked_object_box  # a model is loaded: so is the engine
+    def _request(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
+        """The slice's prompts as the engine gets them: with the mask the user chose for a lone click, and when
+        refining, the object as committed there (the engine's rule decides how either joins the clicks)."""
+        refining = self.refine.isChecked() and self.writer is not None
+        prior = self.writer.committed(z, self.object_id.value()) if refining else None
+        prompts = replace(prompts, prior=prior if prior is not None and prior.any() else None)
+        chosen = self.choices.get(z)
+        starts_alone = len(prompts.points) and prompts.box is None and prompts.prior is None
+        if starts_alone and chosen is not None and chosen[0] == _first_click(prompts):
+            prompts = replace(prompts, candidate=chosen[1])  # later clicks go on from the mask chosen
+        return prompts
 
-        box = clicked_object_box(existing, prompts.points, prompts.labels)
-        return prompts if box is None else replace(prompts, box=box)
+    def next_mask(self) -> None:
+        """N: a lone click is ambiguous (the vertebral body or the whole vertebra): show the model's next mask."""
+        image = self.usable_image()
+        if image is None or self.jobs.session is None:
+            self.feedback.tell("Click on an object first; N then shows the model's other masks for that click.")
+            return
+        z = L.current_plane(self.viewer, image)
+        try:
+            prompts, _ = L.collect_prompts(image, self.layers.points(), self.layers.shapes())
+        except L.PromptsChanging:
+            return
+        plane = prompts.get(z)
+        if plane is None or not self._request(z, plane).ambiguous:
+            self.feedback.tell("N chooses among the masks of a single click (no box, not refining); after more "
+                               "clicks the model gives one mask.")
+            return
+        current = self._request(z, plane).candidate
+        self.choices[z] = (_first_click(plane), (current + 1) % CANDIDATES)
+        self.update()
 
     def _paint(self, masks: dict[int, np.ndarray]) -> int:
         """Show ``masks`` as the current object's preview; returns the pixels painted."""
@@ -201,6 +228,7 @@ class ObjectEditor:
         self.writer.clear(refresh=False)
         refined = self.refine.isChecked() and bool(np.any(self.writer.layer.data == obj))
         masks, writer = self.draft.take(), self.writer
+        self.choices.clear()
         before = {z: writer.committed(z, obj) for z in masks} if refined else {}
         written = writer.commit(masks, obj, self.overwrite.isChecked(), self.refine.isChecked())
         S.clear_prompts(self.layers.points(), self.layers.shapes())
@@ -234,6 +262,7 @@ class ObjectEditor:
         if self.writer is not None:
             self.writer.clear()
         self.draft.drop()
+        self.choices.clear()
         S.clear_prompts(self.layers.points(), self.layers.shapes())
         self.feedback.outcome(f"Cleared; segmenting object {self.object_id.value()}.")
 
@@ -286,3 +315,8 @@ def _span(planes) -> str:
     if not planes:
         return ""
     return f"slice {planes[0]}" if len(planes) == 1 else f"slices {planes[0]}–{planes[-1]}"
+
+
+def _first_click(prompts: L.PlanePrompts) -> tuple:
+    """The click an interaction starts from: the mask chosen for it holds while later clicks correct it."""
+    return tuple(np.round(prompts.points[0], 3)), int(prompts.labels[0])

@@ -263,6 +263,10 @@ class SegmentWidget(QWidget):
         self.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
                                        "font-weight: bold; border-radius: 3px; padding: 3px 8px; }")
 
+    def next_mask(self) -> None:
+        """N: a lone click is ambiguous; show the model's next mask for it (three in turn)."""
+        self.editor.next_mask()
+
     def commit(self) -> None:
         """C: the preview becomes final (one undo step); prompts are cleared; the id moves to max + 1."""
         self.editor.commit()

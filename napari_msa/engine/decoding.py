@@ -68,3 +68,16 @@ def image_masks(sam: nn.Module, low_res: torch.Tensor, input_size: tuple[int, in
                 original_size: tuple[int, int]) -> torch.Tensor:
     """Boolean masks at the image's own size from low-res logits (SAM's postprocessing and threshold)."""
     return sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
+
+
+def mask_to_logits(sam: nn.Module, mask: np.ndarray, input_size: tuple[int, int], magnitude: float = 8.0
+                   ) -> np.ndarray:
+    """A boolean mask at the image's size as low-res logits (g, g) the decoder takes as mask input: the mask in
+    the model's input frame (resized, padded bottom/right), at the mask input's size, ±``magnitude``."""
+    image_size = sam.image_encoder.img_size
+    low = sam.prompt_encoder.mask_input_size
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    m = F.interpolate(m, input_size, mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, image_size - input_size[1], 0, image_size - input_size[0]))
+    m = F.interpolate(m, tuple(low), mode="area")
+    return ((m[0, 0] - 0.5) * (2.0 * magnitude)).numpy()

@@ -13,6 +13,7 @@ import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from .checkpoints import CheckpointError, LoadReport
+from .interaction import InteractionRule
 from .model_files import (
     CLICK_ADAPTER_FILE,
     LITEMEDSAM_NAME,
@@ -25,6 +26,18 @@ from .model_files import (
 from .models import ModelConfig, base_fingerprint
 from .precision import FP32_EXACT, Precision
 from .preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
+
+
+def default_rule(name: str, is_demo: bool) -> InteractionRule:
+    """The interaction rule a model was trained for, unless its adapter file names one.
+
+    SAM was trained feeding its previous logits back with each click. LiteMedSAM was trained on boxes only, and
+    its click adapter of 2026-11-29 with clicks alone; the demo model with clicks alone. Measured on the
+    development set (BENCHMARKS.md, "Click sessions"), ``benchmarks/click_protocol.py``.
+    """
+    if is_demo or name == LITEMEDSAM_NAME:
+        return InteractionRule()
+    return InteractionRule(feed_logits=True)
 
 
 class MSAModel:
@@ -41,10 +54,7 @@ class MSAModel:
         self.device = device
         self.source = source
         self.is_demo = is_demo
-        # Correction clicks go with the box of the mask shown (the Segment widget): LiteMedSAM was trained on
-        # boxes and one correction click on poor masks gave Dice 0.885 with it, 0.782 without; the demo model
-        # 0.813 with, 0.829 without (benchmarks/refine_quality.py).
-        self.box_steadies_clicks = name == LITEMEDSAM_NAME
+        self.interaction = default_rule(name, is_demo)  # an adapter trained for another rule says so (apply_adapter)
         self.normalization = normalization or Normalization()
         self.base_fingerprint = base_fingerprint(sam)
         self.adapter_source: str | None = None
@@ -143,6 +153,9 @@ class MSAModel:
         self.sam.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
         if meta.get("normalization"):
             self.normalization = Normalization.from_dict(meta["normalization"])
+        rule = meta["training"].get("interaction") if isinstance(meta.get("training"), dict) else None
+        if isinstance(rule, str):
+            self.interaction = InteractionRule.from_name(rule)
         self.adapter_source = str(path)
         self.adapter_metadata = meta
         self.version += 1

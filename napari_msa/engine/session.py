@@ -8,6 +8,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import torch
 
 from .cancel import CancelFn, Cancelled, ProgressFn
 from .checkpoints import atomic_write
-from .decoding import decode, image_masks, to_input_frame
+from .decoding import decode, image_masks, mask_to_logits, to_input_frame
 from .geometry import grown_box, iou, most_interior
+from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
 from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
@@ -159,7 +161,10 @@ class Session:
         self.layout: ImageLayout | None = None
         self.window: tuple[float, float] | None = None
         self.image_hash = ""
-        self.last_logits: np.ndarray | None = None
+        self.last_logits: np.ndarray | None = None  # (1, g, g) of the mask kept by the last prediction
+        self.last_prediction: Answer | None = None
+        self._rule: InteractionRule | None = None
+        self._interactions: OrderedDict[tuple, Interaction] = OrderedDict()  # per (image, weights, slice)
 
     # --- image -----------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, *, normalization: Normalization | None = None,
@@ -187,7 +192,7 @@ class Session:
             if new_hash != self.image_hash:
                 self.cache.clear()
             self.image, self.layout, self.window, self.image_hash = image, layout, window, new_hash
-            self.last_logits = None
+            self.last_logits = self.last_prediction = None
 
     @property
     def num_slices(self) -> int:
@@ -289,6 +294,16 @@ class Session:
             pending = []
 
     # --- prediction ------------------------------------------------------------------------------
+    @property
+    def rule(self) -> InteractionRule:
+        """How clicks become prompts (``engine.interaction``): the one given, else the model's own."""
+        return self._rule or self.model.interaction
+
+    @rule.setter
+    def rule(self, rule: InteractionRule | str | None) -> None:
+        self._rule = InteractionRule.from_name(rule) if isinstance(rule, str) else rule
+        self._interactions.clear()
+
     def predict(
         self,
         points: Sequence[Sequence[float]] | np.ndarray | None = None,
@@ -298,12 +313,28 @@ class Session:
         *,
         z: int | None = None,
         multimask: bool | None = None,
+        prior: np.ndarray | None = None,
+        candidate: int = 0,
     ) -> tuple[np.ndarray, float]:
-        """Mask (bool, plane shape) and SAM's predicted IoU for the prompts.
+        """Mask (bool, plane shape) and SAM's predicted IoU for one object's prompts on one slice.
 
-        Points are (row, col) in 2D or (z, row, col) in a volume; ``box`` is
-        (min_row, min_col, max_row, max_col). For a lone click the best of SAM's three masks is kept.
+        Points are (row, col) in 2D or (z, row, col) in a volume, in the order they were clicked; ``box`` is
+        (min_row, min_col, max_row, max_col). The points are an interaction (``engine.interaction``): the box
+        first, then one step per click, each prompted by the session's ``rule`` from the step before. Calling
+        once per click with one more click each time costs one decoder pass a call; any sequence gives the same
+        mask as that. ``prior``: the object as it exists (refining it), the answer before the first click.
+        ``candidate``: which of SAM's three masks a lone click keeps (0: the best predicted IoU; 1, 2: the
+        others; ``last_prediction`` lists them). ``mask_input`` or ``multimask``: one decoder pass with exactly
+        these prompts, outside any interaction (SamPredictor's call).
         """
+        answer = self.interact(points, labels, box, z=z, prior=prior, candidate=candidate,
+                               mask_input=mask_input, multimask=multimask)
+        return answer.mask.copy(), answer.score
+
+    def interact(self, points=None, labels=None, box=None, *, z: int | None = None, prior: np.ndarray | None = None,
+                 candidate: int = 0, mask_input: np.ndarray | None = None, multimask: bool | None = None) -> Answer:
+        """``predict``'s full answer: every candidate mask of the last step with its score, the one kept
+        (``chosen``) and its low-res logits. Also kept as ``last_prediction``."""
         self._require_image()
         pts, lab = _as_points(points, labels)
         if len(pts) == 0 and box is None:
@@ -330,22 +361,46 @@ class Session:
         h, w = self.plane_shape
         if len(pts) and (np.any(pts < -0.5) or np.any(pts[:, 0] > h - 0.5) or np.any(pts[:, 1] > w - 0.5)):
             raise ValueError(f"a point lies outside the {h}×{w} image")
+        if prior is not None and np.shape(prior) != (h, w):
+            raise ValueError(f"the prior mask has shape {np.shape(prior)}, the slice is {h}×{w}")
         emb = self.embedding(z)
-        if multimask is None:
-            multimask = len(pts) == 1 and box is None and mask_input is None
+        box_arr = None if box is None else np.asarray(box, dtype=np.float64)
+        if mask_input is not None or multimask is not None:
+            single = len(pts) == 1 and box is None and mask_input is None
+            prompt = Prompt(pts, lab, box_arr, None if mask_input is None else np.asarray(mask_input)[0],
+                            single if multimask is None else bool(multimask))
+            answer = self._decode(emb, prompt)
+        else:
+            with self._lock:
+                key = (self.image_hash, self.model.weights_key(), z)
+                interaction = self._interactions.pop(key, None) or Interaction(self.rule)
+                self._interactions[key] = interaction  # most recent last
+                while len(self._interactions) > 64:
+                    self._interactions.popitem(last=False)
+            prior_state = None
+            if prior is not None and np.any(prior):
+                prior_state = Prior.of(prior, mask_to_logits(self.model.sam, prior, emb.input_size))
+            with self._lock:
+                answer = interaction.run(pts, lab, box_arr, partial(self._decode, emb), prior=prior_state,
+                                         candidate=candidate)
+        self.last_prediction = answer
+        self.last_logits = answer.low_logits[None]
+        return answer
+
+    def _decode(self, emb: Embedding, prompt: Prompt) -> Answer:
+        """One decoder pass on a slice's embedding; candidates best-first."""
         sam, frame = self.model.sam, (emb.original_size, self.model.image_size)
-        points_in = to_input_frame(pts, *frame)[None] if len(pts) else None
-        box_in = None if box is None else to_input_frame(np.reshape(box, (2, 2)), *frame).reshape(1, 4)
-        dense = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float,
-                                                                device=emb.features.device)[None]
+        n = len(prompt.points)
+        points_in = to_input_frame(prompt.points, *frame)[None] if n else None
+        box_in = None if prompt.box is None else to_input_frame(np.reshape(prompt.box, (2, 2)), *frame).reshape(1, 4)
+        dense = None if prompt.mask_input is None else torch.as_tensor(
+            prompt.mask_input, dtype=torch.float, device=emb.features.device)[None, None]
         with self._lock, torch.no_grad():
-            low, predicted_iou = decode(sam, emb.features, points_in, lab[None] if len(pts) else None, box_in,
-                                        multimask, mask_input=dense)
+            low, predicted_iou = decode(sam, emb.features, points_in, prompt.labels[None] if n else None, box_in,
+                                        prompt.multimask, mask_input=dense)
             masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].cpu().numpy()
-            scores, logits = predicted_iou[0].cpu().numpy(), low[0].cpu().numpy()
-        best = int(np.argmax(scores))
-        self.last_logits = logits[best : best + 1]
-        return masks[best].astype(bool), float(scores[best])
+            scores, logits = predicted_iou[0].float().cpu().numpy(), low[0].float().cpu().numpy()
+        return Answer(masks.astype(bool), scores, logits).ranked()
 
     def propagate(
         self,
@@ -388,7 +443,7 @@ class Session:
                 if cancel is not None and cancel():
                     raise Cancelled("propagation was cancelled", partial=result)
                 box, point = prompts_from_mask(previous, box_margin)
-                new, score = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)
+                new, score = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)  # one pass
                 done += 1
                 if progress is not None:
                     progress(done, total)

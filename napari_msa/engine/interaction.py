@@ -1,0 +1,157 @@
+"""How a sequence of clicks on one object, on one slice, becomes the model's prompts: the one interaction rule.
+
+An annotator clicks, looks, clicks again. Each click is a decoder pass whose prompt is every click so far plus what
+the rule adds from the previous answer: its low-res logits as mask input (SAM's own iterative protocol), the box of
+the mask shown (which steadies a model trained on boxes), both or neither. A box drawn by the user is the first
+step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
+exists, when refining it) is the answer before the first click.
+
+The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
+reusing the steps it already decoded when the new sequence extends the old one. So the API, the command line and
+the widget, which all go through ``Session.predict``, give the same mask for the same clicks, whatever order the
+calls came in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import clicked_object_box
+
+RULE_NAMES = ("clicks", "box", "logits", "box+logits")
+
+
+@dataclass(frozen=True)
+class InteractionRule:
+    """What the previous answer adds to the next click's prompt."""
+
+    feed_logits: bool = False  # its low-res logits as the decoder's mask input
+    shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
+
+    @property
+    def name(self) -> str:
+        parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on]
+        return "+".join(parts) or "clicks"
+
+    @classmethod
+    def from_name(cls, name: str) -> InteractionRule:
+        if name not in RULE_NAMES:
+            raise ValueError(f"unknown interaction rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
+        parts = set(name.split("+"))
+        return cls(feed_logits="logits" in parts, shown_box="box" in parts)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One decoder pass, in image pixels: (row, col) points, their labels, a (min_row, min_col, max_row, max_col)
+    box, low-res mask-input logits (g, g), and whether SAM should answer with its three masks."""
+
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None
+    mask_input: np.ndarray | None
+    multimask: bool
+
+
+@dataclass
+class Answer:
+    """A decoder pass's candidates, best predicted IoU first, and the one kept (``chosen``)."""
+
+    masks: np.ndarray  # (M, h, w) bool
+    scores: np.ndarray  # (M,)
+    logits: np.ndarray  # (M, g, g) low-res
+    chosen: int = 0
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[self.chosen]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.chosen])
+
+    @property
+    def low_logits(self) -> np.ndarray:
+        return self.logits[self.chosen]
+
+    def ranked(self) -> Answer:
+        order = np.argsort(-self.scores, kind="stable")
+        return Answer(self.masks[order], self.scores[order], self.logits[order], 0)
+
+
+DecodeFn = Callable[[Prompt], Answer]  # must return candidates best-first (Answer.ranked)
+
+
+@dataclass
+class _Step:
+    key: tuple
+    answer: Answer
+
+
+@dataclass
+class Interaction:
+    """One object's clicks on one slice and the answers decoded so far."""
+
+    rule: InteractionRule
+    steps: list[_Step] = field(default_factory=list)
+
+    def run(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, decode: DecodeFn, *,
+            prior: Prior | None = None, candidate: int = 0) -> Answer:
+        """The answer to the whole sequence: a box first (if any), then one step per click, in order.
+
+        ``candidate`` picks among the ranked masks of an ambiguous step (a lone click with nothing before it):
+        0 is the model's choice, 1 and 2 the others.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        box = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
+        if len(points) == 0 and box is None:
+            raise ValueError("give at least one point or a box")
+        counts = ([0] if box is not None else []) + list(range(1, len(points) + 1))
+        base = (None if box is None else tuple(np.round(box, 3)), None if prior is None else prior.key)
+        previous = prior.answer if prior is not None else None
+        kept: list[_Step] = []
+        reuse = True
+        for i, n in enumerate(counts):
+            ambiguous = previous is None and n == 1 and box is None
+            key = (base, tuple(map(tuple, np.round(points[:n], 3))), tuple(labels[:n].tolist()),
+                   candidate if ambiguous else 0)
+            if reuse and i < len(self.steps) and self.steps[i].key == key:
+                step = self.steps[i]
+            else:
+                reuse = False
+                answer = decode(self._prompt(points[:n], labels[:n], box, previous, ambiguous))
+                if ambiguous:
+                    answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
+                step = _Step(key, answer)
+            kept.append(step)
+            previous = step.answer
+        self.steps = kept
+        return previous
+
+    def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
+                ambiguous: bool) -> Prompt:
+        mask_input = None
+        if previous is not None and self.rule.feed_logits:
+            mask_input = previous.low_logits
+        if box is None and previous is not None and self.rule.shown_box:
+            box = clicked_object_box(previous.mask, points, labels)
+        return Prompt(points, labels, box, mask_input, multimask=ambiguous)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """An existing object as the answer before the first click (refining it)."""
+
+    answer: Answer
+    key: str
+
+    @classmethod
+    def of(cls, mask: np.ndarray, logits: np.ndarray) -> Prior:
+        mask = np.asarray(mask, dtype=bool)
+        digest = hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+        return cls(Answer(mask[None], np.ones(1, np.float32), logits[None]), digest)
