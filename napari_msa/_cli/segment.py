@@ -32,7 +32,6 @@ from .common import (
     write_labels,
 )
 
-
 INTERACTIONS = ("model", "clicks", "box", "logits", "box+logits")  # engine.interaction.RULE_NAMES (torch-free here)
 
 

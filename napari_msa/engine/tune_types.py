@@ -34,6 +34,11 @@ class TuneConfig:
     augment: bool | None = None
     box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
     max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
+    # How the simulated session prompts each correction (engine.interaction): None, the model's own rule. The
+    # previous answer's logits and shown box go in as the session would give them.
+    interaction: str | None = None
+    grad_rounds: int = 2  # the first prompt and the last grad_rounds - 1 corrections carry the loss; the others
+    # only move the simulated session on (SAM's training does the same), so long sessions stay cheap
     iou_weight: float = 1.0
     patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
     min_delta: float = 1e-3  # smaller held-out gains do not count as improvement (early stopping)

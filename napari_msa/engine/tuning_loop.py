@@ -15,6 +15,7 @@ from torch import nn
 from . import distributed
 from .adapters import set_depth_slices, set_trainable
 from .held_out import VAL_CLICKS, HeldOut, evaluate
+from .interaction import InteractionRule
 from .model import MSAModel
 from .prefix_cache import PrefixCache, SplitEncoder, encoder_units, first_adapted_block
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
@@ -128,7 +129,8 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
         raise ValueError("the prefix cache needs adapters only in the last blocks (AdapterConfig(blocks=...))")
     encoder = SplitEncoder(model, start, PrefixCache(cfg.cache_budget_bytes) if use_cache else None,
                            cfg.checkpoint_blocks)
-    step_module = StepModule(model, encoder, slices, cfg.iou_weight)
+    rule = InteractionRule.from_name(cfg.interaction) if cfg.interaction else model.interaction
+    step_module = StepModule(model, encoder, slices, cfg.iou_weight, rule, cfg.grad_rounds)
     runner: nn.Module = step_module
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel

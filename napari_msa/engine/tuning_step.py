@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decoding import decode, upscale_logits
-from .geometry import depth_map, interior_click
+from .geometry import clicked_object_box, depth_map, interior_click
+from .interaction import InteractionRule
 from .losses import bce_dice_loss, hard_iou
 from .model import MSAModel
 from .prefix_cache import SplitEncoder, dihedral
@@ -43,8 +44,11 @@ class Sample:
 class StepModule(nn.Module):
     """Computes the loss of one sample: the encoder once, the decoder once per prompt kind and round."""
 
-    def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float) -> None:
+    def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float,
+                 rule: InteractionRule | None = None, grad_rounds: int = 2) -> None:
         super().__init__()
+        self.rule = rule or InteractionRule()
+        self.grad_rounds = max(1, int(grad_rounds))
         self.sam = model.sam
         self.image_size = model.image_size
         self.enc = encoder
@@ -81,30 +85,52 @@ class StepModule(nn.Module):
 
     def _loss(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
               rng: np.random.Generator) -> torch.Tensor:
-        """Mean loss over objects and rounds: first prompt, then ``rounds`` correction clicks."""
+        """Mean loss over the rounds that carry it: the first prompt, then ``rounds`` correction clicks at the
+        largest error of the mask the session shows, each prompted by the interaction rule (the previous
+        logits as mask input, the shown mask's box) as ``Session.predict`` prompts it."""
         truth_np = np.stack([d > 0 for d in depths])  # (N, h, w)
-        hw = truth_np.shape[1:]
+        n, hw = len(depths), truth_np.shape[1:]
         truth = torch.as_tensor(truth_np, dtype=torch.float32, device=emb.device)
-        boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
+        user_boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
         points = [[] if use_box else [interior_click(t, rng, d)] for t, d in zip(truth_np, depths, strict=True)]
         labels = [[] if use_box else [1] for _ in depths]
-        total = emb.new_zeros(())
+        total, counted = emb.new_zeros(()), 0
+        previous_low: torch.Tensor | None = None  # (N, 1, g, g) logits of the masks shown
+        shown_np: np.ndarray | None = None
         for r in range(1 + rounds):
+            carries_loss = r == 0 or r >= rounds - self.grad_rounds + 2
             multimask = r == 0 and not use_box  # a lone click: SAM answers with three masks
-            low, iou_pred = decode(self.sam, emb, np.array(points) if points[0] else None,
-                                   np.array(labels) if labels[0] else None, boxes, multimask)
-            logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
-            mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
+            boxes = user_boxes
+            if boxes is None and r > 0 and self.rule.shown_box:
+                boxes = np.stack([_shown_box(shown_np[i], points[i], labels[i]) for i in range(n)])
+            mask_input = previous_low if r > 0 and self.rule.feed_logits else None
+            with torch.set_grad_enabled(carries_loss and torch.is_grad_enabled()):
+                low, iou_pred = decode(self.sam, emb, np.array(points) if points[0] else None,
+                                       np.array(labels) if labels[0] else None, boxes, multimask,
+                                       mask_input=mask_input)
+                logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
             with torch.no_grad():
                 pred = logits > 0
                 iou_true = hard_iou(pred, truth[:, None] > 0)
-            iou_loss = F.mse_loss(iou_pred.float(), iou_true)
-            total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
+            if carries_loss:
+                mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
+                iou_loss = F.mse_loss(iou_pred.float(), iou_true)
+                total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
+                counted += 1
             if r < rounds:
-                shown = iou_pred.argmax(1) if multimask else torch.zeros(len(depths), dtype=torch.long)
-                shown_np = pred[torch.arange(len(depths)), shown.cpu()].cpu().numpy()
-                for i in range(len(depths)):
+                shown = iou_pred.argmax(1) if multimask else torch.zeros(n, dtype=torch.long, device=low.device)
+                rows = torch.arange(n, device=low.device)
+                previous_low = low[rows, shown][:, None].detach()
+                shown_np = pred[rows, shown].cpu().numpy()
+                for i in range(n):
                     point, label = correction_click(shown_np[i], truth_np[i], rng)
                     points[i].append(point)
                     labels[i].append(label)
-        return total / (1 + rounds)
+        return total / counted
+
+
+def _shown_box(mask: np.ndarray, points: list, labels: list) -> np.ndarray:
+    """The box the session adds to a correction click (engine.interaction), or the whole plane for an empty mask
+    (the session then sends no box; a batch needs one per object)."""
+    box = clicked_object_box(mask, np.array(points), np.array(labels))
+    return box if box is not None else np.array([0.0, 0.0, mask.shape[0] - 1.0, mask.shape[1] - 1.0])

@@ -1,0 +1,183 @@
+"""Click sessions measured with the field's automatic clicker (``napari_msa.evaluation.clicks``), side by side.
+
+For every object of every dataset and every model (and interaction rule), the automatic annotator clicks through
+``Session.predict`` one click at a time, as the widget does: Dice@k (k = 1…10), NoC@85 / NoC@90 (capped at 20),
+the share of click steps that lose more than 0.05 Dice, the worst mean step; a tight box's Dice (objects darker
+than their surroundings apart); how often a lone click keeps the best of its three masks.
+
+Datasets: ``dev`` — real images no training uses, references by rule (``napari_msa.evaluation.devset``,
+benchmarks/devset/README.md); ``phantoms`` — the first phantom generator's evaluation seed stream (CT window);
+``phantoms-mr`` — the second generator's evaluation stream (MRI/ultrasound-like, dark objects, rings).
+
+    python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
+        [--rules model | clicks,box,logits,box+logits] [--datasets dev,phantoms,phantoms-mr] [--json OUT]
+        [--png docs/click_curves.png]
+
+Prints numbers only; nothing here asserts a threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _harness import machine_line  # noqa: E402
+
+from napari_msa import Normalization, Session, load_model  # noqa: E402
+from napari_msa.engine.geometry import components, dice, mask_box  # noqa: E402
+from napari_msa.evaluation.clicks import run_session, summarize  # noqa: E402
+
+CT = Normalization("ct", level=40.0, width=400.0)
+
+
+def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalization, list[tuple[np.ndarray, bool]]]]:
+    """(image name, image, normalisation, [(object mask, darker than its surroundings)])."""
+    if name == "dev":
+        from napari_msa.evaluation.devset import load_devset
+
+        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
+                for im in load_devset()]
+    if name == "phantoms":
+        from napari_msa.demo.evaluation import evaluation_slices
+
+        return [(f"phantom eval {i}", s.image, CT, [(m, _is_dark(s.image, m)) for m in components(s.labels, 64)])
+                for i, s in enumerate(evaluation_slices(n_slices))]
+    if name == "phantoms-mr":
+        from napari_msa.demo import phantoms_mr
+
+        return [(f"mr phantom eval {i}", s.image, Normalization("percentile"),
+                 [(m, _is_dark(s.image, m)) for m in components(s.labels, 64)])
+                for i, s in enumerate(phantoms_mr.evaluation_slices(n_slices))]
+    raise SystemExit(f"unknown dataset {name!r}")
+
+
+def _is_dark(image: np.ndarray, mask: np.ndarray) -> bool:
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
+    return bool(ring.any() and image[mask].mean() < image[ring].mean())
+
+
+def model_for(name: str, new_adapter: str | None):
+    if name == "plain":
+        return load_model("litemedsam", adapter=None, device="cpu")
+    if name == "shipped":
+        return load_model("litemedsam", device="cpu")
+    if name == "new":
+        if not new_adapter:
+            raise SystemExit("--models new needs --new-adapter PATH")
+        return load_model("litemedsam", adapter=new_adapter, device="cpu")
+    if name == "demo":
+        return load_model("demo", device="cpu")
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def measure(model, rule: str, data) -> dict:
+    session = Session(model)
+    if rule != "model":
+        session.rule = rule
+    sessions, boxes_dark, boxes_other = [], [], []
+    for _name, image, norm, objects in data:
+        session.normalization = norm
+        session.set_image(image, normalization=norm, rgb=image.ndim == 3 and image.shape[-1] == 3)
+        for mask, dark in objects:
+            sessions.append(run_session(session, mask))
+            box_mask, _ = session.predict(box=mask_box(mask))
+            (boxes_dark if dark else boxes_other).append(dice(box_mask, mask))
+    out = summarize(sessions)
+    out["box_dark"] = float(np.mean(boxes_dark)) if boxes_dark else None
+    out["box_other"] = float(np.mean(boxes_other)) if boxes_other else None
+    out["dark_objects"] = len(boxes_dark)
+    return out
+
+
+def fmt(x, nd=3) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def table(results: dict) -> str:
+    lines = []
+    for ds, rows in results.items():
+        n = next(iter(rows.values()))["objects"]
+        dark = next(iter(rows.values()))["dark_objects"]
+        lines += [f"\n### {ds} ({n} objects, {dark} darker than their surroundings)\n",
+                  "| model | rule | Dice@1 | @2 | @3 | @5 | @10 | NoC@85 | NoC@90 | steps losing >0.05 "
+                  "| worst mean step | box (dark) | box (other) | click 1 kept its best mask |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, r in rows.items():
+            model, rule = key.split("|")
+            d = r["dice_at"]
+            lines.append(f"| {model} | {rule} | {fmt(d[1])} | {fmt(d[2])} | {fmt(d[3])} | {fmt(d[5])} | {fmt(d[10])} "
+                         f"| {r['noc85']:.2f} | {r['noc90']:.2f} | {100 * r['step_loss_share']:.1f} % "
+                         f"| {r['worst_mean_step']:+.3f} | {fmt(r['box_dark'])} | {fmt(r['box_other'])} "
+                         f"| {fmt(r['first_choice_best'] and 100 * r['first_choice_best'], 0)} % |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (ds, rows) in zip(axes[0], results.items(), strict=True):
+        for key, r in rows.items():
+            ax.plot(range(1, 11), r["curve"], marker="o", ms=3, label=key.replace("|", ", "))
+        ax.set_title(f"{ds} ({next(iter(rows.values()))['objects']} objects)")
+        ax.set_xlabel("clicks")
+        ax.set_ylabel("mean Dice")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="plain,shipped,demo")
+    ap.add_argument("--new-adapter")
+    ap.add_argument("--rules", default="model", help="'model' (each model's own) or a list of rule names")
+    ap.add_argument("--datasets", default="dev,phantoms,phantoms-mr")
+    ap.add_argument("--phantom-slices", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--png", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(machine_line(threads=args.threads))
+    data = {ds: dataset(ds, args.phantom_slices) for ds in args.datasets.split(",")}
+    results: dict[str, dict] = {ds: {} for ds in data}
+    for model_name in args.models.split(","):
+        model = model_for(model_name, args.new_adapter)
+        for rule in args.rules.split(","):
+            label = f"{model_name}|{model.interaction.name if rule == 'model' else rule}"
+            for ds, items in data.items():
+                t = time.time()
+                results[ds][label] = measure(model, rule, items)
+                r = results[ds][label]
+                print(f"{ds:12s} {label:22s} Dice@1/3/5/10 {r['dice_at'][1]:.3f} {r['dice_at'][3]:.3f} "
+                      f"{r['dice_at'][5]:.3f} {r['dice_at'][10]:.3f}  NoC90 {r['noc90']:.2f}  "
+                      f"loss-steps {100 * r['step_loss_share']:.1f}%  ({time.time() - t:.0f} s)", flush=True)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.png:
+        plot(results, args.png)
+        print("wrote", args.png)
+
+
+if __name__ == "__main__":
+    main()
