@@ -30,8 +30,10 @@ from scipy import ndimage
 from napari_msa.demo import phantoms
 from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, tune
 from napari_msa.engine.geometry import mask_box
+from napari_msa.engine.interaction import RULE_NAMES
 from napari_msa.engine.model import MSAModel
 
+from .appearance import KINDS, augmented
 from .real_images import RealImage, load_real_images
 
 PHANTOM_STREAM_OFFSET = 500_000  # phantom slices drawn at [seed, TRAIN_STREAM, offset + i]
@@ -153,35 +155,78 @@ def _read_dataset(path: Path):
                 json.loads(str(f["listing"])))
 
 
+def _extra_phantoms(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+    """Slices of the second phantom generator (MRI/ultrasound-like, dark objects, rings), training stream only."""
+    if n <= 0:
+        return [], [], []
+    from napari_msa.demo import phantoms_mr
+
+    images, labels = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, phantoms.TRAIN_STREAM, PHANTOM_STREAM_OFFSET + i])
+        s = phantoms_mr.random_slice(rng)
+        images.append(phantoms_mr.window_to_uint8(s.image, rng, s.kind))
+        labels.append(s.labels.astype(np.int32))
+    return images, labels, [{"name": f"{n} phantoms_mr slices", "source": "napari_msa.demo.phantoms_mr, seed "
+                             f"stream [{seed}, TRAIN_STREAM, {PHANTOM_STREAM_OFFSET}+i]",
+                             "licence": "BSD-3-Clause (napari-msa)"}]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phantoms", type=int, default=60)
+    ap.add_argument("--phantoms-mr", type=int, default=0, help="slices of the second phantom generator")
+    ap.add_argument("--real", default="all", help="real images to pseudo-label: 'all', 'none' or names of "
+                    "training.real_images.LOADERS, comma-separated")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--blocks", type=str, default="8,9", help="attention blocks that get adapters")
+    ap.add_argument("--init-adapter", type=Path, help="start from this adapter file (e.g. the shipped one)")
+    ap.add_argument("--train", choices=("adapters", "decoder", "both"), default="both",
+                    help="decoder: the encoder (and its adapters) frozen, embeddings computed once per image")
+    ap.add_argument("--interaction", choices=RULE_NAMES, default=None,
+                    help="the rule sessions are simulated with, recorded in the file (the model then uses it)")
     ap.add_argument("--box-share", type=float, default=0.35)
     ap.add_argument("--rounds", type=int, default=2, help="most correction clicks after the first prompt")
+    ap.add_argument("--grad-rounds", type=int, default=2, help="rounds that carry the loss (first + last ones)")
+    ap.add_argument("--appearance", default="", help=f"comma-separated copies of every image: {', '.join(KINDS)}")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
+    ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-cache", type=Path, help="an .npz holding the training data: written after "
                     "pseudo-labelling, read instead of it when it exists (same seed and data)")
+    ap.add_argument("--work-dir", type=Path, help="resumable run: --steps in chunks of --chunk-steps, each saved "
+                    "here; a run started again goes on from the last chunk saved")
+    ap.add_argument("--chunk-steps", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
     blocks = tuple(int(b) for b in args.blocks.split(",") if b.strip())
-    model = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=blocks), device="cpu")
+    if args.init_adapter is not None:
+        model = load_model("litemedsam", adapter=args.init_adapter, device="cpu")
+    else:
+        model = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=blocks), device="cpu")
     print("pseudo-labelling real images with LiteMedSAM's own box predictions…")
     if args.data_cache is not None and args.data_cache.is_file():
         images, labels, listing = _read_dataset(args.data_cache)
     else:
-        images, labels, listing = build_dataset(model, args.phantoms, args.seed)
+        real = None if args.real == "all" else [] if args.real == "none" else \
+            load_real_images([k for k in args.real.split(",") if k])
+        images, labels, listing = build_dataset(model, args.phantoms, args.seed, real)
         if args.data_cache is not None:
             _write_dataset(args.data_cache, images, labels, listing)
+    more_images, more_labels, more_listing = _extra_phantoms(args.phantoms_mr, args.seed)
+    images, labels, listing = images + more_images, labels + more_labels, listing + more_listing
+    kinds = tuple(k for k in args.appearance.split(",") if k)
+    if kinds:
+        images, labels = augmented(images, labels, kinds, np.random.default_rng([args.seed, 78]))
+        listing.append({"name": f"appearance copies of every image: {', '.join(kinds)}", "source": "napari_msa."
+                        "training.appearance (each with a random flip or quarter turn)"})
     print(f"{len(images)} images, {sum(int(lab.max() > 0) for lab in labels)} labelled; {time.time() - t0:.0f} s")
 
     def progress(p) -> None:
@@ -189,30 +234,52 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {p.phase} step {p.step}/{p.total_steps} loss {p.loss} val {p.val_dice} best "
                   f"{p.best_val_dice} ({p.elapsed_s:.0f} s)", flush=True)
 
-    result = tune(
-        model, images, labels, steps=args.steps, lr=args.lr, batch_size=args.batch_size, val_fraction=0.1,
-        seed=args.seed, train_decoder=True, augment=not args.no_augment, box_share=args.box_share, patience=0,
-        max_correction_rounds=args.rounds,
-        eval_every=args.eval_every, cache_prefix=True, cache_budget_bytes=12 << 30,
-        normalization=Normalization("none"), progress=progress,
-    )
-    tuned = result.model
+    chunks = [args.steps] if args.work_dir is None else \
+        [min(args.chunk_steps, args.steps - i) for i in range(0, args.steps, args.chunk_steps)]
+    history = []
+    for i, steps in enumerate(chunks):
+        saved = None if args.work_dir is None else args.work_dir / f"chunk{i:03d}.safetensors"
+        if saved is not None and saved.is_file():
+            model = load_model("litemedsam", adapter=saved, device="cpu")
+            history.append(model.adapter_metadata["training"].get("chunk_summary", {}))
+            print(f"chunk {i}: resumed from {saved}")
+            continue
+        result = tune(
+            model, images, labels, steps=steps, lr=args.lr, batch_size=args.batch_size,
+            val_fraction=args.val_fraction, seed=args.seed + i, train_decoder=args.train != "adapters",
+            train_adapters=args.train != "decoder", augment=not args.no_augment, box_share=args.box_share,
+            patience=0, accept_margin=-1.0, max_correction_rounds=args.rounds, grad_rounds=args.grad_rounds,
+            interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True,
+            cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=progress,
+        )
+        model = result.model
+        summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("history", "config")}
+        history.append(summary)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            model.save_adapter(saved, training={"chunk": i, "chunk_summary": summary,
+                                                "interaction": args.interaction or model.interaction.name},
+                               include_decoder=True)
+            print(f"chunk {i}: {steps} steps, saved {saved} ({time.time() - t0:.0f} s)", flush=True)
+    tuned = model
     tuned.normalization = Normalization()  # users' images get the usual automatic windowing
     provenance = {
-        "purpose": "click adapter for LiteMedSAM (clicks and boxes)",
+        "purpose": "click adapter for LiteMedSAM (click sessions and boxes)",
         "command": "python -m napari_msa.training.click_adapter " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
         "blocks": list(blocks), "box_share": args.box_share, "threads": args.threads, "rounds": args.rounds,
-        "augment": not args.no_augment, "phantoms": args.phantoms,
+        "grad_rounds": args.grad_rounds, "train": args.train, "appearance": list(kinds),
+        "init_adapter": None if args.init_adapter is None else args.init_adapter.name,
+        "interaction": args.interaction or tuned.interaction.name,
+        "augment": not args.no_augment, "phantoms": args.phantoms, "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
-                    "phantom evaluation seed stream",
-        "tune_summary": {k: v for k, v in result.summary.to_dict().items() if k != "history"},
-        "val_history": result.summary.history,
+                    "the development set (napari_msa.evaluation.devset); phantom evaluation seed streams",
+        "chunks": history,
         "wall_time_s": round(time.time() - t0, 1),
     }
     out = tuned.save_adapter(args.out, training=provenance, include_decoder=True)
-    print(json.dumps({k: v for k, v in provenance.items() if k != "data"}, indent=1))
+    print(json.dumps({k: v for k, v in provenance.items() if k not in ("data", "chunks")}, indent=1))
     print("wrote", out, f"{out.stat().st_size / 1e6:.1f} MB")
 
 
