@@ -1,0 +1,1 @@
+"""Evaluation helpers: the real-image development set and the automatic clicker."""

@@ -1,0 +1,93 @@
+"""The evaluation development set: real images with reference masks the model did not make (issue 20).
+
+``benchmarks/devset/build.py`` makes it from files that installed packages ship (pydicom, nilearn, dipy, stardist)
+and writes ``benchmarks/devset/devset.npz``; this module reads that npz with numpy alone. Every image is for
+evaluation only (DESIGN.md 2b): ``DEVSET_SOURCES`` names each source file, and training must never read one
+(``tests/test_devset.py`` checks the trainer's loaders).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PATH = Path("benchmarks") / "devset" / "devset.npz"
+TAGS = ("dark", "bright", "ring", "nested", "small", "large")
+MODALITIES = ("CT", "MRI", "US", "fundus", "dermoscopy", "microscopy")
+
+# Every file the development set is made from, as "<package>/<path inside the installed package>" (what a file
+# path ends with when the package reads it). Training must never read any of them.
+DEVSET_SOURCES: tuple[str, ...] = (
+    "pydicom/data/test_files/CT_small.dcm",
+    "pydicom/data/test_files/J2K_pixelrep_mismatch.dcm",
+    "pydicom/data/test_files/693_J2KI.dcm",
+    "pydicom/data/test_files/examples_overlay.dcm",
+    "pydicom/data/test_files/examples_jpeg2k.dcm",
+    "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+    "dipy/data/files/t1_coronal_slice.npy",
+    "dipy/data/files/S0_10slices.nii.gz",
+    "stardist/data/images/img2d.tif",
+    "stardist/data/images/mask2d.tif",
+    "stardist/data/images/histo.jpg",
+    # the project's CT sample and its reference masks are CT_small.dcm, converted: evaluation-only as well
+    "sample_data/ct_slice.tif",
+    "sample_data/ct_slice_reference.tif",
+)
+
+
+@dataclass
+class DevObject:
+    name: str  # e.g. "left lateral ventricle"
+    mask: np.ndarray  # bool (Y, X)
+    tags: tuple[str, ...]  # any of "dark", "bright", "ring", "nested", "small", "large"
+
+
+@dataclass
+class DevImage:
+    name: str  # e.g. "nilearn MNI152 T1 axial z=95"
+    modality: str  # "CT" | "MRI" | "US" | "fundus" | "dermoscopy" | "microscopy"
+    image: np.ndarray  # (Y, X) or (Y, X, 3), float32 or native ints, as the user would open it
+    normalization: str  # "ct" | "percentile" | "none" (napari_msa.engine.preprocessing.Normalization presets)
+    source: str  # package + file
+    licence: str
+    objects: list[DevObject]
+
+
+def _resolve(path: str | Path | None) -> Path:
+    p = Path(DEFAULT_PATH if path is None else path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def load_devset(path: str | Path | None = None) -> list[DevImage]:
+    """Read the development set (default: ``benchmarks/devset/devset.npz`` under the repository root)."""
+    p = _resolve(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"the development set {p} is missing: it is committed with the repository; rebuild "
+                                "it with `python benchmarks/devset/build.py` (needs pydicom, nibabel, nilearn, dipy "
+                                "and stardist's data files)")
+    out: list[DevImage] = []
+    with np.load(p, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"][0]))
+        for i, m in enumerate(meta["images"]):
+            image = npz[f"image_{i}"]
+            shape = image.shape[:2]
+            objects = []
+            for j, o in enumerate(m["objects"]):
+                bits = npz[f"mask_{i}_{j}"]
+                mask = np.unpackbits(bits, count=shape[0] * shape[1]).astype(bool).reshape(shape)
+                objects.append(DevObject(o["name"], mask, tuple(o["tags"])))
+            out.append(DevImage(m["name"], m["modality"], image, m["normalization"], m["source"], m["licence"],
+                                objects))
+    return out
+
+
+def load_metadata(path: str | Path | None = None) -> dict:
+    """The npz's metadata (per image: key, source files, and per object its rule and pixel count)."""
+    with np.load(_resolve(path), allow_pickle=False) as npz:
+        return json.loads(str(npz["meta"][0]))

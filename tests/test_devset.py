@@ -1,0 +1,138 @@
+"""The real-image development set (issue 20): it loads with numpy alone, has the promised breadth, its "dark" tags
+are true, and the trainer never reads any of its source files (DESIGN.md 2b: evaluation-only)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_msa.evaluation.devset import (
+    DEVSET_SOURCES,
+    MODALITIES,
+    REPO_ROOT,
+    TAGS,
+    DevImage,
+    load_devset,
+    load_metadata,
+)
+
+NPZ = REPO_ROOT / "benchmarks" / "devset" / "devset.npz"
+REAL_IMAGES = REPO_ROOT / "napari_msa" / "training" / "real_images.py"
+
+
+@pytest.fixture(scope="module")
+def devset() -> list[DevImage]:
+    return load_devset()
+
+
+def test_loads_and_is_small(devset):
+    assert NPZ.stat().st_size < 3_000_000
+    assert all(isinstance(im, DevImage) for im in devset)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build.py"):
+        load_devset(tmp_path / "nothing.npz")
+
+
+def test_breadth(devset):
+    assert len(devset) >= 8
+    modalities = {im.modality for im in devset}
+    assert {"CT", "MRI"} <= modalities and modalities & {"US", "fundus", "dermoscopy", "microscopy"}
+    assert len(modalities) >= 3 and modalities <= set(MODALITIES)
+    objects = [o for im in devset for o in im.objects]
+    assert len(objects) >= 30
+    assert sum("dark" in o.tags for o in objects) >= 4
+    assert sum(bool({"ring", "nested"} & set(o.tags)) for o in objects) >= 2
+    assert sum("ring" in o.tags for o in objects) >= 1
+    assert any("small" in o.tags for o in objects) and any("large" in o.tags for o in objects)
+
+
+def test_images_and_masks_are_well_formed(devset):
+    for im in devset:
+        assert im.image.ndim == 2 or (im.image.ndim == 3 and im.image.shape[2] == 3), im.name
+        assert max(im.image.shape[:2]) <= 256, im.name
+        assert im.image.dtype == np.float32 or np.issubdtype(im.image.dtype, np.integer), im.name
+        assert im.normalization in ("ct", "percentile", "none"), im.name
+        assert im.source and im.licence and im.objects, im.name
+        for o in im.objects:
+            assert o.mask.dtype == bool and o.mask.shape == im.image.shape[:2], (im.name, o.name)
+            assert o.mask.any() and not o.mask.all(), (im.name, o.name)
+            assert set(o.tags) <= set(TAGS), (im.name, o.name, o.tags)
+
+
+def test_dark_tags_are_true(devset):
+    """Mean intensity inside a 'dark' object is below the mean in a 3-px ring around it (RGB: channel mean)."""
+    checked = 0
+    for im in devset:
+        a = im.image.astype(np.float64)
+        if a.ndim == 3:
+            a = a.mean(axis=2)
+        for o in im.objects:
+            if "dark" not in o.tags:
+                continue
+            ring = ndi.binary_dilation(o.mask, iterations=3) & ~o.mask
+            inside, around = a[o.mask].mean(), a[ring].mean()
+            assert inside < around, f"{im.name} / {o.name}: inside {inside:.1f} >= ring {around:.1f}"
+            checked += 1
+    assert checked >= 4
+
+
+def test_every_source_file_is_listed():
+    meta = load_metadata()
+    for m in meta["images"]:
+        assert m["source_files"], m["name"]
+        for f in m["source_files"]:
+            assert f in DEVSET_SOURCES, f"{m['name']}: {f} is missing from DEVSET_SOURCES"
+
+
+def _basename(entry: str) -> str:
+    return entry.rsplit("/", 1)[-1].lower()
+
+
+def test_trainer_source_names_no_devset_file():
+    """Every file name and skimage/pydicom data name written in real_images.py is checked against the dev set."""
+    tree = ast.parse(REAL_IMAGES.read_text(encoding="utf-8"))
+    literals = {n.value.lower() for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    names = {Path(s).name for s in literals if "." in s and " " not in s}
+    assert "anatomical.nii" in names, "the scan of real_images.py found none of the file names it knows it reads"
+    devset_names = {_basename(e) for e in DEVSET_SOURCES}
+    stems = {n.split(".", 1)[0] for n in devset_names}
+    assert not names & devset_names, f"the trainer names dev-set files: {sorted(names & devset_names)}"
+    # a dev-set file named without its extension (e.g. get_testdata_file("CT_small")) counts too
+    assert not literals & stems, f"the trainer names dev-set files: {sorted(literals & stems)}"
+
+
+_OPENED: list[str] = []
+_RECORDING = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _RECORDING[0] and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+        p = args[0].decode(errors="replace") if isinstance(args[0], bytes) else str(args[0])
+        _OPENED.append(p.replace("\\", "/"))
+
+
+def test_trainer_opens_no_devset_file():
+    """Run the trainer's real-image loaders and record every file they open (Python's audit hook)."""
+    try:
+        from napari_msa.training.real_images import load_real_images
+    except ImportError as e:  # the trainer's own dependencies are missing here
+        pytest.skip(f"napari_msa.training.real_images does not import: {e}")
+    if not getattr(sys, "_devset_audit_installed", False):
+        sys.addaudithook(_audit)
+        sys._devset_audit_installed = True
+    _OPENED.clear()
+    _RECORDING[0] = True
+    try:
+        images = load_real_images()
+    finally:
+        _RECORDING[0] = False
+    assert images and _OPENED, "the loaders opened no file: the check would prove nothing"
+    bad = sorted({p for p in _OPENED for e in DEVSET_SOURCES if p.endswith(e)})
+    assert not bad, f"training read evaluation-only files: {bad}"
