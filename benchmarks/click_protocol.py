@@ -51,11 +51,11 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
         return [(f"phantom eval {i}", s.image, CT, [(m, _is_dark(s.image, m)) for m in components(s.labels, 64)])
                 for i, s in enumerate(evaluation_slices(n_slices))]
     if name == "phantoms-mr":
-        from napari_msa.demo import phantoms_mr
+        from napari_msa.demo.evaluation import evaluation_slices_mr
 
         return [(f"mr phantom eval {i}", s.image, Normalization("percentile"),
                  [(m, _is_dark(s.image, m)) for m in components(s.labels, 64)])
-                for i, s in enumerate(phantoms_mr.evaluation_slices(n_slices))]
+                for i, s in enumerate(evaluation_slices_mr(n_slices))]
     raise SystemExit(f"unknown dataset {name!r}")
 
 

@@ -23,6 +23,14 @@ def evaluation_slices(n: int, seed: int = 0, shapes_share: float = 0.0) -> list[
                                   shapes_share=shapes_share, size_range=(128, 320)) for i in range(n)]
 
 
+def evaluation_slices_mr(n: int, seed: int = 0) -> list:
+    """Held-out slices of the second phantom generator (``phantoms_mr``): its evaluation stream, never trained on."""
+    from . import phantoms_mr
+
+    return [phantoms_mr.random_slice(np.random.default_rng([EVAL_SEED + seed, phantoms.EVAL_STREAM, i]))
+            for i in range(n)]
+
+
 def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]],
                     normalization: Normalization | None = None, min_area: int = EVAL_MIN_AREA) -> list[dict]:
     """One positive click at the most interior pixel of every object (connected piece of a label),

@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-cache", type=Path, help="an .npz holding the training data: written after "
                     "pseudo-labelling, read instead of it when it exists (same seed and data)")
-    ap.add_argument("--work-dir", type=Path, help="resumable run: --steps in chunks of --chunk-steps, each saved "
-                    "here; a run started again goes on from the last chunk saved")
-    ap.add_argument("--chunk-steps", type=int, default=200)
+    ap.add_argument("--work-dir", type=Path, help="resumable run: a checkpoint here every --chunk-steps steps; a "
+                    "run started again goes on from the last one")
+    ap.add_argument("--chunk-steps", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,33 +234,37 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {p.phase} step {p.step}/{p.total_steps} loss {p.loss} val {p.val_dice} best "
                   f"{p.best_val_dice} ({p.elapsed_s:.0f} s)", flush=True)
 
-    chunks = [args.steps] if args.work_dir is None else \
-        [min(args.chunk_steps, args.steps - i) for i in range(0, args.steps, args.chunk_steps)]
-    history = []
-    for i, steps in enumerate(chunks):
-        saved = None if args.work_dir is None else args.work_dir / f"chunk{i:03d}.safetensors"
-        if saved is not None and saved.is_file():
-            model = load_model("litemedsam", adapter=saved, device="cpu")
-            history.append(model.adapter_metadata["training"].get("chunk_summary", {}))
-            print(f"chunk {i}: resumed from {saved}")
-            continue
+    done, history = 0, []
+    latest = None if args.work_dir is None else args.work_dir / "latest.safetensors"
+    if latest is not None and latest.is_file():  # a stopped run goes on from its last checkpoint
+        model = load_model("litemedsam", adapter=latest, device="cpu")
+        done = int(model.adapter_metadata["training"].get("steps_done", 0))
+        history = list(model.adapter_metadata["training"].get("history", []))
+        print(f"resuming after step {done} from {latest}")
+    rule = args.interaction or model.interaction.name
+
+    def checkpoint(p) -> None:
+        progress(p)
+        if latest is not None and p.phase == "train" and p.step % args.chunk_steps == 0:
+            latest.parent.mkdir(parents=True, exist_ok=True)
+            model.save_adapter(latest, training={"steps_done": done + p.step, "interaction": rule,
+                                                 "history": history + [[done + p.step, p.loss]]},
+                               include_decoder=True)
+            history.append([done + p.step, p.loss])
+            print(f"  checkpoint at step {done + p.step} ({time.time() - t0:.0f} s)", flush=True)
+
+    summary = {}
+    if args.steps > done:
         result = tune(
-            model, images, labels, steps=steps, lr=args.lr, batch_size=args.batch_size,
-            val_fraction=args.val_fraction, seed=args.seed + i, train_decoder=args.train != "adapters",
+            model, images, labels, steps=args.steps - done, lr=args.lr, batch_size=args.batch_size,
+            val_fraction=args.val_fraction, seed=args.seed + done, train_decoder=args.train != "adapters",
             train_adapters=args.train != "decoder", augment=not args.no_augment, box_share=args.box_share,
             patience=0, accept_margin=-1.0, max_correction_rounds=args.rounds, grad_rounds=args.grad_rounds,
-            interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True,
-            cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=progress,
+            interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True, inplace=True,
+            cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
         )
         model = result.model
-        summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("history", "config")}
-        history.append(summary)
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            model.save_adapter(saved, training={"chunk": i, "chunk_summary": summary,
-                                                "interaction": args.interaction or model.interaction.name},
-                               include_decoder=True)
-            print(f"chunk {i}: {steps} steps, saved {saved} ({time.time() - t0:.0f} s)", flush=True)
+        summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
     tuned = model
     tuned.normalization = Normalization()  # users' images get the usual automatic windowing
     provenance = {
@@ -270,16 +274,17 @@ def main(argv: list[str] | None = None) -> None:
         "blocks": list(blocks), "box_share": args.box_share, "threads": args.threads, "rounds": args.rounds,
         "grad_rounds": args.grad_rounds, "train": args.train, "appearance": list(kinds),
         "init_adapter": None if args.init_adapter is None else args.init_adapter.name,
-        "interaction": args.interaction or tuned.interaction.name,
+        "interaction": rule,
         "augment": not args.no_augment, "phantoms": args.phantoms, "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
                     "the development set (napari_msa.evaluation.devset); phantom evaluation seed streams",
-        "chunks": history,
+        "resumed_after_step": done or None, "loss_history": history, "tune_summary": summary,
         "wall_time_s": round(time.time() - t0, 1),
     }
     out = tuned.save_adapter(args.out, training=provenance, include_decoder=True)
-    print(json.dumps({k: v for k, v in provenance.items() if k not in ("data", "chunks")}, indent=1))
+    print(json.dumps({k: v for k, v in provenance.items() if k not in ("data", "loss_history", "tune_summary")},
+                     indent=1))
     print("wrote", out, f"{out.stat().st_size / 1e6:.1f} MB")
 
 
