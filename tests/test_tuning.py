@@ -397,3 +397,58 @@ def test_the_automatic_budget_follows_what_a_step_costs():
     assert s.config.batch_size == 8 and s.steps_done == s.config.steps == LIGHT_DECODER.steps(s.n_train_objects, 8)
     s = tune(light_model, images, labels, val_fraction=0.0, batch_size=2, steps=3).summary  # the user's choice wins
     assert (s.config.batch_size, s.steps_done) == (2, 3)
+
+
+@pytest.mark.parametrize("rule", ["clicks", "box", "logits", "box+logits"])
+def test_simulated_sessions_prompt_each_correction_as_the_session_does(monkeypatch, rule):
+    """Each correction round gets what the interaction rule adds (the previous logits as mask input, the shown
+    mask's box), and only the first and the last rounds carry the loss (grad_rounds=2)."""
+    import napari_msa.engine.tuning_step as step_module
+
+    calls = []
+    real_decode = step_module.decode
+
+    def spy(sam, emb, points, labels, boxes, multimask, *, mask_input=None, **kw):
+        calls.append({"points": None if points is None else len(points[0]), "box": boxes is not None,
+                      "mask_input": mask_input is not None, "grad": torch.is_grad_enabled(), "multimask": multimask})
+        return real_decode(sam, emb, points, labels, boxes, multimask, mask_input=mask_input, **kw)
+
+    monkeypatch.setattr(step_module, "decode", spy)
+    images, labels = blob_task(2, size=48)
+    tune(tiny(), images, labels, steps=6, seed=0, val_fraction=0, box_share=0.0, max_correction_rounds=4,
+         grad_rounds=2, interaction=rule, batch_size=1)
+    sessions = []
+    for c in calls:
+        if c["points"] == 1:
+            sessions.append([])
+        if c["points"] is not None:
+            sessions[-1].append(c)
+    rounds = max(sessions, key=len)
+    n = len(rounds)
+    assert n >= 3 and [c["points"] for c in rounds] == list(range(1, n + 1))  # one more click a round
+    assert rounds[0]["multimask"] and not rounds[0]["box"] and not rounds[0]["mask_input"]
+    for c in rounds[1:]:
+        assert c["box"] == ("box" in rule) and c["mask_input"] == ("logits" in rule) and not c["multimask"]
+    assert [c["grad"] for c in rounds] == [i == 0 or i == n - 1 for i in range(n)]
+
+
+def test_appearance_variants_keep_labels_and_invert_polarity():
+    from napari_msa.training.appearance import KINDS, augmented, variant
+
+    plane = np.full((32, 40), 200, np.uint8)
+    plane[10:20, 10:20] = 40  # a dark object
+    rng = np.random.default_rng(0)
+    inverted = variant(plane, "invert", rng)
+    assert inverted[15, 15] > inverted[2, 2]  # the object is now brighter than its surroundings
+    for kind in KINDS:
+        out = variant(plane, kind, np.random.default_rng(1))
+        assert out.shape == plane.shape and out.dtype == np.uint8
+    lab = np.zeros((32, 40), np.int32)
+    lab[10:20, 10:20] = 1
+    images, labels = augmented([plane], [lab], ("invert", "gamma"), np.random.default_rng(2))
+    assert len(images) == len(labels) == 3
+    for img, lb in zip(images, labels, strict=True):
+        assert img.shape[:2] == lb.shape and lb.sum() == 100
+        assert img[lb == 1].mean() != img[lb == 0].mean()  # the labels moved with the pixels
+    with pytest.raises(ValueError, match="unknown appearance"):
+        variant(plane, "sepia", rng)
