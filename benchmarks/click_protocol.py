@@ -110,15 +110,17 @@ def table(results: dict) -> str:
         dark = next(iter(rows.values()))["dark_objects"]
         lines += [f"\n### {ds} ({n} objects, {dark} darker than their surroundings)\n",
                   "| model | rule | Dice@1 | @2 | @3 | @5 | @10 | NoC@85 | NoC@90 | steps losing >0.05 "
-                  "| worst mean step | box (dark) | box (other) | click 1 kept its best mask |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| worst mean step | box (dark) | box (other) | click 1 kept its best mask "
+                  "| click 1, best of its masks |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, r in rows.items():
             model, rule = key.split("|")
             d = r["dice_at"]
             lines.append(f"| {model} | {rule} | {fmt(d[1])} | {fmt(d[2])} | {fmt(d[3])} | {fmt(d[5])} | {fmt(d[10])} "
                          f"| {r['noc85']:.2f} | {r['noc90']:.2f} | {100 * r['step_loss_share']:.1f} % "
                          f"| {r['worst_mean_step']:+.3f} | {fmt(r['box_dark'])} | {fmt(r['box_other'])} "
-                         f"| {fmt(r['first_choice_best'] and 100 * r['first_choice_best'], 0)} % |")
+                         f"| {fmt(r['first_choice_best'] and 100 * r['first_choice_best'], 0)} % "
+                         f"| {fmt(r['first_best_of_candidates'])} |")
     return "\n".join(lines)
 
 

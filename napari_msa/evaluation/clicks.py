@@ -94,4 +94,6 @@ def summarize(sessions: list[ClickSession], ks: tuple[int, ...] = (1, 2, 3, 5, 1
         "mean_step": float(steps.mean()),
         "worst_mean_step": float(steps.mean(axis=0).min()),
         "first_choice_best": float(np.mean(chosen)) if chosen else None,
+        "first_best_of_candidates": float(np.mean([max(s.first_candidates) if s.first_candidates else s.at(1)
+                                                   for s in sessions])),
     }
