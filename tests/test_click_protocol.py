@@ -1,0 +1,68 @@
+"""The automatic annotator of the click protocol (napari_msa.evaluation.clicks) and what its sessions report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from segment_support import disk
+
+from napari_msa import Session
+from napari_msa.evaluation.clicks import ClickSession, next_click, run_session, summarize
+
+SHAPE = (40, 60)
+
+
+def test_the_first_click_is_the_deepest_pixel_and_corrections_go_to_the_larger_error():
+    truth = disk(SHAPE, (20, 20), 8)
+    point, label = next_click(np.zeros(SHAPE, bool), truth)
+    assert label == 1 and tuple(point) == (20, 20)
+    spill = truth | disk(SHAPE, (20, 45), 10)  # a large false positive beside a small miss
+    spill &= ~disk(SHAPE, (20, 20), 2)
+    point, label = next_click(spill, truth)
+    assert label == 0 and tuple(point) == (20, 45)
+    assert next_click(truth, truth) is None
+
+
+class FakeSession:
+    """Answers the truth grown by 3 px until the third click, then the truth itself."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = truth
+        self.calls: list[int] = []
+        self.last_prediction = None
+
+    def predict(self, points, labels):
+        self.calls.append(len(points))
+        from scipy import ndimage
+
+        mask = self.truth if len(points) >= 3 else ndimage.binary_dilation(self.truth, iterations=3)
+        return mask, 0.9
+
+
+def test_a_session_clicks_until_the_curve_is_long_enough_and_counts_clicks_to_thresholds():
+    truth = disk(SHAPE, (20, 30), 9)
+    fake = FakeSession(truth)
+    s = run_session(fake, truth, curve_clicks=10)
+    assert fake.calls == [1, 2, 3]  # one call per click, each with every click so far; exact after 3: stop
+    assert s.dice[-1] == 1.0 and s.at(10) == 1.0
+    assert s.noc(0.99) == 3 and s.noc(0.5) == 1
+
+
+def test_summary_counts_steps_that_lose_dice():
+    rising = ClickSession([0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    falling = ClickSession([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    out = summarize([rising, falling])
+    assert out["objects"] == 2 and out["dice_at"][1] == pytest.approx(0.7)
+    assert out["step_loss_share"] == pytest.approx(0.5)  # every step of the falling session loses 0.1
+    assert out["noc90"] == pytest.approx((5 + 1) / 2)
+    assert out["worst_mean_step"] == pytest.approx(-0.05)  # steps 5→6 … 9→10: +0 and −0.1
+
+
+def test_a_real_session_records_click_ones_candidates(tiny_model):
+    image = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+    truth = disk(SHAPE, (20, 30), 9)
+    image[truth] += 1.0
+    session = Session(tiny_model)
+    session.set_image(image)
+    s = run_session(session, truth, max_clicks=4, curve_clicks=4)
+    assert len(s.dice) == 4 and len(s.first_candidates) == 3 and s.first_choice_best is not None
