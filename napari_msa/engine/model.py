@@ -32,8 +32,9 @@ def default_rule(name: str, is_demo: bool) -> InteractionRule:
     """The interaction rule a model was trained for, unless its adapter file names one.
 
     SAM was trained feeding its previous logits back with each click. LiteMedSAM was trained on boxes only, and
-    its click adapter of 2026-11-29 with clicks alone; the demo model with clicks alone. Measured on the
-    development set (BENCHMARKS.md, "Click sessions"), ``benchmarks/click_protocol.py``.
+    its first click adapter (2026-11-29) with clicks alone, the rule that measured best for it on the development
+    set (the box of the shown mask was worst; BENCHMARKS.md, "Click sessions"); the demo model with clicks alone.
+    The shipped session adapter names its rule (``logits``) in its file.
     """
     if is_demo or name == LITEMEDSAM_NAME:
         return InteractionRule()
