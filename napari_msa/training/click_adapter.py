@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     if kinds:
         images, labels = augmented(images, labels, kinds, np.random.default_rng([args.seed, 78]))
         listing.append({"name": f"appearance copies of every image: {', '.join(kinds)}", "source": "napari_msa."
-                        "training.appearance (each with a random flip or quarter turn)"})
+                        "training.appearance (each with a random flip or quarter turn)",
+                        "licence": "derived from the images above, under their licences"})
     print(f"{len(images)} images, {sum(int(lab.max() > 0) for lab in labels)} labelled; {time.time() - t0:.0f} s")
 
     def progress(p) -> None:
