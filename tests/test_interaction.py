@@ -168,3 +168,19 @@ def Session_once(model, img) -> np.ndarray:  # noqa: N802 - reads as the call it
     session = Session(model)
     session.set_image(img)
     return session.predict(points=CLICKS, labels=LABELS, multimask=False)[0]
+
+
+def test_new_decoder_weights_never_reuse_an_interactions_answers(tiny_model):
+    """Tuning the decoder leaves the embeddings valid but not the decoded steps (tuning bumps model.version)."""
+    session = Session(tiny_model)
+    session.set_image(image())
+    session.predict(points=CLICKS, labels=LABELS)
+    with torch.no_grad():
+        for p in tiny_model.sam.mask_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tiny_model.version += 1
+    fresh = Session(tiny_model)
+    fresh.set_image(image())
+    assert np.array_equal(session.predict(points=CLICKS, labels=LABELS)[0],
+                          fresh.predict(points=CLICKS, labels=LABELS)[0])
+    assert session.last_prediction.scores[0] == pytest.approx(fresh.last_prediction.scores[0])

@@ -372,7 +372,8 @@ class Session:
             answer = self._decode(emb, prompt)
         else:
             with self._lock:
-                key = (self.image_hash, self.model.weights_key(), z)
+                # the decoder's weights too (tuning bumps version): an interaction's answers are decoder outputs
+                key = (self.image_hash, id(self.model), self.model.version, self.model.weights_key(), z)
                 interaction = self._interactions.pop(key, None) or Interaction(self.rule)
                 self._interactions[key] = interaction  # most recent last
                 while len(self._interactions) > 64:
