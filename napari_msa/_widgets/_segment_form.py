@@ -84,7 +84,7 @@ def build(w, root: QVBoxLayout) -> None:
     root.addWidget(out_box)
 
     keys = QLabel("Keys: <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · <b>Shift+S</b> propagate · "
-                  "Ctrl+Z undo (hover for more)")
+                  "<b>N</b> next mask of a click · Ctrl+Z undo (hover for more)")
     keys.setWordWrap(True)
     keys.setToolTip(type(w).__doc__)
     root.addWidget(keys)

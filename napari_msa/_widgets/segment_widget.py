@@ -47,7 +47,8 @@ class SegmentWidget(QWidget):
 
     Keys (bound on those two layers and on the viewer): T flips positive/negative for new
     points, C commits the object and moves to a new id, X clears prompts and preview, Shift+S
-    propagates the object through the volume (again to cancel). They act while a prompt layer
+    propagates the object through the volume (again to cancel), N shows the model's next mask for a
+    lone click (three in turn; later clicks go on from the one chosen). They act while a prompt layer
     is selected; on other layers napari's own shortcuts for the same keys (e.g. Labels X, Shapes T)
     come first. Ctrl+Z on the labels layer undoes a commit.
     """
