@@ -1,14 +1,17 @@
 """Does few-shot tuning help on the slices the user did NOT label?  Measured the way an annotator works.
 
-For each phantom volume (the project's generator, evaluation stream, seeds that no training ever drew) and each
-k in --k: label k evenly spaced slices (their exact labels), tune with ``tune()``'s defaults (unless --tune
-overrides them), then prompt every object (a connected piece of a label, >= 64 px) on every *other* slice with
-one positive click at its most interior pixel and, separately, its tight box, through ``Session.predict`` — the
-widget's path. Dice before (the model as loaded) and after (the tuned model), per object, per label and overall,
-and the wall time of the whole ``tune()`` call.
+For each phantom volume (evaluation stream, seeds that no training ever drew; --generator ct: the CT-like
+generator ``demo.phantoms``, mr: the second generator ``demo.phantoms_mr``, MR / ultrasound / microscopy / fundus
+scenes with dark objects, rings and nested structures) and each k in --k: label k evenly spaced slices (their exact
+labels), tune with ``tune()``'s defaults (unless --tune overrides them), then prompt every object (a connected piece
+of a label, >= 64 px) on every *other* slice with one positive click at its most interior pixel, separately its
+tight box, and separately a three-click session of the automatic annotator (``evaluation.clicks``), all through
+``Session.predict`` — the widget's path. Dice before (the model as loaded) and after (the tuned model), per object,
+per label and overall, and the wall time of the whole ``tune()`` call.
 
     python benchmarks/tuning_gain.py --model demo --k 1 2 4 8 --out /tmp/gain_demo.jsonl
     python benchmarks/tuning_gain.py --model litemedsam --k 1 2 4 8 --out /tmp/gain_lite.jsonl
+    python benchmarks/tuning_gain.py --model litemedsam --generator mr --k 4 --out /tmp/gain_lite.jsonl
     python benchmarks/tuning_gain.py --report /tmp/gain_demo.jsonl /tmp/gain_lite.jsonl --png docs/tuning_gain.png
 
 Results are appended as JSON lines as each run finishes (a long run can be resumed: finished runs are skipped).
@@ -31,15 +34,22 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
+from napari_msa.demo import phantoms, phantoms_mr  # noqa: E402
 from napari_msa.engine.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.tuning import tune  # noqa: E402
+from napari_msa.evaluation.clicks import run_session  # noqa: E402
 
 # Phantom volumes come from phantom_volume(seed) = the generator's EVALUATION stream [seed, 1]; demo training
 # draws [0, TRAIN_STREAM=0, step, i] and the click adapter [seed, 0, 500_000 + i]: these volumes were never seen.
 SEEDS = (9001, 9002, 9003, 9004, 9005)
 SHAPE = (20, 256, 256)
 CT = Normalization("ct", level=40.0, width=400.0)
+SESSION_CLICKS = 3  # clicks of the automatic annotator's session scored per object
+# generator -> (volume maker, the normalisation an annotator would pick for it)
+GENERATORS = {
+    "ct": (phantoms.phantom_volume, CT),
+    "mr": (phantoms_mr.phantom_volume, Normalization("auto")),
+}
 MIN_AREA = 64
 
 
@@ -63,7 +73,7 @@ def objects_of(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 
 def score(session: Session, volume_labels: np.ndarray, slices: list[int]) -> list[dict]:
-    """One record per object on ``slices``: label, click Dice, box Dice."""
+    """One record per object on ``slices``: label, click Dice, box Dice, Dice after a three-click session."""
     records = []
     for z in slices:
         for lab, mask in objects_of(volume_labels[z]):
@@ -71,7 +81,9 @@ def score(session: Session, volume_labels: np.ndarray, slices: list[int]) -> lis
             pred, _ = session.predict(points=[[z, row, col]], labels=[1])
             click = dice(pred, mask)
             pred, _ = session.predict(box=mask_box(mask), z=z)
-            records.append({"z": z, "label": lab, "click": click, "box": dice(pred, mask)})
+            clicks = run_session(session, mask, z=z, max_clicks=SESSION_CLICKS, curve_clicks=SESSION_CLICKS)
+            records.append({"z": z, "label": lab, "click": click, "box": dice(pred, mask),
+                            "session": clicks.at(SESSION_CLICKS)})
     return records
 
 
@@ -79,11 +91,12 @@ class Volume:
     """One phantom volume, its model as loaded, and that model's scores on every slice (computed once and
     shared by every k: each k scores the slices it did not label)."""
 
-    def __init__(self, model_name: str, seed: int, device: str) -> None:
-        self.model_name, self.seed = model_name, seed
-        self.image, self.labels, self.names = phantom_volume(seed, shape=SHAPE)
+    def __init__(self, model_name: str, generator: str, seed: int, device: str) -> None:
+        self.model_name, self.generator, self.seed = model_name, generator, seed
+        make, self.normalization = GENERATORS[generator]
+        self.image, self.labels, self.names = make(seed, shape=SHAPE)
         self.base = load_model(model_name, device=device)
-        self.session = Session(self.base, normalization=CT)
+        self.session = Session(self.base, normalization=self.normalization)
         self.session.set_image(self.image)
         self.before = score(self.session, self.labels, list(range(SHAPE[0])))
 
@@ -99,16 +112,18 @@ def run_one(volume: Volume, k: int, tune_kwargs: dict, verbose: bool = False) ->
             print(f"    step {p.step}: held-out click Dice {p.val_dice:.3f} at {p.elapsed_s:.0f} s", flush=True)
 
     t0 = time.perf_counter()
-    result = tune(volume.base, volume.image, train_labels, normalization=CT, progress=show, **tune_kwargs)
+    result = tune(volume.base, volume.image, train_labels, normalization=volume.normalization, progress=show,
+                  **tune_kwargs)
     tune_s = time.perf_counter() - t0
 
-    tuned = Session(result.model, normalization=CT)
+    tuned = Session(result.model, normalization=volume.normalization)
     tuned.cache = volume.session.cache  # keys hold the encoder's weights: reused only if the encoder is unchanged
     tuned.set_image(volume.image)
     after = score(tuned, volume.labels, others)
     s = result.summary
     return {
-        "model": volume.model_name, "seed": volume.seed, "k": k, "labelled": labelled, "tune": tune_kwargs,
+        "model": volume.model_name, "generator": volume.generator, "seed": volume.seed, "k": k,
+        "labelled": labelled, "tune": tune_kwargs,
         "tune_s": round(tune_s, 1), "steps_done": s.steps_done, "stopped": s.stopped, "kept": s.kept,
         "held_out": s.to_dict()["held_out"], "val_objects": s.per_object, "best_step": s.best_step,
         "step_time_s": s.step_time_s, "names": {str(a): b for a, b in volume.names.items()},
@@ -117,36 +132,47 @@ def run_one(volume: Volume, k: int, tune_kwargs: dict, verbose: bool = False) ->
 
 
 def mean(records: list[dict], key: str) -> float:
-    return float(np.mean([r[key] for r in records])) if records else float("nan")
+    values = [r[key] for r in records if key in r]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def summarize(run: dict) -> str:
     b, a = run["before"], run["after"]
-    return (f"{run['model']:>10} seed {run['seed']} k={run['k']}: click {mean(b, 'click'):.3f} -> "
-            f"{mean(a, 'click'):.3f}, box {mean(b, 'box'):.3f} -> {mean(a, 'box'):.3f} on {len(a)} objects; "
-            f"tune {run['tune_s']:.0f} s, {run['steps_done']} steps ({run['stopped']}, kept {run['kept']})")
+    return (f"{run['model']:>10} {run.get('generator', 'ct')} seed {run['seed']} k={run['k']}: click "
+            f"{mean(b, 'click'):.3f} -> {mean(a, 'click'):.3f}, box {mean(b, 'box'):.3f} -> {mean(a, 'box'):.3f}, "
+            f"{SESSION_CLICKS}-click session {mean(b, 'session'):.3f} -> {mean(a, 'session'):.3f} on {len(a)} "
+            f"objects; tune {run['tune_s']:.0f} s, {run['steps_done']} steps ({run['stopped']}, kept {run['kept']})")
 
 
 def report(paths: list[str], png: str | None) -> None:
     runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
-    print("| model | k | runs | one-click Dice before → after | error cut | box Dice before → after | worst run "
-          "(click / box change) | tune time (median, max) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | volumes | k | runs | one-click Dice before → after | error cut | box Dice before → after | "
+          f"{SESSION_CLICKS}-click session before → after | worst run (click / box / session change) | kept tuned | "
+          "tune time (median, max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     curves: dict[str, list[tuple[int, float, float]]] = {}
-    for model in dict.fromkeys(r["model"] for r in runs):
-        for k in sorted({r["k"] for r in runs if r["model"] == model}):
-            group = [r for r in runs if r["model"] == model and r["k"] == k]
-            cb = np.mean([mean(r["before"], "click") for r in group])
-            ca = np.mean([mean(r["after"], "click") for r in group])
-            bb = np.mean([mean(r["before"], "box") for r in group])
-            ba = np.mean([mean(r["after"], "box") for r in group])
-            dc = [mean(r["after"], "click") - mean(r["before"], "click") for r in group]
-            db = [mean(r["after"], "box") - mean(r["before"], "box") for r in group]
+    for r in runs:
+        r.setdefault("generator", "ct")
+    for model, generator in dict.fromkeys((r["model"], r["generator"]) for r in runs):
+        for k in sorted({r["k"] for r in runs if (r["model"], r["generator"]) == (model, generator)}):
+            group = [r for r in runs if (r["model"], r["generator"], r["k"]) == (model, generator, k)]
+
+            def avg(side: str, key: str, group=group) -> float:
+                return float(np.mean([mean(r[side], key) for r in group]))
+
+            def worst(key: str, group=group) -> float:
+                return min(mean(r["after"], key) - mean(r["before"], key) for r in group)
+
+            cb, ca = avg("before", "click"), avg("after", "click")
             cut = (ca - cb) / (1 - cb) if cb < 1 else 0.0
             times = [r["tune_s"] for r in group]
-            print(f"| {model} | {k} | {len(group)} | {cb:.3f} → {ca:.3f} | {cut:+.0%} | {bb:.3f} → {ba:.3f} | "
-                  f"{min(dc):+.3f} / {min(db):+.3f} | {np.median(times):.0f} s, {max(times):.0f} s |")
-            curves.setdefault(model, []).append((k, cb, ca))
+            kept = sum(r["kept"] == "tuned" for r in group)
+            print(f"| {model} | {generator} | {k} | {len(group)} | {cb:.3f} → {ca:.3f} | {cut:+.0%} | "
+                  f"{avg('before', 'box'):.3f} → {avg('after', 'box'):.3f} | "
+                  f"{avg('before', 'session'):.3f} → {avg('after', 'session'):.3f} | "
+                  f"{worst('click'):+.3f} / {worst('box'):+.3f} / {worst('session'):+.3f} | {kept} of {len(group)} | "
+                  f"{np.median(times):.0f} s, {max(times):.0f} s |")
+            curves.setdefault(f"{model}, {generator}", []).append((k, cb, ca))
     if png:
         import matplotlib
 
@@ -172,6 +198,7 @@ def report(paths: list[str], png: str | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="litemedsam")
+    ap.add_argument("--generator", choices=sorted(GENERATORS), default="ct", help="which phantom generator")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tune", default="{}", help="JSON dict of tune() keyword arguments (default: tune's defaults)")
@@ -195,10 +222,11 @@ def main() -> None:
     if args.out and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             r = json.loads(line)
-            done.add((r["model"], r["seed"], r["k"], json.dumps(r["tune"], sort_keys=True)))
+            done.add((r["model"], r.get("generator", "ct"), r["seed"], r["k"], json.dumps(r["tune"], sort_keys=True)))
     for seed in args.seeds:
-        todo = [k for k in args.k if (args.model, seed, k, json.dumps(tune_kwargs, sort_keys=True)) not in done]
-        volume = Volume(args.model, seed, args.device) if todo else None
+        todo = [k for k in args.k
+                if (args.model, args.generator, seed, k, json.dumps(tune_kwargs, sort_keys=True)) not in done]
+        volume = Volume(args.model, args.generator, seed, args.device) if todo else None
         for k in todo:
             run = run_one(volume, k, tune_kwargs, args.verbose)
             print(summarize(run), flush=True)

@@ -493,3 +493,45 @@ def L_new_points_positive(widget) -> bool:  # noqa: N802 - mirrors the widget's 
     from napari_msa._widgets._layers import new_points_positive
 
     return new_points_positive(widget.points_layer())
+
+
+def click_canvas_center(viewer, qtbot) -> None:
+    """A real left click (Qt mouse press and release) at the centre of napari's canvas."""
+    from qtpy.QtCore import QPoint, Qt
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    center = QPoint(canvas.width() // 2, canvas.height() // 2)
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=center)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=center)
+
+
+@pytest.mark.parametrize("widget_first", [True, False])
+def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbot, monkeypatch, widget_first):
+    """File > Open Sample adds the CT slice and then its reference masks; napari selects the last layer added (in
+    pan/zoom). The prompts layer must end up active in add mode, so the user's first click on the canvas makes a
+    prompt and a preview, and the status line says what to do (not 'Open or choose an image layer')."""
+    masks = install(monkeypatch, DiskMasks(radius=6))
+    viewer = make_napari_viewer(show=True)
+    if widget_first:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+        viewer.open_sample("napari-msa", "ct_slice")
+    else:
+        viewer.open_sample("napari-msa", "ct_slice")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    hub_for(viewer).set_model(load_model("tiny"))
+    points = viewer.layers["CT slice (HU) prompts"]
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is points)
+    assert points.mode == "add"
+    assert widget.image_choice.currentText() == "CT slice (HU)"
+    assert "click on an object in 'CT slice (HU)'" in widget.status.text()
+    viewer.reset_view()
+    qtbot.wait(50)
+    click_canvas_center(viewer, qtbot)
+    qtbot.waitUntil(lambda: len(points.data) == 1)
+    image = viewer.layers["CT slice (HU)"]
+    np.testing.assert_allclose(points.data[0], np.array(image.data.shape) / 2, atol=3)  # where the user clicked
+    wait_idle(qtbot, widget)
+    assert masks.calls and len(masks.calls[-1]["points"]) == 1
+    assert (viewer.layers["CT slice (HU) labels"].data == 1).sum() > 0  # the preview is painted
+    widget.prefetcher.stop()
+    wait_idle(qtbot, widget)

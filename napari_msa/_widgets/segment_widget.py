@@ -77,6 +77,11 @@ class SegmentWidget(QWidget):
         # starting an encoder pass for the next image.
         self._prefetch_timer = QTimer(self, singleShot=True, interval=SLICE_SETTLE_MS)
         self._prefetch_timer.timeout.connect(self.start_prefetch)
+        # napari selects each layer it adds *after* telling its listeners, and a file or sample can add several
+        # (image, then reference labels): the prompts layer is made active once that is over, so a click on the
+        # image after File > Open makes a prompt.
+        self._select_timer = QTimer(self, singleShot=True, interval=0)
+        self._select_timer.timeout.connect(self._activate_prompts)
 
         for emitter, callback in ((self.viewer.layers.events.inserted, self._on_layers_changed),
                                   (self.viewer.layers.events.removed, self._on_layer_removed),
@@ -145,8 +150,11 @@ class SegmentWidget(QWidget):
     def _show_model(self, model: MSAModel | None) -> None:
         self.model_panel.show(model)
         if model is not None:
-            self.feedback.set("Ready: click on an object (T for negative points), or drag a box in "
-                              "'<image> boxes'.")
+            image = self.image_layer()
+            if image is None:
+                self.feedback.set("Ready: open or choose an image layer, then click on an object.")
+            else:
+                self._tell_ready(image)
 
     @property
     def session(self) -> Session | None:
@@ -200,13 +208,29 @@ class SegmentWidget(QWidget):
         image = self.editor.usable_image()
         if image is None:
             return
-        points = self.layers.adopt(image)
+        self.layers.adopt(image)
         self._on_labels_chosen()
         self._follow_prompt_layers()
-        self.viewer.layers.selection.active = points
-        points.mode = "add"
+        self._activate_prompts()
+        self._select_timer.start()  # again after napari's own selection of what it is adding now
+        self._tell_ready(image)
         self._prefetch_timer.start()
         self.schedule_update()
+
+    def _activate_prompts(self) -> None:
+        """The chosen points layer active, in add mode: the user's next click on the image is a prompt."""
+        points = self.points_layer()
+        if points is not None and points in self.viewer.layers:
+            self.viewer.layers.selection.active = points
+            points.mode = "add"
+
+    def _tell_ready(self, image: Image) -> None:
+        if self.hub.model is not None:
+            self.feedback.set(f"Ready: click on an object in '{image.name}' (T for negative points), or drag a box "
+                              f"in '{L.prompt_boxes_name(image)}'.")
+        else:
+            self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points): the "
+                              "model loads on your first click.")
 
     def _on_prompt_layers_chosen(self, *_) -> None:
         """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
