@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
 from segment_support import wait_idle
 
 from napari_msa import load_model
+from napari_msa._widgets._docking import dock_of
 from napari_msa._widgets._hub import hub_for
 
 SCREEN = (1366, 768)
@@ -39,6 +40,11 @@ def _parents(widget, stop):
 
 def rect_in(widget, contents) -> QRect:
     return QRect(widget.mapTo(contents, widget.rect().topLeft()), widget.size())
+
+
+def shown(widget) -> bool:
+    """On screen (a dock behind another tab stays 'visible' to Qt but has nothing of itself on screen)."""
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
 
 
 def check_nothing_clipped(qtbot, widget) -> None:
@@ -76,6 +82,15 @@ def test_both_widgets_docked_fit_a_1366x768_screen(make_napari_viewer, qtbot):
 
     window.resize(*SCREEN)
     qtbot.waitUntil(lambda: window.width() == SCREEN[0] and window.height() <= SCREEN[1], timeout=5000)
+    # Docked as tabs of one area (stacked, Tune squeezed Segment to a ~100 px sliver): each, when its tab is
+    # shown, gets the area's full height; the widget opened last is the one shown.
+    segment_dock, tune_dock = dock_of(segment), dock_of(tune)
+    qtbot.waitUntil(lambda: tune_dock in window.tabifiedDockWidgets(segment_dock), timeout=3000)
+    qtbot.waitUntil(lambda: shown(tune) and not shown(segment), timeout=3000)
+    for dock, widget, other in ((segment_dock, segment, tune), (tune_dock, tune, segment)):
+        dock.raise_()
+        qtbot.waitUntil(lambda widget=widget, other=other: shown(widget) and not shown(other), timeout=3000)
+        qtbot.waitUntil(lambda widget=widget: widget.panel.viewport().height() >= 0.6 * SCREEN[1], timeout=3000)
     # a long status (it wraps) and the model fields open: rows scroll, nothing is squeezed or overlaps
     segment._set_status("Out of memory during prediction; nothing was written. Choose a smaller model or the cpu "
                         "device (Device field), close other programs, or crop the image. " * 2)

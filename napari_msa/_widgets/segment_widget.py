@@ -23,6 +23,7 @@ from . import _layers as L
 from . import _segment_form
 from . import _segment_layers as S
 from ._controls import ScrollPanel
+from ._docking import TabWithSiblings
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._model_panel import ModelPanel
@@ -59,6 +60,7 @@ class SegmentWidget(QWidget):
         self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         ensure_thread_capacity()
         self.link = ViewerLink(self, napari_viewer, self._on_model, on_undocked=self._stop_work)
+        TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
         self.hub = self.link.hub
         self._build()
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,

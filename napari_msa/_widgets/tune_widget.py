@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from . import _choices as C
 from ._activity import ActivityBar
 from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
+from ._docking import TabWithSiblings
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._layers import spatial_shape
@@ -65,6 +66,7 @@ class TuneWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.link = ViewerLink(self, napari_viewer, self._show_model)  # undocked or closed: lets go of the viewer
+        TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
         self.hub = self.link.hub
         self.result: TuneResult | None = None
         self._before = None  # the model tuning started from: what Discard goes back to
