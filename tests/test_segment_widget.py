@@ -535,3 +535,42 @@ def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbo
     assert (viewer.layers["CT slice (HU) labels"].data == 1).sum() > 0  # the preview is painted
     widget.prefetcher.stop()
     wait_idle(qtbot, widget)
+
+
+def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter, qtbot, monkeypatch):
+    """Ctrl+Z where the hand is: after C the prompts layer is still the active one; Ctrl+Z there (a real key
+    event through napari's canvas) takes the commit back, Ctrl+Shift+Z brings it back, and a preview shown
+    meanwhile is neither undone nor written."""
+    from qtpy.QtCore import Qt
+
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    points = widget.points_layer()
+    points.add([20, 20])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    labels = viewer.layers["img labels"]
+    committed = labels.data.copy()
+    assert (committed == 1).sum() > 0 and widget.object_id.value() == 2
+    assert viewer.layers.selection.active is points
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    ctrl, shift = Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl)
+    assert not labels.data.any()
+    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl | shift)
+    np.testing.assert_array_equal(labels.data, committed)
+    assert widget.object_id.value() == 2 and "Object 1 is back" in widget.status.text()
+
+    points.add([45, 60])  # a new object's preview is shown while the user undoes the commit before it
+    wait_idle(qtbot, widget)
+    preview = labels.data == 2
+    assert preview.sum() > 0
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl)
+    assert not (labels.data == 1).any()  # the commit is undone
+    np.testing.assert_array_equal(labels.data == 2, preview)  # the preview is still shown, unchanged
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl | shift)
+    np.testing.assert_array_equal(labels.data == 1, committed == 1)
+    press(viewer, "X")  # clearing the preview leaves exactly the committed object
+    np.testing.assert_array_equal(labels.data, committed)

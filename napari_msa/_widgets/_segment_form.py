@@ -67,14 +67,14 @@ def build(w, root: QVBoxLayout) -> None:
     form.addRow(w.overwrite)
     w.refine = QCheckBox("refine the object where it exists")
     w.refine.setToolTip("On: set Object id to an object already in the labels and click on a slice where it is: "
-                        "with LiteMedSAM its box joins your clicks (a negative click trims it, a positive one "
+                        "your clicks start from the object as it is (a negative click trims it, a positive one "
                         "extends it); Commit replaces the object on that slice (and on slices propagated to) by "
                         "the new mask (Ctrl+Z undoes) and stays on the object. Off: a new mask is added to the object")
     w.refine.toggled.connect(w._on_refine_toggled)
     form.addRow(w.refine)
     buttons = QHBoxLayout()
-    w.commit_button = _button("Commit (C)", w.commit, "Make the preview final (one undo step, Ctrl+Z on the labels "
-                              "layer) and start a new object")
+    w.commit_button = _button("Commit (C)", w.commit, "Make the preview final (one undo step: Ctrl+Z on the prompts "
+                              "or the labels layer) and start a new object")
     w.clear_button = _button("Clear (X)", w.clear, "Drop the prompts and the preview of the current object")
     w.propagate_button = _button("Propagate (Shift+S)", w.propagate,
                                  "Carry the object from this slice through the volume; press again to cancel")

@@ -16,6 +16,9 @@ from ._controls import LayerChoice
 NEW = "(new)"  # a layer field's choice: the image's own layer, made when needed
 NONE = "(none)"  # the Boxes field's choice: no box prompts
 KEYS = {"T": "toggle_positive", "C": "commit", "X": "clear", "Shift-S": "propagate", "N": "next_mask"}
+# On the widget's prompt layers only (the viewer keeps napari's meaning): the chosen labels layer's history, so
+# Ctrl+Z works where the user just clicked; Points and Shapes layers have no undo of their own.
+HISTORY_KEYS = {"Control-Z": "undo", "Control-Shift-Z": "redo"}
 
 
 def own_prompt_layer(viewer, image: Image, kind: type) -> Points | Shapes:
@@ -88,7 +91,7 @@ class PromptFollower:
             if isinstance(layer, Points):
                 layer.events.features.connect(self.on_change)
             if isinstance(layer, Points) or layer.name == own_boxes:
-                bind_keys(layer, self.actions)
+                bind_keys(layer, self.actions, {**KEYS, **HISTORY_KEYS})
 
     def _disconnect(self, layer) -> None:
         layer.events.data.disconnect(self.on_change)
@@ -102,14 +105,14 @@ class PromptFollower:
         self.layers = []
 
 
-def bind_keys(provider, actions: Callable[[str], Callable]) -> None:
-    for key, action in KEYS.items():
+def bind_keys(provider, actions: Callable[[str], Callable], keys: dict[str, str] = KEYS) -> None:
+    for key, action in keys.items():
         provider.bind_key(key, actions(action), overwrite=True)
 
 
 def unbind_keys(provider) -> None:
     """Remove this widget's key bindings from a viewer or layer, leaving anyone else's in place."""
-    for key in KEYS:
+    for key in (*KEYS, *HISTORY_KEYS):
         try:
             unbound = provider.bind_key(key, None)
         except (KeyError, ValueError):

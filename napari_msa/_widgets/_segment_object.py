@@ -235,7 +235,7 @@ class ObjectEditor:
         if refined:  # the user is fixing this object: stay on it
             writer.layer.selected_label = obj
             self.feedback.outcome(f"Refined object {obj} ({written} px); still on object {obj} (set Object id for "
-                                  "another). Ctrl+Z on the labels layer undoes it.")
+                                  "another). Ctrl+Z undoes it.")
             if any(not np.array_equal(writer.committed(z, obj), m) for z, m in before.items()):
                 self.feedback.watch_commit(writer.layer, obj, self._refinement_undone, undone=lambda: all(
                     np.array_equal(writer.committed(z, obj), m) for z, m in before.items()))
@@ -244,9 +244,29 @@ class ObjectEditor:
         self.object_id.setValue(next_id)
         self.writer.layer.selected_label = next_id
         self.feedback.outcome(f"Committed object {obj} ({written} px); now segmenting object {next_id}. "
-                              "Ctrl+Z on the labels layer undoes it.")
+                              "Ctrl+Z undoes it.")
         if written:
             self.feedback.watch_commit(self.writer.layer, obj, self._commit_undone)
+
+    def history(self, redo: bool) -> None:
+        """Undo or redo in the chosen labels layer's history (Ctrl+Z pressed where the user clicks). An uncommitted
+        preview is not in that history: it is taken out while the history is applied and shown again after."""
+        labels = self.layers.labels()
+        if labels is None:
+            self.feedback.tell("Nothing to undo yet: no labels layer is chosen (Labels field).")
+            return
+        preview = bool(self.draft) and self._shown() and self.writer.layer == labels
+        if preview:
+            self.writer.clear(refresh=False)
+        (labels.redo if redo else labels.undo)()
+        if preview:
+            self._paint(self.draft.masks)
+        obj = self.object_id.value()
+        if redo and not self.draft and not self.refine.isChecked() and np.any(labels.data == obj):
+            next_id = int(np.max(labels.data, initial=0)) + 1  # a commit came back: a new click is a new object
+            self.object_id.setValue(next_id)
+            labels.selected_label = next_id
+            self.feedback.outcome(f"Object {obj} is back (redo); segmenting object {next_id}.")
 
     def _refinement_undone(self, layer: Labels, obj: int) -> None:
         self.feedback.outcome(f"The refinement of object {obj} was undone; still on object {obj}.")

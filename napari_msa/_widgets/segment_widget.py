@@ -51,7 +51,8 @@ class SegmentWidget(QWidget):
     propagates the object through the volume (again to cancel), N shows the model's next mask for a
     lone click (three in turn; later clicks go on from the one chosen). They act while a prompt layer
     is selected; on other layers napari's own shortcuts for the same keys (e.g. Labels X, Shapes T)
-    come first. Ctrl+Z on the labels layer undoes a commit.
+    come first. Ctrl+Z (Ctrl+Shift+Z) on the labels layer or on the widget's prompt layers undoes (redoes) a
+    commit.
     """
 
     def __init__(self, napari_viewer) -> None:
@@ -301,6 +302,14 @@ class SegmentWidget(QWidget):
     def clear(self) -> None:
         """X: drop the prompts and the preview of the current object."""
         self.editor.clear()
+
+    def undo(self) -> None:
+        """Ctrl+Z on the prompt layers: undo the last change of the labels layer (a commit, a refinement)."""
+        self.editor.history(redo=False)
+
+    def redo(self) -> None:
+        """Ctrl+Shift+Z on the prompt layers: redo what Ctrl+Z undid in the labels layer."""
+        self.editor.history(redo=True)
 
     def propagate(self) -> None:
         """Shift+S: carry the current object through the volume (a cancellable worker); again to cancel."""
