@@ -98,6 +98,8 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
     """
     from napari_msa.medical_io.nifti import write_nifti_labels
 
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        path = f"{path}.nii.gz"  # napari passes the dialog's name as typed when this writer's filter is chosen
     labels = np.asarray(data)
     meta = (attributes.get("metadata") or {}).get(GEOMETRY_KEY)
     scale, translate = attributes.get("scale"), attributes.get("translate")

@@ -79,6 +79,27 @@ def test_labels_layer_saved_through_the_writer_lands_on_the_source_voxels(make_n
     _labelled_voxels_match(reopened.data, reopened, nib.load(again))
 
 
+def test_save_dialog_with_the_nifti_filter_and_napari_s_proposed_name_adds_nii_gz(make_napari_viewer, volume_file,
+                                                                             tmp_path):
+    """File > Save Selected Layers proposes the layer's name (no extension); with our filter chosen napari hands
+    that name to our writer as typed: it must be saved as .nii.gz, not fail."""
+    from napari._qt.qt_viewer import _npe2_decode_selected_filter
+    from napari.plugins import _npe2
+
+    path, img = volume_file
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin="napari-msa")
+    labels = viewer.add_layer(new_labels(image))
+    labels.data[10:14, 12:30, 8:20] = 1
+    ext_str, writers = _npe2.file_extensions_string_for_layers([labels])
+    nifti_filter = next(f for f in ext_str.split(";;") if "NIfTI" in f)
+    writer = _npe2_decode_selected_filter(ext_str, nifti_filter, writers)  # what the dialog's filter picks
+    viewer.layers.selection = {labels}
+    saved = viewer.layers.save(str(tmp_path / labels.name), selected=True, _writer=writer)
+    assert saved == [str(tmp_path / f"{labels.name}.nii.gz")]
+    assert np.allclose(nib.load(saved[0]).affine, img.affine)
+
+
 def test_labels_that_fit_two_different_images_are_refused(make_napari_viewer, tmp_path):
     a = nib.Nifti1Image(np.random.default_rng(0).normal(size=(8, 9, 4)).astype(np.float32), np.eye(4))
     b = nib.Nifti1Image(np.asarray(a.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.eye(4))

@@ -92,10 +92,14 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
     assert _tune_curve.DICE_COLOR.name() in colours and _tune_curve.LOSS_COLOR.name() in colours
 
+    assert "inherit" not in table  # Qt draws 'color:inherit' black on napari's dark grey
+    assert segment.adapter.edit.placeholderText() == "tuned in this session (not saved)"
     path = tmp_path / "tuned.safetensors"
     widget.save_adapter(path)
     qtbot.waitUntil(lambda: path.is_file() and widget._save_worker is None, timeout=30_000)
     assert "saved" in widget.status.text()
+    qtbot.waitUntil(lambda: segment.adapter.edit.text() == str(path))  # Segment's Adapter field names the file
+    assert segment.session.model is hub.model  # the same weights: the session (and its embeddings) stay
     reloaded = old.clone()
     reloaded.apply_adapter(path)
     np.testing.assert_allclose(predict_logits(reloaded, image), after, atol=1e-5)

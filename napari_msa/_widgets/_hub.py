@@ -20,6 +20,9 @@ class ModelHub:
     """Holds the viewer's current model; ``model_changed`` fires when tuning or loading replaces it."""
 
     model_changed = Signal(object)
+    # The model's adapter was written to a file: same weights (the session and its caches stay), a new name
+    # to show (no longer "tuned in this session (not saved)"). Emitted on the GUI thread.
+    adapter_saved = Signal(object)
 
     def __init__(self) -> None:
         self.model: MSAModel | None = None

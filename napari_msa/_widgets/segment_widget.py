@@ -64,6 +64,7 @@ class SegmentWidget(QWidget):
         TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
         self.hub = self.link.hub
         self._build()
+        self.link.connect(self.hub.adapter_saved, self.model_panel.show)  # tuned adapter saved: name the file
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
                                    self.refine, self._source, self._load_on_first_need, self.schedule_update)
         self.draft = self.editor.draft

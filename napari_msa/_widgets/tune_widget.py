@@ -98,6 +98,7 @@ class TuneWidget(QWidget):
         self.status.setWordWrap(True)
         self.feedback = Feedback(self.status)
         self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, chooser=False)
+        self.link.connect(self.hub.adapter_saved, self.model_panel.show)
         self.model_label = self.model_panel.label
         root.addWidget(self.model_label)
 
@@ -421,6 +422,8 @@ class TuneWidget(QWidget):
     def _saved(self, path: Path) -> None:
         self.status.setText(f"Adapter saved to {path}.")
         show_info(f"Adapter saved to {path}")
+        if self.result is not None and self.hub.model is self.result.model:
+            self.hub.adapter_saved.emit(self.result.model)  # both widgets' Adapter fields now name the file
 
 
 def results_table(summary: TuneSummary, names: dict | None = None) -> str:
@@ -431,7 +434,9 @@ def results_table(summary: TuneSummary, names: dict | None = None) -> str:
     def cell(before: float | None, after: float | None) -> str:
         if before is None or after is None:
             return "<td>n/a</td>"
-        color = "#ff6b6b" if after < before - 0.01 else "#7bd88f" if after > before + 0.01 else "inherit"
+        color = "#ff6b6b" if after < before - 0.01 else "#7bd88f" if after > before + 0.01 else None
+        if color is None:  # no colour of our own: Qt's rich text draws 'color:inherit' black, whatever the theme
+            return f"<td>{before:.3f} → {after:.3f}</td>"
         return f'<td>{before:.3f} → <span style="color:{color}">{after:.3f}</span></td>'
 
     rows = ["<tr><th align=left>held-out</th><th>1 click</th><th>box</th></tr>"]
