@@ -133,9 +133,10 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     np.testing.assert_array_equal(labels.data == 1, first)
     assert widget.object_id.value() == 2 and len(points.data) == 0
 
-    # The second object overlaps the first: the first keeps its pixels (overwrite is off).
+    # The second object overlaps the first: the first keeps its pixels (overwrite is off), and the status says so.
     points.add([20, 28])
     wait_idle(qtbot, widget)
+    assert "lie on other objects" in widget.status.text() and "overwrite other objects" in widget.status.text()
     press(viewer, "C")
     second = disk((64, 80), (20, 28), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
@@ -574,3 +575,16 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
     np.testing.assert_array_equal(labels.data == 1, committed == 1)
     press(viewer, "X")  # clearing the preview leaves exactly the committed object
     np.testing.assert_array_equal(labels.data, committed)
+
+
+def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot, monkeypatch):
+    install(monkeypatch, DiskMasks(radius=6))
+    viewer, widget = open_segmenter(image2d())
+    widget.points_layer().add([20, 20])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    assert "now segmenting object 2" in widget.status.text()
+    widget.object_id.setValue(7)
+    assert widget.status.text() == "Segmenting object 7."
+    widget.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
+    assert widget.status.text().startswith("Segmenting object 1. It is already in the labels")

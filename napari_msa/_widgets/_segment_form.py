@@ -60,6 +60,7 @@ def build(w, root: QVBoxLayout) -> None:
     w.object_id.setRange(1, 2**31 - 1)
     w.object_id.setToolTip("Id of the object being segmented; commit moves to the next free id")
     w.object_id.valueChanged.connect(w._repaint_preview)
+    w.object_id.valueChanged.connect(w._on_object_id_changed)
     form.addRow("Object id", w.object_id)
     w.overwrite = QCheckBox("overwrite other objects")
     w.overwrite.setToolTip("Off: pixels of other objects are never changed")

@@ -118,11 +118,16 @@ class ObjectEditor:
             self.feedback.tell("The labels layer was removed while predicting; nothing was written. Choose a "
                                "labels layer (or '(new)') in the Labels field.", warning=True)
             return
-        painted = self._paint(self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()}))
+        masks = self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()})
+        painted = self._paint(masks)
         where = "" if not L.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
         choice = [f"mask {self.ambiguous[z] + 1} of {CANDIDATES}" for z in result if z in self.ambiguous]
         hint = f"; {choice[0]} for this click (N: next)" if len(choice) == 1 else ""
+        hidden = sum(int(np.count_nonzero(m)) for m in masks.values()) - painted
+        if hidden > max(0.1 * painted, 8) and not self.overwrite.isChecked():  # most of it under other objects
+            hint += (f"; {hidden} px of the mask lie on other objects and were left to them (tick 'overwrite other "
+                     "objects' to take them)")
         self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}{hint}")
 
     def _request(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:

@@ -328,6 +328,14 @@ class SegmentWidget(QWidget):
         """Id or overwrite changed: show the same preview under the new settings."""
         self.editor.repaint()
 
+    def _on_object_id_changed(self, obj: int) -> None:
+        """The status names the object a click now works on (a commit or an undo says more right after)."""
+        labels = self.labels_layer()
+        exists = labels is not None and bool(np.any(labels.data == obj))
+        note = "" if not exists or self.refine.isChecked() else (
+            " It is already in the labels: new masks add to it; tick 'refine the object where it exists' to redo it.")
+        self.feedback.set(f"Segmenting object {obj}.{note}")
+
     def _on_refine_toggled(self, *_) -> None:
         self.editor.refine_toggled()
 
