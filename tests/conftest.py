@@ -18,6 +18,12 @@ os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)
+def _own_recovery_folder(tmp_path_factory, monkeypatch):
+    """Each test writes recovery files (autosave at commit) to a folder of its own, never the user's."""
+    monkeypatch.setenv("NAPARI_MSA_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+
+
+@pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
     np.random.seed(0)

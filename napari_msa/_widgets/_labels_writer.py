@@ -76,6 +76,18 @@ class LabelsWriter:
             mask[item.erased] = True
         return mask
 
+    def committed_labels(self) -> np.ndarray:
+        """A copy of the whole labels array as it is without the preview (what a recovery file keeps)."""
+        data = np.array(self.layer.data, copy=True)
+        for z, item in self._preview.items():
+            plane = data[z] if self.volume else data
+            still = plane[item.rows, item.cols] == self._preview_id
+            plane[item.rows[still], item.cols[still]] = item.previous[still]
+            rows, cols = item.erased
+            back = plane[rows, cols] == 0
+            plane[rows[back], cols[back]] = self._preview_id
+        return data
+
     # --- preview -------------------------------------------------------------------------------
     @property
     def planes(self) -> list[int]:

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabe
 
 from . import _choices as C
 from ._controls import ElidingComboBox, LayerChoice, PathPicker
+from ._recovery import RecoveryOffer
 from ._segment_layers import NEW, NONE
 
 
@@ -53,6 +54,8 @@ def build(w, root: QVBoxLayout) -> None:
 
     out_box = QGroupBox("Output")
     form = QFormLayout(out_box)
+    w.recovery_offer = RecoveryOffer(w.restore_recovered, w.discard_recovered)  # shown when there is one
+    form.addRow(w.recovery_offer)
     w.labels_choice = LayerChoice(Labels, (NEW,), "Where masks go; '(new)' creates '<image> labels'")
     w.labels_choice.currentIndexChanged.connect(w._on_labels_chosen)
     form.addRow("Labels", w.labels_choice)

@@ -45,6 +45,7 @@ class ObjectEditor:
         self.jobs: SegmentJobs | None = None  # set by the widget (the jobs report back to this editor)
         self.draft = ObjectDraft()
         self.writer: LabelsWriter | None = None
+        self.on_written: Callable[[], None] = lambda: None  # the committed labels changed (autosave)
         self.choices: dict[int, tuple[tuple, int]] = {}  # slice → (its lone click's signature, mask chosen with N)
         self.ambiguous: dict[int, int] = {}  # slices of the request in flight that were a lone click → mask shown
 
@@ -236,6 +237,7 @@ class ObjectEditor:
         self.choices.clear()
         before = {z: writer.committed(z, obj) for z in masks} if refined else {}
         written = writer.commit(masks, obj, self.overwrite.isChecked(), self.refine.isChecked())
+        self.on_written()
         S.clear_prompts(self.layers.points(), self.layers.shapes())
         if refined:  # the user is fixing this object: stay on it
             writer.layer.selected_label = obj
@@ -266,6 +268,7 @@ class ObjectEditor:
         (labels.redo if redo else labels.undo)()
         if preview:
             self._paint(self.draft.masks)
+        self.on_written()
         obj = self.object_id.value()
         if redo and not self.draft and not self.refine.isChecked() and np.any(labels.data == obj):
             next_id = int(np.max(labels.data, initial=0)) + 1  # a commit came back: a new click is a new object

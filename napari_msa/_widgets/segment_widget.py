@@ -28,11 +28,13 @@ from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._model_panel import ModelPanel
 from ._prediction import ImageSource, ensure_thread_capacity
+from ._recovery import Autosave, recovery_file_for, unheld
 from ._segment_jobs import SegmentJobs
 from ._segment_object import ObjectEditor
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import MSAModel, Session
+    from napari_msa.recovery import RecoveryFile
 
 # New-point sign button: the point colour as background (lime, red) and black text, contrast 15:1 and 5.3:1
 # (WCAG asks for 4.5:1); red text on napari's grey was about 2:1.
@@ -68,6 +70,9 @@ class SegmentWidget(QWidget):
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
                                    self.refine, self._source, self._load_on_first_need, self.schedule_update)
         self.draft = self.editor.draft
+        self.autosave = Autosave(on_error=show_warning)
+        self._recovery: RecoveryFile | None = None  # the chosen image's recovery file
+        self.editor.on_written = self.save_recovery
         self.jobs = self.editor.jobs = SegmentJobs(self.editor.predicted, self.editor.propagated,
                                                    self._sync_propagate_button, self._on_volume_finished,
                                                    self.feedback.report, self._refresh_activity)
@@ -182,6 +187,9 @@ class SegmentWidget(QWidget):
         self.layers.refresh()
         if self.image_layer() != had_image:  # == : plugin widgets see layers through proxies
             self._on_image_chosen()
+        elif self.recovery_offer.recovered is not None and self.image_layer() is not None and not unheld(
+                self.recovery_offer.recovered, self.image_layer(), self.viewer.layers):
+            self.recovery_offer.withdraw()  # e.g. the user opened the labels saved from them
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -213,6 +221,8 @@ class SegmentWidget(QWidget):
         if image is None:
             return
         self.layers.adopt(image)
+        self._recovery = recovery_file_for(image)
+        self._offer_recovery(image)
         self._on_labels_chosen()
         self._follow_prompt_layers()
         self._activate_prompts()
@@ -235,6 +245,52 @@ class SegmentWidget(QWidget):
         else:
             self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points): the "
                               "model loads on your first click.")
+
+    # ============================================================================ recovery
+    def save_recovery(self) -> None:
+        """The committed labels changed (a commit, undo, redo): they go to the image's recovery file."""
+        labels, image = self.labels_layer(), self.image_layer()
+        if labels is None or image is None or self._recovery is None:
+            return
+        writer = self.editor.writer
+        data = writer.committed_labels() if writer is not None and writer.layer == labels else \
+            np.array(labels.data, copy=True)
+        self.autosave.save(self._recovery, data, image.name)
+
+    def _offer_recovery(self, image: Image) -> None:
+        recovered = self._recovery.load() if self._recovery is not None else None
+        if unheld(recovered, image, self.viewer.layers):
+            self.recovery_offer.offer(self._recovery, recovered, image)
+            show_info(f"napari-msa kept {recovered.objects} object(s) you committed on '{image.name}' "
+                      f"({recovered.when()}): Restore them in Segment (MSA).")
+        else:
+            self.recovery_offer.withdraw()
+
+    def restore_recovered(self) -> None:
+        """Add the recovered labels as a layer (the image's own labels layer when it has none or it is empty);
+        nothing the user has is changed."""
+        image, recovered = self.image_layer(), self.recovery_offer.recovered
+        if image is None or recovered is None:
+            return
+        labels = S.own_labels(self.viewer, image)
+        if labels is not None and not np.any(labels.data):
+            labels.data = recovered.labels.astype(labels.data.dtype, copy=False)
+        else:
+            had_own = labels is not None
+            labels = S.add_labels_below(self.viewer, image, self.layers.prompts())
+            labels.data = recovered.labels
+            if had_own:
+                labels.name = f"{image.name} labels (recovered)"
+        self.layers.refresh()
+        self.labels_choice.choose(labels)
+        self.recovery_offer.withdraw()
+        self.feedback.tell(f"Restored {recovered.objects} object(s) into '{labels.name}'.")
+
+    def discard_recovered(self) -> None:
+        if self.recovery_offer.file is not None:
+            self.recovery_offer.file.discard()
+        self.recovery_offer.withdraw()
+        self.feedback.set("The recovery copy was deleted.")
 
     def _on_prompt_layers_chosen(self, *_) -> None:
         """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
@@ -417,6 +473,7 @@ class SegmentWidget(QWidget):
         self.editor.drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
         self.feedback.unwatch_commit()
         self.jobs.stop()
+        self.autosave.wait(10)  # the last commit's recovery copy is on disk before the widget goes
 
     def release(self) -> None:
         """Stop all work and stop listening to the viewer, its layers, its keys and the model hub."""

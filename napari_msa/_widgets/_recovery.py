@@ -1,0 +1,104 @@
+"""Autosave and recovery in the Segment widget: each commit's labels go to the image's recovery file (on a
+background thread, the newest state winning), and opening an image that has one offers to restore it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+
+from napari_msa.recovery import Recovered, RecoveryFile, image_key
+
+from . import _layers as L
+
+log = logging.getLogger(__name__)
+
+
+class Autosave:
+    """Writes snapshots on one background thread; a snapshot taken while another is written replaces any that
+    waits, so a burst of commits costs one write after the one in progress."""
+
+    def __init__(self, on_error: Callable[[str], None]) -> None:
+        self.on_error = on_error  # called on the writing thread
+        self._lock = threading.Lock()
+        self._pending: tuple[RecoveryFile, np.ndarray, str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def save(self, file: RecoveryFile, labels: np.ndarray, image_name: str) -> None:
+        with self._lock:
+            self._pending = (file, labels, image_name)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="napari-msa autosave", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                job, self._pending = self._pending, None
+                if job is None:
+                    self._thread = None
+                    return
+            file, labels, name = job
+            try:
+                file.save(labels, name)
+            except OSError as err:
+                log.warning("recovery file %s not written: %s", file.path, err)
+                self.on_error(f"The recovery copy of your labels could not be written ({err}); your labels are "
+                              "unchanged in napari: save them (File > Save Selected Layers).")
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Until nothing waits or is being written (tests, closing)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+
+def recovery_file_for(image: Image) -> RecoveryFile:
+    source = getattr(getattr(image, "source", None), "path", None)
+    return RecoveryFile(image_key(image.data, source))
+
+
+class RecoveryOffer(QWidget):
+    """A row shown when the chosen image has a recovery file whose labels are in no layer: Restore or Discard."""
+
+    def __init__(self, restore: Callable[[], None], discard: Callable[[], None]) -> None:
+        super().__init__()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.setToolTip("Add the recovered objects as a labels layer (nothing you have is changed)")
+        self.restore_button.clicked.connect(restore)
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.setToolTip("Delete the recovery copy of this image's labels")
+        self.discard_button.clicked.connect(discard)
+        row.addWidget(self.text, 1)
+        row.addWidget(self.restore_button)
+        row.addWidget(self.discard_button)
+        self.recovered: Recovered | None = None
+        self.file: RecoveryFile | None = None
+        self.setVisible(False)
+
+    def offer(self, file: RecoveryFile, recovered: Recovered, image: Image) -> None:
+        self.file, self.recovered = file, recovered
+        self.text.setText(f"Recovered: {recovered.objects} object{'s' * (recovered.objects != 1)} committed on "
+                          f"'{image.name}' ({recovered.when()}) that no labels layer holds now.")
+        self.setVisible(True)
+
+    def withdraw(self) -> None:
+        self.file = self.recovered = None
+        self.setVisible(False)
+
+
+def unheld(recovered: Recovered | None, image: Image, layers) -> bool:
+    """The recovered labels fit the image and no labels layer holds them already (e.g. opened from a file)."""
+    if recovered is None or tuple(recovered.labels.shape) != L.spatial_shape(image):
+        return False
+    return not any(isinstance(ly, Labels) and ly.data.shape == recovered.labels.shape
+                   and np.array_equal(np.asarray(ly.data), recovered.labels) for ly in layers)
