@@ -225,7 +225,8 @@ def test_every_model_option_defaults_to_litemedsam_with_its_adapter():
     assert adapter_from_args(args) == "x.safetensors"
     with pytest.raises(SystemExit):
         parser.parse_args(["segment", "i.tif", "-o", "o.tif", "--adapter", "x.safetensors", "--no-adapter"])
-    assert not hasattr(parser.parse_args(["demo"]), "model")  # the demo always opens the small demo model
+    demo = parser.parse_args(["demo"])  # the demo shows the product: the default model on the real CT slice
+    assert (demo.model, demo.sample) == ("litemedsam", "ct")
 
 
 def test_default_model_segments_a_box(tmp_path, capsys):

@@ -172,6 +172,8 @@ def test_demo_cli_screenshot_without_a_display(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "napari_msa.cli", "demo", "--screenshot", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the product, not the toy: the default model on the real CT slice, both example objects segmented
+    assert "clicked spinal canal" in proc.stderr and "aorta" in proc.stderr, proc.stderr[-3000:]
     import imageio.v3 as iio
 
     png = iio.imread(out)

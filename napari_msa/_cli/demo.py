@@ -1,4 +1,4 @@
-"""``napari-msa demo [--screenshot out.png]``: napari with the phantom, both widgets and the demo model."""
+"""``napari-msa demo [--screenshot out.png]``: napari with a sample, both widgets and the default model at work."""
 
 from __future__ import annotations
 
@@ -18,12 +18,17 @@ CHILD_FLAG = "NAPARI_MSA_DEMO_UNDER_XVFB"  # set in the re-executed child, so it
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
-        help="open napari with a CT phantom, the Segment and Tune widgets and the demo model",
-        description="Open napari with the synthetic abdominal CT phantom, the Segment (MSA) and Tune (MSA) widgets "
-                    "docked, the bundled DEMO model (trained on synthetic phantoms, not SAM) loaded and a few example "
-                    "clicks made. Nothing is downloaded. (The other subcommands and the widgets default to LiteMedSAM; "
-                    "the demo keeps the small phantom model so it starts in seconds.)",
+        help="open napari with a real CT slice, the Segment and Tune widgets and the default model at work",
+        description="Open napari with the real CT slice sample (pydicom's CT_small, its reference masks hidden), the "
+                    "Segment (MSA) and Tune (MSA) widgets docked as tabs, the default model (LiteMedSAM with "
+                    "napari-msa's click adapter) loaded and a few example clicks made. Nothing is downloaded. "
+                    "--sample phantom opens the synthetic abdominal phantom, --model demo the small model trained on "
+                    "phantoms.",
     )
+    p.add_argument("--model", choices=("litemedsam", "demo"), default="litemedsam",
+                   help="litemedsam (default: the plugin's default model) or demo (small, trained on phantoms)")
+    p.add_argument("--sample", choices=("ct", "phantom"), default="ct",
+                   help="ct (default: a real CT slice) or phantom (the synthetic abdominal CT volume)")
     p.add_argument("--screenshot", metavar="PNG",
                    help="render the demo window to this PNG and exit; without a display it runs under Xvfb")
     p.add_argument("--timeout", type=float, default=180.0,
@@ -43,7 +48,8 @@ def _rerun_under_xvfb(args: argparse.Namespace) -> int | None:
     if xvfb_run is None:
         return None
     cmd = [xvfb_run, "-a", "-s", XVFB_SCREEN, sys.executable, "-m", "napari_msa.cli", "demo",
-           "--screenshot", str(Path(args.screenshot).resolve()), "--timeout", str(args.timeout)]
+           "--screenshot", str(Path(args.screenshot).resolve()), "--timeout", str(args.timeout),
+           "--model", args.model, "--sample", args.sample]
     env = {**os.environ, CHILD_FLAG: "1", "QT_QPA_PLATFORM": "xcb"}
     return subprocess.run(cmd, env=env).returncode
 
@@ -62,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from napari_msa._demo import DemoError, run_demo
 
     try:
-        return run_demo(args.screenshot, timeout_s=args.timeout)
+        return run_demo(args.screenshot, model=args.model, sample=args.sample, timeout_s=args.timeout)
     except DemoError as err:
         raise CLIError(str(err)) from err
 

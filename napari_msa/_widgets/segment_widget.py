@@ -57,9 +57,10 @@ class SegmentWidget(QWidget):
     commit.
     """
 
-    def __init__(self, napari_viewer) -> None:
+    def __init__(self, napari_viewer, *, offer_recovery: bool = True) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self._offers_recovery = offer_recovery  # off in the demo: its example objects are not the user's work
         self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         ensure_thread_capacity()
         self.link = ViewerLink(self, napari_viewer, self._on_model, on_undocked=self._stop_work)
@@ -258,7 +259,7 @@ class SegmentWidget(QWidget):
         self.autosave.save(self._recovery, data, image.name)
 
     def _offer_recovery(self, image: Image) -> None:
-        recovered = self._recovery.load() if self._recovery is not None else None
+        recovered = self._recovery.load() if self._recovery is not None and self._offers_recovery else None
         if unheld(recovered, image, self.viewer.layers):
             self.recovery_offer.offer(self._recovery, recovered, image)
             show_info(f"napari-msa kept {recovered.objects} object(s) you committed on '{image.name}' "
