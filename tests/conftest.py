@@ -15,6 +15,9 @@ from napari_msa import load_model
 # Every model the tests load computes in the reference fp32 arithmetic (bit-exact comparisons hold on every
 # machine, whatever its CPU or GPU); tests/test_precision.py covers 'auto' and 'bf16' explicitly.
 os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
+# The Segment widget loads its chosen model as soon as an image is there; each test gives its widgets the model it
+# needs instead (tests/test_segment_widget.py turns preloading on where it is what is tested).
+os.environ.setdefault("NAPARI_MSA_PRELOAD", "0")
 
 
 @pytest.fixture(autouse=True)

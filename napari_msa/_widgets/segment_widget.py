@@ -8,6 +8,7 @@ lays out the controls and connects them, the viewer's events and the keys to tho
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing 
 # (WCAG asks for 4.5:1); red text on napari's grey was about 2:1.
 SIGN_COLORS = {True: ("#00ff00", "#000000"), False: ("#ff0000", "#000000")}
 SLICE_SETTLE_MS = 150  # wait for scrolling to pause before re-targeting the prefetch
+# Load the chosen model as soon as an image is chosen (off: on the first click). NAPARI_MSA_PRELOAD=0 turns it off
+# (the tests do, and give each widget the model they need).
+PRELOAD = os.environ.get("NAPARI_MSA_PRELOAD", "1") != "0"
 
 
 class SegmentWidget(QWidget):
@@ -228,6 +232,7 @@ class SegmentWidget(QWidget):
         self._follow_prompt_layers()
         self._activate_prompts()
         self._select_timer.start()  # again after napari's own selection of what it is adding now
+        self._preload_model()
         self._tell_ready(image)
         self._prefetch_timer.start()
         self.schedule_update()
@@ -239,10 +244,22 @@ class SegmentWidget(QWidget):
             self.viewer.layers.selection.active = points
             points.mode = "add"
 
+    def _preload_model(self) -> None:
+        """An image is there and no model: load the chosen one now, on a worker, so the first click does not
+        wait for it (models that need a checkpoint file the user has not given still load on demand)."""
+        if not PRELOAD or self.hub.model is not None or self.model_panel.loading:
+            return
+        chosen = C.MODEL_NAMES[self.model_combo.currentIndex()]
+        if self.model_panel.chosen_available() and (chosen in C.BUILTIN_MODELS or self.checkpoint.path()):
+            self.model_panel.load()
+
     def _tell_ready(self, image: Image) -> None:
         if self.hub.model is not None:
             self.feedback.set(f"Ready: click on an object in '{image.name}' (T for negative points), or drag a box "
                               f"in '{L.prompt_boxes_name(image)}'.")
+        elif self.model_panel.loading:
+            self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points); the "
+                              "model is loading and answers as soon as it is there.")
         else:
             self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points): the "
                               "model loads on your first click.")
