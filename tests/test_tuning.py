@@ -348,13 +348,16 @@ def test_early_stopping_keeps_the_best_weights():
     """A far too high learning rate: held-out Dice peaks then collapses; the peak's weights are returned."""
     images, labels = blob_task(4, size=48)
     kwargs = dict(seed=0, val_fraction=0.25, eval_every=2)
-    result = tune(tiny(), images, labels, steps=40, lr=1.0, train_decoder=True, patience=2, **kwargs)
+    # accept_margin 0: the best check is returned even when it beats the start by little (tested apart below)
+    result = tune(tiny(), images, labels, steps=40, lr=1.0, train_decoder=True, patience=2, accept_margin=0.0,
+                  **kwargs)
     s = result.summary
-    start_box = s.history[0][2]
-    score = {step: click + min(0.0, box - start_box) for step, click, box in s.history}  # the criterion
+    _, _, start_box, start_session = s.history[0]
+    score = {step: click + min(0.0, box - start_box) + min(0.0, session - start_session)  # the criterion
+             for step, click, box, session in s.history}
     assert s.stopped == "early_stopping" and 20 <= s.steps_done < 40  # never before half the steps
     assert score[s.best_step] == max(score.values()) > score[s.steps_done]  # the last check was worse
-    assert s.held_out.click_after == dict((st, c) for st, c, _ in s.history)[s.best_step]
+    assert s.held_out.click_after == dict((st, c) for st, c, _, _ in s.history)[s.best_step]
     # measured again from scratch on the same held-out split, the returned weights score the best Dice
     again = tune(result.model, images, labels, steps=0, **kwargs).summary
     assert again.held_out.click_before == pytest.approx(s.held_out.click_after, abs=1e-4)
@@ -452,3 +455,22 @@ def test_appearance_variants_keep_labels_and_invert_polarity():
         assert img[lb == 1].mean() != img[lb == 0].mean()  # the labels moved with the pixels
     with pytest.raises(ValueError, match="unknown appearance"):
         variant(plane, "sepia", rng)
+
+
+def test_held_out_criterion_counts_a_loss_in_sessions_and_boxes_never_a_gain():
+    from napari_msa.engine.held_out import HeldOut
+
+    start = HeldOut(0.70, 0.90, {}, np.zeros((0, 2)), session=0.85)
+    better_clicks = HeldOut(0.80, 0.90, {}, np.zeros((0, 2)), session=0.85)
+    worse_sessions = HeldOut(0.80, 0.90, {}, np.zeros((0, 2)), session=0.75)  # first clicks up, corrections down
+    better_everything = HeldOut(0.80, 0.95, {}, np.zeros((0, 2)), session=0.95)
+    assert better_clicks.score(start) == pytest.approx(0.80)
+    assert worse_sessions.score(start) == pytest.approx(0.70)  # no better than the start: it is not kept
+    assert better_everything.score(start) == pytest.approx(0.80)  # gains elsewhere do not buy click losses
+
+
+def test_held_out_check_scores_a_simulated_session():
+    images, labels = blob_task(4, size=48)
+    s = tune(tiny(), images, labels, steps=4, seed=0, val_fraction=0.25, eval_every=2).summary
+    assert s.held_out.session_before is not None and 0.0 <= s.held_out.session_before <= 1.0
+    assert all(len(h) == 4 for h in s.history)

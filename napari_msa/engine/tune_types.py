@@ -89,10 +89,16 @@ class DiceChange:
     click_after: float
     box_before: float
     box_after: float
+    session_before: float | None = None  # after a simulated three-click session (overall figure only)
+    session_after: float | None = None
 
     def worse(self, tolerance: float = 0.01) -> bool:
-        """True when clicks or boxes lost more than ``tolerance``: shown in red in the widget, flagged in the CLI."""
-        return self.click_after < self.click_before - tolerance or self.box_after < self.box_before - tolerance
+        """True when clicks, boxes or sessions lost more than ``tolerance``: shown in red in the widget, flagged
+        in the CLI."""
+        lost_session = self.session_before is not None and self.session_after is not None and \
+            self.session_after < self.session_before - tolerance
+        return self.click_after < self.click_before - tolerance or self.box_after < self.box_before - tolerance \
+            or lost_session
 
 
 @dataclass
@@ -116,7 +122,7 @@ class TuneSummary:
     per_label: dict[int, DiceChange] = field(default_factory=dict)
     # (label, click before, click after, box before, box after) per held-out object
     per_object: list[tuple[int, float, float, float, float]] = field(default_factory=list)
-    history: list[tuple[int, float, float]] = field(default_factory=list)  # (step, click, box) at each check
+    history: list[tuple[int, float, float, float]] = field(default_factory=list)  # (step, click, box, session)
     val_clicks_per_object: int = 0
     loss_first: float | None = None  # mean of the first tenth of the steps
     loss_last: float | None = None

@@ -208,12 +208,13 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
         kept="tuned" if tracker.best_step or first is None else "untuned",
         best_step=tracker.best_step,
         epochs=round(steps_done * per_step / len(samples.slice_ids), 2),
-        held_out=_change(first.click, best.click, first.box, best.box) if first is not None else None,
+        held_out=_change(first.click, best.click, first.box, best.box, first.session, best.session)
+        if first is not None else None,
         per_label={label: _change(first.per_label[label][0], best.per_label[label][0], first.per_label[label][1],
                                   best.per_label[label][1]) for label in sorted(first.per_label)} if first else {},
         per_object=[(p.label, *(_r(v) for v in (a[0], b[0], a[1], b[1])))
                     for p, a, b in zip(val_pairs, first.objects, best.objects, strict=True)] if first else [],
-        history=[(s, _r(h.click), _r(h.box)) for s, h in tracker.history],
+        history=[(s, _r(h.click), _r(h.box), _r(h.session)) for s, h in tracker.history],
         val_clicks_per_object=VAL_CLICKS,
         loss_first=_r(float(np.mean(losses[:k]))) if n else None,
         loss_last=_r(float(np.mean(losses[-k:]))) if n else None,
@@ -233,8 +234,10 @@ def _click(held: HeldOut | None) -> float | None:
     return None if held is None else held.click
 
 
-def _change(click_before: float, click_after: float, box_before: float, box_after: float) -> DiceChange:
-    return DiceChange(*(_r(v) for v in (click_before, click_after, box_before, box_after)))
+def _change(click_before: float, click_after: float, box_before: float, box_after: float,
+            session_before: float | None = None, session_after: float | None = None) -> DiceChange:
+    return DiceChange(*(_r(v) for v in (click_before, click_after, box_before, box_after, session_before,
+                                        session_after)))
 
 
 def _r(x: float | None) -> float | None:

@@ -89,44 +89,58 @@ class StepModule(nn.Module):
         largest error of the mask the session shows, each prompted by the interaction rule (the previous
         logits as mask input, the shown mask's box) as ``Session.predict`` prompts it."""
         truth_np = np.stack([d > 0 for d in depths])  # (N, h, w)
-        n, hw = len(depths), truth_np.shape[1:]
         truth = torch.as_tensor(truth_np, dtype=torch.float32, device=emb.device)
+        total, counted = emb.new_zeros(()), 0
+
+        def carries_loss(r: int) -> bool:
+            return r == 0 or r >= rounds - self.grad_rounds + 2
+
+        for r, _low, iou_pred, logits in self.session(emb, depths, use_box, rounds, rng, carries_loss):
+            if carries_loss(r):
+                with torch.no_grad():
+                    iou_true = hard_iou(logits > 0, truth[:, None] > 0)
+                mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
+                iou_loss = F.mse_loss(iou_pred.float(), iou_true)
+                total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
+                counted += 1
+        return total / counted
+
+    def session(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
+                rng: np.random.Generator, with_grad=lambda r: False):
+        """A simulated annotation session on N objects of one slice, round by round: yields (round, low-res
+        logits, predicted IoU, logits at the slice's size) of every prompt, the first (a click inside each
+        object, or a jittered box) and ``rounds`` corrections at the largest error of the mask shown, prompted by
+        the interaction rule as ``Session.predict`` prompts them. ``with_grad(round)``: that round keeps the graph."""
+        truth_np = np.stack([d > 0 for d in depths])
+        n, hw = len(depths), truth_np.shape[1:]
         user_boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
         points = [[] if use_box else [interior_click(t, rng, d)] for t, d in zip(truth_np, depths, strict=True)]
         labels = [[] if use_box else [1] for _ in depths]
-        total, counted = emb.new_zeros(()), 0
         previous_low: torch.Tensor | None = None  # (N, 1, g, g) logits of the masks shown
         shown_np: np.ndarray | None = None
         for r in range(1 + rounds):
-            carries_loss = r == 0 or r >= rounds - self.grad_rounds + 2
             multimask = r == 0 and not use_box  # a lone click: SAM answers with three masks
             boxes = user_boxes
             if boxes is None and r > 0 and self.rule.shown_box:
                 boxes = np.stack([_shown_box(shown_np[i], points[i], labels[i]) for i in range(n)])
             mask_input = previous_low if r > 0 and self.rule.feed_logits else None
-            with torch.set_grad_enabled(carries_loss and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(with_grad(r) and torch.is_grad_enabled()):
                 low, iou_pred = decode(self.sam, emb, np.array(points) if points[0] else None,
                                        np.array(labels) if labels[0] else None, boxes, multimask,
                                        mask_input=mask_input)
                 logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
-            with torch.no_grad():
-                pred = logits > 0
-                iou_true = hard_iou(pred, truth[:, None] > 0)
-            if carries_loss:
-                mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
-                iou_loss = F.mse_loss(iou_pred.float(), iou_true)
-                total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
-                counted += 1
+            yield r, low, iou_pred, logits
             if r < rounds:
-                shown = iou_pred.argmax(1) if multimask else torch.zeros(n, dtype=torch.long, device=low.device)
-                rows = torch.arange(n, device=low.device)
-                previous_low = low[rows, shown][:, None].detach()
-                shown_np = pred[rows, shown].cpu().numpy()
+                with torch.no_grad():
+                    shown = iou_pred.argmax(1) if multimask else torch.zeros(n, dtype=torch.long,
+                                                                             device=low.device)
+                    rows = torch.arange(n, device=low.device)
+                    previous_low = low[rows, shown][:, None].detach()
+                    shown_np = (logits[rows, shown] > 0).cpu().numpy()
                 for i in range(n):
                     point, label = correction_click(shown_np[i], truth_np[i], rng)
                     points[i].append(point)
                     labels[i].append(label)
-        return total / counted
 
 
 def _shown_box(mask: np.ndarray, points: list, labels: list) -> np.ndarray:
