@@ -1,4 +1,5 @@
-"""``napari-msa segment``: points and/or boxes CSVs → labels TIFF, one id per object, optionally propagated in 3D.
+"""``napari-msa segment``: points and/or boxes CSVs → labels TIFF, one id per object, optionally propagated in 3D;
+or, with ``--everything``, every object the model finds on each slice from a grid of clicks (no prompts needed).
 
 Boxes come from a napari shapes layer saved as CSV (rectangles; in a volume each lies on one slice)
 and are objects 1, 2, … in shape order; a point whose ``object`` is a box's id refines that box
@@ -38,11 +39,12 @@ INTERACTIONS = ("model", "clicks", "box", "logits", "box+logits")  # engine.inte
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "segment", help="segment objects from point and/or box prompts",
-        usage="%(prog)s IMAGE [-p POINTS.csv] [-b BOXES.csv] -o LABELS.tif [options]",
+        usage="%(prog)s IMAGE [-p POINTS.csv] [-b BOXES.csv | --everything] -o LABELS.tif [options]",
         description="Segment each object of a napari points CSV and/or shapes (boxes) CSV into a labels image. "
                     "Boxes are objects 1, 2, ... in the order of the shapes; a point whose 'object' is a box's id "
                     "refines that box (one prediction with box and points); points with other ids are objects of "
-                    "their own. Give -p, -b or both.",
+                    "their own. Give -p, -b or both; or --everything for every object the model finds from a grid "
+                    "of clicks on each slice.",
     )
     p.add_argument("image", help="image: .tif/.tiff/.npy ((Y,X), (Y,X,3) or (Z,Y,X)), NIfTI .nii/.nii.gz or DICOM "
                                  "(a file, or a folder holding one series), read as napari-msa's napari reader "
@@ -61,6 +63,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--propagate", action="store_true", help="3D: carry each object through the volume")
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="propagation stops where consecutive slices overlap less than this [0.5]")
+    p.add_argument("--everything", action="store_true",
+                   help="no prompts: a grid of single clicks on each slice, the confident, stable masks kept and "
+                        "duplicates removed (ids per slice; larger objects drawn first, so one inside another "
+                        "keeps its id); seconds to a minute per slice on a CPU")
+    p.add_argument("--points-per-side", type=int, default=16,
+                   help="--everything: the finest grid of clicks, N×N per slice [16]; smaller objects need more")
     p.add_argument("--interaction", choices=INTERACTIONS, default="model",
                    help="how an object's clicks (in file order) become prompts, click after click: the box of the "
                         "mask so far, its logits, both, or the clicks alone [default: the model's own rule]")
@@ -126,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_msa.engine import Session
 
+    if args.everything:
+        if args.points is not None or args.boxes is not None or args.propagate:
+            raise CLIError("--everything needs no prompts: leave out -p, -b and --propagate")
+        return _run_everything(args)
     if args.points is None and args.boxes is None:
-        raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both")
+        raise CLIError("give prompts: -p POINTS.csv, -b BOXES.csv or both (or --everything)")
     check_input(args.image, "image")
     for path, what in ((args.points, "points"), (args.boxes, "boxes")):
         if path is not None:
@@ -183,4 +195,44 @@ def run(args: argparse.Namespace) -> int:
     out = write_labels(args.output, labels)
     counts = {o: int((labels == o).sum()) for o in sorted(per_object)}
     say(args, f"napari-msa segment: wrote {out} ({len(counts)} objects, voxels per id {counts})")
+    return 0
+
+
+def _run_everything(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_msa.engine import Session
+    from napari_msa.engine.everything import EverythingSettings, segment_everything, to_labels
+
+    check_input(args.image, "image")
+    check_model_args(args)
+    check_output(args.output, inputs=(args.image,))
+    if not 1 <= args.points_per_side <= 128:
+        raise CLIError(f"--points-per-side is a grid size from 1 to 128, got {args.points_per_side}")
+    image = read_image(args.image)
+    model = model_from_args(args)
+    session = Session(model, normalization=normalization_from_args(args))
+    try:
+        session.set_image(image)
+    except ValueError as err:
+        raise CLIError(f"{args.image}: {err}") from err
+    say(args, f"napari-msa segment --everything: {model.describe()}")
+    settings = EverythingSettings(points_per_side=args.points_per_side,
+                                  coarse_per_side=min(EverythingSettings.coarse_per_side, args.points_per_side))
+    shape = session.spatial_shape
+    labels = np.zeros(shape, dtype=np.uint32)
+    found = 0
+    for z in tqdm(range(session.num_slices), desc="everything", unit="slice", file=sys.stderr,
+                  disable=args.quiet or session.num_slices == 1):
+        candidates = segment_everything(session, z, settings)
+        plane = to_labels(candidates, session.plane_shape, first_id=found + 1)
+        if session.layout.is_volume:
+            labels[z] = plane
+        else:
+            labels[...] = plane
+        found += len(candidates)
+    if found < 2**16:
+        labels = labels.astype(np.uint16)
+    out = write_labels(args.output, labels)
+    say(args, f"napari-msa segment --everything: wrote {out} ({found} objects on {session.num_slices} slice(s))")
     return 0

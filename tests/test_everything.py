@@ -1,0 +1,83 @@
+"""Segment everything: a grid of clicks → the confident, stable, distinct masks, through the engine and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_msa import Normalization, Session, load_model
+from napari_msa.engine import DEMO_MODEL_FILE
+from napari_msa.engine.everything import (
+    Candidate,
+    EverythingSettings,
+    deduplicate,
+    grid_points,
+    segment_everything,
+    to_labels,
+)
+from napari_msa.engine.geometry import iou
+
+needs_demo = pytest.mark.skipif(not DEMO_MODEL_FILE.is_file(), reason="the demo model file is not installed")
+
+
+def disk(shape, center, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius**2
+
+
+def test_grid_points_are_cell_centres():
+    pts = grid_points((40, 80), 4)
+    assert pts.shape == (16, 2)
+    np.testing.assert_allclose(sorted(set(pts[:, 0])), [5, 15, 25, 35])
+    np.testing.assert_allclose(sorted(set(pts[:, 1])), [10, 30, 50, 70])
+
+
+def test_duplicates_go_and_nested_objects_keep_their_ids():
+    shape = (64, 64)
+    big, same, inner = disk(shape, (32, 32), 20), disk(shape, (32, 33), 20), disk(shape, (32, 32), 5)
+    kept = deduplicate([Candidate(same, 0.8, 0.9), Candidate(big, 0.9, 0.95), Candidate(inner, 0.85, 0.9)],
+                       box_nms=0.7, mask_nms=0.6)
+    assert [c.score for c in kept] == [0.9, 0.85]  # the better of the two near-identical masks stays
+    labels = to_labels(kept, shape, first_id=5)
+    assert set(np.unique(labels)) == {0, 5, 6}
+    np.testing.assert_array_equal(labels == 6, inner)  # drawn after the larger one around it
+    np.testing.assert_array_equal(labels == 5, big & ~inner)
+
+
+@needs_demo
+def test_everything_on_a_phantom_slice_finds_its_organs():
+    from napari_msa._sample_data import phantom_volume
+
+    (hu, _, _), (truth, _, _) = phantom_volume()
+    z = 16
+    session = Session(load_model("demo"), normalization=Normalization("ct"))
+    session.set_image(hu[z])
+    seen = []
+    candidates = segment_everything(session, settings=EverythingSettings(points_per_side=12),
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1]  # progress reaches its end (skipped points count as done)
+    s = EverythingSettings()
+    assert len(candidates) >= 3
+    assert all(c.score >= s.min_score and c.stability >= s.min_stability for c in candidates)
+    for i, a in enumerate(candidates):
+        assert all(iou(a.mask, b.mask) <= s.mask_nms for b in candidates[i + 1 :])
+    organs = [truth[z] == label for label in np.unique(truth[z]) if label and (truth[z] == label).sum() > 300]
+    found = [max(iou(c.mask, organ) for c in candidates) >= 0.5 for organ in organs]
+    assert sum(found) >= 2, found  # the large organs are found (BENCHMARKS.md measures how many)
+
+
+@needs_demo
+def test_cli_everything_writes_one_id_per_object(tmp_path):
+    from napari_msa._sample_data import phantom_volume
+    from napari_msa.cli import main
+
+    (hu, _, _), _ = phantom_volume()
+    tifffile.imwrite(tmp_path / "slice.tif", hu[16])
+    out = tmp_path / "all.tif"
+    assert main(["-q", "segment", str(tmp_path / "slice.tif"), "--everything", "--points-per-side", "8",
+                 "-o", str(out), "--model", "demo", "--normalize", "ct"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == hu.shape[1:] and len(np.unique(labels)) >= 3
+    assert main(["-q", "segment", str(tmp_path / "slice.tif"), "--everything", "-p", str(tmp_path / "x.csv"),
+                 "-o", str(out), "--model", "demo"]) == 2  # prompts and --everything: refused
