@@ -81,3 +81,52 @@ def test_cli_everything_writes_one_id_per_object(tmp_path):
     assert labels.shape == hu.shape[1:] and len(np.unique(labels)) >= 3
     assert main(["-q", "segment", str(tmp_path / "slice.tif"), "--everything", "-p", str(tmp_path / "x.csv"),
                  "-o", str(out), "--model", "demo"]) == 2  # prompts and --everything: refused
+
+
+@needs_demo
+def test_widget_everything_candidates_kept_by_a_click_and_all(make_napari_viewer, qtbot):
+    """The button runs on a worker; the candidates land in '<image> candidates'; a click on one (a real mouse
+    event on the canvas) makes it the next object of the labels in one undo step; Keep all keeps the rest."""
+    from qtpy.QtCore import QPoint, Qt
+
+    from napari_msa._sample_data import phantom_volume
+    from napari_msa._widgets._hub import hub_for
+
+    (hu, _, _), _ = phantom_volume()
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(hu[16], name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    hub_for(viewer).set_model(load_model("demo"))
+    widget.norm_combo.setCurrentText("ct")
+    qtbot.waitUntil(lambda: widget.idle, timeout=30_000)
+    widget.everything_button.click()
+    assert widget.jobs.everything.running
+    qtbot.waitUntil(lambda: widget.idle, timeout=120_000)
+    candidates = viewer.layers["img candidates"]
+    ids = [v for v in np.unique(candidates.data) if v]
+    assert len(ids) >= 3 and viewer.layers.selection.active is candidates
+    assert f"{len(ids)} candidate objects" in widget.status.text()
+
+    # a real click on the canvas at the centre of the largest candidate
+    biggest = max(ids, key=lambda v: (candidates.data == v).sum())
+    from napari_msa.engine.geometry import most_interior
+
+    row, col = most_interior(candidates.data == biggest)
+    expected = candidates.data == biggest
+    viewer.camera.center = (row, col)
+    qtbot.wait(50)
+    canvas = viewer.window._qt_viewer.canvas.native
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=centre)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=centre)
+    labels = viewer.layers["img labels"]
+    qtbot.waitUntil(lambda: labels.data.any(), timeout=5000)
+    np.testing.assert_array_equal(labels.data == 1, expected)
+    assert not (candidates.data == biggest).any() and widget.object_id.value() == 2
+    labels.undo()  # one undo step
+    assert not labels.data.any()
+    labels.redo()
+
+    widget.keep_all_button.click()
+    assert not candidates.data.any()
+    assert len(np.unique(labels.data)) - 1 == len(ids)

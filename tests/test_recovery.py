@@ -79,15 +79,15 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     wait_idle(qtbot, widget)
     assert widget.autosave.wait()
     committed = np.asarray(viewer.layers["img labels"].data == 1)
-    saved = widget._recovery.load()
+    saved = widget.recovery.file.load()
     assert saved is not None and saved.objects == 1
     np.testing.assert_array_equal(saved.labels, committed.astype(saved.labels.dtype))
     np.testing.assert_array_equal(committed, disk(SHAPE, (20, 20), 6))
 
     widget.undo()  # undone: the recovery copy follows
-    assert widget.autosave.wait() and widget._recovery.load() is None
+    assert widget.autosave.wait() and widget.recovery.file.load() is None
     widget.redo()
-    assert widget.autosave.wait() and widget._recovery.load().objects == 1
+    assert widget.autosave.wait() and widget.recovery.file.load().objects == 1
 
     # The same image in a new window (the old one closed): the objects are offered, and restored on request.
     viewer2, widget2 = segmenter(image2d())
@@ -104,10 +104,10 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     viewer3.add_labels(saved.labels.copy(), name="from file")
     assert widget3.recovery_offer.isHidden()
     viewer3.layers.remove("from file")
-    widget3._offer_recovery(viewer3.layers["img"])  # as when the image is chosen again
+    widget3.recovery.image_chosen(viewer3.layers["img"])  # as when the image is chosen again
     assert not widget3.recovery_offer.isHidden()
     widget3.recovery_offer.discard_button.click()  # the user does not want them: the copy is deleted
-    assert widget3._recovery.load() is None and widget3.recovery_offer.isHidden()
+    assert widget3.recovery.file.load() is None and widget3.recovery_offer.isHidden()
 
 
 CRASHING_SESSION = textwrap.dedent("""

@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_msa.recovery import Recovered, RecoveryFile, image_key
 
 from . import _layers as L
+from . import _segment_layers as S
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,64 @@ def unheld(recovered: Recovered | None, image: Image, layers) -> bool:
         return False
     return not any(isinstance(ly, Labels) and ly.data.shape == recovered.labels.shape
                    and np.array_equal(np.asarray(ly.data), recovered.labels) for ly in layers)
+
+
+class RecoveryKeeper:
+    """The Segment widget's recovery: the chosen image's file, the autosave at each change of the committed
+    labels, and the offer (Restore / Discard) when the image has objects no layer holds."""
+
+    def __init__(self, viewer, editor, feedback, offer_row: RecoveryOffer, prompts: Callable[[], list],
+                 offer: bool = True) -> None:
+        self.viewer, self.editor, self.feedback, self.row = viewer, editor, feedback, offer_row
+        self.prompts = prompts  # the chosen prompt layers (a new labels layer goes below them)
+        self.offers = offer  # off in the demo: its example objects are not the user's work
+        self.autosave = Autosave(on_error=show_warning)
+        self.file: RecoveryFile | None = None  # the chosen image's
+
+    def image_chosen(self, image: Image) -> None:
+        self.file = recovery_file_for(image)
+        recovered = self.file.load() if self.offers else None
+        if unheld(recovered, image, self.viewer.layers):
+            self.row.offer(self.file, recovered, image)
+            show_info(f"napari-msa kept {recovered.objects} object(s) you committed on '{image.name}' "
+                      f"({recovered.when()}): Restore them in Segment (MSA).")
+        else:
+            self.row.withdraw()
+
+    def layers_changed(self, image: Image | None) -> None:
+        if self.row.recovered is not None and image is not None and not unheld(self.row.recovered, image,
+                                                                               self.viewer.layers):
+            self.row.withdraw()
+
+    def save(self, image: Image | None, labels: Labels | None) -> None:
+        if labels is None or image is None or self.file is None:
+            return
+        writer = self.editor.writer
+        data = writer.committed_labels() if writer is not None and writer.layer == labels else \
+            np.array(labels.data, copy=True)
+        self.autosave.save(self.file, data, image.name)
+
+    def restore(self, image: Image | None) -> Labels | None:
+        """The recovered labels as a layer (the image's own labels layer when it has none or it is empty);
+        nothing the user has is changed."""
+        recovered = self.row.recovered
+        if image is None or recovered is None:
+            return None
+        labels = S.own_labels(self.viewer, image)
+        if labels is not None and not np.any(labels.data):
+            labels.data = recovered.labels.astype(labels.data.dtype, copy=False)
+        else:
+            had_own = labels is not None
+            labels = S.add_labels_below(self.viewer, image, self.prompts())
+            labels.data = recovered.labels
+            if had_own:
+                labels.name = f"{image.name} labels (recovered)"
+        self.row.withdraw()
+        self.feedback.tell(f"Restored {recovered.objects} object(s) into '{labels.name}'.")
+        return labels
+
+    def discard(self) -> None:
+        if self.row.file is not None:
+            self.row.file.discard()
+        self.row.withdraw()
+        self.feedback.set("The recovery copy was deleted.")

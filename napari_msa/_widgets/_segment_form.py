@@ -85,6 +85,15 @@ def build(w, root: QVBoxLayout) -> None:
     for b in (w.commit_button, w.clear_button, w.propagate_button):
         buttons.addWidget(b)
     form.addRow(buttons)
+    everything = QHBoxLayout()
+    w.everything_button = _button("Segment everything", w.segment_everything,
+                                  "Find every object on the slice shown (a grid of clicks; up to a minute on a CPU) "
+                                  "as candidates in '<image> candidates': click one to keep it; again to cancel")
+    w.keep_all_button = _button("Keep all", w.keep_all_candidates,
+                                "Keep every candidate of 'Segment everything' as an object of the labels")
+    everything.addWidget(w.everything_button)
+    everything.addWidget(w.keep_all_button)
+    form.addRow(everything)
     root.addWidget(out_box)
 
     keys = QLabel("Keys: <b>T</b> ± · <b>C</b> commit · <b>X</b> clear · <b>Shift+S</b> propagate · "

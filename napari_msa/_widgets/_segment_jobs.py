@@ -1,7 +1,8 @@
 """The Segment widget's engine work: one session on the viewer's model, and the workers that use it.
 
-Predictions (newest wins), prefetched slice embeddings, propagation and whole-volume embedding share one
-``ImageFeed``, so the session gets each image once. What runs is described for the widget's activity line.
+Predictions (newest wins), prefetched slice embeddings, propagation, whole-volume embedding and 'segment
+everything' share one ``ImageFeed``, so the session gets each image once. What runs is described for the widget's
+activity line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ._everything import EverythingRun
 from ._prediction import ImageFeed, LatestWins, Prefetcher, Propagation
 from ._volume import VolumeEmbedder
 
@@ -18,11 +20,11 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
 
 
 class SegmentJobs:
-    """A session (None until a model is there) and its four kinds of worker."""
+    """A session (None until a model is there) and its five kinds of worker."""
 
     def __init__(self, on_predicted: Callable, on_propagated: Callable, on_propagation_ended: Callable[[], None],
                  on_volume_ended: Callable[[bool], None], report: Callable[[str, BaseException], None],
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], on_everything: Callable[[int, object, int], None]) -> None:
         self.session: Session | None = None
         self.feed = ImageFeed()
         self.predictions = LatestWins(on_predicted, partial(report, "prediction"), on_change=on_change)
@@ -31,12 +33,15 @@ class SegmentJobs:
                                        on_finished=on_propagation_ended, on_change=on_change)
         self.volume = VolumeEmbedder(self.feed, partial(report, "embedding the volume"), on_change,
                                      on_volume_ended)
+        self.everything = EverythingRun(self.feed, on_everything, partial(report, "segmenting everything"),
+                                        on_change)
 
     def use(self, model: MSAModel | None, cache_dir: str | None) -> None:
         """A new model: everything running or waiting is dropped, and a new session starts on it."""
         self.drop_results()
         self.prefetcher.stop()
         self.volume.cancel()
+        self.everything.discard()
         self.feed.forget()
         if model is None:
             self.session = None
@@ -51,14 +56,15 @@ class SegmentJobs:
         self.propagation.discard()
 
     def stop(self) -> None:
-        """Stop the background embedding (the widget closes)."""
+        """Stop the background work (the widget closes)."""
         self.prefetcher.stop()
         self.volume.cancel()
+        self.everything.discard()
 
     @property
     def idle(self) -> bool:
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
-                and not self.volume.running)
+                and not self.volume.running and not self.everything.running)
 
     def activity(self) -> list[str]:
         """What runs now, for the activity line (empty when nothing runs)."""
@@ -74,6 +80,8 @@ class SegmentJobs:
             parts.append("Stopping the volume embedding…")
         elif self.volume.running:
             parts.append(self.volume.describe() + "…")
+        if self.everything.running:
+            parts.append(f"Segmenting everything: {self.everything.done}/{self.everything.total} clicks…")
         if not self.predictions.idle:
             parts.append("Predicting…")
         return parts

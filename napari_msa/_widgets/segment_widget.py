@@ -25,17 +25,17 @@ from . import _segment_form
 from . import _segment_layers as S
 from ._controls import ScrollPanel
 from ._docking import TabWithSiblings
+from ._everything import EverythingTool
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._model_panel import ModelPanel
 from ._prediction import ImageSource, ensure_thread_capacity
-from ._recovery import Autosave, recovery_file_for, unheld
+from ._recovery import RecoveryKeeper
 from ._segment_jobs import SegmentJobs
 from ._segment_object import ObjectEditor
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import MSAModel, Session
-    from napari_msa.recovery import RecoveryFile
 
 # New-point sign button: the point colour as background (lime, red) and black text, contrast 15:1 and 5.3:1
 # (WCAG asks for 4.5:1); red text on napari's grey was about 2:1.
@@ -64,7 +64,6 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, *, offer_recovery: bool = True) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._offers_recovery = offer_recovery  # off in the demo: its example objects are not the user's work
         self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         ensure_thread_capacity()
         self.link = ViewerLink(self, napari_viewer, self._on_model, on_undocked=self._stop_work)
@@ -75,12 +74,16 @@ class SegmentWidget(QWidget):
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
                                    self.refine, self._source, self._load_on_first_need, self.schedule_update)
         self.draft = self.editor.draft
-        self.autosave = Autosave(on_error=show_warning)
-        self._recovery: RecoveryFile | None = None  # the chosen image's recovery file
+        self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, self.recovery_offer,
+                                       self.layers.prompts, offer=offer_recovery)
+        self.autosave = self.recovery.autosave
         self.editor.on_written = self.save_recovery
+        self.everything_tool = EverythingTool(self.viewer, self.editor, self.feedback, self._source,
+                                              self._load_on_first_need)
         self.jobs = self.editor.jobs = SegmentJobs(self.editor.predicted, self.editor.propagated,
                                                    self._sync_propagate_button, self._on_volume_finished,
-                                                   self.feedback.report, self._refresh_activity)
+                                                   self.feedback.report, self._refresh_activity,
+                                                   self.everything_tool.found)
         j = self.jobs
         self.feed, self.predictions, self.prefetcher = j.feed, j.predictions, j.prefetcher
         self.propagation, self.volume = j.propagation, j.volume
@@ -192,9 +195,8 @@ class SegmentWidget(QWidget):
         self.layers.refresh()
         if self.image_layer() != had_image:  # == : plugin widgets see layers through proxies
             self._on_image_chosen()
-        elif self.recovery_offer.recovered is not None and self.image_layer() is not None and not unheld(
-                self.recovery_offer.recovered, self.image_layer(), self.viewer.layers):
-            self.recovery_offer.withdraw()  # e.g. the user opened the labels saved from them
+        else:
+            self.recovery.layers_changed(self.image_layer())  # e.g. the user opened the labels saved from them
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -226,8 +228,7 @@ class SegmentWidget(QWidget):
         if image is None:
             return
         self.layers.adopt(image)
-        self._recovery = recovery_file_for(image)
-        self._offer_recovery(image)
+        self.recovery.image_chosen(image)
         self._on_labels_chosen()
         self._follow_prompt_layers()
         self._activate_prompts()
@@ -267,48 +268,17 @@ class SegmentWidget(QWidget):
     # ============================================================================ recovery
     def save_recovery(self) -> None:
         """The committed labels changed (a commit, undo, redo): they go to the image's recovery file."""
-        labels, image = self.labels_layer(), self.image_layer()
-        if labels is None or image is None or self._recovery is None:
-            return
-        writer = self.editor.writer
-        data = writer.committed_labels() if writer is not None and writer.layer == labels else \
-            np.array(labels.data, copy=True)
-        self.autosave.save(self._recovery, data, image.name)
-
-    def _offer_recovery(self, image: Image) -> None:
-        recovered = self._recovery.load() if self._recovery is not None and self._offers_recovery else None
-        if unheld(recovered, image, self.viewer.layers):
-            self.recovery_offer.offer(self._recovery, recovered, image)
-            show_info(f"napari-msa kept {recovered.objects} object(s) you committed on '{image.name}' "
-                      f"({recovered.when()}): Restore them in Segment (MSA).")
-        else:
-            self.recovery_offer.withdraw()
+        self.recovery.save(self.image_layer(), self.labels_layer())
 
     def restore_recovered(self) -> None:
-        """Add the recovered labels as a layer (the image's own labels layer when it has none or it is empty);
-        nothing the user has is changed."""
-        image, recovered = self.image_layer(), self.recovery_offer.recovered
-        if image is None or recovered is None:
-            return
-        labels = S.own_labels(self.viewer, image)
-        if labels is not None and not np.any(labels.data):
-            labels.data = recovered.labels.astype(labels.data.dtype, copy=False)
-        else:
-            had_own = labels is not None
-            labels = S.add_labels_below(self.viewer, image, self.layers.prompts())
-            labels.data = recovered.labels
-            if had_own:
-                labels.name = f"{image.name} labels (recovered)"
-        self.layers.refresh()
-        self.labels_choice.choose(labels)
-        self.recovery_offer.withdraw()
-        self.feedback.tell(f"Restored {recovered.objects} object(s) into '{labels.name}'.")
+        """Restore: the recovered objects as a labels layer, chosen in the Labels field."""
+        labels = self.recovery.restore(self.image_layer())
+        if labels is not None:
+            self.layers.refresh()
+            self.labels_choice.choose(labels)
 
     def discard_recovered(self) -> None:
-        if self.recovery_offer.file is not None:
-            self.recovery_offer.file.discard()
-        self.recovery_offer.withdraw()
-        self.feedback.set("The recovery copy was deleted.")
+        self.recovery.discard()
 
     def _on_prompt_layers_chosen(self, *_) -> None:
         """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
@@ -377,6 +347,14 @@ class SegmentWidget(QWidget):
     def clear(self) -> None:
         """X: drop the prompts and the preview of the current object."""
         self.editor.clear()
+
+    def segment_everything(self) -> None:
+        """Every object the model finds on the slice shown, as candidates to keep with a click (again: cancel)."""
+        self.everything_tool.run()
+
+    def keep_all_candidates(self) -> None:
+        """Every candidate of 'Segment everything' becomes an object of the labels."""
+        self.everything_tool.keep_all()
 
     def undo(self) -> None:
         """Ctrl+Z on the prompt layers: undo the last change of the labels layer (a commit, a refinement)."""

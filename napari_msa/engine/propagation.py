@@ -1,0 +1,87 @@
+"""Carrying an object through a volume: each slice's prompt from the previous slice's mask, and when to stop.
+
+A slice is prompted with the previous mask's box grown by a margin (the object may be larger there; MedSAM carries
+boxes the same way) and its most interior point. What ends the object is the stop rule, measured on volumes no
+training drew in ``benchmarks/propagation_stop.py``: past an organ's end the model still answers, often with
+confidence and overlapping the last mask, but with something of another brightness (the next organ, fat), so the
+rule looks at the mask's intensity against the object's on the start slice as well as the predicted IoU and the
+overlap with the previous slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import grown_box, iou, most_interior
+
+BOX_MARGIN = 0.1  # the previous mask's box grows by this share of its size on each side
+INTENSITY_FLOOR = 8.0  # 8-bit grey levels: the smallest spread an object's brightness is measured against
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What a stop rule may look at for one propagated slice."""
+
+    score: float  # the model's predicted IoU
+    overlap: float  # IoU with the previous slice's mask
+    area_ratio: float  # area / the previous slice's area
+    shift: float  # |mean brightness - the start object's| / its spread (8-bit encoder view)
+
+
+StopRule = Callable[[StepFacts], bool]  # True: the object has ended before this slice
+
+
+@dataclass(frozen=True)
+class Brightness:
+    """The start object's brightness in the encoder's 8-bit view: its mean and spread."""
+
+    mean: float
+    spread: float
+
+    @classmethod
+    def of(cls, grey: np.ndarray, mask: np.ndarray) -> Brightness:
+        values = grey[mask].astype(np.float64)
+        return cls(float(values.mean()), max(float(values.std()), INTENSITY_FLOOR))
+
+
+def step_facts(session, start: Brightness, previous: np.ndarray, z: int) -> tuple[np.ndarray, StepFacts]:
+    """Predict slice ``z`` from ``previous`` (one decoder pass) and measure it against the start object."""
+    box, point = grown_box(previous, BOX_MARGIN), most_interior(previous)
+    mask, score = session.predict(points=[(z, *point)], labels=[1], box=box, multimask=False)
+    shift = 0.0
+    if mask.any():
+        shift = abs(float(session.plane_rgb(z)[..., 0][mask].mean()) - start.mean) / start.spread
+    area_prev = max(int(previous.sum()), 1)
+    return mask, StepFacts(float(score), iou(mask, previous), float(mask.sum()) / area_prev, shift)
+
+
+def first_stop(facts: Sequence[StepFacts], rule: StopRule) -> int:
+    """How many slices of a chain are kept: up to (not including) the first where ``rule`` fires."""
+    return next((i for i, f in enumerate(facts) if rule(f)), len(facts))
+
+
+def _rule(min_score: float, min_overlap: float, max_shift: float = np.inf,
+          max_growth: float = np.inf) -> StopRule:
+    def stop(f: StepFacts) -> bool:
+        return f.score < min_score or f.overlap < min_overlap or f.shift > max_shift or f.area_ratio > max_growth
+
+    return stop
+
+
+# Candidate rules, scored side by side by benchmarks/propagation_stop.py.
+STOP_RULES: dict[str, StopRule] = {
+    "never (to the volume's end)": lambda f: False,
+    "IoU < 0.5 or overlap < 0.5 (until 2026-12-05)": _rule(0.5, 0.5),
+    "IoU < 0.6 or overlap < 0.5": _rule(0.6, 0.5),
+    "IoU < 0.7 or overlap < 0.5": _rule(0.7, 0.5),
+    "IoU < 0.5 or overlap < 0.6": _rule(0.5, 0.6),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 1.5": _rule(0.5, 0.5, 1.5),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 2": _rule(0.5, 0.5, 2.0),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 3": _rule(0.5, 0.5, 3.0),
+    "IoU < 0.5, overlap < 0.5 or area x 1.5": _rule(0.5, 0.5, max_growth=1.5),
+    "IoU < 0.5, overlap < 0.5, shift > 2 or area x 1.5": _rule(0.5, 0.5, 2.0, 1.5),
+    "IoU < 0.6, overlap < 0.5, shift > 2 or area x 1.5": _rule(0.6, 0.5, 2.0, 1.5),
+}
