@@ -299,3 +299,21 @@ def test_propagation_stops_where_the_predicted_iou_is_low(tiny_model):
     session.predict = lambda points, **_: (start.copy(), scores[int(points[0][0])])
     assert sorted(session.propagate(start, 2)) == [0, 1, 3]  # default 0.5: slice 4 ends the upward run
     assert sorted(session.propagate(start, 2, min_score=0.0)) == [0, 1, 3, 4, 5]  # no score stop
+
+
+def test_propagation_stops_where_the_brightness_changes(monkeypatch, tiny_model):
+    """Past an organ's end the model may answer confidently with the next structure in the same place: same
+    shape, full overlap, high predicted IoU, but another brightness. The brightness stop ends it there."""
+    rows, cols = np.ogrid[:48, :48]
+    disk = (rows - 24) ** 2 + (cols - 24) ** 2 <= 10**2
+    volume = np.full((10, 48, 48), 100.0, dtype=np.float32)
+    volume += np.random.default_rng(0).normal(0, 3, volume.shape).astype(np.float32)
+    volume[:5][:, disk] = 200.0  # the object on slices 0-4
+    volume[5:][:, disk] = 20.0  # something darker in the same place on slices 5-9
+    session = Session(tiny_model, normalization=Normalization("none"))
+    session.set_image(volume)
+    monkeypatch.setattr(Session, "predict", lambda self, *a, **k: (disk.copy(), 0.95))  # always the same answer
+    assert sorted(session.propagate(disk, 2)) == [0, 1, 3, 4]
+    assert sorted(session.propagate(disk, 2, max_shift=1e9)) == [0, 1, 3, 4, 5, 6, 7, 8, 9]  # no brightness stop
+    with pytest.raises(ValueError, match="max_shift"):
+        session.propagate(disk, 2, max_shift=float("nan"))

@@ -19,6 +19,10 @@ from .geometry import grown_box, iou, most_interior
 
 BOX_MARGIN = 0.1  # the previous mask's box grows by this share of its size on each side
 INTENSITY_FLOOR = 8.0  # 8-bit grey levels: the smallest spread an object's brightness is measured against
+# Session.propagate's default brightness stop (with predicted IoU < 0.5 and overlap < 0.5): chosen among the
+# STOP_RULES below on the phantom sample and evaluation volumes 9001-9005 of both generators (false-positive
+# slices 138 -> 9 from a true mask, 137 -> 15 from a click; BENCHMARKS.md, "Where propagation stops").
+MAX_BRIGHTNESS_SHIFT = 1.5
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,10 @@ class Brightness:
         return cls(float(values.mean()), max(float(values.std()), INTENSITY_FLOOR))
 
 
-def step_facts(session, start: Brightness, previous: np.ndarray, z: int) -> tuple[np.ndarray, StepFacts]:
+def step_facts(session, start: Brightness, previous: np.ndarray, z: int,
+               box_margin: float = BOX_MARGIN) -> tuple[np.ndarray, StepFacts]:
     """Predict slice ``z`` from ``previous`` (one decoder pass) and measure it against the start object."""
-    box, point = grown_box(previous, BOX_MARGIN), most_interior(previous)
+    box, point = grown_box(previous, box_margin), most_interior(previous)
     mask, score = session.predict(points=[(z, *point)], labels=[1], box=box, multimask=False)
     shift = 0.0
     if mask.any():

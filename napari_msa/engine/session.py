@@ -17,11 +17,12 @@ import torch
 from .cancel import CancelFn, Cancelled, ProgressFn
 from .checkpoints import atomic_write
 from .decoding import decode, image_masks, mask_to_logits, to_input_frame
-from .geometry import grown_box, iou, most_interior
+from .geometry import grown_box, most_interior
 from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
 from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
+from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts
 
 
 @dataclass
@@ -410,18 +411,20 @@ class Session:
         *,
         iou_threshold: float = 0.5,
         max_distance: int | None = None,
-        box_margin: float = 0.1,
+        box_margin: float = BOX_MARGIN,
         min_score: float = 0.5,
+        max_shift: float = MAX_BRIGHTNESS_SHIFT,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> dict[int, np.ndarray]:
-        """Carry an object from slice ``z`` to its neighbours, both ways, until it vanishes or jumps.
+        """Carry an object from slice ``z`` to its neighbours, both ways, until it ends.
 
-        Each slice is prompted with the box of the previous slice's mask, grown by ``box_margin``
-        (the object may be larger on the next slice; MedSAM carries boxes the same way), and the
-        mask's most interior point; a slice whose mask overlaps the previous one by less than
-        ``iou_threshold``, or whose predicted IoU is below ``min_score``, ends that direction (the
-        object has ended or the model lost it). Returns {slice: mask}, start excluded.
+        Each slice is prompted with the box of the previous slice's mask, grown by ``box_margin``, and the
+        mask's most interior point (``engine.propagation``). A direction ends at the first slice whose mask
+        overlaps the previous one by less than ``iou_threshold``, whose predicted IoU is below ``min_score``, or
+        whose brightness differs from the object's on slice ``z`` by more than ``max_shift`` of its spread
+        (past an organ's end the model answers with the next structure, often confidently and overlapping):
+        the rule measured best in benchmarks/propagation_stop.py. Returns {slice: mask}, start excluded.
         """
         self._require_image()
         if not self.layout.is_volume:
@@ -432,23 +435,26 @@ class Session:
         for name, value in (("iou_threshold", iou_threshold), ("min_score", min_score)):
             if not 0.0 <= value <= 1.0:  # nan too: it would never stop
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if not max_shift > 0:  # nan too
+            raise ValueError(f"max_shift must be positive, got {max_shift}")
         n = self.num_slices
         limit = n if max_distance is None else max_distance
         total = min(n - 1, 2 * limit)
         done = 0
         result: dict[int, np.ndarray] = {}
+        start = Brightness.of(self.plane_rgb(z)[..., 0], mask)
         for step in (1, -1):
             previous = mask
             current = z + step
             while 0 <= current < n and abs(current - z) <= limit:
                 if cancel is not None and cancel():
                     raise Cancelled("propagation was cancelled", partial=result)
-                box, point = prompts_from_mask(previous, box_margin)
-                new, score = self.predict(points=[(current, *point)], labels=[1], box=box, multimask=False)  # one pass
+                new, facts = step_facts(self, start, previous, current, box_margin)
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not new.any() or score < min_score or iou(new, previous) < iou_threshold:
+                if not new.any() or facts.score < min_score or facts.overlap < iou_threshold \
+                        or facts.shift > max_shift:
                     break
                 result[current] = new
                 previous = new
