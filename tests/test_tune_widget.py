@@ -197,6 +197,14 @@ def test_labels_choice_follows_the_layer_being_annotated(make_napari_viewer, qtb
     viewer.dims.set_current_step(0, 2)
     segment.points_layer().add([2, 24, 24])
     wait_idle(qtbot, segment)
+    # 'img labels' now holds only the uncommitted preview: not an annotation, so not chosen, and not tunable
+    preview = viewer.layers["img labels"]
+    assert preview.data.any() and widget.labels_combo.layer() is mine
+    widget.annotations.refresh()
+    assert widget.labels_combo.layer() is mine
+    widget.labels_combo.choose(preview)  # chosen by hand: refused with what to do
+    widget.start_button.click()
+    assert not widget.running and "only the Segment widget's uncommitted preview" in widget.status.text()
     viewer.layers.selection.active = viewer.layers["ground truth"]
     segment.commit()
     assert widget.labels_combo.layer() is viewer.layers["img labels"]

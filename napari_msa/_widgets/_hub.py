@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtCore import Signal as QtSignal
@@ -26,6 +27,26 @@ class ModelHub:
 
     def __init__(self) -> None:
         self.model: MSAModel | None = None
+        # The Segment widget's live preview is painted into a labels layer but is not the user's annotation:
+        # each source answers for the layer it previews in (None: not mine), so tuning never learns a preview.
+        self.preview_sources: list = []  # callables: labels layer -> (committed array copy, preview only) | None
+
+    def committed(self, layer) -> tuple[np.ndarray, bool]:
+        """A copy of ``layer``'s labels without any uncommitted preview, and whether the preview was all of it."""
+        for source in self.preview_sources:
+            answer = source(layer)
+            if answer is not None:
+                return answer
+        data = np.array(layer.data, copy=True)
+        return data, False
+
+    def preview_only(self, layer) -> bool:
+        """The layer holds nothing but a preview (cheap: no copy)."""
+        for source in self.preview_sources:
+            answer = source(layer, copy=False)
+            if answer is not None:
+                return answer[1]
+        return False
 
     def set_model(self, model: MSAModel | None) -> None:
         self.model = model

@@ -76,6 +76,16 @@ class LabelsWriter:
             mask[item.erased] = True
         return mask
 
+    def preview_only(self) -> bool:
+        """Every labelled pixel of the layer is preview painted over background: nothing committed there."""
+        painted = 0
+        for z, item in self._preview.items():
+            plane = self._plane(z)
+            painted += int(np.count_nonzero((plane[item.rows, item.cols] == self._preview_id) & (item.previous == 0)))
+            if len(item.erased[0]):
+                return False  # refining: a committed object is there
+        return painted > 0 and painted == int(np.count_nonzero(self.layer.data))
+
     def committed_labels(self) -> np.ndarray:
         """A copy of the whole labels array as it is without the preview (what a recovery file keeps)."""
         data = np.array(self.layer.data, copy=True)

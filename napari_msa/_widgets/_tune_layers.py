@@ -16,8 +16,9 @@ class AnnotatedLabels:
     the newest that fits (a sample's ground truth usually comes first)."""
 
     def __init__(self, viewer, image_combo: LayerChoice, labels_combo: LayerChoice,
-                 frozen: Callable[[], bool]) -> None:
+                 frozen: Callable[[], bool], preview_only: Callable[[Labels], bool] = lambda layer: False) -> None:
         self.viewer = viewer
+        self.preview_only = preview_only  # a layer holding only the Segment widget's preview is no annotation
         self.image_combo = image_combo
         self.labels_combo = labels_combo
         self.frozen = frozen  # while tuning runs, what is being tuned on stays shown
@@ -34,6 +35,7 @@ class AnnotatedLabels:
         for layer in [ly for ly in present if ly not in self._watched]:
             layer.events.paint.connect(self.edited)
             layer.events.data.connect(self.edited)
+            layer.events.set_data.connect(self.redrawn)
             self._watched.append(layer)
         self._recent = [ly for ly in self._recent if ly in present]
         self.active_changed()
@@ -42,6 +44,7 @@ class AnnotatedLabels:
     def _unwatch(self, layer) -> None:
         layer.events.paint.disconnect(self.edited)
         layer.events.data.disconnect(self.edited)
+        layer.events.set_data.disconnect(self.redrawn)
         self._watched.remove(layer)
 
     def release(self) -> None:
@@ -60,6 +63,12 @@ class AnnotatedLabels:
             self._touch(layer)
             self.pick()
 
+    def redrawn(self, event) -> None:
+        """The chosen layer was redrawn: if all it holds now is the Segment widget's preview, choose again."""
+        layer = getattr(event, "source", None)
+        if layer is not None and layer == self.labels_combo.layer() and self.preview_only(layer):
+            self.pick()
+
     def active_changed(self, *_) -> None:
         active = self.viewer.layers.selection.active
         if isinstance(active, Labels):
@@ -75,6 +84,7 @@ class AnnotatedLabels:
             return
         shape = spatial_shape(image)
         fits = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.data.shape == shape]
+        fits = [ly for ly in fits if not self.preview_only(ly)] or fits
         recent = [ly for ly in self._recent if ly in fits]
         if recent:
             choice = recent[-1]

@@ -78,6 +78,8 @@ class SegmentWidget(QWidget):
                                        self.layers.prompts, offer=offer_recovery)
         self.autosave = self.recovery.autosave
         self.editor.on_written = self.save_recovery
+        self.hub.preview_sources.append(self._labels_without_preview)
+        self.link.on_release(lambda: self.hub.preview_sources.remove(self._labels_without_preview))
         self.everything_tool = EverythingTool(self.viewer, self.editor, self.feedback, self._source,
                                               self._load_on_first_need)
         self.jobs = self.editor.jobs = SegmentJobs(self.editor.predicted, self.editor.propagated,
@@ -264,6 +266,13 @@ class SegmentWidget(QWidget):
         else:
             self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points): the "
                               "model loads on your first click.")
+
+    def _labels_without_preview(self, layer, copy: bool = True):
+        """For the Tune widget (through the hub): ``layer`` without this widget's preview, None if not ours."""
+        writer = self.editor.writer
+        if writer is None or writer.layer != layer or not writer.planes:
+            return None
+        return (writer.committed_labels() if copy else None), writer.preview_only()
 
     # ============================================================================ recovery
     def save_recovery(self) -> None:

@@ -78,7 +78,8 @@ class TuneWidget(QWidget):
         self._relay = TuneRelay()
         self._relay.progressed.connect(self._on_progress)
         self._build()
-        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running)
+        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running,
+                                           self.hub.preview_only)
         self.image_combo.currentIndexChanged.connect(self.annotations.pick)
         for emitter, callback in ((self.viewer.layers.events.inserted, self.annotations.refresh),
                                   (self.viewer.layers.events.removed, self.annotations.refresh),
@@ -239,7 +240,11 @@ class TuneWidget(QWidget):
         if labels.data.shape != spatial_shape(image):
             raise ValueError(f"labels '{labels.name}' {labels.data.shape} do not match image '{image.name}' "
                              f"{spatial_shape(image)}; choose the labels painted on this image")
-        lab = np.array(labels.data, copy=True)  # the user may keep painting while tuning runs
+        # a copy (the user may keep painting while tuning runs), without the Segment widget's uncommitted preview
+        lab, preview_only = self.hub.committed(labels)
+        if preview_only:
+            raise ValueError(f"labels layer '{labels.name}' holds only the Segment widget's uncommitted preview; "
+                             "commit objects (C) or paint a few, then tune")
         if not lab.any():
             raise ValueError(f"labels layer '{labels.name}' is empty; paint a few objects first")
         return np.asarray(image.data), lab, bool(image.rgb)
