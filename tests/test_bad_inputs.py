@@ -366,12 +366,31 @@ def test_a_live_writers_temp_file_is_left_alone(tmp_path):
     from napari_msa.engine.checkpoints import atomic_write
 
     path = tmp_path / "a.bin"
-    mine = tmp_path / f".a.bin.{os.getppid()}.abcdefgh.tmp"  # the parent process (pytest's runner) is alive
-    mine.write_bytes(b"")
-    other = tmp_path / ".a.bin.1.tif.99999999.abcdefgh.tmp"  # another file's temp, not a.bin's
+    live = tmp_path / f".a.bin.napari-msa-tmp.{os.getppid()}.abcdefgh.tmp"  # pytest's runner is alive
+    live.write_bytes(b"")
+    other = tmp_path / ".a.bin.1.tif.napari-msa-tmp.99999999.abcdefgh.tmp"  # another file's temp, not a.bin's
     other.write_bytes(b"")
     atomic_write(path, lambda tmp: open(tmp, "wb").write(b"x"))
-    assert mine.exists() and other.exists()
+    assert live.exists() and other.exists()
+
+
+def test_files_beside_the_output_that_only_look_like_temps_are_never_removed(tmp_path):
+    """The user's '.out.tif.backup__.tmp' or '.out.tif.99999.precious.tmp' are not ours: only a file with our
+    mark, a dead writer's pid and mkstemp's characters is removed as a stale temp."""
+    from napari_msa.engine.checkpoints import atomic_write
+
+    path = tmp_path / "out.tif"
+    users = [".out.tif.backup__.tmp", ".out.tif.99999.precious.tmp", ".out.tif.99999999.abcdefgh.tmp",
+             ".out.tif.napari-msa-tmp.99999999.abcdefgh.tmp.keep"]
+    for name in users:
+        (tmp_path / name).write_bytes(b"precious")
+    (tmp_path / ".out.tif.napari-msa-tmp.99999998.abcdefgh.tmp").mkdir()  # a folder: not a file we wrote
+    stale = tmp_path / ".out.tif.napari-msa-tmp.99999999.abcdefgh.tmp"  # ours, from a killed writer
+    stale.write_bytes(b"half")
+    atomic_write(path, lambda tmp: open(tmp, "wb").write(b"x"))
+    assert not stale.exists()
+    assert all((tmp_path / name).read_bytes() == b"precious" for name in users)
+    assert (tmp_path / ".out.tif.napari-msa-tmp.99999998.abcdefgh.tmp").is_dir()
 
 
 # ------------------------------------------------------------------------------- not refusals

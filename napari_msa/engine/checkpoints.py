@@ -12,7 +12,6 @@ import signal
 import stat
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,30 +112,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-STALE_TEMP_AGE_S = 3600.0  # temp files without a writer's pid (older versions) count as stale after this
-_TEMP_MIDDLE = re.compile(r"(?:(\d+)\.)?[a-z0-9_]{8}")  # "<pid>.<mkstemp's 8 characters>"; older: no pid
+TEMP_MARK = "napari-msa-tmp"  # in every temp file's name: only files with it are ever removed as stale
+# ".<target>.napari-msa-tmp.<pid>.<mkstemp's 8 characters>.tmp"
+_TEMP_MIDDLE = re.compile(rf"{re.escape(TEMP_MARK)}\.(\d+)\.[a-z0-9_]{{8}}")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{TEMP_MARK}.{os.getpid()}."
 
 
 def _remove_stale_temps(target: Path) -> None:
-    """Temp files a killed earlier write of ``target`` left behind (its writer's pid is gone)."""
+    """Temp files a killed earlier write of ``target`` left behind. Only what provably is ours goes: our exact
+    name (the target's name, our mark, a pid, mkstemp's eight characters), a regular file, not being written
+    now, and a writer's pid that is gone; anything else beside the output is the user's and stays."""
     prefix = f".{target.name}."
     try:
         candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
     except OSError:
         return
-    now = time.time()
     for tmp in candidates:
         ours = _TEMP_MIDDLE.fullmatch(tmp.name[len(prefix):-len(".tmp")])
         if ours is None or str(tmp) in _LIVE_TEMPS:
-            continue  # another file's temp (a longer name), or one being written now
+            continue  # not our name (another file's temp, the user's file), or one being written now
         try:
-            if ours.group(1) is not None:
-                stale = not _pid_alive(int(ours.group(1)))
-            else:
-                stale = now - tmp.stat().st_mtime > STALE_TEMP_AGE_S
-            if stale:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted earlier write", tmp)
+            if tmp.is_symlink() or not tmp.is_file() or _pid_alive(int(ours.group(1))):
+                continue
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted earlier write", tmp)
         except OSError:
             continue
 
@@ -159,7 +161,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     with _temps_removed_on_sigterm():
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
         os.close(fd)
         _LIVE_TEMPS.add(tmp)
         try:
