@@ -510,3 +510,24 @@ def test_widget_corrupt_adapter_file_is_told_and_the_model_and_labels_stay(make_
         np.testing.assert_array_equal(labels.data, painted)  # labels untouched
     widget.prefetcher.stop()
     wait_idle(qtbot, widget)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/null"])
+def test_an_output_that_is_a_pipe_or_a_device_is_refused_and_left_in_place(tmp_path, kind):
+    import stat
+
+    from napari_msa.cli import main
+    from napari_msa.engine.checkpoints import atomic_write
+
+    out = tmp_path / "out.tif"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out.symlink_to("/dev/null")
+    np.save(tmp_path / "x.npy", np.zeros((16, 16), np.float32))
+    assert main(["-q", "segment", str(tmp_path / "x.npy"), "--everything", "-o", str(out), "--model", "tiny"]) == 2
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write(out, lambda tmp: open(tmp, "wb").write(b"x"))
+    mode = os.stat(out).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else (out.is_symlink() and stat.S_ISCHR(mode))
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -88,6 +88,9 @@ def check_output(path: str | Path, *, inputs: tuple = (), folder: bool = False) 
         return path
     if path.is_dir():
         raise CLIError(f"output {path} is a folder; give a file name inside it")
+    if path.exists() and not path.is_file():  # through a symlink too: /dev/null, a FIFO, a socket
+        raise CLIError(f"output {path} is not a regular file (a device, pipe or socket); it was not touched: "
+                       "give a file name")
     existing = next(parent for parent in resolved.parents if parent.exists())
     if not existing.is_dir():
         raise CLIError(f"output {path}: {existing} is a file, so no folder can be made there")

@@ -155,6 +155,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     if target.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name inside it")
+    if target.exists() and not target.is_file():  # a device (/dev/null), a FIFO, a socket: never replaced
+        raise OSError(f"{path} is not a regular file (a device, pipe or socket); it was not replaced: give a "
+                      "file name")
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_current_umask()
     if target.exists() and not mode & 0o222:
         raise PermissionError(f"{path} is read-only; it was not replaced (make it writable or choose another name)")
