@@ -531,3 +531,32 @@ def test_an_output_that_is_a_pipe_or_a_device_is_refused_and_left_in_place(tmp_p
     mode = os.stat(out).st_mode
     assert stat.S_ISFIFO(mode) if kind == "fifo" else (out.is_symlink() and stat.S_ISCHR(mode))
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_ctrl_c_stops_tuning_leaves_the_existing_adapter_and_exits_130(tmp_path):
+    """SIGINT (Ctrl+C in the terminal) while tuning: the run stops, the adapter file that was there is unchanged,
+    exit status 130. (A shell's background job has SIGINT ignored by the shell itself; that is left as it is.)"""
+    import tifffile
+
+    from napari_msa.demo.phantoms import phantom_volume
+
+    image, labels, _ = phantom_volume(1234, shape=(6, 96, 96))
+    tifffile.imwrite(tmp_path / "v.tif", image)
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    out = tmp_path / "adapter.safetensors"
+    out.write_bytes(b"the adapter from yesterday")
+    proc = subprocess.Popen([sys.executable, "-m", "napari_msa.cli", "tune", str(tmp_path / "v.tif"),
+                             str(tmp_path / "l.tif"), "-o", str(out), "--model", "demo", "--steps", "5000"],
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                               signal.SIG_DFL))
+    seen = ""
+    while "step" not in seen:  # tuning has started (tqdm's bar)
+        chunk = proc.stderr.read(64)
+        assert chunk, f"tune ended before it started: {seen[-2000:]}"
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, (seen + rest)[-2000:]
+    assert "interrupted" in rest
+    assert out.read_bytes() == b"the adapter from yesterday"
+    assert not list(tmp_path.glob(".*.tmp"))
