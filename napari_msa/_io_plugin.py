@@ -111,3 +111,26 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
     except MedicalIOError as err:
         raise LabelsNotSaved(f"{Path(path).name} was not saved: {err}") from err
     return [str(written)]
+
+
+def write_labels_dicom_seg(path: str, data, attributes: dict) -> list[str]:
+    """npe2 single-layer writer: labels drawn on a DICOM series as a DICOM SEG referring to that series."""
+    from napari_msa.medical_io.dicom_seg import write_dicom_seg
+
+    if not str(path).lower().endswith(".dcm"):
+        path = f"{path}.dcm"  # napari passes the dialog's name as typed when this writer's filter is chosen
+    labels = np.asarray(data)
+    meta = (attributes.get("metadata") or {}).get(GEOMETRY_KEY)
+    scale, translate = attributes.get("scale"), attributes.get("translate")
+    names = (attributes.get("metadata") or {}).get("label_names") or {}
+    try:
+        geometry = Geometry.from_metadata(meta) if meta else None
+        if geometry is None or not geometry.info.get("source_files"):
+            geometry = find_source_geometry(str(attributes.get("name", "")), labels.shape, scale, translate)
+        if geometry is None:
+            raise MedicalIOError("no DICOM series under these labels (open the series with napari-msa's reader and "
+                                 "draw on it), or save them as NIfTI")
+        written = write_dicom_seg(path, labels, geometry, {int(k): str(v) for k, v in names.items()})
+    except MedicalIOError as err:
+        raise LabelsNotSaved(f"{Path(path).name} was not saved: {err}") from err
+    return [str(written)]

@@ -47,15 +47,16 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
-    """A labels image as TIFF, or as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image read for this
-    command (same affine and header, the source's voxel order); written atomically."""
+    """A labels image as TIFF, as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image read for this
+    command (same affine and header, the source's voxel order), or as a DICOM SEG (.dcm) referring to the DICOM
+    series read; written atomically."""
     import tifffile
 
     from napari_msa import medical_io
     from napari_msa.engine.checkpoints import atomic_write
 
     path = Path(path)
-    if medical_io.is_nifti_name(path):
+    if medical_io.is_nifti_name(path) or path.suffix.lower() == ".dcm":
         from napari_msa.medical_io import cli as medical_cli
 
         try:
@@ -63,7 +64,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
         except medical_io.MedicalIOError as err:
             raise CLIError(f"output {path.name}: {err}") from err
     if path.suffix.lower() not in (".tif", ".tiff"):
-        raise CLIError(f"output {path.name}: labels are written as .tif/.tiff, .nii or .nii.gz")
+        raise CLIError(f"output {path.name}: labels are written as .tif/.tiff, .nii, .nii.gz or .dcm (DICOM SEG)")
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib"))
 
 

@@ -45,8 +45,16 @@ def read_array(path: str | Path) -> np.ndarray:
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     """Labels as NIfTI on the geometry of the image read last when they fit its grid; else as plain axial
-    (Z, Y, X) with 1 mm voxels (the input was a TIFF or .npy)."""
+    (Z, Y, X) with 1 mm voxels (the input was a TIFF or .npy). A .dcm name: a DICOM SEG referring to the DICOM
+    series read last."""
     geometry = _last_geometry
     if geometry is not None and geometry.spatial_display_shape != tuple(np.shape(labels)):
         geometry = None
+    if str(path).lower().endswith(".dcm"):
+        from .dicom_seg import write_dicom_seg
+
+        if geometry is None:
+            raise MedicalIOError(f"{Path(path).name}: DICOM SEG labels need a DICOM series as the image; write "
+                                 ".nii.gz or .tif instead")
+        return write_dicom_seg(path, labels, geometry)
     return write_nifti_labels(path, labels, geometry)

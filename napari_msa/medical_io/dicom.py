@@ -86,16 +86,21 @@ def _is_image(ds: pydicom.Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds and str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES
 
 
-def _collect(path: Path) -> list[_Image]:
+def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
+    """The image files, and the DICOM SEG files (read as labels by ``dicom_seg``)."""
+    from .dicom_seg import is_dicom_seg
+
     if path.is_file():
         ds = _header(path, strict=True)
+        if is_dicom_seg(ds):
+            return [], [path]
         if not _is_image(ds):
             raise MedicalIOError(f"{path.name} is a DICOM {ds.get('Modality', '')} object without an image "
-                                 "(napari-msa reads image series; DICOM SEG/RTSTRUCT are not read)")
-        return [_Image(path, ds)]
+                                 "(napari-msa reads image series and DICOM SEG; RTSTRUCT and others are not read)")
+        return [_Image(path, ds)], []
     if not path.is_dir():
         raise MedicalIOError(f"DICOM file or folder not found: {path}")
-    images = []
+    images, segs = [], []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -103,11 +108,13 @@ def _collect(path: Path) -> list[_Image]:
                 continue
             file = Path(root) / name
             ds = _header(file, strict=False)
-            if ds is not None and _is_image(ds):
+            if ds is not None and is_dicom_seg(ds):
+                segs.append(file)
+            elif ds is not None and _is_image(ds):
                 images.append(_Image(file, ds))
-    if not images:
+    if not images and not segs:
         raise MedicalIOError(f"no DICOM images found in folder {path}")
-    return images
+    return images, segs
 
 
 def _floats(value, n: int | None = None) -> np.ndarray | None:
@@ -276,6 +283,7 @@ class _Frames:
     frames: list[np.ndarray]
     rescale: list[tuple[float, float]]
     positions: np.ndarray | None
+    files: list[Path] | None = None  # single-frame series: each slice's file, in slice order (DICOM SEG refers to them)
 
 
 def _one_file(item: _Image, normal: np.ndarray | None, where: str) -> _Frames:
@@ -284,7 +292,7 @@ def _one_file(item: _Image, normal: np.ndarray | None, where: str) -> _Frames:
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if n == 1:
         positions = _floats(ds.get("ImagePositionPatient") or [], 3)
-        return _Frames(ds, [arr], [_rescale(ds, None)], None if positions is None else positions[None])
+        return _Frames(ds, [arr], [_rescale(ds, None)], None if positions is None else positions[None], [item.path])
     frames, rescale = list(arr), [_rescale(ds, k) for k in range(n)]
     positions = _positions_multiframe(ds, n, normal)
     if positions is None or normal is None:
@@ -310,7 +318,8 @@ def _single_frame_files(items: list[_Image], normal: np.ndarray | None, where: s
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise MedicalIOError(f"{where}: images of different sizes {sorted(shapes)}")
-    return _Frames(decoded[0][0], frames, [_rescale(ds, None) for ds, _ in decoded], positions)
+    return _Frames(decoded[0][0], frames, [_rescale(ds, None) for ds, _ in decoded], positions,
+                   [items[k].path for k in order])
 
 
 def _volume(items: list[_Image], name: str) -> MedicalImage:
@@ -334,6 +343,8 @@ def _volume(items: list[_Image], name: str) -> MedicalImage:
                                                          "SeriesInstanceUID", "StudyInstanceUID",
                                                          "FrameOfReferenceUID")}
     info["files"] = len(items)
+    if got.files is not None:
+        info["source_files"] = [str(f.resolve()) for f in got.files]
     geometry = Geometry(affine=affine, source_shape=source.shape, fmt="dicom", channels_last=rgb, info=info)
     inverted = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     return MedicalImage(data=geometry.to_display(source), geometry=geometry, name=name, rgb=rgb,
@@ -350,9 +361,12 @@ def _group_key(item: _Image) -> tuple:
 
 def read_dicom(path: str | Path) -> list[MedicalImage]:
     """Every image series in a DICOM file or folder, one display-order volume each (see the module docstring)."""
+    from .dicom_seg import read_dicom_seg
+
     path = Path(path)
     groups: dict[tuple, list[_Image]] = {}
-    for item in _collect(path):
+    items, segs = _collect(path)
+    for item in items:
         groups.setdefault(_group_key(item), []).append(item)
     by_series: dict[str, list[list[_Image]]] = {}
     for key, items in groups.items():
@@ -368,4 +382,4 @@ def read_dicom(path: str | Path) -> list[MedicalImage]:
             names.add(unique)
             name = unique
             volumes.append(_volume(items, name))
-    return volumes
+    return volumes + [read_dicom_seg(seg) for seg in segs]
