@@ -9,6 +9,12 @@
 
 Random-init weights (timing does not depend on them). Needs a display: ``xvfb-run -a python
 benchmarks/bench_widget.py``. Usage: [--model vit_b] [--clicks 15] [--size 512] [--slices 3]
+
+``--waiting``: the annotator's waits with the real default model (LiteMedSAM + click adapter), window hidden:
+(c) from opening an image to the first click answered, with the model loading as soon as the image is chosen
+    (and the longest GUI-thread gap meanwhile), against loading it on the first click;
+(d) a click on a slice that is not embedded yet, and a click on one the prefetch embedded;
+(e) a click while the Tune widget tunes, and the longest GUI gap during tuning.
 """
 
 from __future__ import annotations
@@ -87,13 +93,98 @@ def blobs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.broadcast_to(plane, shape).astype(np.float32).copy()
 
 
+def waiting(size: int, slices: int) -> None:
+    """(c)-(e) above, with the default model."""
+    import os
+    import tempfile
+
+    import napari
+
+    os.environ["NAPARI_MSA_RECOVERY_DIR"] = tempfile.mkdtemp(prefix="bench-recovery-")  # not the user's folder
+
+    from napari_msa._widgets import segment_widget
+
+    print(machine_line(extra=f"napari {napari.__version__}"))
+    volume = np.stack([blobs((size, size), seed=z) for z in range(slices)])
+
+    def first_click(preload: bool, think_s: float) -> tuple[float, float, float]:
+        """Open the volume, wait ``think_s`` (the user finds the object), click; seconds until the mask is there."""
+        segment_widget.PRELOAD = preload
+        viewer = napari.Viewer(show=False)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+        settle(0.3)
+        painted: list[float] = []
+        with GapMeter() as gaps:
+            t0 = time.perf_counter()
+            viewer.add_image(volume, name="vol")
+            spin(lambda: time.perf_counter() - t0 > think_s)
+            clicked = time.perf_counter()
+            widget.points_layer().add([slices // 2, size / 2, size / 2])
+            spin(lambda: widget.labels_layer() is not None and bool(widget.labels_layer().data.any())
+                 and widget.idle)
+            painted.append(time.perf_counter())
+        far = 0  # far from the clicked middle slice: not embedded yet (the prefetch takes the neighbours first)
+        widget.prefetcher.stop()
+        spin(lambda: widget.idle)
+        widget.commit()
+        viewer.dims.set_current_step(0, far)
+        t = time.perf_counter()
+        widget.points_layer().add([far, size / 3, size / 3])
+        spin(lambda: widget.idle and bool(widget.labels_layer().data[far].any()))
+        cold = time.perf_counter() - t
+        widget.prefetcher.stop()
+        spin(lambda: widget.idle)
+        viewer.close()
+        return painted[0] - clicked, gaps.longest_ms, cold
+
+    print("(c) open a volume, click after 5 s of looking at it: seconds from click to mask, longest GUI gap")
+    for preload in (True, False):
+        wait, gap, cold = first_click(preload, 5.0)
+        how = "model loads when the image is chosen" if preload else "model loads on the first click (before)"
+        print(f"    {how}: first click answered after {wait:.2f} s; longest GUI gap {gap:.0f} ms; a click on a "
+              f"slice not embedded yet {cold:.2f} s")
+
+    segment_widget.PRELOAD = True
+    viewer = napari.Viewer(show=False)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
+    viewer.add_image(volume, name="vol")
+    spin(lambda: widget.session is not None and widget.idle)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[:, size // 4: size // 2, size // 4: size // 2] = 1
+    viewer.add_labels(labels, name="annotations")
+    tune.image_combo.choose(viewer.layers["vol"])
+    tune.labels_combo.choose(viewer.layers["annotations"])
+    tune.steps.setValue(30)
+    settle()
+    with GapMeter() as tuning:
+        tune.start_button.click()
+        spin(lambda: tune.progress.value() >= 3)
+        t = time.perf_counter()
+        z = slices // 2
+        viewer.dims.set_current_step(0, z)
+        widget.points_layer().add([z, size * 0.6, size * 0.6])
+        spin(lambda: widget.idle and widget.labels_layer() is not None and bool(widget.labels_layer().data[z].any()))
+        during = time.perf_counter() - t
+        spin(lambda: not tune.running)
+    print(f"(e) while tuning (30 steps): a click answered after {during:.2f} s; longest GUI gap during tuning "
+          f"{tuning.longest_ms:.0f} ms (goal ≤ 100 ms)")
+    widget.prefetcher.stop()
+    spin(lambda: widget.idle and not tune.running)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--clicks", type=int, default=15)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--slices", type=int, default=3)
+    parser.add_argument("--waiting", action="store_true", help="(c)-(e): the waits with the real default model")
     args = parser.parse_args()
+    if args.waiting:
+        waiting(args.size, max(args.slices, 24))
+        return
 
     import napari
 
