@@ -173,7 +173,7 @@ def test_segment_needs_points_or_boxes(tmp_path, capsys):
     np.save(tmp_path / "v.npy", np.zeros((20, 20), np.float32))
     assert main(["-q", "segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
     assert capsys.readouterr().err.strip() == ("napari-msa segment: error: give prompts: -p POINTS.csv, "
-                                               "-b BOXES.csv or both")
+                                               "-b BOXES.csv or both (or --everything)")
 
 
 def test_a_shapes_file_given_as_points_is_refused(tmp_path, capsys):
