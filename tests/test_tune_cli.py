@@ -158,3 +158,34 @@ def test_tuning_starts_from_the_shipped_adapter(task_files, tmp_path, capsys, mo
     out = tmp_path / "fresh.safetensors"
     assert main([*common, "-o", str(out), "--no-adapter", "--last-blocks", "2"]) == 0
     assert read_adapter_metadata(out)["adapter_config"]["blocks"] == [0, 1]
+
+
+@pytest.mark.parametrize("move", ["shifted 60 mm", "i and j swapped"])
+def test_tune_refuses_labels_that_do_not_lie_on_the_image_grid(tmp_path, capsys, move):
+    """Same array shape, another place in the patient (or transposed axes): masks would be learnt from the wrong
+    voxels, so nothing is tuned and both grids are named."""
+    import nibabel as nib
+
+    from napari_msa.cli import main
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    image = rng.normal(size=(32, 32, 6)).astype(np.float32)
+    labels = np.zeros((32, 32, 6), np.uint8)
+    labels[8:20, 10:22, 1:5] = 1
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    moved = affine.copy()
+    if move == "shifted 60 mm":
+        moved[0, 3] += 60.0
+    else:
+        moved = moved[:, [1, 0, 2, 3]]
+    nib.save(nib.Nifti1Image(labels, moved), tmp_path / "lab_seg.nii.gz")
+    out = tmp_path / "a.safetensors"
+    code = main(["-q", "tune", str(tmp_path / "img.nii.gz"), str(tmp_path / "lab_seg.nii.gz"), "-o", str(out),
+                 "--model", "tiny", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not lie on img.nii.gz's grid" in err and "resample" in err, err
+    assert not out.exists()
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "lab_seg.nii.gz")  # drawn on the image: accepted
+    assert main(["-q", "tune", str(tmp_path / "img.nii.gz"), str(tmp_path / "lab_seg.nii.gz"), "-o", str(out),
+                 "--model", "tiny", "--steps", "1"]) == 0

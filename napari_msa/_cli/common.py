@@ -46,6 +46,23 @@ def read_image(path: str | Path) -> np.ndarray:
                    "or a DICOM folder")
 
 
+def read_image_and_labels(image_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its labels; when both are medical files their voxel grids must be the same (checked from the
+    files' geometry, not only the array shapes)."""
+    from napari_msa import medical_io
+    from napari_msa.medical_io import cli as medical_cli
+
+    image = read_image(image_path)
+    image_geometry = medical_cli.last_geometry()
+    labels = read_image(labels_path)
+    try:
+        medical_cli.check_same_grid(image_geometry, medical_cli.last_geometry(), Path(image_path).name,
+                                    Path(labels_path).name)
+    except medical_io.MedicalIOError as err:
+        raise CLIError(str(err)) from err
+    return image, labels
+
+
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     """A labels image as TIFF, as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image read for this
     command (same affine and header, the source's voxel order), or as a DICOM SEG (.dcm) referring to the DICOM

@@ -16,7 +16,7 @@ from .common import (
     check_output,
     model_from_args,
     normalization_from_args,
-    read_image,
+    read_image_and_labels,
 )
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.val_fraction < 1:
         raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    pairs = [(read_image(i), read_image(lab)) for i, lab in _pairs(args.files)]
+    pairs = [read_image_and_labels(i, lab) for i, lab in _pairs(args.files)]
     for (img_path, lab_path), (_, labels) in zip(_pairs(args.files), pairs, strict=True):
         if labels.dtype.kind not in "iub":
             raise CLIError(f"{lab_path}: labels must be integer ids (0 = background), got {labels.dtype}; "

@@ -240,6 +240,7 @@ class TuneWidget(QWidget):
         if labels.data.shape != spatial_shape(image):
             raise ValueError(f"labels '{labels.name}' {labels.data.shape} do not match image '{image.name}' "
                              f"{spatial_shape(image)}; choose the labels painted on this image")
+        _check_same_grid(image, labels)
         # a copy (the user may keep painting while tuning runs), without the Segment widget's uncommitted preview
         lab, preview_only = self.hub.committed(labels)
         if preview_only:
@@ -429,6 +430,21 @@ class TuneWidget(QWidget):
         show_info(f"Adapter saved to {path}")
         if self.result is not None and self.hub.model is self.result.model:
             self.hub.adapter_saved.emit(self.result.model)  # both widgets' Adapter fields now name the file
+
+
+def _check_same_grid(image: Image, labels: Labels) -> None:
+    """Both opened from medical files: their voxel grids (affine and shape) must be the same, not only the arrays'
+    shapes (a labels file of another scan, or with transposed axes, would teach the wrong voxels)."""
+    from napari_msa.medical_io import GEOMETRY_KEY, Geometry, MedicalIOError
+    from napari_msa.medical_io.cli import check_same_grid
+
+    metas = [layer.metadata.get(GEOMETRY_KEY) for layer in (image, labels)]
+    if not all(metas):
+        return
+    try:
+        check_same_grid(*(Geometry.from_metadata(m) for m in metas), f"'{image.name}'", f"'{labels.name}'")
+    except MedicalIOError as err:
+        raise ValueError(str(err)) from err
 
 
 def results_table(summary: TuneSummary, names: dict | None = None) -> str:
