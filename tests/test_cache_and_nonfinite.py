@@ -121,3 +121,22 @@ def test_non_finite_prompts_are_refused():
         session.predict(points=[(np.nan, 3.0)], labels=[1])
     with pytest.raises(ValueError, match="4 finite numbers"):
         session.predict(box=(1.0, 2.0, np.inf, 9.0))
+
+
+def test_one_array_read_as_rgb_and_as_a_volume_never_shares_an_embedding(tiny_model, tmp_path):
+    """(40, 48, 3) floats: an RGB plane, or 40 slices of 48 × 3. The cache key holds how the axes are read, in
+    memory and on disk, so slice 0 of the volume is never answered with the RGB plane's embedding."""
+    from napari_msa import Session
+
+    data = np.random.default_rng(0).random((40, 48, 3), dtype=np.float32)
+    session = Session(tiny_model, cache_dir=tmp_path / "cache")
+    session.set_image(data, rgb=True)
+    rgb_hash = session.image_hash
+    session.embedding(0)
+    session.set_image(data, rgb=False)
+    assert session.image_hash != rgb_hash
+    mask, _ = session.predict(points=[[0, 20, 1]], labels=[1])
+    assert mask.shape == (48, 3)
+    fresh = Session(tiny_model, cache_dir=tmp_path / "cache")  # through the disk cache too
+    fresh.set_image(data, rgb=False)
+    assert fresh.image_hash == session.image_hash != rgb_hash

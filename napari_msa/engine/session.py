@@ -125,9 +125,12 @@ class EmbeddingCache:
         return self.directory / image_hash / weights_key / f"z{z:05d}.pt"
 
 
-def content_hash(image: np.ndarray, window: tuple[float, float] | None) -> str:
+def content_hash(image: np.ndarray, window: tuple[float, float] | None, layout: ImageLayout | None = None) -> str:
+    """Everything that changes what the encoder sees: the values, their shape and type, the intensity window and
+    how the axes are read (one (Y, X, 3) array is an RGB plane or a volume of 3-pixel-wide slices)."""
     h = hashlib.sha1()
-    h.update(str((image.shape, str(image.dtype), window)).encode())
+    axes = None if layout is None else (layout.is_volume, layout.rgb)
+    h.update(str((image.shape, str(image.dtype), window, axes)).encode())
     h.update(np.ascontiguousarray(image).view(np.uint8).reshape(-1).data)
     return h.hexdigest()[:20]
 
@@ -188,7 +191,7 @@ class Session:
             self.normalization = normalization
         norm = self.normalization or self.model.normalization
         window = intensity_window(image, norm, layout.rgb)
-        new_hash = content_hash(image, window)
+        new_hash = content_hash(image, window, layout)
         with self._lock:
             if new_hash != self.image_hash:
                 self.cache.clear()
