@@ -560,3 +560,26 @@ def test_ctrl_c_stops_tuning_leaves_the_existing_adapter_and_exits_130(tmp_path)
     assert "interrupted" in rest
     assert out.read_bytes() == b"the adapter from yesterday"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_fifo_and_broken_links_in_a_dicom_folder_are_skipped_not_waited_on(tmp_path):
+    """A named pipe in a series folder used to hang the reader forever; it (and dangling links, link loops) is
+    skipped with a warning, in a subprocess with a time limit so a regression fails instead of hanging."""
+    from medical_io_files import write_series
+
+    folder = tmp_path / "series"
+    write_series(folder, n=3)
+    os.mkfifo(folder / "pipe")
+    (folder / "dangling").symlink_to(tmp_path / "nowhere")
+    (folder / "loop").symlink_to(folder / "loop")
+    code = ("import sys, warnings; from napari_msa.medical_io import read_medical\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    (image,) = read_medical(sys.argv[1])\n"
+            "print(image.data.shape, sum('not a regular file' in str(x.message) for x in w))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "3" and proc.stdout.startswith("(3,")
+    from napari_msa.medical_io.dicom import folder_has_dicom, has_dicom_marker
+
+    assert not has_dicom_marker(folder / "pipe") and folder_has_dicom(folder)

@@ -38,7 +38,10 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def has_dicom_marker(path: str | Path) -> bool:
-    """True for a file with the DICOM Part 10 preamble ('DICM' at byte 128)."""
+    """True for a regular file with the DICOM Part 10 preamble ('DICM' at byte 128). A pipe or device is never
+    opened (reading a FIFO would wait forever)."""
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -90,6 +93,8 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     """The image files, and the DICOM SEG files (read as labels by ``dicom_seg``)."""
     from .dicom_seg import is_dicom_seg
 
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise MedicalIOError(f"{path} is not a regular file (a pipe or device); give the DICOM file or its folder")
     if path.is_file():
         ds = _header(path, strict=True)
         if is_dicom_seg(ds):
@@ -107,6 +112,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             file = Path(root) / name
+            if not file.is_file():  # a FIFO (reading it would hang), a socket, a dangling link or a link loop
+                warnings.warn(f"{file} is not a regular file (a pipe, device or broken link); skipped", stacklevel=2)
+                continue
             ds = _header(file, strict=False)
             if ds is not None and is_dicom_seg(ds):
                 segs.append(file)
