@@ -140,3 +140,64 @@ def test_one_array_read_as_rgb_and_as_a_volume_never_shares_an_embedding(tiny_mo
     fresh = Session(tiny_model, cache_dir=tmp_path / "cache")  # through the disk cache too
     fresh.set_image(data, rgb=False)
     assert fresh.image_hash == session.image_hash != rgb_hash
+
+
+def test_a_cache_folder_that_cannot_be_written_degrades_to_memory_with_one_warning(tiny_model, tmp_path,
+                                                                                   monkeypatch):
+    """A full disk (or read-only folder) while the widget or segment keep embeddings: predictions go on, in
+    memory, with one warning; for napari-msa embed, whose output the cache is, it is an error."""
+    import errno
+    import warnings
+
+    from napari_msa import Session
+    from napari_msa.engine import session as session_module
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(session_module, "atomic_write", full_disk)
+    session = Session(tiny_model, cache_dir=tmp_path / "cache")
+    session.set_image(np.random.default_rng(0).random((3, 32, 32), dtype=np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for z in range(3):
+            session.predict(points=[[z, 10, 10]], labels=[1])  # answered all the same
+    messages = [str(w.message) for w in caught if "cannot be written" in str(w.message)]
+    assert len(messages) == 1 and "kept in memory only" in messages[0] and "No space left" in messages[0]
+    assert len(session.cache) == 3
+    session.cache.disk_required = True
+    session.cache.clear()
+    with pytest.raises(OSError, match="choose another --cache-dir"):
+        session.embedding(0)
+
+
+def test_a_link_planted_in_the_cache_never_leads_a_write_outside(tiny_model, tmp_path):
+    """A link in place of a cache file is dropped (not written through); a link in place of a cache folder is
+    refused with a warning: nothing is written outside the cache folder."""
+    import warnings
+
+    from napari_msa import Session
+
+    session = Session(tiny_model, cache_dir=tmp_path / "cache")
+    session.set_image(np.random.default_rng(0).random((3, 32, 32), dtype=np.float32))
+    session.embedding(0)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    as_file = session.cache._disk_path(session._key(1))
+    as_file.symlink_to(victim)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        session.embedding(1)
+    assert victim.read_text() == "precious" and as_file.is_file() and not as_file.is_symlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = as_file.parent
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    session.cache.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.embedding(2)
+    assert not any(elsewhere.iterdir())
+    assert any("leads outside the cache folder" in str(w.message) for w in caught)

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     session = Session(model_from_args(args), normalization=normalization_from_args(args), cache_dir=args.cache_dir,
                       cache_budget_bytes=64 << 20)
+    session.cache.disk_required = True  # the cache on disk is this command's output
     try:
         session.set_image(image)
     except ValueError as err:

@@ -51,6 +51,10 @@ class EmbeddingCache:
         self._items: OrderedDict[tuple, Embedding] = OrderedDict()
         self._lock = threading.RLock()
         self.hits = self.misses = 0
+        # The disk copy is an optimisation: a folder that cannot be written (read-only, full) leaves the embeddings
+        # in memory, with one warning. ``disk_required`` (napari-msa embed, whose job is that copy) raises instead.
+        self.disk_required = False
+        self._disk_warned = False
 
     @property
     def nbytes(self) -> int:
@@ -95,7 +99,22 @@ class EmbeddingCache:
                 "input_size": torch.tensor(emb.input_size),
                 "original_size": torch.tensor(emb.original_size),
             }
-            atomic_write(disk, lambda tmp: torch.save(payload, tmp))
+            try:
+                self._inside(disk)
+                atomic_write(disk, lambda tmp: torch.save(payload, tmp))
+            except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+                message = f"the embeddings folder {self.directory} cannot be written ({_one_line(err)})"
+                if self.disk_required:
+                    raise OSError(f"{message}; free space or choose another --cache-dir") from err
+                if not self._disk_warned:
+                    self._disk_warned = True
+                    warnings.warn(f"{message}; embeddings are kept in memory only", RuntimeWarning, stacklevel=3)
+
+    def _inside(self, path: Path) -> None:
+        """Refuse to write through a link planted in the cache folder: every write stays inside it."""
+        root = self.directory.resolve()
+        if path.is_symlink() or not path.parent.resolve().is_relative_to(root):
+            raise OSError(f"{path} leads outside the cache folder (a symbolic link); nothing was written there")
 
     def clear(self) -> None:
         with self._lock:
@@ -123,6 +142,10 @@ class EmbeddingCache:
             return None
         image_hash, weights_key, z = key
         return self.directory / image_hash / weights_key / f"z{z:05d}.pt"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def content_hash(image: np.ndarray, window: tuple[float, float] | None, layout: ImageLayout | None = None) -> str:
