@@ -583,3 +583,36 @@ def test_a_fifo_and_broken_links_in_a_dicom_folder_are_skipped_not_waited_on(tmp
     from napari_msa.medical_io.dicom import folder_has_dicom, has_dicom_marker
 
     assert not has_dicom_marker(folder / "pipe") and folder_has_dicom(folder)
+
+
+def test_a_dicom_slice_without_its_preamble_is_read_not_dropped(tmp_path):
+    import warnings
+
+    from medical_io_files import write_series
+
+    from napari_msa.medical_io import read_medical
+
+    files = write_series(tmp_path / "series", n=5)
+    files[2].write_bytes(files[2].read_bytes()[132:])  # no 128-byte preamble and no 'DICM'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (image,) = read_medical(tmp_path / "series")
+    assert image.data.shape[0] == 5  # no gap where that slice was
+    assert any("no DICOM preamble" in str(w.message) for w in caught)
+
+
+def test_a_nii_gz_whose_gzip_check_fails_is_refused(tmp_path, capsys):
+    import nibabel as nib
+
+    from napari_msa.medical_io import MedicalIOError, read_medical
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 4)).astype(np.float32), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF  # the CRC32 in the gzip trailer: the voxels nibabel reads are unchanged, the check fails
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MedicalIOError, match="damaged"):
+        read_medical(path)
+    assert main(["-q", "segment", str(path), "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scan.nii.gz is damaged" in err[0]

@@ -77,12 +77,29 @@ def _header(path: Path, *, strict: bool) -> pydicom.Dataset | None:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as err:
+        forced = _without_preamble(path)
+        if forced is not None:
+            return forced
         if strict:
             raise MedicalIOError(f"{path.name} is not a DICOM file (no 'DICM' marker at byte 128): {err}") from err
         return None
     except Exception as err:
         raise MedicalIOError(f"cannot read DICOM file {path} ({type(err).__name__}: {err}); the file is damaged "
                              "— remove it from the folder or export the series again") from err
+
+
+def _without_preamble(path: Path) -> pydicom.Dataset | None:
+    """A DICOM file written without the 128-byte preamble (old exporters): read when it carries what identifies
+    an image of a series, with a warning; anything else (notes, other files) is not DICOM."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ok = all(key in ds for key in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"))
+    except Exception:
+        return None
+    if not ok:
+        return None
+    warnings.warn(f"{path.name} has no DICOM preamble ('DICM' at byte 128); read anyway", stacklevel=4)
+    return ds
 
 
 def _is_image(ds: pydicom.Dataset) -> bool:
@@ -193,7 +210,7 @@ def _rescale(ds: pydicom.Dataset, frame: int | None) -> tuple[float, float]:
 
 def _pixels(item: _Image) -> tuple[pydicom.Dataset, np.ndarray]:
     try:
-        ds = pydicom.dcmread(item.path)
+        ds = pydicom.dcmread(item.path, force=True)  # the header was read already: it is DICOM
         arr = ds.pixel_array
     except Exception as err:
         raise MedicalIOError(f"cannot decode the pixels of {item.path} ({type(err).__name__}: {err}); the file is "

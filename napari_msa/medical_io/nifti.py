@@ -42,6 +42,8 @@ def stem(path: str | Path) -> str:
 def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     if not path.is_file():
         raise MedicalIOError(f"NIfTI file not found: {path}")
+    if path.name.lower().endswith(".gz"):
+        _check_gzip(path)
     try:
         img = nib.load(path)
     except Exception as err:  # nibabel raises many types for damaged headers
@@ -49,6 +51,21 @@ def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise MedicalIOError(f"{path.name} is a {type(img).__name__}, not a single-file NIfTI image")
     return img
+
+
+def _check_gzip(path: Path) -> None:
+    """Read the whole compressed stream once: gzip checks its CRC and length only at the end, which nibabel never
+    reaches when the voxels end before it, so a damaged file would otherwise open with wrong voxels."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as err:
+        raise MedicalIOError(f"{path.name} is damaged ({err}); its voxels cannot be trusted: get the file "
+                             "again") from err
 
 
 def _voxels(img, path: Path) -> np.ndarray:
