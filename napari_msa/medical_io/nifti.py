@@ -64,8 +64,8 @@ def _check_gzip(path: Path) -> None:
             while f.read(1 << 24):
                 pass
     except (OSError, EOFError, zlib.error) as err:
-        raise MedicalIOError(f"{path.name} is damaged ({err}); its voxels cannot be trusted: get the file "
-                             "again") from err
+        raise MedicalIOError(f"{path.name} is damaged or incomplete ({err}); its voxels cannot be trusted: get "
+                             "the file again") from err
 
 
 def _voxels(img, path: Path) -> np.ndarray:
