@@ -616,3 +616,14 @@ def test_a_nii_gz_whose_gzip_check_fails_is_refused(tmp_path, capsys):
     assert main(["-q", "segment", str(path), "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scan.nii.gz is damaged" in err[0]
+
+
+def test_a_5d_nifti_with_singleton_axes_is_read_as_its_volume(tmp_path):
+    import nibabel as nib
+
+    from napari_msa.medical_io import read_medical
+
+    volume = np.random.default_rng(0).random((12, 10, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume[..., None, None], np.eye(4)), tmp_path / "five.nii.gz")
+    (image,) = read_medical(tmp_path / "five.nii.gz")
+    assert image.data.shape == (4, 10, 12)  # display order (Z, Y, X)

@@ -241,3 +241,19 @@ def test_default_model_segments_a_box(tmp_path, capsys):
     mask = tifffile.imread(tmp_path / "o.tif") == 1
     truth = image > 0
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.85
+
+
+def test_a_2d_object_with_only_negative_points_is_refused_as_in_3d(tmp_path, capsys):
+    np.save(tmp_path / "v.npy", np.zeros((20, 20), np.float32))
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1,positive\n0,5,5,0\n")
+    assert main(["-q", "segment", str(tmp_path / "v.npy"), "-p", str(tmp_path / "p.csv"), "-o",
+                 str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
+    assert "object 1 has only negative points" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_points_csv_with_a_byte_order_mark_is_read(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((20, 20), np.float32))
+    (tmp_path / "p.csv").write_bytes("index,axis-0,axis-1\n0,5,5\n".encode("utf-8-sig"))  # as Excel saves it
+    assert main(["-q", "segment", str(tmp_path / "v.npy"), "-p", str(tmp_path / "p.csv"), "-o",
+                 str(tmp_path / "o.tif"), "--model", "tiny"]) == 0

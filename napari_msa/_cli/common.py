@@ -251,7 +251,7 @@ _FALSE = {"0", "false", "no", "negative", "0.0"}
 def _read_rows(path: Path, what: str) -> list[dict[str, str]]:
     check_input(path, what)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark, as Excel saves it, is read
             rows = list(csv.DictReader(f))
     except UnicodeDecodeError as err:
         raise CLIError(f"{path.name} is not a text CSV file (its bytes are not UTF-8 text); give the {what} CSV "

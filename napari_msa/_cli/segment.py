@@ -175,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
     per_object: dict[int, dict[int, np.ndarray]] = {}
     for task in tqdm(_tasks(objects, boxes, session.layout.is_volume), desc="segment", unit="mask",
                      file=sys.stderr, disable=args.quiet):
-        if task.box is None and task.z is not None and task.labels.max() == 0:
-            raise CLIError(f"object {task.object_id} on slice {task.z} has only negative points; add a positive "
-                           "one or a box")
+        if task.box is None and len(task.labels) and task.labels.max() == 0:  # in 2D as in 3D
+            where = f" on slice {task.z}" if task.z is not None else ""
+            raise CLIError(f"object {task.object_id}{where} has only negative points; add a positive one or a box")
         has_points = len(task.points) > 0
         try:
             mask, _ = session.predict(points=task.points if has_points else None,

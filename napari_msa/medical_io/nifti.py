@@ -112,6 +112,9 @@ def read_nifti(path: str | Path) -> MedicalImage:
     path = Path(path)
     img = _load(path)
     data = _voxels(img, path)
+    singleton = tuple(axis for axis in range(3, data.ndim) if data.shape[axis] == 1)
+    if data.ndim > 4 and singleton:  # e.g. (X, Y, Z, 1, 1) or (X, Y, Z, 1, C): the empty axes carry nothing
+        data = np.squeeze(data, axis=singleton)
     if data.ndim > 4:
         raise MedicalIOError(f"{path.name} is {data.ndim}D {data.shape}; napari-msa reads 2D, 3D and 4D NIfTI")
     while data.ndim > 3 and data.shape[-1] == 1:
