@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -40,7 +41,27 @@ def _one_line(message: object) -> str:
     return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
+def _streams_usable() -> None:
+    """A closed stdout/stderr (``2>&-``, cron): Python still wraps the descriptor number, which the interpreter may
+    have reused for a file it reads, so writing fails. Messages then go to /dev/null instead of failing the job
+    (the descriptor itself is left alone: it may belong to someone else now)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no such check
+        return
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        try:
+            writable = stream is not None and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY,
+                                                                                                   os.O_RDWR)
+        except OSError:
+            writable = False
+        if not writable:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+
+
 def main(argv: list[str] | None = None) -> int:
+    _streams_usable()
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="napari-msa: %(message)s", stream=sys.stderr)
@@ -61,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-msa {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) left: the job itself is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail
+        return 0
     finally:
         ours.setLevel(before)
 
