@@ -640,3 +640,37 @@ def test_a_closed_stderr_or_a_reader_that_left_never_fails_a_finished_job(tmp_pa
     assert closed.returncode == 0 and piped.returncode == 0
     assert (tmp_path / "a.code").read_text().strip() == "0" and (tmp_path / "a.tif").is_file()
     assert (tmp_path / "b.code").read_text().strip() == "0" and (tmp_path / "b.tif").is_file()
+
+
+@pytest.fixture
+def odd_inputs(tmp_path):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.full((8, 8, 3), 30000, np.int16), np.eye(4))
+    img.header.set_slope_inter(1e38, 0)  # beyond float32
+    nib.save(img, tmp_path / "overflow.nii.gz")
+    img = nib.Nifti1Image(np.ones((8, 8, 3), np.int16), np.eye(4))
+    img.header.set_slope_inter(1e38, 0)  # 1e38: a constant image at a huge value (no window of width 1 there)
+    nib.save(img, tmp_path / "huge.nii.gz")
+    np.save(tmp_path / "complex.npy", (np.ones((20, 20)) + 1j).astype(np.complex64))
+    np.save(tmp_path / "lab.npy", np.ones((20, 20), np.uint8))
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).random((20, 20)).astype(np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["segment", "overflow.nii.gz", "--everything", "-o", "o.tif"], 2, "takes the voxels beyond any float32"),
+    (["segment", "huge.nii.gz", "--everything", "-o", "o.tif"], 0, None),
+    (["tune", "complex.npy", "lab.npy", "-o", "a.safetensors", "--steps", "1"], 2, "real-valued intensities"),
+    (["tune", "ok.npy", "lab.npy", "-o", "a.safetensors", "--steps", "1", "--seed", str(2**70)], 2,
+     "a seed is a whole number"),
+    (["segment", "ok.npy", "--everything", "-o", "o.tif", "--device", "meta"], 2, "choose auto, cpu, cuda"),
+])
+def test_odd_values_and_options_give_one_line_not_a_traceback(odd_inputs, monkeypatch, capsys, argv, code, message):
+    monkeypatch.chdir(odd_inputs)
+    assert main(["-q", *argv, "--model", "tiny"]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    if message is None:
+        assert err == []
+    else:
+        assert len(err) == 1 and message in err[0], err

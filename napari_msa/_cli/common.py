@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,27 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise CLIError(f"image file not found: {path}")
     suffix = path.suffix.lower()
+    array = None
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return tifffile.imread(path)
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            array = tifffile.imread(path)
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
     except Exception as err:
         raise CLIError(f"cannot read {path}: {err}") from err
+    if array is not None:
+        return _real_valued(array, path)
     raise CLIError(f"{path.name}: unsupported image type '{suffix}'; use .tif, .tiff, .npy, .nii, .nii.gz, .dcm "
                    "or a DICOM folder")
+
+
+def _real_valued(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise CLIError(f"{path.name} holds {array.dtype} values; napari-msa needs real-valued intensities (take the "
+                       "magnitude of complex data first, e.g. numpy.abs)")
+    return array
 
 
 def read_image_and_labels(image_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +165,9 @@ def _model_file_architecture(path: str | Path) -> str | None:
 
 def check_model_args(args: argparse.Namespace) -> None:
     """Model files exist and the model options agree, before any work."""
+    device = getattr(args, "device", "auto")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+        raise CLIError(f"--device {device}: choose auto, cpu, cuda, cuda:N or mps")
     if args.checkpoint is not None:
         check_input(args.checkpoint, "checkpoint")
     if getattr(args, "adapter", None):

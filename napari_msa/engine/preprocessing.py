@@ -67,8 +67,8 @@ def intensity_window(image: np.ndarray, norm: Normalization, rgb: bool) -> tuple
         if sample.size == 0:
             raise ValueError("the image has no finite pixel values (all NaN or Inf)")
     lo, hi = np.percentile(sample, [norm.lower_percentile, norm.upper_percentile])
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # a constant image: any window; wide enough to stay a window at large magnitudes (1e38 + 1 == 1e38)
+        hi = lo + max(1.0, abs(float(lo)) * 1e-6)
     return float(lo), float(hi)
 
 
@@ -80,7 +80,8 @@ def to_uint8_rgb(plane: np.ndarray, window: tuple[float, float] | None) -> np.nd
             plane = np.clip(np.nan_to_num(plane, nan=0.0, posinf=0.0, neginf=0.0), 0, 255).astype(np.uint8)
     else:
         lo, hi = window
-        scaled = (plane.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        span = hi - lo if hi - lo > 0 else 1.0
+        scaled = (plane.astype(np.float32) - lo) * (255.0 / span)
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
         plane = np.clip(scaled, 0, 255).round().astype(np.uint8)
     if plane.ndim == 2:

@@ -82,15 +82,19 @@ def _voxels(img, path: Path) -> np.ndarray:
     if raw.dtype.kind not in "iufb":
         raise MedicalIOError(f"{path.name} holds {raw.dtype} voxels (RGB or complex); napari-msa reads scalar "
                              "volumes")
-    if raw.dtype.kind in "iub" and slope.is_integer() and inter.is_integer():
-        if slope == 1 and inter == 0:
-            return raw
+    if slope == 1 and inter == 0:
+        return raw
+    if raw.size:  # the scaled range, in float64: a header whose scaling leaves float32 is damaged, not data
+        ends = np.array([np.min(raw), np.max(raw)], dtype=np.float64) * slope + inter
+        if not np.all(np.isfinite(ends)) or np.max(np.abs(ends)) > np.finfo(np.float32).max:
+            raise MedicalIOError(f"{path.name}: its header's scaling (scl_slope {slope:g}, scl_inter {inter:g}) "
+                                 "takes the voxels beyond any float32 value; the header is damaged: fix scl_slope/"
+                                 "scl_inter or export the image again")
+    if raw.dtype.kind in "iub" and slope.is_integer() and inter.is_integer() and raw.size and \
+            np.max(np.abs(ends)) < 2**62:
         scaled = raw.astype(np.int64) * int(slope) + int(inter)
         return scaled.astype(smallest_int_dtype(scaled.min(), scaled.max()))
-    out = raw.astype(np.float32)
-    if slope != 1 or inter != 0:
-        out = out * np.float32(slope) + np.float32(inter)
-    return out
+    return raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
 
 
 def looks_like_labels(path: str | Path, header, data: np.ndarray) -> bool:
