@@ -191,7 +191,7 @@ CASES = [
      "segment x.tif -p maybe.csv -o out.tif --model demo", "'positive' must be 1/0 or true/false, got 'maybe'"),
     ("csv-binary", "a binary file as -p", "segment x.tif -p binary.csv -o out.tif --model demo",
      "binary.csv is not a text CSV file"),
-    ("device-banana", "--device banana", f"{SEG} --device banana", "unknown device 'banana'"),
+    ("device-banana", "--device banana", f"{SEG} --device banana", "--device banana: choose auto, cpu, cuda, cuda:N or mps"),
     ("vit-pth-default-model", "--checkpoint x.pth without --model",
      "segment x.tif -p p.csv -o out.tif --checkpoint sam_tiny.pth",
      "sam_tiny.pth is a SAM ViT checkpoint (tiny (embed dim 64, 2 blocks)), but the model is litemedsam"),
