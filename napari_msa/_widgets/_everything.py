@@ -29,7 +29,6 @@ class EverythingRun(CancellableRun):
         self.feed = feed
         self.on_done = on_done  # (slice, labels plane of the candidates, how many)
         self.on_error = on_error
-        self._token = 0
 
     def start(self, session: Session, source: ImageSource, z: int) -> None:
         from napari_msa.engine.everything import EverythingSettings
@@ -38,12 +37,6 @@ class EverythingRun(CancellableRun):
         token = self._token
         self._launch(f"MSA: segmenting everything on slice {z}", total, self._run, session, source, z,
                      on_returned=lambda value: self._returned(token, value))
-
-    def discard(self) -> None:
-        self._token += 1
-        self._cancel.set()
-        if self.running:
-            self.on_change()
 
     def _run(self, session: Session, source: ImageSource, z: int) -> tuple[int, np.ndarray, int] | None:
         from napari_msa.engine import Cancelled

@@ -308,6 +308,7 @@ class CancellableRun:
         self._bar: ActivityBar | None = None
         self._relay = _ProgressRelay()
         self._relay.stepped.connect(self._stepped)
+        self._token = 0  # bumped by discard(): a result that arrives after it is dropped
 
     @property
     def running(self) -> bool:
@@ -330,6 +331,13 @@ class CancellableRun:
         self._worker = worker
         self.on_change()  # before the thread starts: the activity line must name the job before its first step
         worker.start()
+
+    def discard(self) -> None:
+        """Cancel and drop the result (its layers or model are gone)."""
+        self._token += 1
+        self._cancel.set()
+        if self.running:
+            self.on_change()
 
     def cancel(self) -> None:
         """Stop between slices; what was finished is kept (see the subclass)."""
@@ -370,20 +378,12 @@ class Propagation(CancellableRun):
         self.on_done = on_done
         self.on_error = on_error
         self.on_finished = on_finished
-        self._token = 0  # bumped by discard(): a result that arrives after it is dropped
 
     def start(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> None:
         total = max(1, session.num_slices - 1) if session.image is not None else 0
         token = self._token
         self._launch(f"MSA: propagating from slice {z}", total, self._run, session, source, mask, z,
                      on_returned=lambda value: self._returned(token, value))
-
-    def discard(self) -> None:
-        """Cancel and drop the result (its layers or model are gone)."""
-        self._token += 1
-        self._cancel.set()
-        if self.running:
-            self.on_change()
 
     def _run(self, session: Session, source: ImageSource, mask: np.ndarray, z: int) -> dict[int, np.ndarray] | Stopped:
         from napari_msa.engine import Cancelled
