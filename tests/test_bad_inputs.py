@@ -666,6 +666,8 @@ def odd_inputs(tmp_path):
     (["tune", "ok.npy", "lab.npy", "-o", "a.safetensors", "--steps", "1", "--seed", str(2**70)], 2,
      "a seed is a whole number"),
     (["segment", "ok.npy", "--everything", "-o", "o.tif", "--device", "meta"], 2, "choose auto, cpu, cuda"),
+    (["tune", "ok.npy", "lab.npy", "-o", "a.safetensors", "--lr", "-1"], 2, "the learning rate is a positive"),
+    (["tune", "ok.npy", "lab.npy", "-o", "a.safetensors", "--lr", "nan"], 2, "the learning rate is a positive"),
 ])
 def test_odd_values_and_options_give_one_line_not_a_traceback(odd_inputs, monkeypatch, capsys, argv, code, message):
     monkeypatch.chdir(odd_inputs)
