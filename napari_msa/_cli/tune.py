@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.val_fraction < 1:
         raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if not 0 < args.lr < 1e3:  # nan too
+    if not 0 < args.lr < float("inf"):  # nan too
         raise CLIError(f"--lr {args.lr}: the learning rate is a positive number, e.g. 1e-4")
     if not 0 <= args.seed < 2**63:
         raise CLIError(f"--seed {args.seed}: a seed is a whole number from 0 to 2**63 - 1")

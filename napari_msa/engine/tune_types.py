@@ -59,7 +59,7 @@ class TuneConfig:
     def check(self) -> None:
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
-        if not 0 < self.lr < 1e3:  # nan too
+        if not 0 < self.lr < float("inf"):  # nan too
             raise ValueError(f"the learning rate must be a positive number (e.g. 1e-4), got {self.lr}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
