@@ -677,3 +677,37 @@ def test_odd_values_and_options_give_one_line_not_a_traceback(odd_inputs, monkey
         assert err == []
     else:
         assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "7", "'model' is int"),
+    ("model", "[1, 2]", "'model' is list"),
+    ("adapter_config", '"blocks"', "'adapter_config' is str"),
+    ("adapter_config", '{"blocks": [999]}', "adapter blocks [999]"),
+    ("adapter_config", '{"bottleneck_ratio": 10000.0}', "bottleneck ratio 10000.0"),
+    ("normalization", '{"preset": "bogus"}', "unknown normalisation 'bogus'"),
+    ("normalization", "[1]", "'normalization' is list"),
+    ("training", '"x"', "'training' is str"),
+    ("image_size", "100000", "image size 100000"),
+    ("model", '{"name": "tiny", "embed_dim": "wide", "depth": 2}', "model embed_dim 'wide'"),
+])
+def test_an_adapter_file_with_damaged_metadata_is_one_line(tmp_path, capsys, field, value, message):
+    """Every reader trusts the adapter metadata once one validator has passed it: damaged fields (wrong types,
+    impossible ranges) are refused by name, never a traceback deep in the loader."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from napari_msa import load_model
+
+    model = load_model("tiny", device="cpu")
+    good = model.save_adapter(tmp_path / "good.safetensors")
+    with safe_open(str(good), framework="np") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta[field] = value
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    np.save(tmp_path / "x.npy", np.zeros((20, 20), np.float32))
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,5,5\n")
+    code = main(["-q", "segment", str(tmp_path / "x.npy"), "-p", str(tmp_path / "p.csv"), "-o",
+                 str(tmp_path / "o.tif"), "--model", "tiny", "--adapter", str(tmp_path / "bad.safetensors")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "adapter metadata is damaged" in err[0] and message in err[0], err

@@ -112,7 +112,51 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path.name}: its adapter metadata is incomplete or damaged ({type(err).__name__}: "
                               f"{err}); save the adapter again from Tune (MSA) or `napari-msa tune`") from err
     out["includes_decoder"] = meta.get("includes_decoder") == "True"
+    problem = _adapter_meta_problem(out)
+    if problem:
+        raise CheckpointError(f"{path.name}: its adapter metadata is damaged ({problem}); save the adapter again "
+                              "from Tune (MSA) or `napari-msa tune`")
     return out
+
+
+def _adapter_meta_problem(meta: dict) -> str | None:
+    """What is wrong with decoded adapter metadata (types and ranges), or None: every reader may then trust it."""
+    from .preprocessing import Normalization
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    model, cfg, norm = meta.get("model"), meta.get("adapter_config"), meta.get("normalization")
+    if not isinstance(model, dict):
+        return f"'model' is {type(model).__name__}, not a mapping"
+    for key in ("embed_dim", "depth"):
+        if not (is_int(model.get(key)) and 0 < model[key] <= 4096):
+            return f"model {key} {model.get(key)!r} is not a positive whole number"
+    if not isinstance(model.get("name", ""), str):
+        return f"model name {model.get('name')!r} is not text"
+    if not isinstance(cfg, dict):
+        return f"'adapter_config' is {type(cfg).__name__}, not a mapping"
+    ratio = cfg.get("bottleneck_ratio", 0.25)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 4:
+        return f"bottleneck ratio {ratio!r} is not between 0 and 4"
+    blocks = cfg.get("blocks")
+    if blocks is not None and (not isinstance(blocks, list) or
+                               not all(is_int(b) and 0 <= b < model["depth"] for b in blocks)):
+        return f"adapter blocks {blocks!r} are not block numbers of a {model['depth']}-block encoder"
+    if not isinstance(norm, dict):
+        return f"'normalization' is {type(norm).__name__}, not a mapping"
+    if norm:
+        try:
+            Normalization.from_dict(norm)
+        except (TypeError, ValueError) as err:
+            return f"normalisation {norm!r}: {err}"
+    if not isinstance(meta.get("training"), dict):
+        return f"'training' is {type(meta.get('training')).__name__}, not a mapping"
+    if not 32 <= meta["image_size"] <= 4096:
+        return f"image size {meta['image_size']} is not between 32 and 4096"
+    if not isinstance(meta.get("base_fingerprint", ""), str):
+        return "the base fingerprint is not text"
+    return None
 
 
 def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
