@@ -711,3 +711,12 @@ def test_an_adapter_file_with_damaged_metadata_is_one_line(tmp_path, capsys, fie
                  str(tmp_path / "o.tif"), "--model", "tiny", "--adapter", str(tmp_path / "bad.safetensors")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "adapter metadata is damaged" in err[0] and message in err[0], err
+
+
+def test_an_rtstruct_given_as_the_image_is_named_as_such(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    rtstruct = get_testdata_file("rtstruct.dcm")  # a DICOM object without an image (and without the preamble)
+    assert main(["-q", "segment", rtstruct, "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a DICOM RTSTRUCT object without an image" in err[0], err

@@ -93,12 +93,13 @@ def _without_preamble(path: Path) -> pydicom.Dataset | None:
     an image of a series, with a warning; anything else (notes, other files) is not DICOM."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        ok = all(key in ds for key in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"))
+        identified = "SOPInstanceUID" in ds and "SOPClassUID" in ds  # a DICOM object (an image or not)
     except Exception:
         return None
-    if not ok:
+    if not identified:
         return None
-    warnings.warn(f"{path.name} has no DICOM preamble ('DICM' at byte 128); read anyway", stacklevel=4)
+    if _is_image(ds):
+        warnings.warn(f"{path.name} has no DICOM preamble ('DICM' at byte 128); read anyway", stacklevel=4)
     return ds
 
 
