@@ -115,3 +115,6 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
     assert C.STANDARD_BUDGET == dataclasses.astuple(STANDARD)
     assert C.LIGHT_DECODER_BUDGET == dataclasses.astuple(LIGHT_DECODER)
     assert list(C.DEVICES_BEFORE_LOADING) == available_devices()[:2]
+    from napari_msa.engine.precision import PRECISIONS
+
+    assert C.PRECISIONS == PRECISIONS

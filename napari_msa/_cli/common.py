@@ -203,7 +203,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                               "clicks hardly do)")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--image-size", type=int, choices=(256, 512, 1024), help="model input size")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+    from napari_msa._widgets._choices import PRECISIONS  # torch-free, kept equal to the engine's by a test
+
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="image encoder arithmetic: auto (bf16 on GPUs and on CPUs with native bf16, else fp32; "
                         "half-size embedding cache), fp32 (the reference, exact), bf16 [default: auto, or "
                         "$NAPARI_MSA_PRECISION]")

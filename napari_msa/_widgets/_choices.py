@@ -28,6 +28,7 @@ NORMALIZATIONS = (MODEL_DEFAULT, "auto", "ct", "percentile", "limits", "none")  
 NORMALIZATION_TIP = ("How intensities become 8-bit for the encoder: the model's own setting, 'ct' (window 40/400 "
                      "HU), 'percentile' (0.5–99.5 %), 'limits' (the layer's contrast limits) or 'none'")
 
+PRECISIONS = ("auto", "fp32", "bf16")  # engine.precision.PRECISIONS, for the Precision field and --precision
 DEVICES_BEFORE_LOADING = ("auto", "cpu")  # accelerators are listed once torch has looked (with the first model)
 
 # TuneConfig's defaults that the Tune widget shows (steps None: scaled to the data).

@@ -89,7 +89,7 @@ class ModelPanel:
                                      "the first model is loaded)")
         form.addRow("Device", self.device_combo)
         self.precision_combo = ElidingComboBox()
-        self.precision_combo.addItems(["auto", "fp32", "bf16"])
+        self.precision_combo.addItems(list(C.PRECISIONS))
         self.precision_combo.setToolTip(PRECISION_TIP)
         form.addRow("Precision", self.precision_combo)
         self.load_button = QPushButton("Load model")
