@@ -10,7 +10,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from . import _layers as L
-from ._prediction import CancellableRun, Failure, ImageFeed, ImageSource
+from ._workers import CancellableRun, Failure, ImageFeed, ImageSource
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import Session

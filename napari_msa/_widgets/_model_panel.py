@@ -19,7 +19,7 @@ from . import _choices as C
 from ._activity import ActivityBar
 from ._controls import ElidingComboBox, PathPicker, Section
 from ._feedback import Feedback
-from ._prediction import Failure, guarded
+from ._workers import Failure, guarded
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel

@@ -12,8 +12,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ._everything import EverythingRun
-from ._prediction import ImageFeed, LatestWins, Prefetcher, Propagation
 from ._volume import VolumeEmbedder
+from ._workers import ImageFeed, LatestWins, Prefetcher, Propagation
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel, Session

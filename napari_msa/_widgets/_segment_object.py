@@ -20,8 +20,8 @@ from . import _layers as L
 from . import _segment_layers as S
 from ._feedback import Feedback
 from ._labels_writer import LabelsWriter
-from ._prediction import ImageSource, predict_planes
 from ._segment_jobs import SegmentJobs
+from ._workers import ImageSource, predict_planes
 from .object_draft import ObjectDraft
 
 CANDIDATES = 3  # SAM's masks for an ambiguous prompt

@@ -29,10 +29,10 @@ from ._everything import EverythingTool
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._model_panel import ModelPanel
-from ._prediction import ImageSource, ensure_thread_capacity
 from ._recovery import RecoveryKeeper
 from ._segment_jobs import SegmentJobs
 from ._segment_object import ObjectEditor
+from ._workers import ImageSource, ensure_thread_capacity
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import MSAModel, Session

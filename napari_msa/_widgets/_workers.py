@@ -9,7 +9,8 @@ The GUI thread only hands plain arrays and prompts to these classes and gets mas
 * ``Prefetcher`` – embeddings of the current slice, then its neighbours, with a napari progress bar in
   the activity dock. A slice change restarts it (between slices: an encoder pass cannot be interrupted).
 * ``Propagation`` – one object through the volume, with progress and a cancel flag (the running/cancelling
-  bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``_volume``).
+  bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``_volume`` and segment-everything
+  in ``_everything``).
 
 Every engine call goes through ``ImageFeed.prepare`` first, which gives the session the image once per
 (session, layer data, normalisation) instead of hashing a whole volume on every click.
