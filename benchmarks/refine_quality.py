@@ -1,13 +1,13 @@
-"""Refining an object that is already in the labels: how much do correction clicks fix, with and without its box?
+"""Refining an object that is already in the labels: how much do correction clicks fix?
 
 An annotator commits a quick one-click mask, then sees it is wrong. With the Segment widget's "refine the object
-where it exists" the clicks on that slice go to SAM together with the box of the object as committed (grown to
-hold the positive clicks, ``geometry.clicked_object_box``), and the answer replaces the object. Without it, the
-only way to fix the object is to segment it again from clicks alone. A third way, for reference: every round
-takes the box of the mask shown after the previous round (what clicks on a preview could send). All are
-simulated with the widget's prompts through ``Session.predict``: the start is the model's own mask for one
-click at the object's most interior pixel; each round adds one correction click at the centre of the largest
-error (positive in a missed region, negative in a false one), and every click so far is sent.
+where it exists" the clicks on that slice go to the engine with the object as committed as ``prior=`` (the answer
+before the first click: with the default model its mask goes in as SAM's mask input, engine.interaction), and the
+answer replaces the object. Without it, the only way to fix the object is to segment it again from clicks alone
+(a new interaction under the model's rule). Both are simulated through ``Session.predict`` exactly as the widget
+calls it (one call per click, every click so far): the start is the model's own mask for one click at the object's
+most interior pixel; each round adds one correction click at the centre of the largest error (positive in a
+missed region, negative in a false one).
 
 Objects: every connected piece >= 64 px of the development phantom volumes (seeds 7001-7004 of the evaluation
 stream; never used for reported tuning figures) whose one-click mask has Dice < 0.9: the ones worth refining.
@@ -38,7 +38,8 @@ from napari_msa.engine.tuning_data import correction_click  # noqa: E402
 
 DEV_SEEDS = (7001, 7002, 7003, 7004)
 NEEDS_REFINING = 0.9
-WAYS = ("refine (clicks + object box)", "clicks alone", "clicks + box of the mask shown")
+WAYS = ("refine (the object as committed is the prior)", "clicks alone (a new interaction)",
+        "clicks + the object's box (the widget's refine until 2026-12-05)")
 
 
 def refine_rounds(session: Session, z: int, truth: np.ndarray, rounds: int) -> dict[str, list[float]]:
@@ -47,18 +48,18 @@ def refine_rounds(session: Session, z: int, truth: np.ndarray, rounds: int) -> d
     committed, _ = session.predict(points=[[z, *first]], labels=[1])
     out = {"start": [dice(committed, truth)]}
     for way in WAYS:
-        points, labels, shown, scores = [first], [1], committed, []
+        # refining, the prompts layer holds only the new clicks (the object's own were cleared at its commit);
+        # segmenting again starts from the first click
+        points, labels = ([], []) if way == WAYS[0] else ([first], [1])
+        shown, scores = committed, []
         for _ in range(rounds):
             point, label = correction_click(shown, truth)
             points.append(point)
             labels.append(label)
-            pts = np.array(points)
-            box = None
-            if way == WAYS[0]:
-                box = clicked_object_box(committed, pts, np.array(labels))
-            elif way == WAYS[2]:
-                box = clicked_object_box(shown, pts, np.array(labels))
-            shown, _ = session.predict(points=np.column_stack([np.full(len(pts), z), pts]), labels=labels, box=box)
+            pts = np.column_stack([np.full(len(points), z), np.array(points)])
+            prior = committed if way == WAYS[0] else None
+            box = clicked_object_box(committed, np.array(points), np.array(labels)) if way == WAYS[2] else None
+            shown, _ = session.predict(points=pts, labels=labels, prior=prior, box=box)
             scores.append(dice(shown, truth))
         out[way] = scores
     return out
@@ -96,13 +97,13 @@ def main() -> None:
     for way in WAYS:
         rows = np.array([r[way] for r in results])
         print(f"| {way} | {start:.3f} | " + " | ".join(f"{v:.3f}" for v in rows.mean(0)) + " |")
-    better = np.array([r["refine (clicks + object box)"][0] - r["clicks alone"][0] for r in results])
+    better = np.array([r[WAYS[0]][0] - r[WAYS[1]][0] for r in results])
     print(f"\nafter one correction click, refine minus clicks alone: mean {better.mean():+.3f}, "
           f"refine better on {(better > 0.01).sum()}, worse on {(better < -0.01).sum()} of {len(better)} objects")
     for name in dict.fromkeys(names):
         idx = [i for i, n in enumerate(names) if n == name]
-        r1 = np.mean([results[i]["refine (clicks + object box)"][0] for i in idx])
-        c1 = np.mean([results[i]["clicks alone"][0] for i in idx])
+        r1 = np.mean([results[i][WAYS[0]][0] for i in idx])
+        c1 = np.mean([results[i][WAYS[1]][0] for i in idx])
         s0 = np.mean([results[i]["start"][0] for i in idx])
         print(f"  {name}: {len(idx)} objects, start {s0:.3f}, +1 click refine {r1:.3f} / clicks alone {c1:.3f}")
 

@@ -92,6 +92,9 @@ class _Step:
     answer: Answer
 
 
+PRIOR_FEEDS_LOGITS = False  # refining: the object's box only, no mask input (measured best, refine_quality.py)
+
+
 @dataclass
 class Interaction:
     """One object's clicks on one slice and the answers decoded so far."""
@@ -124,7 +127,8 @@ class Interaction:
                 step = self.steps[i]
             else:
                 reuse = False
-                answer = decode(self._prompt(points[:n], labels[:n], box, previous, ambiguous))
+                answer = decode(self._prompt(points[:n], labels[:n], box, previous, ambiguous,
+                                             None if prior is None else prior.answer.mask))
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -134,11 +138,15 @@ class Interaction:
         return previous
 
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
-                ambiguous: bool) -> Prompt:
+                ambiguous: bool, prior_mask: np.ndarray | None = None) -> Prompt:
         mask_input = None
-        if previous is not None and self.rule.feed_logits:
+        if previous is not None and self.rule.feed_logits and (prior_mask is None or PRIOR_FEEDS_LOGITS):
             mask_input = previous.low_logits
-        if box is None and previous is not None and self.rule.shown_box:
+        if box is None and prior_mask is not None and prior_mask.any():
+            # refining: the object as it is bounds every step (grown to hold the positive clicks); measured better
+            # than its mask as the only context (benchmarks/refine_quality.py)
+            box = clicked_object_box(prior_mask, points, labels)
+        elif box is None and previous is not None and self.rule.shown_box:
             box = clicked_object_box(previous.mask, points, labels)
         return Prompt(points, labels, box, mask_input, multimask=ambiguous)
 
