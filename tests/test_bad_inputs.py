@@ -720,3 +720,19 @@ def test_an_rtstruct_given_as_the_image_is_named_as_such(tmp_path, capsys):
     assert main(["-q", "segment", rtstruct, "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a DICOM RTSTRUCT object without an image" in err[0], err
+
+
+def test_a_nifti_whose_affine_holds_nan_is_named_with_the_fix(tmp_path, capsys):
+    import struct
+
+    import nibabel as nib
+
+    path = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())
+    raw[280:284] = struct.pack("<f", float("nan"))  # srow_x[0]
+    raw[252:256] = struct.pack("<hh", 0, 1)  # qform_code 0, sform_code 1: the sform is the affine
+    path.write_bytes(bytes(raw))
+    assert main(["-q", "segment", str(path), "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nan.nii: its header's voxel-to-patient affine" in err[0] and "set_sform" in err[0]

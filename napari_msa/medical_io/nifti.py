@@ -126,6 +126,10 @@ def read_nifti(path: str | Path) -> MedicalImage:
     while data.ndim < 3:
         data = data[..., np.newaxis]
     header = img.header.copy()
+    if not np.all(np.isfinite(img.affine)):
+        raise MedicalIOError(f"{path.name}: its header's voxel-to-patient affine (sform/qform) holds NaN or Inf, so "
+                             "no voxel has a place in the patient; fix the header (nibabel: img.set_sform(affine)) or "
+                             "export the image again")
     geometry = Geometry(affine=img.affine, source_shape=data.shape, fmt="nifti", header=header.binaryblock,
                         info={"file": path.name, "descrip": _text(header.get("descrip"))})
     labels = looks_like_labels(path, header, data)
