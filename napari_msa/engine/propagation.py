@@ -68,8 +68,11 @@ def first_stop(facts: Sequence[StepFacts], rule: StopRule) -> int:
     return next((i for i, f in enumerate(facts) if rule(f)), len(facts))
 
 
-def _rule(min_score: float, min_overlap: float, max_shift: float = np.inf,
-          max_growth: float = np.inf) -> StopRule:
+def stop_rule(min_score: float, min_overlap: float, max_shift: float = np.inf,
+              max_growth: float = np.inf) -> StopRule:
+    """The object has ended at a slice whose predicted IoU, overlap with the last mask, brightness shift or growth
+    crosses its limit (``Session.propagate`` uses this with its arguments; the benchmark scores the candidates)."""
+
     def stop(f: StepFacts) -> bool:
         return f.score < min_score or f.overlap < min_overlap or f.shift > max_shift or f.area_ratio > max_growth
 
@@ -79,14 +82,14 @@ def _rule(min_score: float, min_overlap: float, max_shift: float = np.inf,
 # Candidate rules, scored side by side by benchmarks/propagation_stop.py.
 STOP_RULES: dict[str, StopRule] = {
     "never (to the volume's end)": lambda f: False,
-    "IoU < 0.5 or overlap < 0.5 (until 2026-12-05)": _rule(0.5, 0.5),
-    "IoU < 0.6 or overlap < 0.5": _rule(0.6, 0.5),
-    "IoU < 0.7 or overlap < 0.5": _rule(0.7, 0.5),
-    "IoU < 0.5 or overlap < 0.6": _rule(0.5, 0.6),
-    "IoU < 0.5, overlap < 0.5 or brightness shift > 1.5": _rule(0.5, 0.5, 1.5),
-    "IoU < 0.5, overlap < 0.5 or brightness shift > 2": _rule(0.5, 0.5, 2.0),
-    "IoU < 0.5, overlap < 0.5 or brightness shift > 3": _rule(0.5, 0.5, 3.0),
-    "IoU < 0.5, overlap < 0.5 or area x 1.5": _rule(0.5, 0.5, max_growth=1.5),
-    "IoU < 0.5, overlap < 0.5, shift > 2 or area x 1.5": _rule(0.5, 0.5, 2.0, 1.5),
-    "IoU < 0.6, overlap < 0.5, shift > 2 or area x 1.5": _rule(0.6, 0.5, 2.0, 1.5),
+    "IoU < 0.5 or overlap < 0.5 (until 2026-12-05)": stop_rule(0.5, 0.5),
+    "IoU < 0.6 or overlap < 0.5": stop_rule(0.6, 0.5),
+    "IoU < 0.7 or overlap < 0.5": stop_rule(0.7, 0.5),
+    "IoU < 0.5 or overlap < 0.6": stop_rule(0.5, 0.6),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 1.5": stop_rule(0.5, 0.5, 1.5),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 2": stop_rule(0.5, 0.5, 2.0),
+    "IoU < 0.5, overlap < 0.5 or brightness shift > 3": stop_rule(0.5, 0.5, 3.0),
+    "IoU < 0.5, overlap < 0.5 or area x 1.5": stop_rule(0.5, 0.5, max_growth=1.5),
+    "IoU < 0.5, overlap < 0.5, shift > 2 or area x 1.5": stop_rule(0.5, 0.5, 2.0, 1.5),
+    "IoU < 0.6, overlap < 0.5, shift > 2 or area x 1.5": stop_rule(0.6, 0.5, 2.0, 1.5),
 }

@@ -22,7 +22,7 @@ from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
 from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
-from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts
+from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts, stop_rule
 
 
 @dataclass
@@ -469,6 +469,7 @@ class Session:
         done = 0
         result: dict[int, np.ndarray] = {}
         start = Brightness.of(self.plane_rgb(z)[..., 0], mask)
+        ended = stop_rule(min_score, iou_threshold, max_shift)  # the rule benchmarks/propagation_stop.py scores
         for step in (1, -1):
             previous = mask
             current = z + step
@@ -479,8 +480,7 @@ class Session:
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not new.any() or facts.score < min_score or facts.overlap < iou_threshold \
-                        or facts.shift > max_shift:
+                if not new.any() or ended(facts):
                     break
                 result[current] = new
                 previous = new
