@@ -67,8 +67,8 @@ def read_image_and_labels(image_path: str | Path, labels_path: str | Path) -> tu
     image_geometry = medical_cli.last_geometry()
     labels = read_image(labels_path)
     try:
-        medical_cli.check_same_grid(image_geometry, medical_cli.last_geometry(), Path(image_path).name,
-                                    Path(labels_path).name)
+        medical_io.check_same_grid(image_geometry, medical_cli.last_geometry(), Path(image_path).name,
+                                   Path(labels_path).name)
     except medical_io.MedicalIOError as err:
         raise CLIError(str(err)) from err
     return image, labels

@@ -435,8 +435,7 @@ class TuneWidget(QWidget):
 def _check_same_grid(image: Image, labels: Labels) -> None:
     """Both opened from medical files: their voxel grids (affine and shape) must be the same, not only the arrays'
     shapes (a labels file of another scan, or with transposed axes, would teach the wrong voxels)."""
-    from napari_msa.medical_io import GEOMETRY_KEY, Geometry, MedicalIOError
-    from napari_msa.medical_io.cli import check_same_grid
+    from napari_msa.medical_io import GEOMETRY_KEY, Geometry, MedicalIOError, check_same_grid
 
     metas = [layer.metadata.get(GEOMETRY_KEY) for layer in (image, labels)]
     if not all(metas):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .geometry import GEOMETRY_KEY, Geometry, MedicalIOError
+from .geometry import GEOMETRY_KEY, Geometry, MedicalIOError, check_same_grid
 from .image import MedicalImage
 
-__all__ = ["GEOMETRY_KEY", "Geometry", "MedicalIOError", "MedicalImage", "is_dicom_path", "is_medical_path",
-           "is_nifti_name", "read_medical", "write_nifti_labels"]
+__all__ = ["GEOMETRY_KEY", "Geometry", "MedicalIOError", "MedicalImage", "check_same_grid", "is_dicom_path",
+           "is_medical_path", "is_nifti_name", "read_medical", "write_nifti_labels"]
 
 
 def is_nifti_name(path: str | Path) -> bool:

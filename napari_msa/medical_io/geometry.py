@@ -211,3 +211,21 @@ class Geometry:
         affine = np.diag([-scale[2], -scale[1], scale[0], 1.0])  # i toward L, j toward P, k toward S
         affine[:3, 3] = (-translate[2], -translate[1], translate[0])
         return cls(affine=affine, source_shape=(x, y, z))
+
+
+def check_same_grid(image: Geometry | None, labels: Geometry | None, image_name: str, labels_name: str) -> None:
+    """Labels must lie on their image's voxels: with both geometries known, the same affine (to 0.01 mm) and shape,
+    else the masks would be learnt from the wrong voxels."""
+    if image is None or labels is None:
+        return
+    same_shape = image.source_shape[:3] == labels.source_shape[:3]
+    if same_shape and np.allclose(image.affine, labels.affine, atol=1e-2):
+        return
+
+    def where(g: Geometry) -> str:
+        origin = ", ".join(f"{v:.1f}" for v in g.affine[:3, 3])
+        return f"shape {g.source_shape[:3]}, first voxel at ({origin}) mm, axes {''.join(g.codes)}"
+
+    raise MedicalIOError(f"{labels_name} does not lie on {image_name}'s grid ({labels_name}: {where(labels)}; "
+                         f"{image_name}: {where(image)}); resample the labels onto the image first (e.g. nibabel's "
+                         "resample_from_to with order=0) or give the labels drawn on this image")
