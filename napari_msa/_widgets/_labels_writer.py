@@ -31,11 +31,20 @@ class _PlanePreview:
 class LabelsWriter:
     """The preview of one object (the current id) in one labels layer, slice by slice."""
 
-    def __init__(self, layer: Labels, volume: bool) -> None:
+    def __init__(self, layer: Labels, volume: bool, made: bool = False) -> None:
         self.layer = layer
         self.volume = volume
         self._preview: dict[int, _PlanePreview] = {}
         self._preview_id = 0
+        # The widget made this layer for its first mask and nothing was committed or painted in it since: all it
+        # holds is the preview (known without scanning the array on every redraw).
+        self._fresh = made
+        if made:
+            layer.events.paint.connect(self._painted)  # a commit or the user's brush: no longer only a preview
+
+    def _painted(self, *_) -> None:
+        self._fresh = False
+        self.layer.events.paint.disconnect(self._painted)
 
     # --- helpers -------------------------------------------------------------------------------
     def _plane(self, z: int) -> np.ndarray:
@@ -77,14 +86,8 @@ class LabelsWriter:
         return mask
 
     def preview_only(self) -> bool:
-        """Every labelled pixel of the layer is preview painted over background: nothing committed there."""
-        painted = 0
-        for z, item in self._preview.items():
-            plane = self._plane(z)
-            painted += int(np.count_nonzero((plane[item.rows, item.cols] == self._preview_id) & (item.previous == 0)))
-            if len(item.erased[0]):
-                return False  # refining: a committed object is there
-        return painted > 0 and painted == int(np.count_nonzero(self.layer.data))
+        """The layer holds nothing but the preview: the widget made it, and nothing was committed or painted since."""
+        return self._fresh and bool(self._preview)
 
     def committed_labels(self) -> np.ndarray:
         """A copy of the whole labels array as it is without the preview (what a recovery file keeps)."""

@@ -200,7 +200,7 @@ class ObjectEditor:
             self.object_id.setValue(1)
         L.check_labels(labels, image)
         if self.writer is None or self.writer.layer != labels:
-            self.writer = LabelsWriter(labels, L.is_volume(image))
+            self.writer = LabelsWriter(labels, L.is_volume(image), made)
         labels.selected_label = self.object_id.value()
         return self.writer
 
