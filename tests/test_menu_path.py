@@ -98,6 +98,38 @@ def test_widgets_and_samples_open_from_the_menus_after_the_viewer():
     _assert_ok(_run_viewer_first({"widgets": WIDGETS, "samples": SAMPLES, "after": ""}))
 
 
+# The user's default: the widget loads its model on a worker as soon as an image is there (the tests' conftest turns
+# that off); here it is on, the default model loads after Qt, and a click is answered.
+PRELOAD_AFTER = textwrap.dedent("""
+    import time
+    from napari_msa._widgets import segment_widget
+    widget = viewer.window.dock_widgets["Segment (MSA) (napari-msa)"]
+    deadline = time.monotonic() + 150
+    while (widget.hub.model is None or not widget.idle) and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.02)
+    assert widget.hub.model is not None, "the model did not load on its worker"
+    print("preloaded", widget.hub.model.describe(), flush=True)
+    widget.image_choice.choose(viewer.layers["CT slice (HU)"])  # the sample (the script's own image came first)
+    widget.points_layer().add([64, 64])
+    while (widget.labels_layer() is None or not widget.idle) and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.02)
+    assert widget.labels_layer() is not None and widget.labels_layer().data.any(), "no mask for the click"
+""")
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_default_model_preloads_after_the_viewer_and_answers_a_click():
+    import json
+
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "NAPARI_MSA_PRELOAD": "1"}
+    plan = {"widgets": ["Segment (MSA)"], "samples": ["ct_slice"], "after": PRELOAD_AFTER}
+    proc = subprocess.run([sys.executable, "-c", VIEWER_FIRST, json.dumps(plan)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    _assert_ok(proc)
+    assert "preloaded LiteMedSAM" in proc.stdout, proc.stdout
+
+
 @pytest.mark.gui
 @needs_display
 def test_timm_and_torchvision_import_after_the_viewer():
