@@ -15,6 +15,8 @@ from napari_msa import load_model
 # Every model the tests load computes in the reference fp32 arithmetic (bit-exact comparisons hold on every
 # machine, whatever its CPU or GPU); tests/test_precision.py covers 'auto' and 'bf16' explicitly.
 os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
+# ... and in torch (tests/test_runtime.py covers the OpenVINO runtime and 'auto' explicitly).
+os.environ.setdefault("NAPARI_MSA_RUNTIME", "torch")
 # The Segment widget loads its chosen model as soon as an image is there; each test gives its widgets the model it
 # needs instead (tests/test_segment_widget.py turns preloading on where it is what is tested).
 os.environ.setdefault("NAPARI_MSA_PRELOAD", "0")
@@ -24,6 +26,7 @@ os.environ.setdefault("NAPARI_MSA_PRELOAD", "0")
 def _own_recovery_folder(tmp_path_factory, monkeypatch):
     """Each test writes recovery files (autosave at commit) to a folder of its own, never the user's."""
     monkeypatch.setenv("NAPARI_MSA_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+    monkeypatch.setenv("NAPARI_MSA_GRAPH_DIR", str(tmp_path_factory.mktemp("encoder-graphs")))
 
 
 @pytest.fixture(autouse=True)

@@ -118,3 +118,6 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
     from napari_msa.engine.precision import PRECISIONS
 
     assert C.PRECISIONS == PRECISIONS
+    from napari_msa.engine import runtime
+
+    assert C.RUNTIMES == runtime.RUNTIMES and C.RUNTIME_ENV == runtime.ENV_VAR

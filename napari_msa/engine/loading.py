@@ -24,8 +24,9 @@ from .model_files import (
     read_model_file,
 )
 from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
-from .precision import resolve_precision
+from .precision import check_precision, openvino_precision, resolve_precision
 from .preprocessing import Normalization
+from .runtime import resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def load_model(
     adapter_config: AdapterConfig | None = None,
     random_init: bool = False,
     precision: str | None = None,
+    runtime: str | None = None,
 ) -> MSAModel:
     """Build a model from local files only.
 
@@ -52,10 +54,14 @@ def load_model(
     napari-msa safetensors adapter (its architecture and image size are used to build the model);
     'auto' (the default) means the adapter shipped for this model (LiteMedSAM's click adapter), if
     any; None means none. ``precision``: 'auto', 'fp32' (the reference arithmetic, bit for bit) or 'bf16'
-    for the image encoder (``engine.precision``); None means $NAPARI_MSA_PRECISION, else 'auto'.
+    for the image encoder (``engine.precision``); None means $NAPARI_MSA_PRECISION, else 'auto'. ``runtime``:
+    where the encoder runs, 'auto', 'torch' or 'openvino' (``engine.runtime``); None means $NAPARI_MSA_RUNTIME,
+    else 'auto' (OpenVINO on a CPU when installed and the precision is 'auto').
     """
     dev = pick_device(device)
-    prec = resolve_precision(precision, dev)
+    setting = check_precision(precision)
+    where = resolve_runtime(runtime, dev, setting)
+    prec = resolve_precision(setting, dev) if where == "torch" else openvino_precision(setting)
     if adapter is not None and str(adapter) == AUTO:
         shipped = DEFAULT_ADAPTERS.get(name) if checkpoint is None and not random_init else None
         adapter = shipped if shipped is not None and shipped.is_file() else None
@@ -77,7 +83,8 @@ def load_model(
         report = load_sam_state(sam, base_state, source=path.name)
         norm = Normalization.from_dict(json.loads(meta.get("normalization") or "{}"))
         model = MSAModel(sam, name=config.name if name != DEMO_MODEL_NAME else DEMO_MODEL_NAME, device=dev,
-                         source=str(path), normalization=norm, is_demo=name == DEMO_MODEL_NAME, precision=prec)
+                         source=str(path), normalization=norm, is_demo=name == DEMO_MODEL_NAME, precision=prec,
+                         runtime=where)
     else:
         config = get_config(name, image_size)
         sam = build_sam(config, adapter_config)
@@ -98,7 +105,7 @@ def load_model(
         else:
             report = LoadReport()
             source = "random init"
-        model = MSAModel(sam, name=name, device=dev, source=source, precision=prec)
+        model = MSAModel(sam, name=name, device=dev, source=source, precision=prec, runtime=where)
     model.load_report = report
     if adapter is not None:
         model.apply_adapter(adapter)

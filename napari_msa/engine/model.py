@@ -26,6 +26,7 @@ from .model_files import (
 from .models import ModelConfig, base_fingerprint
 from .precision import FP32_EXACT, Precision
 from .preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
+from .runtime import OpenVINOEncoder
 
 
 def default_rule(name: str, is_demo: bool) -> InteractionRule:
@@ -46,9 +47,11 @@ class MSAModel:
 
     def __init__(self, sam: torch.nn.Module, *, name: str, device: torch.device, source: str,
                  normalization: Normalization | None = None, is_demo: bool = False,
-                 precision: Precision = FP32_EXACT) -> None:
+                 precision: Precision = FP32_EXACT, runtime: str = "torch") -> None:
         self.sam = sam.to(device).eval()
         self.precision = precision
+        self.runtime = runtime  # 'torch' or 'openvino' (engine.runtime): where the image encoder runs
+        self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
         self.name = name
@@ -83,6 +86,7 @@ class MSAModel:
     def describe(self) -> str:
         kind = "demo model (trained on synthetic phantoms, not a SAM checkpoint)" if self.is_demo else self.name
         where = f"@ {self.image_size}px on {self.device.type}" + (", bf16" if self.precision.name == "bf16" else "")
+        where += ", OpenVINO" if self.runtime == "openvino" else ""
         if self.name == LITEMEDSAM_NAME:
             kind = "LiteMedSAM"
         if self.adapter_source and Path(self.adapter_source) == CLICK_ADAPTER_FILE:
@@ -114,6 +118,9 @@ class MSAModel:
     @torch.no_grad()
     def encode(self, batch: torch.Tensor, depth_slices: int = 1) -> torch.Tensor:
         """fp32 image embeddings of a preprocessed (B,3,S,S) batch, computed in the model's ``precision``."""
+        graph = self.encoder_graph() if depth_slices == 1 else None
+        if graph is not None and graph.ready:
+            return graph(batch)
         set_depth_slices(self.sam, depth_slices)
         batch = batch.to(self.device)
         if self.precision.channels_last:
@@ -122,6 +129,22 @@ class MSAModel:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                 return self.sam.image_encoder(batch).float().contiguous()
         return self.sam.image_encoder(batch).contiguous()
+
+    def encoder_graph(self, wait: bool = False) -> OpenVINOEncoder | None:
+        """The encoder (with today's adapters) as an OpenVINO graph when this model runs there: the saved one for
+        these weights, else one being exported in the background (torch answers until it is ready; ``wait``
+        blocks until then). None on the torch runtime, for depth adapters (volumes in one pass), or after a
+        failed export."""
+        if self.runtime != "openvino" or (self.adapter_config is not None and self.adapter_config.depth):
+            return None
+        key = self.weights_key()
+        if self._graph is None or self._graph.key != key:
+            self._graph = OpenVINOEncoder(key, self.image_size)
+            if not self._graph.load_saved():
+                self._graph.export_in_background(self.sam.image_encoder)
+        if wait:
+            self._graph.wait()
+        return None if self._graph.failed else self._graph
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""

@@ -138,6 +138,15 @@ def resolve_precision(precision: str | None, device: torch.device) -> Precision:
     return Precision("fp32", half, device.type == "cpu", f"auto: fp32 ({where})")
 
 
+def openvino_precision(precision: str) -> Precision:
+    """The precision of an encoder run by OpenVINO (engine.runtime): its fp32, the exact numbers; ``auto`` keeps
+    embeddings as fp16 like torch's ``auto`` (measured to keep the masks)."""
+    if precision == "fp32":
+        return FP32_EXACT
+    half = torch.float16 if HALF_CACHE_KEEPS_MASKS else torch.float32
+    return Precision("fp32", half, False, "auto: fp32 in OpenVINO on this CPU (torch's numbers, faster)")
+
+
 def batch_size(device: torch.device) -> int:
     """Slices per encoder pass when a whole volume is embedded (measured per kind of device)."""
     return CUDA_BATCH if device.type == "cuda" else CPU_BATCH

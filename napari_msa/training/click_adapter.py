@@ -35,6 +35,7 @@ from napari_msa.engine.model import MSAModel
 
 from .appearance import KINDS, augmented
 from .real_images import RealImage, load_real_images
+from .whole_objects import whole_maps
 
 PHANTOM_STREAM_OFFSET = 500_000  # phantom slices drawn at [seed, TRAIN_STREAM, offset + i]
 
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="most correction clicks after the first prompt")
     ap.add_argument("--grad-rounds", type=int, default=2, help="rounds that carry the loss (first + last ones)")
     ap.add_argument("--appearance", default="", help=f"comma-separated copies of every image: {', '.join(KINDS)}")
+    ap.add_argument("--wholes", action="store_true", help="also train on whole objects of the phantoms (the body, "
+                    "objects with what they enclose), so a click on a large structure can mean all of it")
+    ap.add_argument("--wholes-share", type=float, default=0.5, help="share of phantom slices that get a map of "
+                    "their wholes (each such map is one more training slice)")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -222,6 +227,16 @@ def main(argv: list[str] | None = None) -> None:
             _write_dataset(args.data_cache, images, labels, listing)
     more_images, more_labels, more_listing = _extra_phantoms(args.phantoms_mr, args.seed)
     images, labels, listing = images + more_images, labels + more_labels, listing + more_listing
+    if args.wholes:  # phantoms only: pseudo-labels are flat by construction, phantoms know their nesting
+        generated = list(range(min(args.phantoms, len(images)))) + \
+            list(range(len(images) - len(more_images), len(images)))
+        chosen = np.random.default_rng([args.seed, 79]).random(len(generated)) < args.wholes_share
+        extra = [(images[i], m) for i, c in zip(generated, chosen, strict=True) if c
+                 for m in whole_maps(labels[i], images[i], max_maps=1)]
+        images, labels = images + [im for im, _ in extra], labels + [m for _, m in extra]
+        listing.append({"name": f"{len(extra)} whole-object label maps of the phantom slices (body outlines, "
+                        "objects with what they enclose)", "source": "napari_msa.training.whole_objects",
+                        "licence": "BSD-3-Clause (napari-msa)"})
     kinds = tuple(k for k in args.appearance.split(",") if k)
     if kinds:
         images, labels = augmented(images, labels, kinds, np.random.default_rng([args.seed, 78]))
@@ -276,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         "grad_rounds": args.grad_rounds, "train": args.train, "appearance": list(kinds),
         "init_adapter": None if args.init_adapter is None else args.init_adapter.name,
         "interaction": rule,
-        "augment": not args.no_augment, "phantoms": args.phantoms, "phantoms_mr": args.phantoms_mr,
+        "augment": not args.no_augment, "wholes": args.wholes and args.wholes_share, "phantoms": args.phantoms,
+        "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
                     "the development set (napari_msa.evaluation.devset); phantom evaluation seed streams",

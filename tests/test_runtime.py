@@ -1,0 +1,159 @@
+"""The encoder on OpenVINO (napari_msa.engine.runtime): the same numbers as torch fp32, exported once per weights
+key and found again, torch in charge until the graph is ready and after a failed export."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msa import Session, load_model
+from napari_msa.engine import runtime as rt
+from napari_msa.engine.adapters import ADAPTER_KEY, AdapterConfig
+
+pytest.importorskip("openvino")  # an install dependency: present wherever the project's own files installed it
+
+
+def _model(runtime: str, name: str = "tinyvit_test", **kw):
+    return load_model(name, adapter=None, random_init=True, device="cpu", runtime=runtime,
+                      adapter_config=AdapterConfig(blocks=(1,)), **kw)
+
+
+def _same_weights(a, b) -> None:
+    b.sam.load_state_dict(a.sam.state_dict())
+    b.version += 1
+
+
+@pytest.mark.parametrize("name", ["tinyvit_test", "tiny"])  # LiteMedSAM's TinyViT and SAM's ViT, with adapters
+def test_the_graph_gives_torch_fp32_embeddings_and_masks(name):
+    torch.manual_seed(0)
+    ref = _model("torch", name, precision="fp32")
+    ov = _model("openvino", name, precision="fp32")
+    _same_weights(ref, ov)
+    for p in ref.sam.image_encoder.parameters():  # non-zero adapters, so they are in the graph for real
+        p.data.add_(0.01 * torch.randn_like(p))
+    _same_weights(ref, ov)
+    assert ov.encoder_graph(wait=True).ready
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 70)) * 255).astype(np.uint8)
+    image[20:50, 20:40] = 250
+    sessions = [Session(m) for m in (ref, ov)]
+    for s in sessions:
+        s.set_image(image)
+    e_ref, e_ov = (s.embedding().features for s in sessions)
+    assert torch.allclose(e_ref, e_ov, atol=1e-4), float((e_ref - e_ov).abs().max())
+    for prompt in ({"points": [[35, 30]], "labels": [1]}, {"box": [18, 18, 52, 42]},
+                   {"points": [[35, 30], [60, 60]], "labels": [1, 0]}):
+        masks = [s.predict(**prompt)[0] for s in sessions]
+        np.testing.assert_array_equal(masks[0], masks[1])
+    assert "OpenVINO" in ov.describe()
+
+
+def test_the_graph_is_saved_once_per_weights_and_found_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    torch.manual_seed(1)
+    first = _model("openvino")
+    graph = first.encoder_graph(wait=True)
+    assert graph.ready and graph.export_s is not None
+    saved = [p for p in tmp_path.iterdir()]
+    assert len(saved) == 1 and (saved[0] / "encoder.xml").is_file() and not saved[0].name.startswith(".")
+    torch.manual_seed(1)
+    second = _model("openvino")  # the same random base weights, as two loads of one checkpoint
+    again = second.encoder_graph()
+    assert again.ready and again.export_s is None  # read back, not exported
+    # tuning changes the adapters: a new key, a new graph beside the old one
+    with torch.no_grad():
+        next(p for n, p in second.sam.image_encoder.named_parameters() if ADAPTER_KEY in n).add_(0.1)
+    second.version += 1
+    assert second.encoder_graph(wait=True).key != again.key
+    assert len([p for p in tmp_path.iterdir()]) == 2
+
+
+def test_torch_answers_while_the_graph_is_exported(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    model = _model("openvino")
+    started = []
+    monkeypatch.setattr(rt.OpenVINOEncoder, "export_in_background", lambda self, enc: started.append(self.key))
+    x = model.preprocess(np.zeros((64, 64, 3), np.uint8))[0]
+    out = model.encode(x)  # no graph yet: torch
+    assert started == [model.weights_key()] and not model.encoder_graph().ready
+    assert torch.equal(out, model.sam.image_encoder(x))
+
+
+def test_a_failed_export_leaves_torch_in_charge_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    import openvino
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(openvino, "convert_model", broken)
+    model = _model("openvino")
+    with pytest.warns(RuntimeWarning, match="could not be exported to OpenVINO.*unsupported operation"):
+        assert model.encoder_graph(wait=True) is None
+    x = model.preprocess(np.zeros((64, 64, 3), np.uint8))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert torch.equal(model.encode(x), model.sam.image_encoder(x))
+
+
+def test_an_unwritable_graph_folder_still_gives_the_graph(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(blocker / "graphs"))
+    model = _model("openvino")
+    assert model.encoder_graph(wait=True).ready
+
+
+def test_which_runtime_each_setting_gets(monkeypatch):
+    cpu = torch.device("cpu")
+    assert rt.resolve_runtime("auto", cpu, "auto") == "openvino"
+    assert rt.resolve_runtime("auto", cpu, "fp32") == "torch"  # fp32 is the reference: torch, bit for bit
+    assert rt.resolve_runtime("auto", cpu, "bf16") == "torch"
+    assert rt.resolve_runtime("auto", torch.device("cuda"), "auto") == "torch"
+    assert rt.resolve_runtime("openvino", cpu, "fp32") == "openvino"
+    with pytest.raises(ValueError, match="runs on the CPU, not on cuda"):
+        rt.resolve_runtime("openvino", torch.device("cuda"), "auto")
+    with pytest.raises(ValueError, match="fp32 here"):
+        rt.resolve_runtime("openvino", cpu, "bf16")
+    with pytest.raises(ValueError, match="unknown runtime 'onnx'"):
+        rt.check_runtime("onnx")
+    monkeypatch.setenv(rt.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="NAPARI_MSA_RUNTIME='fast'"):
+        rt.check_runtime(None)
+    monkeypatch.setattr(rt, "openvino_available", lambda: False)
+    assert rt.resolve_runtime("auto", cpu, "auto") == "torch"
+    with pytest.raises(ValueError, match="pip install openvino"):
+        rt.resolve_runtime("openvino", cpu, "auto")
+
+
+def test_auto_on_a_cpu_runs_openvino_in_fp32():
+    model = load_model("tinyvit_test", adapter=None, random_init=True, device="cpu", precision="auto",
+                       runtime="auto")
+    assert model.runtime == "openvino" and model.precision.name == "fp32" and model.autocast_dtype is None
+
+
+def test_the_command_line_embeds_with_openvino_and_exits_cleanly(tmp_path):
+    """A fresh process: the export (begun at the first slice) is waited for at exit, so the graph is kept and
+    OpenVINO never sees the interpreter shut down under it; the embeddings are torch's."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((3, 30, 30)).astype(np.float32))
+    env = {**os.environ, rt.GRAPH_DIR_ENV: str(tmp_path / "graphs")}
+    runs = {}
+    for run in ("openvino", "openvino-saved", "torch"):  # the first exports, the second reads the graph it kept
+        runtime = run.split("-")[0]
+        proc = subprocess.run([sys.executable, "-m", "napari_msa.cli", "-q", "embed", str(tmp_path / "v.npy"),
+                               "--cache-dir", str(tmp_path / run), "--model", "tiny", "--runtime", runtime],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "terminate" not in proc.stderr and "Traceback" not in proc.stderr
+        runs[run] = sorted((tmp_path / run).rglob("z*.pt"))
+        assert len(list((tmp_path / "graphs").glob("*/encoder.xml"))) == 1
+    assert [p.name for p in runs["openvino-saved"]] == [p.name for p in runs["torch"]] and len(runs["torch"]) == 3
+    for a, b in zip(runs["openvino-saved"], runs["torch"], strict=True):
+        ea, eb = (torch.load(p, weights_only=True) for p in (a, b))
+        ea, eb = (e["features"] if isinstance(e, dict) else e for e in (ea, eb))
+        assert torch.allclose(ea.float(), eb.float(), atol=1e-4)
