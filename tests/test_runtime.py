@@ -75,7 +75,8 @@ def test_torch_answers_while_the_graph_is_exported(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(rt.OpenVINOEncoder, "export_in_background", lambda self, enc: started.append(self.key))
     x = model.preprocess(np.zeros((64, 64, 3), np.uint8))[0]
-    out = model.encode(x)  # no graph yet: torch
+    assert not model.encoder_graph().ready and started == []  # nothing saved: the export waits for an answer
+    out = model.encode(x)  # no graph yet: torch, then the export begins
     assert started == [model.weights_key()] and not model.encoder_graph().ready
     assert torch.equal(out, model.sam.image_encoder(x))
 

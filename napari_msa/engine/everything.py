@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from .cancel import Cancelled
-from .decoding import decode, to_input_frame
 from .geometry import iou, mask_box
 
 
@@ -89,7 +88,6 @@ def _candidates(session, emb, points: np.ndarray, s: EverythingSettings, report:
                 cancel: Callable[[], bool] | None, covered: np.ndarray | None = None) -> list[Candidate]:
     """Each point a single click, decoded ``s.batch`` at a time; the candidates that pass the filters. ``covered``
     gets every stable mask, passing or not (background, a too-large region): places already explored."""
-    sam = session.model.sam
     h, w = emb.original_size
     min_area = max(16, int(s.min_area_share * h * w))
     max_area = int(s.max_area_share * h * w)
@@ -98,12 +96,9 @@ def _candidates(session, emb, points: np.ndarray, s: EverythingSettings, report:
         if cancel is not None and cancel():
             raise Cancelled("segmenting everything was cancelled")
         chunk = points[start : start + s.batch]
-        frame = to_input_frame(chunk, emb.original_size, session.model.image_size)[:, None]
-        with session._lock:
-            low, scores = decode(sam, emb.features, frame, np.ones((len(chunk), 1)), None, True)
-            logits = sam.postprocess_masks(low.float(), emb.input_size, emb.original_size)
-        logits, scores = logits.flatten(0, 1), scores.flatten().float()
-        threshold = sam.mask_threshold
+        logits, scores = session.lone_clicks(emb, chunk)
+        logits, scores = logits.flatten(0, 1), scores.flatten()
+        threshold = session.model.sam.mask_threshold
         masks = logits > threshold
         stable = (logits > threshold + 1.0).flatten(1).sum(1).float() / \
             (logits > threshold - 1.0).flatten(1).sum(1).clamp(min=1).float()

@@ -117,7 +117,8 @@ class MSAModel:
 
     @torch.no_grad()
     def encode(self, batch: torch.Tensor, depth_slices: int = 1) -> torch.Tensor:
-        """fp32 image embeddings of a preprocessed (B,3,S,S) batch, computed in the model's ``precision``."""
+        """fp32 image embeddings of a preprocessed (B,3,S,S) batch, computed in the model's ``precision`` (and
+        ``runtime``: the OpenVINO graph once it is ready for these weights)."""
         graph = self.encoder_graph() if depth_slices == 1 else None
         if graph is not None and graph.ready:
             return graph(batch)
@@ -127,22 +128,26 @@ class MSAModel:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return self.sam.image_encoder(batch).float().contiguous()
-        return self.sam.image_encoder(batch).contiguous()
+                out = self.sam.image_encoder(batch).float().contiguous()
+        else:
+            out = self.sam.image_encoder(batch).contiguous()
+        if graph is not None:  # begun after this answer, so the first slice is not slowed by it
+            graph.export_in_background(self.sam.image_encoder)
+        return out
 
     def encoder_graph(self, wait: bool = False) -> OpenVINOEncoder | None:
         """The encoder (with today's adapters) as an OpenVINO graph when this model runs there: the saved one for
-        these weights, else one being exported in the background (torch answers until it is ready; ``wait``
-        blocks until then). None on the torch runtime, for depth adapters (volumes in one pass), or after a
-        failed export."""
+        these weights if there is one, else one that ``encode`` exports in the background after its first torch
+        answer (``wait``: export now if not begun, and block until ready). None on the torch runtime, for depth
+        adapters (volumes in one pass), or after a failed export."""
         if self.runtime != "openvino" or (self.adapter_config is not None and self.adapter_config.depth):
             return None
         key = self.weights_key()
         if self._graph is None or self._graph.key != key:
             self._graph = OpenVINOEncoder(key, self.image_size)
-            if not self._graph.load_saved():
-                self._graph.export_in_background(self.sam.image_encoder)
-        if wait:
+            self._graph.load_saved()
+        if wait and not self._graph.ready:
+            self._graph.export_in_background(self.sam.image_encoder)
             self._graph.wait()
         return None if self._graph.failed else self._graph
 

@@ -8,8 +8,9 @@ exporter, no onnx/onnxscript packages).
 
 The graph depends on the encoder's weights (the adapters change with tuning), so it is exported once per weights
 key into a folder (``$NAPARI_MSA_GRAPH_DIR``, else ``$XDG_CACHE_HOME/napari-msa/encoders``), atomically, and read
-back next time (well under a second). An export takes tens of seconds, so it runs on a background thread while
-torch answers; the graph takes over when it is ready. A failed export or compile leaves torch in charge, with one
+back next time (well under a second). An export takes tens of seconds, so it runs on a background thread, begun
+after torch's first answer (the first click is not slowed), while torch goes on answering; the graph takes over
+when it is ready. A failed export or compile leaves torch in charge, with one
 warning. Embedding caches are keyed without the runtime: the graph computes the fp32 numbers torch computes
 (tests hold them to 1e-4 and equal masks).
 

@@ -430,6 +430,16 @@ class Session:
             scores, logits = predicted_iou[0].float().cpu().numpy(), low[0].float().cpu().numpy()
         return Answer(masks.astype(bool), scores, logits).ranked()
 
+    def lone_clicks(self, emb: Embedding, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Many single positive clicks (N, 2) decoded in one pass, each its own prompt with SAM's three masks:
+        (logits (N, 3, h, w) at the slice's size, predicted IoU (N, 3)). Segment everything's grid."""
+        sam = self.model.sam
+        frame = to_input_frame(np.asarray(points, dtype=np.float64), emb.original_size, self.model.image_size)
+        with self._lock, torch.no_grad():
+            low, scores = decode(sam, emb.features, frame[:, None], np.ones((len(frame), 1)), None, True)
+            logits = sam.postprocess_masks(low.float(), emb.input_size, emb.original_size)
+        return logits, scores.float()
+
     def propagate(
         self,
         mask: np.ndarray,
