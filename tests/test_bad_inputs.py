@@ -736,3 +736,42 @@ def test_a_nifti_whose_affine_holds_nan_is_named_with_the_fix(tmp_path, capsys):
     assert main(["-q", "segment", str(path), "--everything", "-o", str(tmp_path / "o.tif"), "--model", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nan.nii: its header's voxel-to-patient affine" in err[0] and "set_sform" in err[0]
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs, nearly full, holding one output that exists already; needs the right to mount."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs (a full disk) needs root and the right to mount here")
+    try:
+        (mount / "old.tif").write_bytes(b"an earlier result")
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 512)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("argv", [
+    ["segment", "x.tif", "-p", "p.csv", "-o", "{disk}/old.tif", "--model", "tiny"],
+    ["tune", "x.tif", "labels.tif", "-o", "{disk}/adapter.safetensors", "--model", "tiny", "--steps", "1"],
+    ["embed", "x.tif", "--cache-dir", "{disk}/cache", "--model", "tiny"],
+], ids=["segment", "tune", "embed"])
+def test_a_full_disk_is_one_line_exit_2_and_replaces_nothing(folder, full_disk, capsys, argv):
+    before = sorted(p.name for p in full_disk.iterdir())
+    code = main(["-q", *[a.format(disk=full_disk) for a in argv]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and ("no space left" in err or "disk is full" in err), err
+    assert (full_disk / "old.tif").read_bytes() == b"an earlier result"
+    leftover = sorted(p.name for p in full_disk.iterdir() if p.name != "cache")
+    assert leftover == before  # no temp file, no half file

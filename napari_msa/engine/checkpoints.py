@@ -4,10 +4,12 @@ write every file the project saves goes through. The project's own formats are i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import stat
 import tempfile
@@ -143,6 +145,29 @@ def _remove_stale_temps(target: Path) -> None:
             continue
 
 
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write ran out of disk: errno 28, or a library's own words for it (safetensors: 'os error
+    28'; torch.save: a short write, 'unexpected pos') with the disk (nearly) full."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in str(err) or "os error 28" in str(err):
+        return True
+    if isinstance(err, OSError):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _no_space(path: Path) -> OSError:
+    """One message for every writer that meets a full disk: which file, that nothing was replaced, what to do."""
+    err = OSError(f"no space left on the disk of {path.parent} while writing {path.name}; nothing was replaced: "
+                  "free space or write elsewhere")
+    err.errno = errno.ENOSPC
+    return err
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves half a file.
 
@@ -171,8 +196,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             write(tmp)
             os.chmod(tmp, mode)
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, Exception) and _disk_full(err, target.parent):
+                raise _no_space(path) from err
             raise
         finally:
             _LIVE_TEMPS.discard(tmp)

@@ -171,11 +171,17 @@ class OpenVINOEncoder:
         import openvino as ov
 
         t0 = time.perf_counter()
+        logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
         try:
             example = torch.zeros(1, 3, self.image_size, self.image_size)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracing warnings are about python control flow, fixed here
-                graph = ov.convert_model(encoder, example_input=example)
+            with torch.no_grad():
+                try:  # torch.export: a few seconds, and no tracing warnings
+                    graph = ov.convert_model(torch.export.export(encoder, (example,)))
+                except Exception as err:  # an encoder torch.export cannot take: OpenVINO's own tracing
+                    log.info("torch.export failed (%s); converting by tracing", err)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        graph = ov.convert_model(encoder, example_input=example)
             self._save(graph)
             self._compile(graph)
             self.export_s = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 import warnings
@@ -102,8 +103,9 @@ class EmbeddingCache:
             try:
                 self._inside(disk)
                 atomic_write(disk, lambda tmp: torch.save(payload, tmp))
-            except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-                message = f"the embeddings folder {self.directory} cannot be written ({_one_line(err)})"
+            except (OSError, RuntimeError) as err:
+                why = "its disk is full" if getattr(err, "errno", None) == errno.ENOSPC else _one_line(err)
+                message = f"the embeddings folder {self.directory} cannot be written ({why})"
                 if self.disk_required:
                     raise OSError(f"{message}; free space or choose another --cache-dir") from err
                 if not self._disk_warned:
