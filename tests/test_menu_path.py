@@ -114,20 +114,37 @@ PRELOAD_AFTER = textwrap.dedent("""
     while (widget.labels_layer() is None or not widget.idle) and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.02)
     assert widget.labels_layer() is not None and widget.labels_layer().data.any(), "no mask for the click"
+    graph = widget.hub.model.encoder_graph()  # the users' default on a CPU: OpenVINO, exported after that answer
+    if graph is not None:
+        while not (graph.ready or graph.failed) and time.monotonic() < deadline:
+            app.processEvents(); time.sleep(0.05)
+        assert graph.ready, graph.error or "the encoder graph was not ready in time"
+        widget.image_choice.choose(viewer.layers["image"])  # a new image: embedded by the graph, inside napari
+        widget.points_layer().add([32, 32])
+        app.processEvents()
+        while not widget.idle and time.monotonic() < deadline:
+            app.processEvents(); time.sleep(0.02)
+        assert widget.session.is_cached(0), "no embedding from the graph"
+        print("answered on the OpenVINO graph", flush=True)
 """)
 
 
 @pytest.mark.gui
 @needs_display
-def test_the_default_model_preloads_after_the_viewer_and_answers_a_click():
+def test_the_default_model_preloads_after_the_viewer_and_answers_a_click(tmp_path):
     import json
 
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "NAPARI_MSA_PRELOAD": "1"}
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "NAPARI_MSA_PRELOAD": "1", "NAPARI_MSA_PRECISION": "auto",
+           "NAPARI_MSA_RUNTIME": "auto", "NAPARI_MSA_GRAPH_DIR": str(tmp_path / "graphs")}
     plan = {"widgets": ["Segment (MSA)"], "samples": ["ct_slice"], "after": PRELOAD_AFTER}
     proc = subprocess.run([sys.executable, "-c", VIEWER_FIRST, json.dumps(plan)], capture_output=True, text=True,
                           timeout=300, env=env)
     _assert_ok(proc)
     assert "preloaded LiteMedSAM" in proc.stdout, proc.stdout
+    from napari_msa.engine.runtime import openvino_available
+
+    if openvino_available():
+        assert "OpenVINO" in proc.stdout and "answered on the OpenVINO graph" in proc.stdout, proc.stdout
 
 
 @pytest.mark.gui
