@@ -77,7 +77,9 @@ def model_for(name: str, new_adapter: str | None):
         return load_model("litemedsam", adapter=new_adapter, device="cpu")
     if name == "demo":
         return load_model("demo", device="cpu")
-    raise SystemExit(f"unknown model {name!r}")
+    if name.startswith("adapter:"):  # any adapter file, labelled by its name
+        return load_model("litemedsam", adapter=name.split(":", 1)[1], device="cpu")
+    raise SystemExit(f"unknown model {name!r} (plain, shipped, new, demo or adapter:PATH)")
 
 
 def measure(model, rule: str, data) -> dict:
@@ -165,7 +167,8 @@ def main() -> None:
     for model_name in args.models.split(","):
         model = model_for(model_name, args.new_adapter)
         for rule in args.rules.split(","):
-            label = f"{model_name}|{model.interaction.name if rule == 'model' else rule}"
+            shown = Path(model_name.split(":", 1)[1]).stem if model_name.startswith("adapter:") else model_name
+            label = f"{shown}|{model.interaction.name if rule == 'model' else rule}"
             for ds, items in data.items():
                 t = time.time()
                 results[ds][label] = measure(model, rule, items)

@@ -40,6 +40,23 @@ def test_prompts_are_decoded_with_the_true_iou_of_every_output():
     assert iou_head.chosen_dice(data.predicted, data) <= iou_head.oracle_dice(data) + 1e-9
 
 
+def test_a_whole_is_prompted_on_its_own_tissue_off_the_objects_inside_it():
+    plane = np.zeros((96, 96), np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    body = (yy - 48) ** 2 + (xx - 48) ** 2 < 40**2
+    plane[body] = 120
+    labels = np.zeros((96, 96), np.int32)
+    labels[(yy - 48) ** 2 + (xx - 48) ** 2 < 12**2] = 1  # an organ in the middle of the body
+    plane[labels == 1] = 200
+    wholes, regions = iou_head.whole_prompts(labels, plane)
+    assert len(wholes) == 1 and (wholes[0] ^ body).sum() < 0.03 * body.sum()
+    assert not (regions[0] & (labels > 0)).any() and regions[0].sum() > 0.5 * body.sum()
+    torch.manual_seed(0)
+    model = load_model("tiny", device="cpu", precision="fp32")
+    data = iou_head.collect(model, [plane], [labels], seed=0, log=lambda *_: None, with_wholes=np.array([True]))
+    assert len(data.kind) == 2 * len(iou_head.PROMPT_KINDS)  # the organ's prompts, then the body's
+
+
 def test_the_fitted_head_predicts_the_true_iou_better_and_only_the_head_changes():
     torch.manual_seed(0)
     model = load_model("tiny", device="cpu", precision="fp32")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from napari_msa.engine import Normalization, Session, load_model
 from napari_msa.engine.decoding import decode, image_masks, to_input_frame
@@ -37,7 +38,8 @@ from napari_msa.engine.model import MSAModel
 from napari_msa.engine.model_files import CLICK_ADAPTER_FILE, read_adapter_metadata
 from napari_msa.engine.tuning_data import correction_click, jittered_box
 
-from .click_adapter import _read_dataset, phantom_slices
+from .click_adapter import _extra_phantoms, _read_dataset, phantom_slices
+from .whole_objects import whole_maps
 
 PROMPT_KINDS = ("deepest click", "random click", "box", "click + correction")
 LONE_CLICKS = (0, 1)  # kinds answered with SAM's three masks (outputs 1-3)
@@ -80,13 +82,15 @@ class _TokenTap:
 
 
 def decode_image(session: Session, tap: _TokenTap, image_id: int, objects: list[np.ndarray],
-                 rng: np.random.Generator) -> list[Decoded]:
-    """Every prompt kind for every object of one embedded image."""
+                 rng: np.random.Generator, click_regions: list[np.ndarray] | None = None) -> list[Decoded]:
+    """Every prompt kind for every object of one embedded image; lone clicks land in ``click_regions`` (default:
+    the objects themselves)."""
     emb = session.embedding(0)
     sam, size = session.model.sam, session.model.image_size
     frame = (emb.original_size, size)
-    deepest = np.array([most_interior(m, depth_map(m)) for m in objects])
-    random = np.array([interior_click(m, rng) for m in objects])
+    regions = objects if click_regions is None else click_regions
+    deepest = np.array([most_interior(m, depth_map(m)) for m in regions])
+    random = np.array([interior_click(m, rng) for m in regions])
     boxes = np.array([jittered_box(m, rng) for m in objects])
     n = len(objects)
     out = []
@@ -115,8 +119,25 @@ def decode_image(session: Session, tap: _TokenTap, image_id: int, objects: list[
     return out
 
 
+def whole_prompts(labels: np.ndarray, plane: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(wholes, where their lone clicks land): a whole (the body, an object with what it encloses) is what a click
+    means on its own tissue, off every labelled object inside it; a click on such an object means that object."""
+    objects = labels > 0
+    wholes, regions = [], []
+    for lab in whole_maps(labels, plane, max_maps=2):
+        for k in range(1, int(lab.max()) + 1):
+            whole = lab == k
+            region = whole & ~ndimage.binary_dilation(objects & whole, iterations=2)
+            if region.sum() >= MIN_OBJECT_PIXELS:
+                wholes.append(whole)
+                regions.append(region)
+    return wholes, regions
+
+
 def collect(model: MSAModel, images: list[np.ndarray], labels: list[np.ndarray], seed: int,
-            log=print) -> Decoded:
+            log=print, with_wholes: np.ndarray | None = None) -> Decoded:
+    """Decode every prompt kind on every image; images flagged in ``with_wholes`` (the phantoms: their labels know
+    what encloses what) also give their wholes as targets."""
     session = Session(model, normalization=Normalization("none"))
     tap = _TokenTap(model.sam.mask_decoder.iou_prediction_head)
     rng = np.random.default_rng([seed, 91])
@@ -129,6 +150,10 @@ def collect(model: MSAModel, images: list[np.ndarray], labels: list[np.ndarray],
                 continue
             session.set_image(img, rgb=img.ndim == 3)
             parts += decode_image(session, tap, i, objects, rng)
+            if with_wholes is not None and with_wholes[i]:
+                wholes, regions = whole_prompts(lab, img)
+                if wholes:
+                    parts += decode_image(session, tap, i, wholes, rng, regions)
             if (i + 1) % 25 == 0:
                 log(f"  decoded {i + 1}/{len(images)} images ({time.time() - t0:.0f} s)")
     finally:
@@ -192,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="the click adapter's training data (click_adapter --data-cache)")
     ap.add_argument("--phantoms", type=int, default=300, help="phantom slices of the training stream in all "
                     "(the data cache's first, then the stream's next indices)")
+    ap.add_argument("--phantoms-mr", type=int, default=0, help="slices of the second phantom generator (training "
+                    "stream)")
+    ap.add_argument("--wholes", action="store_true", help="the phantoms' wholes too (the body, objects with what "
+                    "they enclose), their clicks off the objects inside them (training.whole_objects)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.15, help="share of images held out to choose the fit")
     ap.add_argument("--epochs", type=int, default=60)
@@ -207,14 +236,17 @@ def main(argv: list[str] | None = None) -> None:
     cached_images, cached_labels, listing = _read_dataset(args.data_cache)
     n_cached = int(str(listing[0]["name"]).split()[0])  # its first entry: "48 phantom slices" (the first indices)
     extra = phantom_slices(max(args.phantoms, n_cached), args.seed)[n_cached:]  # the stream's next indices
-    images = cached_images + [img for img, _, _ in extra]
-    labels = cached_labels + [lab for _, lab, _ in extra]
+    mr_images, mr_labels, _ = _extra_phantoms(args.phantoms_mr, args.seed)
+    images = cached_images + [img for img, _, _ in extra] + mr_images
+    labels = cached_labels + [lab for _, lab, _ in extra] + mr_labels
     n_phantoms, n_real = n_cached + len(extra), len(cached_images) - n_cached
+    generated = np.ones(len(images), bool)
+    generated[n_cached : len(cached_images)] = False  # the pseudo-labelled real images: flat by construction
     print(f"{n_phantoms} phantom slices, {n_real} real images; decoding…", flush=True)
     if args.prompt_cache is not None and args.prompt_cache.is_file():
         data = Decoded(**dict(np.load(args.prompt_cache)))
     else:
-        data = collect(model, images, labels, args.seed)
+        data = collect(model, images, labels, args.seed, with_wholes=generated if args.wholes else None)
         if args.prompt_cache is not None:
             np.savez_compressed(args.prompt_cache, **vars(data))
     print(f"{len(data.kind)} prompts ({time.time() - t0:.0f} s)", flush=True)
@@ -238,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     training["iou_head"] = {
         "purpose": "IoU head refitted alone (masks unchanged) so a lone click keeps the right one of SAM's three",
         "command": "python -m napari_msa.training.iou_head " + " ".join(sys.argv[1:] if argv is None else argv),
-        "seed": args.seed, "phantoms": n_phantoms, "real_images": n_real, "prompts": int(len(data.kind)),
+        "seed": args.seed, "phantoms": n_phantoms, "phantoms_mr": args.phantoms_mr, "wholes": args.wholes,
+        "real_images": n_real, "prompts": int(len(data.kind)),
         "prompt_kinds": list(PROMPT_KINDS), "held_out_images": int(len(held)), "epochs": args.epochs,
         "lr": args.lr, "batch_size": args.batch_size,
         "lone_click_kept_dice": {"before": {k: round(v, 4) for k, v in before.items()},
