@@ -158,3 +158,20 @@ def test_the_command_line_embeds_with_openvino_and_exits_cleanly(tmp_path):
         ea, eb = (torch.load(p, weights_only=True) for p in (a, b))
         ea, eb = (e["features"] if isinstance(e, dict) else e for e in (ea, eb))
         assert torch.allclose(ea.float(), eb.float(), atol=1e-4)
+
+
+def test_old_graphs_are_pruned_and_nothing_else_is_touched(tmp_path):
+    import os
+    import time
+
+    now = time.time()
+    for i in range(5):
+        g = tmp_path / f"key{i}-ov2026.1-g1"
+        g.mkdir()
+        (g / "encoder.xml").write_text("<net/>")
+        os.utime(g, (now - 100 + i, now - 100 + i))
+    (tmp_path / "notes-ov1-g1").mkdir()  # no encoder.xml: not a graph of ours
+    (tmp_path / "mine.txt").write_text("user file")
+    rt.prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key3-ov2026.1-g1", "key4-ov2026.1-g1", "mine.txt",
+                                                         "notes-ov1-g1"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ class MSAModel:
         self.precision = precision
         self.runtime = runtime  # 'torch' or 'openvino' (engine.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
+        self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
         self.name = name
@@ -143,13 +145,16 @@ class MSAModel:
         if self.runtime != "openvino" or (self.adapter_config is not None and self.adapter_config.depth):
             return None
         key = self.weights_key()
-        if self._graph is None or self._graph.key != key:
-            self._graph = OpenVINOEncoder(key, self.image_size)
-            self._graph.load_saved()
-        if wait and not self._graph.ready:
-            self._graph.export_in_background(self.sam.image_encoder)
-            self._graph.wait()
-        return None if self._graph.failed else self._graph
+        with self._graph_lock:
+            if self._graph is None or self._graph.key != key:
+                self._graph = OpenVINOEncoder(key, self.image_size)
+                self._graph.load_saved()
+            graph = self._graph
+            if wait and not graph.ready:
+                graph.export_in_background(self.sam.image_encoder)
+        if wait:
+            graph.wait()
+        return None if graph.failed else graph
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""
@@ -202,4 +207,5 @@ class MSAModel:
         """An independent copy (tuning works on a copy so the segmenting session is never half-tuned)."""
         other = copy.copy(self)
         other.sam = copy.deepcopy(self.sam)
+        other._graph_lock = threading.Lock()
         return other

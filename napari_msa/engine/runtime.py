@@ -21,6 +21,7 @@ warning. Embedding caches are keyed without the runtime: the graph computes the 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import importlib.util
 import logging
@@ -41,6 +42,7 @@ RUNTIMES = ("auto", "torch", "openvino")
 ENV_VAR = "NAPARI_MSA_RUNTIME"
 GRAPH_DIR_ENV = "NAPARI_MSA_GRAPH_DIR"
 GRAPH_FORMAT = 1  # bump when what a graph holds (its inputs, outputs, export settings) changes
+KEEP_GRAPHS = 8  # graphs kept in the folder (~29 MB each for LiteMedSAM), the least recently used go first
 
 
 def check_runtime(runtime: str | None) -> str:
@@ -122,7 +124,9 @@ class OpenVINOEncoder:
         version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.__version__)  # it holds a '/'
         self.folder = (directory or graph_dir()) / f"{key}-ov{version}-g{GRAPH_FORMAT}"
         self._compiled = None
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._done = threading.Event()  # set when an export ends, ready or failed
         self.error: str | None = None
         self.export_s: float | None = None
 
@@ -144,26 +148,27 @@ class OpenVINOEncoder:
         except Exception as err:  # a damaged or foreign file: export again
             log.warning("saved encoder graph %s is unreadable (%s); exporting it again", self.folder, err)
             return False
+        with contextlib.suppress(OSError):
+            os.utime(self.folder)  # recently used: kept longest
         return True
 
     def export_in_background(self, encoder: torch.nn.Module) -> None:
         """Export and compile on a daemon thread (torch answers meanwhile); a copy of the encoder is exported,
-        so the model can go on encoding (or be tuned) while it runs."""
-        if self._thread is not None or self.ready or self.failed:
-            return
+        so the model can go on encoding (or be tuned) while it runs. Once per graph, whoever asks."""
+        with self._start_lock:
+            if self._started or self.ready or self.failed:
+                return
+            self._started = True  # a second caller returns at once
         snapshot = copy.deepcopy(encoder).float().eval().to(memory_format=torch.contiguous_format)
-        self._thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export",
-                                        daemon=True)
-        _exports.add(self._thread)
-        self._thread.start()
+        thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export", daemon=True)
+        _exports.add(thread)
+        thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Block until a begun export ends (``timeout`` seconds at most); whether the graph is ready."""
+        if self._started:
+            self._done.wait(timeout)
         return self.ready
-
-    def export_now(self, encoder: torch.nn.Module) -> None:
-        self._export(copy.deepcopy(encoder).float().eval().to(memory_format=torch.contiguous_format))
 
     def _export(self, encoder: torch.nn.Module) -> None:
         import time
@@ -191,6 +196,7 @@ class OpenVINOEncoder:
                           RuntimeWarning, stacklevel=2)
         finally:
             _exports.discard(threading.current_thread())
+            self._done.set()
 
     def _save(self, graph) -> None:
         """Write the graph atomically (a temporary folder renamed into place); a folder that cannot be written
@@ -209,6 +215,8 @@ class OpenVINOEncoder:
             os.replace(tmp, self.folder)
         except OSError:  # another process put it there first, or the disk is full: keep theirs, drop ours
             shutil.rmtree(tmp, ignore_errors=True)
+        prune(self.folder.parent)
+
 
     def _compile(self, graph) -> None:
         self._compiled = _openvino_core().compile_model(graph, "CPU", {
@@ -225,3 +233,16 @@ class OpenVINOEncoder:
             request.infer([np.ascontiguousarray(x[None])])
             out.append(torch.from_numpy(np.array(request.get_output_tensor(0).data, copy=True)))
         return torch.cat(out)
+
+
+def prune(folder: Path, keep: int = KEEP_GRAPHS) -> None:
+    """Remove all but the ``keep`` most recently used graphs (each tuned adapter makes one); only folders this
+    module wrote (a saved encoder.xml, our name's ending) are ever touched."""
+    try:
+        ours = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                and re.search(r"-ov[0-9A-Za-z._]+-g\d+$", p.name) and (p / "encoder.xml").is_file()]
+        ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in ours[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
