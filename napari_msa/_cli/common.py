@@ -206,9 +206,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     from napari_msa._widgets._choices import PRECISIONS, RUNTIMES  # torch-free, kept equal to the engine's
 
     g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="image encoder arithmetic: auto (bf16 on GPUs; on CPUs fp32 in OpenVINO, or with "
-                        "--runtime torch bf16 where the CPU has native bf16; half-size embedding cache), "
-                        "fp32 (the reference, exact), bf16 [default: auto, or "
+                   help="image encoder arithmetic: auto (fp32, on CPUs in OpenVINO; half-size embedding cache), "
+                        "fp32 (the reference in torch, exact), bf16 (faster where the hardware has it; it changes "
+                        "some masks) [default: auto, or "
                         "$NAPARI_MSA_PRECISION]")
     g.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="where the image encoder runs: auto (OpenVINO on a CPU with --precision auto: torch's "

