@@ -775,3 +775,21 @@ def test_a_full_disk_is_one_line_exit_2_and_replaces_nothing(folder, full_disk, 
     assert (full_disk / "old.tif").read_bytes() == b"an earlier result"
     leftover = sorted(p.name for p in full_disk.iterdir() if p.name != "cache")
     assert leftover == before  # no temp file, no half file
+
+
+def test_a_dicom_whose_codec_is_missing_is_one_line_naming_the_codec_and_the_fix(tmp_path, capsys):
+    """pydicom's JPEG Extended 12-bit file: Pillow cannot decode it; pydicom logs a traceback of its own."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-lossy.dcm")
+    try:
+        pydicom.dcmread(path).pixel_array
+        pytest.skip("a JPEG Extended decoder is installed here (pylibjpeg or gdcm)")
+    except Exception:
+        pass
+    capsys.readouterr()
+    code = main(["-q", "embed", path, "--cache-dir", str(tmp_path / "c"), "--model", "tiny"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "JPEG Extended" in err and "pip install pylibjpeg" in err and "Traceback" not in err

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -210,14 +211,25 @@ def _rescale(ds: pydicom.Dataset, frame: int | None) -> tuple[float, float]:
 
 
 def _pixels(item: _Image) -> tuple[pydicom.Dataset, np.ndarray]:
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)  # a decoder that fails logs its traceback there; the error below says it
     try:
         ds = pydicom.dcmread(item.path, force=True)  # the header was read already: it is DICOM
         arr = ds.pixel_array
     except Exception as err:
-        raise MedicalIOError(f"cannot decode the pixels of {item.path} ({type(err).__name__}: {err}); the file is "
+        raise MedicalIOError(f"cannot decode the pixels of {item.path} ({_decoder_problem(err)}); the file is "
                              "damaged or compressed with a codec that is not installed (pip install "
                              "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from err
+    finally:
+        pydicom_log.setLevel(level)
     return ds, arr
+
+
+def _decoder_problem(err: Exception) -> str:
+    """pydicom's error in a few words: its last plugin's reason, without the wrapper's preamble."""
+    text = " ".join(str(err).split())
+    return text.split("plugins: ", 1)[-1] if "plugins: " in text else f"{type(err).__name__}: {text}"
 
 
 def _modality_values(frames: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.ndarray:
