@@ -110,16 +110,22 @@ def cuda_has_bf16(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
+def check_setting(value: str | None, choices: tuple[str, ...], env_var: str, noun: str) -> str:
+    """One of ``choices`` (None: ``$env_var``, else 'auto'); anything else is a clear error naming where it came
+    from. The one reader of the engine's auto/explicit settings (precision, runtime)."""
+    if value is None:
+        value = os.environ.get(env_var, "").strip().lower() or "auto"
+        if value not in choices:
+            raise ValueError(f"{env_var}={value!r} is not a {noun}; use {', '.join(choices)}")
+    value = str(value).strip().lower()
+    if value not in choices:
+        raise ValueError(f"unknown {noun} '{value}'; use {', '.join(choices)}")
+    return value
+
+
 def check_precision(precision: str | None) -> str:
     """'auto', 'fp32' or 'bf16' (None: the environment's default); anything else is a clear error."""
-    if precision is None:
-        precision = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-        if precision not in PRECISIONS:
-            raise ValueError(f"{ENV_VAR}={precision!r} is not a precision; use {', '.join(PRECISIONS)}")
-    precision = str(precision).strip().lower()
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
-    return precision
+    return check_setting(precision, PRECISIONS, ENV_VAR, "precision")
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> Precision:

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .precision import check_setting
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -47,14 +49,7 @@ KEEP_GRAPHS = 8  # graphs kept in the folder (~29 MB each for LiteMedSAM), the l
 
 def check_runtime(runtime: str | None) -> str:
     """'auto', 'torch' or 'openvino' (None: the environment's default); anything else is a clear error."""
-    if runtime is None:
-        runtime = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-        if runtime not in RUNTIMES:
-            raise ValueError(f"{ENV_VAR}={runtime!r} is not a runtime; use {', '.join(RUNTIMES)}")
-    runtime = str(runtime).strip().lower()
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime '{runtime}'; use {', '.join(RUNTIMES)}")
-    return runtime
+    return check_setting(runtime, RUNTIMES, ENV_VAR, "runtime")
 
 
 def openvino_available() -> bool:
