@@ -38,7 +38,7 @@ setup(
         "qt": ["PyQt6"],
         "test": ["pytest", "pytest-qt", "pytest-xvfb", "pyyaml", "scikit-image", "ruff"],
         "data": ["scikit-image"],  # napari_msa.demo.samples and the click adapter's training images
-        "bench": ["matplotlib"],  # the learning-curve PNG of benchmarks/tuning_gain.py
+        "bench": ["matplotlib", "onnx", "onnxruntime"],  # PNGs; ONNX Runtime beside OpenVINO in bench_speed.py
     },
     entry_points={
         "console_scripts": ["napari-msa=napari_msa.cli:main"],
