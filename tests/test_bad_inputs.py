@@ -793,3 +793,31 @@ def test_a_dicom_whose_codec_is_missing_is_one_line_naming_the_codec_and_the_fix
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "JPEG Extended" in err and "pip install pylibjpeg" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("description", "message"), [
+    ("", "it is empty"),
+    ("[1, 2]", "it is list, not a mapping"),
+    ("{not json", "it is str, not a mapping"),
+    ('{"name": "vit_zz", "embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [1], '
+     '"encoder": "zz"}', "encoder 'zz'"),
+    ('{"name": "small", "embed_dim": 10000000, "depth": 4, "num_heads": 4, "global_attn_indexes": [1]}',
+     "embed_dim 10000000"),  # was an attempt to allocate 30 GB, then a traceback
+    ('{"name": "small", "embed_dim": 128, "depth": 4, "num_heads": 4, "global_attn_indexes": [9]}',
+     "global_attn_indexes [9]"),
+    ('{"name": "small", "embed_dim": 128, "depth": 4, "num_heads": 4, "global_attn_indexes": [], "colour": 1}',
+     "unknown fields ['colour']"),
+])
+def test_a_model_file_with_a_damaged_description_is_one_line(tmp_path, capsys, description, message):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(DEMO_MODEL_FILE), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in list(f.keys())[:3]}
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=dict(meta, model=description))
+    np.save(tmp_path / "x.npy", np.zeros((20, 20), np.float32))
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,5,5\n")
+    code = main(["-q", "segment", str(tmp_path / "x.npy"), "-p", str(tmp_path / "p.csv"), "-o",
+                 str(tmp_path / "o.tif"), "--checkpoint", str(tmp_path / "model.safetensors")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model description is damaged" in err[0] and message in err[0], err

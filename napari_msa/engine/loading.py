@@ -74,7 +74,15 @@ def load_model(
     if name == DEMO_MODEL_NAME or (checkpoint is not None and str(checkpoint).endswith(".safetensors")):
         path = existing_file(checkpoint if checkpoint is not None else DEMO_MODEL_FILE, "model", ".safetensors")
         meta, state = read_model_file(path)
-        config = ModelConfig.from_dict(json.loads(meta["model"]))
+        try:
+            described = json.loads(meta.get("model") or "")
+        except ValueError:
+            described = meta.get("model")
+        problem = ModelConfig.problem(described)
+        if problem:
+            raise CheckpointError(f"{path.name}: its model description is damaged ({problem}); use the file as "
+                                  "napari-msa saved it, or another model")
+        config = ModelConfig.from_dict(described)
         if image_size is not None and image_size != config.image_size:
             config = get_config(config.name, image_size) if config.name in MODEL_REGISTRY else config
         sam = build_sam(config, adapter_config)

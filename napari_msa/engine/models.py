@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import torch
@@ -39,6 +39,37 @@ class ModelConfig:
         d = asdict(self)
         d["global_attn_indexes"] = list(self.global_attn_indexes)
         return d
+
+    @classmethod
+    def problem(cls, d) -> str | None:
+        """What is wrong with a decoded architecture (types, ranges, unknown fields), or None: a model file's
+        description is checked before anything is built from it (a huge width would try to allocate tens of GB)."""
+        if d in ("", None):
+            return "it is empty"
+        if not isinstance(d, dict):
+            return f"it is {type(d).__name__}, not a mapping"
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            return f"unknown fields {unknown}"
+        missing = [k for k in ("name", "embed_dim", "depth", "num_heads", "global_attn_indexes") if k not in d]
+        if missing:
+            return f"missing fields {missing}"
+        limits = {"embed_dim": 4096, "depth": 64, "num_heads": 64, "image_size": 4096, "window_size": 256,
+                  "prompt_embed_dim": 4096, "decoder_mlp_dim": 16384, "decoder_heads": 64, "iou_head_hidden_dim": 4096}
+        for key, most in limits.items():
+            value = d.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+                return f"{key} {value!r} is not a whole number from 1 to {most}"
+        if not isinstance(d["name"], str):
+            return f"name {d['name']!r} is not text"
+        attn = d["global_attn_indexes"]
+        if not isinstance(attn, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < d["depth"] for i in attn):
+            return f"global_attn_indexes {attn!r} are not block numbers of a {d['depth']}-block encoder"
+        if d.get("encoder", "vit") not in ("vit", "tinyvit") or d.get("pixel_norm", "sam") not in ("sam", "minmax"):
+            return f"encoder {d.get('encoder')!r} / pixel_norm {d.get('pixel_norm')!r} is not one this package has"
+        return None
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
