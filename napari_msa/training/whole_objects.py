@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_msa.engine.geometry import components
+
 MIN_GAIN = 0.10  # a filled object counts as a new whole when filling adds at least this share
 MIN_PIXELS = 200
 
@@ -23,16 +25,10 @@ MIN_PIXELS = 200
 def filled_objects(labels: np.ndarray) -> list[np.ndarray]:
     """Each connected piece of each label with its holes filled, where that adds ≥ ``MIN_GAIN`` of its area."""
     out = []
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        parts, n = ndimage.label(labels == value)
-        for part in range(1, n + 1):
-            piece = parts == part
-            filled = ndimage.binary_fill_holes(piece)
-            area = int(piece.sum())
-            if area >= MIN_PIXELS and filled.sum() >= (1 + MIN_GAIN) * area:
-                out.append(filled)
+    for piece in components(labels, MIN_PIXELS):
+        filled = ndimage.binary_fill_holes(piece)
+        if filled.sum() >= (1 + MIN_GAIN) * piece.sum():
+            out.append(filled)
     return out
 
 
