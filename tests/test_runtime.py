@@ -172,6 +172,11 @@ def test_old_graphs_are_pruned_and_nothing_else_is_touched(tmp_path):
         os.utime(g, (now - 100 + i, now - 100 + i))
     (tmp_path / "notes-ov1-g1").mkdir()  # no encoder.xml: not a graph of ours
     (tmp_path / "mine.txt").write_text("user file")
+    dead = tmp_path / ".key9-ov2026.1-g1.abc123.tmp"  # a killed export's temporary folder
+    live = tmp_path / ".key8-ov2026.1-g1.def456.tmp"  # one being written now
+    for t in (dead, live):
+        t.mkdir()
+    os.utime(dead, (now - 2 * rt.STALE_TEMP_S, now - 2 * rt.STALE_TEMP_S))
     rt.prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["key3-ov2026.1-g1", "key4-ov2026.1-g1", "mine.txt",
-                                                         "notes-ov1-g1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "key3-ov2026.1-g1", "key4-ov2026.1-g1",
+                                                         "mine.txt", "notes-ov1-g1"]

@@ -8,11 +8,11 @@ exporter, no onnx/onnxscript packages).
 
 The graph depends on the encoder's weights (the adapters change with tuning), so it is exported once per weights
 key into a folder (``$NAPARI_MSA_GRAPH_DIR``, else ``$XDG_CACHE_HOME/napari-msa/encoders``), atomically, and read
-back next time (well under a second). An export takes tens of seconds, so it runs on a background thread, begun
-after torch's first answer (the first click is not slowed), while torch goes on answering; the graph takes over
-when it is ready. A failed export or compile leaves torch in charge, with one
-warning. Embedding caches are keyed without the runtime: the graph computes the fp32 numbers torch computes
-(tests hold them to 1e-4 and equal masks).
+back next time (0.3 s). An export takes seconds (6 s for LiteMedSAM on 2 cores), so it runs on a background
+thread, begun after torch's first answer (the first click is not slowed), while torch goes on answering; the graph
+takes over when it is ready. A failed export or compile leaves torch in charge, with one warning. Embedding caches
+are keyed without the runtime: the graph computes the fp32 numbers torch computes (tests hold them to 1e-4 and
+equal masks).
 
 ``runtime``: 'auto' (OpenVINO on a CPU when it is installed and the precision setting is 'auto'; torch otherwise),
 'torch', or 'openvino' (a CPU, fp32). ``$NAPARI_MSA_RUNTIME`` sets what None means (the test suite says torch).
@@ -208,10 +208,12 @@ class OpenVINOEncoder:
         try:
             ov.save_model(graph, str(tmp / "encoder.xml"), compress_to_fp16=False)
             os.replace(tmp, self.folder)
-        except OSError:  # another process put it there first, or the disk is full: keep theirs, drop ours
-            shutil.rmtree(tmp, ignore_errors=True)
+        except Exception as err:  # another process put it there first, or the disk is full: the graph in memory
+            shutil.rmtree(tmp, ignore_errors=True)  # still serves this run
+            if not (self.folder / "encoder.xml").is_file():
+                log.warning("cannot keep the encoder graph in %s (%s); it is exported again next run",
+                            self.folder.parent, err)
         prune(self.folder.parent)
-
 
     def _compile(self, graph) -> None:
         self._compiled = _openvino_core().compile_model(graph, "CPU", {
@@ -230,14 +232,22 @@ class OpenVINOEncoder:
         return torch.cat(out)
 
 
+STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a process that died while writing it
+
+
 def prune(folder: Path, keep: int = KEEP_GRAPHS) -> None:
-    """Remove all but the ``keep`` most recently used graphs (each tuned adapter makes one); only folders this
-    module wrote (a saved encoder.xml, our name's ending) are ever touched."""
+    """Remove all but the ``keep`` most recently used graphs (each tuned adapter makes one), and temporary export
+    folders a killed process left; only folders this module names are ever touched."""
+    import time
+
     try:
-        ours = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                and re.search(r"-ov[0-9A-Za-z._]+-g\d+$", p.name) and (p / "encoder.xml").is_file()]
+        entries = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
+        ours = [p for p in entries if not p.name.startswith(".") and re.search(r"-ov[0-9A-Za-z._]+-g\d+$", p.name)
+                and (p / "encoder.xml").is_file()]
+        stale = [p for p in entries if re.fullmatch(r"\..+-ov[0-9A-Za-z._]+-g\d+\..+\.tmp", p.name)
+                 and time.time() - p.stat().st_mtime > STALE_TEMP_S]
         ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return
-    for old in ours[keep:]:
+    for old in ours[keep:] + stale:
         shutil.rmtree(old, ignore_errors=True)
