@@ -448,11 +448,15 @@ def test_appearance_variants_keep_labels_and_invert_polarity():
         assert out.shape == plane.shape and out.dtype == np.uint8
     lab = np.zeros((32, 40), np.int32)
     lab[10:20, 10:20] = 1
-    images, labels = augmented([plane], [lab], ("invert", "gamma"), np.random.default_rng(2))
-    assert len(images) == len(labels) == 3
-    for img, lb in zip(images, labels, strict=True):
-        assert img.shape[:2] == lb.shape and lb.sum() == 100
+    region = np.zeros((32, 40), bool)
+    region[10:20, 10:13] = True  # where the object's first click lands
+    images, labels, regions = augmented([plane], [lab], ("invert", "gamma"), np.random.default_rng(2), [region])
+    assert len(images) == len(labels) == len(regions) == 3
+    for img, lb, rg in zip(images, labels, regions, strict=True):
+        assert img.shape[:2] == lb.shape == rg.shape and lb.sum() == 100 and rg.sum() == 30
         assert img[lb == 1].mean() != img[lb == 0].mean()  # the labels moved with the pixels
+        assert (lb[rg] == 1).all()  # and the click region with them
+    assert augmented([plane], [lab], ("invert",), np.random.default_rng(2))[2] == [None, None]
     with pytest.raises(ValueError, match="unknown appearance"):
         variant(plane, "sepia", rng)
 
@@ -474,3 +478,48 @@ def test_held_out_check_scores_a_simulated_session():
     s = tune(tiny(), images, labels, steps=4, seed=0, val_fraction=0.25, eval_every=2).summary
     assert s.held_out.session_before is not None and 0.0 <= s.held_out.session_before <= 1.0
     assert all(len(h) == 4 for h in s.history)
+
+
+def test_first_clicks_land_in_the_click_region_and_corrections_anywhere(monkeypatch):
+    """A whole (here a square holding an inner square) trained with a click region is first clicked on its own
+    tissue, never on the object inside it; without one, the first click goes deep inside (onto the inner square)."""
+    import napari_msa.engine.tuning_step as step_module
+    from napari_msa.engine.tuning_data import build_pairs
+
+    size = 64
+    image = np.full((size, size), 40, np.uint8)
+    image[8:56, 8:56] = 140
+    image[24:40, 24:40] = 220
+    whole = np.zeros((size, size), np.int32)
+    whole[8:56, 8:56] = 1
+    own = (whole > 0).copy()
+    own[22:42, 22:42] = False  # off the inner square and a margin around it
+    slices, pairs = build_pairs([image], [whole], image_size=size, click_regions=[own])
+    assert slices[0].clickable is not None and (slices[0].click_region(1) == own).all()
+    tiny_region = np.zeros_like(own)
+    tiny_region[10, 10] = True  # too small to aim at: the whole object is clickable
+    slices, _ = build_pairs([image], [whole], image_size=size, click_regions=[tiny_region])
+    assert (slices[0].click_region(1) == (whole > 0)).all()
+    with pytest.raises(ValueError, match="click region"):
+        build_pairs([image], [whole], image_size=size, click_regions=[own[:10]])
+
+    firsts = []
+    real_decode = step_module.decode
+
+    def spy(sam, emb, points, labels, boxes, multimask, *, mask_input=None, **kw):
+        if points is not None and len(points[0]) == 1:
+            firsts.append(np.asarray(points)[:, 0])  # (x, y) of each object's first click
+        return real_decode(sam, emb, points, labels, boxes, multimask, mask_input=mask_input, **kw)
+
+    monkeypatch.setattr(step_module, "decode", spy)
+    opts = dict(steps=8, seed=0, val_fraction=0, box_share=0.0, max_correction_rounds=1, batch_size=1,
+                augment=False)
+    tune(tiny(image_size=size), [image], [whole], click_regions=[own], **opts)
+    clicks = np.concatenate(firsts)
+    assert len(clicks) >= 8
+    rows, cols = clicks[:, 1].round().astype(int), clicks[:, 0].round().astype(int)
+    assert own[rows, cols].all()
+    firsts.clear()
+    tune(tiny(image_size=size), [image], [whole], **opts)
+    clicks = np.concatenate(firsts)
+    assert (~own[clicks[:, 1].round().astype(int), clicks[:, 0].round().astype(int)]).mean() > 0.5

@@ -2,8 +2,15 @@
 enclose, spread over flat maps without overlap."""
 
 import numpy as np
+from scipy import ndimage
 
-from napari_msa.training.whole_objects import body_outline, filled_objects, whole_maps
+from napari_msa.training.whole_objects import (
+    body_outline,
+    filled_objects,
+    own_tissue,
+    whole_maps,
+    whole_maps_with_clicks,
+)
 
 
 def _disk(shape, center, radius):
@@ -44,3 +51,20 @@ def test_nested_wholes_go_to_separate_maps_largest_first_and_maps_are_capped():
     np.testing.assert_array_equal(maps[1] > 0, _disk(plane.shape, (64, 64), 30))
     assert len(whole_maps(labels, plane, max_maps=1)) == 1
     assert whole_maps(np.zeros_like(labels)) == []
+
+
+def test_wholes_are_clicked_on_their_own_tissue_off_the_objects_inside():
+    plane = np.zeros((128, 128), np.uint8)
+    body = _disk(plane.shape, (64, 64), 50)
+    plane[body] = 120
+    labels = np.zeros(plane.shape, np.int32)
+    organ = _disk(plane.shape, (64, 64), 12)
+    labels[organ] = 1
+    own = own_tissue(body, labels)
+    assert own.any() and not (own & organ).any() and (own <= body).all()
+    assert not (own & ndimage.binary_dilation(organ, iterations=2)).any()  # a margin around the organ
+    np.testing.assert_array_equal(own_tissue(organ, np.zeros_like(labels)), organ)  # nothing inside: all of it
+    maps = whole_maps_with_clicks(labels, plane)
+    assert len(maps) == 1
+    lab, clickable = maps[0]
+    assert (lab > 0).sum() > body.sum() * 0.95 and not (clickable & organ).any() and (clickable <= (lab > 0)).all()

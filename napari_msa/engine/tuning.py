@@ -78,6 +78,7 @@ def tune(
     inplace: bool = False,
     progress: Callable[[TuneProgress], None] | None = None,
     cancel: CancelFn | None = None,
+    click_regions: Sequence[np.ndarray | None] | None = None,
     **options,
 ) -> TuneResult:
     """Tune ``model`` on labelled images; returns the tuned model and a summary.
@@ -86,7 +87,8 @@ def tune(
     is measured before training and ``config.evaluations`` times during it; the weights of the best check
     are kept, and the starting weights when no check beat them. Under an initialised torch.distributed
     group, gradients are averaged with DistributedDataParallel, samples are sharded by rank and only rank 0
-    reports progress. Raises ``Cancelled`` when ``cancel()`` turns true.
+    reports progress. Raises ``Cancelled`` when ``cancel()`` turns true. ``click_regions``: where simulated
+    first clicks land, per image (``build_pairs``); for training data whose targets enclose other objects.
     """
     cfg = replace(config or TuneConfig(), **options)
     cfg.check()
@@ -111,7 +113,8 @@ def tune(
             raise Cancelled("tuning was cancelled; the model is unchanged")
 
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
-    slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb)
+    slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb,
+                                click_regions=click_regions)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
     budget = step_budget(model, cfg)
     if cfg.batch_size is None:

@@ -17,6 +17,7 @@ from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint
 # Training pairs
 # --------------------------------------------------------------------------------------------------
 MAX_LABEL_IDS = 10_000  # more object ids than this is an image given as labels, not an annotation
+MIN_CLICK_REGION = 8  # pixels (at the model's scale) a click region needs, else the whole object is clickable
 
 
 @dataclass
@@ -28,9 +29,19 @@ class TrainingSlice:
     image_index: int
     z: int | None  # slice index in a volume, None for a 2D image
     pieces: np.ndarray | None = None  # (h, w) int32: each connected piece of each label its own id
+    clickable: np.ndarray | None = None  # (h, w) bool: where a first click may land; None: anywhere on the object
 
     def mask(self, piece: int) -> np.ndarray:
         return self.pieces == piece
+
+    def click_region(self, piece: int) -> np.ndarray:
+        """Where an annotator's first click on ``piece`` lands: the clickable part of it when that is big enough
+        to aim at (a whole, e.g. the body, is clicked on its own tissue, not on the organs inside it)."""
+        mask = self.mask(piece)
+        if self.clickable is None:
+            return mask
+        region = mask & self.clickable
+        return region if region.sum() >= MIN_CLICK_REGION else mask
 
 
 @dataclass(frozen=True)
@@ -63,21 +74,26 @@ def build_pairs(
     normalization: Normalization | None = None,
     rgb: bool | None = None,
     min_pixels: int = 8,
+    click_regions: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[TrainingSlice], list[Pair]]:
     """(slices, pairs): every slice with any label, every connected piece of a label on it with ≥ ``min_pixels``
     pixels.
 
     Images are (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3); labels are integer arrays of the spatial shape.
-    Volumes are windowed once for the whole volume, like the session does.
+    Volumes are windowed once for the whole volume, like the session does. ``click_regions`` (one boolean array
+    of the spatial shape or None per image) says where simulated first clicks land; None: anywhere on the object.
     """
     norm = normalization or Normalization()
     imgs, labs = _as_list(images), _as_list(labels)
     if len(imgs) != len(labs):
         raise ValueError(f"{len(imgs)} images but {len(labs)} label arrays")
+    regions = [None] * len(imgs) if click_regions is None else list(click_regions)
+    if len(regions) != len(imgs):
+        raise ValueError(f"{len(imgs)} images but {len(regions)} click regions")
     resize = ResizeLongestSide(image_size)
     slices: list[TrainingSlice] = []
     pairs: list[Pair] = []
-    for i, (image, lab) in enumerate(zip(imgs, labs, strict=True)):
+    for i, (image, lab, region) in enumerate(zip(imgs, labs, regions, strict=True)):
         layout = ImageLayout.of(image, rgb)
         spatial = image.shape[: image.ndim - (1 if layout.rgb else 0)]
         if lab.shape != spatial:
@@ -85,6 +101,9 @@ def build_pairs(
                 f"labels of shape {lab.shape} do not match the image's spatial shape {spatial}; "
                 "use a labels layer drawn on this image"
             )
+        if region is not None and np.shape(region) != spatial:
+            raise ValueError(f"click region of shape {np.shape(region)} does not match the image's spatial shape "
+                             f"{spatial}")
         if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
             raise ValueError(f"labels must be integers (object ids), got dtype {lab.dtype}; were the image and the "
                              "labels swapped? (the image comes first)")
@@ -107,8 +126,12 @@ def build_pairs(
             pieces, piece_labels = _pieces(small_lab, min_pixels)
             if not piece_labels:
                 continue
+            clickable = None
+            if region is not None:
+                plane_region = np.asarray(region[z] if z is not None else region, dtype=np.uint8)
+                clickable = _resize_nearest(plane_region, small.shape[:2]) > 0
             sid = len(slices)
-            slices.append(TrainingSlice(small, small_lab, i, z, pieces))
+            slices.append(TrainingSlice(small, small_lab, i, z, pieces, clickable))
             pairs.extend(Pair(sid, piece, label) for piece, label in enumerate(piece_labels, start=1))
     return slices, pairs
 

@@ -55,6 +55,7 @@ class StepModule(nn.Module):
         self.slices = slices
         self.iou_weight = iou_weight
         self._depths: dict[tuple[int, int], np.ndarray] = {}
+        self._click_depths: dict[tuple[int, int], np.ndarray] = {}
 
     def depth(self, slice_id: int, object_id: int) -> np.ndarray:
         """The object's depth map, computed once (a flipped depth map is the flipped mask's depth map)."""
@@ -62,6 +63,15 @@ class StepModule(nn.Module):
         if key not in self._depths:
             self._depths[key] = depth_map(self.slices[slice_id].mask(object_id))
         return self._depths[key]
+
+    def click_depth(self, slice_id: int, object_id: int) -> np.ndarray:
+        """The depth map of where the object's first click lands (``TrainingSlice.click_region``)."""
+        if self.slices[slice_id].clickable is None:
+            return self.depth(slice_id, object_id)
+        key = (slice_id, object_id)
+        if key not in self._click_depths:
+            self._click_depths[key] = depth_map(self.slices[slice_id].click_region(object_id))
+        return self._click_depths[key]
 
     def forward(self, samples: list[Sample]) -> torch.Tensor:
         return torch.stack([self._sample_loss(s) for s in samples]).mean()
@@ -76,15 +86,18 @@ class StepModule(nn.Module):
         else:
             emb = self.enc.full(self.enc.pixels(rgb, s.contrast, s.brightness)[None])
         depths = [dihedral(self.depth(s.slice_id, o), s.variant) for o in s.object_ids]
+        click_depths = [dihedral(self.click_depth(s.slice_id, o), s.variant) for o in s.object_ids]
         losses = []
         for use_box in (False, True):  # clicks and boxes are decoded apart (different prompt shapes)
-            chosen = [d for d, b in zip(depths, s.use_box, strict=True) if b == use_box]
+            keep = [b == use_box for b in s.use_box]
+            chosen = [d for d, k in zip(depths, keep, strict=True) if k]
             if chosen:
-                losses.append(self._loss(emb, chosen, use_box, s.rounds, s.rng) * len(chosen))
+                clicks = [d for d, k in zip(click_depths, keep, strict=True) if k]
+                losses.append(self._loss(emb, chosen, use_box, s.rounds, s.rng, clicks) * len(chosen))
         return torch.stack(losses).sum() / len(depths)
 
     def _loss(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
-              rng: np.random.Generator) -> torch.Tensor:
+              rng: np.random.Generator, click_depths: list[np.ndarray] | None = None) -> torch.Tensor:
         """Mean loss over the rounds that carry it: the first prompt, then ``rounds`` correction clicks at the
         largest error of the mask the session shows, each prompted by the interaction rule (the previous
         logits as mask input, the shown mask's box) as ``Session.predict`` prompts it."""
@@ -95,7 +108,8 @@ class StepModule(nn.Module):
         def carries_loss(r: int) -> bool:
             return r == 0 or r >= rounds - self.grad_rounds + 2
 
-        for r, _low, iou_pred, logits in self.session(emb, depths, use_box, rounds, rng, carries_loss):
+        for r, _low, iou_pred, logits in self.session(emb, depths, use_box, rounds, rng, carries_loss,
+                                                      click_depths):
             if carries_loss(r):
                 with torch.no_grad():
                     iou_true = hard_iou(logits > 0, truth[:, None] > 0)
@@ -106,15 +120,17 @@ class StepModule(nn.Module):
         return total / counted
 
     def session(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
-                rng: np.random.Generator, with_grad=lambda r: False):
+                rng: np.random.Generator, with_grad=lambda r: False, click_depths: list[np.ndarray] | None = None):
         """A simulated annotation session on N objects of one slice, round by round: yields (round, low-res
         logits, predicted IoU, logits at the slice's size) of every prompt, the first (a click inside each
         object, or a jittered box) and ``rounds`` corrections at the largest error of the mask shown, prompted by
-        the interaction rule as ``Session.predict`` prompts them. ``with_grad(round)``: that round keeps the graph."""
+        the interaction rule as ``Session.predict`` prompts them. ``with_grad(round)``: that round keeps the graph.
+        ``click_depths``: depth maps of where the first clicks land (default: the objects' own)."""
         truth_np = np.stack([d > 0 for d in depths])
         n, hw = len(depths), truth_np.shape[1:]
         user_boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
-        points = [[] if use_box else [interior_click(t, rng, d)] for t, d in zip(truth_np, depths, strict=True)]
+        aims = depths if click_depths is None else click_depths
+        points = [[] if use_box else [interior_click(d > 0, rng, d)] for d in aims]
         labels = [[] if use_box else [1] for _ in depths]
         previous_low: torch.Tensor | None = None  # (N, 1, g, g) logits of the masks shown
         shown_np: np.ndarray | None = None

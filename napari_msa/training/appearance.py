@@ -41,17 +41,24 @@ def variant(plane: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
     return (x * 255).round().astype(np.uint8)
 
 
-def augmented(images: list[np.ndarray], labels: list[np.ndarray], kinds: tuple[str, ...], rng: np.random.Generator
-              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The originals plus one copy per kind, each with a random flip or quarter turn (labels turned alike)."""
-    out_images, out_labels = list(images), list(labels)
-    for image, lab in zip(images, labels, strict=True):
+def augmented(images: list[np.ndarray], labels: list[np.ndarray], kinds: tuple[str, ...], rng: np.random.Generator,
+              regions: list[np.ndarray | None] | None = None
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    """(images, labels, click regions): the originals plus one copy per kind, each with a random flip or quarter
+    turn (labels and click regions turned alike)."""
+    regions = [None] * len(images) if regions is None else regions
+    out_images, out_labels, out_regions = list(images), list(labels), list(regions)
+
+    def turned(a: np.ndarray | None, k: int, flip: bool) -> np.ndarray | None:
+        if a is None:
+            return None
+        a = np.rot90(a, k, axes=(0, 1))
+        return np.ascontiguousarray(a[:, ::-1] if flip else a)
+
+    for image, lab, region in zip(images, labels, regions, strict=True):
         for kind in kinds:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            img, lb = variant(image, kind, rng), lab
-            img, lb = np.rot90(img, k, axes=(0, 1)), np.rot90(lb, k)
-            if flip:
-                img, lb = img[:, ::-1], lb[:, ::-1]
-            out_images.append(np.ascontiguousarray(img))
-            out_labels.append(np.ascontiguousarray(lb))
-    return out_images, out_labels
+            out_images.append(turned(variant(image, kind, rng), k, flip))
+            out_labels.append(turned(lab, k, flip))
+            out_regions.append(turned(region, k, flip))
+    return out_images, out_labels, out_regions

@@ -35,7 +35,7 @@ from napari_msa.engine.model import MSAModel
 
 from .appearance import KINDS, augmented
 from .real_images import RealImage, load_real_images
-from .whole_objects import whole_maps
+from .whole_objects import whole_maps_with_clicks
 
 PHANTOM_STREAM_OFFSET = 500_000  # phantom slices drawn at [seed, TRAIN_STREAM, offset + i]
 
@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                     "objects with what they enclose), so a click on a large structure can mean all of it")
     ap.add_argument("--wholes-share", type=float, default=0.5, help="share of phantom slices that get a map of "
                     "their wholes (each such map is one more training slice)")
+    ap.add_argument("--whole-clicks", choices=("own-tissue", "anywhere"), default="own-tissue",
+                    help="where a whole's first click lands: on its own tissue, off the objects inside it (a "
+                    "click on an inner object then always means that object), or anywhere inside it")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -227,19 +230,21 @@ def main(argv: list[str] | None = None) -> None:
             _write_dataset(args.data_cache, images, labels, listing)
     more_images, more_labels, more_listing = _extra_phantoms(args.phantoms_mr, args.seed)
     images, labels, listing = images + more_images, labels + more_labels, listing + more_listing
+    regions: list[np.ndarray | None] = [None] * len(images)
     if args.wholes:  # phantoms only: pseudo-labels are flat by construction, phantoms know their nesting
         generated = list(range(min(args.phantoms, len(images)))) + \
             list(range(len(images) - len(more_images), len(images)))
         chosen = np.random.default_rng([args.seed, 79]).random(len(generated)) < args.wholes_share
-        extra = [(images[i], m) for i, c in zip(generated, chosen, strict=True) if c
-                 for m in whole_maps(labels[i], images[i], max_maps=1)]
-        images, labels = images + [im for im, _ in extra], labels + [m for _, m in extra]
+        extra = [(images[i], m, clickable) for i, c in zip(generated, chosen, strict=True) if c
+                 for m, clickable in whole_maps_with_clicks(labels[i], images[i], max_maps=1)]
+        images, labels = images + [im for im, _, _ in extra], labels + [m for _, m, _ in extra]
+        regions += [clickable if args.whole_clicks == "own-tissue" else None for _, _, clickable in extra]
         listing.append({"name": f"{len(extra)} whole-object label maps of the phantom slices (body outlines, "
-                        "objects with what they enclose)", "source": "napari_msa.training.whole_objects",
-                        "licence": "BSD-3-Clause (napari-msa)"})
+                        f"objects with what they enclose), first clicks: {args.whole_clicks}",
+                        "source": "napari_msa.training.whole_objects", "licence": "BSD-3-Clause (napari-msa)"})
     kinds = tuple(k for k in args.appearance.split(",") if k)
     if kinds:
-        images, labels = augmented(images, labels, kinds, np.random.default_rng([args.seed, 78]))
+        images, labels, regions = augmented(images, labels, kinds, np.random.default_rng([args.seed, 78]), regions)
         listing.append({"name": f"appearance copies of every image: {', '.join(kinds)}", "source": "napari_msa."
                         "training.appearance (each with a random flip or quarter turn)",
                         "licence": "derived from the images above, under their licences"})
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             patience=0, accept_margin=-1.0, max_correction_rounds=args.rounds, grad_rounds=args.grad_rounds,
             interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True, inplace=True,
             cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
+            click_regions=regions,
         )
         model = result.model
         summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
@@ -291,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         "grad_rounds": args.grad_rounds, "train": args.train, "appearance": list(kinds),
         "init_adapter": None if args.init_adapter is None else args.init_adapter.name,
         "interaction": rule,
-        "augment": not args.no_augment, "wholes": args.wholes and args.wholes_share, "phantoms": args.phantoms,
+        "augment": not args.no_augment, "wholes": args.wholes and args.wholes_share,
+        "whole_clicks": args.whole_clicks if args.wholes else None, "phantoms": args.phantoms,
         "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from napari_msa.engine import Normalization, Session, load_model
 from napari_msa.engine.decoding import decode, image_masks, to_input_frame
@@ -39,7 +38,7 @@ from napari_msa.engine.model_files import CLICK_ADAPTER_FILE, read_adapter_metad
 from napari_msa.engine.tuning_data import correction_click, jittered_box
 
 from .click_adapter import _extra_phantoms, _read_dataset, phantom_slices
-from .whole_objects import whole_maps
+from .whole_objects import own_tissue, whole_maps
 
 PROMPT_KINDS = ("deepest click", "random click", "box", "click + correction")
 LONE_CLICKS = (0, 1)  # kinds answered with SAM's three masks (outputs 1-3)
@@ -122,12 +121,11 @@ def decode_image(session: Session, tap: _TokenTap, image_id: int, objects: list[
 def whole_prompts(labels: np.ndarray, plane: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(wholes, where their lone clicks land): a whole (the body, an object with what it encloses) is what a click
     means on its own tissue, off every labelled object inside it; a click on such an object means that object."""
-    objects = labels > 0
     wholes, regions = [], []
     for lab in whole_maps(labels, plane, max_maps=2):
         for k in range(1, int(lab.max()) + 1):
             whole = lab == k
-            region = whole & ~ndimage.binary_dilation(objects & whole, iterations=2)
+            region = own_tissue(whole, labels)
             if region.sum() >= MIN_OBJECT_PIXELS:
                 wholes.append(whole)
                 regions.append(region)

@@ -8,7 +8,8 @@ the hierarchy the annotator cycles through with **N**.
 
 Wholes come from the labels alone (a label's holes filled, when that adds something) and, for CT-like planes with
 air around the body, from the image (the body outline). They overlap each other, so they are spread over as few
-flat maps as hold them without overlap.
+flat maps as hold them without overlap. A whole is clicked on its own tissue, off the labelled objects inside it
+(``own_tissue``): a click on an inner object means that object, so training never asks it to mean the whole.
 """
 
 from __future__ import annotations
@@ -77,3 +78,22 @@ def whole_maps(labels: np.ndarray, plane: np.ndarray | None = None, max_maps: in
                 lab[whole] = 1
                 maps.append(lab)
     return maps
+
+
+def own_tissue(whole: np.ndarray, labels: np.ndarray, margin: int = 2) -> np.ndarray:
+    """Where a click means ``whole`` rather than something inside it: the whole off every labelled object in it
+    (and ``margin`` pixels around them)."""
+    inner = (labels > 0) & whole
+    return whole & ~ndimage.binary_dilation(inner, iterations=margin) if inner.any() else whole.copy()
+
+
+def whole_maps_with_clicks(labels: np.ndarray, plane: np.ndarray | None = None, max_maps: int = 2
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``whole_maps`` with, for each map, where its wholes are clicked (``own_tissue`` of each)."""
+    out = []
+    for lab in whole_maps(labels, plane, max_maps):
+        clickable = np.zeros(lab.shape, dtype=bool)
+        for k in range(1, int(lab.max()) + 1):
+            clickable |= own_tissue(lab == k, labels)
+        out.append((lab, clickable))
+    return out
