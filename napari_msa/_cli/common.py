@@ -9,28 +9,41 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_msa.medical_io import Geometry
 
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line, exit status 2."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
+@dataclass(frozen=True)
+class ImageFile:
+    """An input image as the commands use it: its array, and where it lies in the scanner (NIfTI/DICOM
+    ``medical_io.Geometry``; None for TIFF and .npy), which ``write_labels`` gives the labels written for it."""
+
+    data: np.ndarray
+    geometry: Geometry | None = None
+
+
+def read_image(path: str | Path) -> ImageFile:
     """An image from .tif/.tiff (tifffile), .npy (no pickles), NIfTI (.nii/.nii.gz) or DICOM (a file or a folder
     holding one series); NIfTI and DICOM in the display order of napari-msa's napari reader (napari_msa.medical_io),
-    their geometry kept for ``write_labels``."""
+    with their geometry."""
     from napari_msa import medical_io
-    from napari_msa.medical_io import cli as medical_cli
 
     path = Path(path)
     if medical_io.is_medical_path(path):
+        from napari_msa.medical_io import cli as medical_cli
+
         try:
-            return medical_cli.read_array(path)
+            return ImageFile(*medical_cli.read_array(path))
         except medical_io.MedicalIOError as err:
             raise CLIError(str(err)) from err
-    medical_cli.forget_geometry()
     if not path.is_file():
         raise CLIError(f"image file not found: {path}")
     suffix = path.suffix.lower()
@@ -45,7 +58,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except Exception as err:
         raise CLIError(f"cannot read {path}: {err}") from err
     if array is not None:
-        return _real_valued(array, path)
+        return ImageFile(_real_valued(array, path))
     raise CLIError(f"{path.name}: unsupported image type '{suffix}'; use .tif, .tiff, .npy, .nii, .nii.gz, .dcm "
                    "or a DICOM folder")
 
@@ -61,23 +74,19 @@ def read_image_and_labels(image_path: str | Path, labels_path: str | Path) -> tu
     """An image and its labels; when both are medical files their voxel grids must be the same (checked from the
     files' geometry, not only the array shapes)."""
     from napari_msa import medical_io
-    from napari_msa.medical_io import cli as medical_cli
 
-    image = read_image(image_path)
-    image_geometry = medical_cli.last_geometry()
-    labels = read_image(labels_path)
+    image, labels = read_image(image_path), read_image(labels_path)
     try:
-        medical_io.check_same_grid(image_geometry, medical_cli.last_geometry(), Path(image_path).name,
-                                   Path(labels_path).name)
+        medical_io.check_same_grid(image.geometry, labels.geometry, Path(image_path).name, Path(labels_path).name)
     except medical_io.MedicalIOError as err:
         raise CLIError(str(err)) from err
-    return image, labels
+    return image.data, labels.data
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> Path:
-    """A labels image as TIFF, as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image read for this
-    command (same affine and header, the source's voxel order), or as a DICOM SEG (.dcm) referring to the DICOM
-    series read; written atomically."""
+def write_labels(path: str | Path, labels: np.ndarray, source: ImageFile) -> Path:
+    """A labels image as TIFF, as NIfTI (.nii/.nii.gz) on the geometry of the NIfTI/DICOM image ``source`` (same
+    affine and header, the source's voxel order), or as a DICOM SEG (.dcm) referring to that DICOM series; written
+    atomically."""
     import tifffile
 
     from napari_msa import medical_io
@@ -88,7 +97,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
         from napari_msa.medical_io import cli as medical_cli
 
         try:
-            return medical_cli.write_labels(path, labels)
+            return medical_cli.write_labels(path, labels, source.geometry)
         except medical_io.MedicalIOError as err:
             raise CLIError(f"output {path.name}: {err}") from err
     if path.suffix.lower() not in (".tif", ".tiff"):

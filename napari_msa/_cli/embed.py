@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.cache_dir, inputs=(args.image,), folder=True)
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
-    image = read_image(args.image)
+    image = read_image(args.image).data
     session = Session(model_from_args(args), normalization=normalization_from_args(args), cache_dir=args.cache_dir,
                       cache_budget_bytes=64 << 20)
     session.cache.disk_required = True  # the cache on disk is this command's output

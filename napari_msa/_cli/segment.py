@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.interaction != "model":
         session.rule = args.interaction
     try:
-        session.set_image(image)
+        session.set_image(image.data)
     except ValueError as err:
         raise CLIError(f"{args.image}: {err}") from err
     shape = session.spatial_shape
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         for z, mask in per_object[obj_id].items():
             target = labels[z] if session.layout.is_volume else labels
             target[mask & (target == 0)] = obj_id  # a lower id keeps its pixels
-    out = write_labels(args.output, labels)
+    out = write_labels(args.output, labels, image)
     counts = {o: int((labels == o).sum()) for o in sorted(per_object)}
     say(args, f"napari-msa segment: wrote {out} ({len(counts)} objects, voxels per id {counts})")
     return 0
@@ -213,7 +213,7 @@ def _run_everything(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     session = Session(model, normalization=normalization_from_args(args))
     try:
-        session.set_image(image)
+        session.set_image(image.data)
     except ValueError as err:
         raise CLIError(f"{args.image}: {err}") from err
     say(args, f"napari-msa segment --everything: {model.describe()}")
@@ -233,6 +233,6 @@ def _run_everything(args: argparse.Namespace) -> int:
         found += len(candidates)
     if found < 2**16:
         labels = labels.astype(np.uint16)
-    out = write_labels(args.output, labels)
+    out = write_labels(args.output, labels, image)
     say(args, f"napari-msa segment --everything: wrote {out} ({found} objects on {session.num_slices} slice(s))")
     return 0

@@ -1,8 +1,8 @@
 """The command line's side of medical I/O: one array per input, and labels written on that input's geometry.
 
-The subcommands pass plain arrays between reading and writing, so the geometry of the image read last is kept
-here: ``segment IMAGE.nii.gz -o labels.nii.gz`` writes the labels with IMAGE's affine and header. Every image read
-(medical or not) replaces it, so an earlier command in the same process never lends its geometry to a later one.
+``read_array`` gives the array with its geometry and ``write_labels`` takes that geometry back, so
+``segment IMAGE.nii.gz -o labels.nii.gz`` writes the labels with IMAGE's affine and header; nothing is kept between
+calls.
 """
 
 from __future__ import annotations
@@ -13,24 +13,10 @@ import numpy as np
 
 from . import Geometry, MedicalIOError, read_medical, write_nifti_labels
 
-_last_geometry: Geometry | None = None
 
-
-def forget_geometry() -> None:
-    """Called when an image without geometry (TIFF, .npy) is read."""
-    global _last_geometry
-    _last_geometry = None
-
-
-def last_geometry() -> Geometry | None:
-    """The geometry of the medical image read last (None after a TIFF or .npy)."""
-    return _last_geometry
-
-
-def read_array(path: str | Path) -> np.ndarray:
-    """The one volume in a NIfTI file or DICOM file/folder, in the display order napari-msa's napari reader gives
-    (so points saved from napari on that layer are indices into this array)."""
-    global _last_geometry
+def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """(array, geometry): the one volume in a NIfTI file or DICOM file/folder, in the display order napari-msa's
+    napari reader gives (so points saved from napari on that layer are indices into this array)."""
     path = Path(path)
     images = read_medical(path)
     if len(images) > 1:
@@ -44,15 +30,13 @@ def read_array(path: str | Path) -> np.ndarray:
         raise MedicalIOError(f"{path.name} is 4D ({shape[0]} volumes of {'x'.join(map(str, shape[1:]))}); the "
                              "command line segments one volume: save one first, e.g. with nibabel "
                              "nib.save(img.slicer[..., 0], 'volume0.nii.gz')")
-    _last_geometry = image.geometry
-    return image.data
+    return image.data, image.geometry
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> Path:
-    """Labels as NIfTI on the geometry of the image read last when they fit its grid; else as plain axial
-    (Z, Y, X) with 1 mm voxels (the input was a TIFF or .npy). A .dcm name: a DICOM SEG referring to the DICOM
-    series read last."""
-    geometry = _last_geometry
+def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry | None) -> Path:
+    """Labels as NIfTI on ``geometry`` (the source image's) when they fit its grid; else as plain axial (Z, Y, X)
+    with 1 mm voxels (the input was a TIFF or .npy: no geometry). A .dcm name: a DICOM SEG referring to the DICOM
+    series ``geometry`` came from."""
     if geometry is not None and geometry.spatial_display_shape != tuple(np.shape(labels)):
         geometry = None
     if str(path).lower().endswith(".dcm"):
