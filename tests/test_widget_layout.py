@@ -92,7 +92,7 @@ def test_both_widgets_docked_fit_a_1366x768_screen(make_napari_viewer, qtbot):
         qtbot.waitUntil(lambda widget=widget, other=other: shown(widget) and not shown(other), timeout=3000)
         qtbot.waitUntil(lambda widget=widget: widget.panel.viewport().height() >= 0.6 * SCREEN[1], timeout=3000)
     # a long status (it wraps) and the model fields open: rows scroll, nothing is squeezed or overlaps
-    segment._set_status("Out of memory during prediction; nothing was written. Choose a smaller model or the cpu "
+    segment.feedback.set("Out of memory during prediction; nothing was written. Choose a smaller model or the cpu "
                         "device (Device field), close other programs, or crop the image. " * 2)
     segment.model_section.set_expanded(True)
     tune.training_section.set_expanded(True)

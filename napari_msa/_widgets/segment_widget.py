@@ -457,9 +457,6 @@ class SegmentWidget(QWidget):
             self.session.cache.directory = Path(text.strip()) if text.strip() else None
 
     # ============================================================================ feedback
-    def _set_status(self, text: str) -> None:
-        self.feedback.set(text)
-
     def _refresh_activity(self) -> None:
         """The activity line, from what is running now (so it is never stale): empty when nothing runs."""
         loading = [f"Loading {self.model_panel.loading_name}…"] if self.model_panel.loading else []

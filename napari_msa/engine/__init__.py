@@ -1,7 +1,7 @@
 """The Qt-free engine: torch, numpy and segment_anything only."""
 
 from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
-from .adapters import AdapterConfig, count_parameters, freeze_for_tuning, inject_adapters
+from .adapters import AdapterConfig, inject_adapters
 from .cancel import Cancelled
 from .checkpoints import CheckpointError
 from .devices import pick_device
@@ -15,6 +15,6 @@ from .tuning import TuneResult, tune
 
 __all__ = [
     "AdapterConfig", "Cancelled", "CheckpointError", "DEMO_MODEL_FILE", "MODEL_REGISTRY", "MSAModel",
-    "ModelConfig", "Normalization", "Session", "build_sam", "count_parameters", "freeze_for_tuning",
-    "get_config", "inject_adapters", "load_model", "pick_device", "tune", "TuneResult",
+    "ModelConfig", "Normalization", "Session", "build_sam", "get_config", "inject_adapters", "load_model",
+    "pick_device", "tune", "TuneResult",
 ]

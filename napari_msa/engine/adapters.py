@@ -208,11 +208,6 @@ def set_trainable(sam: nn.Module, *, adapters: bool = True, decoder: bool = Fals
     return [p for p in sam.parameters() if p.requires_grad]
 
 
-def freeze_for_tuning(sam: nn.Module, train_decoder: bool = False) -> None:
-    """Freeze everything except all adapters, depth adapters included (and optionally the prompt side)."""
-    set_trainable(sam, adapters=True, decoder=train_decoder, depth=True)
-
-
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params: Iterable[torch.Tensor] = list(module.parameters())

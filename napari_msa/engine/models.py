@@ -109,7 +109,6 @@ TINYVIT_CONFIGS: dict[str, TinyViTConfig] = {
         window_sizes=(7, 7, 7, 7), out_chans=64,
     ),
 }
-VALID_IMAGE_SIZES = (256, 512, 1024)
 
 
 def get_config(name: str, image_size: int | None = None) -> ModelConfig:
