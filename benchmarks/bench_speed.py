@@ -44,8 +44,8 @@ from _harness import ratio_table, timed
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Session, load_model  # noqa: E402
-from napari_msa.engine.litemedsam import is_installed  # noqa: E402
-from napari_msa.engine.model_files import CLICK_ADAPTER_FILE, adapter_config_of, read_adapter_metadata  # noqa: E402
+from napari_msa.engine.catalog import CLICK_ADAPTER_FILE, litemedsam_installed  # noqa: E402
+from napari_msa.engine.model_files import adapter_config_of, read_adapter_metadata  # noqa: E402
 from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from napari_msa.engine.runtime import (  # noqa: E402
     GRAPH_DIR_ENV,
@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     global RANDOM_WEIGHTS
-    RANDOM_WEIGHTS = args.weights == "random" or not is_installed()
+    RANDOM_WEIGHTS = args.weights == "random" or not litemedsam_installed()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

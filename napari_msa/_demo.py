@@ -138,12 +138,12 @@ def _open_sample(viewer, sample: str) -> tuple:
 def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_file: str | Path | None = None,
                timeout_s: float = 120.0) -> dict:
     """Fill ``viewer`` with the demo: sample, widgets, model, example clicks. Returns what it made."""
-    from napari_msa._widgets._choices import litemedsam_installed
     from napari_msa._widgets._docking import dock_of
     from napari_msa._widgets._hub import hub_for
     from napari_msa._widgets.segment_widget import SegmentWidget
     from napari_msa._widgets.tune_widget import TuneWidget
     from napari_msa.engine import CheckpointError, load_model
+    from napari_msa.engine.catalog import litemedsam_installed
 
     if model not in MODELS or sample not in SAMPLES:
         raise DemoError(f"unknown demo model '{model}' or sample '{sample}'")

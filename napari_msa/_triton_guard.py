@@ -1,4 +1,4 @@
-"""Keep triton out of processes where loading it would crash them (imported first by ``napari_msa.engine``).
+"""Keep triton out of processes where loading it would crash them (armed by importing ``napari_msa.engine``).
 
 Why: ``segment_anything`` and ``timm`` import torchvision, which imports ``torch._dynamo``, which calls
 ``torch.utils._triton.has_triton_package()``, i.e. ``import triton``. ``triton/_C/libtriton.so`` links its own copy
@@ -11,7 +11,9 @@ libLLVM-15.so.1), and libtriton's static initialisers then corrupt memory of the
 killed napari when the plugin was opened from its menu after the viewer had drawn. In the other order (triton first,
 Mesa later) both loaded and drew here, and ``import torch`` alone never loads triton.
 
-What: before torchvision can be imported, if triton is not imported yet and either
+What: just before torchvision (or ``torch._dynamo``, ``timm``, ``segment_anything``) is first imported -- as late as
+possible, so a canvas drawn since is seen, and without importing torch for processes that never need it -- if
+triton is not imported yet and either
   * a ``libLLVM`` shared library is already mapped into this process (it would crash), or
   * torch sees no CUDA device (triton only compiles GPU kernels; torch's CPU inductor generates C++ without it),
 we put ``None`` in ``sys.modules["triton"]``. Python then treats triton exactly as not installed: ``import triton``
@@ -20,7 +22,7 @@ wheels ship without triton), so ``has_triton_package()`` is False and nothing is
 
 GPUs keep working: with CUDA and no foreign LLVM loaded yet (NVIDIA's own GL, no display, the CLI, torchrun, a
 script importing napari_msa before napari draws) triton loads normally and torch.compile works. On a CUDA machine
-whose display uses Mesa and where the engine is first imported after the canvas exists, triton is kept out of that
+whose display uses Mesa and where torchvision is first imported after the canvas exists, triton is kept out of that
 process: eager CUDA inference and tuning are unaffected (napari-msa never uses torch.compile), only torch.compile's
 GPU backend (inductor/triton kernels) is unavailable in it.
 """
@@ -76,4 +78,35 @@ def keep_triton_out_if_unsafe(modules: dict = sys.modules, maps: str = "/proc/se
     return reason
 
 
-keep_triton_out_if_unsafe()
+TRIGGERS = ("torchvision", "torch._dynamo", "timm", "segment_anything")
+
+
+def _is_trigger(name: str) -> bool:
+    return any(name == t or name.startswith(t + ".") for t in TRIGGERS)
+
+
+class _DecideBeforeTorchvision:
+    """A meta-path finder that finds nothing: at the first import of a trigger it decides about triton (once),
+    steps aside, and lets the usual finders import the module."""
+
+    def find_spec(self, name, path=None, target=None):
+        if _is_trigger(name) and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            keep_triton_out_if_unsafe()
+        return None
+
+
+_finder = _DecideBeforeTorchvision()
+
+
+def decide_before_torchvision() -> None:
+    """Arm the decision for the first import of torchvision (or decide now when one is already imported)."""
+    if "triton" in sys.modules or _finder in sys.meta_path:
+        return
+    if any(_is_trigger(name) for name in sys.modules):
+        keep_triton_out_if_unsafe()
+    else:
+        sys.meta_path.insert(0, _finder)
+
+
+decide_before_torchvision()

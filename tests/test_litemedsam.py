@@ -140,7 +140,7 @@ def test_prefix_cache_runs_on_tinyvit_last_blocks():
 
 
 def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():
-    from napari_msa.engine.model_files import CLICK_ADAPTER_FILE
+    from napari_msa.engine.catalog import CLICK_ADAPTER_FILE
 
     assert CLICK_ADAPTER_FILE.is_file(), "the click adapter ships with the package"
     assert CLICK_ADAPTER_FILE.stat().st_size <= 20_000_000

@@ -213,14 +213,16 @@ def test_triton_kept_out_looks_uninstalled_to_torch():
     """What torch checks (torch.utils._triton.has_triton_package, importlib.util.find_spec) sees 'not installed'."""
     code = textwrap.dedent("""
         import importlib.util, sys
-        import napari_msa.engine  # its first import is the guard; then segment_anything imports torchvision
+        import napari_msa.engine  # arms the guard (torch-free): it decides at the first import of torchvision
         import torch
         from napari_msa import _triton_guard
+        assert _triton_guard.kept_out_because is None, "decided before torchvision was imported"
+        import torchvision  # the chain that used to load triton (torchvision -> torch._dynamo -> triton)
         if _triton_guard.kept_out_because is None:
-            assert torch.cuda.is_available(), "without CUDA the engine must have kept triton out"
+            assert torch.cuda.is_available(), "without CUDA the guard must have kept triton out"
             sys.exit(0)  # a CUDA machine without a foreign LLVM keeps triton: nothing more to check
         from torch.utils._triton import has_triton_package
-        import torch._dynamo, torchvision  # the chain that used to load triton
+        import torch._dynamo
         assert sys.modules["triton"] is None
         assert not has_triton_package() and importlib.util.find_spec("triton") is None
     """)

@@ -9,7 +9,7 @@ import torch
 
 from napari_msa import Session, load_model
 from napari_msa.cli import main
-from napari_msa.engine import Cancelled
+from napari_msa.engine import Cancelled, catalog
 from napari_msa.engine import precision as P
 from napari_msa.engine.geometry import dice
 
@@ -73,12 +73,12 @@ def test_auto_stays_fp32_where_the_accuracy_table_says_so(monkeypatch):
 def test_precision_names_and_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         P.resolve_precision("fp16", torch.device("cpu"))
-    monkeypatch.setenv(P.ENV_VAR, "bf16")
+    monkeypatch.setenv(catalog.PRECISION_ENV, "bf16")
     assert P.resolve_precision(None, torch.device("cpu")).name == "bf16"
-    monkeypatch.setenv(P.ENV_VAR, "half")
+    monkeypatch.setenv(catalog.PRECISION_ENV, "half")
     with pytest.raises(ValueError, match="NAPARI_MSA_PRECISION='half'"):
         P.resolve_precision(None, torch.device("cpu"))
-    monkeypatch.delenv(P.ENV_VAR)
+    monkeypatch.delenv(catalog.PRECISION_ENV)
     assert P.check_precision(None) == "auto"
 
 

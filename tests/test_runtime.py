@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_msa import Session, load_model
+from napari_msa.engine import catalog
 from napari_msa.engine import runtime as rt
 from napari_msa.engine.adapters import ADAPTER_KEY, AdapterConfig
 
@@ -119,7 +120,7 @@ def test_which_runtime_each_setting_gets(monkeypatch):
         rt.resolve_runtime("openvino", cpu, "bf16")
     with pytest.raises(ValueError, match="unknown runtime 'onnx'"):
         rt.check_runtime("onnx")
-    monkeypatch.setenv(rt.ENV_VAR, "fast")
+    monkeypatch.setenv(catalog.RUNTIME_ENV, "fast")
     with pytest.raises(ValueError, match="NAPARI_MSA_RUNTIME='fast'"):
         rt.check_runtime(None)
     monkeypatch.setattr(rt, "openvino_available", lambda: False)

@@ -140,13 +140,13 @@ def test_last_blocks_on_litemedsam_counts_its_attention_blocks(task_files, tmp_p
 
 def test_tuning_starts_from_the_shipped_adapter(task_files, tmp_path, capsys, monkeypatch):
     """'auto' is the model's shipped adapter; --last-blocks keeps it only where it already sits."""
-    from napari_msa.engine import model_files
+    from napari_msa.engine import catalog
 
     image, labels, _ = task_files
     shipped = tmp_path / "shipped.safetensors"
     assert main(["-q", "tune", str(image), str(labels), "-o", str(shipped), "--model", "tiny", "--steps", "1",
                  "--last-blocks", "1"]) == 0
-    monkeypatch.setitem(model_files.DEFAULT_ADAPTERS, "tiny", shipped)  # as litemedsam_clicks is for litemedsam
+    monkeypatch.setitem(catalog.DEFAULT_ADAPTERS, "tiny", shipped)  # as litemedsam_clicks is for litemedsam
     common = ["-q", "tune", str(image), str(labels), "--model", "tiny", "--steps", "1"]
     assert main([*common, "-o", str(tmp_path / "b.safetensors"), "--last-blocks", "2"]) == 2
     err = capsys.readouterr().err

@@ -154,7 +154,7 @@ def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):
 
 def test_unusable_inputs_are_explained(tuner, monkeypatch):
     viewer, widget, _ = tuner(with_model=False)
-    monkeypatch.setattr("napari_msa._widgets._choices.litemedsam_installed", lambda: False)
+    monkeypatch.setattr("napari_msa.engine.catalog.litemedsam_installed", lambda: False)
     widget._show_model(None)
     assert "Segment (MSA)" in widget.model_label.text()
     widget.start_button.click()

@@ -212,7 +212,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                               "clicks hardly do)")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--image-size", type=int, choices=(256, 512, 1024), help="model input size")
-    from napari_msa._widgets._choices import PRECISIONS, RUNTIMES  # torch-free, kept equal to the engine's
+    from napari_msa.engine.catalog import PRECISIONS, RUNTIMES
 
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="image encoder arithmetic: auto (fp32, on CPUs in OpenVINO; half-size embedding cache), "

@@ -87,7 +87,7 @@ def _pairs(files: list[str]) -> list[tuple[str, str]]:
 
 def _shipped_adapter(args: argparse.Namespace):
     """The adapter ``load_model(adapter='auto')`` would apply (LiteMedSAM's click adapter), or None."""
-    from napari_msa.engine.model_files import DEFAULT_ADAPTERS
+    from napari_msa.engine.catalog import DEFAULT_ADAPTERS
 
     if args.no_adapter or args.adapter or args.checkpoint is not None:
         return None

@@ -2,7 +2,7 @@
 
 The model itself lives in the viewer's hub (``_hub``), so the Segment and Tune widgets always show the same
 one. Loading runs on a napari worker, and that is where torch is first imported: building the panel needs
-no engine at all (``_choices`` holds what it offers before a model exists).
+no engine at all (``engine.catalog`` holds what it offers before a model exists, torch-free).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton
 
-from . import _choices as C
+from napari_msa.engine import catalog
+
 from ._activity import ActivityBar
 from ._controls import ElidingComboBox, PathPicker, Section
 from ._feedback import Feedback
@@ -67,16 +68,19 @@ class ModelPanel:
         form = QFormLayout(self.section.body)
         self.combo = ElidingComboBox()
         self.combo.setToolTip(MODEL_TIP)
-        self.combo.addItems(list(C.MODEL_NAMES))
-        unavailable = {"litemedsam": (not C.litemedsam_installed(), f"litemedsam (needs: {C.LITEMEDSAM_INSTALL_HINT})"),
-                       "demo": (not C.demo_model_available(), "demo (not available)")}
+        self.combo.addItems(list(catalog.MODEL_NAMES))
+        unavailable = {
+            catalog.LITEMEDSAM_NAME: (not catalog.litemedsam_installed(),
+                                      f"litemedsam (needs: {catalog.LITEMEDSAM_INSTALL_HINT})"),
+            catalog.DEMO_MODEL_NAME: (not catalog.demo_model_available(), "demo (not available)"),
+        }
         for name, (missing, text) in unavailable.items():
             if missing:
-                item = self.combo.model().item(C.MODEL_NAMES.index(name))
+                item = self.combo.model().item(catalog.MODEL_NAMES.index(name))
                 item.setEnabled(False)
                 item.setText(text)
                 item.setToolTip(f"{name} is not available in this installation: {text}")
-        first = next(i for i, _ in enumerate(C.MODEL_NAMES) if self.combo.model().item(i).isEnabled())
+        first = next(i for i, _ in enumerate(catalog.MODEL_NAMES) if self.combo.model().item(i).isEnabled())
         self.combo.setCurrentIndex(first)
         form.addRow("Model", self.combo)
         self.checkpoint = PathPicker("SAM .pth or napari-msa .safetensors",
@@ -89,17 +93,17 @@ class ModelPanel:
                                   "own adapter (LiteMedSAM's click adapter).")
         form.addRow("Adapter", self.adapter)
         self.device_combo = ElidingComboBox()
-        self.device_combo.addItems(list(C.DEVICES_BEFORE_LOADING))
+        self.device_combo.addItems(list(catalog.DEVICES_WITHOUT_TORCH))
         self.device_combo.setToolTip("'auto' takes a GPU when there is one, else the CPU (GPUs are listed once "
                                      "the first model is loaded)")
         form.addRow("Device", self.device_combo)
         self.precision_combo = ElidingComboBox()
-        self.precision_combo.addItems(list(C.PRECISIONS))
+        self.precision_combo.addItems(list(catalog.PRECISIONS))
         self.precision_combo.setToolTip(PRECISION_TIP)
         form.addRow("Precision", self.precision_combo)
         self.runtime_combo = ElidingComboBox()
-        self.runtime_combo.addItems(list(C.RUNTIMES))
-        self.runtime_combo.setCurrentText(C.runtime_setting())
+        self.runtime_combo.addItems(list(catalog.RUNTIMES))
+        self.runtime_combo.setCurrentText(catalog.setting_or_auto(catalog.RUNTIMES, catalog.RUNTIME_ENV))
         self.runtime_combo.setToolTip(RUNTIME_TIP)
         form.addRow("Runtime", self.runtime_combo)
         self.load_button = QPushButton("Load model")
@@ -124,8 +128,8 @@ class ModelPanel:
         from napari_msa.engine.devices import available_devices  # a model is loaded: torch is there
 
         name = "demo" if model.is_demo else model.name
-        if name in C.MODEL_NAMES and self.combo.model().item(C.MODEL_NAMES.index(name)).isEnabled():
-            self.combo.setCurrentIndex(C.MODEL_NAMES.index(name))
+        if name in catalog.MODEL_NAMES and self.combo.model().item(catalog.MODEL_NAMES.index(name)).isEnabled():
+            self.combo.setCurrentIndex(catalog.MODEL_NAMES.index(name))
         if not model.is_demo and Path(model.source).is_file():
             self.checkpoint.edit.setText(model.source)
         source = model.adapter_source or ""
@@ -148,8 +152,8 @@ class ModelPanel:
         """Load the chosen model on a worker, then share it through the viewer's hub."""
         if self.loading:
             return
-        name = C.MODEL_NAMES[self.combo.currentIndex()]
-        if name == "demo" and not C.demo_model_available():
+        name = catalog.MODEL_NAMES[self.combo.currentIndex()]
+        if name == "demo" and not catalog.demo_model_available():
             self.feedback.tell("The demo model is not available; choose litemedsam, or vit_b/l/h and a file in the "
                                "Checkpoint field.", warning=True)
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
 
-from . import _choices as C
+from . import _normalization
 from ._controls import ElidingComboBox, LayerChoice, PathPicker
 from ._recovery import RecoveryOffer
 from ._segment_layers import NEW, NONE
@@ -23,8 +23,8 @@ def build(w, root: QVBoxLayout) -> None:
     w.image_choice.currentIndexChanged.connect(w._on_image_chosen)
     form.addRow("Image", w.image_choice)
     w.norm_combo = ElidingComboBox()
-    w.norm_combo.addItems(list(C.NORMALIZATIONS))
-    w.norm_combo.setToolTip(C.NORMALIZATION_TIP)
+    w.norm_combo.addItems(list(_normalization.CHOICES))
+    w.norm_combo.setToolTip(_normalization.TIP)
     w.norm_combo.currentIndexChanged.connect(w._on_normalization_changed)
     form.addRow("Normalisation", w.norm_combo)
     w.points_choice = LayerChoice(Points, (NEW,), "Prompt points: green positive, red negative. "

@@ -19,7 +19,8 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QLayout, QVBoxLayout, QWidget
 
-from . import _choices as C
+from napari_msa.engine import catalog
+
 from . import _layers as L
 from . import _segment_form
 from . import _segment_layers as S
@@ -29,6 +30,7 @@ from ._everything import EverythingTool
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._model_panel import ModelPanel
+from ._normalization import normalization
 from ._recovery import RecoveryKeeper
 from ._segment_jobs import SegmentJobs
 from ._segment_object import ObjectEditor
@@ -252,8 +254,8 @@ class SegmentWidget(QWidget):
         wait for it (models that need a checkpoint file the user has not given still load on demand)."""
         if not PRELOAD or self.hub.model is not None or self.model_panel.loading:
             return
-        chosen = C.MODEL_NAMES[self.model_combo.currentIndex()]
-        if self.model_panel.chosen_available() and (chosen in C.BUILTIN_MODELS or self.checkpoint.path()):
+        chosen = catalog.MODEL_NAMES[self.model_combo.currentIndex()]
+        if self.model_panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or self.checkpoint.path()):
             self.model_panel.load()
 
     def _tell_ready(self, image: Image) -> None:
@@ -325,7 +327,7 @@ class SegmentWidget(QWidget):
         self.editor.update()
 
     def _source(self, image: Image) -> ImageSource:
-        norm = C.normalization(self.norm_combo.currentText(), image)
+        norm = normalization(self.norm_combo.currentText(), image)
         return ImageSource(image.data, bool(image.rgb), norm, (id(image), id(image.data), norm, bool(image.rgb)))
 
     def toggle_positive(self) -> None:
@@ -491,7 +493,7 @@ class SegmentWidget(QWidget):
 
 def _no_model_text() -> str:
     text = "No model loaded yet: the chosen model loads by itself on your first click, or press Load model."
-    return text if C.demo_model_available() else text + " The demo model is not available."
+    return text if catalog.demo_model_available() else text + " The demo model is not available."
 
 
 def _key_action(widget: SegmentWidget, action: str):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,7 +33,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import _choices as C
+from napari_msa.engine import catalog
+from napari_msa.engine.tune_types import TuneConfig
+from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
+
+from . import _normalization
 from ._activity import ActivityBar
 from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
 from ._docking import TabWithSiblings
@@ -113,7 +116,7 @@ class TuneWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         self.norm_combo = ElidingComboBox()
-        self.norm_combo.addItems(list(C.NORMALIZATIONS))
+        self.norm_combo.addItems(list(_normalization.CHOICES))
         self.norm_combo.setToolTip("How intensities become 8-bit for the encoder; use the same as in Segment (MSA). "
                                    "The tuned model keeps this setting as its default.")
         form.addRow("Normalisation", self.norm_combo)
@@ -123,7 +126,7 @@ class TuneWidget(QWidget):
                                         tooltip="Steps, learning rate, held-out share, decoder; the title shows "
                                                 "the current settings. Click to show or hide.")
         form = QFormLayout(self.training_section.body)
-        defaults = SimpleNamespace(**C.TUNE_DEFAULTS)  # TuneConfig's, without importing the engine
+        defaults = TuneConfig()
         self.train_what = ElidingComboBox()
         self.train_what.addItems(list(TRAIN_CHOICES))
         self.train_what.setCurrentText(next(k for k, v in TRAIN_CHOICES.items()
@@ -136,13 +139,13 @@ class TuneWidget(QWidget):
         self.steps.setRange(0, 100_000)
         self.steps.setSpecialValueText("auto")
         self.steps.setValue(defaults.steps or 0)
-        standard, light = C.STANDARD_BUDGET, C.LIGHT_DECODER_BUDGET
-        self.steps.setToolTip(f"Optimiser steps, each on a few objects of one slice. auto: about {standard[1]} "
-                              f"passes over your objects ({standard[2]} to {standard[3]} steps of {standard[0]} "
-                              f"objects); when only the decoder of a light model (the demo model) tunes, about "
-                              f"{light[1]} passes ({light[2]} to {light[3]} steps of {light[0]} objects), cheap "
-                              "there (about 30 s for 4 labelled 256² slices on 2 CPU cores). Tuning may stop "
-                              "earlier once held-out Dice stops improving in the second half of the run")
+        standard, light = STANDARD, LIGHT_DECODER
+        self.steps.setToolTip(f"Optimiser steps, each on a few objects of one slice. auto: about {standard.epochs:g} "
+                              f"passes over your objects ({standard.min_steps} to {standard.max_steps} steps of "
+                              f"{standard.batch_size} objects); when only the decoder of a light model (the demo "
+                              f"model) tunes, about {light.epochs:g} passes ({light.min_steps} to {light.max_steps} "
+                              f"steps of {light.batch_size} objects), which is cheap there. Tuning may stop earlier "
+                              "once held-out Dice stops improving in the second half of the run")
         form.addRow("Steps", self.steps)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
@@ -229,7 +232,7 @@ class TuneWidget(QWidget):
 
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
-        return C.normalization(self.norm_combo.currentText(), image)
+        return _normalization.normalization(self.norm_combo.currentText(), image)
 
     def _inputs(self) -> tuple[np.ndarray, np.ndarray, bool]:
         image, labels = self.image_combo.layer(), self.labels_combo.layer()
@@ -260,7 +263,7 @@ class TuneWidget(QWidget):
             self._fail(f"Tuning: {err}")
             return
         model = self.hub.model
-        if model is None and not C.litemedsam_installed():
+        if model is None and not catalog.litemedsam_installed():
             self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
         steps = int(self.steps.value()) or None  # 0 shows as "auto"
@@ -297,7 +300,7 @@ class TuneWidget(QWidget):
         if model is None:
             self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"] or 0,
                                                      message="loading the default model (LiteMedSAM)"))
-            model = load_model(C.DEFAULT_MODEL)
+            model = load_model(catalog.DEFAULT_MODEL)
             self._before = model  # what Discard goes back to
         return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
                     **settings)
@@ -470,6 +473,6 @@ def results_table(summary: TuneSummary, names: dict | None = None) -> str:
 
 
 def _no_model_text() -> str:
-    if C.litemedsam_installed():
+    if catalog.litemedsam_installed():
         return "Model: none loaded; Start loads the default (LiteMedSAM + click adapter)"
     return "Model: none loaded; load one in the Segment (MSA) widget"

@@ -1,20 +1,31 @@
-"""The Qt-free engine: torch, numpy and segment_anything only."""
+"""The Qt-free engine: torch, numpy and segment_anything only.
+
+Its public names load on first use, so ``engine.catalog`` (what the engine offers, torch-free) can be read by the
+widgets and the command line before torch is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
-from .adapters import AdapterConfig, inject_adapters
-from .cancel import Cancelled
-from .checkpoints import CheckpointError
-from .devices import pick_device
-from .loading import load_model
-from .model import MSAModel
-from .model_files import DEMO_MODEL_FILE
-from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
-from .preprocessing import Normalization
-from .session import Session
-from .tuning import TuneResult, tune
 
-__all__ = [
-    "AdapterConfig", "Cancelled", "CheckpointError", "DEMO_MODEL_FILE", "MODEL_REGISTRY", "MSAModel",
-    "ModelConfig", "Normalization", "Session", "build_sam", "get_config", "inject_adapters", "load_model",
-    "pick_device", "tune", "TuneResult",
-]
+_WHERE = {
+    "AdapterConfig": "adapters", "inject_adapters": "adapters", "Cancelled": "cancel", "CheckpointError": "checkpoints",
+    "DEMO_MODEL_FILE": "catalog", "pick_device": "devices", "load_model": "loading", "MSAModel": "model",
+    "MODEL_REGISTRY": "models", "ModelConfig": "models", "build_sam": "models", "get_config": "models",
+    "Normalization": "preprocessing", "Session": "session", "TuneResult": "tuning", "tune": "tuning",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'napari_msa.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

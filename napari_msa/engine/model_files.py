@@ -23,13 +23,6 @@ from .preprocessing import Normalization
 MODEL_FORMAT = "napari-msa-model/1"
 ADAPTER_FORMAT = "napari-msa-adapter/1"
 
-DEMO_MODEL_NAME = "demo"
-LITEMEDSAM_NAME = "litemedsam"
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEMO_MODEL_FILE = MODELS_DIR / "demo_sam.safetensors"
-# The adapter the project trained so that clicks (not only boxes) work on LiteMedSAM; see BENCHMARKS.md.
-CLICK_ADAPTER_FILE = MODELS_DIR / "litemedsam_clicks.safetensors"
-DEFAULT_ADAPTERS = {LITEMEDSAM_NAME: CLICK_ADAPTER_FILE}
 
 
 # --- model files ------------------------------------------------------------------------------------------------

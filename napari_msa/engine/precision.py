@@ -19,14 +19,12 @@ means, e.g. to make every model of a process exact (the test suite does so).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
-ENV_VAR = "NAPARI_MSA_PRECISION"
+from .catalog import PRECISION_ENV, PRECISIONS, check_setting
 
 # --- decided from the benchmarks' tables (BENCHMARKS.md, "Precision and speed"); change them only with new figures.
 # Mask Dice bf16 vs fp32 met the gate (mean >= 0.99, none < 0.95) on the held-out phantoms and samples of
@@ -110,22 +108,9 @@ def cuda_has_bf16(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def check_setting(value: str | None, choices: tuple[str, ...], env_var: str, noun: str) -> str:
-    """One of ``choices`` (None: ``$env_var``, else 'auto'); anything else is a clear error naming where it came
-    from. The one reader of the engine's auto/explicit settings (precision, runtime)."""
-    if value is None:
-        value = os.environ.get(env_var, "").strip().lower() or "auto"
-        if value not in choices:
-            raise ValueError(f"{env_var}={value!r} is not a {noun}; use {', '.join(choices)}")
-    value = str(value).strip().lower()
-    if value not in choices:
-        raise ValueError(f"unknown {noun} '{value}'; use {', '.join(choices)}")
-    return value
-
-
 def check_precision(precision: str | None) -> str:
     """'auto', 'fp32' or 'bf16' (None: the environment's default); anything else is a clear error."""
-    return check_setting(precision, PRECISIONS, ENV_VAR, "precision")
+    return check_setting(precision, PRECISIONS, PRECISION_ENV, "precision")
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> Precision:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-PRESETS = ("auto", "ct", "percentile", "limits", "none")
+from .catalog import NORMALIZATION_PRESETS
+
 PREPROCESSING_VERSION = 2  # part of embedding-cache keys: bump when pixels reach the encoder differently
 
 
@@ -30,8 +31,9 @@ class Normalization:
     limits: tuple[float, float] | None = None  # explicit (low, high), e.g. napari contrast limits
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown normalisation '{self.preset}'; choose one of: {', '.join(PRESETS)}")
+        if self.preset not in NORMALIZATION_PRESETS:
+            raise ValueError(f"unknown normalisation '{self.preset}'; choose one of: "
+                             f"{', '.join(NORMALIZATION_PRESETS)}")
         if self.preset == "limits" and (self.limits is None or not np.all(np.isfinite(self.limits))
                                         or self.limits[1] <= self.limits[0]):
             raise ValueError("normalisation 'limits' needs finite limits=(low, high) with low < high")

@@ -36,12 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .precision import check_setting
+from .catalog import RUNTIME_ENV, RUNTIMES, check_setting
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "openvino")
-ENV_VAR = "NAPARI_MSA_RUNTIME"
 GRAPH_DIR_ENV = "NAPARI_MSA_GRAPH_DIR"
 GRAPH_FORMAT = 1  # bump when what a graph holds (its inputs, outputs, export settings) changes
 KEEP_GRAPHS = 8  # graphs kept in the folder (~29 MB each for LiteMedSAM), the least recently used go first
@@ -49,7 +47,7 @@ KEEP_GRAPHS = 8  # graphs kept in the folder (~29 MB each for LiteMedSAM), the l
 
 def check_runtime(runtime: str | None) -> str:
     """'auto', 'torch' or 'openvino' (None: the environment's default); anything else is a clear error."""
-    return check_setting(runtime, RUNTIMES, ENV_VAR, "runtime")
+    return check_setting(runtime, RUNTIMES, RUNTIME_ENV, "runtime")
 
 
 def openvino_available() -> bool:

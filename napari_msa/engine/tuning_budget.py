@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .model import MSAModel
-from .tune_types import TuneConfig
+if TYPE_CHECKING:
+    from .model import MSAModel
+    from .tune_types import TuneConfig
 
 LIGHT_DECODER_TOKENS = 32 * 32  # embedding grids up to this many tokens count as a light decoder
 
