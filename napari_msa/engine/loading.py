@@ -15,11 +15,7 @@ from .checkpoints import CheckpointError, LoadReport, existing_file, load_sam_st
 from .devices import pick_device
 from .litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
-from .model_files import (
-    adapter_config_of,
-    read_adapter_metadata,
-    read_model_file,
-)
+from .model_files import read_adapter, read_model_file
 from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
 from .precision import check_precision, openvino_precision, resolve_precision
 from .preprocessing import Normalization
@@ -62,10 +58,10 @@ def load_model(
     if adapter is not None and str(adapter) == AUTO:
         shipped = DEFAULT_ADAPTERS.get(name) if checkpoint is None and not random_init else None
         adapter = shipped if shipped is not None and shipped.is_file() else None
-    adapter_meta = read_adapter_metadata(adapter) if adapter is not None else None
-    if adapter_meta is not None:
-        adapter_config = adapter_config or adapter_config_of(adapter_meta)
-        image_size = image_size or adapter_meta["image_size"]
+    adapter_file = read_adapter(adapter) if adapter is not None else None  # read once: built to it, then applied
+    if adapter_file is not None:
+        adapter_config = adapter_config or adapter_file.config
+        image_size = image_size or adapter_file.meta["image_size"]
     adapter_config = adapter_config or AdapterConfig()
 
     if name == DEMO_MODEL_NAME or (checkpoint is not None and str(checkpoint).endswith(".safetensors")):
@@ -112,6 +108,6 @@ def load_model(
             source = "random init"
         model = MSAModel(sam, name=name, device=dev, source=source, precision=prec, runtime=where)
     model.load_report = report
-    if adapter is not None:
-        model.apply_adapter(adapter)
+    if adapter_file is not None:
+        model.apply_adapter(adapter_file)
     return model

@@ -16,13 +16,7 @@ from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from .catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
 from .checkpoints import CheckpointError, LoadReport
 from .interaction import InteractionRule
-from .model_files import (
-    adapter_config_of,
-    check_adapter_compatible,
-    read_adapter_metadata,
-    read_adapter_tensors,
-    save_adapter,
-)
+from .model_files import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
 from .models import ModelConfig, base_fingerprint
 from .precision import FP32_EXACT, Precision
 from .preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
@@ -164,16 +158,16 @@ class MSAModel:
         self.sam.load_state_dict(state, strict=False)
         self.version += 1
 
-    def apply_adapter(self, path: str | os.PathLike) -> LoadReport:
-        """Load an adapter file into this model (checked against the base weights)."""
-        meta = read_adapter_metadata(path)
-        check_adapter_compatible(meta, self.sam, self.base_fingerprint, Path(path).name)
-        if adapter_config_of(meta) != self.adapter_config:
+    def apply_adapter(self, adapter: str | os.PathLike | AdapterFile) -> LoadReport:
+        """Load an adapter (a file, or one already read) into this model, checked against the base weights."""
+        file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
+        meta, tensors, path = file.meta, file.tensors, file.path
+        check_adapter_compatible(meta, self.sam, self.base_fingerprint, path.name)
+        if file.config != self.adapter_config:
             raise CheckpointError(
-                f"{Path(path).name} has adapters {adapter_config_of(meta)}, the model has {self.adapter_config}; "
+                f"{path.name} has adapters {file.config}, the model has {self.adapter_config}; "
                 "load the model with adapter=PATH so it is built to match"
             )
-        tensors = read_adapter_tensors(path)
         own = self.sam.state_dict()
         unknown = [k for k in tensors if k not in own]
         if unknown:

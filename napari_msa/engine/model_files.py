@@ -1,4 +1,4 @@
-"""The project's own file formats, and where the shipped files are.
+"""The project's own file formats.
 
 A *model file* is a whole model (base weights + adapters) as one safetensors file with its architecture in the
 metadata (the demo model); an *adapter file* holds tuned weights only (adapters, optionally the prompt side)
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,14 +87,46 @@ def save_adapter(
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file read once: where it came from, its decoded metadata and its tensors."""
+
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def config(self) -> AdapterConfig:
+        return AdapterConfig.from_dict(self.meta["adapter_config"])
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """An adapter file's metadata (checked) and tensors, from one opening of the file."""
+    path = existing_file(path, "adapter", ".safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            meta = _decoded_adapter_metadata(raw, path)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path.name} is not a safetensors adapter file: {err}") from err
+    return AdapterFile(path, meta, tensors)
+
+
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
-    """The decoded metadata of an adapter file."""
+    """The decoded metadata of an adapter file, without its tensors."""
     path = existing_file(path, "adapter", ".safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:
         raise CheckpointError(f"{path.name} is not a safetensors adapter file: {err}") from err
+    return _decoded_adapter_metadata(meta, path)
+
+
+def _decoded_adapter_metadata(meta: dict, path: Path) -> dict:
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
     out = dict(meta)
@@ -150,11 +183,6 @@ def _adapter_meta_problem(meta: dict) -> str | None:
     if not isinstance(meta.get("base_fingerprint", ""), str):
         return "the base fingerprint is not text"
     return None
-
-
-def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def check_adapter_compatible(meta: dict, sam: torch.nn.Module, base_fingerprint: str, source: str) -> None:
