@@ -68,3 +68,19 @@ def test_wholes_are_clicked_on_their_own_tissue_off_the_objects_inside():
     assert len(maps) == 1
     lab, clickable = maps[0]
     assert (lab > 0).sum() > body.sum() * 0.95 and not (clickable & organ).any() and (clickable <= (lab > 0)).all()
+
+
+def test_a_dark_pocket_inside_the_body_is_not_the_body_s_own_tissue():
+    """A click in a sinus inside a head means the sinus, not the head: the body is clicked on its typical tissue."""
+    rng = np.random.default_rng(0)
+    plane = np.zeros((128, 128), np.float32)
+    body = _disk(plane.shape, (64, 64), 50)
+    plane[body] = 120 + rng.normal(0, 3, body.sum())
+    pocket = _disk(plane.shape, (40, 64), 8)
+    plane[pocket] = 5  # air inside the body, unlabelled
+    labels = np.zeros(plane.shape, np.int32)
+    own = own_tissue(body, labels, plane)
+    assert not (own & pocket).any() and own.sum() > 0.3 * body.sum()
+    assert (own_tissue(body, labels) & pocket).sum() == pocket.sum()  # without the plane: all of the body
+    _, clickable = whole_maps_with_clicks(labels, plane.astype(np.uint8))[0]
+    assert not (clickable & pocket).any()

@@ -126,7 +126,7 @@ def whole_prompts(labels: np.ndarray, plane: np.ndarray) -> tuple[list[np.ndarra
     for lab in whole_maps(labels, plane, max_maps=2):
         for k in range(1, int(lab.max()) + 1):
             whole = lab == k
-            region = own_tissue(whole, labels)
+            region = own_tissue(whole, labels, plane)
             if region.sum() >= MIN_OBJECT_PIXELS:
                 wholes.append(whole)
                 regions.append(region)

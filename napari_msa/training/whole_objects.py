@@ -80,20 +80,31 @@ def whole_maps(labels: np.ndarray, plane: np.ndarray | None = None, max_maps: in
     return maps
 
 
-def own_tissue(whole: np.ndarray, labels: np.ndarray, margin: int = 2) -> np.ndarray:
+def own_tissue(whole: np.ndarray, labels: np.ndarray, plane: np.ndarray | None = None, margin: int = 2,
+               band: tuple[float, float] = (25.0, 75.0)) -> np.ndarray:
     """Where a click means ``whole`` rather than something inside it: the whole off every labelled object in it
-    (and ``margin`` pixels around them)."""
+    (and ``margin`` pixels around them) and, given the ``plane``, only where its smoothed intensity lies within the
+    ``band`` percentiles of the rest: a dark pocket or a bright speck inside a body is a structure of its own
+    (a sinus in a head), so a click there must not be taught to mean the whole body."""
     inner = (labels > 0) & whole
-    return whole & ~ndimage.binary_dilation(inner, iterations=margin) if inner.any() else whole.copy()
+    region = whole & ~ndimage.binary_dilation(inner, iterations=margin) if inner.any() else whole.copy()
+    if plane is None or region.sum() < MIN_PIXELS:
+        return region
+    grey = plane.mean(axis=-1) if plane.ndim == 3 else plane.astype(np.float32)
+    grey = ndimage.gaussian_filter(grey.astype(np.float32), 1.5)
+    low, high = np.percentile(grey[region], band)
+    typical = region & (grey >= low) & (grey <= high)
+    return typical if typical.sum() >= MIN_PIXELS else region
 
 
 def whole_maps_with_clicks(labels: np.ndarray, plane: np.ndarray | None = None, max_maps: int = 2
                            ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``whole_maps`` with, for each map, where its wholes are clicked (``own_tissue`` of each)."""
+    """``whole_maps`` with, for each map, where its wholes are clicked (``own_tissue`` of each, on ``plane``'s
+    typical intensities when it is given)."""
     out = []
     for lab in whole_maps(labels, plane, max_maps):
         clickable = np.zeros(lab.shape, dtype=bool)
         for k in range(1, int(lab.max()) + 1):
-            clickable |= own_tissue(lab == k, labels)
+            clickable |= own_tissue(lab == k, labels, plane)
         out.append((lab, clickable))
     return out
