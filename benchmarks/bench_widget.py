@@ -16,11 +16,15 @@ hidden, one load path per process (the first load of a process also imports torc
     (and the longest GUI-thread gap meanwhile), against loading it on the first click;
 (d) a click on a slice that is not embedded yet, and a click on one the prefetch embedded;
 (e) a click while the Tune widget tunes, and the longest GUI gap during tuning.
+
+``--trace-gaps MS [--trace-file F]``: each GUI stall over MS ms has every thread's stack written to F, to see
+what holds the GIL.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
 import time
 
@@ -60,14 +64,24 @@ def settle(seconds: float = 0.5) -> None:
     spin(lambda: time.perf_counter() - start > seconds)
 
 
+TRACE_GAPS: dict = {"ms": None, "file": None}  # --trace-gaps: where stalls' stacks go
+
+
 class GapMeter:
-    """A 10 ms QTimer on the GUI thread; reports the longest interval between its ticks."""
+    """A 10 ms QTimer on the GUI thread; reports the longest interval between its ticks. With ``--trace-gaps MS``,
+    a stall longer than MS has every thread's stack written (faulthandler's watchdog runs without the GIL, so it
+    sees which thread holds it and where)."""
 
     def __init__(self) -> None:
         self.ticks: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(10)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+        if TRACE_GAPS["ms"]:
+            faulthandler.dump_traceback_later(TRACE_GAPS["ms"] / 1000, file=TRACE_GAPS["file"])
 
     def __enter__(self) -> GapMeter:
         self.ticks = [time.perf_counter()]
@@ -77,6 +91,8 @@ class GapMeter:
     def __exit__(self, *exc) -> None:
         self.timer.stop()
         self.ticks.append(time.perf_counter())
+        if TRACE_GAPS["ms"]:
+            faulthandler.cancel_dump_traceback_later()
 
     @property
     def longest_ms(self) -> float:
@@ -185,7 +201,12 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=3)
     parser.add_argument("--waiting", action="store_true", help="(c)-(e): the waits with the real default model")
     parser.add_argument("--no-preload", action="store_true", help="with --waiting: load on the first click (c only)")
+    parser.add_argument("--trace-gaps", type=float, metavar="MS", help="write every thread's stack for each GUI "
+                        "stall longer than MS to --trace-file (which thread held the GIL, and where)")
+    parser.add_argument("--trace-file", default="gui_stalls.txt")
     args = parser.parse_args()
+    if args.trace_gaps:
+        TRACE_GAPS["ms"], TRACE_GAPS["file"] = args.trace_gaps, open(args.trace_file, "w")  # noqa: SIM115
     if args.waiting:
         waiting(args.size, max(args.slices, 24), not args.no_preload)
         return

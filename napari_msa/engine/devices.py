@@ -16,6 +16,17 @@ def _accelerators() -> list[str]:
     return found
 
 
+# Slices per encoder pass when a whole volume is embedded: one on CPUs (batches only helped threads that waited for
+# each other on a busy machine; BENCHMARKS.md, "Precision and speed"), eight on a GPU until GPU figures exist.
+CPU_BATCH = 1
+CUDA_BATCH = 8
+
+
+def volume_batch_size(device: torch.device) -> int:
+    """Slices per encoder pass when a whole volume is embedded (``--batch-size`` overrides it)."""
+    return CUDA_BATCH if device.type == "cuda" else CPU_BATCH
+
+
 def available_devices() -> list[str]:
     """'auto' first, then 'cpu' and whichever accelerators torch sees here."""
     return ["auto", "cpu", *_accelerators()]

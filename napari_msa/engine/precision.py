@@ -34,13 +34,6 @@ from .catalog import PRECISION_ENV, PRECISIONS, check_setting
 BF16_KEEPS_MASKS = False
 # Mask Dice with embeddings stored as fp16 (after an fp32 or a bf16 encoder) met the same gate.
 HALF_CACHE_KEEPS_MASKS = True
-# Slices per encoder pass for whole-volume embedding. On the 2-core CPU, 4 per pass took 0.56-0.68x the time
-# per slice of 1 per pass with 2 threads while other jobs loaded the cores, but 1.38x with 1 thread: the gain
-# was the threads waiting for each other on a busy machine, not the arithmetic, and it costs ~0.6 GB of peak
-# memory. So one slice per pass on CPUs (``--batch-size`` overrides); a GPU needs batches to fill it (8 until
-# GPU figures are measured).
-CPU_BATCH = 1
-CUDA_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -144,7 +137,3 @@ def openvino_precision(precision: str) -> Precision:
     half = torch.float16 if HALF_CACHE_KEEPS_MASKS else torch.float32
     return Precision("fp32", half, False, "auto: fp32 in OpenVINO on this CPU (torch's numbers, faster)")
 
-
-def batch_size(device: torch.device) -> int:
-    """Slices per encoder pass when a whole volume is embedded (measured per kind of device)."""
-    return CUDA_BATCH if device.type == "cuda" else CPU_BATCH

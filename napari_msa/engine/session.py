@@ -18,10 +18,10 @@ import torch
 from .cancel import CancelFn, Cancelled, ProgressFn
 from .checkpoints import atomic_write
 from .decoding import decode, image_masks, mask_to_logits, to_input_frame
+from .devices import volume_batch_size
 from .geometry import grown_box, most_interior
 from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
-from .precision import batch_size as default_batch_size
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts, stop_rule
 
@@ -294,12 +294,12 @@ class Session:
                      cancel: CancelFn | None = None, batch_size: int | None = None) -> None:
         """Precompute embeddings (a prefetch, a whole volume); stops between encoder passes when ``cancel()``
         is true. ``batch_size`` slices go through the encoder per pass (None: what was measured fastest on
-        the model's kind of device, ``engine.precision.batch_size``); slices already cached (memory or
+        the model's kind of device, ``engine.devices.volume_batch_size``); slices already cached (memory or
         disk) are skipped."""
         slices = list(slices)
         for z in slices:
             self._check_slice(z)
-        step = max(1, int(batch_size or default_batch_size(self.model.device)))
+        step = max(1, int(batch_size or volume_batch_size(self.model.device)))
         done = 0
         pending: list[int] = []
         for i, z in enumerate(slices):
