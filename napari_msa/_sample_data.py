@@ -36,14 +36,15 @@ def _meta() -> dict:
     return json.loads((sample_dir() / "samples.json").read_text(encoding="utf-8"))
 
 
-def _read(name: str) -> tuple[np.ndarray, dict]:
+def read_sample(name: str) -> tuple[np.ndarray, dict]:
+    """A sample file's array and its listing (name, source, licence, scale)."""
     import tifffile
 
     return tifffile.imread(sample_dir() / name), _meta()[name]
 
 
 def _image(name: str, **extra) -> LayerData:
-    data, meta = _read(name)
+    data, meta = read_sample(name)
     kwargs = {"name": meta["name"], "metadata": {"source": meta["source"], "licence": meta["licence"]}}
     if "scale" in meta:
         kwargs["scale"] = tuple(meta["scale"])
@@ -59,7 +60,7 @@ def _image(name: str, **extra) -> LayerData:
 
 
 def _labels(name: str, **extra) -> LayerData:
-    data, meta = _read(name)
+    data, meta = read_sample(name)
     kwargs = {"name": meta["name"], "metadata": {"source": meta["source"], "licence": meta["licence"],
                                                   "label_names": {int(k): v for k, v in meta["label_names"].items()}}}
     if "scale" in meta:

@@ -144,19 +144,19 @@ def build_dataset(model: MSAModel, n_phantoms: int, seed: int, real: list[RealIm
     return images, labels, listing
 
 
-def _write_dataset(path: Path, images, labels, listing) -> None:
+def write_dataset(path: Path, images, labels, listing) -> None:
     arrays = {f"image{i}": a for i, a in enumerate(images)} | {f"labels{i}": a for i, a in enumerate(labels)}
     np.savez_compressed(path, listing=np.array(json.dumps(listing)), **arrays)
 
 
-def _read_dataset(path: Path):
+def read_dataset(path: Path):
     with np.load(path) as f:
         n = sum(1 for k in f.files if k.startswith("image"))
         return ([f[f"image{i}"] for i in range(n)], [f[f"labels{i}"] for i in range(n)],
                 json.loads(str(f["listing"])))
 
 
-def _extra_phantoms(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+def extra_phantoms(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
     """Slices of the second phantom generator (MRI/ultrasound-like, dark objects, rings), training stream only."""
     if n <= 0:
         return [], [], []
@@ -221,14 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model("litemedsam", adapter=None, adapter_config=AdapterConfig(blocks=blocks), device="cpu")
     print("pseudo-labelling real images with LiteMedSAM's own box predictions…")
     if args.data_cache is not None and args.data_cache.is_file():
-        images, labels, listing = _read_dataset(args.data_cache)
+        images, labels, listing = read_dataset(args.data_cache)
     else:
         real = None if args.real == "all" else [] if args.real == "none" else \
             load_real_images([k for k in args.real.split(",") if k])
         images, labels, listing = build_dataset(model, args.phantoms, args.seed, real)
         if args.data_cache is not None:
-            _write_dataset(args.data_cache, images, labels, listing)
-    more_images, more_labels, more_listing = _extra_phantoms(args.phantoms_mr, args.seed)
+            write_dataset(args.data_cache, images, labels, listing)
+    more_images, more_labels, more_listing = extra_phantoms(args.phantoms_mr, args.seed)
     images, labels, listing = images + more_images, labels + more_labels, listing + more_listing
     regions: list[np.ndarray | None] = [None] * len(images)
     if args.wholes:  # phantoms only: pseudo-labels are flat by construction, phantoms know their nesting

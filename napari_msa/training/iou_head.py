@@ -38,7 +38,7 @@ from napari_msa.engine.model import MSAModel
 from napari_msa.engine.model_files import read_adapter_metadata
 from napari_msa.engine.tuning_data import correction_click, jittered_box
 
-from .click_adapter import _extra_phantoms, _read_dataset, phantom_slices
+from .click_adapter import extra_phantoms, phantom_slices, read_dataset
 from .whole_objects import own_tissue, whole_maps
 
 PROMPT_KINDS = ("deepest click", "random click", "box", "click + correction")
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model = load_model("litemedsam", adapter=args.adapter, device="cpu", precision="fp32")
-    cached_images, cached_labels, listing = _read_dataset(args.data_cache)
+    cached_images, cached_labels, listing = read_dataset(args.data_cache)
     n_cached = int(str(listing[0]["name"]).split()[0])  # its first entry: "48 phantom slices" (the first indices)
     extra = phantom_slices(max(args.phantoms, n_cached), args.seed)[n_cached:]  # the stream's next indices
-    mr_images, mr_labels, _ = _extra_phantoms(args.phantoms_mr, args.seed)
+    mr_images, mr_labels, _ = extra_phantoms(args.phantoms_mr, args.seed)
     images = cached_images + [img for img, _, _ in extra] + mr_images
     labels = cached_labels + [lab for _, lab, _ in extra] + mr_labels
     n_phantoms, n_real = n_cached + len(extra), len(cached_images) - n_cached

@@ -34,9 +34,9 @@ def _percentile_uint8(plane: np.ndarray) -> np.ndarray:
 
 
 def _mri_sample() -> list[RealImage]:
-    from napari_msa._sample_data import _read
+    from napari_msa._sample_data import read_sample
 
-    volume, _ = _read("mri_volume.tif")
+    volume, _ = read_sample("mri_volume.tif")
     out = []
     for z in range(3, volume.shape[0] - 3, 2):  # the outermost slices hold little brain
         out.append(RealImage(f"mri_volume z{z}", _percentile_uint8(volume[z]),
