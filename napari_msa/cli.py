@@ -67,9 +67,34 @@ def _streams_usable() -> None:
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
 
 
+class _MessagesMayFail:
+    """stderr for messages only: a write that fails (a full disk under ``2>log``, a dropped terminal) drops the
+    message instead of failing a job whose output is fine."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     _streams_usable()
     args = build_parser().parse_args(argv)
+    given_stderr = sys.stderr
+    sys.stderr = _MessagesMayFail(given_stderr)
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="napari-msa: %(message)s", stream=sys.stderr)
     ours = logging.getLogger("napari_msa")
@@ -94,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         ours.setLevel(before)
+        sys.stderr = given_stderr
 
 
 if __name__ == "__main__":

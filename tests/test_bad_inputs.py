@@ -631,16 +631,20 @@ def test_a_5d_nifti_with_singleton_axes_is_read_as_its_volume(tmp_path):
 
 
 def test_a_closed_stderr_or_a_reader_that_left_never_fails_a_finished_job(tmp_path):
-    """cron with `2>&-`, or `| head` that exits at once: the labels are written and the exit status is 0."""
+    """cron with `2>&-`, stderr on a full disk, or `| head` that exits at once: the labels are written and the exit
+    status is 0."""
     np.save(tmp_path / "v.npy", np.zeros((20, 20), np.float32))
     (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,5,5\n")
     cli = f"{shlex.quote(sys.executable)} -m napari_msa.cli segment v.npy -p p.csv --model tiny"
     closed = subprocess.run(["bash", "-c", f"{cli} -o a.tif 2>&-; echo $? > a.code"], cwd=tmp_path, timeout=300)
     piped = subprocess.run(["bash", "-c", f"{cli} -o b.tif | head -c 0; echo ${{PIPESTATUS[0]}} > b.code"],
                            cwd=tmp_path, timeout=300, capture_output=True)
-    assert closed.returncode == 0 and piped.returncode == 0
+    failing = subprocess.run(["bash", "-c", f"{cli} -o c.tif 2>/dev/full; echo $? > c.code"], cwd=tmp_path,
+                             timeout=300)  # stderr that fails to write (a full log disk, a dropped terminal)
+    assert closed.returncode == 0 and piped.returncode == 0 and failing.returncode == 0
     assert (tmp_path / "a.code").read_text().strip() == "0" and (tmp_path / "a.tif").is_file()
     assert (tmp_path / "b.code").read_text().strip() == "0" and (tmp_path / "b.tif").is_file()
+    assert (tmp_path / "c.code").read_text().strip() == "0" and (tmp_path / "c.tif").is_file()
 
 
 @pytest.fixture
