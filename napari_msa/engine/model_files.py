@@ -97,7 +97,7 @@ class AdapterFile:
 
     @property
     def config(self) -> AdapterConfig:
-        return AdapterConfig.from_dict(self.meta["adapter_config"])
+        return adapter_config_of(self.meta)
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
