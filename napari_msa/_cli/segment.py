@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_msa.engine.catalog import INTERACTION_RULES
+
 from .common import (
     BoxPrompt,
     CLIError,
@@ -33,7 +35,7 @@ from .common import (
     write_labels,
 )
 
-INTERACTIONS = ("model", "clicks", "box", "logits", "box+logits")  # engine.interaction.RULE_NAMES (torch-free here)
+INTERACTIONS = ("model", *INTERACTION_RULES)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -71,7 +73,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="--everything: the finest grid of clicks, N×N per slice [16]; smaller objects need more")
     p.add_argument("--interaction", choices=INTERACTIONS, default="model",
                    help="how an object's clicks (in file order) become prompts, click after click: the box of the "
-                        "mask so far, its logits, both, or the clicks alone [default: the model's own rule]")
+                        "mask so far, its logits, both, or the clicks alone; +zoom decodes clicks after the first "
+                        "in a window around the object [default: the model's own rule]")
     add_model_args(p)
     add_normalization_args(p)
     return p

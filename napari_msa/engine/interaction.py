@@ -4,7 +4,10 @@ An annotator clicks, looks, clicks again. Each click is a decoder pass whose pro
 the rule adds from the previous answer: its low-res logits as mask input (SAM's own iterative protocol), the box of
 the mask shown (which steadies a model trained on boxes), both or neither. A box drawn by the user is the first
 step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
-exists, when refining it) is the answer before the first click.
+exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
+the first answer in a window around the object (``engine.zoom``), re-encoded at the model's full input size; its
+answers are pasted back on the slice, and the previous answer enters a new window as a mask, not as logits.
+Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
 reusing the steps it already decoded when the new sequence extends the old one. So the API, the command line and
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-
-RULE_NAMES = ("clicks", "box", "logits", "box+logits")
+from .zoom import Window, inside, zoom_window
 
 
 @dataclass(frozen=True)
@@ -31,40 +34,46 @@ class InteractionRule:
 
     feed_logits: bool = False  # its low-res logits as the decoder's mask input
     shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
+    zoom: bool = False  # later clicks decoded in a window around the object (engine.zoom)
 
     @property
     def name(self) -> str:
-        parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on]
-        return "+".join(parts) or "clicks"
+        parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on] or ["clicks"]
+        return "+".join(parts + (["zoom"] if self.zoom else []))
 
     @classmethod
     def from_name(cls, name: str) -> InteractionRule:
         if name not in RULE_NAMES:
             raise ValueError(f"unknown interaction rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
         parts = set(name.split("+"))
-        return cls(feed_logits="logits" in parts, shown_box="box" in parts)
+        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts)
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One decoder pass, in image pixels: (row, col) points, their labels, a (min_row, min_col, max_row, max_col)
-    box, low-res mask-input logits (g, g), and whether SAM should answer with its three masks."""
+    """One decoder pass, in slice pixels: (row, col) points, their labels, a (min_row, min_col, max_row, max_col)
+    box, low-res mask-input logits (g, g) in the frame decoded, and whether SAM should answer with its three masks.
+    ``window``: decode in that window of the slice (None: the whole slice); ``mask_seed``: a slice-sized mask to
+    use as mask input, turned into logits in that frame (the previous answer, when the frame changed)."""
 
     points: np.ndarray
     labels: np.ndarray
     box: np.ndarray | None
     mask_input: np.ndarray | None
     multimask: bool
+    window: Window | None = None
+    mask_seed: np.ndarray | None = None
 
 
 @dataclass
 class Answer:
     """A decoder pass's candidates, best predicted IoU first, and the one kept (``chosen``)."""
 
-    masks: np.ndarray  # (M, h, w) bool
+    masks: np.ndarray  # (M, h, w) bool, on the whole slice
     scores: np.ndarray  # (M,)
-    logits: np.ndarray  # (M, g, g) low-res
+    logits: np.ndarray  # (M, g, g) low-res, in the frame decoded (``window``)
     chosen: int = 0
+    window: Window | None = None  # where it was decoded (None: the whole slice)
 
     @property
     def mask(self) -> np.ndarray:
@@ -80,7 +89,7 @@ class Answer:
 
     def ranked(self) -> Answer:
         order = np.argsort(-self.scores, kind="stable")
-        return Answer(self.masks[order], self.scores[order], self.logits[order], 0)
+        return Answer(self.masks[order], self.scores[order], self.logits[order], 0, self.window)
 
 
 DecodeFn = Callable[[Prompt], Answer]  # must return candidates best-first (Answer.ranked)
@@ -127,8 +136,10 @@ class Interaction:
                 step = self.steps[i]
             else:
                 reuse = False
-                answer = decode(self._prompt(points[:n], labels[:n], box, previous, ambiguous,
-                                             None if prior is None else prior.answer.mask))
+                prompt = self._prompt(points[:n], labels[:n], box, previous, ambiguous,
+                                      None if prior is None else prior.answer.mask)
+                answer = decode(prompt)
+                answer.window = prompt.window
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -139,16 +150,30 @@ class Interaction:
 
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
                 ambiguous: bool, prior_mask: np.ndarray | None = None) -> Prompt:
-        mask_input = None
+        window = self._window(points, labels, box, previous)
+        mask_input = mask_seed = None
         if previous is not None and self.rule.feed_logits and (prior_mask is None or PRIOR_FEEDS_LOGITS):
-            mask_input = previous.low_logits
+            if window == previous.window:
+                mask_input = previous.low_logits
+            else:
+                mask_seed = previous.mask
         if box is None and prior_mask is not None and prior_mask.any():
             # refining: the object as it is bounds every step (grown to hold the positive clicks); measured better
             # than its mask as the only context (benchmarks/refine_quality.py)
             box = clicked_object_box(prior_mask, points, labels)
         elif box is None and previous is not None and self.rule.shown_box:
             box = clicked_object_box(previous.mask, points, labels)
-        return Prompt(points, labels, box, mask_input, multimask=ambiguous)
+        return Prompt(points, labels, box, mask_input, multimask=ambiguous, window=window, mask_seed=mask_seed)
+
+    def _window(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
+                previous: Answer | None) -> Window | None:
+        """Where a click step is decoded: the previous step's window while the newest click falls in it, else a
+        new one around the object as the previous answer shows it; the whole slice for the first answer."""
+        if not self.rule.zoom or previous is None or len(points) == 0:
+            return None
+        if previous.window is not None and inside(previous.window, points[-1]):
+            return previous.window
+        return zoom_window(previous.mask, points, labels, box)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,8 +32,10 @@ def default_rule(name: str, is_demo: bool) -> InteractionRule:
     set (the box of the shown mask was worst; BENCHMARKS.md, "Click sessions"); the demo model with clicks alone.
     The shipped session adapter names its rule (``logits``) in its file.
     """
-    if is_demo or name == LITEMEDSAM_NAME:
+    if is_demo:
         return InteractionRule()
+    if name == LITEMEDSAM_NAME:
+        return InteractionRule(zoom=True)
     return InteractionRule(feed_logits=True)
 
 
@@ -181,8 +184,9 @@ class MSAModel:
         if meta.get("normalization"):
             self.normalization = Normalization.from_dict(meta["normalization"])
         rule = meta["training"].get("interaction") if isinstance(meta.get("training"), dict) else None
-        if isinstance(rule, str):
-            self.interaction = InteractionRule.from_name(rule)
+        if isinstance(rule, str):  # what it was trained for; zoom is the model's inference default
+            trained = InteractionRule.from_name(rule)
+            self.interaction = replace(trained, zoom=trained.zoom or default_rule(self.name, self.is_demo).zoom)
         self.adapter_source = str(path)
         self.adapter_metadata = meta
         self.version += 1

@@ -24,6 +24,7 @@ from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
 from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts, stop_rule
+from .zoom import Window, box_in, paste, points_in
 
 
 @dataclass
@@ -140,7 +141,7 @@ class EmbeddingCache:
         return Embedding(features, input_size, original_size)
 
     def _disk_path(self, key: tuple) -> Path | None:
-        if self.directory is None:
+        if self.directory is None or len(key) != 3:  # a zoom window's embedding (4 parts) stays in memory
             return None
         image_hash, weights_key, z = key
         return self.directory / image_hash / weights_key / f"z{z:05d}.pt"
@@ -263,6 +264,19 @@ class Session:
             if cached is not None:
                 return cached.as_float()
             rgb = self.plane_rgb(z)
+        return self._encode([(key, rgb)])[0].as_float()
+
+    def window_embedding(self, z: int, window: Window) -> Embedding:
+        """The embedding of a window of slice ``z`` at the model's full input size (zoom-in), in the same
+        intensity window as the slice; kept in memory only (one per zoomed object, not worth a file)."""
+        self._check_slice(z)
+        r0, c0, r1, c1 = window
+        with self._lock:
+            key = (*self._key(z), tuple(int(v) for v in window))
+            cached = self.cache.get(key, self.model.device)
+            if cached is not None:
+                return cached.as_float()
+            rgb = np.ascontiguousarray(self.plane_rgb(z)[r0:r1, c0:c1])
         return self._encode([(key, rgb)])[0].as_float()
 
     def _check_slice(self, z: int) -> None:
@@ -411,11 +425,29 @@ class Session:
             if prior is not None and np.any(prior):
                 prior_state = Prior.of(prior, mask_to_logits(self.model.sam, prior, emb.input_size))
             with self._lock:
-                answer = interaction.run(pts, lab, box_arr, partial(self._decode, emb), prior=prior_state,
+                answer = interaction.run(pts, lab, box_arr, partial(self._decode_step, z, emb), prior=prior_state,
                                          candidate=candidate)
         self.last_prediction = answer
         self.last_logits = answer.low_logits[None]
         return answer
+
+    def _decode_step(self, z: int, emb: Embedding, prompt: Prompt) -> Answer:
+        """An interaction step: on the slice's embedding, or zoomed in on its window (answers on the slice)."""
+        window = prompt.window
+        if window is not None:
+            emb = self.window_embedding(z, window)
+            points, labels = points_in(window, prompt.points, prompt.labels)
+            box = None if prompt.box is None else box_in(window, prompt.box)
+            prompt = Prompt(points, labels, box, prompt.mask_input, prompt.multimask, None,
+                            None if prompt.mask_seed is None else prompt.mask_seed[window[0]:window[2],
+                                                                                    window[1]:window[3]])
+        if prompt.mask_seed is not None:
+            seed = mask_to_logits(self.model.sam, prompt.mask_seed, emb.input_size)
+            prompt = Prompt(prompt.points, prompt.labels, prompt.box, seed, prompt.multimask)
+        answer = self._decode(emb, prompt)
+        if window is None:
+            return answer
+        return Answer(paste(window, answer.masks, self.plane_shape), answer.scores, answer.logits, window=window)
 
     def _decode(self, emb: Embedding, prompt: Prompt) -> Answer:
         """One decoder pass on a slice's embedding; candidates best-first."""
