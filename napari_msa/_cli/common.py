@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_msa.engine.file_checks import CheckpointError, existing_file, model_file_architecture
+
 if TYPE_CHECKING:
     from napari_msa.medical_io import Geometry
 
@@ -144,11 +146,10 @@ def check_input(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir() and what == "image":
         return path  # a DICOM series folder; read_image says so if it holds no DICOM images
-    if path.is_dir():
-        raise CLIError(f"{what} {path} is a folder, not a file; give the file inside it")
-    if not path.is_file():
-        raise CLIError(f"{what} file not found: {path}")
-    return path
+    try:
+        return existing_file(path, what)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
 
 
 class _GivenModel(argparse.Action):
@@ -157,19 +158,6 @@ class _GivenModel(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
         namespace.model_given = True
-
-
-def _model_file_architecture(path: str | Path) -> str | None:
-    """The architecture a napari-msa model file names in its metadata; None if it cannot be read."""
-    import json
-
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["model"])["name"]
-    except Exception:  # noqa: BLE001 - unreadable files are reported by the loader with their own message
-        return None
 
 
 def check_model_args(args: argparse.Namespace) -> None:
@@ -185,7 +173,7 @@ def check_model_args(args: argparse.Namespace) -> None:
         return
     name = Path(args.checkpoint).name
     if name.endswith(".safetensors"):
-        arch = _model_file_architecture(args.checkpoint)  # None: the loader names what is wrong with the file
+        arch = model_file_architecture(args.checkpoint)  # None: the loader names what is wrong with the file
         if arch is not None and arch != args.model:
             raise CLIError(f"--model {args.model} clashes with --checkpoint {name}: a napari-msa model file "
                            f"brings its own architecture ({arch}); leave out --model")

@@ -11,7 +11,7 @@ import importlib
 from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
 
 _WHERE = {
-    "AdapterConfig": "adapters", "inject_adapters": "adapters", "Cancelled": "cancel", "CheckpointError": "checkpoints",
+    "AdapterConfig": "adapters", "inject_adapters": "adapters", "Cancelled": "cancel", "CheckpointError": "file_checks",
     "DEMO_MODEL_FILE": "catalog", "pick_device": "devices", "load_model": "loading", "MSAModel": "model",
     "MODEL_REGISTRY": "models", "ModelConfig": "models", "build_sam": "models", "get_config": "models",
     "Normalization": "preprocessing", "Session": "session", "TuneResult": "tuning", "tune": "tuning",

@@ -21,13 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import ADAPTER_KEY
+from .file_checks import CheckpointError, existing_file
 from .models import MODEL_REGISTRY, PATCH_SIZE
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or adapter file that cannot be used with the requested model."""
 
 
 @dataclass
@@ -229,16 +226,6 @@ def _file_kind(path: Path) -> str:
 def _unreadable(path: Path) -> CheckpointError:
     return CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({_file_kind(path)}); give the "
                            "model's .pth weights file")
-
-
-def existing_file(path: str | os.PathLike, what: str, suffix: str) -> Path:
-    """``path`` as a Path, or a CheckpointError naming ``what`` it should be when it is a folder or missing."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{what} {path} is a folder, not a file; give the {suffix} file inside it")
-    if not path.is_file():
-        raise CheckpointError(f"{what} file not found: {path}")
-    return path
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

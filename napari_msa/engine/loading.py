@@ -11,8 +11,9 @@ import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig
 from .catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
-from .checkpoints import CheckpointError, LoadReport, existing_file, load_sam_state, read_torch_checkpoint
+from .checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
 from .devices import pick_device
+from .file_checks import CheckpointError, described_model, existing_file
 from .litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
 from .model_files import read_adapter, read_model_file
@@ -67,10 +68,7 @@ def load_model(
     if name == DEMO_MODEL_NAME or (checkpoint is not None and str(checkpoint).endswith(".safetensors")):
         path = existing_file(checkpoint if checkpoint is not None else DEMO_MODEL_FILE, "model", ".safetensors")
         meta, state = read_model_file(path)
-        try:
-            described = json.loads(meta.get("model") or "")
-        except ValueError:
-            described = meta.get("model")
+        described = described_model(meta)
         problem = ModelConfig.problem(described)
         if problem:
             raise CheckpointError(f"{path.name}: its model description is damaged ({problem}); use the file as "

@@ -15,7 +15,8 @@ import torch
 
 from .adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from .catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
-from .checkpoints import CheckpointError, LoadReport
+from .checkpoints import LoadReport
+from .file_checks import CheckpointError
 from .interaction import InteractionRule
 from .model_files import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
 from .models import ModelConfig, base_fingerprint

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapters import AdapterConfig, is_trainable
-from .checkpoints import CheckpointError, atomic_write, existing_file
+from .checkpoints import atomic_write
+from .file_checks import CheckpointError, existing_file
 from .preprocessing import Normalization
 
 MODEL_FORMAT = "napari-msa-model/1"

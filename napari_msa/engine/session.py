@@ -364,8 +364,9 @@ class Session:
         Points are (row, col) in 2D or (z, row, col) in a volume, in the order they were clicked; ``box`` is
         (min_row, min_col, max_row, max_col). The points are an interaction (``engine.interaction``): the box
         first, then one step per click, each prompted by the session's ``rule`` from the step before. Calling
-        once per click with one more click each time costs one decoder pass a call; any sequence gives the same
-        mask as that. ``prior``: the object as it exists (refining it), the answer before the first click.
+        once per click with one more click each time costs one decoder pass a call (and an encoder pass on a
+        window of the slice when a ``zoom`` rule zooms in on the object); any sequence gives the same mask as that.
+        ``prior``: the object as it exists (refining it), the answer before the first click.
         ``candidate``: which of SAM's three masks a lone click keeps (0: the best predicted IoU; 1, 2: the
         others; ``last_prediction`` lists them). ``mask_input`` or ``multimask``: one decoder pass with exactly
         these prompts, outside any interaction (SamPredictor's call).
