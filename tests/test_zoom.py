@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from segment_support import disk
 
 from napari_msa import Session
 from napari_msa.engine import interaction
-from napari_msa.engine.decoding import mask_to_logits
+from napari_msa.engine.decoding import mask_to_logits, to_mask_input
 from napari_msa.engine.interaction import Answer, Interaction, InteractionRule
 from napari_msa.engine.zoom import MIN_SIDE, box_in, paste, points_in, zoom_window
 
@@ -61,31 +62,32 @@ class Recorder:
 
 
 def test_clicks_after_the_first_answer_are_decoded_in_its_window_with_the_answer_as_a_mask():
-    clicks = np.array([[100.0, 120.0], [104.0, 124.0], [96.0, 116.0], [100.0, 160.0]])
+    clicks = np.array([[100.0, 120.0], [104.0, 124.0], [96.0, 116.0], [100.0, 175.0]])
     labels = np.array([1, 0, 1, 1])
     decode = Recorder()
     Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, decode)
     first, second, third, fourth = decode.prompts
     assert first.window is None and first.multimask  # the lone click sees the whole slice
     assert second.window == zoom_window(disk(SHAPE, (100, 120), 6), clicks[:2], labels[:2])
-    assert second.mask_input is None and np.array_equal(second.mask_seed, disk(SHAPE, (100, 120), 6))
+    assert second.mask_input is None and np.array_equal(second.carried.mask, disk(SHAPE, (100, 120), 6))
     assert third.window == second.window and np.all(third.mask_input == 2)  # same window: the logits go on
-    assert fourth.window != third.window and fourth.window[3] > 160 and fourth.mask_seed is not None  # outside: anew
+    assert fourth.window != third.window and fourth.window[3] > 175 and fourth.carried is not None  # outside: anew
     far = Recorder()  # a click far away makes the object most of the slice: the whole slice again
     Interaction(InteractionRule(feed_logits=True, zoom=True)).run(np.array([[100.0, 120.0], [10.0, 10.0]]),
                                                                   np.array([1, 1]), None, far)
-    assert far.prompts[1].window is None and far.prompts[1].mask_seed is None and far.prompts[1].mask_input is not None
+    assert far.prompts[1].window is None and far.prompts[1].carried is None and far.prompts[1].mask_input is not None
 
 
 def test_without_zoom_every_step_sees_the_whole_slice():
     decode = Recorder()
     Interaction(InteractionRule(feed_logits=True)).run(np.array([[100.0, 120.0], [104.0, 124.0]]), np.array([1, 0]),
                                                        None, decode)
-    assert all(p.window is None and p.mask_seed is None for p in decode.prompts)
+    assert all(p.window is None and p.carried is None for p in decode.prompts)
 
 
 def test_a_windows_answer_is_the_crops_answer_pasted_on_the_slice(tiny_model, monkeypatch):
-    """The engine's zoom step equals a session on the crop of the slice's 8-bit picture, fed the previous mask.
+    """The engine's zoom step equals a session on the crop of the slice's 8-bit picture, fed the previous answer's
+    logits resampled into the crop.
     (A random model's masks are most of the slice, so the window is fixed here; its choice is tested above.)"""
     window = (60, 70, 140, 170)
     monkeypatch.setattr(interaction, "zoom_window", lambda *args, **kwargs: window)
@@ -96,7 +98,7 @@ def test_a_windows_answer_is_the_crops_answer_pasted_on_the_slice(tiny_model, mo
     session.set_image(img)
     session.rule = InteractionRule(feed_logits=True, zoom=True)
     clicks, labels = np.array([[100.0, 120.0], [108.0, 112.0], [20.0, 30.0]]), [1, 0, 0]
-    first = session.interact(points=clicks[:1], labels=labels[:1]).mask.copy()
+    first = session.interact(points=clicks[:1], labels=labels[:1]).low_logits.copy()
     answer = session.interact(points=clicks, labels=labels)  # the third falls outside: asked anew, the same window
     assert answer.window == window and answer.masks.shape[1:] == SHAPE
     r0, c0, r1, c1 = window
@@ -104,7 +106,9 @@ def test_a_windows_answer_is_the_crops_answer_pasted_on_the_slice(tiny_model, mo
 
     crop = Session(tiny_model)  # auto: an 8-bit RGB picture as it is
     crop.set_image(np.ascontiguousarray(session.plane_rgb(0)[r0:r1, c0:c1]), rgb=True)
-    seed = mask_to_logits(tiny_model.sam, first[r0:r1, c0:c1], crop.embedding(0).input_size)
+    full = session.embedding(0)
+    up = tiny_model.sam.postprocess_masks(torch.as_tensor(first)[None, None], full.input_size, full.original_size)
+    seed = to_mask_input(tiny_model.sam, up[0, 0, r0:r1, c0:c1].numpy(), crop.embedding(0).input_size)
     pts, labs = points_in(window, clicks[:2], np.array(labels[:2]))
     second, _ = crop.predict(points=pts, labels=labs, mask_input=seed[None], multimask=False)
     # the third: a negative click outside the window says nothing in it; the second's logits go on
@@ -120,3 +124,10 @@ def test_window_embeddings_stay_in_memory(tiny_model, tmp_path):
     session.window_embedding(0, (10, 10, 74, 74))
     assert len(session.cache) == 2 and len(list(tmp_path.rglob("*.pt"))) == 1
     assert session.window_embedding(0, (10, 10, 74, 74)) is not None and session.cache.hits >= 1
+
+
+def test_a_mask_as_logits_is_the_mask_resampled_at_plus_minus_the_magnitude(tiny_model):
+    mask = disk(SHAPE, (100, 120), 20)
+    logits = mask_to_logits(tiny_model.sam, mask, (213, 256))
+    assert logits.max() == pytest.approx(8.0) and logits.min() == pytest.approx(-8.0)
+    np.testing.assert_allclose(logits, to_mask_input(tiny_model.sam, np.where(mask, 8.0, -8.0), (213, 256)), atol=1e-5)

@@ -70,14 +70,22 @@ def image_masks(sam: nn.Module, low_res: torch.Tensor, input_size: tuple[int, in
     return sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
 
 
-def mask_to_logits(sam: nn.Module, mask: np.ndarray, input_size: tuple[int, int], magnitude: float = 8.0
-                   ) -> np.ndarray:
-    """A boolean mask at the image's size as low-res logits (g, g) the decoder takes as mask input: the mask in
-    the model's input frame (resized, padded bottom/right), at the mask input's size, ±``magnitude``."""
+def to_mask_input(sam: nn.Module, values: np.ndarray, input_size: tuple[int, int],
+                  pad_value: float | None = None) -> np.ndarray:
+    """Logits at an image's size as the decoder's low-res mask input (g, g) for that image: resized to its input
+    frame, padded bottom/right with ``pad_value`` (None: the smallest value, background), area-averaged."""
     image_size = sam.image_encoder.img_size
     low = sam.prompt_encoder.mask_input_size
-    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
-    m = F.interpolate(m, input_size, mode="bilinear", align_corners=False)
-    m = F.pad(m, (0, image_size - input_size[1], 0, image_size - input_size[0]))
-    m = F.interpolate(m, tuple(low), mode="area")
-    return ((m[0, 0] - 0.5) * (2.0 * magnitude)).numpy()
+    v = torch.as_tensor(np.asarray(values, dtype=np.float32))[None, None]
+    v = F.interpolate(v, input_size, mode="bilinear", align_corners=False)
+    fill = float(v.min()) if pad_value is None else float(pad_value)
+    v = F.pad(v, (0, image_size - input_size[1], 0, image_size - input_size[0]), value=fill)
+    return F.interpolate(v, tuple(low), mode="area")[0, 0].numpy()
+
+
+def mask_to_logits(sam: nn.Module, mask: np.ndarray, input_size: tuple[int, int], magnitude: float = 8.0
+                   ) -> np.ndarray:
+    """A boolean mask at the image's size as mask-input logits (g, g), ±``magnitude`` (an object the model did not
+    draw: one being refined)."""
+    logits = (np.asarray(mask, dtype=np.float32) - 0.5) * (2.0 * magnitude)
+    return to_mask_input(sam, logits, input_size, pad_value=-magnitude)

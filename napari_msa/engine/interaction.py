@@ -6,7 +6,7 @@ the mask shown (which steadies a model trained on boxes), both or neither. A box
 step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
 the first answer in a window around the object (``engine.zoom``), re-encoded at the model's full input size; its
-answers are pasted back on the slice, and the previous answer enters a new window as a mask, not as logits.
+answers are pasted back on the slice, and the previous answer's logits are resampled into a new window.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -53,8 +53,8 @@ class InteractionRule:
 class Prompt:
     """One decoder pass, in slice pixels: (row, col) points, their labels, a (min_row, min_col, max_row, max_col)
     box, low-res mask-input logits (g, g) in the frame decoded, and whether SAM should answer with its three masks.
-    ``window``: decode in that window of the slice (None: the whole slice); ``mask_seed``: a slice-sized mask to
-    use as mask input, turned into logits in that frame (the previous answer, when the frame changed)."""
+    ``window``: decode in that window of the slice (None: the whole slice); ``carried``: the previous answer,
+    decoded in another frame, whose logits are to be resampled into this one as mask input."""
 
     points: np.ndarray
     labels: np.ndarray
@@ -62,7 +62,7 @@ class Prompt:
     mask_input: np.ndarray | None
     multimask: bool
     window: Window | None = None
-    mask_seed: np.ndarray | None = None
+    carried: Answer | None = None
 
 
 @dataclass
@@ -151,19 +151,19 @@ class Interaction:
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
                 ambiguous: bool, prior_mask: np.ndarray | None = None) -> Prompt:
         window = self._window(points, labels, box, previous)
-        mask_input = mask_seed = None
+        mask_input = carried = None
         if previous is not None and self.rule.feed_logits and (prior_mask is None or PRIOR_FEEDS_LOGITS):
             if window == previous.window:
                 mask_input = previous.low_logits
             else:
-                mask_seed = previous.mask
+                carried = previous
         if box is None and prior_mask is not None and prior_mask.any():
             # refining: the object as it is bounds every step (grown to hold the positive clicks); measured better
             # than its mask as the only context (benchmarks/refine_quality.py)
             box = clicked_object_box(prior_mask, points, labels)
         elif box is None and previous is not None and self.rule.shown_box:
             box = clicked_object_box(previous.mask, points, labels)
-        return Prompt(points, labels, box, mask_input, multimask=ambiguous, window=window, mask_seed=mask_seed)
+        return Prompt(points, labels, box, mask_input, multimask=ambiguous, window=window, carried=carried)
 
     def _window(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
                 previous: Answer | None) -> Window | None:

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torch
 
 from .cancel import CancelFn, Cancelled, ProgressFn
 from .checkpoints import atomic_write
-from .decoding import decode, image_masks, mask_to_logits, to_input_frame
+from .decoding import decode, image_masks, mask_to_logits, to_input_frame, to_mask_input
 from .devices import volume_batch_size
 from .geometry import grown_box, most_interior
 from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
@@ -439,16 +439,28 @@ class Session:
             emb = self.window_embedding(z, window)
             points, labels = points_in(window, prompt.points, prompt.labels)
             box = None if prompt.box is None else box_in(window, prompt.box)
-            prompt = Prompt(points, labels, box, prompt.mask_input, prompt.multimask, None,
-                            None if prompt.mask_seed is None else prompt.mask_seed[window[0]:window[2],
-                                                                                    window[1]:window[3]])
-        if prompt.mask_seed is not None:
-            seed = mask_to_logits(self.model.sam, prompt.mask_seed, emb.input_size)
-            prompt = Prompt(prompt.points, prompt.labels, prompt.box, seed, prompt.multimask)
+            prompt = replace(prompt, points=points, labels=labels, box=box)
+        if prompt.carried is not None:
+            logits = self._slice_logits(z, prompt.carried)
+            if window is not None:
+                logits = logits[window[0]:window[2], window[1]:window[3]]
+            prompt = replace(prompt, mask_input=to_mask_input(self.model.sam, logits, emb.input_size))
         answer = self._decode(emb, prompt)
         if window is None:
             return answer
         return Answer(paste(window, answer.masks, self.plane_shape), answer.scores, answer.logits, window=window)
+
+    def _slice_logits(self, z: int, answer: Answer) -> np.ndarray:
+        """The kept mask's logits at the slice's size (outside its window: its most confident background)."""
+        window = answer.window
+        emb = self.embedding(z) if window is None else self.window_embedding(z, window)
+        low = torch.as_tensor(answer.low_logits, dtype=torch.float)[None, None]
+        up = self.model.sam.postprocess_masks(low, emb.input_size, emb.original_size)[0, 0].numpy()
+        if window is None:
+            return up
+        out = np.full(self.plane_shape, up.min(), dtype=np.float32)
+        out[window[0]:window[2], window[1]:window[3]] = up
+        return out
 
     def _decode(self, emb: Embedding, prompt: Prompt) -> Answer:
         """One decoder pass on a slice's embedding; candidates best-first."""

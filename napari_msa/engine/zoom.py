@@ -3,8 +3,8 @@
 LiteMedSAM sees a slice at 256 px and answers at 64 px, so an object of 80 px on a 200 px MRI slice is a few
 low-res pixels: its mask cannot follow the clicks, and the clicks that try make it worse. After the first answer,
 the interaction re-encodes a square window around the object (its mask, the positive clicks and the user's box,
-twice their size, at least ``MIN_SIDE`` px) and decodes the next clicks there, as RITM's Zoom-In does. Measured on
-the development set of real images (``benchmarks/click_protocol.py``): the click curve stops falling.
+twice their size, at least ``MIN_SIDE`` px) and decodes the next clicks there, as RITM's Zoom-In does
+(BENCHMARKS.md, "Zoom-in"; the constants below were chosen there, on the development sets).
 
 A window is a (min_row, min_col, max_row, max_col) of half-open pixel bounds on the slice.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SCALE = 2.0  # the window's side over the object's larger side (measured: 1.6 and 2.5 did worse on dev)
-MIN_SIDE = 64  # px: smaller windows upsample the object beyond what the encoder resolves
+SCALE = 2.0  # the window's side over the object's larger side (1.6 and 2.5 measured worse)
+MIN_SIDE = 96  # px: smaller windows magnify the pixels into blocks the encoder never saw (64 measured worse)
 MAX_FRACTION = 0.7  # a window this close to the whole slice gains little for its encoder pass: none
 
 Window = tuple[int, int, int, int]
