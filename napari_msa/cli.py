@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from napari_msa import __version__
-from napari_msa._cli.common import CLIError
+from napari_msa._cli.errors import CLIError
 
 SUBCOMMANDS = ("segment", "tune", "embed", "demo")
 QUIET_HELP = "no progress bars or summaries: only warnings and errors on stderr"

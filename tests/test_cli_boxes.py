@@ -212,7 +212,7 @@ def test_napari_save_selected_layer_writes_this_format(make_napari_viewer, tmp_p
 
 
 def test_every_model_option_defaults_to_litemedsam_with_its_adapter():
-    from napari_msa._cli.common import adapter_from_args
+    from napari_msa._cli.arguments import adapter_from_args
 
     parser = build_parser()
     for argv in (["segment", "i.tif", "-b", "b.csv", "-o", "o.tif"], ["tune", "i.tif", "l.tif", "-o", "a.safetensors"],

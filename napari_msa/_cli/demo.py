@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from napari_msa._cli.common import CLIError, check_output
+from napari_msa._cli.errors import CLIError
+from napari_msa._cli.files import check_output
 
 XVFB_SCREEN = "-screen 0 1920x1080x24"  # xvfb-run's default screen is 640x480x8: too small and 8-bit
 CHILD_FLAG = "NAPARI_MSA_DEMO_UNDER_XVFB"  # set in the re-executed child, so it never re-executes again

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import (
-    CLIError,
+from .arguments import (
     add_model_args,
     add_normalization_args,
-    check_input,
     check_model_args,
-    check_output,
     model_from_args,
     normalization_from_args,
-    read_image,
     say,
 )
+from .errors import CLIError
+from .files import check_input, check_output, read_image
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -16,24 +16,17 @@ import numpy as np
 
 from napari_msa.engine.catalog import INTERACTION_RULES
 
-from .common import (
-    BoxPrompt,
-    CLIError,
-    ObjectPrompts,
+from .arguments import (
     add_model_args,
     add_normalization_args,
-    check_input,
     check_model_args,
-    check_output,
-    clip_boxes,
     model_from_args,
     normalization_from_args,
-    read_boxes_csv,
-    read_image,
-    read_points_csv,
     say,
-    write_labels,
 )
+from .errors import CLIError
+from .files import check_input, check_output, read_image, write_labels
+from .prompts import BoxPrompt, ObjectPrompts, clip_boxes, read_boxes_csv, read_points_csv
 
 INTERACTIONS = ("model", *INTERACTION_RULES)
 

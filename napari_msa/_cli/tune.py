@@ -7,17 +7,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import (
-    CLIError,
+from .arguments import (
     add_model_args,
     add_normalization_args,
-    check_input,
     check_model_args,
-    check_output,
     model_from_args,
     normalization_from_args,
-    read_image_and_labels,
 )
+from .errors import CLIError
+from .files import check_input, check_output, read_image_and_labels
 
 if TYPE_CHECKING:
     from napari_msa.engine.tune_types import TuneSummary

@@ -31,7 +31,8 @@ def default_rule(name: str, is_demo: bool) -> InteractionRule:
     SAM was trained feeding its previous logits back with each click. LiteMedSAM was trained on boxes only, and
     its first click adapter (2026-11-29) with clicks alone, the rule that measured best for it on the development
     set (the box of the shown mask was worst; BENCHMARKS.md, "Click sessions"); the demo model with clicks alone.
-    The shipped session adapter names its rule (``logits``) in its file.
+    The shipped session adapter names its rule (``logits``) in its file. LiteMedSAM sees a slice at 256 px, so its
+    correction clicks zoom in (``engine.zoom``; BENCHMARKS.md, "Zoom-in"), whatever rule an adapter names.
     """
     if is_demo:
         return InteractionRule()
