@@ -11,16 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton
 
 from napari_msa.engine import catalog
 
-from ._activity import ActivityBar
 from ._controls import ElidingComboBox, PathPicker, Section
 from ._feedback import Feedback
-from ._workers import Failure, guarded
+from ._workers import ModelLoad
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel
@@ -53,9 +51,7 @@ class ModelPanel:
         self.feedback = feedback
         self.empty_text = empty_text
         self.on_change = on_change
-        self.loading = False
-        self.loading_name = ""
-        self._bar: ActivityBar | None = None
+        self.load_run = ModelLoad(self.hub.set_model, self._load_failed, on_change=self._load_changed)
         self.label = QLabel()
         self.label.setWordWrap(True)  # outside the section: a wrapped label inside squeezes the form
         self.section: Section | None = None
@@ -161,42 +157,24 @@ class ModelPanel:
         if current is not None and current.adapter_source and not Path(current.adapter_source).is_file():
             show_info("Loading replaces the adapter tuned in this session, which was not saved "
                       "(Tune (MSA) › Save adapter… keeps it).")
-        self.loading, self.loading_name = True, name
-        self.load_button.setEnabled(False)
-        self.on_change()
-        kwargs = {"checkpoint": (self.checkpoint.path() or None) if name != "demo" else None,
-                  "adapter": self.adapter.path() or "auto", "device": self.device_combo.currentText(),
-                  "precision": self.precision_combo.currentText(), "runtime": self.runtime_combo.currentText()}
-        # the engine's load has no steps to report: a busy bar in the activity dock while it runs
-        self._bar = ActivityBar(f"MSA: loading {name}")
-        worker = create_worker(guarded(_load), name, kwargs, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._loaded)
-        worker.finished.connect(self._bar.close)  # closes even if the widget is gone by then
-        worker.finished.connect(self._finished)
-        worker.start()
+        self.load_run.start(name, {
+            "checkpoint": (self.checkpoint.path() or None) if name != "demo" else None,
+            "adapter": self.adapter.path() or "auto", "device": self.device_combo.currentText(),
+            "precision": self.precision_combo.currentText(), "runtime": self.runtime_combo.currentText()})
 
-    def _loaded(self, value) -> None:
-        if isinstance(value, Failure):
-            self.feedback.report("loading the model", value.error)
-            if self.section is not None:
-                self.section.set_expanded(True)  # show the fields the message names
-            return
-        self.hub.set_model(value)
+    @property
+    def loading(self) -> bool:
+        return self.load_run.running
 
-    def _finished(self) -> None:
-        self.loading = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def _load_failed(self, error: BaseException) -> None:
+        self.feedback.report("loading the model", error)
+        if self.section is not None:
+            self.section.set_expanded(True)  # show the fields the message names
+
+    def _load_changed(self) -> None:
         try:
-            self.load_button.setEnabled(True)
+            self.load_button.setEnabled(not self.loading)
         except RuntimeError:  # the widget was closed while loading
             return
         self.on_change()
 
-
-def _load(name: str, kwargs: dict) -> MSAModel:
-    """On the worker: the first model loads the engine, and torch with it."""
-    from napari_msa.engine import load_model
-
-    return load_model(name, **kwargs)

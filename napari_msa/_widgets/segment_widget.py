@@ -461,7 +461,7 @@ class SegmentWidget(QWidget):
     # ============================================================================ feedback
     def _refresh_activity(self) -> None:
         """The activity line, from what is running now (so it is never stale): empty when nothing runs."""
-        loading = [f"Loading {self.model_panel.loading_name}…"] if self.model_panel.loading else []
+        loading = [f"Loading {self.model_panel.load_run.name}…"] if self.model_panel.loading else []
         parts = loading + self.jobs.activity()
         try:
             self.activity.setText(" · ".join(parts))
