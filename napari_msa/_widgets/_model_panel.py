@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton
@@ -18,7 +18,7 @@ from napari_msa.engine import catalog
 
 from ._controls import ElidingComboBox, PathPicker, Section
 from ._feedback import Feedback
-from ._workers import ModelLoad
+from ._workers import CancellableRun, Failure
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel
@@ -178,3 +178,34 @@ class ModelPanel:
             return
         self.on_change()
 
+
+class ModelLoad(CancellableRun):
+    """Loads a model on a worker, where torch is first imported, with a busy bar in the activity dock. The
+    engine's load has no steps to stop between: ``discard`` drops its model when it arrives."""
+
+    def __init__(self, on_loaded: Callable[[MSAModel], None], on_error: Callable[[BaseException], None],
+                 on_change: Callable[[], None] | None = None) -> None:
+        super().__init__(on_change)  # on_change: told when a load starts and when it ends
+        self.on_loaded = on_loaded
+        self.on_error = on_error
+        self.name = ""  # the model being loaded, for the widget's activity line
+
+    def start(self, name: str, kwargs: dict) -> None:
+        self.name = name
+        token = self._token
+        self._launch(f"MSA: loading {name}", 0, _load, name, kwargs,
+                     on_returned=lambda value: self._returned(token, value))
+
+    def _returned(self, token: int, value: Any) -> None:
+        if token != self._token:
+            return
+        if isinstance(value, Failure):
+            self.on_error(value.error)
+        else:
+            self.on_loaded(value)
+
+
+def _load(name: str, kwargs: dict) -> MSAModel:
+    from napari_msa.engine import load_model
+
+    return load_model(name, **kwargs)

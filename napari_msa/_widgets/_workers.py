@@ -10,7 +10,7 @@ The GUI thread only hands plain arrays and prompts to these classes and gets mas
   the activity dock. A slice change restarts it (between slices: an encoder pass cannot be interrupted).
 * ``Propagation`` – one object through the volume, with progress and a cancel flag (the running/cancelling
   bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``_volume``, segment-everything
-  in ``_everything`` and ``ModelLoad``, the model panel's load).
+  in ``_everything``, the model panel's load and the Tune widget's run).
 
 Every engine call goes through ``ImageFeed.prepare`` first, which gives the session the image once per
 (session, layer data, normalisation) instead of hashing a whole volume on every click.
@@ -32,7 +32,7 @@ from ._activity import ActivityBar
 from ._layers import PlanePrompts
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
-    from napari_msa.engine import MSAModel, Normalization, Session
+    from napari_msa.engine import Normalization, Session
 
 log = logging.getLogger(__name__)
 
@@ -409,34 +409,3 @@ class Propagation(CancellableRun):
         if self.on_finished is not None:
             self.on_finished()
 
-
-class ModelLoad(CancellableRun):
-    """Loads a model on a worker, where torch is first imported, with a busy bar in the activity dock. The
-    engine's load has no steps to stop between: ``discard`` drops its model when it arrives."""
-
-    def __init__(self, on_loaded: Callable[[MSAModel], None], on_error: Callable[[BaseException], None],
-                 on_change: Callable[[], None] | None = None) -> None:
-        super().__init__(on_change)  # on_change: told when a load starts and when it ends
-        self.on_loaded = on_loaded
-        self.on_error = on_error
-        self.name = ""  # the model being loaded, for the widget's activity line
-
-    def start(self, name: str, kwargs: dict) -> None:
-        self.name = name
-        token = self._token
-        self._launch(f"MSA: loading {name}", 0, _load, name, kwargs,
-                     on_returned=lambda value: self._returned(token, value))
-
-    def _returned(self, token: int, value: Any) -> None:
-        if token != self._token:
-            return
-        if isinstance(value, Failure):
-            self.on_error(value.error)
-        else:
-            self.on_loaded(value)
-
-
-def _load(name: str, kwargs: dict) -> MSAModel:
-    from napari_msa.engine import load_model
-
-    return load_model(name, **kwargs)

@@ -10,7 +10,6 @@ old model meanwhile and a cancelled or failed run changes nothing. No tensors ar
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,16 +37,16 @@ from napari_msa.engine.tune_types import TuneConfig
 from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
 
 from . import _normalization
-from ._activity import ActivityBar
 from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
 from ._docking import TabWithSiblings
 from ._feedback import Feedback
 from ._hub import ViewerLink
 from ._layers import spatial_shape
 from ._model_panel import ModelPanel
-from ._tune_curve import CurveWidget, TuneRelay
+from ._tune_curve import CurveWidget
 from ._tune_curve import fmt_time as _fmt_time
 from ._tune_layers import AnnotatedLabels
+from ._tune_run import TuneRun
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
@@ -74,12 +73,9 @@ class TuneWidget(QWidget):
         self.result: TuneResult | None = None
         self._before = None  # the model tuning started from: what Discard goes back to
         self._label_names: dict = {}
-        self._worker = None
-        self._bar: ActivityBar | None = None  # the run's bar in napari's activity dock
+        self.run = TuneRun(self._on_progress, self._on_done, self._on_cancelled, self._on_error,
+                           on_change=self._run_changed)
         self._save_worker = None
-        self._cancel = threading.Event()
-        self._relay = TuneRelay()
-        self._relay.progressed.connect(self._on_progress)
         self._build()
         self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running,
                                            self.hub.preview_only)
@@ -89,7 +85,7 @@ class TuneWidget(QWidget):
                                   (self.viewer.layers.events.moved, self.annotations.refresh),
                                   (self.viewer.layers.selection.events.active, self.annotations.active_changed)):
             self.link.connect(emitter, callback)
-        self.link.on_release(self._cancel.set)  # a run the closed widget started stops
+        self.link.on_release(self.run.discard)  # a run the closed widget started stops
         self.link.on_release(self.annotations.release)
         self.annotations.refresh()
         self._show_model(self.hub.model)
@@ -228,7 +224,7 @@ class TuneWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self.run.running
 
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
@@ -271,10 +267,8 @@ class TuneWidget(QWidget):
         settings = dict(steps=steps, lr=float(self.lr.value()), val_fraction=float(self.val_share.value()),
                         train_adapters=train_adapters, train_decoder=train_decoder, rgb=rgb,
                         normalization=self._normalization(self.image_combo.layer()))
-        self._cancel.clear()
         self.feedback.fresh()  # a new run: a problem that comes back is told again
         self.result = None
-        self._before = model
         self._label_names = dict(self.labels_combo.layer().metadata.get("label_names", {}) or {})
         self.results.setVisible(False)
         self._show_decision(False)
@@ -282,33 +276,12 @@ class TuneWidget(QWidget):
         self.progress.setRange(0, steps or 0)  # busy until the budget is known
         self.progress.setValue(0)
         self.status.setText("Preparing…")
-        self._set_running(True)
-        worker = create_worker(self._run, model, image, labels, settings, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        self._bar = ActivityBar("MSA: tuning, preparing", total=steps or 0)
-        worker.finished.connect(self._bar.close)  # closes even if the widget is gone by then
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
-
-    def _run(self, model, image: np.ndarray, labels: np.ndarray, settings: dict) -> TuneResult:
-        """On the worker thread: (load the default model,) tune a copy of the model."""
-        from napari_msa.engine import load_model
-        from napari_msa.engine.tuning import TuneProgress, tune
-
-        if model is None:
-            self._relay.progressed.emit(TuneProgress("prepare", 0, settings["steps"] or 0,
-                                                     message="loading the default model (LiteMedSAM)"))
-            model = load_model(catalog.DEFAULT_MODEL)
-            self._before = model  # what Discard goes back to
-        return tune(model, image, labels, progress=self._relay.progressed.emit, cancel=self._cancel.is_set,
-                    **settings)
+        self.run.start(model, image, labels, settings)
 
     def cancel(self) -> None:
         """Ask the running tuning to stop; the model stays as it was."""
         if self.running:
-            self._cancel.set()
+            self.run.cancel()
             self.status.setText("Cancelling…")
 
     def _on_progress(self, p: TuneProgress) -> None:
@@ -316,14 +289,10 @@ class TuneWidget(QWidget):
             self.progress.setRange(0, p.total_steps)
             self.curve.total = p.total_steps
         self.curve.add(p)
-        bar = self._bar if self._bar is not None else ActivityBar.closed_bar()
         if p.phase == "prepare":
             self.status.setText(p.message.capitalize() + "…")
-            bar.set(desc=f"MSA: tuning, {p.message}")
             return
         self.progress.setValue(min(p.step, self.progress.maximum()))
-        eta = {"train": f", ETA {_fmt_time(p.eta_s)}", "eval": ", measuring held-out Dice"}.get(p.phase, "")
-        bar.set(done=p.step, total=p.total_steps, desc=f"MSA: tuning step {p.step}/{p.total_steps}{eta}")
         parts = [f"step {p.step}/{p.total_steps}"]
         if p.loss is not None:
             parts.append(f"loss {p.loss:.3f}")
@@ -334,6 +303,7 @@ class TuneWidget(QWidget):
         self.status.setText(" · ".join(parts))
 
     def _on_done(self, result: TuneResult) -> None:
+        self._before = self.run.started_from  # what Discard goes back to
         s = result.summary
         self.progress.setValue(self.progress.maximum())
         stop = " (stopped early)" if s.stopped == "early_stopping" else ""
@@ -377,22 +347,19 @@ class TuneWidget(QWidget):
         self.keep_button.setVisible(visible)
         self.discard_button.setVisible(visible)
 
-    def _on_error(self, exc: BaseException) -> None:
-        from napari_msa.engine import Cancelled
+    def _on_cancelled(self) -> None:
+        self.status.setText("Cancelled; the model is unchanged.")
+        show_info("Tuning cancelled; the model is unchanged.")
 
-        if isinstance(exc, Cancelled):
-            self.status.setText("Cancelled; the model is unchanged.")
-            show_info("Tuning cancelled; the model is unchanged.")
-            return
+    def _on_error(self, exc: BaseException) -> None:
         log.debug("tuning failed", exc_info=exc)
         self.feedback.report("tuning", exc, outcome="the model is unchanged")
 
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        self._set_running(False)
+    def _run_changed(self) -> None:
+        try:
+            self._set_running(self.run.running)
+        except RuntimeError:  # the widget was closed while its run ended
+            pass
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
