@@ -136,18 +136,6 @@ def test_resume_continues_on_new_data_steps(tmp_path, one_torch_thread):
                  resume_from=tmp_path / "b.safetensors", log=lambda *_: None)
 
 
-def test_demo_code_outside_the_engine_loads_without_torch():
-    """The phantoms and the demo package import neither torch nor segment_anything (a fresh process)."""
-    code = (
-        "import sys, napari_msa.demo, napari_msa.demo.phantoms as P\n"
-        "P.phantom_volume(shape=(2, 32, 32))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segment_anything')))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]", out.stdout
-
-
 def test_summary_bins_objects_by_size():
     records = [{"area": 100, "dice": 0.5}, {"area": 1000, "dice": 0.8}, {"area": 5000, "dice": 1.0}]
     summary = ev.summarize(records)
