@@ -26,13 +26,12 @@ import torch
 
 from .catalog import PRECISION_ENV, PRECISIONS, check_setting
 
-# --- decided from the benchmarks' tables (BENCHMARKS.md, "Precision and speed"); change them only with new figures.
-# Mask Dice bf16 vs fp32 met the gate (mean >= 0.99, none < 0.95) on the held-out phantoms and samples of
-# 2026-11-29, but not with the development set of real images and the session adapter (2026-12-05: mean 0.992,
-# min 0.687 on 342 prompts; a T1 MRI click 0.726): bf16 arithmetic rounds the same way on every device, so
-# 'auto' is exact everywhere until a bf16 path passes again (``--precision bf16`` still asks for it).
+# --- decided from the benchmarks' tables (BENCHMARKS.md, "Precision and speed", "The accuracy gate again"); change
+# them only with new figures. bf16 masks failed the gate (mean Dice >= 0.99, none < 0.95) on the development set of
+# real images, and bf16 rounds the same way on every device, so 'auto' stays exact until a bf16 path passes again
+# (``--precision bf16`` still asks for it).
 BF16_KEEPS_MASKS = False
-# Mask Dice with embeddings stored as fp16 (after an fp32 or a bf16 encoder) met the same gate.
+# Embeddings stored as fp16 (after an fp32 or a bf16 encoder) passed the same gate.
 HALF_CACHE_KEEPS_MASKS = True
 
 

@@ -1,32 +1,12 @@
-"""Few-shot adapter tuning from an annotator's labels.
+"""Few-shot adapter tuning from an annotator's labels: ``tune(model, images, labels)``.
 
-``tune(model, images, labels)`` turns every labelled slice and every object id in it into an
-(image, object mask) pair, holds some slices (or, with a single slice, some objects) out, and trains
-the MSA adapters (optionally the mask decoder) with prompts simulated the way an annotator clicks:
-
-* a positive click deep inside the object (or, for a share of samples, a jittered box), then
-* 1-3 correction rounds: the model predicts, and the next click goes to the centre of the largest
-  error region: positive in a missed part, negative in a false positive.
-
-The loss is BCE + soft Dice on the mask logits of every round (for a lone click SAM answers with three
-masks and the best one is trained, as in SAM), plus SAM's IoU-score regression so the mask the session
-picks by its score is the good one. AdamW, flips/90° rotations/intensity jitter, held-out Dice after
-every epoch, early stopping that keeps the best weights, a fixed seed reproduces the result.
-
-Geometry: each slice is resized once so its longest side is the model's image size (SAM's own resize,
-the same as the session), and all training happens in that frame: points are (row, col) there and go
-to SAM as (x, y) = (col, row) in ``decode``. Augmentations act on that frame before padding, so the
-padding stays bottom/right as at inference. Held-out Dice is measured in that frame too.
-
-Frozen-prefix cache: with adapters only in the last blocks (``AdapterConfig(blocks=...)``), the
-tokens after the frozen first blocks depend on the input pixels only, so they are computed once per
-(slice, augmentation) and reused. Flipping/rotating the image is not the same as flipping the token
-grid (each patch's content is flipped too, and the patch embedding is not flip-equivariant), so the
-cache holds one entry per dihedral variant (at most 8 per slice, filled lazily) and intensity jitter,
-which would make every input unique, is switched off while caching.
-
-Cancel or an error leaves the model as it was: by default a copy is tuned and returned; with
-``inplace=True`` the trainable weights are snapshotted first and restored on failure.
+Every labelled slice and object id becomes a training pair (``tuning_data``; one frame for pixels, points and
+masks, as the session's); some slices (or objects) are held out; the adapters (optionally the mask decoder) train
+on sessions simulated as an annotator clicks (``tuning_step``; a first click or a jittered box, then corrections
+at the largest error) under the model's interaction rule, with held-out Dice after every epoch and early stopping
+that keeps the best weights (``tuning_loop``, ``held_out``). Frozen first blocks are computed once per slice and
+augmentation (``prefix_cache``). A fixed seed reproduces a run; a cancel or an error leaves the model as it was (a
+copy is tuned, or with ``inplace=True`` the trainable weights are restored).
 """
 
 from __future__ import annotations

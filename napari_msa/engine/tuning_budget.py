@@ -1,14 +1,10 @@
 """How much training a ``tune()`` run gets when the user does not say: objects per step and the step count.
 
-The budget follows gain per minute, measured with benchmarks/tuning_gain.py on development volumes (seeds 7001-7008
-of the phantom evaluation stream; the reported figures use other seeds). A decoder-only step costs in proportion to
-the image embedding's token grid: LiteMedSAM (and SAM at 1024 px) decode on 64×64 tokens, ~2 s per step of 4
-objects on the project's 2-core CPU, so 8 passes over the objects already fill ~2 minutes. A light decoder
-(≤ 32×32 tokens: the demo model's 16×16, SAM at 256 px) is cheap — a demo step takes ~0.2 s — and there 8
-objects per step and ~64 passes cut the one-click error on the unlabelled slices by 36 % where the standard
-budget cut 19 % (k = 4 labelled slices, 8 development volumes), in under a minute of tuning. Adapters in the
-encoder recompute its last blocks every step: always the standard budget.
-"""
+The budget follows gain per minute (BENCHMARKS.md, "Few-shot tuning"; measured on development volumes, not on the
+reported ones). A decoder-only step costs in proportion to the image embedding's token grid: a model that decodes on
+64×64 tokens (LiteMedSAM, SAM at 1024 px) gets the standard budget; a light decoder (≤ 32×32 tokens: the demo
+model, SAM at 256 px) is cheap enough for more objects per step and more passes. Adapters in the encoder recompute
+its last blocks every step: always the standard budget."""
 
 from __future__ import annotations
 
