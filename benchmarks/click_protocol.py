@@ -6,11 +6,13 @@ the share of click steps that lose more than 0.05 Dice, the worst mean step; a t
 than their surroundings apart); how often a lone click keeps the best of its three masks.
 
 Datasets: ``dev`` — real images no training uses, references by rule (``napari_msa.evaluation.devset``,
-benchmarks/devset/README.md); ``phantoms`` — the first phantom generator's evaluation seed stream (CT window);
-``phantoms-mr`` — the second generator's evaluation stream (MRI/ultrasound-like, dark objects, rings).
+benchmarks/devset/README.md); ``heldout`` — the confirmation set, other planes and another crop of the dev set's
+sources that nothing was chosen on (``benchmarks/devset/heldout.py``); ``phantoms`` — the first phantom generator's
+evaluation seed stream (CT window); ``phantoms-mr`` — the second generator's evaluation stream (MRI/ultrasound-like,
+dark objects, rings).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
-        [--rules model | clicks,box,logits,box+logits] [--datasets dev,phantoms,phantoms-mr] [--json OUT]
+        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,phantoms,phantoms-mr] [--json OUT]
         [--png docs/click_curves.png]
 
 Prints numbers only; nothing here asserts a threshold.
@@ -45,6 +47,12 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
 
         return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
                 for im in load_devset()]
+    if name == "heldout":  # the confirmation set: the dev set's sources elsewhere, never looked at to choose
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
+        from heldout import heldout_images
+
+        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
+                for im in heldout_images()]
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 
