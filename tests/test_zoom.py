@@ -19,24 +19,26 @@ SHAPE = (200, 240)
 
 def test_the_window_is_a_square_twice_the_object_inside_the_slice():
     obj = disk(SHAPE, (100, 120), 30)  # 61 px across
-    window = zoom_window(obj, np.array([[100.0, 120.0]]), np.array([1]))
+    window = zoom_window(SHAPE, obj, np.array([[100.0, 120.0]]), np.array([1]))
     r0, c0, r1, c1 = window
     assert r1 - r0 == c1 - c0 == 122 and (r0 + r1) / 2 == pytest.approx(100.5, abs=1)
     corner = disk(SHAPE, (5, 5), 8)  # shifted, not cut, at the slice's edge
-    assert zoom_window(corner, np.zeros((0, 2)), np.zeros(0)) == (0, 0, MIN_SIDE, MIN_SIDE)
+    assert zoom_window(SHAPE, corner, np.zeros((0, 2)), np.zeros(0)) == (0, 0, MIN_SIDE, MIN_SIDE)
 
 
 def test_the_window_holds_the_positive_clicks_and_the_box_but_not_the_negative_ones():
     obj = disk(SHAPE, (100, 120), 10)
-    r0, c0, r1, c1 = zoom_window(obj, np.array([[100.0, 120.0], [100.0, 160.0], [10.0, 10.0]]), np.array([1, 1, 0]))
+    clicks = np.array([[100.0, 120.0], [100.0, 160.0], [10.0, 10.0]])
+    r0, c0, r1, c1 = zoom_window(SHAPE, obj, clicks, np.array([1, 1, 0]))
     assert c1 > 160 and r0 > 10
-    r0, c0, r1, c1 = zoom_window(obj, np.zeros((0, 2)), np.zeros(0), np.array([60.0, 100.0, 110.0, 140.0]))
+    r0, c0, r1, c1 = zoom_window(SHAPE, obj, np.zeros((0, 2)), np.zeros(0), np.array([60.0, 100.0, 110.0, 140.0]))
     assert r0 <= 60 and c0 <= 100 and r1 > 110 and c1 > 140
 
 
 def test_no_window_when_it_would_be_most_of_the_slice_or_there_is_no_object():
-    assert zoom_window(disk(SHAPE, (100, 120), 60), np.zeros((0, 2)), np.zeros(0)) is None
-    assert zoom_window(np.zeros(SHAPE, bool), np.zeros((0, 2)), np.zeros(0)) is None
+    assert zoom_window(SHAPE, disk(SHAPE, (100, 120), 60), np.zeros((0, 2)), np.zeros(0)) is None
+    assert zoom_window(SHAPE, np.zeros(SHAPE, bool), np.zeros((0, 2)), np.zeros(0)) is None
+    assert zoom_window(SHAPE, None, np.zeros((0, 2)), np.zeros(0)) is None
 
 
 def test_points_boxes_and_masks_between_the_slice_and_a_window():
@@ -56,7 +58,7 @@ class Recorder:
 
     def __call__(self, prompt) -> Answer:
         self.prompts.append(prompt)
-        centre = tuple(prompt.points[-1])
+        centre = tuple(prompt.points[-1]) if len(prompt.points) else tuple(np.reshape(prompt.box, (2, 2)).mean(0))
         masks = np.stack([disk(SHAPE, centre, r) for r in (6, 10, 14)])
         return Answer(masks, np.array([0.9, 0.8, 0.7], np.float32), np.full((3, 16, 16), len(self.prompts), float))
 
@@ -68,7 +70,7 @@ def test_clicks_after_the_first_answer_are_decoded_in_its_window_with_the_answer
     Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, decode)
     first, second, third, fourth = decode.prompts
     assert first.window is None and first.multimask  # the lone click sees the whole slice
-    assert second.window == zoom_window(disk(SHAPE, (100, 120), 6), clicks[:2], labels[:2])
+    assert second.window == zoom_window(SHAPE, disk(SHAPE, (100, 120), 6), clicks[:2], labels[:2])
     assert second.mask_input is None and np.array_equal(second.carried.mask, disk(SHAPE, (100, 120), 6))
     assert third.window == second.window and np.all(third.mask_input == 2)  # same window: the logits go on
     assert fourth.window != third.window and fourth.window[3] > 175 and fourth.carried is not None  # outside: anew
@@ -76,6 +78,19 @@ def test_clicks_after_the_first_answer_are_decoded_in_its_window_with_the_answer
     Interaction(InteractionRule(feed_logits=True, zoom=True)).run(np.array([[100.0, 120.0], [10.0, 10.0]]),
                                                                   np.array([1, 1]), None, far)
     assert far.prompts[1].window is None and far.prompts[1].carried is None and far.prompts[1].mask_input is not None
+
+
+def test_a_users_box_is_zoomed_into_at_once_and_its_clicks_stay_there():
+    box = np.array([90.0, 110.0, 110.0, 130.0])
+    decode = Recorder()
+    Interaction(InteractionRule(feed_logits=True, zoom=True)).run(np.array([[100.0, 120.0]]), np.array([1]), box,
+                                                                  decode, shape=SHAPE)
+    first, second = decode.prompts
+    assert first.window == zoom_window(SHAPE, None, np.zeros((0, 2)), np.zeros(0), box) and first.mask_input is None
+    assert second.window == first.window and np.all(second.mask_input == 1)
+    unknown = Recorder()  # without the slice's shape there is nothing to place a window in: the whole slice
+    Interaction(InteractionRule(zoom=True)).run(np.zeros((0, 2)), np.zeros(0), box, unknown)
+    assert unknown.prompts[0].window is None
 
 
 def test_without_zoom_every_step_sees_the_whole_slice():

@@ -5,7 +5,8 @@ the rule adds from the previous answer: its low-res logits as mask input (SAM's 
 the mask shown (which steadies a model trained on boxes), both or neither. A box drawn by the user is the first
 step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
-the first answer in a window around the object (``engine.zoom``), re-encoded at the model's full input size; its
+the first answer (and a box the user drew, at once) in a window around the object (``engine.zoom``), re-encoded at
+the model's full input size; its
 answers are pasted back on the slice, and the previous answer's logits are resampled into a new window.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
@@ -112,11 +113,12 @@ class Interaction:
     steps: list[_Step] = field(default_factory=list)
 
     def run(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, decode: DecodeFn, *,
-            prior: Prior | None = None, candidate: int = 0) -> Answer:
+            prior: Prior | None = None, candidate: int = 0, shape: tuple[int, int] | None = None) -> Answer:
         """The answer to the whole sequence: a box first (if any), then one step per click, in order.
 
         ``candidate`` picks among the ranked masks of an ambiguous step (a lone click with nothing before it):
-        0 is the model's choice, 1 and 2 the others.
+        0 is the model's choice, 1 and 2 the others. ``shape``: the slice's (h, w), where a zooming rule zooms into
+        a user's box before any answer.
         """
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -137,7 +139,7 @@ class Interaction:
             else:
                 reuse = False
                 prompt = self._prompt(points[:n], labels[:n], box, previous, ambiguous,
-                                      None if prior is None else prior.answer.mask)
+                                      None if prior is None else prior.answer.mask, shape)
                 answer = decode(prompt)
                 answer.window = prompt.window
                 if ambiguous:
@@ -149,8 +151,8 @@ class Interaction:
         return previous
 
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
-                ambiguous: bool, prior_mask: np.ndarray | None = None) -> Prompt:
-        window = self._window(points, labels, box, previous)
+                ambiguous: bool, prior_mask: np.ndarray | None = None, shape: tuple[int, int] | None = None) -> Prompt:
+        window = self._window(points, labels, box, previous, shape)
         mask_input = carried = None
         if previous is not None and self.rule.feed_logits and (prior_mask is None or PRIOR_FEEDS_LOGITS):
             if window == previous.window:
@@ -165,16 +167,18 @@ class Interaction:
             box = clicked_object_box(previous.mask, points, labels)
         return Prompt(points, labels, box, mask_input, multimask=ambiguous, window=window, carried=carried)
 
-    def _window(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
-                previous: Answer | None) -> Window | None:
-        """Where a click step is decoded: the previous step's window while the newest click falls in it, else a
-        new one around the object as the previous answer shows it; the whole slice for the first answer."""
-        if not self.rule.zoom or previous is None or len(points) == 0:
+    def _window(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
+                shape: tuple[int, int] | None) -> Window | None:
+        """Where a step is decoded: a user's box at once in a window around it; a lone click on the whole slice;
+        a later click in the previous step's window while it falls there, else in a new one around the object
+        as the previous answer shows it."""
+        if not self.rule.zoom:
             return None
-        if previous.window is not None and inside(previous.window, points[-1]):
+        if previous is None:
+            return None if box is None or shape is None else zoom_window(shape, None, points, labels, box)
+        if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
-        return zoom_window(previous.mask, points, labels, box)
-
+        return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
 
 @dataclass(frozen=True)
 class Prior:

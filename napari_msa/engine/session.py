@@ -427,7 +427,7 @@ class Session:
                 prior_state = Prior.of(prior, mask_to_logits(self.model.sam, prior, emb.input_size))
             with self._lock:
                 answer = interaction.run(pts, lab, box_arr, partial(self._decode_step, z, emb), prior=prior_state,
-                                         candidate=candidate)
+                                         candidate=candidate, shape=self.plane_shape)
         self.last_prediction = answer
         self.last_logits = answer.low_logits[None]
         return answer

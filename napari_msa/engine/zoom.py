@@ -1,9 +1,10 @@
 """Zoom-in for correction clicks: the window of the slice an object's later clicks are decoded in.
 
 LiteMedSAM sees a slice at 256 px and answers at 64 px, so an object of 80 px on a 200 px MRI slice is a few
-low-res pixels: its mask cannot follow the clicks, and the clicks that try make it worse. After the first answer,
-the interaction re-encodes a square window around the object (its mask, the positive clicks and the user's box,
-twice their size, at least ``MIN_SIDE`` px) and decodes the next clicks there, as RITM's Zoom-In does
+low-res pixels: its mask cannot follow the clicks, and the clicks that try make it worse. After the first answer
+to a click (at once for a box the user drew), the interaction re-encodes a square window around the object (its
+mask, the positive clicks and the box, twice their size, at least ``MIN_SIDE`` px) and decodes there, as RITM's
+Zoom-In does
 (BENCHMARKS.md, "Zoom-in"; the constants below were chosen there, on the development sets).
 
 A window is a (min_row, min_col, max_row, max_col) of half-open pixel bounds on the slice.
@@ -20,26 +21,28 @@ MAX_FRACTION = 0.7  # a window this close to the whole slice gains little for it
 Window = tuple[int, int, int, int]
 
 
-def zoom_window(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None = None,
-                *, scale: float = SCALE, min_side: int = MIN_SIDE, max_fraction: float = MAX_FRACTION
-                ) -> Window | None:
+def zoom_window(shape: tuple[int, int], mask: np.ndarray | None, points: np.ndarray, labels: np.ndarray,
+                box: np.ndarray | None = None, *, scale: float = SCALE, min_side: int = MIN_SIDE,
+                max_fraction: float = MAX_FRACTION) -> Window | None:
     """The square window around the object (``mask``, positive clicks, ``box``) ``scale`` times its larger side,
-    shifted to lie inside the slice; None when there is no object or the window would be most of the slice."""
-    h, w = mask.shape
-    rows, cols = np.nonzero(mask)
-    ys = [rows.astype(np.float64)] if rows.size else []
-    xs = [cols.astype(np.float64)] if cols.size else []
+    shifted to lie inside the (h, w) slice; None when there is no object or the window would be most of the slice."""
+    h, w = shape
+    ys: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    if mask is not None:
+        rows, cols = np.nonzero(mask)
+        ys.append(rows.astype(np.float64))
+        xs.append(cols.astype(np.float64))
     positive = np.asarray(points, dtype=np.float64).reshape(-1, 2)[np.asarray(labels).reshape(-1) == 1]
-    if len(positive):
-        ys.append(positive[:, 0])
-        xs.append(positive[:, 1])
+    ys.append(positive[:, 0])
+    xs.append(positive[:, 1])
     if box is not None:
         b = np.asarray(box, dtype=np.float64).reshape(4)
         ys.append(b[[0, 2]])
         xs.append(b[[1, 3]])
-    if not ys:
-        return None
     y, x = np.concatenate(ys), np.concatenate(xs)
+    if y.size == 0:
+        return None
     side = max(scale * max(y.max() - y.min() + 1, x.max() - x.min() + 1), float(min_side))
     if side > max_fraction * max(h, w):
         return None

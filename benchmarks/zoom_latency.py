@@ -1,0 +1,67 @@
+"""What zoom-in costs the annotator: the wait for a correction click with and without it, side by side.
+
+Each object of the development set gets the automatic annotator's first two clicks, then a third; timed: click 2
+(with zoom-in its window's encoder pass, once per object), click 3 (the same window: a decoder pass, as without
+zoom). Default model as shipped (its runtime and precision as loaded), embeddings of the whole slices cached
+before timing, as after a slice is shown. Medians over objects; the two rules alternate per object.
+
+    python benchmarks/zoom_latency.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from _harness import machine_line
+
+from napari_msa import Normalization, Session, load_model
+from napari_msa.evaluation.clicks import next_click
+from napari_msa.evaluation.devset import load_devset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(device="cpu")
+    print(machine_line(threads=args.threads, extra=f"{model.describe()}, runtime {model.runtime}"))
+    sessions = {rule: Session(model) for rule in ("logits", "logits+zoom")}
+    for rule, s in sessions.items():
+        s.rule = rule
+    times: dict[str, dict[int, list[float]]] = {rule: {2: [], 3: []} for rule in sessions}
+    zoomed = 0
+    for im in load_devset():
+        for s in sessions.values():
+            s.set_image(im.image, normalization=Normalization(im.normalization), rgb=im.image.ndim == 3)
+            s.embedding(0)
+        for obj in im.objects:
+            for rule, s in sessions.items():
+                points, labels, mask = [], [], np.zeros_like(obj.mask)
+                for k in (1, 2, 3):
+                    click = next_click(mask, obj.mask)
+                    if click is None:
+                        break
+                    points.append(click[0])
+                    labels.append(click[1])
+                    t = time.perf_counter()
+                    mask, _ = s.predict(points=np.array(points), labels=labels)
+                    if k > 1:
+                        times[rule][k].append(time.perf_counter() - t)
+                if rule == "logits+zoom" and s.last_prediction.window is not None:
+                    zoomed += 1
+    n = len(times["logits"][2])
+    print(f"{n} objects of the development set; {zoomed} decoded zoomed in")
+    print("| rule | click 2 (median, max) | click 3 (median) |")
+    print("|---|---|---|")
+    for rule, t in times.items():
+        print(f"| {rule} | {1e3 * statistics.median(t[2]):.0f} ms, {1e3 * max(t[2]):.0f} ms "
+              f"| {1e3 * statistics.median(t[3]):.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
