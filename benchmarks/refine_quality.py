@@ -12,7 +12,7 @@ missed region, negative in a false one).
 Objects: every connected piece >= 64 px of the development phantom volumes (seeds 7001-7004 of the evaluation
 stream; never used for reported tuning figures) whose one-click mask has Dice < 0.9: the ones worth refining.
 
-    python benchmarks/refine_quality.py [--model litemedsam] [--rounds 3]
+    python benchmarks/refine_quality.py [--model litemedsam] [--rounds 3] [--rule logits]
 
 Prints numbers only; nothing here asserts a threshold.
 """
@@ -71,11 +71,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(DEV_SEEDS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--rule", default=None, help="an interaction rule (engine.interaction) instead of the model's")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_line("cpu"))
     session = Session(load_model(args.model, device="cpu"), normalization=CT)
+    if args.rule:
+        session.rule = args.rule
+    print(f"interaction rule: {session.rule.name}")
     results, names, total = [], [], 0
     for seed in args.seeds:
         image, labels, label_names = phantom_volume(seed, shape=SHAPE)
