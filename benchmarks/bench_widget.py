@@ -202,7 +202,8 @@ def main() -> None:
     parser.add_argument("--waiting", action="store_true", help="(c)-(e): the waits with the real default model")
     parser.add_argument("--no-preload", action="store_true", help="with --waiting: load on the first click (c only)")
     parser.add_argument("--trace-gaps", type=float, metavar="MS", help="write every thread's stack for each GUI "
-                        "stall longer than MS to --trace-file (which thread held the GIL, and where)")
+                        "stall longer than MS to --trace-file (which thread held the GIL, and where); a diagnostic: "
+                        "faulthandler reads the other threads' stacks while they run, and one such run crashed")
     parser.add_argument("--trace-file", default="gui_stalls.txt")
     args = parser.parse_args()
     if args.trace_gaps:

@@ -208,4 +208,14 @@ class ModelLoad(CancellableRun):
 def _load(name: str, kwargs: dict) -> MSAModel:
     from napari_msa.engine import load_model
 
+    _warm_imports()
     return load_model(name, **kwargs)
+
+
+def _warm_imports() -> None:
+    """napari's first Labels layer imports skimage.color (and scipy.linalg) lazily, on the GUI thread, at the first
+    click's preview: half a second of frozen window (bench_widget.py --trace-gaps). Imported here, on the worker."""
+    try:
+        import skimage.color  # noqa: F401
+    except ImportError:  # napari without scikit-image: nothing to warm
+        pass
