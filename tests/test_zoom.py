@@ -146,3 +146,31 @@ def test_a_mask_as_logits_is_the_mask_resampled_at_plus_minus_the_magnitude(tiny
     logits = mask_to_logits(tiny_model.sam, mask, (213, 256))
     assert logits.max() == pytest.approx(8.0) and logits.min() == pytest.approx(-8.0)
     np.testing.assert_allclose(logits, to_mask_input(tiny_model.sam, np.where(mask, 8.0, -8.0), (213, 256)), atol=1e-5)
+
+
+def test_the_next_clicks_window_can_be_encoded_before_the_click(tiny_model, monkeypatch):
+    """After a first answer, ``prefetch_window`` encodes the window the next click will be decoded in; that click
+    then needs no encoder pass and gives the same mask as without the prefetch."""
+    window = (60, 70, 140, 170)
+    monkeypatch.setattr(interaction, "zoom_window", lambda *args, **kwargs: window)
+    img = np.random.default_rng(4).random(SHAPE).astype(np.float32)
+    clicks, labels = np.array([[100.0, 120.0], [108.0, 112.0]]), [1, 0]
+    plain = Session(tiny_model)
+    plain.set_image(img)
+    plain.rule = InteractionRule(feed_logits=True, zoom=True)
+    assert plain.prefetch_window(0) is None  # nothing clicked yet
+    plain.predict(points=clicks[:1], labels=labels[:1])
+    expected, _ = plain.predict(points=clicks, labels=labels)
+
+    session = Session(tiny_model)
+    session.set_image(img)
+    session.rule = InteractionRule(feed_logits=True, zoom=True)
+    session.predict(points=clicks[:1], labels=labels[:1])
+    assert session.prefetch_window(0) == window
+    encoded = []
+    monkeypatch.setattr(session, "_encode", lambda work: encoded.append(work))
+    mask, _ = session.predict(points=clicks, labels=labels)
+    assert encoded == [] and np.array_equal(mask, expected)
+    assert session.prefetch_window(0) is None  # the answer shown is zoomed already: its window is encoded
+    session.rule = "logits"
+    assert session.prefetch_window(0) is None  # no zoom, no window

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from napari.qt.threading import create_worker
+
 from ._everything import EverythingRun
 from ._volume import VolumeEmbedder
-from ._workers import ImageFeed, LatestWins, Prefetcher, Propagation
+from ._workers import ImageFeed, LatestWins, Prefetcher, Propagation, guarded
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel, Session
@@ -35,6 +37,22 @@ class SegmentJobs:
                                      on_volume_ended)
         self.everything = EverythingRun(self.feed, on_everything, partial(report, "segmenting everything"),
                                         on_change)
+        self._window_worker = None  # encodes the zoom-in window the next click will likely need
+
+    def prefetch_windows(self, slices: list[int]) -> None:
+        """After an answer is shown: encode the windows its next clicks will likely be decoded in (engine.zoom),
+        so the click does not wait for them. A failure costs nothing: the click encodes the window itself."""
+        if self.session is None or self._window_worker is not None:
+            return
+        session = self.session
+        worker = create_worker(guarded(lambda: [session.prefetch_window(z) for z in slices]), _start_thread=False,
+                               _ignore_errors=True)
+        worker.finished.connect(self._window_prefetched)
+        self._window_worker = worker
+        worker.start()
+
+    def _window_prefetched(self) -> None:
+        self._window_worker = None
 
     def use(self, model: MSAModel | None, cache_dir: str | None) -> None:
         """A new model: everything running or waiting is dropped, and a new session starts on it."""
@@ -64,7 +82,7 @@ class SegmentJobs:
     @property
     def idle(self) -> bool:
         return (self.predictions.idle and self.prefetcher.idle and not self.propagation.running
-                and not self.volume.running and not self.everything.running)
+                and not self.volume.running and not self.everything.running and self._window_worker is None)
 
     def activity(self) -> list[str]:
         """What runs now, for the activity line (empty when nothing runs)."""

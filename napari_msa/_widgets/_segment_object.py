@@ -121,6 +121,7 @@ class ObjectEditor:
             return
         masks = self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()})
         painted = self._paint(masks)
+        self.jobs.prefetch_windows(sorted(result))
         where = "" if not L.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
         choice = [f"mask {self.ambiguous[z] + 1} of {CANDIDATES}" for z in result if z in self.ambiguous]

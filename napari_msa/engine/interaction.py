@@ -111,6 +111,7 @@ class Interaction:
 
     rule: InteractionRule
     steps: list[_Step] = field(default_factory=list)
+    last: tuple | None = None  # (points, labels, box) of the last run
 
     def run(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, decode: DecodeFn, *,
             prior: Prior | None = None, candidate: int = 0, shape: tuple[int, int] | None = None) -> Answer:
@@ -148,7 +149,17 @@ class Interaction:
             kept.append(step)
             previous = step.answer
         self.steps = kept
+        self.last = (points, labels, box)
         return previous
+
+    def likely_window(self, shape: tuple[int, int]) -> Window | None:
+        """The window the next click will most likely be decoded in, when it is not the last answer's own (which
+        is encoded already): around the object as last shown. None without zoom or before any answer."""
+        if not self.rule.zoom or not self.steps or self.last is None or self.steps[-1].answer.window is not None:
+            return None
+        points, labels, box = self.last
+        answer = self.steps[-1].answer
+        return zoom_window(shape, answer.mask, points, labels, box) if answer.mask.any() else None
 
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
                 ambiguous: bool, prior_mask: np.ndarray | None = None, shape: tuple[int, int] | None = None) -> Prompt:

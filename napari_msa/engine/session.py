@@ -416,8 +416,7 @@ class Session:
             answer = self._decode(emb, prompt)
         else:
             with self._lock:
-                # the decoder's weights too (tuning bumps version): an interaction's answers are decoder outputs
-                key = (self.image_hash, id(self.model), self.model.version, self.model.weights_key(), z)
+                key = self._interaction_key(z)
                 interaction = self._interactions.pop(key, None) or Interaction(self.rule)
                 self._interactions[key] = interaction  # most recent last
                 while len(self._interactions) > 64:
@@ -431,6 +430,21 @@ class Session:
         self.last_prediction = answer
         self.last_logits = answer.low_logits[None]
         return answer
+
+    def _interaction_key(self, z: int) -> tuple:
+        # the decoder's weights too (tuning bumps version): an interaction's answers are decoder outputs
+        return (self.image_hash, id(self.model), self.model.version, self.model.weights_key(), z)
+
+    def prefetch_window(self, z: int = 0) -> Window | None:
+        """Encode the window the next click on slice ``z``'s current object will most likely be decoded in, so that
+        click does not wait for it (an idle worker of the caller's calls this once an answer is shown)."""
+        self._check_slice(z)
+        with self._lock:
+            interaction = self._interactions.get(self._interaction_key(z))
+            window = None if interaction is None else interaction.likely_window(self.plane_shape)
+        if window is not None:
+            self.window_embedding(z, window)
+        return window
 
     def _decode_step(self, z: int, emb: Embedding, prompt: Prompt) -> Answer:
         """An interaction step: on the slice's embedding, or zoomed in on its window (answers on the slice)."""
