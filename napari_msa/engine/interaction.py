@@ -6,8 +6,8 @@ the mask shown (which steadies a model trained on boxes), both or neither. A box
 step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
 the first answer (and a box the user drew, at once) in a window around the object (``engine.zoom``), re-encoded at
-the model's full input size; its
-answers are pasted back on the slice, and the previous answer's logits are resampled into a new window.
+the model's full input size; its answers are pasted back on the slice, and the previous answer's logits are
+resampled into a new window.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -155,11 +155,10 @@ class Interaction:
     def likely_window(self, shape: tuple[int, int]) -> Window | None:
         """The window the next click will most likely be decoded in, when it is not the last answer's own (which
         is encoded already): around the object as last shown. None without zoom or before any answer."""
-        if not self.rule.zoom or not self.steps or self.last is None or self.steps[-1].answer.window is not None:
+        if not self.steps or self.last is None or self.steps[-1].answer.window is not None:
             return None
         points, labels, box = self.last
-        answer = self.steps[-1].answer
-        return zoom_window(shape, answer.mask, points, labels, box) if answer.mask.any() else None
+        return self._window(points, labels, box, self.steps[-1].answer, shape)  # as a click inside would get
 
     def _prompt(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, previous: Answer | None,
                 ambiguous: bool, prior_mask: np.ndarray | None = None, shape: tuple[int, int] | None = None) -> Prompt:
@@ -190,6 +189,7 @@ class Interaction:
         if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
+
 
 @dataclass(frozen=True)
 class Prior:

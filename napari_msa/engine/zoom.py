@@ -4,8 +4,7 @@ LiteMedSAM sees a slice at 256 px and answers at 64 px, so an object of 80 px on
 low-res pixels: its mask cannot follow the clicks, and the clicks that try make it worse. After the first answer
 to a click (at once for a box the user drew), the interaction re-encodes a square window around the object (its
 mask, the positive clicks and the box, twice their size, at least ``MIN_SIDE`` px) and decodes there, as RITM's
-Zoom-In does
-(BENCHMARKS.md, "Zoom-in"; the constants below were chosen there, on the development sets).
+Zoom-In does (BENCHMARKS.md, "Zoom-in"; the constants below were chosen there, on the development sets).
 
 A window is a (min_row, min_col, max_row, max_col) of half-open pixel bounds on the slice.
 """
