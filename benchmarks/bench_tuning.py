@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from napari_msa import AdapterConfig, load_model
-    from napari_msa.engine.models import get_config
+    from napari_msa.engine.network.architectures import get_config
     from napari_msa.engine.tuning import tune
 
     if args.threads:
@@ -139,7 +139,7 @@ def main() -> None:
 
     from _harness import machine_line  # loads torch: only in the parent, after the workers' arguments
 
-    from napari_msa.engine.models import get_config
+    from napari_msa.engine.network.architectures import get_config
 
     depth = get_config(args.model).depth
     args.last_blocks = args.last_blocks or max(1, depth // 3)

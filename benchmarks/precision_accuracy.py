@@ -73,7 +73,7 @@ def datasets(phantom_slices: int, sets: str = "held-out") -> list[tuple[str, np.
     from pydicom.data import get_testdata_file
 
     from napari_msa._sample_data import phantom_volume
-    from napari_msa.engine.preprocessing import Normalization
+    from napari_msa.engine.network.preprocessing import Normalization
 
     out = []
     if sets in ("dev", "all"):

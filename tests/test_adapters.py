@@ -4,7 +4,7 @@ from model_support import randomize_adapters
 from segment_anything.modeling.image_encoder import Block
 
 from napari_msa.engine import AdapterConfig, build_sam, get_config
-from napari_msa.engine.adapters import (
+from napari_msa.engine.network.adapters import (
     PROMPT_EMBEDDING_KEYS,
     AdaptedBlock,
     adapter_parameter_names,
@@ -127,7 +127,7 @@ def test_trainable_weights_and_counts():
 
 def test_vit_b_adapter_count_matches_reference_arithmetic():
     """Two adapters per block in 2D: 12 × 2 × 295,872 (the reference code's shapes)."""
-    from napari_msa.engine.adapters import Adapter
+    from napari_msa.engine.network.adapters import Adapter
 
     assert sum(p.numel() for p in Adapter(768).parameters()) == 295_872
     with torch.device("meta"):  # vit_b's shapes without its memory

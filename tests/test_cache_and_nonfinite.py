@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_msa import Normalization, Session, load_model
-from napari_msa.engine.preprocessing import intensity_window, to_uint8_rgb
+from napari_msa.engine.network.preprocessing import intensity_window, to_uint8_rgb
 
 
 @pytest.fixture()

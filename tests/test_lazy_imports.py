@@ -111,7 +111,7 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
 
     from napari_msa.engine import catalog, load_model
     from napari_msa.engine.devices import available_devices
-    from napari_msa.engine.models import MODEL_REGISTRY
+    from napari_msa.engine.network.architectures import MODEL_REGISTRY
 
     assert inspect.signature(load_model).parameters["name"].default == catalog.DEFAULT_MODEL
     assert tuple(available_devices()[:2]) == catalog.DEVICES_WITHOUT_TORCH

@@ -10,7 +10,7 @@ import torch
 from napari_msa import Session, load_model
 from napari_msa.engine import catalog
 from napari_msa.engine import runtime as rt
-from napari_msa.engine.adapters import ADAPTER_KEY, AdapterConfig
+from napari_msa.engine.network.adapters import ADAPTER_KEY, AdapterConfig
 
 pytest.importorskip("openvino")  # an install dependency: present wherever the project's own files installed it
 

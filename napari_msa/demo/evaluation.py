@@ -8,7 +8,7 @@ import numpy as np
 
 from napari_msa.engine.geometry import components, dice, most_interior
 from napari_msa.engine.model import MSAModel
-from napari_msa.engine.preprocessing import Normalization
+from napari_msa.engine.network.preprocessing import Normalization
 
 from . import phantoms
 

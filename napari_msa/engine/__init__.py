@@ -11,10 +11,13 @@ import importlib
 from .. import _triton_guard  # noqa: F401  (first: keeps triton out before torchvision loads; see the module)
 
 _WHERE = {
-    "AdapterConfig": "adapters", "inject_adapters": "adapters", "Cancelled": "cancel", "CheckpointError": "file_checks",
-    "DEMO_MODEL_FILE": "catalog", "pick_device": "devices", "load_model": "loading", "MSAModel": "model",
-    "MODEL_REGISTRY": "models", "ModelConfig": "models", "build_sam": "models", "get_config": "models",
-    "Normalization": "preprocessing", "Session": "session", "TuneResult": "tuning", "tune": "tuning",
+    "AdapterConfig": "network.adapters", "inject_adapters": "network.adapters",
+    "MODEL_REGISTRY": "network.architectures", "ModelConfig": "network.architectures",
+    "build_sam": "network.architectures", "get_config": "network.architectures",
+    "Normalization": "network.preprocessing",
+    "Cancelled": "cancel", "CheckpointError": "file_checks", "DEMO_MODEL_FILE": "catalog",
+    "pick_device": "devices", "load_model": "loading", "MSAModel": "model",
+    "Session": "session", "TuneResult": "tuning", "tune": "tuning",
 }
 __all__ = sorted(_WHERE)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from .adapters import ADAPTER_KEY, AdapterConfig
 from .catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
 from .checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
 from .devices import pick_device
@@ -17,9 +16,10 @@ from .file_checks import CheckpointError, described_model, existing_file
 from .litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
 from .model_files import read_adapter, read_model_file
-from .models import MODEL_REGISTRY, ModelConfig, build_sam, get_config
+from .network.adapters import ADAPTER_KEY, AdapterConfig
+from .network.architectures import MODEL_REGISTRY, ModelConfig, build_sam, get_config
+from .network.preprocessing import Normalization
 from .precision import check_precision, openvino_precision, resolve_precision
-from .preprocessing import Normalization
 from .runtime import resolve_runtime
 
 log = logging.getLogger(__name__)

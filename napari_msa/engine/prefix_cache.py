@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .model import MSAModel
-from .preprocessing import normalize_pixels
+from .network.preprocessing import normalize_pixels
 
 
 # --------------------------------------------------------------------------------------------------

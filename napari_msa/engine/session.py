@@ -22,7 +22,7 @@ from .devices import volume_batch_size
 from .geometry import grown_box, most_interior
 from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel
-from .preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
+from .network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts, stop_rule
 from .zoom import Window, box_in, paste, points_in
 

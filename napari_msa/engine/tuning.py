@@ -23,7 +23,7 @@ import torch
 from . import distributed
 from .cancel import CancelFn, Cancelled
 from .model import MSAModel
-from .preprocessing import Normalization
+from .network.preprocessing import Normalization
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 from .tuning_budget import step_budget
 from .tuning_data import build_pairs, split_pairs

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from . import distributed
-from .adapters import set_depth_slices, set_trainable
 from .held_out import VAL_CLICKS, HeldOut, evaluate
 from .interaction import InteractionRule
 from .model import MSAModel
+from .network.adapters import set_depth_slices, set_trainable
 from .prefix_cache import PrefixCache, SplitEncoder, encoder_units, first_adapted_block
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 from .tuning_data import Pair, TrainingSlice

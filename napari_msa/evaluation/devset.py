@@ -53,7 +53,7 @@ class DevImage:
     name: str  # e.g. "nilearn MNI152 T1 axial z=95"
     modality: str  # "CT" | "MRI" | "US" | "fundus" | "dermoscopy" | "microscopy"
     image: np.ndarray  # (Y, X) or (Y, X, 3), float32 or native ints, as the user would open it
-    normalization: str  # "ct" | "percentile" | "none" (napari_msa.engine.preprocessing.Normalization presets)
+    normalization: str  # "ct" | "percentile" | "none" (napari_msa.engine.network.preprocessing.Normalization presets)
     source: str  # package + file
     licence: str
     objects: list[DevObject]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_msa.engine.preprocessing import Normalization, intensity_window, to_uint8_rgb
+from napari_msa.engine.network.preprocessing import Normalization, intensity_window, to_uint8_rgb
 
 HELD_OUT_MODALITIES = ("CT", "MR")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .catalog import NORMALIZATION_PRESETS
+from ..catalog import NORMALIZATION_PRESETS
 
 PREPROCESSING_VERSION = 2  # part of embedding-cache keys: bump when pixels reach the encoder differently
 
