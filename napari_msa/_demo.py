@@ -201,7 +201,7 @@ def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_f
 def _write_png(array: np.ndarray, path: Path) -> Path:
     import imageio.v3 as iio
 
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     return atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
 

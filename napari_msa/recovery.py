@@ -66,7 +66,7 @@ class RecoveryFile:
         if not np.any(labels):
             self.discard()
             return
-        from napari_msa.engine.checkpoints import atomic_write  # a commit came first: the engine is loaded
+        from napari_msa.engine.files.checkpoints import atomic_write  # a commit came first: the engine is loaded
 
         meta = {"image_name": image_name, "saved_at": time.time(), "objects": int(len(np.unique(labels)) - 1)}
 

@@ -322,7 +322,7 @@ def test_replacing_an_output_keeps_its_mode_and_writes_through_a_symlink(folder,
 
 
 def test_the_engine_refuses_to_replace_a_read_only_file(tmp_path):
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     ro = tmp_path / "ro.bin"
     ro.write_bytes(b"keep")
@@ -334,7 +334,7 @@ def test_the_engine_refuses_to_replace_a_read_only_file(tmp_path):
 
 _KILLED_WRITE = textwrap.dedent("""
     import os, signal, sys, time
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     def write(tmp):
         open(tmp, "wb").write(b"half")
@@ -347,7 +347,7 @@ _KILLED_WRITE = textwrap.dedent("""
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_a_killed_write_keeps_the_old_file_and_leaves_no_temp_file_behind(tmp_path, sig):
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     path = tmp_path / "adapter.safetensors"
     path.write_bytes(b"old")
@@ -364,7 +364,7 @@ def test_a_killed_write_keeps_the_old_file_and_leaves_no_temp_file_behind(tmp_pa
 
 
 def test_a_live_writers_temp_file_is_left_alone(tmp_path):
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     path = tmp_path / "a.bin"
     live = tmp_path / f".a.bin.napari-msa-tmp.{os.getppid()}.abcdefgh.tmp"  # pytest's runner is alive
@@ -378,7 +378,7 @@ def test_a_live_writers_temp_file_is_left_alone(tmp_path):
 def test_files_beside_the_output_that_only_look_like_temps_are_never_removed(tmp_path):
     """The user's '.out.tif.backup__.tmp' or '.out.tif.99999.precious.tmp' are not ours: only a file with our
     mark, a dead writer's pid and mkstemp's characters is removed as a stale temp."""
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     path = tmp_path / "out.tif"
     users = [".out.tif.backup__.tmp", ".out.tif.99999.precious.tmp", ".out.tif.99999999.abcdefgh.tmp",
@@ -518,7 +518,7 @@ def test_an_output_that_is_a_pipe_or_a_device_is_refused_and_left_in_place(tmp_p
     import stat
 
     from napari_msa.cli import main
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     out = tmp_path / "out.tif"
     if kind == "fifo":

@@ -9,8 +9,8 @@ from segment_anything.modeling.image_encoder import get_rel_pos
 
 from napari_msa import load_model
 from napari_msa.engine import AdapterConfig, CheckpointError, Session, build_sam, get_config
-from napari_msa.engine.checkpoints import resize_rel_pos
-from napari_msa.engine.model_files import read_adapter_metadata
+from napari_msa.engine.files.checkpoints import resize_rel_pos
+from napari_msa.engine.files.formats import read_adapter_metadata
 
 
 def _save_sam_pth(tmp_path: Path, name="tiny", **kwargs) -> tuple[Path, dict]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_msa.engine import AdapterConfig, CheckpointError, Normalization, Session, load_model
-from napari_msa.engine.litemedsam import WEIGHTS_SHA256, bundled_weights
+from napari_msa.engine.files.litemedsam import WEIGHTS_SHA256, bundled_weights
 
 # One click per object on 3 held-out phantom slices with the shipped adapter; the floor sits below the measure.
 CLICK_DICE_FLOOR = 0.80  # measured 0.906 (19 objects; 0.862 before the IoU head was refitted); untuned 0.030

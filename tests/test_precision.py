@@ -242,7 +242,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
 def test_widget_loads_with_the_chosen_precision(make_napari_viewer, qtbot, tmp_path):
     from segment_support import wait_idle
 
-    from napari_msa.engine.model_files import save_model_file
+    from napari_msa.engine.files.formats import save_model_file
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")

@@ -11,7 +11,7 @@ from napari_msa import Session, load_model
 from napari_msa._widgets._hub import hub_for
 from napari_msa._widgets.segment_widget import SegmentWidget
 from napari_msa.engine import DEMO_MODEL_FILE
-from napari_msa.engine.model_files import save_model_file
+from napari_msa.engine.files.formats import save_model_file
 
 SCALE = (2.0, 0.5)
 TRANSLATE = (10.0, -5.0)

@@ -15,7 +15,7 @@ from tuning_support import blob_task
 
 from napari_msa import Session, load_model
 from napari_msa.cli import main
-from napari_msa.engine.model_files import read_adapter_metadata
+from napari_msa.engine.files.formats import read_adapter_metadata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,7 +19,7 @@ from tuning_support import blob_task
 
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa.engine.model_files import save_model_file
+from napari_msa.engine.files.formats import save_model_file
 
 
 class DockRecorder:

@@ -86,7 +86,7 @@ def write_labels(path: str | Path, labels: np.ndarray, source: ImageFile) -> Pat
     import tifffile
 
     from napari_msa import medical_io
-    from napari_msa.engine.checkpoints import atomic_write
+    from napari_msa.engine.files.checkpoints import atomic_write
 
     path = Path(path)
     if medical_io.is_nifti_name(path) or path.suffix.lower() == ".dcm":

@@ -97,7 +97,7 @@ def _load_model(args: argparse.Namespace):
     if args.last_blocks is None:
         return model_from_args(args)  # with the shipped adapter, tuning starts from it
     from napari_msa.engine import AdapterConfig, CheckpointError, get_config, load_model
-    from napari_msa.engine.model_files import adapter_config_of, read_adapter_metadata
+    from napari_msa.engine.files.formats import adapter_config_of, read_adapter_metadata
 
     if args.adapter:
         raise CLIError("--last-blocks builds new adapters; leave out --adapter (its file fixes where adapters sit)")

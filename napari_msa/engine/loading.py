@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from .catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
-from .checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
 from .devices import pick_device
 from .file_checks import CheckpointError, described_model, existing_file
-from .litemedsam import CREDIT, bundled_weights
+from .files.checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
+from .files.formats import read_adapter, read_model_file
+from .files.litemedsam import CREDIT, bundled_weights
 from .model import MSAModel
-from .model_files import read_adapter, read_model_file
 from .network.adapters import ADAPTER_KEY, AdapterConfig
 from .network.architectures import MODEL_REGISTRY, ModelConfig, build_sam, get_config
 from .network.preprocessing import Normalization

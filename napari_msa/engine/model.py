@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from .catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
-from .checkpoints import LoadReport
 from .file_checks import CheckpointError
+from .files.checkpoints import LoadReport
+from .files.formats import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
 from .interaction import InteractionRule
-from .model_files import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
 from .network.adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from .network.architectures import ModelConfig, base_fingerprint
 from .network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .cancel import CancelFn, Cancelled, ProgressFn
-from .checkpoints import atomic_write
 from .decoding import decode, image_masks, mask_to_logits, to_input_frame, to_mask_input
 from .devices import volume_batch_size
+from .files.checkpoints import atomic_write
 from .geometry import grown_box, most_interior
 from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from .model import MSAModel

@@ -33,7 +33,7 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, geometry: Geometry,
     from pydicom.sr.codedict import codes
 
     from napari_msa import __version__
-    from napari_msa.engine.checkpoints import atomic_write  # writing a file: the engine's atomic write
+    from napari_msa.engine.files.checkpoints import atomic_write  # writing a file: the engine's atomic write
 
     files = geometry.info.get("source_files") if geometry.fmt == "dicom" else None
     if not files:

@@ -195,7 +195,7 @@ def write_nifti_labels(path: str | Path, labels: np.ndarray, geometry: Geometry 
     ``Geometry.default``). Everything is checked and encoded before the file is touched, and the file appears
     whole or not at all.
     """
-    from napari_msa.engine.checkpoints import atomic_write  # loads torch: only when a file is written
+    from napari_msa.engine.files.checkpoints import atomic_write  # loads torch: only when a file is written
 
     path = Path(path)
     if not is_nifti_name(path):

@@ -17,10 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..file_checks import CheckpointError, existing_file
+from ..network.adapters import AdapterConfig, is_trainable
+from ..network.preprocessing import Normalization
 from .checkpoints import atomic_write
-from .file_checks import CheckpointError, existing_file
-from .network.adapters import AdapterConfig, is_trainable
-from .network.preprocessing import Normalization
 
 MODEL_FORMAT = "napari-msa-model/1"
 ADAPTER_FORMAT = "napari-msa-adapter/1"
@@ -148,7 +148,7 @@ def _decoded_adapter_metadata(meta: dict, path: Path) -> dict:
 
 def _adapter_meta_problem(meta: dict) -> str | None:
     """What is wrong with decoded adapter metadata (types and ranges), or None: every reader may then trust it."""
-    from .network.preprocessing import Normalization
+    from ..network.preprocessing import Normalization
 
     def is_int(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)

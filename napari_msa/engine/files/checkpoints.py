@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .file_checks import CheckpointError, existing_file
-from .network.adapters import ADAPTER_KEY
-from .network.architectures import MODEL_REGISTRY, PATCH_SIZE
+from ..file_checks import CheckpointError, existing_file
+from ..network.adapters import ADAPTER_KEY
+from ..network.architectures import MODEL_REGISTRY, PATCH_SIZE
 
 log = logging.getLogger(__name__)
 

