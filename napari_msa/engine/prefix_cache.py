@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .model import MSAModel
+from .network.encoder import ImageEncoder
 from .network.preprocessing import normalize_pixels
 
 
@@ -30,27 +31,9 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(a, k % 4))
 
 
-def encoder_units(encoder: nn.Module) -> list[nn.Module]:
-    """The modules between stem and neck in run order: SAM's ViT blocks, or TinyViT's blocks and mergings."""
-    return encoder.units() if hasattr(encoder, "units") else list(encoder.blocks)
-
-
-def encoder_stem(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(encoder, "stem"):
-        return encoder.stem(x)
-    t = encoder.patch_embed(x)
-    return t + encoder.pos_embed if encoder.pos_embed is not None else t
-
-
-def encoder_head(encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    if hasattr(encoder, "head"):
-        return encoder.head(tokens)
-    return encoder.neck(tokens.permute(0, 3, 1, 2))
-
-
 def first_adapted_block(sam: nn.Module) -> int:
     """Index of the first encoder unit with adapters (number of units when none has)."""
-    units = encoder_units(sam.image_encoder)
+    units = sam.image_encoder.units()
     return next((i for i, u in enumerate(units) if getattr(u, "Space_Adapter", None) is not None), len(units))
 
 
@@ -91,11 +74,11 @@ class SplitEncoder:
 
     def __init__(self, model: MSAModel, start: int, cache: PrefixCache | None, checkpoint: bool = False) -> None:
         self.model = model
-        self.encoder = model.sam.image_encoder
+        self.encoder: ImageEncoder = model.sam.image_encoder
         self.start = start  # first block that must run with gradients
         self.cache = cache
         self.checkpoint = checkpoint  # recompute block activations in backward instead of keeping them
-        self.units = encoder_units(self.encoder)
+        self.units = self.encoder.units()
         # With the whole encoder frozen (decoder-only tuning) the cache holds finished embeddings: a step
         # then costs one decoder pass per prompt round.
         self.frozen_head = start >= len(self.units) and not any(p.requires_grad for p in self.encoder.parameters())
@@ -120,11 +103,11 @@ class SplitEncoder:
 
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
-            t = encoder_stem(self.encoder, x)
+            t = self.encoder.stem(x)
             for unit in self.units[: self.start]:
                 t = unit(t)
             if self.frozen_head:
-                t = encoder_head(self.encoder, t)
+                t = self.encoder.head(t)
         return t.float()
 
     def _blocks(self, t: torch.Tensor, blocks) -> torch.Tensor:
@@ -141,14 +124,14 @@ class SplitEncoder:
             return t
         with self._autocast():
             t = self._blocks(t, self.units[self.start:])
-            return encoder_head(self.encoder, t).float()
+            return self.encoder.head(t).float()
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             if not self.checkpoint:
                 return self.encoder(x).float()
-            t = self._blocks(encoder_stem(self.encoder, x), self.units)
-            return encoder_head(self.encoder, t).float()
+            t = self._blocks(self.encoder.stem(x), self.units)
+            return self.encoder.head(t).float()
 
     def tokens(self, keys: list[tuple[int, int]],
                make_input: Callable[[tuple[int, int]], torch.Tensor]) -> torch.Tensor:

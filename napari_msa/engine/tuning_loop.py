@@ -17,7 +17,7 @@ from .held_out import VAL_CLICKS, HeldOut, evaluate
 from .interaction import InteractionRule
 from .model import MSAModel
 from .network.adapters import set_depth_slices, set_trainable
-from .prefix_cache import PrefixCache, SplitEncoder, encoder_units, first_adapted_block
+from .prefix_cache import PrefixCache, SplitEncoder, first_adapted_block
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 from .tuning_data import Pair, TrainingSlice
 from .tuning_step import Sample, StepModule
@@ -122,7 +122,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     sam, device, world = model.sam, model.device, dist_info.world_size
     set_depth_slices(sam, 1)
     params = set_trainable(sam, adapters=cfg.train_adapters, decoder=cfg.train_decoder, everything=cfg.full_finetune)
-    units = len(encoder_units(sam.image_encoder))
+    units = len(sam.image_encoder.units())
     start = 0 if cfg.full_finetune else first_adapted_block(sam) if cfg.train_adapters else units
     use_cache = (start > 0) if cfg.cache_prefix is None else bool(cfg.cache_prefix)
     if use_cache and start == 0:

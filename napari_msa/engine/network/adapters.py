@@ -16,6 +16,8 @@ from segment_anything.modeling.image_encoder import Block, window_partition, win
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
+from .encoder import ImageEncoder
+
 ADAPTER_KEY = "Adapter"
 DEPTH_ADAPTER = "Depth_Adapter"
 MLP_ADAPTER_SCALE = 0.5
@@ -127,22 +129,23 @@ def _decoder_image_hook(layer: TwoWayAttentionBlock, module, args, kwargs, outpu
     return output + layer.HyP_Adapter(output, kwargs["k"])
 
 
-def _inject_tinyvit(encoder: nn.Module, config: AdapterConfig) -> None:
+def _inject_tinyvit(encoder: ImageEncoder, config: AdapterConfig) -> None:
     if config.depth:
         raise ValueError(
             "depth adapters are not available for LiteMedSAM's TinyViT encoder (its attention biases are sized "
             "per 2D window, so there is no frozen attention to reuse across slices); tune it without depth"
         )
-    blocks = encoder.attention_blocks()
+    blocks = encoder.adapter_blocks()
     for i in config.adapted_blocks(len(blocks)):
         dim = blocks[i].attn.norm.normalized_shape[0]
         blocks[i].Space_Adapter = Adapter(dim, config.bottleneck_ratio)
         blocks[i].MLP_Adapter = Adapter(dim, config.bottleneck_ratio)
 
 
-def _inject_vit(encoder: nn.Module, config: AdapterConfig) -> None:
-    for i in config.adapted_blocks(len(encoder.blocks)):
-        block = encoder.blocks[i]
+def _inject_vit(encoder: ImageEncoder, config: AdapterConfig) -> None:
+    blocks = encoder.adapter_blocks()
+    for i in config.adapted_blocks(len(blocks)):
+        block = blocks[i]
         dim = block.norm1.normalized_shape[0]
         block.__class__ = AdaptedBlock
         block.Space_Adapter = Adapter(dim, config.bottleneck_ratio)
@@ -153,8 +156,8 @@ def _inject_vit(encoder: nn.Module, config: AdapterConfig) -> None:
 
 def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
     """Attach zero-initialised adapters to ``sam`` (a segment_anything ``Sam``) in place."""
-    encoder = sam.image_encoder
-    if hasattr(encoder, "attention_blocks"):  # LiteMedSAM's TinyViT: its blocks have adapter slots of their own
+    encoder: ImageEncoder = sam.image_encoder
+    if encoder.adapters_built_in:  # LiteMedSAM's TinyViT: its blocks have adapter slots of their own
         _inject_tinyvit(encoder, config)
     else:
         _inject_vit(encoder, config)
@@ -173,7 +176,7 @@ def inject_adapters(sam: nn.Module, config: AdapterConfig) -> nn.Module:
 
 def set_depth_slices(sam: nn.Module, slices: int) -> None:
     """Tell the depth adapters that each batch holds volumes of ``slices`` consecutive slices."""
-    for block in getattr(sam.image_encoder, "blocks", ()):
+    for block in sam.image_encoder.adapter_blocks():
         if isinstance(block, AdaptedBlock):
             block.depth_slices = int(slices)
 

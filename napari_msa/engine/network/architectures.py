@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from .adapters import ADAPTER_KEY, AdapterConfig, inject_adapters
+from .encoder import SamViTEncoder
 from .tiny_vit import TinyViTConfig, TinyViTEncoder
 
 PATCH_SIZE = 16
@@ -162,8 +163,8 @@ def build_sam(config: ModelConfig, adapter: AdapterConfig | None = None) -> Sam:
     return sam
 
 
-def _vit_encoder(config: ModelConfig) -> ImageEncoderViT:
-    return ImageEncoderViT(
+def _vit_encoder(config: ModelConfig) -> SamViTEncoder:
+    return SamViTEncoder(
         img_size=config.image_size,
         patch_size=PATCH_SIZE,
         embed_dim=config.embed_dim,

@@ -15,6 +15,7 @@ resolution except into the last stage), and SAM's neck to a 256-channel 64×64 e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,9 @@ class LayerNorm2d(nn.Module):
 
 
 class TinyViTEncoder(nn.Module):
-    """(B, 3, S, S) pixels → (B, 256, S/4, S/4) image embedding."""
+    """(B, 3, S, S) pixels → (B, 256, S/4, S/4) image embedding; the engine's encoder interface (``encoder``)."""
+
+    adapters_built_in: ClassVar[bool] = True  # every attention block has its adapter slots
 
     def __init__(self, config: TinyViTConfig | None = None) -> None:
         super().__init__()
@@ -231,8 +234,8 @@ class TinyViTEncoder(nn.Module):
             LayerNorm2d(cfg.out_chans),
         )
 
-    def attention_blocks(self) -> list[TinyViTBlock]:
-        """The blocks MSA adapters go into, in order (stages 1–3)."""
+    def adapter_blocks(self) -> list[TinyViTBlock]:
+        """The blocks MSA adapters go into, in order: the attention blocks (stages 1–3)."""
         return [b for stage in self.layers for b in stage.blocks if isinstance(b, TinyViTBlock)]
 
     def units(self) -> list[nn.Module]:
