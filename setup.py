@@ -26,7 +26,7 @@ setup(
         "nibabel>=5.0",  # NIfTI in and labels out, with their geometry (napari_msa.medical_io)
         "pydicom>=3.0",  # DICOM files and series folders
         "highdicom>=0.28",  # labels of a DICOM series saved as DICOM SEG (napari_msa.medical_io.dicom_seg)
-        "openvino>=2024.0",  # the image encoder on CPUs, exported from torch (napari_msa.engine.runtime)
+        "openvino>=2024.0",  # the image encoder on CPUs, exported from torch (napari_msa.engine.model.runtime)
         "tqdm",
         "napari>=0.5",
         "magicgui",

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.engine.catalog import CLICK_ADAPTER_FILE, litemedsam_installed  # noqa: E402
 from napari_msa.engine.files.formats import adapter_config_of, read_adapter_metadata  # noqa: E402
-from napari_msa.engine.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
-from napari_msa.engine.runtime import (  # noqa: E402
+from napari_msa.engine.model.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from napari_msa.engine.model.runtime import (  # noqa: E402
     GRAPH_DIR_ENV,
     OpenVINOEncoder,
     openvino_available,

@@ -110,7 +110,7 @@ def test_what_the_widgets_offer_before_loading_is_what_the_engine_does():
     import inspect
 
     from napari_msa.engine import catalog, load_model
-    from napari_msa.engine.devices import available_devices
+    from napari_msa.engine.model.devices import available_devices
     from napari_msa.engine.network.architectures import MODEL_REGISTRY
 
     assert inspect.signature(load_model).parameters["name"].default == catalog.DEFAULT_MODEL

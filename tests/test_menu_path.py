@@ -140,7 +140,7 @@ def test_the_default_model_preloads_after_the_viewer_and_answers_a_click(tmp_pat
                           timeout=300, env=env)
     _assert_ok(proc)
     assert "preloaded LiteMedSAM" in proc.stdout, proc.stdout
-    from napari_msa.engine.runtime import openvino_available
+    from napari_msa.engine.model.runtime import openvino_available
 
     if openvino_available():
         assert "OpenVINO" in proc.stdout and "answered on the OpenVINO graph" in proc.stdout, proc.stdout

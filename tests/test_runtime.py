@@ -1,4 +1,4 @@
-"""The encoder on OpenVINO (napari_msa.engine.runtime): the same numbers as torch fp32, exported once per weights
+"""The encoder on OpenVINO (napari_msa.engine.model.runtime): the same numbers as torch fp32, exported once per weights
 key and found again, torch in charge until the graph is ready and after a failed export."""
 
 import warnings
@@ -9,7 +9,7 @@ import torch
 
 from napari_msa import Session, load_model
 from napari_msa.engine import catalog
-from napari_msa.engine import runtime as rt
+from napari_msa.engine.model import runtime as rt
 from napari_msa.engine.network.adapters import ADAPTER_KEY, AdapterConfig
 
 pytest.importorskip("openvino")  # an install dependency: present wherever the project's own files installed it

@@ -121,7 +121,7 @@ class ModelPanel:
 
     def _show_choice(self, model: MSAModel) -> None:
         """Make the fields show what is loaded (it may come from the Tune widget or the demo)."""
-        from napari_msa.engine.devices import available_devices  # a model is loaded: torch is there
+        from napari_msa.engine.model.devices import available_devices  # a model is loaded: torch is there
 
         name = "demo" if model.is_demo else model.name
         if name in catalog.MODEL_NAMES and self.combo.model().item(catalog.MODEL_NAMES.index(name)).isEnabled():

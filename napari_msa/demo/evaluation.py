@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_msa.engine.geometry import components, dice, most_interior
-from napari_msa.engine.model import MSAModel
+from napari_msa.engine.model.msa_model import MSAModel
 from napari_msa.engine.network.preprocessing import Normalization
 
 from . import phantoms

@@ -39,7 +39,7 @@ from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.files.formats import read_model_file, save_model_file
 from napari_msa.engine.geometry import components, exact_depth
 from napari_msa.engine.losses import bce_dice_loss, hard_iou, soft_dice_loss
-from napari_msa.engine.model import MSAModel
+from napari_msa.engine.model.msa_model import MSAModel
 from napari_msa.engine.network.architectures import SAM_PIXEL_MEAN, SAM_PIXEL_STD, ModelConfig, build_sam, get_config
 from napari_msa.engine.network.preprocessing import Normalization, encoder_input, to_uint8_rgb
 
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.eval_only:
-        from napari_msa.engine.loading import load_model
+        from napari_msa.engine.model.loading import load_model
 
         model = load_model("demo", checkpoint=args.out, device="cpu")
         result = evaluate_heldout(model, args.eval_slices, args.seed)

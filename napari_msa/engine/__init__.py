@@ -16,7 +16,7 @@ _WHERE = {
     "build_sam": "network.architectures", "get_config": "network.architectures",
     "Normalization": "network.preprocessing",
     "Cancelled": "cancel", "CheckpointError": "file_checks", "DEMO_MODEL_FILE": "catalog",
-    "pick_device": "devices", "load_model": "loading", "MSAModel": "model",
+    "pick_device": "model.devices", "load_model": "model.loading", "MSAModel": "model.msa_model",
     "Session": "session", "TuneResult": "tuning", "tune": "tuning",
 }
 __all__ = sorted(_WHERE)

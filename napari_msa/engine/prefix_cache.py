@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .model import MSAModel
+from .model.msa_model import MSAModel
 from .network.encoder import ImageEncoder
 from .network.preprocessing import normalize_pixels
 

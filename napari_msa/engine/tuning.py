@@ -22,7 +22,7 @@ import torch
 
 from . import distributed
 from .cancel import CancelFn, Cancelled
-from .model import MSAModel
+from .model.msa_model import MSAModel
 from .network.preprocessing import Normalization
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 from .tuning_budget import step_budget

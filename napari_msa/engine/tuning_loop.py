@@ -15,7 +15,7 @@ from torch import nn
 from . import distributed
 from .held_out import VAL_CLICKS, HeldOut, evaluate
 from .interaction import InteractionRule
-from .model import MSAModel
+from .model.msa_model import MSAModel
 from .network.adapters import set_depth_slices, set_trainable
 from .prefix_cache import PrefixCache, SplitEncoder, first_adapted_block
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged

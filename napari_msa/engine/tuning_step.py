@@ -21,7 +21,7 @@ from .decoding import decode, upscale_logits
 from .geometry import clicked_object_box, depth_map, interior_click
 from .interaction import InteractionRule
 from .losses import bce_dice_loss, hard_iou
-from .model import MSAModel
+from .model.msa_model import MSAModel
 from .prefix_cache import SplitEncoder, dihedral
 from .tuning_data import TrainingSlice, correction_click, jittered_box
 

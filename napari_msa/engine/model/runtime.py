@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .catalog import RUNTIME_ENV, RUNTIMES, check_setting
+from ..catalog import RUNTIME_ENV, RUNTIMES, check_setting
 
 log = logging.getLogger(__name__)
 

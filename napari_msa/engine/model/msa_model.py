@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
-from .file_checks import CheckpointError
-from .files.checkpoints import LoadReport
-from .files.formats import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
-from .interaction import InteractionRule
-from .network.adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
-from .network.architectures import ModelConfig, base_fingerprint
-from .network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
+from ..catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
+from ..file_checks import CheckpointError
+from ..files.checkpoints import LoadReport
+from ..files.formats import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
+from ..interaction import InteractionRule
+from ..network.adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
+from ..network.architectures import ModelConfig, base_fingerprint
+from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 from .precision import FP32_EXACT, Precision
 from .runtime import OpenVINOEncoder
 
@@ -49,7 +49,7 @@ class MSAModel:
                  precision: Precision = FP32_EXACT, runtime: str = "torch") -> None:
         self.sam = sam.to(device).eval()
         self.precision = precision
-        self.runtime = runtime  # 'torch' or 'openvino' (engine.runtime): where the image encoder runs
+        self.runtime = runtime  # 'torch' or 'openvino' (engine.model.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)

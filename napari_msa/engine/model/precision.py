@@ -10,7 +10,7 @@ Three settings, chosen with ``load_model(precision=...)``, ``--precision`` or th
   showed to keep the masks and to be faster (BENCHMARKS.md, "Precision and speed"): bf16 on CUDA and on
   CPUs with native bf16 instructions (AVX512-BF16 or AMX) while ``BF16_KEEPS_MASKS`` holds (since
   2026-12-05 it does not: bf16 missed the gate on the development set); elsewhere fp32, channels-last,
-  embeddings cached as fp16. On CPUs ``engine.runtime`` runs 'auto' on OpenVINO in fp32.
+  embeddings cached as fp16. On CPUs ``engine.model.runtime`` runs 'auto' on OpenVINO in fp32.
 
 The environment variable ``NAPARI_MSA_PRECISION`` (fp32, bf16 or auto) sets what ``precision=None``
 means, e.g. to make every model of a process exact (the test suite does so).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .catalog import PRECISION_ENV, PRECISIONS, check_setting
+from ..catalog import PRECISION_ENV, PRECISIONS, check_setting
 
 # --- decided from the benchmarks' tables (BENCHMARKS.md, "Precision and speed", "The accuracy gate again"); change
 # them only with new figures. bf16 masks failed the gate (mean Dice >= 0.99, none < 0.95) on the development set of
@@ -129,7 +129,7 @@ def resolve_precision(precision: str | None, device: torch.device) -> Precision:
 
 
 def openvino_precision(precision: str) -> Precision:
-    """The precision of an encoder run by OpenVINO (engine.runtime): its fp32, the exact numbers; ``auto`` keeps
+    """The precision of an encoder run by OpenVINO (engine.model.runtime): its fp32, the exact numbers; ``auto`` keeps
     embeddings as fp16 like torch's ``auto`` (measured to keep the masks)."""
     if precision == "fp32":
         return FP32_EXACT

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from .catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
+from ..catalog import DEFAULT_ADAPTERS, DEFAULT_MODEL, DEMO_MODEL_FILE, DEMO_MODEL_NAME, LITEMEDSAM_NAME
+from ..file_checks import CheckpointError, described_model, existing_file
+from ..files.checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
+from ..files.formats import read_adapter, read_model_file
+from ..files.litemedsam import CREDIT, bundled_weights
+from ..network.adapters import ADAPTER_KEY, AdapterConfig
+from ..network.architectures import MODEL_REGISTRY, ModelConfig, build_sam, get_config
+from ..network.preprocessing import Normalization
 from .devices import pick_device
-from .file_checks import CheckpointError, described_model, existing_file
-from .files.checkpoints import LoadReport, load_sam_state, read_torch_checkpoint
-from .files.formats import read_adapter, read_model_file
-from .files.litemedsam import CREDIT, bundled_weights
-from .model import MSAModel
-from .network.adapters import ADAPTER_KEY, AdapterConfig
-from .network.architectures import MODEL_REGISTRY, ModelConfig, build_sam, get_config
-from .network.preprocessing import Normalization
+from .msa_model import MSAModel
 from .precision import check_precision, openvino_precision, resolve_precision
 from .runtime import resolve_runtime
 
@@ -48,8 +48,8 @@ def load_model(
     napari-msa safetensors adapter (its architecture and image size are used to build the model);
     'auto' (the default) means the adapter shipped for this model (LiteMedSAM's click adapter), if
     any; None means none. ``precision``: 'auto', 'fp32' (the reference arithmetic, bit for bit) or 'bf16'
-    for the image encoder (``engine.precision``); None means $NAPARI_MSA_PRECISION, else 'auto'. ``runtime``:
-    where the encoder runs, 'auto', 'torch' or 'openvino' (``engine.runtime``); None means $NAPARI_MSA_RUNTIME,
+    for the image encoder (``engine.model.precision``); None means $NAPARI_MSA_PRECISION, else 'auto'. ``runtime``:
+    where the encoder runs, 'auto', 'torch' or 'openvino' (``engine.model.runtime``); None means $NAPARI_MSA_RUNTIME,
     else 'auto' (OpenVINO on a CPU when installed and the precision is 'auto').
     """
     dev = pick_device(device)
