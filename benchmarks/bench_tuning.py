@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from napari_msa import AdapterConfig, load_model
     from napari_msa.engine.network.architectures import get_config
-    from napari_msa.engine.tuning import tune
+    from napari_msa.engine.tuning.api import tune
 
     if args.threads:
         torch.set_num_threads(args.threads)

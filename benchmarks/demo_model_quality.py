@@ -4,7 +4,7 @@
    at the most interior pixel of every object (a connected piece of a label, >= 64 px), Dice per object, reported
    overall and per object-size bin, with the CT window and with the default percentile normalisation.
 2. The real CT slice (pydicom's CT_small, HU) against its rule-based reference masks (spinal canal, aorta; see
-   sample_data/README.md): zero-shot, then after tuning adapters with ``napari_msa.engine.tuning.tune`` on this
+   sample_data/README.md): zero-shot, then after tuning adapters with ``napari_msa.engine.tuning.api.tune`` on this
    slice's reference masks (in-sample, what a user does), and tuned on one structure and measured on the other
    (a held-out check).
 
@@ -50,7 +50,7 @@ def ct_dice(model, hu: np.ndarray, ref: np.ndarray, names: dict[int, str], norm:
 
 
 def tuned(model, hu: np.ndarray, ref: np.ndarray, steps: int, norm: Normalization, seed: int = 0):
-    from napari_msa.engine.tuning import tune
+    from napari_msa.engine.tuning.api import tune
 
     result = tune(model, hu, ref, steps=steps, normalization=norm, seed=seed, val_fraction=0.0, patience=10**6)
     return result.model

@@ -34,7 +34,7 @@ from tuning_gain import CT, SHAPE, objects_of  # noqa: E402
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
 from napari_msa.engine.geometry import clicked_object_box, depth_map, dice, most_interior  # noqa: E402
-from napari_msa.engine.tuning_data import correction_click  # noqa: E402
+from napari_msa.engine.tuning.data import correction_click  # noqa: E402
 
 DEV_SEEDS = (7001, 7002, 7003, 7004)
 NEEDS_REFINING = 0.9

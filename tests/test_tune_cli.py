@@ -92,7 +92,7 @@ def test_bad_inputs_give_one_clear_line(task_files, tmp_path, capsys):
 def test_torchrun_two_processes_match_one_process(task_files, tmp_path):
     """2 gloo processes × 1 slice per step give the weights 1 process × 2 slices per step gives (same seed,
     same samples: turns are numbered over all processes)."""
-    from napari_msa.engine.tuning import tune
+    from napari_msa.engine.tuning.api import tune
 
     image, labels, images = task_files
     common = [str(image), str(labels), "--model", "tiny", "--steps", "3", "--lr", "3e-3", "--seed", "3",

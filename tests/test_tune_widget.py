@@ -123,7 +123,7 @@ def test_discard_goes_back_to_the_model_tuning_started_from(tuner, qtbot):
 
 
 def test_results_table_marks_a_label_that_got_worse():
-    from napari_msa.engine.tune_types import DiceChange, TuneConfig, TuneSummary
+    from napari_msa.engine.tuning.tune_types import DiceChange, TuneConfig, TuneSummary
 
     summary = TuneSummary(config=TuneConfig(), model="tiny", image_size=48, n_slices=2, n_train_objects=2,
                           n_val_objects=2, split="slice", steps_done=4, stopped="completed", kept="tuned", best_step=4,

@@ -15,8 +15,8 @@ from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.files.formats import read_adapter_metadata
 from napari_msa.engine.geometry import interior_click
 from napari_msa.engine.network.adapters import is_trainable
-from napari_msa.engine.tuning import TuneProgress, tune
-from napari_msa.engine.tuning_data import build_pairs, correction_click, jittered_box, split_pairs
+from napari_msa.engine.tuning.api import TuneProgress, tune
+from napari_msa.engine.tuning.data import build_pairs, correction_click, jittered_box, split_pairs
 
 SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
 
@@ -150,7 +150,7 @@ def test_training_decoder_path_matches_the_session():
     An asymmetric off-centre object on a non-square image already at the model's scale: a swapped
     x/y anywhere would prompt another place and the masks would differ.
     """
-    from napari_msa.engine.prefix_cache import SplitEncoder
+    from napari_msa.engine.tuning.prefix_cache import SplitEncoder
 
     model = tiny()
     image = np.random.default_rng(1).normal(0, 0.2, (SIZE, 80)).astype(np.float32)
@@ -364,7 +364,7 @@ def test_early_stopping_keeps_the_best_weights():
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_model():
-    from napari_msa.engine.tuning import TuningDiverged
+    from napari_msa.engine.tuning.api import TuningDiverged
 
     model = load_model("tiny", device="cpu")
     before = {k: v.clone() for k, v in model.trainable_state().items()}
@@ -383,8 +383,8 @@ def test_the_automatic_budget_follows_what_a_step_costs():
     and ~64 passes; a 64×64 grid (LiteMedSAM, SAM at 1024 px) or training encoder adapters gets 4 and ~8."""
     from dataclasses import replace
 
-    from napari_msa.engine.tune_types import TuneConfig
-    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD, decoder_tokens, step_budget
+    from napari_msa.engine.tuning.budget import LIGHT_DECODER, STANDARD, decoder_tokens, step_budget
+    from napari_msa.engine.tuning.tune_types import TuneConfig
 
     light_model, heavy_model = tiny(), tiny(image_size=1024)
     assert decoder_tokens(light_model) == 8 * 8 and decoder_tokens(heavy_model) == 64 * 64
@@ -406,7 +406,7 @@ def test_the_automatic_budget_follows_what_a_step_costs():
 def test_simulated_sessions_prompt_each_correction_as_the_session_does(monkeypatch, rule):
     """Each correction round gets what the interaction rule adds (the previous logits as mask input, the shown
     mask's box), and only the first and the last rounds carry the loss (grad_rounds=2)."""
-    import napari_msa.engine.tuning_step as step_module
+    import napari_msa.engine.tuning.step as step_module
 
     calls = []
     real_decode = step_module.decode
@@ -462,7 +462,7 @@ def test_appearance_variants_keep_labels_and_invert_polarity():
 
 
 def test_held_out_criterion_counts_a_loss_in_sessions_and_boxes_never_a_gain():
-    from napari_msa.engine.held_out import HeldOut
+    from napari_msa.engine.tuning.held_out import HeldOut
 
     start = HeldOut(0.70, 0.90, {}, np.zeros((0, 2)), session=0.85)
     better_clicks = HeldOut(0.80, 0.90, {}, np.zeros((0, 2)), session=0.85)
@@ -483,8 +483,8 @@ def test_held_out_check_scores_a_simulated_session():
 def test_first_clicks_land_in_the_click_region_and_corrections_anywhere(monkeypatch):
     """A whole (here a square holding an inner square) trained with a click region is first clicked on its own
     tissue, never on the object inside it; without one, the first click goes deep inside (onto the inner square)."""
-    import napari_msa.engine.tuning_step as step_module
-    from napari_msa.engine.tuning_data import build_pairs
+    import napari_msa.engine.tuning.step as step_module
+    from napari_msa.engine.tuning.data import build_pairs
 
     size = 64
     image = np.full((size, size), 40, np.uint8)

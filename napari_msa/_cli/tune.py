@@ -18,12 +18,12 @@ from .errors import CLIError
 from .files import check_input, check_output, read_image_and_labels
 
 if TYPE_CHECKING:
-    from napari_msa.engine.tune_types import TuneSummary
+    from napari_msa.engine.tuning.tune_types import TuneSummary
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from napari_msa.engine.tuning import TuneConfig
-    from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
+    from napari_msa.engine.tuning.api import TuneConfig
+    from napari_msa.engine.tuning.budget import LIGHT_DECODER, STANDARD
 
     DEFAULTS = TuneConfig()  # noqa: N806 - read like a constant
     p = sub.add_parser(
@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from napari_msa.engine import distributed
-    from napari_msa.engine.tuning import TuneProgress, tune
+    from napari_msa.engine.tuning import distributed
+    from napari_msa.engine.tuning.api import TuneProgress, tune
 
     out = Path(args.output)
     if out.suffix != ".safetensors":

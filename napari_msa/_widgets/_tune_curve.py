@@ -9,7 +9,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
-    from napari_msa.engine.tuning import TuneProgress
+    from napari_msa.engine.tuning.api import TuneProgress
 
 LOSS_COLOR = QColor(255, 165, 0)
 DICE_COLOR = QColor(0, 200, 255)

@@ -14,7 +14,7 @@ from ._workers import CancellableRun, Failure
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel
-    from napari_msa.engine.tuning import TuneProgress, TuneResult
+    from napari_msa.engine.tuning.api import TuneProgress, TuneResult
 
 
 class TuneRun(CancellableRun):
@@ -40,7 +40,7 @@ class TuneRun(CancellableRun):
     def _run(self, model: MSAModel | None, image: np.ndarray, labels: np.ndarray, settings: dict) -> TuneResult:
         """On the worker: (load the default model,) tune a copy of the model."""
         from napari_msa.engine import load_model
-        from napari_msa.engine.tuning import TuneProgress, tune
+        from napari_msa.engine.tuning.api import TuneProgress, tune
 
         if model is None:
             self._progress.progressed.emit(TuneProgress("prepare", 0, settings["steps"] or 0,

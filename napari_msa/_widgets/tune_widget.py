@@ -1,6 +1,6 @@
 """The "Tune (MSA)" dock widget: few-shot adapter tuning from the labels already painted in napari.
 
-The widget copies the chosen image and labels layers' arrays, runs ``napari_msa.engine.tuning.tune``
+The widget copies the chosen image and labels layers' arrays, runs ``napari_msa.engine.tuning.api.tune``
 on a napari worker (progress comes back through a queued Qt signal, Cancel sets a flag the engine
 checks between steps) and, when tuning succeeds, hands the tuned model to the viewer's model hub so
 the Segment widget uses it at once. The engine tunes a copy, so segmentation keeps working on the
@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msa.engine import catalog
-from napari_msa.engine.tune_types import TuneConfig
-from napari_msa.engine.tuning_budget import LIGHT_DECODER, STANDARD
+from napari_msa.engine.tuning.budget import LIGHT_DECODER, STANDARD
+from napari_msa.engine.tuning.tune_types import TuneConfig
 
 from . import _normalization
 from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
@@ -50,7 +50,7 @@ from ._tune_run import TuneRun
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
-    from napari_msa.engine.tuning import TuneProgress, TuneResult, TuneSummary
+    from napari_msa.engine.tuning.api import TuneProgress, TuneResult, TuneSummary
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ from napari_msa.engine.catalog import DEMO_MODEL_FILE
 from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.files.formats import read_model_file, save_model_file
 from napari_msa.engine.geometry import components, exact_depth
-from napari_msa.engine.losses import bce_dice_loss, hard_iou, soft_dice_loss
 from napari_msa.engine.model.msa_model import MSAModel
 from napari_msa.engine.network.architectures import SAM_PIXEL_MEAN, SAM_PIXEL_STD, ModelConfig, build_sam, get_config
 from napari_msa.engine.network.preprocessing import Normalization, encoder_input, to_uint8_rgb
+from napari_msa.engine.tuning.losses import bce_dice_loss, hard_iou, soft_dice_loss
 
 from . import phantoms
 from .evaluation import evaluate_heldout, format_summary

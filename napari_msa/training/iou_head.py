@@ -36,7 +36,7 @@ from napari_msa.engine.decoding import decode, image_masks, to_input_frame
 from napari_msa.engine.files.formats import read_adapter_metadata
 from napari_msa.engine.geometry import components, depth_map, dice, interior_click, iou, most_interior
 from napari_msa.engine.model.msa_model import MSAModel
-from napari_msa.engine.tuning_data import correction_click, jittered_box
+from napari_msa.engine.tuning.data import correction_click, jittered_box
 
 from .click_adapter import extra_phantoms, phantom_slices, read_dataset
 from .whole_objects import own_tissue, whole_maps

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model.msa_model import MSAModel
+    from ..model.msa_model import MSAModel
     from .tune_types import TuneConfig
 
 LIGHT_DECODER_TOKENS = 32 * 32  # embedding grids up to this many tokens count as a light decoder

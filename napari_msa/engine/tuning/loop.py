@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..interaction import InteractionRule
+from ..model.msa_model import MSAModel
+from ..network.adapters import set_depth_slices, set_trainable
 from . import distributed
+from .data import Pair, TrainingSlice
 from .held_out import VAL_CLICKS, HeldOut, evaluate
-from .interaction import InteractionRule
-from .model.msa_model import MSAModel
-from .network.adapters import set_depth_slices, set_trainable
 from .prefix_cache import PrefixCache, SplitEncoder, first_adapted_block
+from .step import Sample, StepModule
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
-from .tuning_data import Pair, TrainingSlice
-from .tuning_step import Sample, StepModule
 
 FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of the peak learning rate
 

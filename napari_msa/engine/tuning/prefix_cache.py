@@ -16,9 +16,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .model.msa_model import MSAModel
-from .network.encoder import ImageEncoder
-from .network.preprocessing import normalize_pixels
+from ..model.msa_model import MSAModel
+from ..network.encoder import ImageEncoder
+from ..network.preprocessing import normalize_pixels
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoding import decode, upscale_logits
-from .geometry import clicked_object_box, depth_map, interior_click
-from .interaction import InteractionRule
+from ..decoding import decode, upscale_logits
+from ..geometry import clicked_object_box, depth_map, interior_click
+from ..interaction import InteractionRule
+from ..model.msa_model import MSAModel
+from .data import TrainingSlice, correction_click, jittered_box
 from .losses import bce_dice_loss, hard_iou
-from .model.msa_model import MSAModel
 from .prefix_cache import SplitEncoder, dihedral
-from .tuning_data import TrainingSlice, correction_click, jittered_box
 
 
 @dataclass

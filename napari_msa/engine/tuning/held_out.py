@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..decoding import decode, upscale_logits
+from ..geometry import dice, interior_click, mask_box
 from . import distributed
-from .decoding import decode, upscale_logits
-from .geometry import dice, interior_click, mask_box
-from .tuning_data import Pair
-from .tuning_step import StepModule
+from .data import Pair
+from .step import StepModule
 
 
 @dataclass

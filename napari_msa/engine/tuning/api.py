@@ -20,14 +20,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ..cancel import CancelFn, Cancelled
+from ..model.msa_model import MSAModel
+from ..network.preprocessing import Normalization
 from . import distributed
-from .cancel import CancelFn, Cancelled
-from .model.msa_model import MSAModel
-from .network.preprocessing import Normalization
+from .budget import step_budget
+from .data import build_pairs, split_pairs
+from .loop import train
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
-from .tuning_budget import step_budget
-from .tuning_data import build_pairs, split_pairs
-from .tuning_loop import train
 
 __all__ = ["DiceChange", "TuneConfig", "TuneProgress", "TuneResult", "TuneSummary", "TuningDiverged", "tune"]
 
