@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _harness import machine_line  # noqa: E402
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.engine.geometry import components, dice, mask_box  # noqa: E402
+from napari_msa.engine.prompts.geometry import components, dice, mask_box  # noqa: E402
 from napari_msa.evaluation.clicks import run_session, summarize  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.demo import evaluation as ev  # noqa: E402
-from napari_msa.engine.geometry import dice, most_interior  # noqa: E402
+from napari_msa.engine.prompts.geometry import dice, most_interior  # noqa: E402
 
 
 def ct_sample() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:

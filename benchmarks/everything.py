@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.demo import phantoms_mr  # noqa: E402
-from napari_msa.engine.everything import EverythingSettings, segment_everything  # noqa: E402
-from napari_msa.engine.geometry import iou  # noqa: E402
+from napari_msa.engine.inference.everything import EverythingSettings, segment_everything  # noqa: E402
+from napari_msa.engine.prompts.geometry import iou  # noqa: E402
 
 
 def objects(labels: np.ndarray, min_area: int) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.demo import evaluation as ev  # noqa: E402
 from napari_msa.engine.catalog import CLICK_ADAPTER_FILE  # noqa: E402
-from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
+from napari_msa.engine.prompts.geometry import components, dice, mask_box, most_interior  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)
 

@@ -33,8 +33,8 @@ from tuning_gain import CT, SHAPE, objects_of  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
-from napari_msa.engine.decoding import decode, to_input_frame  # noqa: E402
-from napari_msa.engine.geometry import depth_map, dice, most_interior  # noqa: E402
+from napari_msa.engine.inference.decoding import decode, to_input_frame  # noqa: E402
+from napari_msa.engine.prompts.geometry import depth_map, dice, most_interior  # noqa: E402
 
 DEV_SEEDS = (7001, 7002, 7003, 7004)
 RULES = {

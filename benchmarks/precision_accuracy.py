@@ -43,8 +43,8 @@ from litemedsam_quality import CT, ct_sample_objects  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.demo import evaluation as ev  # noqa: E402
-from napari_msa.engine.geometry import components, dice, mask_box, most_interior  # noqa: E402
-from napari_msa.engine.session import Embedding  # noqa: E402
+from napari_msa.engine.inference.session import Embedding  # noqa: E402
+from napari_msa.engine.prompts.geometry import components, dice, mask_box, most_interior  # noqa: E402
 
 GATE_MEAN, GATE_MIN = 0.99, 0.95
 VARIANTS = ("fp32, fp16 cache", "bf16", "bf16, fp16 cache", "bf16, bf16 cache", "openvino f32",

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
-from napari_msa.engine.geometry import dice  # noqa: E402
+from napari_msa.engine.prompts.geometry import dice  # noqa: E402
 
 
 def main() -> None:

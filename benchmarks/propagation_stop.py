@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.demo import phantoms, phantoms_mr  # noqa: E402
-from napari_msa.engine.geometry import depth_map, dice, most_interior  # noqa: E402
-from napari_msa.engine.propagation import STOP_RULES, Brightness, StepFacts, first_stop, step_facts  # noqa: E402
+from napari_msa.engine.inference.propagation import STOP_RULES, Brightness, StepFacts, first_stop, step_facts  # noqa: E402
+from napari_msa.engine.prompts.geometry import depth_map, dice, most_interior  # noqa: E402
 
 SHAPE = (32, 256, 256)
 MIN_AREA = 64

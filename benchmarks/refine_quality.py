@@ -2,11 +2,11 @@
 
 An annotator commits a quick one-click mask, then sees it is wrong. With the Segment widget's "refine the object
 where it exists" the clicks on that slice go to the engine with the object as committed as ``prior=`` (the answer
-before the first click: with the default model its mask goes in as SAM's mask input, engine.interaction), and the
-answer replaces the object. Without it, the only way to fix the object is to segment it again from clicks alone
-(a new interaction under the model's rule). Both are simulated through ``Session.predict`` exactly as the widget
-calls it (one call per click, every click so far): the start is the model's own mask for one click at the object's
-most interior pixel; each round adds one correction click at the centre of the largest error (positive in a
+before the first click: with the default model its mask goes in as SAM's mask input, engine.prompts.interaction),
+and the answer replaces the object. Without it, the only way to fix the object is to segment it again from clicks
+alone (a new interaction under the model's rule). Both are simulated through ``Session.predict`` exactly as the
+widget calls it (one call per click, every click so far): the start is the model's own mask for one click at the
+object's most interior pixel; each round adds one correction click at the centre of the largest error (positive in a
 missed region, negative in a false one).
 
 Objects: every connected piece >= 64 px of the development phantom volumes (seeds 7001-7004 of the evaluation
@@ -33,7 +33,7 @@ from tuning_gain import CT, SHAPE, objects_of  # noqa: E402
 
 from napari_msa import Session, load_model  # noqa: E402
 from napari_msa.demo.phantoms import phantom_volume  # noqa: E402
-from napari_msa.engine.geometry import clicked_object_box, depth_map, dice, most_interior  # noqa: E402
+from napari_msa.engine.prompts.geometry import clicked_object_box, depth_map, dice, most_interior  # noqa: E402
 from napari_msa.engine.tuning.data import correction_click  # noqa: E402
 
 DEV_SEEDS = (7001, 7002, 7003, 7004)
@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(DEV_SEEDS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--rule", default=None, help="an interaction rule (engine.interaction) instead of the model's")
+    ap.add_argument("--rule", default=None,
+                    help="an interaction rule (engine.prompts.interaction) instead of the model's")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

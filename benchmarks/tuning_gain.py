@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.demo import phantoms, phantoms_mr  # noqa: E402
-from napari_msa.engine.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
+from napari_msa.engine.prompts.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
 from napari_msa.engine.tuning.api import tune  # noqa: E402
 from napari_msa.evaluation.clicks import run_session  # noqa: E402
 

@@ -29,7 +29,7 @@ import tifffile
 
 from napari_msa._sample_data import sample_dir
 from napari_msa.cli import main as cli
-from napari_msa.engine.geometry import dice, most_interior
+from napari_msa.engine.prompts.geometry import dice, most_interior
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "nifti_screenshot.png"
 ORGANS = ("liver", "spleen", "right kidney", "left kidney", "aorta")

@@ -17,7 +17,7 @@ from qtpy.QtCore import QEventLoop, QTimer
 
 from napari_msa._widgets._hub import hub_for
 from napari_msa.engine.files.litemedsam import INSTALL_HINT, is_installed
-from napari_msa.engine.geometry import dice, exact_depth, most_interior
+from napari_msa.engine.prompts.geometry import dice, exact_depth, most_interior
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "screenshot.png"
 SLICE = 16

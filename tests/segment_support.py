@@ -64,7 +64,7 @@ class DiskMasks:
 
 def install(monkeypatch, masks: DiskMasks) -> DiskMasks:
     """Route every Session.predict (clicks and propagation) through ``masks``."""
-    from napari_msa.engine.session import Session
+    from napari_msa.engine.inference.session import Session
 
     monkeypatch.setattr(Session, "predict", lambda self, *a, **k: masks(self, *a, **k))
     return masks

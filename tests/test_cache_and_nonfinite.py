@@ -150,7 +150,7 @@ def test_a_cache_folder_that_cannot_be_written_degrades_to_memory_with_one_warni
     import warnings
 
     from napari_msa import Session
-    from napari_msa.engine import session as session_module
+    from napari_msa.engine.inference import session as session_module
 
     def full_disk(path, write):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -17,8 +17,8 @@ from napari_msa import Normalization, load_model
 from napari_msa.demo import evaluation as ev
 from napari_msa.demo import training as dt
 from napari_msa.engine import DEMO_MODEL_FILE
-from napari_msa.engine.geometry import components, dice, most_interior
 from napari_msa.engine.network.architectures import build_sam, get_config
+from napari_msa.engine.prompts.geometry import components, dice, most_interior
 
 # The shipped model scores 0.815 mean Dice (large objects 0.928) on the 8 held-out slices of the test below
 # (evaluation seed stream, never trained on); benchmarks/demo_model_quality.py gives the full figures. The floor

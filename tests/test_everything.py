@@ -8,7 +8,7 @@ import tifffile
 
 from napari_msa import Normalization, Session, load_model
 from napari_msa.engine import DEMO_MODEL_FILE
-from napari_msa.engine.everything import (
+from napari_msa.engine.inference.everything import (
     Candidate,
     EverythingSettings,
     deduplicate,
@@ -16,7 +16,7 @@ from napari_msa.engine.everything import (
     segment_everything,
     to_labels,
 )
-from napari_msa.engine.geometry import iou
+from napari_msa.engine.prompts.geometry import iou
 
 needs_demo = pytest.mark.skipif(not DEMO_MODEL_FILE.is_file(), reason="the demo model file is not installed")
 
@@ -109,7 +109,7 @@ def test_widget_everything_candidates_kept_by_a_click_and_all(make_napari_viewer
 
     # a real click on the canvas at the centre of the largest candidate
     biggest = max(ids, key=lambda v: (candidates.data == v).sum())
-    from napari_msa.engine.geometry import most_interior
+    from napari_msa.engine.prompts.geometry import most_interior
 
     row, col = most_interior(candidates.data == biggest)
     expected = candidates.data == biggest

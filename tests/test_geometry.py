@@ -1,11 +1,12 @@
-"""Mask geometry and metrics (engine.geometry): what every prompt simulation and every Dice in the project uses."""
+"""Mask geometry and metrics (engine.prompts.geometry): what every prompt simulation and every Dice in the project
+uses."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_msa.engine.geometry import (
+from napari_msa.engine.prompts.geometry import (
     components,
     depth_map,
     dice,

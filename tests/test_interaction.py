@@ -1,5 +1,5 @@
-"""The one interaction rule (engine.interaction): how clicks become prompts, the same through the API, the command
-line and the widget."""
+"""The one interaction rule (engine.prompts.interaction): how clicks become prompts, the same through the API, the
+command line and the widget."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from napari_msa import Session, load_model
 from napari_msa._cli.segment import INTERACTIONS
 from napari_msa._widgets._hub import hub_for
 from napari_msa.cli import main
-from napari_msa.engine import interaction
-from napari_msa.engine.geometry import clicked_object_box
-from napari_msa.engine.interaction import RULE_NAMES, Answer, Interaction, InteractionRule, Prior
+from napari_msa.engine.prompts import interaction
+from napari_msa.engine.prompts.geometry import clicked_object_box
+from napari_msa.engine.prompts.interaction import RULE_NAMES, Answer, Interaction, InteractionRule, Prior
 
 SHAPE = (64, 80)
 CLICKS = np.array([[30.0, 30.0], [30.0, 44.0], [20.0, 60.0]])

@@ -147,7 +147,7 @@ def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():
     model = load_model(device="cpu")
     assert model.name == "litemedsam" and Path(model.adapter_source) == CLICK_ADAPTER_FILE
     assert "LiteMedSAM + click adapter" in model.describe()
-    assert model.interaction.name == "logits+zoom"  # the rule its file names, zoomed in (engine.zoom)
+    assert model.interaction.name == "logits+zoom"  # the rule its file names, zoomed in (engine.prompts.zoom)
     provenance = model.adapter_metadata["training"]
     assert provenance["command"].startswith("python -m napari_msa.training.click_adapter")
     assert provenance["seed"] == 0 and provenance["data"]

@@ -8,7 +8,7 @@ import pytest
 from medical_io_files import NIB_DATA, phantom, write_series
 
 from napari_msa.cli import main
-from napari_msa.engine.geometry import dice, most_interior
+from napari_msa.engine.prompts.geometry import dice, most_interior
 from napari_msa.medical_io import read_medical
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores

@@ -10,8 +10,8 @@ import torch
 from napari_msa import Session, load_model
 from napari_msa.cli import main
 from napari_msa.engine import Cancelled, catalog
-from napari_msa.engine.geometry import dice
 from napari_msa.engine.model import precision as P
+from napari_msa.engine.prompts.geometry import dice
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -117,7 +117,7 @@ CRASHING_SESSION = textwrap.dedent("""
     from qtpy.QtWidgets import QApplication
     from napari_msa import load_model
     from napari_msa._widgets._hub import hub_for
-    from napari_msa.engine.session import Session
+    from napari_msa.engine.inference.session import Session
 
     def disks(self, points=None, labels=None, box=None, mask_input=None, **kw):
         rows, cols = np.ogrid[:64, :80]

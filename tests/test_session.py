@@ -7,9 +7,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from napari_msa import Session, load_model
 from napari_msa.engine import Cancelled, Normalization, build_sam, get_config
-from napari_msa.engine.geometry import dice
+from napari_msa.engine.inference.session import prompts_from_mask
 from napari_msa.engine.network.preprocessing import ImageLayout, intensity_window, to_uint8_rgb
-from napari_msa.engine.session import prompts_from_mask
+from napari_msa.engine.prompts.geometry import dice
 
 
 @pytest.fixture

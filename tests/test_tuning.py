@@ -11,10 +11,10 @@ from tuning_support import blob_task
 
 from napari_msa import AdapterConfig, Session, load_model
 from napari_msa.engine import Cancelled
-from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.files.formats import read_adapter_metadata
-from napari_msa.engine.geometry import interior_click
+from napari_msa.engine.inference.decoding import decode, upscale_logits
 from napari_msa.engine.network.adapters import is_trainable
+from napari_msa.engine.prompts.geometry import interior_click
 from napari_msa.engine.tuning.api import TuneProgress, tune
 from napari_msa.engine.tuning.data import build_pairs, correction_click, jittered_box, split_pairs
 

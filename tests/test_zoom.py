@@ -1,5 +1,5 @@
-"""Zoom-in for correction clicks (engine.zoom): where later clicks are decoded, and that a window's answer is the
-crop's answer pasted back on the slice."""
+"""Zoom-in for correction clicks (engine.prompts.zoom): where later clicks are decoded, and that a window's answer is
+the crop's answer pasted back on the slice."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from segment_support import disk
 
 from napari_msa import Session
-from napari_msa.engine import interaction
-from napari_msa.engine.decoding import mask_to_logits, to_mask_input
-from napari_msa.engine.interaction import Answer, Interaction, InteractionRule
-from napari_msa.engine.zoom import MIN_SIDE, box_in, paste, points_in, zoom_window
+from napari_msa.engine.inference.decoding import mask_to_logits, to_mask_input
+from napari_msa.engine.prompts import interaction
+from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule
+from napari_msa.engine.prompts.zoom import MIN_SIDE, box_in, paste, points_in, zoom_window
 
 SHAPE = (200, 240)
 

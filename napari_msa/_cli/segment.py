@@ -198,7 +198,7 @@ def _run_everything(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_msa.engine import Session
-    from napari_msa.engine.everything import EverythingSettings, segment_everything, to_labels
+    from napari_msa.engine.inference.everything import EverythingSettings, segment_everything, to_labels
 
     check_input(args.image, "image")
     check_model_args(args)

@@ -31,7 +31,7 @@ class EverythingRun(CancellableRun):
         self.on_error = on_error
 
     def start(self, session: Session, source: ImageSource, z: int) -> None:
-        from napari_msa.engine.everything import EverythingSettings
+        from napari_msa.engine.inference.everything import EverythingSettings
 
         total = EverythingSettings.coarse_per_side ** 2 + EverythingSettings.points_per_side ** 2
         token = self._token
@@ -40,7 +40,7 @@ class EverythingRun(CancellableRun):
 
     def _run(self, session: Session, source: ImageSource, z: int) -> tuple[int, np.ndarray, int] | None:
         from napari_msa.engine import Cancelled
-        from napari_msa.engine.everything import segment_everything, to_labels
+        from napari_msa.engine.inference.everything import segment_everything, to_labels
 
         self.feed.prepare(session, source)
         try:

@@ -40,7 +40,7 @@ class SegmentJobs:
         self._window_worker = None  # encodes the zoom-in window the next click will likely need
 
     def prefetch_windows(self, slices: list[int]) -> None:
-        """After an answer is shown: encode the windows its next clicks will likely be decoded in (engine.zoom),
+        """After an answer is shown: encode the windows its next clicks will likely be decoded in (engine.prompts.zoom),
         so the click does not wait for them. A failure costs nothing: the click encodes the window itself."""
         if self.session is None or self._window_worker is not None:
             return

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_msa.engine.geometry import components, dice, most_interior
 from napari_msa.engine.model.msa_model import MSAModel
 from napari_msa.engine.network.preprocessing import Normalization
+from napari_msa.engine.prompts.geometry import components, dice, most_interior
 
 from . import phantoms
 
@@ -35,7 +35,7 @@ def evaluate_clicks(model: MSAModel, samples: list[tuple[np.ndarray, np.ndarray]
                     normalization: Normalization | None = None, min_area: int = EVAL_MIN_AREA) -> list[dict]:
     """One positive click at the most interior pixel of every object (connected piece of a label),
     through ``Session.predict``; one record (area, Dice, predicted IoU) per object."""
-    from napari_msa.engine.session import Session
+    from napari_msa.engine.inference.session import Session
 
     session = Session(model, normalization=normalization)
     records = []

@@ -12,10 +12,10 @@ The data of step ``k`` depends only on ``(seed, TRAIN_STREAM, k)`` and the weigh
 ``torch.manual_seed(seed)``, so the same command, thread count and torch build give the same file.
 Evaluation (:mod:`napari_msa.demo.evaluation`) draws from ``EVAL_STREAM``, which training never touches.
 
-The training path feeds the network what :class:`~napari_msa.engine.session.Session` feeds it at run
+The training path feeds the network what :class:`~napari_msa.engine.inference.session.Session` feeds it at run
 time: an 8-bit rendering (CT windows of varied level/width, or percentiles, as users load images)
 through SAM's resize / normalise / pad transform, and clicks in the resized frame, decoded by
-:func:`~napari_msa.engine.decoding.decode` as at run time. Each
+:func:`~napari_msa.engine.inference.decoding.decode` as at run time. Each
 image is encoded once and prompted for several objects (SAM's own recipe), which is what makes CPU
 training affordable.
 """
@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_msa.engine.catalog import DEMO_MODEL_FILE
-from napari_msa.engine.decoding import decode, upscale_logits
 from napari_msa.engine.files.formats import read_model_file, save_model_file
-from napari_msa.engine.geometry import components, exact_depth
+from napari_msa.engine.inference.decoding import decode, upscale_logits
 from napari_msa.engine.model.msa_model import MSAModel
 from napari_msa.engine.network.architectures import SAM_PIXEL_MEAN, SAM_PIXEL_STD, ModelConfig, build_sam, get_config
 from napari_msa.engine.network.preprocessing import Normalization, encoder_input, to_uint8_rgb
+from napari_msa.engine.prompts.geometry import components, exact_depth
 from napari_msa.engine.tuning.losses import bce_dice_loss, hard_iou, soft_dice_loss
 
 from . import phantoms
@@ -63,7 +63,7 @@ EARLIER_MODULES = ("napari_msa.engine.demo_training",)
 @dataclass
 class Prompt:
     """One object's prompt in the resized frame: clicks as (row, col), an optional box (min_row, min_col, max_row,
-    max_col); ``engine.decoding.decode`` hands them to SAM as (x, y)."""
+    max_col); ``engine.inference.decoding.decode`` hands them to SAM as (x, y)."""
 
     points: np.ndarray  # (P, 2) float32
     labels: np.ndarray  # (P,) int64, 1 positive / 0 negative

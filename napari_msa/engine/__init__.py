@@ -17,7 +17,7 @@ _WHERE = {
     "Normalization": "network.preprocessing",
     "Cancelled": "cancel", "CheckpointError": "file_checks", "DEMO_MODEL_FILE": "catalog",
     "pick_device": "model.devices", "load_model": "model.loading", "MSAModel": "model.msa_model",
-    "Session": "session", "TuneResult": "tuning.api", "tune": "tuning.api",
+    "Session": "inference.session", "TuneResult": "tuning.api", "tune": "tuning.api",
 }
 __all__ = sorted(_WHERE)
 

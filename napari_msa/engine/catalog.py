@@ -46,7 +46,7 @@ NORMALIZATION_PRESETS = ("auto", "ct", "percentile", "limits", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "NAPARI_MSA_PRECISION"
 RUNTIMES = ("auto", "torch", "openvino")
-# how an object's clicks become prompts (engine.interaction): what the previous answer adds, and zoom-in
+# how an object's clicks become prompts (engine.prompts.interaction): what the previous answer adds, and zoom-in
 INTERACTION_RULES = ("clicks", "box", "logits", "box+logits",
                      "clicks+zoom", "box+zoom", "logits+zoom", "box+logits+zoom")
 RUNTIME_ENV = "NAPARI_MSA_RUNTIME"

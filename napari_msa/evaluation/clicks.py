@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_msa.engine.geometry import dice, exact_depth
+from napari_msa.engine.prompts.geometry import dice, exact_depth
 
 NOC_CAP = 20  # the usual convention: a session that never reaches the threshold counts as 20 clicks
 STEP_LOSS = 0.05  # a click step that loses more Dice than this counts as a step that made things worse

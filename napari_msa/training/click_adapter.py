@@ -29,9 +29,9 @@ from scipy import ndimage
 
 from napari_msa.demo import phantoms
 from napari_msa.engine import AdapterConfig, Normalization, Session, load_model, tune
-from napari_msa.engine.geometry import mask_box
-from napari_msa.engine.interaction import RULE_NAMES
 from napari_msa.engine.model.msa_model import MSAModel
+from napari_msa.engine.prompts.geometry import mask_box
+from napari_msa.engine.prompts.interaction import RULE_NAMES
 
 from .appearance import KINDS, augmented
 from .real_images import RealImage, load_real_images

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from napari_msa.engine import Normalization, Session, load_model
 from napari_msa.engine.catalog import CLICK_ADAPTER_FILE
-from napari_msa.engine.decoding import decode, image_masks, to_input_frame
 from napari_msa.engine.files.formats import read_adapter_metadata
-from napari_msa.engine.geometry import components, depth_map, dice, interior_click, iou, most_interior
+from napari_msa.engine.inference.decoding import decode, image_masks, to_input_frame
 from napari_msa.engine.model.msa_model import MSAModel
+from napari_msa.engine.prompts.geometry import components, depth_map, dice, interior_click, iou, most_interior
 from napari_msa.engine.tuning.data import correction_click, jittered_box
 
 from .click_adapter import extra_phantoms, phantom_slices, read_dataset

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from napari_msa.engine.geometry import components
+from napari_msa.engine.prompts.geometry import components
 
 MIN_GAIN = 0.10  # a filled object counts as a new whole when filling adds at least this share
 MIN_PIXELS = 200

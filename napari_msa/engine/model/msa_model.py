@@ -17,10 +17,10 @@ from ..catalog import CLICK_ADAPTER_FILE, LITEMEDSAM_NAME
 from ..file_checks import CheckpointError
 from ..files.checkpoints import LoadReport
 from ..files.formats import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
-from ..interaction import InteractionRule
 from ..network.adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from ..network.architectures import ModelConfig, base_fingerprint
 from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
+from ..prompts.interaction import InteractionRule
 from .precision import FP32_EXACT, Precision
 from .runtime import OpenVINOEncoder
 
@@ -32,7 +32,7 @@ def default_rule(name: str, is_demo: bool) -> InteractionRule:
     its first click adapter (2026-11-29) with clicks alone, the rule that measured best for it on the development
     set (the box of the shown mask was worst; BENCHMARKS.md, "Click sessions"); the demo model with clicks alone.
     The shipped session adapter names its rule (``logits``) in its file. LiteMedSAM sees a slice at 256 px, so its
-    correction clicks zoom in (``engine.zoom``; BENCHMARKS.md, "Zoom-in"), whatever rule an adapter names.
+    correction clicks zoom in (``engine.prompts.zoom``; BENCHMARKS.md, "Zoom-in"), whatever rule an adapter names.
     """
     if is_demo:
         return InteractionRule()

@@ -10,8 +10,8 @@ import numpy as np
 from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..geometry import depth_map, interior_click, mask_box, most_interior
 from ..network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
+from ..prompts.geometry import depth_map, interior_click, mask_box, most_interior
 
 # --------------------------------------------------------------------------------------------------
 # Training pairs

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..decoding import decode, upscale_logits
-from ..geometry import dice, interior_click, mask_box
+from ..inference.decoding import decode, upscale_logits
+from ..prompts.geometry import dice, interior_click, mask_box
 from . import distributed
 from .data import Pair
 from .step import StepModule

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..interaction import InteractionRule
 from ..model.msa_model import MSAModel
 from ..network.adapters import set_depth_slices, set_trainable
+from ..prompts.interaction import InteractionRule
 from . import distributed
 from .data import Pair, TrainingSlice
 from .held_out import VAL_CLICKS, HeldOut, evaluate

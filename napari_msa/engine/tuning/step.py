@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..decoding import decode, upscale_logits
-from ..geometry import clicked_object_box, depth_map, interior_click
-from ..interaction import InteractionRule
+from ..inference.decoding import decode, upscale_logits
 from ..model.msa_model import MSAModel
+from ..prompts.geometry import clicked_object_box, depth_map, interior_click
+from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
 from .losses import bce_dice_loss, hard_iou
 from .prefix_cache import SplitEncoder, dihedral
@@ -160,7 +160,7 @@ class StepModule(nn.Module):
 
 
 def _shown_box(mask: np.ndarray, points: list, labels: list) -> np.ndarray:
-    """The box the session adds to a correction click (engine.interaction), or the whole plane for an empty mask
+    """The box the session adds to a correction click (engine.prompts.interaction), or the whole plane for an empty mask
     (the session then sends no box; a batch needs one per object)."""
     box = clicked_object_box(mask, np.array(points), np.array(labels))
     return box if box is not None else np.array([0.0, 0.0, mask.shape[0] - 1.0, mask.shape[1] - 1.0])

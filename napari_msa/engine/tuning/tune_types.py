@@ -34,7 +34,7 @@ class TuneConfig:
     augment: bool | None = None
     box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
     max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
-    # How the simulated session prompts each correction (engine.interaction): None, the model's own rule. The
+    # How the simulated session prompts each correction (engine.prompts.interaction): None, the model's own rule. The
     # previous answer's logits and shown box go in as the session would give them.
     interaction: str | None = None
     grad_rounds: int = 2  # the first prompt and the last grad_rounds - 1 corrections carry the loss; the others

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cancel import Cancelled
-from .geometry import iou, mask_box
+from ..cancel import Cancelled
+from ..prompts.geometry import iou, mask_box
 
 
 @dataclass(frozen=True)

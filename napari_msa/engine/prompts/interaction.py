@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import INTERACTION_RULES as RULE_NAMES
+from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
 from .zoom import Window, inside, zoom_window
 

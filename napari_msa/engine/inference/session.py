@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cancel import CancelFn, Cancelled, ProgressFn
+from ..cancel import CancelFn, Cancelled, ProgressFn
+from ..files.checkpoints import atomic_write
+from ..model.devices import volume_batch_size
+from ..model.msa_model import MSAModel
+from ..network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
+from ..prompts.geometry import grown_box, most_interior
+from ..prompts.interaction import Answer, Interaction, InteractionRule, Prior, Prompt
+from ..prompts.zoom import Window, box_in, paste, points_in
 from .decoding import decode, image_masks, mask_to_logits, to_input_frame, to_mask_input
-from .files.checkpoints import atomic_write
-from .geometry import grown_box, most_interior
-from .interaction import Answer, Interaction, InteractionRule, Prior, Prompt
-from .model.devices import volume_batch_size
-from .model.msa_model import MSAModel
-from .network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from .propagation import BOX_MARGIN, MAX_BRIGHTNESS_SHIFT, Brightness, step_facts, stop_rule
-from .zoom import Window, box_in, paste, points_in
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import grown_box, iou, most_interior
+from ..prompts.geometry import grown_box, iou, most_interior
 
 BOX_MARGIN = 0.1  # the previous mask's box grows by this share of its size on each side
 INTENSITY_FLOOR = 8.0  # 8-bit grey levels: the smallest spread an object's brightness is measured against
