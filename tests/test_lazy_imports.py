@@ -27,7 +27,9 @@ TORCH_FREE = {
     **{module: f"import {module}" for module in ["napari_msa", *MANIFEST_MODULES]},
     "readers": "import napari_msa._io_plugin, napari_msa.medical_io.dicom, napari_msa.medical_io.nifti",
     "cli": "import napari_msa.cli, napari_msa._cli.segment, napari_msa._cli.tune, napari_msa._cli.embed",
-    "engine facts": "import napari_msa.engine.catalog, napari_msa.engine.file_checks, napari_msa.engine.prompts.zoom",
+    "engine facts": "import napari_msa.engine.catalog, napari_msa.engine.file_checks, napari_msa.engine.cancel",
+    "engine prompts": "import napari_msa.engine.prompts.geometry, napari_msa.engine.prompts.zoom, "
+                      "napari_msa.engine.prompts.interaction",
     "phantoms": "import napari_msa.demo, napari_msa.demo.phantoms as p; p.phantom_volume(shape=(2, 32, 32))",
     "samples": "import napari_msa._sample_data as s; s.phantom_volume(); s.ct_slice()",
 }

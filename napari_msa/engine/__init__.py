@@ -1,7 +1,8 @@
 """The Qt-free engine: torch, numpy and segment_anything only.
 
 Its public names load on first use, so ``engine.catalog`` (what the engine offers, torch-free) can be read by the
-widgets and the command line before torch is imported.
+widgets and the command line before torch is imported. Beside the torch-free facts (catalog, file_checks, cancel) the
+engine is in rooms that import one way: network -> files -> prompts -> model -> inference -> tuning (README, "Layout").
 """
 
 from __future__ import annotations
