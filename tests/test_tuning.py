@@ -15,6 +15,7 @@ from napari_msa.engine.files.formats import read_adapter_metadata
 from napari_msa.engine.inference.decoding import decode, upscale_logits
 from napari_msa.engine.network.adapters import is_trainable
 from napari_msa.engine.prompts.geometry import interior_click
+from napari_msa.engine.prompts.interaction import InteractionRule
 from napari_msa.engine.tuning.api import TuneProgress, tune
 from napari_msa.engine.tuning.data import build_pairs, correction_click, jittered_box, split_pairs
 
@@ -350,7 +351,7 @@ def test_early_stopping_keeps_the_best_weights():
     kwargs = dict(seed=0, val_fraction=0.25, eval_every=2)
     # accept_margin 0: the best check is returned even when it beats the start by little (tested apart below)
     result = tune(tiny(), images, labels, steps=40, lr=1.0, train_decoder=True, patience=2, accept_margin=0.0,
-                  **kwargs)
+                  blends=(), **kwargs)
     s = result.summary
     _, _, start_box, start_session = s.history[0]
     score = {step: click + min(0.0, box - start_box) + min(0.0, session - start_session)  # the criterion
@@ -478,6 +479,53 @@ def test_held_out_check_scores_a_simulated_session():
     s = tune(tiny(), images, labels, steps=4, seed=0, val_fraction=0.25, eval_every=2).summary
     assert s.held_out.session_before is not None and 0.0 <= s.held_out.session_before <= 1.0
     assert all(len(h) == 4 for h in s.history)
+
+
+@pytest.mark.parametrize("rule", ["logits", "logits+zoom"])
+def test_the_held_out_session_is_an_annotators_session(rule):
+    """The held-out check's three-click session is the automatic annotator clicking through a real Session under
+    the model's rule (zoom included): the same Dice as run_session gives on that plane."""
+    from napari_msa.engine.tuning.held_out import PLANE_WINDOW, AnnotatorSessions
+    from napari_msa.evaluation.clicks import run_session
+
+    images, labels = blob_task(2, size=160)
+    model = tiny()
+    model.interaction = InteractionRule.from_name(rule)
+    slices, _ = build_pairs(images[0], labels[0], image_size=model.image_size)
+    plane = slices[0]
+    truths = [plane.labels == 1, plane.labels == 2]
+    got = AnnotatorSessions(model, slices).dice_after_clicks(0, truths, clicks=3)
+    session = Session(model, normalization=PLANE_WINDOW)
+    session.set_image(plane.rgb, rgb=True)
+    want = [run_session(session, t, max_clicks=3, curve_clicks=3).at(3) for t in truths]
+    assert got == pytest.approx(want)
+
+
+def test_the_smallest_blend_that_scores_as_well_is_kept():
+    """WiSE-FT-like: start + share x (best - start) for the configured shares; among scores within
+    BLEND_TOLERANCE of the best, the smallest change wins; the kept weights must still beat the start."""
+    from napari_msa.engine.tuning.held_out import HeldOut
+    from napari_msa.engine.tuning.loop import BLEND_TOLERANCE, BestWeights
+    from napari_msa.engine.tuning.tune_types import TuneConfig
+
+    def held(click: float) -> HeldOut:
+        return HeldOut(click, 0.9, {}, np.zeros((0, 2)), session=0.9)
+
+    def run(score_of_weight, blends=(0.5, 0.75)):
+        w = torch.nn.Parameter(torch.zeros(3))
+        tracker = BestWeights([w], TuneConfig(blends=blends, accept_margin=0.01), 0, held(0.5))
+        with torch.no_grad():
+            w.fill_(1.0)
+        tracker.update(10, held(score_of_weight(1.0)))
+        tracker.restore(lambda: held(score_of_weight(float(w.detach()[0]))))
+        return float(w.detach()[0]), tracker.blend
+
+    assert run(lambda x: 0.5 + 0.2 * x) == (1.0, 1.0)  # more change, better: all of it
+    assert run(lambda x: 0.7 - 0.2 * (x - 0.75) ** 2) == (0.75, 0.75)  # the peak is part of the way
+    flat = run(lambda x: 0.7 - BLEND_TOLERANCE / 2 * x)  # within the tolerance everywhere: the least change
+    assert flat == (0.5, 0.5)
+    assert run(lambda x: 0.5 + 0.2 * x, blends=()) == (1.0, 1.0)
+    assert run(lambda x: 0.5 + 0.005 * x) == (0.0, 0.0)  # no blend beats the start by the margin: the start
 
 
 def test_first_clicks_land_in_the_click_region_and_corrections_anywhere(monkeypatch):

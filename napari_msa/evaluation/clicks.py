@@ -12,23 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_msa.engine.prompts.geometry import dice, exact_depth
+from napari_msa.engine.prompts.geometry import dice, next_click
 
 NOC_CAP = 20  # the usual convention: a session that never reaches the threshold counts as 20 clicks
 STEP_LOSS = 0.05  # a click step that loses more Dice than this counts as a step that made things worse
-
-
-def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """((row, col), 1 | 0): the deepest pixel of the larger error region (exact Euclidean depth, the image border
-    counting as outside); None when the mask is exact. Ties go to the positive click."""
-    missed, spilled = truth & ~mask, mask & ~truth
-    if not missed.any() and not spilled.any():
-        return None
-    d_missed = exact_depth(missed) if missed.any() else np.zeros(truth.shape)
-    d_spilled = exact_depth(spilled) if spilled.any() else np.zeros(truth.shape)
-    positive = d_missed.max() >= d_spilled.max()
-    depth = d_missed if positive else d_spilled
-    return np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64), int(positive)
 
 
 @dataclass

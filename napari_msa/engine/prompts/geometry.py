@@ -81,6 +81,20 @@ def interior_click(mask: np.ndarray, rng: np.random.Generator | None = None,
     return candidates[rng.integers(len(candidates))].astype(np.float64)
 
 
+def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Where the field's automatic annotator clicks next: ((row, col), 1 | 0), the deepest pixel of the larger
+    error region (exact Euclidean depth, the image border counting as outside), positive in what ``mask`` misses,
+    negative in what it spills; None when the mask is exact. Ties go to the positive click."""
+    missed, spilled = truth & ~mask, mask & ~truth
+    if not missed.any() and not spilled.any():
+        return None
+    d_missed = exact_depth(missed) if missed.any() else np.zeros(truth.shape)
+    d_spilled = exact_depth(spilled) if spilled.any() else np.zeros(truth.shape)
+    positive = d_missed.max() >= d_spilled.max()
+    depth = d_missed if positive else d_spilled
+    return np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64), int(positive)
+
+
 def components(labels: np.ndarray, min_area: int) -> list[np.ndarray]:
     """Every connected piece of every label with at least ``min_area`` pixels, as boolean masks (by label, then
     piece): what one click on a label image can mean."""

@@ -1,9 +1,10 @@
 """The held-out check: how well the model segments the labelled objects it does not train on.
 
 Every held-out object gets several simulated single clicks (the most interior pixel and two seeded points of its
-inner half), its tight box, and a simulated three-click session (a seeded first click inside it, two corrections at
-the largest error, prompted by the model's interaction rule as the widget prompts them), the same prompts at every
-check, all prompts of a slice in one decoder pass each.
+inner half) and its tight box, the same prompts at every check, all prompts of a slice in one decoder pass each;
+and an annotator's three-click session (the automatic annotator's clicks, ``geometry.next_click``) through a real
+``Session`` on the model being tuned, prompted by the model's own interaction rule, zoom-in included, so a tuning
+that helps single clicks but spoils the corrections an annotator makes next is seen.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import numpy as np
 import torch
 
 from ..inference.decoding import decode, upscale_logits
-from ..prompts.geometry import dice, interior_click, mask_box
+from ..inference.session import Session
+from ..model.msa_model import MSAModel
+from ..network.preprocessing import Normalization
+from ..prompts.geometry import dice, interior_click, mask_box, next_click
 from . import distributed
-from .data import Pair
+from .data import Pair, TrainingSlice
 from .step import StepModule
 
 
@@ -41,11 +45,42 @@ class HeldOut:
 
 VAL_CLICKS = 3  # simulated single clicks per held-out object
 SESSION_CLICKS = 3  # clicks of the simulated session per held-out object (a first click and two corrections)
+PLANE_WINDOW = Normalization("limits", limits=(0.0, 255.0))  # training planes are 8-bit RGB already
+
+
+class AnnotatorSessions:
+    """The held-out slices as an annotator's ``Session`` sees them, on the model being tuned: one per slice, kept
+    for the whole run, so the slice (and, while the encoder does not train, its zoom windows) is encoded once."""
+
+    def __init__(self, model: MSAModel, slices: list[TrainingSlice]) -> None:
+        self.model = model
+        self.slices = slices
+        self._sessions: dict[int, Session] = {}
+
+    def dice_after_clicks(self, slice_id: int, truths: list[np.ndarray], clicks: int = SESSION_CLICKS) -> list[float]:
+        """Each object's Dice after the automatic annotator's ``clicks`` clicks, under the model's own rule."""
+        self.model.version += 1  # the weights moved since the last check: new interactions, re-keyed embeddings
+        session = self._sessions.get(slice_id)
+        if session is None:
+            session = self._sessions[slice_id] = Session(self.model, normalization=PLANE_WINDOW)
+            session.set_image(self.slices[slice_id].rgb, rgb=True)
+        out = []
+        for truth in truths:
+            mask, points, labels = np.zeros_like(truth), [], []
+            for _ in range(clicks):
+                click = next_click(mask, truth)
+                if click is None:
+                    break
+                points.append(click[0])
+                labels.append(click[1])
+                mask, _ = session.predict(points=np.array(points), labels=labels)
+            out.append(dice(mask, truth))
+        return out
 
 
 @torch.no_grad()
 def evaluate(step_module: StepModule, pairs: list[Pair], dist_info: distributed.DistInfo,
-              device: torch.device) -> HeldOut | None:
+              device: torch.device, sessions: AnnotatorSessions) -> HeldOut | None:
     """Held-out Dice over all processes' shares of ``pairs`` (the same prompts at every evaluation)."""
     if not pairs:
         return None
@@ -74,12 +109,10 @@ def evaluate(step_module: StepModule, pairs: list[Pair], dist_info: distributed.
         low, _ = decode(sam, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
         box_masks = upscale_logits(low, size, sl.rgb.shape[:2])[:, 0] > 0
         click_masks, box_masks = click_masks.cpu().numpy(), box_masks.cpu().numpy()
-        depths = [step_module.depth(sid, p.object_id) for _, p in group]
-        rounds = list(step_module.session(emb, depths, False, SESSION_CLICKS - 1, np.random.default_rng([sid, 11])))
-        session_masks = (rounds[-1][3][:, 0] > 0).cpu().numpy()
+        session_dice = sessions.dice_after_clicks(sid, truths)
         for j, ((index, _), gt) in enumerate(zip(group, truths, strict=True)):
             click_dice = np.mean([dice(m, gt) for m in click_masks[j * VAL_CLICKS : (j + 1) * VAL_CLICKS]])
-            per_object[index] = (click_dice, dice(box_masks[j], gt), dice(session_masks[j], gt))
+            per_object[index] = (click_dice, dice(box_masks[j], gt), session_dice[j])
     per_object = np.asarray(distributed.all_reduce_sum(per_object.ravel().tolist(), device)).reshape(-1, 3)
     labels = np.array([p.label for p in pairs])
     per_label = {int(label): tuple(float(v) for v in per_object[labels == label, :2].mean(0))

@@ -17,12 +17,16 @@ from ..network.adapters import set_depth_slices, set_trainable
 from ..prompts.interaction import InteractionRule
 from . import distributed
 from .data import Pair, TrainingSlice
-from .held_out import VAL_CLICKS, HeldOut, evaluate
+from .held_out import VAL_CLICKS, AnnotatorSessions, HeldOut, evaluate
 from .prefix_cache import PrefixCache, SplitEncoder, first_adapted_block
 from .step import Sample, StepModule
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 
 FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of the peak learning rate
+# Blends within this of the best held-out score count as equal, and the smallest change among equals is kept: a
+# few held-out objects cannot tell such scores apart, and on the slices they do not show, the smaller change loses
+# less (BENCHMARKS.md, "Few-shot tuning").
+BLEND_TOLERANCE = 0.005
 
 
 def lr_factor(steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -81,6 +85,7 @@ class BestWeights:
 
     def __post_init__(self) -> None:
         self.best, self.best_step, self.stale = self.first, 0, 0
+        self.blend = 1.0  # the share of the best check's change kept (restore)
         self.start_state = self.best_state = self._copy() if self.first is not None else None
         if self.first is not None:
             self.history.append((0, self.first))
@@ -97,15 +102,34 @@ class BestWeights:
             self.stale += 1
         return bool(self.cfg.patience and self.stale >= self.cfg.patience)
 
-    def restore(self) -> None:
-        """Put the chosen weights in place: the start when no check beat it by ``accept_margin``."""
+    def restore(self, check: Callable[[], HeldOut] | None = None) -> None:
+        """Put the chosen weights in place. With ``check`` (the held-out check of the weights in place), the best
+        check's change is also tried in part (``cfg.blends`` of the way from the start, as WiSE-FT blends a tuned
+        model with its start) and the smallest change scoring within BLEND_TOLERANCE of the best is kept. Then the
+        start, unless the kept weights beat it by ``accept_margin``."""
         first = self.first
+        if first is not None and self.best_step and check is not None and self.cfg.blends:
+            self._blend(check)
         if first is not None and self.best.score(first) < first.score(first) + self.cfg.accept_margin:
-            self.best, self.best_step, self.best_state = first, 0, self.start_state
+            self.best, self.best_step, self.best_state, self.blend = first, 0, self.start_state, 0.0
         if self.best_state is not None:
-            with torch.no_grad():
-                for p, saved in zip(self.params, self.best_state, strict=True):
-                    p.copy_(saved)
+            self._load(self.best_state)
+
+    def _blend(self, check: Callable[[], HeldOut]) -> None:
+        options = [(1.0, self.best, self.best_state)]
+        for share in sorted(set(self.cfg.blends) - {1.0}):
+            state = [s + share * (b - s) for s, b in zip(self.start_state, self.best_state, strict=True)]
+            self._load(state)
+            options.append((share, check(), state))
+        top = max(held.score(self.first) for _, held, _ in options)
+        share, held, state = min((o for o in options if o[1].score(self.first) >= top - BLEND_TOLERANCE),
+                                 key=lambda o: o[0])
+        self.best, self.best_state, self.blend = held, state, share
+
+    def _load(self, state: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, state, strict=True):
+                p.copy_(saved)
 
 
 @dataclass
@@ -147,7 +171,8 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     samples = SampleSchedule(train_pairs, cfg, jitter_intensity=not use_cache)
     per_step = world * cfg.slices_per_step
 
-    first = evaluate(step_module, val_pairs, dist_info, device)
+    sessions = AnnotatorSessions(model, slices)
+    first = evaluate(step_module, val_pairs, dist_info, device, sessions)
     tracker = BestWeights(params, cfg, round(cfg.min_steps_share * cfg.steps), first)
     report(TuneProgress("eval", 0, cfg.steps, val_dice=_click(first), best_val_dice=_click(first),
                         message="held-out Dice before tuning"))
@@ -181,7 +206,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
                             best_val_dice=_click(tracker.best), epoch=epoch, eta_s=eta))
         if val_pairs and (step % interval == 0 or step == cfg.steps):
             check_cancel()
-            held = evaluate(step_module, val_pairs, dist_info, device)
+            held = evaluate(step_module, val_pairs, dist_info, device, sessions)
             stop = tracker.update(step, held)
             report(TuneProgress("eval", step, cfg.steps, loss=loss_value, val_dice=held.click,
                                 best_val_dice=tracker.best.click, epoch=epoch, eta_s=eta))
@@ -189,7 +214,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
                 stopped = "early_stopping"
                 break
     steps_done = step if cfg.steps else 0
-    tracker.restore()
+    tracker.restore(lambda: evaluate(step_module, val_pairs, dist_info, device, sessions))
     del runner
 
     n = len(losses)
@@ -207,6 +232,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
         stopped=stopped,
         kept="tuned" if tracker.best_step or first is None else "untuned",
         best_step=tracker.best_step,
+        blend=tracker.blend,
         epochs=round(steps_done * per_step / len(samples.slice_ids), 2),
         held_out=_change(first.click, best.click, first.box, best.box, first.session, best.session)
         if first is not None else None,

@@ -46,6 +46,9 @@ class TuneConfig:
     # a few held-out objects give a noisy estimate. 0.01 = the loss the few-shot goal tolerates; chosen on
     # development volumes (benchmarks/tuning_gain.py, seeds 7001-7008), where no accepted run lost more.
     accept_margin: float = 0.01
+    # Besides the best check's weights, these shares of its change from the start are checked, and the smallest
+    # change that scores as well is kept (tuning_loop.BestWeights.restore); () keeps the best check's weights.
+    blends: tuple[float, ...] = (0.5, 0.75)
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
     min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
     # barely move during the warm-up, and a first half without gain says little about the second
@@ -61,6 +64,8 @@ class TuneConfig:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if not 0 < self.lr < float("inf"):  # nan too
             raise ValueError(f"the learning rate must be a positive number (e.g. 1e-4), got {self.lr}")
+        if not all(0 < share <= 1 for share in self.blends):
+            raise ValueError(f"blends are shares of the tuned change, each in (0, 1], got {self.blends}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
         if not (self.train_adapters or self.train_decoder or self.full_finetune):
@@ -122,6 +127,7 @@ class TuneSummary:
     epochs: float  # passes over the training slices
     held_out: DiceChange | None  # over all held-out objects; None without a held-out split
     per_label: dict[int, DiceChange] = field(default_factory=dict)
+    blend: float = 1.0  # the share of the best check's change from the start kept (0: the start)
     # (label, click before, click after, box before, box after) per held-out object
     per_object: list[tuple[int, float, float, float, float]] = field(default_factory=list)
     history: list[tuple[int, float, float, float]] = field(default_factory=list)  # (step, click, box, session)
