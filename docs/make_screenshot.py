@@ -16,7 +16,8 @@ import napari
 from qtpy.QtCore import QEventLoop, QTimer
 
 from napari_msa._widgets._hub import hub_for
-from napari_msa.engine.files.litemedsam import INSTALL_HINT, is_installed
+from napari_msa.engine.file_checks import CheckpointError
+from napari_msa.engine.files.litemedsam import bundled_weights
 from napari_msa.engine.prompts.geometry import dice, exact_depth, most_interior
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "screenshot.png"
@@ -41,8 +42,10 @@ def spin(condition, timeout: float = 600.0) -> None:
 
 
 def main() -> int:
-    if not is_installed():
-        print(f"the default model's weights are missing: {INSTALL_HINT}", file=sys.stderr)
+    try:
+        bundled_weights()
+    except CheckpointError as err:
+        print(err, file=sys.stderr)
         return 1
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 940)

@@ -308,7 +308,7 @@ class Session:
                      cancel: CancelFn | None = None, batch_size: int | None = None) -> None:
         """Precompute embeddings (a prefetch, a whole volume); stops between encoder passes when ``cancel()``
         is true. ``batch_size`` slices go through the encoder per pass (None: what was measured fastest on
-        the model's kind of device, ``engine.devices.volume_batch_size``); slices already cached (memory or
+        the model's kind of device, ``engine.model.devices.volume_batch_size``); slices already cached (memory or
         disk) are skipped."""
         slices = list(slices)
         for z in slices:
@@ -339,7 +339,7 @@ class Session:
     # --- prediction ------------------------------------------------------------------------------
     @property
     def rule(self) -> InteractionRule:
-        """How clicks become prompts (``engine.interaction``): the one given, else the model's own."""
+        """How clicks become prompts (``engine.prompts.interaction``): the one given, else the model's own."""
         return self._rule or self.model.interaction
 
     @rule.setter
@@ -362,7 +362,7 @@ class Session:
         """Mask (bool, plane shape) and SAM's predicted IoU for one object's prompts on one slice.
 
         Points are (row, col) in 2D or (z, row, col) in a volume, in the order they were clicked; ``box`` is
-        (min_row, min_col, max_row, max_col). The points are an interaction (``engine.interaction``): the box
+        (min_row, min_col, max_row, max_col). The points are an interaction (``engine.prompts.interaction``): the box
         first, then one step per click, each prompted by the session's ``rule`` from the step before. Calling
         once per click with one more click each time costs one decoder pass a call (and an encoder pass on a
         window of the slice when a ``zoom`` rule zooms in on the object); any sequence gives the same mask as that.
@@ -517,7 +517,7 @@ class Session:
         """Carry an object from slice ``z`` to its neighbours, both ways, until it ends.
 
         Each slice is prompted with the box of the previous slice's mask, grown by ``box_margin``, and the
-        mask's most interior point (``engine.propagation``). A direction ends at the first slice whose mask
+        mask's most interior point (``engine.inference.propagation``). A direction ends at the first slice whose mask
         overlaps the previous one by less than ``iou_threshold``, whose predicted IoU is below ``min_score``, or
         whose brightness differs from the object's on slice ``z`` by more than ``max_shift`` of its spread
         (past an organ's end the model answers with the next structure, often confidently and overlapping):

@@ -5,9 +5,9 @@ the rule adds from the previous answer: its low-res logits as mask input (SAM's 
 the mask shown (which steadies a model trained on boxes), both or neither. A box drawn by the user is the first
 step of its object's interaction and stays in every later prompt. An optional *prior* (an object that already
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
-the first answer (and a box the user drew, at once) in a window around the object (``engine.zoom``), re-encoded at
-the model's full input size; its answers are pasted back on the slice, and the previous answer's logits are
-resampled into a new window.
+the first answer (and a box the user drew, at once) in a window around the object (``engine.prompts.zoom``),
+re-encoded at the model's full input size; its answers are pasted back on the slice, and the previous answer's
+logits are resampled into a new window.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -35,7 +35,7 @@ class InteractionRule:
 
     feed_logits: bool = False  # its low-res logits as the decoder's mask input
     shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
-    zoom: bool = False  # later clicks decoded in a window around the object (engine.zoom)
+    zoom: bool = False  # later clicks decoded in a window around the object (engine.prompts.zoom)
 
     @property
     def name(self) -> str:
