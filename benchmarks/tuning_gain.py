@@ -124,7 +124,7 @@ def run_one(volume: Volume, k: int, tune_kwargs: dict, verbose: bool = False) ->
     return {
         "model": volume.model_name, "generator": volume.generator, "seed": volume.seed, "k": k,
         "labelled": labelled, "tune": tune_kwargs,
-        "tune_s": round(tune_s, 1), "steps_done": s.steps_done, "stopped": s.stopped, "kept": s.kept,
+        "tune_s": round(tune_s, 1), "steps_done": s.steps_done, "stopped": s.stopped, "kept": s.kept, "blend": s.blend,
         "held_out": s.to_dict()["held_out"], "val_objects": s.per_object, "best_step": s.best_step,
         "step_time_s": s.step_time_s, "names": {str(a): b for a, b in volume.names.items()},
         "before": [r for r in volume.before if r["z"] in others], "after": after,
@@ -141,7 +141,8 @@ def summarize(run: dict) -> str:
     return (f"{run['model']:>10} {run.get('generator', 'ct')} seed {run['seed']} k={run['k']}: click "
             f"{mean(b, 'click'):.3f} -> {mean(a, 'click'):.3f}, box {mean(b, 'box'):.3f} -> {mean(a, 'box'):.3f}, "
             f"{SESSION_CLICKS}-click session {mean(b, 'session'):.3f} -> {mean(a, 'session'):.3f} on {len(a)} "
-            f"objects; tune {run['tune_s']:.0f} s, {run['steps_done']} steps ({run['stopped']}, kept {run['kept']})")
+            f"objects; tune {run['tune_s']:.0f} s, {run['steps_done']} steps ({run['stopped']}, kept {run['kept']}"
+            + (f", blend {run['blend']:g}" if "blend" in run else "") + ")")
 
 
 def report(paths: list[str], png: str | None) -> None:

@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_msa.engine.tuning import distributed
     from napari_msa.engine.tuning.api import TuneProgress, tune
+    from napari_msa.engine.tuning.held_out import SESSION_CLICKS
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
@@ -220,10 +221,12 @@ def run(args: argparse.Namespace) -> int:
                 kept = (" no check beat the starting weights, so the adapter written is the one tuning started "
                         "from;" if not s.tuned else "")
                 h = s.held_out
+                blend = f"; {s.blend:.0%} of the tuned change kept (it scored as well)" if 0 < s.blend < 1 else ""
                 print(f"held-out Dice (1 click) {_fmt(h.click_before)} -> {_fmt(h.click_after)}, "
-                      f"box {_fmt(h.box_before)} -> {_fmt(h.box_after)} "
+                      f"box {_fmt(h.box_before)} -> {_fmt(h.box_after)}, "
+                      f"{SESSION_CLICKS}-click session {_fmt(h.session_before)} -> {_fmt(h.session_after)} "
                       f"on {s.n_val_objects} held-out object(s); {s.steps_done}/{s.config.steps} steps"
-                      f"{stop} on {s.world_size} process(es);{kept} adapter written to {out}")
+                      f"{stop}{blend} on {s.world_size} process(es);{kept} adapter written to {out}")
             else:
                 print(f"no held-out objects (--val-fraction 0), Dice not measured; {s.steps_done} steps; "
                       f"adapter written to {out}")

@@ -320,6 +320,8 @@ class TuneWidget(QWidget):
         self.result = result
         dice = (f"held-out Dice {s.held_out.click_before:.3f} → {s.held_out.click_after:.3f}" if s.held_out
                 else "no held-out objects, Dice not measured")
+        if s.blend < 1:
+            dice += f" ({s.blend:.0%} of the tuned change: it scored as well as all of it)"
         self.status.setText(f"{done}, {dice}. Segmentation uses the tuned adapter now: keep it, or discard it to go "
                             "back.")
         self.save_button.setEnabled(True)
