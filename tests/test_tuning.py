@@ -571,3 +571,38 @@ def test_first_clicks_land_in_the_click_region_and_corrections_anywhere(monkeypa
     tune(tiny(image_size=size), [image], [whole], **opts)
     clicks = np.concatenate(firsts)
     assert (~own[clicks[:, 1].round().astype(int), clicks[:, 0].round().astype(int)]).mean() > 0.5
+
+
+def test_zoomed_views_frame_each_training_object_as_a_zooming_rule_decodes_it():
+    from napari_msa.engine.prompts.zoom import zoom_window
+    from napari_msa.engine.tuning.data import window_views
+
+    images, labels = blob_task(3, size=200)
+    slices, pairs = build_pairs(images, labels, image_size=SIZE)
+    train = [p for p in pairs if slices[p.slice_id].z != 1]  # slice 1 held out: none of its views may appear
+    views, view_pairs = window_views(images, labels, slices, train, image_size=SIZE)
+    assert len(view_pairs) == len(views) == len(train)
+    assert {v.z for v in views} == {0, 2}
+    for view, pair, source in zip(views, view_pairs, train, strict=True):
+        assert view.rgb.shape == (SIZE, SIZE, 3) and pair.label == source.label
+        obj = labels[view.z] == pair.label
+        r0, c0, r1, c1 = zoom_window(obj.shape, obj, np.zeros((0, 2)), np.zeros(0))
+        scale = SIZE / (r1 - r0)
+        # the object fills about (1 / SCALE)^2 of its view, at the view's scale
+        assert view.mask(pair.object_id).sum() == pytest.approx(obj.sum() * scale**2, rel=0.15)
+
+
+def test_tuning_with_zoomed_views_draws_a_share_of_its_samples_from_them(monkeypatch):
+    from napari_msa.engine.tuning import step
+
+    images, labels = blob_task(4, size=160)
+    seen = []
+    original = step.StepModule._sample_loss
+    monkeypatch.setattr(step.StepModule, "_sample_loss",
+                        lambda self, s: seen.append(s.slice_id) or original(self, s))
+    result = tune(tiny(), images, labels, steps=12, seed=0, val_fraction=0.25, zoom_views=0.5, blends=())
+    assert result.summary.n_slices == 4 and result.summary.config.zoom_views == 0.5
+    views = [sid for sid in seen if sid >= 4]  # views come after the labelled slices
+    assert 0 < len(views) < len(seen)
+    with pytest.raises(ValueError, match="zoom_views"):
+        tune(tiny(), images, labels, steps=1, zoom_views=1.5)

@@ -25,7 +25,7 @@ from ..model.msa_model import MSAModel
 from ..network.preprocessing import Normalization
 from . import distributed
 from .budget import step_budget
-from .data import build_pairs, split_pairs
+from .data import Pair, build_pairs, split_pairs, window_views
 from .loop import train
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 
@@ -96,6 +96,12 @@ def tune(
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb,
                                 click_regions=click_regions)
     train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
+    zoom_pairs: list[Pair] = []
+    if cfg.zoom_views > 0:
+        views, view_pairs = window_views(images, labels, slices, train_pairs, image_size=model.image_size,
+                                         normalization=norm, rgb=rgb)
+        zoom_pairs = [replace(p, slice_id=p.slice_id + len(slices)) for p in view_pairs]
+        slices = slices + views
     budget = step_budget(model, cfg)
     if cfg.batch_size is None:
         cfg = replace(cfg, batch_size=budget.batch_size)
@@ -113,7 +119,7 @@ def tune(
     flags = {n: p.requires_grad for n, p in sam.named_parameters()}
     try:
         loop = train(target, slices, train_pairs, val_pairs, split, cfg, dist_info=dist_info, report=report,
-                     check_cancel=check_cancel)
+                     check_cancel=check_cancel, zoom_pairs=zoom_pairs)
     except BaseException:
         if snapshot is not None:
             target.restore_state(snapshot)

@@ -12,6 +12,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from ..prompts.geometry import depth_map, interior_click, mask_box, most_interior
+from ..prompts.zoom import zoom_window
 
 # --------------------------------------------------------------------------------------------------
 # Training pairs
@@ -134,6 +135,56 @@ def build_pairs(
             slices.append(TrainingSlice(small, small_lab, i, z, pieces, clickable))
             pairs.extend(Pair(sid, piece, label) for piece, label in enumerate(piece_labels, start=1))
     return slices, pairs
+
+
+def window_views(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    slices: list[TrainingSlice],
+    pairs: list[Pair],
+    *,
+    image_size: int,
+    normalization: Normalization | None = None,
+    rgb: bool | None = None,
+    min_pixels: int = 8,
+) -> tuple[list[TrainingSlice], list[Pair]]:
+    """(slices, pairs) of zoomed views, one per pair: the window a zooming rule decodes that object's corrections
+    in (``prompts.zoom``, around the whole object), cut from the full-resolution plane and resized to the model's
+    input, with that object as its one pair (the rest of the window is context). Give it training pairs only."""
+    norm = normalization or Normalization()
+    imgs, labs = _as_list(images), _as_list(labels)
+    resize = ResizeLongestSide(image_size)
+    windows: dict[int, tuple[float, float]] = {}
+    out_slices: list[TrainingSlice] = []
+    out_pairs: list[Pair] = []
+    for pair in pairs:
+        sl = slices[pair.slice_id]
+        image, lab = imgs[sl.image_index], labs[sl.image_index]
+        layout = ImageLayout.of(image, rgb)
+        if sl.image_index not in windows:
+            windows[sl.image_index] = intensity_window(image, norm, layout.rgb)
+        plane = image[sl.z] if sl.z is not None else image
+        plane_lab = np.asarray(lab[sl.z] if sl.z is not None else lab, dtype=np.int64)
+        # the object at full resolution: the piece of its label that the model-scale piece lies on
+        footprint = _resize_nearest(sl.mask(pair.object_id).astype(np.int64), plane_lab.shape) > 0
+        parts, _ = ndimage.label(plane_lab == pair.label)
+        under = parts[footprint & (parts > 0)]
+        if under.size == 0:
+            continue
+        obj = parts == np.bincount(under).argmax()
+        window = zoom_window(plane_lab.shape, obj, np.zeros((0, 2)), np.zeros(0, dtype=np.int64))
+        if window is None:  # the object fills most of the slice: a zooming rule does not zoom either
+            continue
+        r0, c0, r1, c1 = window
+        small = resize.apply_image(to_uint8_rgb(plane[r0:r1, c0:c1], windows[sl.image_index]))
+        small_lab = _resize_nearest(plane_lab[r0:r1, c0:c1], small.shape[:2])
+        pieces, _ = _pieces(small_lab, min_pixels)
+        centred = pieces[(_resize_nearest(obj[r0:r1, c0:c1].astype(np.int64), small.shape[:2]) > 0) & (pieces > 0)]
+        if centred.size == 0:
+            continue
+        out_pairs.append(Pair(len(out_slices), int(np.bincount(centred).argmax()), pair.label))
+        out_slices.append(TrainingSlice(small, small_lab, sl.image_index, sl.z, pieces))
+    return out_slices, out_pairs
 
 
 def _pieces(labels: np.ndarray, min_pixels: int) -> tuple[np.ndarray, list[int]]:

@@ -45,13 +45,15 @@ class SampleSchedule:
     ``batch_size`` of its objects. Turns are numbered over all processes, so N processes with one slice per step
     train exactly like one process with N slices per step."""
 
-    def __init__(self, train_pairs: list[Pair], cfg: TuneConfig, jitter_intensity: bool) -> None:
+    def __init__(self, train_pairs: list[Pair], cfg: TuneConfig, jitter_intensity: bool,
+                 zoom_pairs: list[Pair] | None = None) -> None:
         self.cfg = cfg
         self.jitter = jitter_intensity
         self.by_slice: dict[int, list[Pair]] = {}
         for pair in train_pairs:
             self.by_slice.setdefault(pair.slice_id, []).append(pair)
         self.slice_ids = sorted(self.by_slice)
+        self.zoom_pairs = list(zoom_pairs or [])  # one object each, on its own zoomed view (cfg.zoom_views)
 
     def __call__(self, turn: int) -> Sample:
         cfg = self.cfg
@@ -59,6 +61,9 @@ class SampleSchedule:
         sid = self.slice_ids[int(np.random.default_rng([cfg.seed, 1, cycle]).permutation(len(self.slice_ids))[pos])]
         r = np.random.default_rng([cfg.seed, 2, turn])
         pairs = self.by_slice[sid]
+        if self.zoom_pairs and r.random() < cfg.zoom_views:
+            pairs = [self.zoom_pairs[int(r.integers(len(self.zoom_pairs)))]]
+            sid = pairs[0].slice_id
         chosen = r.permutation(len(pairs))[: cfg.batch_size]
         return Sample(
             slice_id=sid,
@@ -141,7 +146,7 @@ class LoopResult:
 
 def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair], val_pairs: list[Pair], split: str,
           cfg: TuneConfig, *, dist_info: distributed.DistInfo, report: Callable[[TuneProgress], None],
-          check_cancel: Callable[[], None]) -> LoopResult:
+          check_cancel: Callable[[], None], zoom_pairs: list[Pair] | None = None) -> LoopResult:
     """Train ``model`` in place for ``cfg.steps`` steps (fewer if it stops early) and leave the chosen weights in it."""
     sam, device, world = model.sam, model.device, dist_info.world_size
     set_depth_slices(sam, 1)
@@ -168,7 +173,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     warmup_steps = max(1, round(cfg.warmup * cfg.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.steps, warmup_steps))
     interval = cfg.eval_every or max(1, math.ceil(cfg.steps / cfg.evaluations))
-    samples = SampleSchedule(train_pairs, cfg, jitter_intensity=not use_cache)
+    samples = SampleSchedule(train_pairs, cfg, jitter_intensity=not use_cache, zoom_pairs=zoom_pairs)
     per_step = world * cfg.slices_per_step
 
     sessions = AnnotatorSessions(model, slices)
@@ -224,7 +229,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
         config=cfg,
         model=model.config.name,
         image_size=model.image_size,
-        n_slices=len(slices),
+        n_slices=len(slices) - len(zoom_pairs or []),  # the zoomed views are not slices the user labelled
         n_train_objects=len(train_pairs),
         n_val_objects=len(val_pairs),
         split=split,

@@ -33,6 +33,9 @@ class TuneConfig:
     # share the labelled ones' orientation.
     augment: bool | None = None
     box_share: float = 0.3  # share of samples prompted with a jittered box instead of a click
+    # Share of samples drawn from zoomed views of the training objects (data.window_views: the windows a zooming
+    # rule decodes corrections in), so the decoder also learns the scale it answers corrections at. 0: none.
+    zoom_views: float = 0.0
     max_correction_rounds: int = 1  # 0..this many correction clicks after the first prompt
     # How the simulated session prompts each correction (engine.prompts.interaction): None, the model's own rule. The
     # previous answer's logits and shown box go in as the session would give them.
@@ -64,6 +67,8 @@ class TuneConfig:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if not 0 < self.lr < float("inf"):  # nan too
             raise ValueError(f"the learning rate must be a positive number (e.g. 1e-4), got {self.lr}")
+        if not 0 <= self.zoom_views < 1:
+            raise ValueError(f"zoom_views is a share of the samples in [0, 1), got {self.zoom_views}")
         if not all(0 < share <= 1 for share in self.blends):
             raise ValueError(f"blends are shares of the tuned change, each in (0, 1], got {self.blends}")
         if self.batch_size is not None and self.batch_size < 1:
