@@ -234,3 +234,17 @@ def test_a_bad_request_is_one_clear_error(server, params, says):
     status, _, body = slicer_send(server, "POST", "/infer/msa_2d?image=phantom_ct",
                                   fields={"params": json.dumps(params)})
     assert status == 400 and says in json.loads(body)["detail"]
+
+
+def test_the_server_venv_keeps_pydicom_3_and_still_imports_pydicom_seg():
+    """The workaround (server/pydicom_compat.py via a .pth file) rather than a pydicom < 3 pin."""
+    import subprocess
+
+    from conftest import server_python
+
+    code = ("import pydicom, pydicom_seg, highdicom, monailabel.datastore.utils.convert; "
+            "from pydicom._storage_sopclass_uids import SegmentationStorage; "
+            "assert SegmentationStorage == pydicom.uid.SegmentationStorage; print(pydicom.__version__)")
+    done = subprocess.run([str(server_python()), "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().split(".")[0]) >= 3
