@@ -1,8 +1,9 @@
 """napari-msa's MONAI Label app: ``monailabel start_server --app server --studies DIR --conf model litemedsam``.
 
-Infer tasks ``msa_2d`` and ``msa_3d`` serve napari-msa's engine (``napari_msa.Session``) to 3D Slicer's MONAI Label
-extension, OHIF and any MONAI Label client. ``--conf`` keys: model, checkpoint, adapter (a file, auto, none),
-device, precision, runtime, normalize, cache_dir, studies_kept, model_dir (see ``msa_app.config``).
+Infer tasks ``msa_2d`` and ``msa_3d`` and the train task ``msa_tune`` serve napari-msa's engine
+(``napari_msa.Session``, ``tune``) to 3D Slicer's MONAI Label extension, OHIF and any MONAI Label client.
+``--conf`` keys: model, checkpoint, adapter (a file, auto, none), device, precision, runtime, normalize, cache_dir,
+studies_kept, model_dir, threads (see ``msa_app.config``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from msa_app.config import AppConfig  # noqa: E402
 from msa_app.infer import MSAInfer  # noqa: E402
 from msa_app.studies import Studies  # noqa: E402
+from msa_app.train import MSATrain  # noqa: E402
 
 import napari_msa  # noqa: E402
 
@@ -36,3 +38,6 @@ class NapariMSAApp(MONAILabelApp):
 
     def init_infers(self) -> dict:
         return {"msa_2d": MSAInfer(self.studies_served, 2), "msa_3d": MSAInfer(self.studies_served, 3)}
+
+    def init_trainers(self) -> dict:
+        return {"msa_tune": MSATrain(self.studies_served)}

@@ -31,6 +31,7 @@ class AppConfig:
     cache_dir: str | None = None
     studies_kept: int = 8
     model_dir: str = "model"
+    threads: int | None = None  # torch threads per process (None: torch's default)
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | Path) -> AppConfig:
@@ -53,7 +54,10 @@ class AppConfig:
         if kept < 1:
             raise ConfigError(f"--conf studies_kept {get('studies_kept')}: a whole number >= 1")
         model_dir = Path(get("model_dir", Path(app_dir) / "model"))
+        threads = get("threads")
+        if threads is not None and (not threads.isdigit() or int(threads) < 1):
+            raise ConfigError(f"--conf threads {threads}: a whole number >= 1")
         return cls(model=get("model", "litemedsam"), checkpoint=checkpoint, adapter=adapter,
                    device=get("device", "auto"), precision=get("precision", "auto"), runtime=get("runtime", "auto"),
                    normalize=get("normalize", "auto"), cache_dir=get("cache_dir"), studies_kept=kept,
-                   model_dir=str(model_dir))
+                   model_dir=str(model_dir), threads=None if threads is None else int(threads))

@@ -42,7 +42,7 @@ class MSAInfer(InferTask):
         fd, path = tempfile.mkstemp(prefix="msa_", suffix=".nii.gz")
         os.close(fd)
         try:
-            write_mask(path, result.labels, self.studies.get(request["image"]).geometry)
+            write_mask(path, result.labels, result.geometry)
         except BaseException:
             os.unlink(path)
             raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_msa._cli.segment import _fill_by_propagation
+from napari_msa.medical_io import Geometry
 
 from .clicks import Click, as_clicks
 from .studies import Studies, Study
@@ -35,9 +36,10 @@ class SlicePrompts:
 
 @dataclass
 class Result:
-    """Display-order labels (1 where the object is) and what the client is told."""
+    """Display-order labels (1 where the object is) on the study's geometry, and what the client is told."""
 
     labels: np.ndarray
+    geometry: Geometry
     params: dict
 
 
@@ -135,7 +137,8 @@ def segment(studies: Studies, request: dict, dimension: int) -> Result:
         "slices": [p.k for p in asked],
         "propagated": len(masks) - len(prompted),
         "scores": scores,
-        "model": studies.model.describe(),
+        "model": session.model.describe(),
+        "adapter": studies.adapter if studies.adapter is None else str(studies.adapter),
         "seconds": round(time.perf_counter() - start, 4),
     }
-    return Result(labels, params)
+    return Result(labels, geometry, params)

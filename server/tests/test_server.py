@@ -17,6 +17,7 @@ from urllib.parse import quote_plus
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import CONF
 
 from napari_msa import Session
 from napari_msa._cli.segment import _fill_by_propagation
@@ -24,6 +25,8 @@ from napari_msa.medical_io.cli import read_array
 
 SLICER_BOUNDARY = "----------lImIt_of_THE_fIle_eW_$"  # MONAILabelLib's multipart boundary
 SLICER_CLIENT = "user-xyz"  # the extension's default Client/User-ID
+CONF_MODEL = CONF["model"]
+CONF_REST = {"device": CONF["device"], "precision": CONF["precision"], "runtime": CONF["runtime"]}
 
 
 # --- 3D Slicer's requests --------------------------------------------------------------------------------------------
@@ -129,7 +132,8 @@ def test_info_lists_the_deepgrow_tasks_as_slicer_reads_them(server):
     models = info["models"]
     assert models["msa_2d"]["type"] == "deepgrow" and models["msa_2d"]["dimension"] == 2
     assert models["msa_3d"]["type"] == "deepgrow" and models["msa_3d"]["dimension"] == 3
-    assert info["datastore"]["total"] == 4  # the three samples and the reoriented phantom
+    assert info["datastore"]["total"] == 5  # the three samples, the phantom reoriented and inverted
+    assert "msa_tune" in info["trainers"]
 
 
 def test_slicer_clicks_on_a_slice_give_the_sessions_masks_click_after_click(server, studies, local_model):
@@ -214,7 +218,7 @@ def test_monailabel_client_2d_and_the_datastore_flow(run_client, studies, local_
         {"op": "infer", "model": "msa_2d", "image": "mri_volume",
          "params": {"label": "brain", "foreground": [list(click)], "background": [], "slice": 12}},
     ])
-    assert results[0]["result"]["id"] in {"ct_slice", "mri_volume", "phantom_ct", "phantom_rpi"}
+    assert results[0]["result"]["id"] in {"ct_slice", "mri_volume", "phantom_ct", "phantom_rpi", "phantom_inv"}
     mask, z = local.predict([(*click, 1)])
     label_file = results[1]["result"]["file"]
     assert np.array_equal(np.asanyarray(nib.load(label_file).dataobj), local.to_source({z: mask}))
@@ -248,3 +252,75 @@ def test_the_server_venv_keeps_pydicom_3_and_still_imports_pydicom_seg():
     done = subprocess.run([str(server_python()), "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip().split(".")[0]) >= 3
+
+
+# --- training --------------------------------------------------------------------------------------------------------
+def nrrd_labelmap(path: Path, labels: np.ndarray, affine: np.ndarray) -> Path:
+    """A labelmap NRRD on the image's voxel grid, as Slicer saves one (raw uint8, i fastest, LPS space)."""
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :4]  # nibabel's RAS+ to NRRD's LPS
+    dirs = " ".join("(" + ",".join(f"{v:.6g}" for v in lps[:, a]) + ")" for a in range(3))
+    header = ("NRRD0004\ntype: uint8\ndimension: 3\nspace: left-posterior-superior\n"
+              f"sizes: {' '.join(map(str, labels.shape))}\nspace directions: {dirs}\nkinds: domain domain domain\n"
+              "endian: little\nencoding: raw\n"
+              f"space origin: ({','.join(f'{v:.6g}' for v in lps[:, 3])})\n\n")
+    path.write_bytes(header.encode() + labels.astype(np.uint8).tobytes(order="F"))
+    return path
+
+
+def wait_for_training(server, timeout_s: float = 900) -> dict:
+    """GET /train/ (the extension's training status) until the run is no longer RUNNING."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, _, body = slicer_send(server, "GET", "/train/")
+        task = json.loads(body)
+        if status == 200 and task.get("status") not in ("SUBMITTED", "RUNNING"):
+            return task
+        time.sleep(2)
+    pytest.fail(f"training did not finish in {timeout_s} s\n{server.log_tail()}")
+
+
+def test_training_on_a_submitted_label_makes_the_tuned_adapter_live_and_restore_goes_back(
+        server, studies, local_model, tmp_path):
+    """Submit Label (a Slicer NRRD), Train, then the next click uses the tuned adapter; restore undoes it."""
+    from napari_msa import load_model
+    from napari_msa._sample_data import read_sample
+
+    ref, _ = read_sample("phantom_labels.tif")  # display (z, y, x) = (k, j, i) of the phantom files
+    labelled = ref.copy()
+    labelled[[z for z in range(ref.shape[0]) if z % 4]] = 0  # 8 labelled slices
+    affine = nib.load(studies / "phantom_inv.nii.gz").affine
+    label_file = nrrd_labelmap(tmp_path / "label.nrrd", np.transpose(labelled, (2, 1, 0)), affine)
+    status, _, body = slicer_send(server, "PUT", "/datastore/label?image=phantom_inv",
+                                  fields={"params": json.dumps({"label_info": [], "client_id": SLICER_CLIENT})},
+                                  files={"label": label_file})
+    assert status == 200, body
+
+    status, _, body = slicer_send(server, "POST", "/train/msa_tune", json_body={"steps": 30,
+                                                                                "client_id": SLICER_CLIENT})
+    assert status == 200, body
+    task = wait_for_training(server)
+    assert task["status"] == "DONE", f"{task}\n{server.log_tail()}"
+    status, _, body = slicer_send(server, "GET", "/info/")
+    stats = json.loads(body)["train_stats"]["msa_tune"]
+    assert stats["held_out"]["click_after"] > stats["held_out"]["click_before"] + 0.01, stats
+    adapter = stats["adapter"]
+
+    i, j, k = inside_voxel(studies, "phantom_ct", 1)  # the liver
+    click = {"label": "liver", "foreground": [[i, j, k]], "background": [], "slice": k}
+    params, label = slicer_infer(server, "msa_2d", "phantom_inv", click)
+    assert params["adapter"] == adapter
+    tuned = Local(studies / "phantom_inv.nii.gz", load_model(CONF_MODEL, adapter=adapter, **CONF_REST))
+    untuned = Local(studies / "phantom_inv.nii.gz", local_model)
+    tuned_mask, z = tuned.predict([(i, j, k, 1)])
+    untuned_mask, _ = untuned.predict([(i, j, k, 1)])
+    assert not np.array_equal(tuned_mask, untuned_mask), "the test needs a click the tuning changes"
+    assert np.array_equal(label, tuned.to_source({z: tuned_mask}))
+
+    status, _, body = slicer_send(server, "POST", "/train/msa_tune", json_body={"restore": True})
+    assert status == 200, body
+    assert wait_for_training(server)["status"] == "DONE"
+    params, label = slicer_infer(server, "msa_2d", "phantom_inv", dict(click, label="liver again"))
+    assert params["adapter"] != adapter
+    assert np.array_equal(label, untuned.to_source({z: untuned_mask}))
