@@ -3,8 +3,10 @@
 Each round is one object on one phantom slice clicked like an annotator in 3D Slicer: a first click deep inside an
 organ, then corrections around it; one request per click, with every click so far, as Slicer's MONAI Label
 extension sends them (POST /infer/msa_2d, multipart params). The slice is encoded once before timing, on both
-sides, so what is timed is what a click costs on a slice already looked at. Run against a server with the same
-model settings as this process's defaults (``make server``: LiteMedSAM + click adapter, precision auto).
+sides, so what is timed is what a click costs on a slice already looked at. Between clicks the annotator looks for
+``--think`` seconds (not timed): the server encodes the zoom window ahead meanwhile, and so does this process, as
+the Segment widget does. Run against a server with the same model settings as this process's defaults
+(``make server``: LiteMedSAM + click adapter, precision auto).
 
     make server &   # then
     python benchmarks/server_latency.py [--url http://127.0.0.1:8000] [--studies .server-studies]
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--studies", default=".server-studies")
     parser.add_argument("--study", default="phantom_ct")
     parser.add_argument("--clicks", type=int, default=6)
+    parser.add_argument("--think", type=float, default=1.0, help="seconds between clicks, not timed [1.0]")
     args = parser.parse_args()
 
     model = load_model()
@@ -99,9 +102,13 @@ def main() -> None:
     for name, k, clicks in rounds:
         for n in range(1, len(clicks) + 1):
             t_server = server_click(args.url, args.study, name, clicks[:n], k)
+            time.sleep(args.think)  # the server encodes ahead meanwhile
             start = time.perf_counter()
             session.predict(points=[(c[2], c[1], c[0]) for c in clicks[:n]], labels=[c[3] for c in clicks[:n]])
             t_local = time.perf_counter() - start
+            start = time.perf_counter()
+            session.prefetch_window(k)  # what the widget's idle worker does while the annotator looks
+            time.sleep(max(0.0, args.think - (time.perf_counter() - start)))
             for side, t in (("server", t_server), ("in-process", t_local)):
                 times[side][0 if n == 1 else 1].append(t)
     for side, (first, later) in times.items():

@@ -127,6 +127,8 @@ def segment(studies: Studies, request: dict, dimension: int) -> Result:
         prompted = set(masks)
         if dimension == 3 and not geometry.is_2d:
             masks.update(_fill_by_propagation(session, masks, iou_threshold=0.5))
+        else:
+            studies.encode_ahead(study, z)
     for z, mask in masks.items():
         target = labels if geometry.is_2d else labels[z]
         target[mask] = 1

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,19 @@ class Studies:
         self._pointer_seen: tuple | None = None
         self._studies: OrderedDict[tuple, Study] = OrderedDict()
         self._lock = threading.Lock()
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msa-ahead")
         self.model = self._load(self._pointed_adapter())
+
+    def encode_ahead(self, study: Study, z: int | None) -> None:
+        """Encode, in the background, the window the object's next click will most likely be decoded in (the
+        zoom rule's), as the Segment widget does while the annotator looks at the answer; masks are unchanged."""
+        def run() -> None:
+            try:
+                study.session.prefetch_window(0 if z is None else z)
+            except Exception as err:  # only a cache fill: the next click encodes it itself
+                logger.debug(f"napari-msa: encoding ahead failed ({err})")
+
+        self._ahead.submit(run)
 
     # --- the live adapter ------------------------------------------------------------------------------------------
     def _pointer_key(self) -> tuple | None:
