@@ -6,10 +6,12 @@ extension sends them (POST /infer/msa_2d, multipart params). The slice is encode
 sides, so what is timed is what a click costs on a slice already looked at. Between clicks the annotator looks for
 ``--think`` seconds (not timed): the server encodes the zoom window ahead meanwhile, and so does this process, as
 the Segment widget does. Run against a server with the same model settings as this process's defaults
-(``make server``: LiteMedSAM + click adapter, precision auto).
+(``make server``: LiteMedSAM + click adapter, precision auto), and the same torch threads:
 
-    make server &   # then
-    python benchmarks/server_latency.py [--url http://127.0.0.1:8000] [--studies .server-studies]
+    make server CONF="--conf threads 1" &
+    python benchmarks/server_latency.py --threads 1
+
+Options: --url http://127.0.0.1:8000, --studies .server-studies, --clicks, --think, --threads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+import torch
 from _harness import machine_line
 
 from napari_msa import Session, load_model
@@ -85,10 +88,13 @@ def main() -> None:
     parser.add_argument("--study", default="phantom_ct")
     parser.add_argument("--clicks", type=int, default=6)
     parser.add_argument("--think", type=float, default=1.0, help="seconds between clicks, not timed [1.0]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads here; give the server the same (--conf threads N) [1]")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     model = load_model()
-    print(machine_line(extra=f"model {model.describe()}; the server runs on this machine too"))
+    print(machine_line(extra=f"model {model.describe()}; the server runs on this machine too; think {args.think} s"))
     data, _ = read_array(Path(args.studies) / f"{args.study}.nii.gz")
     session = Session(model)
     session.set_image(data)
@@ -99,18 +105,20 @@ def main() -> None:
         session.embedding(k)
         server_click(args.url, args.study, "warm-up", [(0, 0, k, 1)], k)
     times = {"server": ([], []), "in-process": ([], [])}
+    # One side after the other: each encodes ahead while its annotator looks, which must not overlap the other's
+    # click (on 2 cores it would).
     for name, k, clicks in rounds:
         for n in range(1, len(clicks) + 1):
-            t_server = server_click(args.url, args.study, name, clicks[:n], k)
+            times["server"][0 if n == 1 else 1].append(server_click(args.url, args.study, name, clicks[:n], k))
             time.sleep(args.think)  # the server encodes ahead meanwhile
+    for _, k, clicks in rounds:
+        for n in range(1, len(clicks) + 1):
             start = time.perf_counter()
             session.predict(points=[(c[2], c[1], c[0]) for c in clicks[:n]], labels=[c[3] for c in clicks[:n]])
-            t_local = time.perf_counter() - start
+            times["in-process"][0 if n == 1 else 1].append(time.perf_counter() - start)
             start = time.perf_counter()
             session.prefetch_window(k)  # what the widget's idle worker does while the annotator looks
             time.sleep(max(0.0, args.think - (time.perf_counter() - start)))
-            for side, t in (("server", t_server), ("in-process", t_local)):
-                times[side][0 if n == 1 else 1].append(t)
     for side, (first, later) in times.items():
         print(summary(side, first, later))
 
