@@ -63,6 +63,29 @@ def test_any_voxel_order_gives_the_display_rule(tmp_path, codes):
         assert image.geometry.plane == {"A": "coronal", "R": "sagittal"}[codes[2]]
 
 
+@pytest.mark.parametrize("codes", AXIAL_ORDERS + OTHER_PLANES, ids="".join)
+def test_a_source_voxel_index_maps_to_the_display_voxel_holding_it(tmp_path, codes):
+    """3D Slicer's IJK clicks are source-order indices: each lands on the display voxel with the same value."""
+    source = nifti_like(nib.load(NIB_DATA / "anatomical.nii"), codes)
+    values = np.arange(np.prod(source.shape)).reshape(source.shape)  # every voxel its own value
+    nib.save(nib.Nifti1Image(values.astype(np.int32), source.affine), tmp_path / "a.nii.gz")
+    image = _one(tmp_path / "a.nii.gz")
+    for ijk in [(0, 0, 0), tuple(s - 1 for s in source.shape), (3, 17, 9), (20, 1, 24)]:
+        ijk = tuple(min(v, s - 1) for v, s in zip(ijk, source.shape))
+        assert image.data[image.geometry.display_index(ijk)] == values[ijk]
+
+
+def test_a_one_slice_file_maps_voxel_indices_to_rows_and_columns(tmp_path):
+    values = np.arange(12 * 7, dtype=np.int32).reshape(12, 7, 1)
+    nib.save(nib.Nifti1Image(values, np.diag([-0.5, -0.5, 2.0, 1.0])), tmp_path / "s.nii.gz")
+    image = _one(tmp_path / "s.nii.gz")
+    assert image.data.ndim == 2
+    for ijk in [(0, 0, 0), (11, 6, 0), (4, 2, 0)]:
+        assert image.data[image.geometry.display_index(ijk)] == values[ijk]
+    with pytest.raises(MedicalIOError, match="i, j, k"):
+        image.geometry.display_index((1, 2))
+
+
 def test_4d_nifti_puts_time_first_and_scaled_nifti_gives_values():
     image = _one(NIB_DATA / "example4d.nii.gz")
     assert image.data.shape == (2, 24, 96, 128)

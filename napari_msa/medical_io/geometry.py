@@ -142,6 +142,18 @@ class Geometry:
         return {"scale": tuple([1.0] * lead + scale), "translate": tuple([0.0] * lead + translate)}
 
     # --- arrays --------------------------------------------------------------------------------------------------
+    def display_index(self, source_index) -> tuple[int, ...]:
+        """A voxel's index (i, j, k) in the source's own order as its index in the display array: (z, y, x), or
+        (y, x) for a one-slice image. What 3D Slicer calls IJK is the source order."""
+        ijk = [int(v) for v in source_index]
+        if len(ijk) != 3:
+            raise MedicalIOError(f"a voxel index is (i, j, k), got {list(source_index)}")
+        out = [0, 0, 0]
+        for axis, (dst, flip) in enumerate(self._to_display_ornt):
+            n = self.source_shape[axis]
+            out[int(dst)] = n - 1 - ijk[axis] if flip < 0 else ijk[axis]
+        return tuple(out[1:]) if self.is_2d else tuple(out)
+
     def to_display(self, source: np.ndarray) -> np.ndarray:
         """The source array (i, j, k, extra...) in display order, contiguous."""
         if tuple(source.shape) != self.source_shape:

@@ -1,0 +1,127 @@
+"""Click latency through the MONAI Label server (``make server``) vs the same clicks on ``Session.predict`` here.
+
+Each round is one object on one phantom slice clicked like an annotator in 3D Slicer: a first click deep inside an
+organ, then corrections around it; one request per click, with every click so far, as Slicer's MONAI Label
+extension sends them (POST /infer/msa_2d, multipart params). The slice is encoded once before timing, on both
+sides, so what is timed is what a click costs on a slice already looked at. Between clicks the annotator looks for
+``--think`` seconds (not timed): the server encodes the zoom window ahead meanwhile, and so does this process, as
+the Segment widget does. Run against a server with the same model settings as this process's defaults
+(``make server``: LiteMedSAM + click adapter, precision auto), and the same torch threads:
+
+    make server CONF="--conf threads 1" &
+    python benchmarks/server_latency.py --threads 1
+
+Options: --url http://127.0.0.1:8000, --studies .server-studies, --clicks, --think, --threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from _harness import machine_line
+
+from napari_msa import Session, load_model
+from napari_msa._sample_data import read_sample
+from napari_msa.medical_io.cli import read_array
+
+ORGANS = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 9: "stomach"}
+
+
+def clicks_for(label: int, n: int, rng: np.random.Generator) -> tuple[int, list[tuple[int, int, int, int]]]:
+    """(slice k, [(i, j, k, positive)]): a deep click, then n-1 corrections inside (+) or just outside (-)."""
+    from scipy import ndimage
+
+    ref, _ = read_sample("phantom_labels.tif")  # display (z, y, x) = the exported NIfTI's (k, j, i)
+    k = int(np.argmax((ref == label).sum(axis=(1, 2))))
+    obj = ref[k] == label
+    depth = ndimage.distance_transform_edt(obj)
+    y, x = np.unravel_index(depth.argmax(), depth.shape)
+    out = [(int(x), int(y), k, 1)]
+    ring = ndimage.binary_dilation(obj, iterations=4) & ~obj
+    for m in range(1, n):
+        where = np.argwhere(obj if m % 2 == 0 else ring)
+        yy, xx = where[rng.integers(len(where))]
+        out.append((int(xx), int(yy), k, 1 if m % 2 == 0 else 0))
+    return k, out
+
+
+def server_click(url: str, study: str, label: str, clicks, k: int) -> float:
+    fg = [list(c[:3]) for c in clicks if c[3] == 1]
+    bg = [list(c[:3]) for c in clicks if c[3] == 0]
+    params = {"label": label, "foreground": fg, "background": bg, "slice": k, "client_id": "bench"}
+    boundary = "----------lImIt_of_THE_fIle_eW_$"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+            f"--{boundary}--\r\n").encode()
+    where = urlparse(url)
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=300)
+    conn.request("POST", f"/infer/msa_2d?image={study}", body=body,
+                 headers={"content-type": f"multipart/form-data; boundary={boundary}",
+                          "content-length": str(len(body))})
+    response = conn.getresponse()
+    data = response.read()
+    elapsed = time.perf_counter() - start
+    if response.status != 200:
+        sys.exit(f"server: {response.status} {data[:500]!r}")
+    return elapsed
+
+
+def summary(name: str, first: list[float], later: list[float]) -> str:
+    def ms(v):
+        return f"{1000 * statistics.median(v):7.1f} ms (p90 {1000 * float(np.percentile(v, 90)):6.1f})"
+    return f"{name:<12} first click {ms(first)}   later clicks {ms(later)}   n={len(first)}+{len(later)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--studies", default=".server-studies")
+    parser.add_argument("--study", default="phantom_ct")
+    parser.add_argument("--clicks", type=int, default=6)
+    parser.add_argument("--think", type=float, default=1.0, help="seconds between clicks, not timed [1.0]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads here; give the server the same (--conf threads N) [1]")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model()
+    print(machine_line(extra=f"model {model.describe()}; the server runs on this machine too; think {args.think} s"))
+    data, _ = read_array(Path(args.studies) / f"{args.study}.nii.gz")
+    session = Session(model)
+    session.set_image(data)
+    rng = np.random.default_rng(0)
+    rounds = [(f"{name} {r}", *clicks_for(label, args.clicks, rng)) for r in range(2) for label, name in
+              ORGANS.items()]
+    for _, k, _ in rounds:  # encode each slice once on both sides (not timed)
+        session.embedding(k)
+        server_click(args.url, args.study, "warm-up", [(0, 0, k, 1)], k)
+    times = {"server": ([], []), "in-process": ([], [])}
+    # One side after the other: each encodes ahead while its annotator looks, which must not overlap the other's
+    # click (on 2 cores it would).
+    for name, k, clicks in rounds:
+        for n in range(1, len(clicks) + 1):
+            times["server"][0 if n == 1 else 1].append(server_click(args.url, args.study, name, clicks[:n], k))
+            time.sleep(args.think)  # the server encodes ahead meanwhile
+    for _, k, clicks in rounds:
+        for n in range(1, len(clicks) + 1):
+            start = time.perf_counter()
+            session.predict(points=[(c[2], c[1], c[0]) for c in clicks[:n]], labels=[c[3] for c in clicks[:n]])
+            times["in-process"][0 if n == 1 else 1].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            session.prefetch_window(k)  # what the widget's idle worker does while the annotator looks
+            time.sleep(max(0.0, args.think - (time.perf_counter() - start)))
+    for side, (first, later) in times.items():
+        print(summary(side, first, later))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""A MONAI Label infer request's clicks and roi as napari-msa prompts, and the masks they give.
+
+Requests speak in the file's own voxel order, as 3D Slicer does: ``foreground`` / ``background`` are lists of
+[i, j, k] voxel indices, ``slice`` is a k, ``roi`` is [i0, i1, j0, j1, k0, k1]. They are mapped to the display
+order napari-msa's readers give (``Geometry.display_index``), and each object's clicks on a slice go into one
+``Session.predict`` call in click order (``clicks``), as ``napari-msa segment`` does with a points file: the
+engine's interaction rule replays them, so the mask is the one the widget and the command line give.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_msa._cli.segment import _fill_by_propagation
+from napari_msa.medical_io import Geometry
+
+from .clicks import Click, as_clicks
+from .studies import Studies, Study
+
+
+class RequestError(ValueError):
+    """A request the app cannot answer; the message says what to send instead."""
+
+
+@dataclass
+class SlicePrompts:
+    """One object's prompts on one slice: clicks in order (source ijk + label) and a display-order box."""
+
+    k: int
+    clicks: list[Click] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class Result:
+    """Display-order labels (1 where the object is) on the study's geometry, and what the client is told."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    params: dict
+
+
+def _roi(study: Study, roi) -> tuple[tuple[float, float, float, float], tuple[int, int]] | None:
+    """Slicer's roi [i0, i1, j0, j1, k0, k1] as a display box (min_row, min_col, max_row, max_col), clipped to the
+    image, and its k range."""
+    if not roi:
+        return None
+    if len(roi) != 6:
+        raise RequestError(f"roi is [i0, i1, j0, j1, k0, k1] (voxel indices), got {roi}")
+    r = [int(round(float(v))) for v in roi]
+    shape = study.geometry.source_shape[:3]
+    lo = [min(max(min(r[2 * a], r[2 * a + 1]), 0), shape[a] - 1) for a in range(3)]
+    hi = [min(max(max(r[2 * a], r[2 * a + 1]), 0), shape[a] - 1) for a in range(3)]
+    a, b = study.geometry.display_index(lo), study.geometry.display_index(hi)
+    (r0, c0), (r1, c1) = a[-2:], b[-2:]
+    return (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1)), (lo[2], hi[2])
+
+
+def _check_k(study: Study, k: int) -> int:
+    n = study.geometry.source_shape[2]
+    if not 0 <= k < n:
+        raise RequestError(f"slice {k} is outside the study's {n} slices (k = 0..{n - 1})")
+    return k
+
+
+def _display_z(study: Study, k: int) -> int | None:
+    return None if study.geometry.is_2d else study.geometry.display_index((0, 0, k))[0]
+
+
+def prompts(studies: Studies, study: Study, request: dict, dimension: int) -> list[SlicePrompts]:
+    """The request's prompts, one ``SlicePrompts`` per slice (2D: the request's ``slice`` only)."""
+    try:
+        clicks = as_clicks(request.get("foreground"), request.get("background"))
+    except (TypeError, ValueError) as err:
+        raise RequestError(f"foreground/background are lists of [i, j, k] voxel indices: {err}") from err
+    shape = study.geometry.source_shape[:3]
+    for c in clicks:
+        if not all(0 <= v < n for v, n in zip(c[:3], shape)):
+            raise RequestError(f"click {list(c[:3])} lies outside the study's {shape[0]}x{shape[1]}x{shape[2]} voxels")
+    roi = _roi(study, request.get("roi"))
+    if dimension == 2:
+        k = request.get("slice")
+        if k is None or int(k) < 0:  # as Slicer picks its slice: the last click, else the roi's middle
+            k = clicks[-1][2] if clicks else (roi[1][0] + roi[1][1]) // 2 if roi else None
+        if k is None:
+            raise RequestError("give a foreground click or a roi (and the slice)")
+        slices = [_check_k(study, int(k))]
+    else:
+        slices = sorted({c[2] for c in clicks}) or ([(roi[1][0] + roi[1][1]) // 2] if roi else [])
+        if not slices:
+            raise RequestError("give a foreground click or a roi")
+    key = (study.path, request.get("client_id"), request.get("label"))
+    reset = bool(request.get("reset_state"))
+    out = []
+    for k in slices:
+        on_slice = [c for c in clicks if c[2] == k]
+        box = roi[0] if roi and roi[1][0] <= k <= roi[1][1] else None
+        if box is None and not any(c[3] == 1 for c in on_slice):
+            raise RequestError(f"slice {k} has only negative clicks; add a positive one or a roi")
+        out.append(SlicePrompts(k, studies.clicks.order((*key, k), on_slice, reset), box))
+    return out
+
+
+def segment(studies: Studies, request: dict, dimension: int) -> Result:
+    """Masks for the request: each prompted slice, then (3D) propagation through the volume from them."""
+    start = time.perf_counter()
+    study = studies.get(request["image"])
+    geometry, session = study.geometry, study.session
+    labels = np.zeros(geometry.spatial_display_shape, dtype=np.uint8)
+    masks: dict[int, np.ndarray] = {}
+    scores = {}
+    with study.lock:
+        asked = prompts(studies, study, request, dimension)
+        for p in asked:
+            z = _display_z(study, p.k)
+            points = [geometry.display_index(c[:3]) for c in p.clicks]
+            try:
+                mask, score = session.predict(points=points or None, labels=[c[3] for c in p.clicks] or None,
+                                              box=p.box, z=z)
+            except ValueError as err:
+                raise RequestError(str(err)) from err
+            masks[0 if z is None else z] = mask
+            scores[p.k] = round(float(score), 4)
+        prompted = set(masks)
+        if dimension == 3 and not geometry.is_2d:
+            masks.update(_fill_by_propagation(session, masks, iou_threshold=0.5))
+        else:
+            studies.encode_ahead(study, z)
+    for z, mask in masks.items():
+        target = labels if geometry.is_2d else labels[z]
+        target[mask] = 1
+    name = request.get("label") or "object"
+    params = {
+        "label_names": {name: 1},
+        "clicks": [list(c) for p in asked for c in p.clicks],
+        "slices": [p.k for p in asked],
+        "propagated": len(masks) - len(prompted),
+        "scores": scores,
+        "model": session.model.describe(),
+        "adapter": studies.adapter if studies.adapter is None else str(studies.adapter),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    return Result(labels, geometry, params)
