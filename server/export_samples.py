@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from napari_msa._sample_data import read_sample
-from napari_msa.engine.checkpoints import atomic_write
+from napari_msa.engine.files.checkpoints import atomic_write
 from napari_msa.medical_io import Geometry
 
 SAMPLES = ("ct_slice", "mri_volume", "phantom_ct")

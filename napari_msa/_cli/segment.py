@@ -111,24 +111,11 @@ def _tasks(objects: list[ObjectPrompts], boxes: list[BoxPrompt], is_volume: bool
     return sorted(tasks, key=lambda t: (t.object_id, -1 if t.z is None else t.z))
 
 
-def _fill_by_propagation(session, masks: dict[int, np.ndarray], iou_threshold: float) -> dict[int, np.ndarray]:
-    """Masks for the unprompted slices, each from the nearest prompted slice."""
-    filled: dict[int, tuple[int, np.ndarray]] = {}
-    for z0, mask in masks.items():
-        if not mask.any():
-            continue
-        for z, m in session.propagate(mask, z0, iou_threshold=iou_threshold).items():
-            if z in masks:
-                continue
-            if z not in filled or abs(z - z0) < filled[z][0]:
-                filled[z] = (abs(z - z0), m)
-    return {z: m for z, (_, m) in filled.items()}
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_msa.engine import Session
+    from napari_msa.engine.inference.propagation import fill_by_propagation
 
     if args.everything:
         if args.points is not None or args.boxes is not None or args.propagate:
@@ -183,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         per_object.setdefault(task.object_id, {})[task.z if task.z is not None else 0] = mask
     if args.propagate:
         for obj_id in tqdm(list(per_object), desc="propagate", unit="object", file=sys.stderr, disable=args.quiet):
-            per_object[obj_id].update(_fill_by_propagation(session, per_object[obj_id], args.iou_threshold))
+            per_object[obj_id].update(fill_by_propagation(session, per_object[obj_id], args.iou_threshold))
     for obj_id in sorted(per_object):
         for z, mask in per_object[obj_id].items():
             target = labels[z] if session.layout.is_volume else labels

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_msa._cli.segment import _fill_by_propagation
+from napari_msa.engine.inference.propagation import fill_by_propagation
 from napari_msa.medical_io import Geometry
 
 from .clicks import Click, as_clicks
@@ -126,7 +126,7 @@ def segment(studies: Studies, request: dict, dimension: int) -> Result:
             scores[p.k] = round(float(score), 4)
         prompted = set(masks)
         if dimension == 3 and not geometry.is_2d:
-            masks.update(_fill_by_propagation(session, masks, iou_threshold=0.5))
+            masks.update(fill_by_propagation(session, masks, iou_threshold=0.5))
         else:
             studies.encode_ahead(study, z)
     for z, mask in masks.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
 
-from napari_msa.engine.checkpoints import atomic_write
+from napari_msa.engine.files.checkpoints import atomic_write
 from napari_msa.medical_io import Geometry, MedicalIOError
 from napari_msa.medical_io.cli import read_array
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import CONF
 
 from napari_msa import Session
-from napari_msa._cli.segment import _fill_by_propagation
+from napari_msa.engine.inference.propagation import fill_by_propagation
 from napari_msa.medical_io.cli import read_array
 
 SLICER_BOUNDARY = "----------lImIt_of_THE_fIle_eW_$"  # MONAILabelLib's multipart boundary
@@ -202,7 +202,7 @@ def test_monailabel_client_3d_is_the_clicked_slice_then_propagation(run_client, 
     assert set(info["result"]["models"]) == {"msa_2d", "msa_3d"}
     mask, z = local.predict([(i, j, k, 1)])
     masks = {z: mask}
-    masks.update(_fill_by_propagation(local.session, masks, iou_threshold=0.5))
+    masks.update(fill_by_propagation(local.session, masks, iou_threshold=0.5))
     assert len(masks) > 1, "the kidney spans several slices"
     label = np.asanyarray(nib.load(infer["result"]["file"]).dataobj)
     assert np.array_equal(label, local.to_source(masks))

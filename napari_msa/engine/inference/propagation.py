@@ -93,3 +93,19 @@ STOP_RULES: dict[str, StopRule] = {
     "IoU < 0.5, overlap < 0.5, shift > 2 or area x 1.5": stop_rule(0.5, 0.5, 2.0, 1.5),
     "IoU < 0.6, overlap < 0.5, shift > 2 or area x 1.5": stop_rule(0.6, 0.5, 2.0, 1.5),
 }
+
+
+def fill_by_propagation(session, masks: dict[int, np.ndarray], iou_threshold: float) -> dict[int, np.ndarray]:
+    """Masks for the slices of a volume that got no prompts, each propagated from the nearest slice that did
+    (``masks``: slice -> mask of the prompted slices); what ``napari-msa segment --propagate`` and the team
+    server's 3D task return."""
+    filled: dict[int, tuple[int, np.ndarray]] = {}
+    for z0, mask in masks.items():
+        if not mask.any():
+            continue
+        for z, m in session.propagate(mask, z0, iou_threshold=iou_threshold).items():
+            if z in masks:
+                continue
+            if z not in filled or abs(z - z0) < filled[z][0]:
+                filled[z] = (abs(z - z0), m)
+    return {z: m for z, (_, m) in filled.items()}
