@@ -119,7 +119,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
 
     os.environ["NAPARI_MSA_RECOVERY_DIR"] = tempfile.mkdtemp(prefix="bench-recovery-")  # not the user's folder
 
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
 
     print(machine_line(extra=f"napari {napari.__version__}"))
     volume = np.stack([blobs((size, size), seed=z) for z in range(slices)])

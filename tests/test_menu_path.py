@@ -101,7 +101,7 @@ def test_widgets_and_samples_open_from_the_menus_after_the_viewer():
 # that off); here it is on, the default model loads after Qt, and a click is answered.
 PRELOAD_AFTER = textwrap.dedent("""
     import time
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
     widget = viewer.window.dock_widgets["Segment (MSA) (napari-msa)"]
     deadline = time.monotonic() + 150
     while (widget.hub.model is None or not widget.idle) and time.monotonic() < deadline:

@@ -187,7 +187,7 @@ def test_cli_refuses_bad_precision_and_batch_size(tmp_path, capsys):
 
 # --- the Segment widget: precision setting, whole volume in the background ------------------------------------------
 def test_eta_from_the_recent_pace():
-    from napari_msa._widgets._volume import EtaClock, format_eta
+    from napari_msa._widgets.segment._volume import EtaClock, format_eta
 
     assert format_eta(42) == "0:42" and format_eta(3907) == "1:05:07" and format_eta(None) == ""
     clock = EtaClock()

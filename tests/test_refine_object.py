@@ -11,7 +11,7 @@ from segment_support import DiskMasks, disk, install, wait_idle
 
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa._widgets._labels_writer import LabelsWriter
+from napari_msa._widgets.segment._labels_writer import LabelsWriter
 from napari_msa.engine.prompts.geometry import clicked_object_box
 
 SHAPE = (64, 80)

@@ -9,7 +9,7 @@ from segment_support import DiskMasks, disk, install, notification_count, notifi
 
 from napari_msa import Session, load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa._widgets.segment_widget import SegmentWidget
+from napari_msa._widgets.segment.segment_widget import SegmentWidget
 from napari_msa.engine import DEMO_MODEL_FILE
 from napari_msa.engine.files.formats import save_model_file
 
@@ -447,7 +447,7 @@ def _luminance(hex_colour: str) -> float:
 
 
 def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields(open_segmenter, qtbot):
-    from napari_msa._widgets.segment_widget import SIGN_COLORS
+    from napari_msa._widgets.segment.segment_widget import SIGN_COLORS
 
     long_name = "ct_abdomen_patient_0042_portal_venous_phase"
     viewer, widget = open_segmenter(image2d(), model=None)
@@ -592,7 +592,7 @@ def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot,
 
 def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer, qtbot, monkeypatch):
     """The first click must not wait for the model: opening an image starts loading it on a worker."""
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
 
     monkeypatch.setattr(segment_widget, "PRELOAD", True)
     if not DEMO_MODEL_FILE.is_file():

@@ -21,20 +21,20 @@ from qtpy.QtWidgets import QLabel, QLayout, QVBoxLayout, QWidget
 
 from napari_msa.engine import catalog
 
-from . import _layers as L
-from . import _segment_form
+from .. import _layers as L
+from .._controls import ScrollPanel
+from .._docking import TabWithSiblings
+from .._feedback import Feedback
+from .._hub import ViewerLink
+from .._model_panel import ModelPanel
+from .._normalization import normalization
+from .._workers import ImageSource, ensure_thread_capacity
+from . import _form
 from . import _segment_layers as S
-from ._controls import ScrollPanel
-from ._docking import TabWithSiblings
 from ._everything import EverythingTool
-from ._feedback import Feedback
-from ._hub import ViewerLink
-from ._model_panel import ModelPanel
-from ._normalization import normalization
+from ._jobs import SegmentJobs
+from ._object_editor import ObjectEditor
 from ._recovery import RecoveryKeeper
-from ._segment_jobs import SegmentJobs
-from ._segment_object import ObjectEditor
-from ._workers import ImageSource, ensure_thread_capacity
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import MSAModel, Session
@@ -136,7 +136,7 @@ class SegmentWidget(QWidget):
         self.device_combo, self.precision_combo = p.device_combo, p.precision_combo
         root.addWidget(p.section)
         root.addWidget(p.label)
-        _segment_form.build(self, root)  # the fields below: image and prompts, output, keys, activity, status
+        _form.build(self, root)  # the fields below: image and prompts, output, keys, activity, status
         self.layers = S.SegmentLayers(self.viewer, self.image_choice, self.points_choice, self.shapes_choice,
                                       self.labels_choice)
 

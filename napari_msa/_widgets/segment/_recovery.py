@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_msa.recovery import Recovered, RecoveryFile, image_key
 
-from . import _layers as L
+from .. import _layers as L
 from . import _segment_layers as S
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
 
-from . import _normalization
-from ._controls import ElidingComboBox, LayerChoice, PathPicker
+from .. import _normalization
+from .._controls import ElidingComboBox, LayerChoice, PathPicker
 from ._recovery import RecoveryOffer
 from ._segment_layers import NEW, NONE
 
