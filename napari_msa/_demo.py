@@ -141,7 +141,7 @@ def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_f
     from napari_msa._widgets._docking import dock_of
     from napari_msa._widgets._hub import hub_for
     from napari_msa._widgets.segment.segment_widget import SegmentWidget
-    from napari_msa._widgets.tune_widget import TuneWidget
+    from napari_msa._widgets.tune.tune_widget import TuneWidget
     from napari_msa.engine import CheckpointError, load_model
     from napari_msa.engine.catalog import litemedsam_installed
 

@@ -51,7 +51,7 @@ def _loaded(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_the_manifest_names_both_widget_modules():
-    assert WIDGET_MODULES == ["napari_msa._widgets.segment.segment_widget", "napari_msa._widgets.tune_widget"]
+    assert WIDGET_MODULES == ["napari_msa._widgets.segment.segment_widget", "napari_msa._widgets.tune.tune_widget"]
 
 
 @pytest.mark.parametrize("code", TORCH_FREE.values(), ids=TORCH_FREE.keys())

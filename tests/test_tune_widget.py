@@ -8,9 +8,9 @@ import torch
 from tuning_support import blob_task
 
 from napari_msa import Session, load_model
-from napari_msa._widgets import _tune_curve
-from napari_msa._widgets import tune_widget as tw
 from napari_msa._widgets._hub import hub_for
+from napari_msa._widgets.tune import _curve
+from napari_msa._widgets.tune import tune_widget as tw
 
 SIZE = 128
 
@@ -90,7 +90,7 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     assert widget.keep_button.isHidden() and hub.model is widget.result.model and "Kept" in widget.status.text()
     picture = widget.curve.grab().toImage()  # the live curve paints both lines
     colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
-    assert _tune_curve.DICE_COLOR.name() in colours and _tune_curve.LOSS_COLOR.name() in colours
+    assert _curve.DICE_COLOR.name() in colours and _curve.LOSS_COLOR.name() in colours
 
     assert "inherit" not in table  # Qt draws 'color:inherit' black on napari's dark grey
     assert segment.adapter.edit.placeholderText() == "tuned in this session (not saved)"

@@ -36,17 +36,17 @@ from napari_msa.engine import catalog
 from napari_msa.engine.tuning.budget import LIGHT_DECODER, STANDARD
 from napari_msa.engine.tuning.tune_types import TuneConfig
 
-from . import _normalization
-from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
-from ._docking import TabWithSiblings
-from ._feedback import Feedback
-from ._hub import ViewerLink
-from ._layers import spatial_shape
-from ._model_panel import ModelPanel
-from ._tune_curve import CurveWidget
-from ._tune_curve import fmt_time as _fmt_time
+from .. import _normalization
+from .._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
+from .._docking import TabWithSiblings
+from .._feedback import Feedback
+from .._hub import ViewerLink
+from .._layers import spatial_shape
+from .._model_panel import ModelPanel
+from ._curve import CurveWidget
+from ._curve import fmt_time as _fmt_time
+from ._run import TuneRun
 from ._tune_layers import AnnotatedLabels
-from ._tune_run import TuneRun
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
