@@ -32,7 +32,7 @@ def _imports(path: Path, modules: str) -> list[str]:
 
 
 def test_engine_never_imports_qt_or_napari():
-    for path in (MANIFEST.parent / "engine").glob("*.py"):
+    for path in (MANIFEST.parent / "engine").rglob("*.py"):
         assert not _imports(path, "napari|qtpy|PyQt5|PyQt6|magicgui|superqt"), path.name
 
 
