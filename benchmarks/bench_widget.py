@@ -265,7 +265,7 @@ def main() -> None:
 
     def click_loop(seed: int, shown: bool) -> tuple[list[float], list[float]]:
         """Interleaved raw/widget pairs on the first image, so background load hits both alike."""
-        widget.image_choice.choose(first)
+        widget.form.image_choice.choose(first)
         spin(lambda: widget.idle)
         points = widget.points_layer()
         raw, through_widget = [], []
@@ -295,7 +295,7 @@ def main() -> None:
         """Longest GUI-timer gaps while a new image is embedded and while an object is propagated."""
         widget.prefetcher.radius = 0  # no prefetch: each step computes only the embeddings it needs
         other = viewer.add_image(image * (1.01 + round_ / 100), name=f"img{round_}")  # uncached pixels
-        widget.image_choice.choose(other)  # creates its prompt layer, then hands the embedding to a worker
+        widget.form.image_choice.choose(other)  # creates its prompt layer, then hands the embedding to a worker
         spin(lambda: widget.prefetcher.encoding is not None or widget.idle)
         settle()
         with GapMeter() as embedding:
@@ -304,13 +304,13 @@ def main() -> None:
             embed_s = time.perf_counter() - t
         volume = np.stack([blobs((args.size, args.size), seed=round_)] * args.slices)
         vol = viewer.add_image(volume, name=f"vol{round_}")
-        widget.image_choice.choose(vol)
+        widget.form.image_choice.choose(vol)
         z = args.slices // 2
         viewer.dims.set_current_step(0, z)
         spin(lambda: widget.idle)
         labels = viewer.add_labels(np.zeros(volume.shape, np.uint32), name=f"vol{round_} objects")
-        widget.labels_choice.choose(labels)
-        labels.data[z, args.size // 4: args.size // 2, args.size // 4: args.size // 2] = widget.object_id.value()
+        widget.form.labels_choice.choose(labels)
+        labels.data[z, args.size // 4: args.size // 2, args.size // 4: args.size // 2] = widget.form.object_id.value()
         settle()
         with GapMeter() as propagating:
             t = time.perf_counter()

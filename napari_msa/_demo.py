@@ -109,7 +109,7 @@ def _annotate(segment, points, truth: np.ndarray, z: int | None, timeout_s: floa
             return None
         labels = segment.labels_layer()
         shown = labels.data if z is None else labels.data[z]
-        mask = np.asarray(shown) == segment.object_id.value()
+        mask = np.asarray(shown) == segment.form.object_id.value()
         if dice(mask, truth) >= 0.9:
             return clicks
     return MAX_DEMO_CLICKS

@@ -108,7 +108,7 @@ PRELOAD_AFTER = textwrap.dedent("""
         app.processEvents(); time.sleep(0.02)
     assert widget.hub.model is not None, "the model did not load on its worker"
     print("preloaded", widget.hub.model.describe(), flush=True)
-    widget.image_choice.choose(viewer.layers["CT slice (HU)"])  # the sample (the script's own image came first)
+    widget.form.image_choice.choose(viewer.layers["CT slice (HU)"])  # the sample (the script's own image came first)
     widget.points_layer().add([64, 64])
     while (widget.labels_layer() is None or not widget.idle) and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.02)
@@ -118,7 +118,7 @@ PRELOAD_AFTER = textwrap.dedent("""
         while not (graph.ready or graph.failed) and time.monotonic() < deadline:
             app.processEvents(); time.sleep(0.05)
         assert graph.ready, graph.error or "the encoder graph was not ready in time"
-        widget.image_choice.choose(viewer.layers["image"])  # a new image: embedded by the graph, inside napari
+        widget.form.image_choice.choose(viewer.layers["image"])  # a new image: embedded by the graph, inside napari
         widget.points_layer().add([32, 32])
         app.processEvents()
         while not widget.idle and time.monotonic() < deadline:

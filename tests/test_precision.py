@@ -209,7 +209,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     viewer.add_image(_volume(6, 48), name="vol")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     assert [widget.precision_combo.itemText(i) for i in range(3)] == ["auto", "fp32", "bf16"]
-    widget.cache_folder.edit.setText(str(tmp_path))
+    widget.form.cache_folder.edit.setText(str(tmp_path))
     model = load_model("tiny", device="cpu", precision="fp32")
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)  # the shown slice and its neighbours first
@@ -218,22 +218,22 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     progress._all_instances.events.changed.connect(
         lambda e: bars.extend(str(p.desc) for p in e.added if str(p.desc).startswith("MSA")))
     encode = model.encode
-    model.encode = lambda *a, **k: lines.append(widget.activity.text()) or encode(*a, **k)
-    widget.embed_button.click()
-    assert widget.embed_button.text() == "Stop embedding"
+    model.encode = lambda *a, **k: lines.append(widget.form.activity.text()) or encode(*a, **k)
+    widget.form.embed_button.click()
+    assert widget.form.embed_button.text() == "Stop embedding"
     wait_idle(qtbot, widget)
     assert all(widget.session.is_cached(z) for z in range(6))
     assert len(list(tmp_path.rglob("*.pt"))) == 6  # kept on disk for the next session and `napari-msa embed`
     assert any(b.startswith("MSA: embedding the volume") for b in bars)  # its time left may come first
     assert any(line.startswith("Embedding the volume:") for line in lines)
-    assert widget.embed_button.text() == "Embed volume" and "All 6 slices are embedded" in widget.status.text()
+    assert widget.form.embed_button.text() == "Embed volume" and "All 6 slices are embedded" in widget.status.text()
 
     # a new session (another model load) finds them on disk: no encoder pass
     other = model.clone()
     calls = []
     other.encode = lambda *a, **k: calls.append(1)
     hub_for(viewer).set_model(other)
-    widget.embed_button.click()
+    widget.form.embed_button.click()
     wait_idle(qtbot, widget)
     assert calls == [] and all(widget.session.is_cached(z) for z in range(6))
 

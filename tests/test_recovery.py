@@ -70,7 +70,7 @@ def segmenter(make_napari_viewer, qtbot, monkeypatch):
 
 def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, qtbot):
     viewer, widget = segmenter(image2d())
-    assert widget.recovery_offer.isHidden()  # nothing saved for this image yet
+    assert widget.form.recovery_offer.isHidden()  # nothing saved for this image yet
     points = widget.points_layer()
     points.add([20, 20])
     wait_idle(qtbot, widget)
@@ -91,23 +91,23 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
 
     # The same image in a new window (the old one closed): the objects are offered, and restored on request.
     viewer2, widget2 = segmenter(image2d())
-    assert not widget2.recovery_offer.isHidden() and "1 object" in widget2.recovery_offer.text.text()
-    widget2.recovery_offer.restore_button.click()
+    assert not widget2.form.recovery_offer.isHidden() and "1 object" in widget2.form.recovery_offer.text.text()
+    widget2.form.recovery_offer.restore_button.click()
     restored = viewer2.layers["img labels"]
     np.testing.assert_array_equal(restored.data == 1, committed)
-    assert widget2.labels_layer() is restored and widget2.object_id.value() == 2
-    assert widget2.recovery_offer.isHidden()
+    assert widget2.labels_layer() is restored and widget2.form.object_id.value() == 2
+    assert widget2.form.recovery_offer.isHidden()
 
     # A labels layer that already holds them (e.g. opened from the saved file): nothing to offer.
     viewer3, widget3 = segmenter(image2d())
-    assert not widget3.recovery_offer.isHidden()
+    assert not widget3.form.recovery_offer.isHidden()
     viewer3.add_labels(saved.labels.copy(), name="from file")
-    assert widget3.recovery_offer.isHidden()
+    assert widget3.form.recovery_offer.isHidden()
     viewer3.layers.remove("from file")
     widget3.recovery.image_chosen(viewer3.layers["img"])  # as when the image is chosen again
-    assert not widget3.recovery_offer.isHidden()
-    widget3.recovery_offer.discard_button.click()  # the user does not want them: the copy is deleted
-    assert widget3.recovery.file.load() is None and widget3.recovery_offer.isHidden()
+    assert not widget3.form.recovery_offer.isHidden()
+    widget3.form.recovery_offer.discard_button.click()  # the user does not want them: the copy is deleted
+    assert widget3.recovery.file.load() is None and widget3.form.recovery_offer.isHidden()
 
 
 CRASHING_SESSION = textwrap.dedent("""
@@ -150,8 +150,8 @@ def test_objects_committed_before_napari_was_killed_are_offered_back(segmenter, 
     assert run.returncode == -9, run.stderr[-3000:]  # killed, as a crash would
     assert "committed 2" in run.stdout
     viewer, widget = segmenter(image2d())
-    assert not widget.recovery_offer.isHidden() and "2 objects" in widget.recovery_offer.text.text()
-    widget.recovery_offer.restore_button.click()
+    assert not widget.form.recovery_offer.isHidden() and "2 objects" in widget.form.recovery_offer.text.text()
+    widget.form.recovery_offer.restore_button.click()
     labels = viewer.layers["img labels"].data
     np.testing.assert_array_equal(labels == 1, disk(SHAPE, (20, 20), 6))
     np.testing.assert_array_equal(labels == 2, disk(SHAPE, (45, 60), 6))

@@ -75,7 +75,7 @@ def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbo
     viewer, widget = open_segmenter(image2d(), scale=SCALE, translate=TRANSLATE)
     # A prompt layer with its own (identity) transform: the point is given in world coordinates.
     world = viewer.add_points(np.empty((0, 2)), name="world clicks")
-    widget.points_choice.choose(world)
+    widget.form.points_choice.choose(world)
     pixel = (20, 30)
     world.add([TRANSLATE[0] + SCALE[0] * pixel[0], TRANSLATE[1] + SCALE[1] * pixel[1]])
     wait_idle(qtbot, widget)
@@ -107,9 +107,9 @@ def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
 def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None)
     points = widget.points_layer()
-    assert widget.sign_button.text().startswith("positive")
+    assert widget.form.sign_button.text().startswith("positive")
     press(viewer, "T")
-    assert widget.sign_button.text().startswith("negative")
+    assert widget.form.sign_button.text().startswith("negative")
     points.add([5, 5])
     press(viewer, "T")
     points.add([6, 6])
@@ -118,7 +118,7 @@ def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     # T also works when another layer (here the image) is active: it is bound on the viewer too.
     viewer.layers.selection.active = viewer.layers["img"]
     press(viewer, "T")
-    assert widget.sign_button.text().startswith("negative")
+    assert widget.form.sign_button.text().startswith("negative")
 
 
 def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, qtbot, monkeypatch):
@@ -131,7 +131,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     labels = viewer.layers["img labels"]
     first = disk((64, 80), (20, 20), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
-    assert widget.object_id.value() == 2 and len(points.data) == 0
+    assert widget.form.object_id.value() == 2 and len(points.data) == 0
 
     # The second object overlaps the first: the first keeps its pixels (overwrite is off), and the status says so.
     points.add([20, 28])
@@ -141,10 +141,10 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     second = disk((64, 80), (20, 28), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
     np.testing.assert_array_equal(labels.data == 2, second & ~first)
-    assert widget.object_id.value() == 3
+    assert widget.form.object_id.value() == 3
 
     # With overwrite ticked the third object takes its whole disk.
-    widget.overwrite.setChecked(True)
+    widget.form.overwrite.setChecked(True)
     points.add([20, 24])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -273,7 +273,7 @@ def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_seg
     wait_idle(qtbot, widget)
     viewer.layers.remove("img labels")
     wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
-    widget.labels_choice.choose(wrong)
+    widget.form.labels_choice.choose(wrong)
     start = notification_count()
     widget.update_prediction()
     wait_idle(qtbot, widget)
@@ -346,10 +346,10 @@ def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbo
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in points.keymap.values())
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
-    image_choice = [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())]
+    image_choice = [widget.form.image_choice.itemText(i) for i in range(widget.form.image_choice.count())]
     viewer.add_image(image2d(), name="after")
     points.add([5, 5])
-    assert [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())] == image_choice
+    assert [widget.form.image_choice.itemText(i) for i in range(widget.form.image_choice.count())] == image_choice
     assert widget.idle and "img labels" not in viewer.layers
     widget.deleteLater()
 
@@ -358,7 +358,7 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
     viewer.add_image(image2d((40, 50)), name="other")
-    widget.image_choice.choose(viewer.layers["img"])
+    widget.form.image_choice.choose(viewer.layers["img"])
     wait_idle(qtbot, widget)
     widget.points_layer().add([20, 20])
     wait_idle(qtbot, widget)
@@ -366,15 +366,15 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     assert (labels.data == 1).any()  # the preview is shown
     history = len(labels._undo_history)
 
-    widget.image_choice.choose(viewer.layers["other"])
+    widget.form.image_choice.choose(viewer.layers["other"])
     wait_idle(qtbot, widget)
     assert not labels.data.any()  # the preview was taken back, not baked into the old labels
     assert len(labels._undo_history) == history  # and no undo step was made
     assert widget.points_layer() is viewer.layers["other prompts"]
 
-    widget.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
+    widget.form.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
     wait_idle(qtbot, widget)
-    assert widget.object_id.value() == 1  # the id did not advance past an object that was never committed
+    assert widget.form.object_id.value() == 1  # the id did not advance past an object that was never committed
     np.testing.assert_array_equal(labels.data == 1, disk((64, 80), (20, 20), 6))
     widget.clear()
     assert not labels.data.any()
@@ -417,13 +417,13 @@ def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter
     points = widget.points_layer()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    assert widget.status.text().startswith("Object 1") and widget.activity.text() == ""
+    assert widget.status.text().startswith("Object 1") and widget.form.activity.text() == ""
     press(viewer, "C")
     assert "Committed object 1" in widget.status.text()
     labels = viewer.layers["img labels"]
     labels.undo()  # Ctrl+Z on the labels layer: the status must not keep saying it is committed
     assert "Committed" not in widget.status.text()
-    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    assert "Object 1 was undone" in widget.status.text() and widget.form.object_id.value() == 1
 
     masks.error = RuntimeError("decoder exploded")
     start = notification_count()
@@ -452,7 +452,7 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
     long_name = "ct_abdomen_patient_0042_portal_venous_phase"
     viewer, widget = open_segmenter(image2d(), model=None)
     viewer.add_image(image2d(), name=long_name)
-    widget.image_choice.choose(viewer.layers[long_name])
+    widget.form.image_choice.choose(viewer.layers[long_name])
     wait_idle(qtbot, widget)
 
     # the sign of new points: the points' colour as background, dark text on it, contrast >= 4.5:1 (WCAG AA)
@@ -460,23 +460,24 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
         if L_new_points_positive(widget) != positive:
             press(viewer, "T")
         background, text = SIGN_COLORS[positive]
-        style = widget.sign_button.styleSheet()
+        style = widget.form.sign_button.styleSheet()
         assert background in style and f"color: {text}" in style
         lighter, darker = sorted((_luminance(background), _luminance(text)), reverse=True)
         assert (lighter + 0.05) / (darker + 0.05) >= 4.5
-        picture = widget.sign_button.grab().toImage()
+        picture = widget.form.sign_button.grab().toImage()
         assert picture.pixelColor(picture.width() // 2, 3).name() == background  # the style is what is painted
 
     # long names: cut in the middle, so Points still reads '… prompts' and not like the image; full text in tooltips
-    for combo in (widget.image_choice, widget.points_choice, widget.shapes_choice, widget.labels_choice):
+    form = widget.form
+    for combo in (form.image_choice, form.points_choice, form.shapes_choice, form.labels_choice):
         combo.setFixedWidth(170)
-    points_text = widget.points_choice.displayed_text()
+    points_text = widget.form.points_choice.displayed_text()
     assert "…" in points_text and points_text.endswith("prompts"), points_text
-    assert widget.shapes_choice.displayed_text().endswith("boxes")
-    assert widget.image_choice.displayed_text() != points_text
-    assert widget.points_choice.toolTip().startswith(f"{long_name} prompts")
-    index = widget.points_choice.currentIndex()
-    assert widget.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
+    assert widget.form.shapes_choice.displayed_text().endswith("boxes")
+    assert widget.form.image_choice.displayed_text() != points_text
+    assert widget.form.points_choice.toolTip().startswith(f"{long_name} prompts")
+    index = widget.form.points_choice.currentIndex()
+    assert widget.form.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
 
     # a model error names the widget's fields, not command-line flags
     widget.model_combo.setCurrentText("vit_b")
@@ -523,7 +524,7 @@ def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbo
     points = viewer.layers["CT slice (HU) prompts"]
     qtbot.waitUntil(lambda: viewer.layers.selection.active is points)
     assert points.mode == "add"
-    assert widget.image_choice.currentText() == "CT slice (HU)"
+    assert widget.form.image_choice.currentText() == "CT slice (HU)"
     assert "click on an object in 'CT slice (HU)'" in widget.status.text()
     viewer.reset_view()
     qtbot.wait(50)
@@ -552,17 +553,17 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
     press(viewer, "C")
     labels = viewer.layers["img labels"]
     committed = labels.data.copy()
-    assert (committed == 1).sum() > 0 and widget.object_id.value() == 2
+    assert (committed == 1).sum() > 0 and widget.form.object_id.value() == 2
     assert viewer.layers.selection.active is points
 
     canvas = viewer.window._qt_viewer.canvas.native
     ctrl, shift = Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier
     qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl)
     assert not labels.data.any()
-    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    assert "Object 1 was undone" in widget.status.text() and widget.form.object_id.value() == 1
     qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl | shift)
     np.testing.assert_array_equal(labels.data, committed)
-    assert widget.object_id.value() == 2 and "Object 1 is back" in widget.status.text()
+    assert widget.form.object_id.value() == 2 and "Object 1 is back" in widget.status.text()
 
     points.add([45, 60])  # a new object's preview is shown while the user undoes the commit before it
     wait_idle(qtbot, widget)
@@ -584,9 +585,9 @@ def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot,
     wait_idle(qtbot, widget)
     press(viewer, "C")
     assert "now segmenting object 2" in widget.status.text()
-    widget.object_id.setValue(7)
+    widget.form.object_id.setValue(7)
     assert widget.status.text() == "Segmenting object 7."
-    widget.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
+    widget.form.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
     assert widget.status.text().startswith("Segmenting object 1. It is already in the labels")
 
 

@@ -104,16 +104,16 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     handler = viewer.window._qt_viewer._key_map_handler
     handler.press_key("Shift-S")
     handler.release_key("Shift-S")
-    assert widget.propagation.running and widget.propagate_button.text() == "Cancel (Shift+S)"
+    assert widget.propagation.running and widget.form.propagate_button.text() == "Cancel (Shift+S)"
     wait_idle(qtbot, widget)
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
     labels = viewer.layers["vol labels"]
     expected = disk(SHAPE[1:], (24, 28), 6)
     for z in range(SHAPE[0]):
         np.testing.assert_array_equal(labels.data[z] == 1, expected, err_msg=f"slice {z}")
     handler.press_key("C")
     handler.release_key("C")
-    assert widget.object_id.value() == 2
+    assert widget.form.object_id.value() == 2
     assert (labels.data == 1).sum() == SHAPE[0] * expected.sum()
     labels.undo()  # the whole propagated object was one commit
     assert not labels.data.any()
@@ -132,17 +132,17 @@ def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, mo
     start = notification_count()
     widget.propagate()
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
-    widget.propagate_button.click()  # the same key/button again cancels
+    widget.form.propagate_button.click()  # the same key/button again cancels
     masks.release.set()
     wait_idle(qtbot, widget)
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"
     assert labels.data[3].any()
     # at most the slice finished before the cancel is shown, as a preview: nothing was committed
     assert not np.delete(labels.data, [3, 4], axis=0).any()
     assert len(labels._undo_history) == history
     assert sum("cancelled" in m for m in notifications_since(start)) == 1
     assert len(masks.calls) == 1
-    widget.clear_button.click()
+    widget.form.clear_button.click()
     wait_idle(qtbot, widget)
     assert not labels.data.any()
 
@@ -168,10 +168,10 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     messages = notifications_since(start)
     assert sum("cancelled" in m for m in messages) == 1, messages
     assert "slices 4–6" in widget.status.text() and "C commits" in widget.status.text()
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"
 
     press_key(viewer, "C")  # commit keeps them all as one undo step
-    assert (labels.data == 1).sum() == 4 * expected.sum() and widget.object_id.value() == 2
+    assert (labels.data == 1).sum() == 4 * expected.sum() and widget.form.object_id.value() == 2
     labels.undo()
     assert not labels.data.any()
 
@@ -200,12 +200,12 @@ def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volu
     seen = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: seen.append(widget.activity.text()))
+    timer.timeout.connect(lambda: seen.append(widget.form.activity.text()))
     timer.start()
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
     assert "Embedding slice 3…" in seen and any(t.startswith("Prefetching slice") for t in seen), set(seen)
-    assert widget.activity.text() == ""  # idle: nothing claims to run
+    assert widget.form.activity.text() == ""  # idle: nothing claims to run
     widget.points_layer().add([3, 20, 30])
     wait_idle(qtbot, widget)
     result = widget.status.text()
@@ -216,7 +216,7 @@ def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volu
     wait_idle(qtbot, widget)
     timer.stop()
     assert "Embedding slice 7…" in seen and "Prefetching slice 6…" in seen, set(seen)
-    assert widget.status.text() == result and widget.activity.text() == ""
+    assert widget.status.text() == result and widget.form.activity.text() == ""
 
 
 def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
@@ -240,14 +240,14 @@ def test_a_box_prompt_on_its_slice(open_volume, qtbot, monkeypatch):
     viewer, widget, _ = open_volume()
     go_to_slice(viewer, widget, qtbot, 4)
     boxes = viewer.add_shapes(name="boxes", scale=Z_SCALE, ndim=3)
-    widget.shapes_choice.choose(boxes)
+    widget.form.shapes_choice.choose(boxes)
     boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     np.testing.assert_allclose(masks.calls[-1]["box"], [10, 12, 30, 32])
     assert masks.calls[-1]["z"] == 4
     np.testing.assert_array_equal(labels.data[4] == 1, disk(SHAPE[1:], (20, 22), 10))
-    widget.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
+    widget.form.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
     wait_idle(qtbot, widget)
     assert len(boxes.data) == 0 and not labels.data.any()
 
@@ -276,11 +276,11 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
     wait_idle(qtbot, widget)
     press_key(viewer, "C")
-    assert (labels.data == 1).any() and widget.object_id.value() == 2 and len(boxes.data) == 0
+    assert (labels.data == 1).any() and widget.form.object_id.value() == 2 and len(boxes.data) == 0
 
-    widget.shapes_choice.choose("(none)")  # boxes can be switched off...
+    widget.form.shapes_choice.choose("(none)")  # boxes can be switched off...
     assert widget.shapes_layer() is None
-    widget.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
+    widget.form.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
     assert widget.shapes_layer() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
 
 

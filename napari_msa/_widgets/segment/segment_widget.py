@@ -29,9 +29,9 @@ from .._hub import ViewerLink
 from .._model_panel import ModelPanel
 from .._normalization import normalization
 from .._workers import ImageSource, ensure_thread_capacity
-from . import _form
 from . import _segment_layers as S
 from ._everything import EverythingTool
+from ._form import SegmentForm
 from ._jobs import SegmentJobs
 from ._object_editor import ObjectEditor
 from ._recovery import RecoveryKeeper
@@ -73,10 +73,11 @@ class SegmentWidget(QWidget):
         self.hub = self.link.hub
         self._build()
         self.link.connect(self.hub.adapter_saved, self.model_panel.show)  # tuned adapter saved: name the file
-        self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
-                                   self.refine, self._source, self._load_on_first_need, self.schedule_update)
+        f = self.form
+        self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, f.object_id, f.overwrite, f.refine,
+                                   self._source, self._load_on_first_need, self.schedule_update)
         self.draft = self.editor.draft
-        self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, self.recovery_offer,
+        self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, f.recovery_offer,
                                        self.layers.prompts, offer=offer_recovery)
         self.autosave = self.recovery.autosave
         self.editor.on_written = self.save_recovery
@@ -103,6 +104,7 @@ class SegmentWidget(QWidget):
         # image after File > Open makes a prompt.
         self._select_timer = QTimer(self, singleShot=True, interval=0)
         self._select_timer.timeout.connect(self._activate_prompts)
+        self._connect_form()
 
         for emitter, callback in ((self.viewer.layers.events.inserted, self._on_layers_changed),
                                   (self.viewer.layers.events.removed, self._on_layer_removed),
@@ -136,9 +138,33 @@ class SegmentWidget(QWidget):
         self.device_combo, self.precision_combo = p.device_combo, p.precision_combo
         root.addWidget(p.section)
         root.addWidget(p.label)
-        _form.build(self, root)  # the fields below: image and prompts, output, keys, activity, status
-        self.layers = S.SegmentLayers(self.viewer, self.image_choice, self.points_choice, self.shapes_choice,
-                                      self.labels_choice)
+        self.form = f = SegmentForm(root, type(self).__doc__)  # the fields below: image and prompts, output, keys
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self.layers = S.SegmentLayers(self.viewer, f.image_choice, f.points_choice, f.shapes_choice, f.labels_choice)
+
+    def _connect_form(self) -> None:
+        """The form's fields and buttons act on this widget."""
+        f = self.form
+        f.image_choice.currentIndexChanged.connect(self._on_image_chosen)
+        f.norm_combo.currentIndexChanged.connect(self._on_normalization_changed)
+        f.points_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        f.shapes_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        f.cache_folder.edit.textChanged.connect(self._on_cache_folder_changed)
+        f.embed_button.clicked.connect(self.embed_volume)
+        f.sign_button.clicked.connect(self.toggle_positive)
+        f.recovery_offer.restore_button.clicked.connect(self.restore_recovered)
+        f.recovery_offer.discard_button.clicked.connect(self.discard_recovered)
+        f.labels_choice.currentIndexChanged.connect(self._on_labels_chosen)
+        f.object_id.valueChanged.connect(self._repaint_preview)
+        f.object_id.valueChanged.connect(self._on_object_id_changed)
+        f.overwrite.toggled.connect(self._repaint_preview)
+        f.refine.toggled.connect(self._on_refine_toggled)
+        f.commit_button.clicked.connect(self.commit)
+        f.clear_button.clicked.connect(self.clear)
+        f.propagate_button.clicked.connect(self.propagate)
+        f.everything_button.clicked.connect(self.segment_everything)
+        f.keep_all_button.clicked.connect(self.keep_all_candidates)
 
     # ============================================================================ model
     def load_model(self) -> None:
@@ -158,7 +184,7 @@ class SegmentWidget(QWidget):
 
     def _on_model(self, model: MSAModel | None) -> None:
         """A new model (loaded here or tuned elsewhere): a new session, same image and prompts."""
-        self.jobs.use(model, self.cache_folder.path() or None)
+        self.jobs.use(model, self.form.cache_folder.path() or None)
         self.draft.outdated()
         self._show_model(model)
         if model is not None:
@@ -286,7 +312,7 @@ class SegmentWidget(QWidget):
         labels = self.recovery.restore(self.image_layer())
         if labels is not None:
             self.layers.refresh()
-            self.labels_choice.choose(labels)
+            self.form.labels_choice.choose(labels)
 
     def discard_recovered(self) -> None:
         self.recovery.discard()
@@ -302,7 +328,7 @@ class SegmentWidget(QWidget):
             self.editor.drop_preview()
         labels = self.labels_layer()
         if labels is not None:
-            self.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
+            self.form.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
         self.schedule_update()
 
     def _follow_prompt_layers(self) -> None:
@@ -327,7 +353,7 @@ class SegmentWidget(QWidget):
         self.editor.update()
 
     def _source(self, image: Image) -> ImageSource:
-        norm = normalization(self.norm_combo.currentText(), image)
+        norm = normalization(self.form.norm_combo.currentText(), image)
         return ImageSource(image.data, bool(image.rgb), norm, (id(image), id(image.data), norm, bool(image.rgb)))
 
     def toggle_positive(self) -> None:
@@ -342,9 +368,9 @@ class SegmentWidget(QWidget):
     def _show_sign(self) -> None:
         points = self.points_layer()
         positive = True if points is None else L.new_points_positive(points)
-        self.sign_button.setText("positive (T)" if positive else "negative (T)")
+        self.form.sign_button.setText("positive (T)" if positive else "negative (T)")
         background, text = SIGN_COLORS[positive]  # the points' own colour, with text readable on it
-        self.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
+        self.form.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
                                        "font-weight: bold; border-radius: 3px; padding: 3px 8px; }")
 
     def next_mask(self) -> None:
@@ -383,7 +409,8 @@ class SegmentWidget(QWidget):
     def _sync_propagate_button(self) -> None:
         """The button proposes a new run when none runs (done, cancelled, failed or discarded)."""
         try:
-            self.propagate_button.setText("Cancel (Shift+S)" if self.propagation.running else "Propagate (Shift+S)")
+            running = self.propagation.running
+            self.form.propagate_button.setText("Cancel (Shift+S)" if running else "Propagate (Shift+S)")
         except RuntimeError:  # the widget was closed meanwhile
             pass
 
@@ -395,7 +422,7 @@ class SegmentWidget(QWidget):
         """The status names the object a click now works on (a commit or an undo says more right after)."""
         labels = self.labels_layer()
         exists = labels is not None and bool(np.any(labels.data == obj))
-        note = "" if not exists or self.refine.isChecked() else (
+        note = "" if not exists or self.form.refine.isChecked() else (
             " It is already in the labels: new masks add to it; tick 'refine the object where it exists' to redo it.")
         self.feedback.set(f"Segmenting object {obj}.{note}")
 
@@ -443,15 +470,15 @@ class SegmentWidget(QWidget):
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
         self.volume.start(self.session, self._source(image), n_slices)
-        self.embed_button.setText("Stop embedding")
+        self.form.embed_button.setText("Stop embedding")
 
     def _on_volume_finished(self, completed: bool) -> None:
         try:
-            self.embed_button.setText("Embed volume")
+            self.form.embed_button.setText("Embed volume")
         except RuntimeError:  # the widget was closed meanwhile
             return
         if completed:
-            where = f", kept in {self.cache_folder.path()}" if self.cache_folder.path() else ""
+            where = f", kept in {self.form.cache_folder.path()}" if self.form.cache_folder.path() else ""
             self.feedback.set(f"All {self.volume.total} slices are embedded{where}.")
 
     def _on_cache_folder_changed(self, text: str) -> None:
@@ -464,8 +491,8 @@ class SegmentWidget(QWidget):
         loading = [f"Loading {self.model_panel.load_run.name}…"] if self.model_panel.loading else []
         parts = loading + self.jobs.activity()
         try:
-            self.activity.setText(" · ".join(parts))
-            self.activity.setVisible(bool(parts))
+            self.form.activity.setText(" · ".join(parts))
+            self.form.activity.setVisible(bool(parts))
         except RuntimeError:  # the widget was closed while a worker finished
             pass
 
