@@ -141,7 +141,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
                  and widget.idle)
             painted.append(time.perf_counter())
         far = 0  # far from the clicked middle slice: not embedded yet (the prefetch takes the neighbours first)
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         spin(lambda: widget.idle)
         widget.commit()
         viewer.dims.set_current_step(0, far)
@@ -149,7 +149,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         widget.points_layer().add([far, size / 3, size / 3])
         spin(lambda: widget.idle and bool(widget.labels_layer().data[far].any()))
         cold = time.perf_counter() - t
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         spin(lambda: widget.idle)
         viewer.close()
         return painted[0] - clicked, gaps.longest_ms, cold
@@ -188,7 +188,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         spin(lambda: not tune.running)
     print(f"(e) while tuning (30 steps): a click answered after {during:.2f} s; longest GUI gap during tuning "
           f"{tuning.longest_ms:.0f} ms (goal ≤ 100 ms)")
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     spin(lambda: widget.idle and not tune.running)
     viewer.close()
 
@@ -242,9 +242,9 @@ def main() -> None:
         original(request, result)
         painted_at.append(time.perf_counter())
 
-    widget.predictions.on_result = on_predicted
+    widget.jobs.predictions.on_result = on_predicted
     stamps: dict[str, float] = {}  # where a click's time goes (window-hidden loop)
-    submit, engine_predict = widget.predictions.submit, Session.predict
+    submit, engine_predict = widget.jobs.predictions.submit, Session.predict
 
     def stamped_submit(job):
         stamps["submitted"] = time.perf_counter()
@@ -256,7 +256,7 @@ def main() -> None:
         stamps["predict end"] = time.perf_counter()
         return out
 
-    widget.predictions.submit = stamped_submit
+    widget.jobs.predictions.submit = stamped_submit
     Session.predict = stamped_predict
     phases: dict[str, list[float]] = {k: [] for k in ("napari adds the point, prompts read", "handed to the worker",
                                                       "Session.predict on the worker", "result back, labels written")}
@@ -293,10 +293,10 @@ def main() -> None:
 
     def gaps(round_: int) -> tuple[GapMeter, float, GapMeter, float]:
         """Longest GUI-timer gaps while a new image is embedded and while an object is propagated."""
-        widget.prefetcher.radius = 0  # no prefetch: each step computes only the embeddings it needs
+        widget.jobs.prefetcher.radius = 0  # no prefetch: each step computes only the embeddings it needs
         other = viewer.add_image(image * (1.01 + round_ / 100), name=f"img{round_}")  # uncached pixels
         widget.form.image_choice.choose(other)  # creates its prompt layer, then hands the embedding to a worker
-        spin(lambda: widget.prefetcher.encoding is not None or widget.idle)
+        spin(lambda: widget.jobs.prefetcher.encoding is not None or widget.idle)
         settle()
         with GapMeter() as embedding:
             t = time.perf_counter()
@@ -359,7 +359,7 @@ def main() -> None:
           f"= {on_gui.longest_ms / shown_gaps[0].longest_ms:.0f}× the widget's longest gap")
     print(f"    for scale, on this Xvfb (software OpenGL) rendering the canvas takes "
           f"{p50(repaints['canvas']):.0f} ms, the whole window {p50(repaints['window']):.0f} ms (p50 of 5)")
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     spin(lambda: widget.idle)
     viewer.close()
 

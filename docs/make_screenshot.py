@@ -54,7 +54,7 @@ def main() -> int:
     truth = next(ly for ly in viewer.layers if ly.name == "phantom ground truth")
     names = {v: k for k, v in truth.metadata["label_names"].items()}
 
-    assert widget.model_combo.currentText() == "litemedsam"  # the default, preselected
+    assert widget.model_panel.combo.currentText() == "litemedsam"  # the default, preselected
     widget.form.norm_combo.setCurrentText("ct")  # the phantom is CT in HU: the soft-tissue window
     viewer.dims.set_current_step(0, SLICE)
     spin(lambda: widget.idle)

@@ -208,7 +208,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     viewer = make_napari_viewer()
     viewer.add_image(_volume(6, 48), name="vol")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    assert [widget.precision_combo.itemText(i) for i in range(3)] == ["auto", "fp32", "bf16"]
+    assert [widget.model_panel.precision_combo.itemText(i) for i in range(3)] == ["auto", "fp32", "bf16"]
     widget.form.cache_folder.edit.setText(str(tmp_path))
     model = load_model("tiny", device="cpu", precision="fp32")
     hub_for(viewer).set_model(model)
@@ -248,13 +248,13 @@ def test_widget_loads_with_the_chosen_precision(make_napari_viewer, qtbot, tmp_p
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
-    widget.device_combo.setCurrentText("cpu")
-    widget.precision_combo.setCurrentText("bf16")
-    widget.load_button.click()
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
+    widget.model_panel.device_combo.setCurrentText("cpu")
+    widget.model_panel.precision_combo.setCurrentText("bf16")
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
-    assert widget.session.model.precision.name == "bf16" and "bf16" in widget.model_label.text()
+    assert widget.session.model.precision.name == "bf16" and "bf16" in widget.model_panel.label.text()
 
 
 # --- CUDA (run by benchmarks/gpu_checks.sh on a machine with a GPU) ------------------------------------------------

@@ -64,7 +64,7 @@ def segmenter(make_napari_viewer, qtbot, monkeypatch):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         wait_idle(qtbot, widget)
 
 
@@ -77,7 +77,7 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     widget.commit()
     points.add([45, 60])  # the next object's preview: shown, never saved
     wait_idle(qtbot, widget)
-    assert widget.autosave.wait()
+    assert widget.recovery.autosave.wait()
     committed = np.asarray(viewer.layers["img labels"].data == 1)
     saved = widget.recovery.file.load()
     assert saved is not None and saved.objects == 1
@@ -85,9 +85,9 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     np.testing.assert_array_equal(committed, disk(SHAPE, (20, 20), 6))
 
     widget.undo()  # undone: the recovery copy follows
-    assert widget.autosave.wait() and widget.recovery.file.load() is None
+    assert widget.recovery.autosave.wait() and widget.recovery.file.load() is None
     widget.redo()
-    assert widget.autosave.wait() and widget.recovery.file.load().objects == 1
+    assert widget.recovery.autosave.wait() and widget.recovery.file.load().objects == 1
 
     # The same image in a new window (the old one closed): the objects are offered, and restored on request.
     viewer2, widget2 = segmenter(image2d())
@@ -134,10 +134,10 @@ CRASHING_SESSION = textwrap.dedent("""
     hub_for(viewer).set_model(load_model("tiny"))
     for point in ([20, 20], [45, 60]):
         widget.points_layer().add(point)
-        while not widget.idle or not widget.draft:
+        while not widget.idle or not widget.editor.draft:
             app.processEvents()
         widget.commit()
-    assert widget.autosave.wait()
+    assert widget.recovery.autosave.wait()
     print("committed", int(viewer.layers["img labels"].data.max()), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # napari crashes: nothing is closed or saved by hand
 """)

@@ -36,8 +36,8 @@ def open_segmenter(make_napari_viewer, qtbot):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
-        widget.propagation.cancel()
+        widget.jobs.prefetcher.stop()
+        widget.jobs.propagation.cancel()
         wait_idle(qtbot, widget)
 
 
@@ -59,15 +59,15 @@ def test_manifest_widget_opens_with_its_layers(open_segmenter):
     assert widget.points_layer() == points and viewer.layers.selection.active == points
     np.testing.assert_allclose(points.scale, SCALE)
     assert points.mode == "add"
-    assert widget.model_combo.currentText() == "litemedsam"  # the default model is preselected
-    assert widget.model_combo.model().item(0).isEnabled()
-    demo_item = widget.model_combo.model().item(1)
+    assert widget.model_panel.combo.currentText() == "litemedsam"  # the default model is preselected
+    assert widget.model_panel.combo.model().item(0).isEnabled()
+    demo_item = widget.model_panel.combo.model().item(1)
     if DEMO_MODEL_FILE.is_file():
         assert demo_item.isEnabled()
     else:
         assert not demo_item.isEnabled() and "not available" in demo_item.text()
-        assert "demo model is not available" in widget.model_label.text()
-    assert "loads by itself on your first click" in widget.model_label.text()
+        assert "demo model is not available" in widget.model_panel.label.text()
+    assert "loads by itself on your first click" in widget.model_panel.label.text()
 
 
 def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbot, monkeypatch):
@@ -193,7 +193,7 @@ def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
     np.testing.assert_array_equal(labels.data == 1, masks.expected((64, 80), clicks, [1] * len(clicks)))
-    assert widget.predictions.dropped == 1  # the first result came back stale and was not painted
+    assert widget.jobs.predictions.dropped == 1  # the first result came back stale and was not painted
     assert len(masks.calls) == 2  # the burst was answered by one more prediction, with all the clicks
     assert len(masks.calls[-1]["points"]) == len(clicks)
 
@@ -212,7 +212,7 @@ def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segment
     masks.release.set()
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, disk((64, 80), (20, 20), 5))
-    assert widget.predictions.dropped == 1 and len(masks.calls) == 1
+    assert widget.jobs.predictions.dropped == 1 and len(masks.calls) == 1
 
 
 def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, monkeypatch):
@@ -311,7 +311,7 @@ def test_hub_model_change_rebuilds_session_and_keeps_prompts(open_segmenter, qtb
     hub_for(viewer).set_model(tuned)  # what the Tune widget does when tuning finishes
     wait_idle(qtbot, widget)
     assert widget.session.model is tuned
-    assert "tuned_adapter.safetensors" in widget.model_label.text()
+    assert "tuned_adapter.safetensors" in widget.model_panel.label.text()
     assert len(masks.calls) == calls + 1  # the prompted slice was predicted again with the new model
     assert len(widget.points_layer().data) == 1
     assert (viewer.layers["img labels"].data == 1).sum() == disk((64, 80), (30, 30), 6).sum()
@@ -320,18 +320,18 @@ def test_hub_model_change_rebuilds_session_and_keeps_prompts(open_segmenter, qtb
 def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
     viewer, widget = open_segmenter(image2d(), model=None)
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny_model.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
-    widget.load_button.click()
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     model = hub_for(viewer).model
     assert model is not None and model.source == str(path)
     assert widget.session.model is model
-    assert model.describe() in widget.model_label.text()
+    assert model.describe() in widget.model_panel.label.text()
 
-    widget.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
+    widget.model_panel.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
     start = notification_count()
-    widget.load_button.click()
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     assert any("missing.pth" in m for m in notifications_since(start))
     assert hub_for(viewer).model is model  # the failed load left the working model in place
@@ -480,10 +480,10 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
     assert widget.form.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
 
     # a model error names the widget's fields, not command-line flags
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText("")
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText("")
     start = notification_count()
-    widget.load_button.click()
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     messages = notifications_since(start)
     assert any("Checkpoint field" in m for m in messages), messages
@@ -535,7 +535,7 @@ def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbo
     wait_idle(qtbot, widget)
     assert masks.calls and len(masks.calls[-1]["points"]) == 1
     assert (viewer.layers["CT slice (HU) labels"].data == 1).sum() > 0  # the preview is painted
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)
 
 
@@ -600,7 +600,7 @@ def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer,
         pytest.skip("the demo model file is not installed")
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    widget.model_combo.setCurrentText("demo")  # small: loads in a second
+    widget.model_panel.combo.setCurrentText("demo")  # small: loads in a second
     assert widget.hub.model is None and not widget.model_panel.loading  # no image yet: nothing loads
     viewer.add_image(image2d(), name="img")
     assert widget.model_panel.loading and "model is loading" in widget.status.text()
@@ -608,5 +608,5 @@ def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer,
     assert widget.hub.model.is_demo
     wait_idle(qtbot, widget)
     assert widget.status.text().startswith("Ready: click on an object in 'img'")
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)

@@ -49,8 +49,8 @@ def open_volume(make_napari_viewer, qtbot):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
-        widget.propagation.cancel()
+        widget.jobs.prefetcher.stop()
+        widget.jobs.propagation.cancel()
         wait_idle(qtbot, widget)
 
 
@@ -64,9 +64,9 @@ def test_clicks_are_per_slice_and_slice_changes_reuse_cached_embeddings(open_vol
     masks = install(monkeypatch, DiskMasks(radius=5))
     viewer, widget, model = open_volume()
     assert viewer.dims.current_step[0] == 3  # napari opens a volume on its middle slice
-    assert widget.prefetcher.computed == [3, 4, 2, 5, 1]  # that slice, then its neighbours (radius 2)
+    assert widget.jobs.prefetcher.computed == [3, 4, 2, 5, 1]  # that slice, then its neighbours (radius 2)
     go_to_slice(viewer, widget, qtbot, 0)
-    assert widget.prefetcher.computed[5:] == [0]  # only the slice not yet cached
+    assert widget.jobs.prefetcher.computed[5:] == [0]  # only the slice not yet cached
     encoded = model.encoded
     go_to_slice(viewer, widget, qtbot, 2)
     assert model.encoded == encoded  # slices 0..4 are all cached: no encoder pass at all
@@ -104,7 +104,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     handler = viewer.window._qt_viewer._key_map_handler
     handler.press_key("Shift-S")
     handler.release_key("Shift-S")
-    assert widget.propagation.running and widget.form.propagate_button.text() == "Cancel (Shift+S)"
+    assert widget.jobs.propagation.running and widget.form.propagate_button.text() == "Cancel (Shift+S)"
     wait_idle(qtbot, widget)
     assert widget.form.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
     labels = viewer.layers["vol labels"]
@@ -155,7 +155,7 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     labels = viewer.layers["vol labels"]
     history = len(labels._undo_history)
     clicks = len(masks.calls)
-    masks.after_call = lambda n: widget.propagation.cancel() if n == clicks + 3 else None  # cancel after 3 slices
+    masks.after_call = lambda n: widget.jobs.propagation.cancel() if n == clicks + 3 else None  # cancel after 3 slices
     start = notification_count()
     press_key(viewer, "Shift-S")
     wait_idle(qtbot, widget)
@@ -179,7 +179,7 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     widget.points_layer().add([3, 24, 28])
     wait_idle(qtbot, widget)
     clicks = len(masks.calls)
-    masks.after_call = lambda n: widget.propagation.cancel() if n == clicks + 2 else None
+    masks.after_call = lambda n: widget.jobs.propagation.cancel() if n == clicks + 2 else None
     press_key(viewer, "Shift-S")
     wait_idle(qtbot, widget)
     assert [z for z in range(SHAPE[0]) if labels.data[z].any()] == [3, 4, 5]
@@ -212,7 +212,7 @@ def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volu
     assert result.startswith("Object 1 — slice 3")
     seen.clear()
     viewer.dims.set_current_step(0, 7)  # embeds slice 7 and prefetches 6, 5 (4, 3 are cached)
-    qtbot.waitUntil(lambda: not widget.prefetcher.idle, timeout=5000)
+    qtbot.waitUntil(lambda: not widget.jobs.prefetcher.idle, timeout=5000)
     wait_idle(qtbot, widget)
     timer.stop()
     assert "Embedding slice 7…" in seen and "Prefetching slice 6…" in seen, set(seen)
@@ -224,10 +224,10 @@ def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
     ticks_while_busy = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks_while_busy.append(not widget.prefetcher.idle))
+    timer.timeout.connect(lambda: ticks_while_busy.append(not widget.jobs.prefetcher.idle))
     timer.start()
     hub_for(viewer).set_model(model)
-    qtbot.waitUntil(lambda: widget.prefetcher.encoding is not None, timeout=5000)  # a worker is encoding
+    qtbot.waitUntil(lambda: widget.jobs.prefetcher.encoding is not None, timeout=5000)  # a worker is encoding
     qtbot.waitUntil(lambda: any("embedding" in (p.desc or "") for p in progress._all_instances), timeout=5000)
     wait_idle(qtbot, widget)
     timer.stop()
@@ -294,4 +294,4 @@ def test_a_refused_action_is_told_once_and_shown_in_the_status(open_volume, qtbo
     press_key(viewer, "Shift-S")
     messages = notifications_since(start)
     assert len(messages) == 1 and "empty on slice 5" in messages[0]
-    assert "empty on slice 5" in widget.status.text() and not widget.propagation.running
+    assert "empty on slice 5" in widget.status.text() and not widget.jobs.propagation.running

@@ -93,12 +93,13 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     assert _curve.DICE_COLOR.name() in colours and _curve.LOSS_COLOR.name() in colours
 
     assert "inherit" not in table  # Qt draws 'color:inherit' black on napari's dark grey
-    assert segment.adapter.edit.placeholderText() == "tuned in this session (not saved)"
+    assert segment.model_panel.adapter.edit.placeholderText() == "tuned in this session (not saved)"
     path = tmp_path / "tuned.safetensors"
     widget.save_adapter(path)
     qtbot.waitUntil(lambda: path.is_file() and widget._save_worker is None, timeout=30_000)
     assert "saved" in widget.status.text()
-    qtbot.waitUntil(lambda: segment.adapter.edit.text() == str(path))  # Segment's Adapter field names the file
+    # Segment's Adapter field names the file
+    qtbot.waitUntil(lambda: segment.model_panel.adapter.edit.text() == str(path))
     assert segment.session.model is hub.model  # the same weights: the session (and its embeddings) stay
     reloaded = old.clone()
     reloaded.apply_adapter(path)
@@ -156,7 +157,7 @@ def test_unusable_inputs_are_explained(tuner, monkeypatch):
     viewer, widget, _ = tuner(with_model=False)
     monkeypatch.setattr("napari_msa.engine.catalog.litemedsam_installed", lambda: False)
     widget._show_model(None)
-    assert "Segment (MSA)" in widget.model_label.text()
+    assert "Segment (MSA)" in widget.model_panel.label.text()
     widget.start_button.click()
     assert not widget.running and "load one in the Segment (MSA) widget" in widget.status.text()
     viewer.layers["annotations"].data = np.zeros((6, 48, 48), np.int32)
@@ -216,7 +217,7 @@ def test_undocking_stops_tuning_and_lets_go_of_the_viewer_and_the_hub(tuner, qtb
     widget.steps.setValue(5000)
     widget.start_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
-    shown = widget.model_label.text()
+    shown = widget.model_panel.label.text()
     viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)  # the run it started was cancelled
     assert hub_for(viewer).model is old and widget.result is None
@@ -227,5 +228,5 @@ def test_undocking_stops_tuning_and_lets_go_of_the_viewer_and_the_hub(tuner, qtb
     assert widget.labels_combo.layer() is viewer.layers["annotations"]  # nor edits and selection
     hub_for(viewer).set_model(load_model("tiny", device="cpu", image_size=SIZE))
     qtbot.wait(50)
-    assert widget.model_label.text() == shown  # nor the model hub
+    assert widget.model_panel.label.text() == shown  # nor the model hub
     widget.deleteLater()

@@ -86,10 +86,10 @@ def test_model_loading_shows_a_busy_bar_that_goes_when_loaded(make_napari_viewer
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     recorder = dock(viewer)
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
     for _ in range(3):  # a load from a small file is short: the bar must never be left behind
-        widget.load_button.click()
+        widget.model_panel.load_button.click()
         qtbot.waitUntil(lambda: recorder.open_bars() == ["MSA: loading vit_b"] or widget.idle, timeout=5000)
         assert "MSA: loading vit_b: " in recorder.shown  # the dock showed it while loading
         wait_idle(qtbot, widget)

@@ -25,7 +25,7 @@ from .. import _layers as L
 from .._controls import ScrollPanel
 from .._docking import TabWithSiblings
 from .._feedback import Feedback
-from .._hub import ViewerLink
+from .._hub import ViewerLink, hub_for
 from .._model_panel import ModelPanel
 from .._normalization import normalization
 from .._workers import ImageSource, ensure_thread_capacity
@@ -68,18 +68,16 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         ensure_thread_capacity()
-        self.link = ViewerLink(self, napari_viewer, self._on_model, on_undocked=self._stop_work)
+        self.hub = hub_for(napari_viewer)
+        self.link = ViewerLink(self, self.hub, self._on_model, on_undocked=self._stop_work)
         TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
-        self.hub = self.link.hub
         self._build()
         self.link.connect(self.hub.adapter_saved, self.model_panel.show)  # tuned adapter saved: name the file
         f = self.form
         self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, f.object_id, f.overwrite, f.refine,
                                    self._source, self._load_on_first_need, self.schedule_update)
-        self.draft = self.editor.draft
         self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, f.recovery_offer,
                                        self.layers.prompts, offer=offer_recovery)
-        self.autosave = self.recovery.autosave
         self.editor.on_written = self.save_recovery
         self.hub.preview_sources.append(self._labels_without_preview)
         self.link.on_release(lambda: self.hub.preview_sources.remove(self._labels_without_preview))
@@ -89,9 +87,6 @@ class SegmentWidget(QWidget):
                                                    self._sync_propagate_button, self._on_volume_finished,
                                                    self.feedback.report, self._refresh_activity,
                                                    self.everything_tool.found)
-        j = self.jobs
-        self.feed, self.predictions, self.prefetcher = j.feed, j.predictions, j.prefetcher
-        self.propagation, self.volume = j.propagation, j.volume
         self._update_timer = QTimer(self, singleShot=True, interval=0)
         self._update_timer.timeout.connect(self.update_prediction)
         # Prefetches start from this timer, never straight from an event: scrolling settles first, and
@@ -132,12 +127,9 @@ class SegmentWidget(QWidget):
         self.status = QLabel("Ready")  # the last outcome: a result, a problem, what to do next (added last)
         self.status.setWordWrap(True)
         self.feedback = Feedback(self.status)
-        self.model_panel = p = ModelPanel(self.hub, self.feedback, _no_model_text, self._refresh_activity)
-        self.model_section, self.model_label, self.model_combo = p.section, p.label, p.combo
-        self.checkpoint, self.adapter, self.load_button = p.checkpoint, p.adapter, p.load_button
-        self.device_combo, self.precision_combo = p.device_combo, p.precision_combo
-        root.addWidget(p.section)
-        root.addWidget(p.label)
+        self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, self._refresh_activity)
+        root.addWidget(self.model_panel.section)
+        root.addWidget(self.model_panel.label)
         self.form = f = SegmentForm(root, type(self).__doc__)  # the fields below: image and prompts, output, keys
         root.addWidget(self.status)
         root.addStretch(1)
@@ -179,13 +171,13 @@ class SegmentWidget(QWidget):
             self.feedback.problem("No model loaded: choose an available model in the Model field above and press "
                                   "Load model.")
         else:
-            show_info(f"Loading {self.model_combo.currentText()} for your first prompt (once per session)…")
+            show_info(f"Loading {self.model_panel.combo.currentText()} for your first prompt (once per session)…")
             self.model_panel.load()
 
     def _on_model(self, model: MSAModel | None) -> None:
         """A new model (loaded here or tuned elsewhere): a new session, same image and prompts."""
         self.jobs.use(model, self.form.cache_folder.path() or None)
-        self.draft.outdated()
+        self.editor.draft.outdated()
         self._show_model(model)
         if model is not None:
             self._prefetch_timer.start()
@@ -230,7 +222,7 @@ class SegmentWidget(QWidget):
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        busy = not self.predictions.idle or self.propagation.running
+        busy = not self.jobs.predictions.idle or self.jobs.propagation.running
         if self.layers.in_use(layer):
             self.jobs.drop_results()
             if busy:
@@ -239,17 +231,17 @@ class SegmentWidget(QWidget):
         self.editor.layer_removed(layer)
         if layer in self.prompts.layers:
             self._follow_prompt_layers()
-            self.draft.outdated()
+            self.editor.draft.outdated()
         if layer == self.image_layer():
-            self.prefetcher.stop()
-            self.feed.forget()
+            self.jobs.prefetcher.stop()
+            self.jobs.feed.forget()
         self._on_layers_changed()
 
     def _on_image_chosen(self, *_) -> None:
         """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
         self.editor.drop_preview()
-        self.prefetcher.stop()
-        self.volume.cancel()  # its worker would give the session the old image back
+        self.jobs.prefetcher.stop()
+        self.jobs.volume.cancel()  # its worker would give the session the old image back
         if self.image_layer() is None:
             self.feedback.set("Open or choose an image layer.")
             self._follow_prompt_layers()
@@ -278,11 +270,12 @@ class SegmentWidget(QWidget):
     def _preload_model(self) -> None:
         """An image is there and no model: load the chosen one now, on a worker, so the first click does not
         wait for it (models that need a checkpoint file the user has not given still load on demand)."""
-        if not PRELOAD or self.hub.model is not None or self.model_panel.loading:
+        panel = self.model_panel
+        if not PRELOAD or self.hub.model is not None or panel.loading:
             return
-        chosen = catalog.MODEL_NAMES[self.model_combo.currentIndex()]
-        if self.model_panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or self.checkpoint.path()):
-            self.model_panel.load()
+        chosen = catalog.MODEL_NAMES[panel.combo.currentIndex()]
+        if panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or panel.checkpoint.path()):
+            panel.load()
 
     def _tell_ready(self, image: Image) -> None:
         if self.hub.model is not None:
@@ -409,7 +402,7 @@ class SegmentWidget(QWidget):
     def _sync_propagate_button(self) -> None:
         """The button proposes a new run when none runs (done, cancelled, failed or discarded)."""
         try:
-            running = self.propagation.running
+            running = self.jobs.propagation.running
             self.form.propagate_button.setText("Cancel (Shift+S)" if running else "Propagate (Shift+S)")
         except RuntimeError:  # the widget was closed meanwhile
             pass
@@ -436,27 +429,27 @@ class SegmentWidget(QWidget):
             self._prefetch_timer.start()
 
     def _on_normalization_changed(self, *_) -> None:
-        self.volume.cancel()
-        self.predictions.invalidate()
-        self.draft.outdated()
+        self.jobs.volume.cancel()
+        self.jobs.predictions.invalidate()
+        self.editor.draft.outdated()
         self._prefetch_timer.start()
         self.schedule_update()
 
     def start_prefetch(self) -> None:
         """Embed the current slice now and its neighbours after it, in the background."""
         image = self.editor.usable_image(tell=False)
-        if image is None or self.session is None or self.propagation.running:
+        if image is None or self.session is None or self.jobs.propagation.running:
             return
         if L.is_volume(image) and not L.plane_axes_displayed(self.viewer, image):
             self.feedback.set("Show the image's (Y,X) planes (dims order) to segment slice by slice.")
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+        self.jobs.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
 
     def embed_volume(self) -> None:
         """Embed every slice in the background (press again to stop); loads the model first if needed."""
-        if self.volume.running:
-            self.volume.cancel()
+        if self.jobs.volume.running:
+            self.jobs.volume.cancel()
             return
         if self.image_layer() is None:
             self.feedback.problem("Open or choose an image layer first (the Image field above).")
@@ -469,7 +462,7 @@ class SegmentWidget(QWidget):
             self._load_on_first_need()
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.volume.start(self.session, self._source(image), n_slices)
+        self.jobs.volume.start(self.session, self._source(image), n_slices)
         self.form.embed_button.setText("Stop embedding")
 
     def _on_volume_finished(self, completed: bool) -> None:
@@ -479,7 +472,7 @@ class SegmentWidget(QWidget):
             return
         if completed:
             where = f", kept in {self.form.cache_folder.path()}" if self.form.cache_folder.path() else ""
-            self.feedback.set(f"All {self.volume.total} slices are embedded{where}.")
+            self.feedback.set(f"All {self.jobs.volume.total} slices are embedded{where}.")
 
     def _on_cache_folder_changed(self, text: str) -> None:
         if self.session is not None:
@@ -504,7 +497,7 @@ class SegmentWidget(QWidget):
         self.editor.drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
         self.feedback.unwatch_commit()
         self.jobs.stop()
-        self.autosave.wait(10)  # the last commit's recovery copy is on disk before the widget goes
+        self.recovery.autosave.wait(10)  # the last commit's recovery copy is on disk before the widget goes
 
     def release(self) -> None:
         """Stop all work and stop listening to the viewer, its layers, its keys and the model hub."""

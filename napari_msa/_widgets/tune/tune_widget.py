@@ -40,11 +40,10 @@ from .. import _normalization
 from .._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
 from .._docking import TabWithSiblings
 from .._feedback import Feedback
-from .._hub import ViewerLink
+from .._hub import ViewerLink, hub_for
 from .._layers import spatial_shape
 from .._model_panel import ModelPanel
-from ._curve import CurveWidget
-from ._curve import fmt_time as _fmt_time
+from ._curve import CurveWidget, fmt_time
 from ._run import TuneRun
 from ._tune_layers import AnnotatedLabels
 
@@ -67,9 +66,9 @@ class TuneWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.link = ViewerLink(self, napari_viewer, self._show_model)  # undocked or closed: lets go of the viewer
+        self.hub = hub_for(napari_viewer)
+        self.link = ViewerLink(self, self.hub, self._show_model)  # undocked or closed: lets go of the viewer
         TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
-        self.hub = self.link.hub
         self.result: TuneResult | None = None
         self._before = None  # the model tuning started from: what Discard goes back to
         self._label_names: dict = {}
@@ -99,8 +98,7 @@ class TuneWidget(QWidget):
         self.feedback = Feedback(self.status)
         self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, chooser=False)
         self.link.connect(self.hub.adapter_saved, self.model_panel.show)
-        self.model_label = self.model_panel.label
-        root.addWidget(self.model_label)
+        root.addWidget(self.model_panel.label)
 
         data = QGroupBox("Annotations")
         form = QFormLayout(data)
@@ -299,7 +297,7 @@ class TuneWidget(QWidget):
         if p.val_dice is not None:
             parts.append(f"held-out Dice {p.val_dice:.3f} (best {p.best_val_dice:.3f})")
         if p.phase == "train":
-            parts.append(f"ETA {_fmt_time(p.eta_s)}")
+            parts.append(f"ETA {fmt_time(p.eta_s)}")
         self.status.setText(" · ".join(parts))
 
     def _on_done(self, result: TuneResult) -> None:
@@ -307,7 +305,7 @@ class TuneWidget(QWidget):
         s = result.summary
         self.progress.setValue(self.progress.maximum())
         stop = " (stopped early)" if s.stopped == "early_stopping" else ""
-        done = f"Done in {_fmt_time(s.time_s)}: {s.steps_done} steps{stop}"
+        done = f"Done in {fmt_time(s.time_s)}: {s.steps_done} steps{stop}"
         if s.held_out is not None:
             self.results.setText(results_table(s, self._label_names))
             self.results.setVisible(True)
