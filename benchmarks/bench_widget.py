@@ -136,8 +136,8 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         with GapMeter() as gaps:
             spin(lambda: time.perf_counter() - t0 > think_s)
             clicked = time.perf_counter()
-            widget.points_layer().add([slices // 2, size / 2, size / 2])
-            spin(lambda: widget.labels_layer() is not None and bool(widget.labels_layer().data.any())
+            widget.layers.points().add([slices // 2, size / 2, size / 2])
+            spin(lambda: widget.layers.labels() is not None and bool(widget.layers.labels().data.any())
                  and widget.idle)
             painted.append(time.perf_counter())
         far = 0  # far from the clicked middle slice: not embedded yet (the prefetch takes the neighbours first)
@@ -146,8 +146,8 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         widget.commit()
         viewer.dims.set_current_step(0, far)
         t = time.perf_counter()
-        widget.points_layer().add([far, size / 3, size / 3])
-        spin(lambda: widget.idle and bool(widget.labels_layer().data[far].any()))
+        widget.layers.points().add([far, size / 3, size / 3])
+        spin(lambda: widget.idle and bool(widget.layers.labels().data[far].any()))
         cold = time.perf_counter() - t
         widget.jobs.prefetcher.stop()
         spin(lambda: widget.idle)
@@ -168,7 +168,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     _, tune = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
     viewer.add_image(volume, name="vol")
-    spin(lambda: widget.session is not None and widget.idle)
+    spin(lambda: widget.jobs.session is not None and widget.idle)
     labels = np.zeros(volume.shape, np.uint8)
     labels[:, size // 4: size // 2, size // 4: size // 2] = 1
     viewer.add_labels(labels, name="annotations")
@@ -182,14 +182,14 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         t = time.perf_counter()
         z = slices // 2
         viewer.dims.set_current_step(0, z)
-        widget.points_layer().add([z, size * 0.6, size * 0.6])
-        spin(lambda: widget.idle and widget.labels_layer() is not None and bool(widget.labels_layer().data[z].any()))
+        widget.layers.points().add([z, size * 0.6, size * 0.6])
+        spin(lambda: widget.idle and widget.layers.labels() is not None and bool(widget.layers.labels().data[z].any()))
         during = time.perf_counter() - t
-        spin(lambda: not tune.running)
+        spin(lambda: not tune.run.running)
     print(f"(e) while tuning (30 steps): a click answered after {during:.2f} s; longest GUI gap during tuning "
           f"{tuning.longest_ms:.0f} ms (goal ≤ 100 ms)")
     widget.jobs.prefetcher.stop()
-    spin(lambda: widget.idle and not tune.running)
+    spin(lambda: widget.idle and not tune.run.running)
     viewer.close()
 
 
@@ -231,7 +231,7 @@ def main() -> None:
     spin(lambda: widget.idle)
 
     # --- (a) click → painted vs raw SamPredictor on the same embedding ------------------------------
-    emb = widget.session.embedding(0)
+    emb = widget.jobs.session.embedding(0)
     predictor = SamPredictor(model.sam)
     predictor.features, predictor.input_size, predictor.original_size = emb.features, emb.input_size, emb.original_size
     predictor.is_image_set = True
@@ -267,7 +267,7 @@ def main() -> None:
         """Interleaved raw/widget pairs on the first image, so background load hits both alike."""
         widget.form.image_choice.choose(first)
         spin(lambda: widget.idle)
-        points = widget.points_layer()
+        points = widget.layers.points()
         raw, through_widget = [], []
         for r, c in np.random.default_rng(seed).uniform(0.15, 0.85, (args.clicks, 2)) * args.size:
             with torch.no_grad():

@@ -59,12 +59,12 @@ def main() -> int:
     viewer.dims.set_current_step(0, SLICE)
     spin(lambda: widget.idle)
 
-    points = widget.points_layer()
+    points = widget.layers.points()
     for organ in (*COMMITTED, PREVIEW):
         gt = truth.data[SLICE] == names[organ]
         points.add([SLICE, *most_interior(gt, exact_depth(gt))])  # the first click also loads the model
         spin(lambda: hub_for(viewer).model is not None and widget.idle)
-        labels = widget.labels_layer()
+        labels = widget.layers.labels()
         obj = widget.form.object_id.value()
         print(f"{organ:14s} object {obj}: Dice vs ground truth {dice(labels.data[SLICE] == obj, gt):.3f}")
         if organ != PREVIEW:

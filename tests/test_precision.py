@@ -222,7 +222,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     widget.form.embed_button.click()
     assert widget.form.embed_button.text() == "Stop embedding"
     wait_idle(qtbot, widget)
-    assert all(widget.session.is_cached(z) for z in range(6))
+    assert all(widget.jobs.session.is_cached(z) for z in range(6))
     assert len(list(tmp_path.rglob("*.pt"))) == 6  # kept on disk for the next session and `napari-msa embed`
     assert any(b.startswith("MSA: embedding the volume") for b in bars)  # its time left may come first
     assert any(line.startswith("Embedding the volume:") for line in lines)
@@ -235,7 +235,7 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     hub_for(viewer).set_model(other)
     widget.form.embed_button.click()
     wait_idle(qtbot, widget)
-    assert calls == [] and all(widget.session.is_cached(z) for z in range(6))
+    assert calls == [] and all(widget.jobs.session.is_cached(z) for z in range(6))
 
 
 @pytest.mark.gui
@@ -254,7 +254,7 @@ def test_widget_loads_with_the_chosen_precision(make_napari_viewer, qtbot, tmp_p
     widget.model_panel.precision_combo.setCurrentText("bf16")
     widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
-    assert widget.session.model.precision.name == "bf16" and "bf16" in widget.model_panel.label.text()
+    assert widget.jobs.session.model.precision.name == "bf16" and "bf16" in widget.model_panel.label.text()
 
 
 # --- CUDA (run by benchmarks/gpu_checks.sh on a machine with a GPU) ------------------------------------------------

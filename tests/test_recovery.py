@@ -71,7 +71,7 @@ def segmenter(make_napari_viewer, qtbot, monkeypatch):
 def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, qtbot):
     viewer, widget = segmenter(image2d())
     assert widget.form.recovery_offer.isHidden()  # nothing saved for this image yet
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     widget.commit()
@@ -95,7 +95,7 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     widget2.form.recovery_offer.restore_button.click()
     restored = viewer2.layers["img labels"]
     np.testing.assert_array_equal(restored.data == 1, committed)
-    assert widget2.labels_layer() is restored and widget2.form.object_id.value() == 2
+    assert widget2.layers.labels() is restored and widget2.form.object_id.value() == 2
     assert widget2.form.recovery_offer.isHidden()
 
     # A labels layer that already holds them (e.g. opened from the saved file): nothing to offer.
@@ -133,7 +133,7 @@ CRASHING_SESSION = textwrap.dedent("""
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     hub_for(viewer).set_model(load_model("tiny"))
     for point in ([20, 20], [45, 60]):
-        widget.points_layer().add(point)
+        widget.layers.points().add(point)
         while not widget.idle or not widget.editor.draft:
             app.processEvents()
         widget.commit()

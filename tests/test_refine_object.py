@@ -94,7 +94,7 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
         viewer.dims.set_current_step(0, 1)
 
     click = [30.0, 24.0]
-    widget.points_layer().add([1.0, *click] if volume else click)
+    widget.layers.points().add([1.0, *click] if volume else click)
     wait_idle(qtbot, widget)
     plane = (lambda data: data[1]) if volume else (lambda data: data)
     np.testing.assert_array_equal(masks.calls[-1]["prior"], plane(original) == 1)  # the object as committed
@@ -129,7 +129,7 @@ def test_the_widget_sends_every_click_and_n_cycles_the_masks_of_a_lone_click(mak
     masks = install(monkeypatch, DiskMasks(radius=7))
     viewer, widget, model, _ = open_segmenter(make_napari_viewer, qtbot,
                                               np.random.default_rng(0).random(SHAPE, dtype=np.float32))
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([30.0, 30.0])
     wait_idle(qtbot, widget)
     assert masks.calls[-1]["box"] is None and masks.calls[-1]["candidate"] == 0

@@ -56,7 +56,7 @@ def test_manifest_widget_opens_with_its_layers(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None, scale=SCALE)
     assert isinstance(widget, SegmentWidget)
     points = viewer.layers["img prompts"]
-    assert widget.points_layer() == points and viewer.layers.selection.active == points
+    assert widget.layers.points() == points and viewer.layers.selection.active == points
     np.testing.assert_allclose(points.scale, SCALE)
     assert points.mode == "add"
     assert widget.model_panel.combo.currentText() == "litemedsam"  # the default model is preselected
@@ -89,7 +89,7 @@ def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbo
 def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=8))
     viewer, widget = open_segmenter(image2d(), scale=SCALE)
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([32, 40])
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
@@ -106,7 +106,7 @@ def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
 
 def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
+    points = widget.layers.points()
     assert widget.form.sign_button.text().startswith("positive")
     press(viewer, "T")
     assert widget.form.sign_button.text().startswith("negative")
@@ -124,7 +124,7 @@ def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
 def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -164,7 +164,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
 def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -182,7 +182,7 @@ def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmente
 def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=4, hold_first=True))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     clicks = [(10 + 5 * i, 10 + 7 * i) for i in range(8)]
     points.add(clicks[0])
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)  # the first prediction is in flight
@@ -201,7 +201,7 @@ def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
 def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=5))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     masks.hold_first, masks.calls = True, []
@@ -218,7 +218,7 @@ def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segment
 def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -238,7 +238,7 @@ def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, mo
 def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6, hold_first=True))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
     start = notification_count()
@@ -256,7 +256,7 @@ def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monke
 
 def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_segmenter, qtbot, make_napari_viewer):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
+    points = widget.layers.points()
     start = notification_count()
     points.add([20, 20])  # no model yet: the preselected default loads on a worker, then answers the click
     qtbot.waitUntil(lambda: hub_for(viewer).model is not None, timeout=120_000)
@@ -275,13 +275,13 @@ def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_seg
     wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
     widget.form.labels_choice.choose(wrong)
     start = notification_count()
-    widget.update_prediction()
+    widget.editor.update()
     wait_idle(qtbot, widget)
     assert any("has shape (10, 10)" in m for m in notifications_since(start))
     assert not wrong.data.any()
 
     start = notification_count()
-    widget.update_prediction()  # the same problem again: not notified again
+    widget.editor.update()  # the same problem again: not notified again
     wait_idle(qtbot, widget)
     assert not notifications_since(start)
     assert "has shape (10, 10)" in widget.status.text()
@@ -291,11 +291,11 @@ def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qt
     image = np.zeros((64, 64), np.float32)
     image[16:48, 20:44] = 1.0
     viewer, widget = open_segmenter(image)
-    reference = Session(widget.session.model)
+    reference = Session(widget.jobs.session.model)
     reference.set_image(image)
     click = (32, 32)
     expected, _ = reference.predict(points=[click], labels=[1])
-    widget.points_layer().add(click)
+    widget.layers.points().add(click)
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, expected)
 
@@ -303,17 +303,17 @@ def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qt
 def test_hub_model_change_rebuilds_session_and_keeps_prompts(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    widget.points_layer().add([30, 30])
+    widget.layers.points().add([30, 30])
     wait_idle(qtbot, widget)
     calls = len(masks.calls)
     tuned = load_model("tiny")
     tuned.adapter_source = "/tmp/tuned_adapter.safetensors"
     hub_for(viewer).set_model(tuned)  # what the Tune widget does when tuning finishes
     wait_idle(qtbot, widget)
-    assert widget.session.model is tuned
+    assert widget.jobs.session.model is tuned
     assert "tuned_adapter.safetensors" in widget.model_panel.label.text()
     assert len(masks.calls) == calls + 1  # the prompted slice was predicted again with the new model
-    assert len(widget.points_layer().data) == 1
+    assert len(widget.layers.points().data) == 1
     assert (viewer.layers["img labels"].data == 1).sum() == disk((64, 80), (30, 30), 6).sum()
 
 
@@ -326,7 +326,7 @@ def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
     wait_idle(qtbot, widget)
     model = hub_for(viewer).model
     assert model is not None and model.source == str(path)
-    assert widget.session.model is model
+    assert widget.jobs.session.model is model
     assert model.describe() in widget.model_panel.label.text()
 
     widget.model_panel.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
@@ -339,7 +339,7 @@ def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
 
 def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbot):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
+    points = widget.layers.points()
     assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
     assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
     viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
@@ -360,7 +360,7 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     viewer.add_image(image2d((40, 50)), name="other")
     widget.form.image_choice.choose(viewer.layers["img"])
     wait_idle(qtbot, widget)
-    widget.points_layer().add([20, 20])
+    widget.layers.points().add([20, 20])
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
     assert (labels.data == 1).any()  # the preview is shown
@@ -370,7 +370,7 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     wait_idle(qtbot, widget)
     assert not labels.data.any()  # the preview was taken back, not baked into the old labels
     assert len(labels._undo_history) == history  # and no undo step was made
-    assert widget.points_layer() is viewer.layers["other prompts"]
+    assert widget.layers.points() is viewer.layers["other prompts"]
 
     widget.form.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
     wait_idle(qtbot, widget)
@@ -383,7 +383,7 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
 def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     start = notification_count()
@@ -414,7 +414,7 @@ def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(
 def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     assert widget.status.text().startswith("Object 1") and widget.form.activity.text() == ""
@@ -494,7 +494,7 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
 def L_new_points_positive(widget) -> bool:  # noqa: N802 - mirrors the widget's layer helper
     from napari_msa._widgets._layers import new_points_positive
 
-    return new_points_positive(widget.points_layer())
+    return new_points_positive(widget.layers.points())
 
 
 def click_canvas_center(viewer, qtbot) -> None:
@@ -547,7 +547,7 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
 
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -581,7 +581,7 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
 def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    widget.points_layer().add([20, 20])
+    widget.layers.points().add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
     assert "now segmenting object 2" in widget.status.text()

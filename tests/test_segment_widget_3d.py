@@ -71,7 +71,7 @@ def test_clicks_are_per_slice_and_slice_changes_reuse_cached_embeddings(open_vol
     go_to_slice(viewer, widget, qtbot, 2)
     assert model.encoded == encoded  # slices 0..4 are all cached: no encoder pass at all
 
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([2, 20, 30])  # (z, row, col) in the points layer's data = the image's pixels
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
@@ -99,7 +99,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
     go_to_slice(viewer, widget, qtbot, 3)
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     handler = viewer.window._qt_viewer._key_map_handler
     handler.press_key("Shift-S")
@@ -122,7 +122,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
 def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])  # on the slice shown (napari opens on the middle one)
+    widget.layers.points().add([3, 24, 28])  # on the slice shown (napari opens on the middle one)
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     history = len(labels._undo_history)
@@ -150,7 +150,7 @@ def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, mo
 def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volume, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     history = len(labels._undo_history)
@@ -176,7 +176,7 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     assert not labels.data.any()
 
     # or X drops them all
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     clicks = len(masks.calls)
     masks.after_call = lambda n: widget.jobs.propagation.cancel() if n == clicks + 2 else None
@@ -206,7 +206,7 @@ def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volu
     wait_idle(qtbot, widget)
     assert "Embedding slice 3…" in seen and any(t.startswith("Prefetching slice") for t in seen), set(seen)
     assert widget.form.activity.text() == ""  # idle: nothing claims to run
-    widget.points_layer().add([3, 20, 30])
+    widget.layers.points().add([3, 20, 30])
     wait_idle(qtbot, widget)
     result = widget.status.text()
     assert result.startswith("Object 1 — slice 3")
@@ -256,9 +256,9 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
     boxes = viewer.layers["vol boxes"]  # created with the prompt points, placed like the image
-    assert widget.shapes_layer() is boxes and boxes.mode == "add_rectangle" and boxes.ndim == 3
+    assert widget.layers.shapes() is boxes and boxes.mode == "add_rectangle" and boxes.ndim == 3
     np.testing.assert_allclose(boxes.scale, Z_SCALE)
-    assert viewer.layers.selection.active is widget.points_layer()  # clicks still go to the points
+    assert viewer.layers.selection.active is widget.layers.points()  # clicks still go to the points
     go_to_slice(viewer, widget, qtbot, 4)
 
     viewer.layers.selection.active = boxes  # the user selects the box layer and drags a rectangle
@@ -279,15 +279,15 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     assert (labels.data == 1).any() and widget.form.object_id.value() == 2 and len(boxes.data) == 0
 
     widget.form.shapes_choice.choose("(none)")  # boxes can be switched off...
-    assert widget.shapes_layer() is None
+    assert widget.layers.shapes() is None
     widget.form.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
-    assert widget.shapes_layer() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
+    assert widget.layers.shapes() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
 
 
 def test_a_refused_action_is_told_once_and_shown_in_the_status(open_volume, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     go_to_slice(viewer, widget, qtbot, 5)  # nothing segmented on this slice
     start = notification_count()

@@ -110,7 +110,7 @@ def test_embedding_and_propagation_report_slices_done_of_total(make_napari_viewe
     assert max(recorder.values["MSA: embedding slice 3"]) == (5, 5)
     assert "MSA: embedding slice 4 (prefetch)" in recorder.descs
 
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     masks.after_call = lambda n: time.sleep(0.1)  # a slice takes a while, as with a real model
     widget.propagate()
@@ -138,7 +138,7 @@ def test_tuning_reports_steps_and_eta(make_napari_viewer, qtbot, dock):
     widget.val_share.setValue(0.0)
     widget.start_button.click()
     qtbot.waitUntil(lambda: any(d.startswith("MSA: tuning") for d in recorder.opened), timeout=5000)
-    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=120_000)
     assert len(recorder.opened) == 1, recorder.opened
     steps = sorted(recorder.values[recorder.opened[0]])
     assert steps[-1] == (6, 6) and len(steps) >= 3

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Image, Labels, Points, Shapes
+from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QLayout, QVBoxLayout, QWidget
@@ -37,7 +37,7 @@ from ._object_editor import ObjectEditor
 from ._recovery import RecoveryKeeper
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
-    from napari_msa.engine import MSAModel, Session
+    from napari_msa.engine import MSAModel
 
 # New-point sign button: the point colour as background (lime, red) and black text, contrast 15:1 and 5.3:1
 # (WCAG asks for 4.5:1); red text on napari's grey was about 2:1.
@@ -88,7 +88,7 @@ class SegmentWidget(QWidget):
                                                    self.feedback.report, self._refresh_activity,
                                                    self.everything_tool.found)
         self._update_timer = QTimer(self, singleShot=True, interval=0)
-        self._update_timer.timeout.connect(self.update_prediction)
+        self._update_timer.timeout.connect(self.editor.update)
         # Prefetches start from this timer, never straight from an event: scrolling settles first, and
         # when napari closes (removing layers one by one) the timer dies with the widget instead of
         # starting an encoder pass for the next image.
@@ -146,23 +146,19 @@ class SegmentWidget(QWidget):
         f.embed_button.clicked.connect(self.embed_volume)
         f.sign_button.clicked.connect(self.toggle_positive)
         f.recovery_offer.restore_button.clicked.connect(self.restore_recovered)
-        f.recovery_offer.discard_button.clicked.connect(self.discard_recovered)
+        f.recovery_offer.discard_button.clicked.connect(self.recovery.discard)
         f.labels_choice.currentIndexChanged.connect(self._on_labels_chosen)
-        f.object_id.valueChanged.connect(self._repaint_preview)
+        f.object_id.valueChanged.connect(self.editor.repaint)  # the same preview under the new id
         f.object_id.valueChanged.connect(self._on_object_id_changed)
-        f.overwrite.toggled.connect(self._repaint_preview)
-        f.refine.toggled.connect(self._on_refine_toggled)
+        f.overwrite.toggled.connect(self.editor.repaint)
+        f.refine.toggled.connect(self.editor.refine_toggled)
         f.commit_button.clicked.connect(self.commit)
         f.clear_button.clicked.connect(self.clear)
         f.propagate_button.clicked.connect(self.propagate)
-        f.everything_button.clicked.connect(self.segment_everything)
-        f.keep_all_button.clicked.connect(self.keep_all_candidates)
+        f.everything_button.clicked.connect(self.everything_tool.run)
+        f.keep_all_button.clicked.connect(self.everything_tool.keep_all)
 
     # ============================================================================ model
-    def load_model(self) -> None:
-        """Load the chosen model on a worker, then share it through the viewer's hub."""
-        self.model_panel.load()
-
     def _load_on_first_need(self) -> None:
         """Prompts arrived before any model: load the chosen one (the default) now; they are answered after."""
         if self.model_panel.loading:
@@ -189,36 +185,20 @@ class SegmentWidget(QWidget):
     def _show_model(self, model: MSAModel | None) -> None:
         self.model_panel.show(model)
         if model is not None:
-            image = self.image_layer()
+            image = self.layers.image()
             if image is None:
                 self.feedback.set("Ready: open or choose an image layer, then click on an object.")
             else:
                 self._tell_ready(image)
 
-    @property
-    def session(self) -> Session | None:
-        return self.jobs.session
-
     # ============================================================================ layers
-    def image_layer(self) -> Image | None:
-        return self.layers.image()
-
-    def points_layer(self) -> Points | None:
-        return self.layers.points()
-
-    def shapes_layer(self) -> Shapes | None:
-        return self.layers.shapes()
-
-    def labels_layer(self) -> Labels | None:
-        return self.layers.labels()
-
     def _on_layers_changed(self, event=None) -> None:
-        had_image = self.image_layer()
+        had_image = self.layers.image()
         self.layers.refresh()
-        if self.image_layer() != had_image:  # == : plugin widgets see layers through proxies
+        if self.layers.image() != had_image:  # == : plugin widgets see layers through proxies
             self._on_image_chosen()
         else:
-            self.recovery.layers_changed(self.image_layer())  # e.g. the user opened the labels saved from them
+            self.recovery.layers_changed(self.layers.image())  # e.g. the user opened the labels saved from them
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -232,7 +212,7 @@ class SegmentWidget(QWidget):
         if layer in self.prompts.layers:
             self._follow_prompt_layers()
             self.editor.draft.outdated()
-        if layer == self.image_layer():
+        if layer == self.layers.image():
             self.jobs.prefetcher.stop()
             self.jobs.feed.forget()
         self._on_layers_changed()
@@ -242,7 +222,7 @@ class SegmentWidget(QWidget):
         self.editor.drop_preview()
         self.jobs.prefetcher.stop()
         self.jobs.volume.cancel()  # its worker would give the session the old image back
-        if self.image_layer() is None:
+        if self.layers.image() is None:
             self.feedback.set("Open or choose an image layer.")
             self._follow_prompt_layers()
             return
@@ -262,7 +242,7 @@ class SegmentWidget(QWidget):
 
     def _activate_prompts(self) -> None:
         """The chosen points layer active, in add mode: the user's next click on the image is a prompt."""
-        points = self.points_layer()
+        points = self.layers.points()
         if points is not None and points in self.viewer.layers:
             self.viewer.layers.selection.active = points
             points.mode = "add"
@@ -298,17 +278,14 @@ class SegmentWidget(QWidget):
     # ============================================================================ recovery
     def save_recovery(self) -> None:
         """The committed labels changed (a commit, undo, redo): they go to the image's recovery file."""
-        self.recovery.save(self.image_layer(), self.labels_layer())
+        self.recovery.save(self.layers.image(), self.layers.labels())
 
     def restore_recovered(self) -> None:
         """Restore: the recovered objects as a labels layer, chosen in the Labels field."""
-        labels = self.recovery.restore(self.image_layer())
+        labels = self.recovery.restore(self.layers.image())
         if labels is not None:
             self.layers.refresh()
             self.form.labels_choice.choose(labels)
-
-    def discard_recovered(self) -> None:
-        self.recovery.discard()
 
     def _on_prompt_layers_chosen(self, *_) -> None:
         """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
@@ -317,9 +294,9 @@ class SegmentWidget(QWidget):
         self.schedule_update()
 
     def _on_labels_chosen(self, *_) -> None:
-        if self.editor.writer is not None and self.editor.writer.layer != self.labels_layer():
+        if self.editor.writer is not None and self.editor.writer.layer != self.layers.labels():
             self.editor.drop_preview()
-        labels = self.labels_layer()
+        labels = self.layers.labels()
         if labels is not None:
             self.form.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
         self.schedule_update()
@@ -335,15 +312,11 @@ class SegmentWidget(QWidget):
         action = getattr(event, "action", None)
         if action is not None and str(getattr(action, "value", action)).endswith("ing"):
             return  # 'adding'/'changing'/'removing' precede the change itself
-        self.update_prediction()
+        self.editor.update()
 
     def schedule_update(self) -> None:
         """Coalesce the events of one user action into one prediction request."""
         self._update_timer.start()
-
-    def update_prediction(self) -> None:
-        """Send the slices whose prompts changed to the engine; the newest request wins."""
-        self.editor.update()
 
     def _source(self, image: Image) -> ImageSource:
         norm = normalization(self.form.norm_combo.currentText(), image)
@@ -351,7 +324,7 @@ class SegmentWidget(QWidget):
 
     def toggle_positive(self) -> None:
         """T: the sign of new points flips (positive adds area, negative removes it)."""
-        points = self.points_layer()
+        points = self.layers.points()
         if points is None:
             self.feedback.tell("Choose a prompt points layer first.")
             return
@@ -359,7 +332,7 @@ class SegmentWidget(QWidget):
         self._show_sign()
 
     def _show_sign(self) -> None:
-        points = self.points_layer()
+        points = self.layers.points()
         positive = True if points is None else L.new_points_positive(points)
         self.form.sign_button.setText("positive (T)" if positive else "negative (T)")
         background, text = SIGN_COLORS[positive]  # the points' own colour, with text readable on it
@@ -377,14 +350,6 @@ class SegmentWidget(QWidget):
     def clear(self) -> None:
         """X: drop the prompts and the preview of the current object."""
         self.editor.clear()
-
-    def segment_everything(self) -> None:
-        """Every object the model finds on the slice shown, as candidates to keep with a click (again: cancel)."""
-        self.everything_tool.run()
-
-    def keep_all_candidates(self) -> None:
-        """Every candidate of 'Segment everything' becomes an object of the labels."""
-        self.everything_tool.keep_all()
 
     def undo(self) -> None:
         """Ctrl+Z on the prompt layers: undo the last change of the labels layer (a commit, a refinement)."""
@@ -407,24 +372,17 @@ class SegmentWidget(QWidget):
         except RuntimeError:  # the widget was closed meanwhile
             pass
 
-    def _repaint_preview(self, *_) -> None:
-        """Id or overwrite changed: show the same preview under the new settings."""
-        self.editor.repaint()
-
     def _on_object_id_changed(self, obj: int) -> None:
         """The status names the object a click now works on (a commit or an undo says more right after)."""
-        labels = self.labels_layer()
+        labels = self.layers.labels()
         exists = labels is not None and bool(np.any(labels.data == obj))
         note = "" if not exists or self.form.refine.isChecked() else (
             " It is already in the labels: new masks add to it; tick 'refine the object where it exists' to redo it.")
         self.feedback.set(f"Segmenting object {obj}.{note}")
 
-    def _on_refine_toggled(self, *_) -> None:
-        self.editor.refine_toggled()
-
     # ============================================================================ slices and embeddings
     def _on_slice_changed(self, event=None) -> None:
-        image = self.image_layer()
+        image = self.layers.image()
         if image is not None and L.is_volume(image):
             self._prefetch_timer.start()
 
@@ -437,32 +395,32 @@ class SegmentWidget(QWidget):
 
     def start_prefetch(self) -> None:
         """Embed the current slice now and its neighbours after it, in the background."""
-        image = self.editor.usable_image(tell=False)
-        if image is None or self.session is None or self.jobs.propagation.running:
+        image, jobs = self.editor.usable_image(tell=False), self.jobs
+        if image is None or jobs.session is None or jobs.propagation.running:
             return
         if L.is_volume(image) and not L.plane_axes_displayed(self.viewer, image):
             self.feedback.set("Show the image's (Y,X) planes (dims order) to segment slice by slice.")
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.jobs.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+        jobs.prefetcher.request(jobs.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
 
     def embed_volume(self) -> None:
         """Embed every slice in the background (press again to stop); loads the model first if needed."""
         if self.jobs.volume.running:
             self.jobs.volume.cancel()
             return
-        if self.image_layer() is None:
+        if self.layers.image() is None:
             self.feedback.problem("Open or choose an image layer first (the Image field above).")
             return
         image = self.editor.usable_image()
         if image is None:
             return
-        if self.session is None:
+        if self.jobs.session is None:
             self._volume_wanted = True
             self._load_on_first_need()
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.jobs.volume.start(self.session, self._source(image), n_slices)
+        self.jobs.volume.start(self.jobs.session, self._source(image), n_slices)
         self.form.embed_button.setText("Stop embedding")
 
     def _on_volume_finished(self, completed: bool) -> None:
@@ -475,8 +433,8 @@ class SegmentWidget(QWidget):
             self.feedback.set(f"All {self.jobs.volume.total} slices are embedded{where}.")
 
     def _on_cache_folder_changed(self, text: str) -> None:
-        if self.session is not None:
-            self.session.cache.directory = Path(text.strip()) if text.strip() else None
+        if self.jobs.session is not None:
+            self.jobs.session.cache.directory = Path(text.strip()) if text.strip() else None
 
     # ============================================================================ feedback
     def _refresh_activity(self) -> None:

@@ -76,7 +76,7 @@ class TuneWidget(QWidget):
                            on_change=self._run_changed)
         self._save_worker = None
         self._build()
-        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running,
+        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.run.running,
                                            self.hub.preview_only)
         self.image_combo.currentIndexChanged.connect(self.annotations.pick)
         for emitter, callback in ((self.viewer.layers.events.inserted, self.annotations.refresh),
@@ -220,10 +220,6 @@ class TuneWidget(QWidget):
             self._show_decision(False)  # another model was loaded meanwhile: nothing to keep or discard
         self.model_panel.show(model)
 
-    @property
-    def running(self) -> bool:
-        return self.run.running
-
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
         return _normalization.normalization(self.norm_combo.currentText(), image)
@@ -249,16 +245,16 @@ class TuneWidget(QWidget):
 
     def start(self) -> None:
         """Start tuning on a worker (no-op while one runs)."""
-        if self.running:
+        if self.run.running:
             return
         try:
             image, labels, rgb = self._inputs()
         except ValueError as err:
-            self._fail(f"Tuning: {err}")
+            self.feedback.problem(f"Tuning: {err}")
             return
         model = self.hub.model
         if model is None and not catalog.litemedsam_installed():
-            self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
+            self.feedback.problem("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
         steps = int(self.steps.value()) or None  # 0 shows as "auto"
         train_adapters, train_decoder = TRAIN_CHOICES[self.train_what.currentText()]
@@ -278,7 +274,7 @@ class TuneWidget(QWidget):
 
     def cancel(self) -> None:
         """Ask the running tuning to stop; the model stays as it was."""
-        if self.running:
+        if self.run.running:
             self.run.cancel()
             self.status.setText("Cancelling…")
 
@@ -368,9 +364,6 @@ class TuneWidget(QWidget):
         if running:
             self.save_button.setEnabled(False)
 
-    def _fail(self, message: str) -> None:
-        self.feedback.problem(message)
-
     # ============================================================================ saving
     def _choose_save_path(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save tuned adapter", "adapter.safetensors",
@@ -381,14 +374,14 @@ class TuneWidget(QWidget):
     def save_adapter(self, path: str | Path) -> None:
         """Write the tuned adapter on a worker (atomic: a crash never leaves half a file)."""
         if self.result is None:
-            self._fail("Nothing to save yet: tune first.")
+            self.feedback.problem("Nothing to save yet: tune first.")
             return
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_suffix(".safetensors")
         worker = create_worker(self.result.save, path, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda out: self._saved(Path(out)))
-        worker.errored.connect(lambda exc: self._fail(f"Could not save the adapter to {path}: {exc}"))
+        worker.errored.connect(lambda exc: self.feedback.problem(f"Could not save the adapter to {path}: {exc}"))
         worker.finished.connect(lambda: setattr(self, "_save_worker", None))
         self._save_worker = worker
         worker.start()
