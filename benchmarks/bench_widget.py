@@ -119,7 +119,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
 
     os.environ["NAPARI_MSA_RECOVERY_DIR"] = tempfile.mkdtemp(prefix="bench-recovery-")  # not the user's folder
 
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
 
     print(machine_line(extra=f"napari {napari.__version__}"))
     volume = np.stack([blobs((size, size), seed=z) for z in range(slices)])
@@ -136,20 +136,20 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         with GapMeter() as gaps:
             spin(lambda: time.perf_counter() - t0 > think_s)
             clicked = time.perf_counter()
-            widget.points_layer().add([slices // 2, size / 2, size / 2])
-            spin(lambda: widget.labels_layer() is not None and bool(widget.labels_layer().data.any())
+            widget.layers.points().add([slices // 2, size / 2, size / 2])
+            spin(lambda: widget.layers.labels() is not None and bool(widget.layers.labels().data.any())
                  and widget.idle)
             painted.append(time.perf_counter())
         far = 0  # far from the clicked middle slice: not embedded yet (the prefetch takes the neighbours first)
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         spin(lambda: widget.idle)
         widget.commit()
         viewer.dims.set_current_step(0, far)
         t = time.perf_counter()
-        widget.points_layer().add([far, size / 3, size / 3])
-        spin(lambda: widget.idle and bool(widget.labels_layer().data[far].any()))
+        widget.layers.points().add([far, size / 3, size / 3])
+        spin(lambda: widget.idle and bool(widget.layers.labels().data[far].any()))
         cold = time.perf_counter() - t
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         spin(lambda: widget.idle)
         viewer.close()
         return painted[0] - clicked, gaps.longest_ms, cold
@@ -168,7 +168,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     _, tune = viewer.window.add_plugin_dock_widget("napari-msa", "Tune (MSA)")
     viewer.add_image(volume, name="vol")
-    spin(lambda: widget.session is not None and widget.idle)
+    spin(lambda: widget.jobs.session is not None and widget.idle)
     labels = np.zeros(volume.shape, np.uint8)
     labels[:, size // 4: size // 2, size // 4: size // 2] = 1
     viewer.add_labels(labels, name="annotations")
@@ -182,14 +182,14 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         t = time.perf_counter()
         z = slices // 2
         viewer.dims.set_current_step(0, z)
-        widget.points_layer().add([z, size * 0.6, size * 0.6])
-        spin(lambda: widget.idle and widget.labels_layer() is not None and bool(widget.labels_layer().data[z].any()))
+        widget.layers.points().add([z, size * 0.6, size * 0.6])
+        spin(lambda: widget.idle and widget.layers.labels() is not None and bool(widget.layers.labels().data[z].any()))
         during = time.perf_counter() - t
-        spin(lambda: not tune.running)
+        spin(lambda: not tune.run.running)
     print(f"(e) while tuning (30 steps): a click answered after {during:.2f} s; longest GUI gap during tuning "
           f"{tuning.longest_ms:.0f} ms (goal ≤ 100 ms)")
-    widget.prefetcher.stop()
-    spin(lambda: widget.idle and not tune.running)
+    widget.jobs.prefetcher.stop()
+    spin(lambda: widget.idle and not tune.run.running)
     viewer.close()
 
 
@@ -231,7 +231,7 @@ def main() -> None:
     spin(lambda: widget.idle)
 
     # --- (a) click → painted vs raw SamPredictor on the same embedding ------------------------------
-    emb = widget.session.embedding(0)
+    emb = widget.jobs.session.embedding(0)
     predictor = SamPredictor(model.sam)
     predictor.features, predictor.input_size, predictor.original_size = emb.features, emb.input_size, emb.original_size
     predictor.is_image_set = True
@@ -242,9 +242,9 @@ def main() -> None:
         original(request, result)
         painted_at.append(time.perf_counter())
 
-    widget.predictions.on_result = on_predicted
+    widget.jobs.predictions.on_result = on_predicted
     stamps: dict[str, float] = {}  # where a click's time goes (window-hidden loop)
-    submit, engine_predict = widget.predictions.submit, Session.predict
+    submit, engine_predict = widget.jobs.predictions.submit, Session.predict
 
     def stamped_submit(job):
         stamps["submitted"] = time.perf_counter()
@@ -256,7 +256,7 @@ def main() -> None:
         stamps["predict end"] = time.perf_counter()
         return out
 
-    widget.predictions.submit = stamped_submit
+    widget.jobs.predictions.submit = stamped_submit
     Session.predict = stamped_predict
     phases: dict[str, list[float]] = {k: [] for k in ("napari adds the point, prompts read", "handed to the worker",
                                                       "Session.predict on the worker", "result back, labels written")}
@@ -265,9 +265,9 @@ def main() -> None:
 
     def click_loop(seed: int, shown: bool) -> tuple[list[float], list[float]]:
         """Interleaved raw/widget pairs on the first image, so background load hits both alike."""
-        widget.image_choice.choose(first)
+        widget.form.image_choice.choose(first)
         spin(lambda: widget.idle)
-        points = widget.points_layer()
+        points = widget.layers.points()
         raw, through_widget = [], []
         for r, c in np.random.default_rng(seed).uniform(0.15, 0.85, (args.clicks, 2)) * args.size:
             with torch.no_grad():
@@ -293,10 +293,10 @@ def main() -> None:
 
     def gaps(round_: int) -> tuple[GapMeter, float, GapMeter, float]:
         """Longest GUI-timer gaps while a new image is embedded and while an object is propagated."""
-        widget.prefetcher.radius = 0  # no prefetch: each step computes only the embeddings it needs
+        widget.jobs.prefetcher.radius = 0  # no prefetch: each step computes only the embeddings it needs
         other = viewer.add_image(image * (1.01 + round_ / 100), name=f"img{round_}")  # uncached pixels
-        widget.image_choice.choose(other)  # creates its prompt layer, then hands the embedding to a worker
-        spin(lambda: widget.prefetcher.encoding is not None or widget.idle)
+        widget.form.image_choice.choose(other)  # creates its prompt layer, then hands the embedding to a worker
+        spin(lambda: widget.jobs.prefetcher.encoding is not None or widget.idle)
         settle()
         with GapMeter() as embedding:
             t = time.perf_counter()
@@ -304,13 +304,13 @@ def main() -> None:
             embed_s = time.perf_counter() - t
         volume = np.stack([blobs((args.size, args.size), seed=round_)] * args.slices)
         vol = viewer.add_image(volume, name=f"vol{round_}")
-        widget.image_choice.choose(vol)
+        widget.form.image_choice.choose(vol)
         z = args.slices // 2
         viewer.dims.set_current_step(0, z)
         spin(lambda: widget.idle)
         labels = viewer.add_labels(np.zeros(volume.shape, np.uint32), name=f"vol{round_} objects")
-        widget.labels_choice.choose(labels)
-        labels.data[z, args.size // 4: args.size // 2, args.size // 4: args.size // 2] = widget.object_id.value()
+        widget.form.labels_choice.choose(labels)
+        labels.data[z, args.size // 4: args.size // 2, args.size // 4: args.size // 2] = widget.form.object_id.value()
         settle()
         with GapMeter() as propagating:
             t = time.perf_counter()
@@ -359,7 +359,7 @@ def main() -> None:
           f"= {on_gui.longest_ms / shown_gaps[0].longest_ms:.0f}× the widget's longest gap")
     print(f"    for scale, on this Xvfb (software OpenGL) rendering the canvas takes "
           f"{p50(repaints['canvas']):.0f} ms, the whole window {p50(repaints['window']):.0f} ms (p50 of 5)")
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     spin(lambda: widget.idle)
     viewer.close()
 

@@ -54,18 +54,18 @@ def main() -> int:
     truth = next(ly for ly in viewer.layers if ly.name == "phantom ground truth")
     names = {v: k for k, v in truth.metadata["label_names"].items()}
 
-    assert widget.model_combo.currentText() == "litemedsam"  # the default, preselected
-    widget.norm_combo.setCurrentText("ct")  # the phantom is CT in HU: the soft-tissue window
+    assert widget.model_panel.combo.currentText() == "litemedsam"  # the default, preselected
+    widget.form.norm_combo.setCurrentText("ct")  # the phantom is CT in HU: the soft-tissue window
     viewer.dims.set_current_step(0, SLICE)
     spin(lambda: widget.idle)
 
-    points = widget.points_layer()
+    points = widget.layers.points()
     for organ in (*COMMITTED, PREVIEW):
         gt = truth.data[SLICE] == names[organ]
         points.add([SLICE, *most_interior(gt, exact_depth(gt))])  # the first click also loads the model
         spin(lambda: hub_for(viewer).model is not None and widget.idle)
-        labels = widget.labels_layer()
-        obj = widget.object_id.value()
+        labels = widget.layers.labels()
+        obj = widget.form.object_id.value()
         print(f"{organ:14s} object {obj}: Dice vs ground truth {dice(labels.data[SLICE] == obj, gt):.3f}")
         if organ != PREVIEW:
             widget.commit()

@@ -107,9 +107,9 @@ def _annotate(segment, points, truth: np.ndarray, z: int | None, timeout_s: floa
             segment.toggle_positive()
         if not _settled(segment, timeout_s):
             return None
-        labels = segment.labels_layer()
+        labels = segment.layers.labels()
         shown = labels.data if z is None else labels.data[z]
-        mask = np.asarray(shown) == segment.object_id.value()
+        mask = np.asarray(shown) == segment.form.object_id.value()
         if dice(mask, truth) >= 0.9:
             return clicks
     return MAX_DEMO_CLICKS
@@ -140,8 +140,8 @@ def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_f
     """Fill ``viewer`` with the demo: sample, widgets, model, example clicks. Returns what it made."""
     from napari_msa._widgets._docking import dock_of
     from napari_msa._widgets._hub import hub_for
-    from napari_msa._widgets.segment_widget import SegmentWidget
-    from napari_msa._widgets.tune_widget import TuneWidget
+    from napari_msa._widgets.segment.segment_widget import SegmentWidget
+    from napari_msa._widgets.tune.tune_widget import TuneWidget
     from napari_msa.engine import CheckpointError, load_model
     from napari_msa.engine.catalog import litemedsam_installed
 
@@ -176,7 +176,7 @@ def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_f
                     "T: negative click, C: commit, N: next mask.")
     viewer.reset_view()
 
-    points = segment.points_layer()
+    points = segment.layers.points()
     if points is None:
         raise DemoError("the Segment widget made no prompt layer for the sample")
     plane = truth if z is None else truth[z]
@@ -191,7 +191,7 @@ def build_demo(viewer, *, model: str = "litemedsam", sample: str = "ct", model_f
         if i < len(objects) - 1:
             segment.commit()
             _settled(segment, timeout_s)
-    labels = segment.labels_layer()
+    labels = segment.layers.labels()
     shown = labels.data if labels is None or z is None else labels.data[z]
     painted = int(np.count_nonzero(shown)) if labels is not None else 0
     return {"viewer": viewer, "segment": segment, "tune": tune, "model": loaded, "slice": z, "clicked": done,

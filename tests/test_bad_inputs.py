@@ -465,9 +465,9 @@ def test_widget_nan_image_layer_is_told_once_and_segments_like_the_clean_image(m
     start = notification_count()
     hub_for(viewer).set_model(model)  # the widget may start embedding the shown slice right away
     wait_idle(qtbot, widget)
-    widget.points_layer().add([32, 32])
+    widget.layers.points().add([32, 32])
     wait_idle(qtbot, widget)
-    widget.points_layer().add([20, 30])  # more clicks on the same image: not told again
+    widget.layers.points().add([20, 30])  # more clicks on the same image: not told again
     wait_idle(qtbot, widget)
     told = [m for m in notifications_since(start) if "non-finite" in m]
     assert len(told) == 1 and "2 non-finite pixels" in told[0], notifications_since(start)
@@ -476,7 +476,7 @@ def test_widget_nan_image_layer_is_told_once_and_segments_like_the_clean_image(m
     expected, _ = clean.predict(points=[(32, 32), (20, 30)], labels=[1, 1])
     preview = viewer.layers["img labels"].data == 1
     assert (preview != expected).mean() < 0.01
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)
 
 
@@ -500,16 +500,16 @@ def test_widget_corrupt_adapter_file_is_told_and_the_model_and_labels_stay(make_
                           ("cut.safetensors", b"\xff\x00\x00\x00\x00\x00\x00\x00{\"a\"")):
         corrupt = tmp_path / name
         corrupt.write_bytes(content)
-        widget.adapter.edit.setText(str(corrupt))
+        widget.model_panel.adapter.edit.setText(str(corrupt))
         start = notification_count()
-        widget.load_button.click()
+        widget.model_panel.load_button.click()
         wait_idle(qtbot, widget, timeout=60_000)
         told = notifications_since(start)
         assert any(name in m for m in told), told
         assert hub_for(viewer).model is model  # the working model stays
-        assert widget.session.model is model
+        assert widget.jobs.session.model is model
         np.testing.assert_array_equal(labels.data, painted)  # labels untouched
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)
 
 

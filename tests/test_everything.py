@@ -97,9 +97,9 @@ def test_widget_everything_candidates_kept_by_a_click_and_all(make_napari_viewer
     viewer.add_image(hu[16], name="img")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     hub_for(viewer).set_model(load_model("demo"))
-    widget.norm_combo.setCurrentText("ct")
+    widget.form.norm_combo.setCurrentText("ct")
     qtbot.waitUntil(lambda: widget.idle, timeout=30_000)
-    widget.everything_button.click()
+    widget.form.everything_button.click()
     assert widget.jobs.everything.running
     qtbot.waitUntil(lambda: widget.idle, timeout=120_000)
     candidates = viewer.layers["img candidates"]
@@ -122,11 +122,11 @@ def test_widget_everything_candidates_kept_by_a_click_and_all(make_napari_viewer
     labels = viewer.layers["img labels"]
     qtbot.waitUntil(lambda: labels.data.any(), timeout=5000)
     np.testing.assert_array_equal(labels.data == 1, expected)
-    assert not (candidates.data == biggest).any() and widget.object_id.value() == 2
+    assert not (candidates.data == biggest).any() and widget.form.object_id.value() == 2
     labels.undo()  # one undo step
     assert not labels.data.any()
     labels.redo()
 
-    widget.keep_all_button.click()
+    widget.form.keep_all_button.click()
     assert not candidates.data.any()
     assert len(np.unique(labels.data)) - 1 == len(ids)

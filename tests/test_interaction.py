@@ -164,7 +164,7 @@ def test_api_cli_and_widget_give_the_same_masks_for_the_same_clicks(make_napari_
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
-    points = widget.points_layer()
+    points = widget.layers.points()
     for k, ((r, c), positive) in enumerate(zip(CLICKS, LABELS)):
         if bool(positive) != bool(points.feature_defaults["positive"][0]):
             widget.toggle_positive()

@@ -1,5 +1,6 @@
-"""The engine's rooms import one way (README, "Layout"): each room imports only the rooms before it in ROOMS, and
-the facts at the engine's top level import no room. Read from the source, so this loads nothing."""
+"""The rooms import one way (README, "Layout"). The engine's: each room imports only the rooms before it in ROOMS,
+and the facts at the engine's top level import no room. The widgets': the Segment and Tune rooms import the shared
+top level, never each other, and the top level imports no room. Read from the source, so this loads nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parent.parent / "napari_msa" / "engine"
 FACTS = ("catalog", "cancel", "file_checks")  # torch-free, at the top level: the widgets and the CLI read them
 ROOMS = ("facts", "network", "files", "prompts", "model", "inference", "tuning")
+WIDGETS = ENGINE.parent / "_widgets"
+WIDGET_ROOMS = ("segment", "tune")  # one per dock widget; what both use lives at the top level
+REPO = ENGINE.parent.parent
 
 
 def room_of(module: str) -> str:
@@ -18,9 +22,10 @@ def room_of(module: str) -> str:
     return "facts" if parts[2] in FACTS else parts[2]
 
 
-def engine_imports(path: Path) -> set[str]:
-    """The engine modules (or packages) that ``path`` imports, resolved to absolute names."""
-    package = ".".join(path.relative_to(ENGINE.parent.parent).with_suffix("").parts[:-1])
+def imports_under(path: Path, root: str) -> set[str]:
+    """The modules (or packages) under the package ``root`` that ``path`` imports, resolved to absolute names;
+    ``from package import name`` counts as importing ``package.name``."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -29,11 +34,16 @@ def engine_imports(path: Path) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            names = [f"{module}.{a.name}" for a in node.names] if module == "napari_msa.engine" else [module]
-            found.update(n for n in names if n.startswith("napari_msa.engine."))
+            names = [f"{module}.{a.name}" for a in node.names] if module == root else [module]
+            found.update(n for n in names if n.startswith(root + "."))
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("napari_msa.engine."))
+            found.update(a.name for a in node.names if a.name.startswith(root + "."))
     return found
+
+
+def engine_imports(path: Path) -> set[str]:
+    """The engine modules (or packages) that ``path`` imports, resolved to absolute names."""
+    return imports_under(path, "napari_msa.engine")
 
 
 def modules() -> dict[str, Path]:
@@ -56,4 +66,31 @@ def test_rooms_import_only_the_rooms_before_them():
             theirs = ROOMS.index(room_of(target))
             if theirs > mine:
                 wrong.append(f"{module} imports {target} ({ROOMS[mine]} -> {ROOMS[theirs]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def widget_room_of(module: str) -> str:
+    """'napari_msa._widgets.segment._form' -> 'segment'; a shared module at the top level -> 'top level'."""
+    parts = module.split(".")
+    assert parts[:2] == ["napari_msa", "_widgets"] and len(parts) > 2, module
+    return parts[2] if parts[2] in WIDGET_ROOMS else "top level"
+
+
+def test_the_widgets_top_level_holds_shared_modules_and_the_two_rooms():
+    rooms = {p.name for p in WIDGETS.iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == set(WIDGET_ROOMS)
+    assert not [p for p in WIDGETS.iterdir() if p.is_dir() and p.name not in WIDGET_ROOMS and p.name != "__pycache__"]
+
+
+def test_widget_rooms_import_the_top_level_and_never_each_other():
+    wrong = []
+    for path in sorted(WIDGETS.rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        if path.name == "__init__.py":
+            module = module.removesuffix(".__init__")
+        mine = widget_room_of(module) if module != "napari_msa._widgets" else "top level"
+        for target in imports_under(path, "napari_msa._widgets"):
+            theirs = widget_room_of(target)
+            if theirs != "top level" and theirs != mine:
+                wrong.append(f"{module} imports {target} ({mine} -> {theirs})")
     assert not wrong, "\n".join(wrong)

@@ -51,7 +51,7 @@ def _loaded(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_the_manifest_names_both_widget_modules():
-    assert WIDGET_MODULES == ["napari_msa._widgets.segment_widget", "napari_msa._widgets.tune_widget"]
+    assert WIDGET_MODULES == ["napari_msa._widgets.segment.segment_widget", "napari_msa._widgets.tune.tune_widget"]
 
 
 @pytest.mark.parametrize("code", TORCH_FREE.values(), ids=TORCH_FREE.keys())
@@ -77,7 +77,7 @@ def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_wo
         app.processEvents()
         viewer.screenshot(canvas_only=False)  # the canvas has drawn: Qt's OpenGL (and its driver) is loaded
         assert "torch" not in sys.modules and "segment_anything" not in sys.modules, "opening the widgets"
-        assert segment.device_combo.currentText() == "auto"
+        assert segment.model_panel.device_combo.currentText() == "auto"
 
         import builtins
         importer = []
@@ -89,8 +89,8 @@ def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_wo
         builtins.__import__ = watch
 
         from napari_msa.engine import catalog
-        segment.model_combo.setCurrentText("demo" if catalog.demo_model_available() else "litemedsam")
-        segment.load_button.click()
+        segment.model_panel.combo.setCurrentText("demo" if catalog.demo_model_available() else "litemedsam")
+        segment.model_panel.load_button.click()
         deadline = __import__("time").monotonic() + 150
         while segment.hub.model is None and __import__("time").monotonic() < deadline:
             app.processEvents()
@@ -98,7 +98,7 @@ def test_opening_the_widgets_loads_no_torch_and_the_first_model_loads_it_on_a_wo
         assert segment.hub.model is not None, segment.status.text()
         app.processEvents()
         assert importer == [False], f"torch was first imported on the main thread: {importer}"
-        assert "Model:" in tune.model_label.text()
+        assert "Model:" in tune.model_panel.label.text()
         viewer.close()
         print("LOADED ON A WORKER", flush=True)
     """)

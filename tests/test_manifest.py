@@ -32,11 +32,11 @@ def _imports(path: Path, modules: str) -> list[str]:
 
 
 def test_engine_never_imports_qt_or_napari():
-    for path in (MANIFEST.parent / "engine").glob("*.py"):
+    for path in (MANIFEST.parent / "engine").rglob("*.py"):
         assert not _imports(path, "napari|qtpy|PyQt5|PyQt6|magicgui|superqt"), path.name
 
 
 def test_widgets_never_import_torch():
-    for path in (MANIFEST.parent / "_widgets").glob("*.py"):
+    for path in (MANIFEST.parent / "_widgets").rglob("*.py"):
         assert not _imports(path, "torch|segment_anything"), path.name
 

@@ -101,29 +101,29 @@ def test_widgets_and_samples_open_from_the_menus_after_the_viewer():
 # that off); here it is on, the default model loads after Qt, and a click is answered.
 PRELOAD_AFTER = textwrap.dedent("""
     import time
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
     widget = viewer.window.dock_widgets["Segment (MSA) (napari-msa)"]
     deadline = time.monotonic() + 150
     while (widget.hub.model is None or not widget.idle) and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.02)
     assert widget.hub.model is not None, "the model did not load on its worker"
     print("preloaded", widget.hub.model.describe(), flush=True)
-    widget.image_choice.choose(viewer.layers["CT slice (HU)"])  # the sample (the script's own image came first)
-    widget.points_layer().add([64, 64])
-    while (widget.labels_layer() is None or not widget.idle) and time.monotonic() < deadline:
+    widget.form.image_choice.choose(viewer.layers["CT slice (HU)"])  # the sample (the script's own image came first)
+    widget.layers.points().add([64, 64])
+    while (widget.layers.labels() is None or not widget.idle) and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.02)
-    assert widget.labels_layer() is not None and widget.labels_layer().data.any(), "no mask for the click"
+    assert widget.layers.labels() is not None and widget.layers.labels().data.any(), "no mask for the click"
     graph = widget.hub.model.encoder_graph()  # the users' default on a CPU: OpenVINO, exported after that answer
     if graph is not None:
         while not (graph.ready or graph.failed) and time.monotonic() < deadline:
             app.processEvents(); time.sleep(0.05)
         assert graph.ready, graph.error or "the encoder graph was not ready in time"
-        widget.image_choice.choose(viewer.layers["image"])  # a new image: embedded by the graph, inside napari
-        widget.points_layer().add([32, 32])
+        widget.form.image_choice.choose(viewer.layers["image"])  # a new image: embedded by the graph, inside napari
+        widget.layers.points().add([32, 32])
         app.processEvents()
         while not widget.idle and time.monotonic() < deadline:
             app.processEvents(); time.sleep(0.02)
-        assert widget.session.is_cached(0), "no embedding from the graph"
+        assert widget.jobs.session.is_cached(0), "no embedding from the graph"
         print("answered on the OpenVINO graph", flush=True)
 """)
 

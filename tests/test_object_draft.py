@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from napari_msa._widgets.object_draft import PROPAGATED, ObjectDraft
+from napari_msa._widgets.segment.object_draft import PROPAGATED, ObjectDraft
 
 
 def mask(shape=(8, 8), rows=slice(2, 5), cols=slice(2, 5)) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_clear_forgets_everything_and_single_slices_can_be_dropped():
 
 
 def test_the_draft_needs_neither_qt_nor_napari_nor_torch():
-    code = ("import sys, napari_msa._widgets.object_draft\n"
+    code = ("import sys, napari_msa._widgets.segment.object_draft\n"
             "bad = [m for m in ('qtpy', 'PyQt5', 'PyQt6', 'napari', 'torch') if m in sys.modules]\n"
             "sys.exit(', '.join(bad) or 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -187,7 +187,7 @@ def test_cli_refuses_bad_precision_and_batch_size(tmp_path, capsys):
 
 # --- the Segment widget: precision setting, whole volume in the background ------------------------------------------
 def test_eta_from_the_recent_pace():
-    from napari_msa._widgets._volume import EtaClock, format_eta
+    from napari_msa._widgets.segment._volume import EtaClock, format_eta
 
     assert format_eta(42) == "0:42" and format_eta(3907) == "1:05:07" and format_eta(None) == ""
     clock = EtaClock()
@@ -208,8 +208,8 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     viewer = make_napari_viewer()
     viewer.add_image(_volume(6, 48), name="vol")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    assert [widget.precision_combo.itemText(i) for i in range(3)] == ["auto", "fp32", "bf16"]
-    widget.cache_folder.edit.setText(str(tmp_path))
+    assert [widget.model_panel.precision_combo.itemText(i) for i in range(3)] == ["auto", "fp32", "bf16"]
+    widget.form.cache_folder.edit.setText(str(tmp_path))
     model = load_model("tiny", device="cpu", precision="fp32")
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)  # the shown slice and its neighbours first
@@ -218,24 +218,24 @@ def test_widget_embeds_the_whole_volume_with_progress_and_a_disk_cache(make_napa
     progress._all_instances.events.changed.connect(
         lambda e: bars.extend(str(p.desc) for p in e.added if str(p.desc).startswith("MSA")))
     encode = model.encode
-    model.encode = lambda *a, **k: lines.append(widget.activity.text()) or encode(*a, **k)
-    widget.embed_button.click()
-    assert widget.embed_button.text() == "Stop embedding"
+    model.encode = lambda *a, **k: lines.append(widget.form.activity.text()) or encode(*a, **k)
+    widget.form.embed_button.click()
+    assert widget.form.embed_button.text() == "Stop embedding"
     wait_idle(qtbot, widget)
-    assert all(widget.session.is_cached(z) for z in range(6))
+    assert all(widget.jobs.session.is_cached(z) for z in range(6))
     assert len(list(tmp_path.rglob("*.pt"))) == 6  # kept on disk for the next session and `napari-msa embed`
     assert any(b.startswith("MSA: embedding the volume") for b in bars)  # its time left may come first
     assert any(line.startswith("Embedding the volume:") for line in lines)
-    assert widget.embed_button.text() == "Embed volume" and "All 6 slices are embedded" in widget.status.text()
+    assert widget.form.embed_button.text() == "Embed volume" and "All 6 slices are embedded" in widget.status.text()
 
     # a new session (another model load) finds them on disk: no encoder pass
     other = model.clone()
     calls = []
     other.encode = lambda *a, **k: calls.append(1)
     hub_for(viewer).set_model(other)
-    widget.embed_button.click()
+    widget.form.embed_button.click()
     wait_idle(qtbot, widget)
-    assert calls == [] and all(widget.session.is_cached(z) for z in range(6))
+    assert calls == [] and all(widget.jobs.session.is_cached(z) for z in range(6))
 
 
 @pytest.mark.gui
@@ -248,13 +248,13 @@ def test_widget_loads_with_the_chosen_precision(make_napari_viewer, qtbot, tmp_p
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
-    widget.device_combo.setCurrentText("cpu")
-    widget.precision_combo.setCurrentText("bf16")
-    widget.load_button.click()
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
+    widget.model_panel.device_combo.setCurrentText("cpu")
+    widget.model_panel.precision_combo.setCurrentText("bf16")
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
-    assert widget.session.model.precision.name == "bf16" and "bf16" in widget.model_label.text()
+    assert widget.jobs.session.model.precision.name == "bf16" and "bf16" in widget.model_panel.label.text()
 
 
 # --- CUDA (run by benchmarks/gpu_checks.sh on a machine with a GPU) ------------------------------------------------

@@ -64,20 +64,20 @@ def segmenter(make_napari_viewer, qtbot, monkeypatch):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
+        widget.jobs.prefetcher.stop()
         wait_idle(qtbot, widget)
 
 
 def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, qtbot):
     viewer, widget = segmenter(image2d())
-    assert widget.recovery_offer.isHidden()  # nothing saved for this image yet
-    points = widget.points_layer()
+    assert widget.form.recovery_offer.isHidden()  # nothing saved for this image yet
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     widget.commit()
     points.add([45, 60])  # the next object's preview: shown, never saved
     wait_idle(qtbot, widget)
-    assert widget.autosave.wait()
+    assert widget.recovery.autosave.wait()
     committed = np.asarray(viewer.layers["img labels"].data == 1)
     saved = widget.recovery.file.load()
     assert saved is not None and saved.objects == 1
@@ -85,29 +85,29 @@ def test_commits_are_autosaved_without_the_preview_and_offered_back(segmenter, q
     np.testing.assert_array_equal(committed, disk(SHAPE, (20, 20), 6))
 
     widget.undo()  # undone: the recovery copy follows
-    assert widget.autosave.wait() and widget.recovery.file.load() is None
+    assert widget.recovery.autosave.wait() and widget.recovery.file.load() is None
     widget.redo()
-    assert widget.autosave.wait() and widget.recovery.file.load().objects == 1
+    assert widget.recovery.autosave.wait() and widget.recovery.file.load().objects == 1
 
     # The same image in a new window (the old one closed): the objects are offered, and restored on request.
     viewer2, widget2 = segmenter(image2d())
-    assert not widget2.recovery_offer.isHidden() and "1 object" in widget2.recovery_offer.text.text()
-    widget2.recovery_offer.restore_button.click()
+    assert not widget2.form.recovery_offer.isHidden() and "1 object" in widget2.form.recovery_offer.text.text()
+    widget2.form.recovery_offer.restore_button.click()
     restored = viewer2.layers["img labels"]
     np.testing.assert_array_equal(restored.data == 1, committed)
-    assert widget2.labels_layer() is restored and widget2.object_id.value() == 2
-    assert widget2.recovery_offer.isHidden()
+    assert widget2.layers.labels() is restored and widget2.form.object_id.value() == 2
+    assert widget2.form.recovery_offer.isHidden()
 
     # A labels layer that already holds them (e.g. opened from the saved file): nothing to offer.
     viewer3, widget3 = segmenter(image2d())
-    assert not widget3.recovery_offer.isHidden()
+    assert not widget3.form.recovery_offer.isHidden()
     viewer3.add_labels(saved.labels.copy(), name="from file")
-    assert widget3.recovery_offer.isHidden()
+    assert widget3.form.recovery_offer.isHidden()
     viewer3.layers.remove("from file")
     widget3.recovery.image_chosen(viewer3.layers["img"])  # as when the image is chosen again
-    assert not widget3.recovery_offer.isHidden()
-    widget3.recovery_offer.discard_button.click()  # the user does not want them: the copy is deleted
-    assert widget3.recovery.file.load() is None and widget3.recovery_offer.isHidden()
+    assert not widget3.form.recovery_offer.isHidden()
+    widget3.form.recovery_offer.discard_button.click()  # the user does not want them: the copy is deleted
+    assert widget3.recovery.file.load() is None and widget3.form.recovery_offer.isHidden()
 
 
 CRASHING_SESSION = textwrap.dedent("""
@@ -133,11 +133,11 @@ CRASHING_SESSION = textwrap.dedent("""
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     hub_for(viewer).set_model(load_model("tiny"))
     for point in ([20, 20], [45, 60]):
-        widget.points_layer().add(point)
-        while not widget.idle or not widget.draft:
+        widget.layers.points().add(point)
+        while not widget.idle or not widget.editor.draft:
             app.processEvents()
         widget.commit()
-    assert widget.autosave.wait()
+    assert widget.recovery.autosave.wait()
     print("committed", int(viewer.layers["img labels"].data.max()), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # napari crashes: nothing is closed or saved by hand
 """)
@@ -150,8 +150,8 @@ def test_objects_committed_before_napari_was_killed_are_offered_back(segmenter, 
     assert run.returncode == -9, run.stderr[-3000:]  # killed, as a crash would
     assert "committed 2" in run.stdout
     viewer, widget = segmenter(image2d())
-    assert not widget.recovery_offer.isHidden() and "2 objects" in widget.recovery_offer.text.text()
-    widget.recovery_offer.restore_button.click()
+    assert not widget.form.recovery_offer.isHidden() and "2 objects" in widget.form.recovery_offer.text.text()
+    widget.form.recovery_offer.restore_button.click()
     labels = viewer.layers["img labels"].data
     np.testing.assert_array_equal(labels == 1, disk(SHAPE, (20, 20), 6))
     np.testing.assert_array_equal(labels == 2, disk(SHAPE, (45, 60), 6))

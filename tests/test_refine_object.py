@@ -11,7 +11,7 @@ from segment_support import DiskMasks, disk, install, wait_idle
 
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa._widgets._labels_writer import LabelsWriter
+from napari_msa._widgets.segment._labels_writer import LabelsWriter
 from napari_msa.engine.prompts.geometry import clicked_object_box
 
 SHAPE = (64, 80)
@@ -87,14 +87,14 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     image = np.random.default_rng(0).random((3, *SHAPE) if volume else SHAPE, dtype=np.float32)
     original = existing_labels(volume)
     viewer, widget, _, labels = open_segmenter(make_napari_viewer, qtbot, image, original)
-    widget.labels_choice.choose(labels)
-    widget.object_id.setValue(1)
-    widget.refine.setChecked(True)
+    widget.form.labels_choice.choose(labels)
+    widget.form.object_id.setValue(1)
+    widget.form.refine.setChecked(True)
     if volume:
         viewer.dims.set_current_step(0, 1)
 
     click = [30.0, 24.0]
-    widget.points_layer().add([1.0, *click] if volume else click)
+    widget.layers.points().add([1.0, *click] if volume else click)
     wait_idle(qtbot, widget)
     plane = (lambda data: data[1]) if volume else (lambda data: data)
     np.testing.assert_array_equal(masks.calls[-1]["prior"], plane(original) == 1)  # the object as committed
@@ -104,23 +104,23 @@ def test_refining_an_object_sends_its_box_previews_the_replacement_and_undo_rest
     np.testing.assert_array_equal(labels.data == 2, original == 2)  # the other object untouched
 
     # refine off: the same click without the object's box, added to the object
-    widget.refine.setChecked(False)
+    widget.form.refine.setChecked(False)
     wait_idle(qtbot, widget)
     assert masks.calls[-1]["prior"] is None
     np.testing.assert_array_equal(plane(labels.data) == 1, (plane(original) == 1) | (new & (plane(original) == 0)))
-    widget.refine.setChecked(True)
+    widget.form.refine.setChecked(True)
     wait_idle(qtbot, widget)
     assert masks.calls[-1]["prior"] is not None
 
     widget.commit()
-    assert widget.object_id.value() == 1 and "Refined object 1" in widget.status.text()  # still fixing it
+    assert widget.form.object_id.value() == 1 and "Refined object 1" in widget.status.text()  # still fixing it
     expected = original.copy()
     plane(expected)[plane(expected) == 1] = 0
     plane(expected)[new & (plane(expected) == 0)] = 1
     np.testing.assert_array_equal(labels.data, expected)  # replaced on the slice clicked, nowhere else
     labels.undo()
     np.testing.assert_array_equal(labels.data, original)
-    assert "refinement of object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    assert "refinement of object 1 was undone" in widget.status.text() and widget.form.object_id.value() == 1
 
 
 @pytest.mark.gui
@@ -129,7 +129,7 @@ def test_the_widget_sends_every_click_and_n_cycles_the_masks_of_a_lone_click(mak
     masks = install(monkeypatch, DiskMasks(radius=7))
     viewer, widget, model, _ = open_segmenter(make_napari_viewer, qtbot,
                                               np.random.default_rng(0).random(SHAPE, dtype=np.float32))
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([30.0, 30.0])
     wait_idle(qtbot, widget)
     assert masks.calls[-1]["box"] is None and masks.calls[-1]["candidate"] == 0

@@ -9,7 +9,7 @@ from segment_support import DiskMasks, disk, install, notification_count, notifi
 
 from napari_msa import Session, load_model
 from napari_msa._widgets._hub import hub_for
-from napari_msa._widgets.segment_widget import SegmentWidget
+from napari_msa._widgets.segment.segment_widget import SegmentWidget
 from napari_msa.engine import DEMO_MODEL_FILE
 from napari_msa.engine.files.formats import save_model_file
 
@@ -36,8 +36,8 @@ def open_segmenter(make_napari_viewer, qtbot):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
-        widget.propagation.cancel()
+        widget.jobs.prefetcher.stop()
+        widget.jobs.propagation.cancel()
         wait_idle(qtbot, widget)
 
 
@@ -56,18 +56,18 @@ def test_manifest_widget_opens_with_its_layers(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None, scale=SCALE)
     assert isinstance(widget, SegmentWidget)
     points = viewer.layers["img prompts"]
-    assert widget.points_layer() == points and viewer.layers.selection.active == points
+    assert widget.layers.points() == points and viewer.layers.selection.active == points
     np.testing.assert_allclose(points.scale, SCALE)
     assert points.mode == "add"
-    assert widget.model_combo.currentText() == "litemedsam"  # the default model is preselected
-    assert widget.model_combo.model().item(0).isEnabled()
-    demo_item = widget.model_combo.model().item(1)
+    assert widget.model_panel.combo.currentText() == "litemedsam"  # the default model is preselected
+    assert widget.model_panel.combo.model().item(0).isEnabled()
+    demo_item = widget.model_panel.combo.model().item(1)
     if DEMO_MODEL_FILE.is_file():
         assert demo_item.isEnabled()
     else:
         assert not demo_item.isEnabled() and "not available" in demo_item.text()
-        assert "demo model is not available" in widget.model_label.text()
-    assert "loads by itself on your first click" in widget.model_label.text()
+        assert "demo model is not available" in widget.model_panel.label.text()
+    assert "loads by itself on your first click" in widget.model_panel.label.text()
 
 
 def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbot, monkeypatch):
@@ -75,7 +75,7 @@ def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbo
     viewer, widget = open_segmenter(image2d(), scale=SCALE, translate=TRANSLATE)
     # A prompt layer with its own (identity) transform: the point is given in world coordinates.
     world = viewer.add_points(np.empty((0, 2)), name="world clicks")
-    widget.points_choice.choose(world)
+    widget.form.points_choice.choose(world)
     pixel = (20, 30)
     world.add([TRANSLATE[0] + SCALE[0] * pixel[0], TRANSLATE[1] + SCALE[1] * pixel[1]])
     wait_idle(qtbot, widget)
@@ -89,7 +89,7 @@ def test_positive_click_in_world_coordinates_paints_preview(open_segmenter, qtbo
 def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=8))
     viewer, widget = open_segmenter(image2d(), scale=SCALE)
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([32, 40])
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
@@ -106,10 +106,10 @@ def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
 
 def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
-    assert widget.sign_button.text().startswith("positive")
+    points = widget.layers.points()
+    assert widget.form.sign_button.text().startswith("positive")
     press(viewer, "T")
-    assert widget.sign_button.text().startswith("negative")
+    assert widget.form.sign_button.text().startswith("negative")
     points.add([5, 5])
     press(viewer, "T")
     points.add([6, 6])
@@ -118,20 +118,20 @@ def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     # T also works when another layer (here the image) is active: it is bound on the viewer too.
     viewer.layers.selection.active = viewer.layers["img"]
     press(viewer, "T")
-    assert widget.sign_button.text().startswith("negative")
+    assert widget.form.sign_button.text().startswith("negative")
 
 
 def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
     labels = viewer.layers["img labels"]
     first = disk((64, 80), (20, 20), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
-    assert widget.object_id.value() == 2 and len(points.data) == 0
+    assert widget.form.object_id.value() == 2 and len(points.data) == 0
 
     # The second object overlaps the first: the first keeps its pixels (overwrite is off), and the status says so.
     points.add([20, 28])
@@ -141,10 +141,10 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     second = disk((64, 80), (20, 28), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
     np.testing.assert_array_equal(labels.data == 2, second & ~first)
-    assert widget.object_id.value() == 3
+    assert widget.form.object_id.value() == 3
 
     # With overwrite ticked the third object takes its whole disk.
-    widget.overwrite.setChecked(True)
+    widget.form.overwrite.setChecked(True)
     points.add([20, 24])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -164,7 +164,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
 def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -182,7 +182,7 @@ def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmente
 def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=4, hold_first=True))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     clicks = [(10 + 5 * i, 10 + 7 * i) for i in range(8)]
     points.add(clicks[0])
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)  # the first prediction is in flight
@@ -193,7 +193,7 @@ def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
     np.testing.assert_array_equal(labels.data == 1, masks.expected((64, 80), clicks, [1] * len(clicks)))
-    assert widget.predictions.dropped == 1  # the first result came back stale and was not painted
+    assert widget.jobs.predictions.dropped == 1  # the first result came back stale and was not painted
     assert len(masks.calls) == 2  # the burst was answered by one more prediction, with all the clicks
     assert len(masks.calls[-1]["points"]) == len(clicks)
 
@@ -201,7 +201,7 @@ def test_last_of_many_rapid_clicks_wins(open_segmenter, qtbot, monkeypatch):
 def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=5))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     masks.hold_first, masks.calls = True, []
@@ -212,13 +212,13 @@ def test_a_point_deleted_while_its_prediction_runs_is_never_painted(open_segment
     masks.release.set()
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, disk((64, 80), (20, 20), 5))
-    assert widget.predictions.dropped == 1 and len(masks.calls) == 1
+    assert widget.jobs.predictions.dropped == 1 and len(masks.calls) == 1
 
 
 def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
@@ -238,7 +238,7 @@ def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, mo
 def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6, hold_first=True))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
     start = notification_count()
@@ -256,7 +256,7 @@ def test_layer_removed_while_predicting_is_reported(open_segmenter, qtbot, monke
 
 def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_segmenter, qtbot, make_napari_viewer):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
+    points = widget.layers.points()
     start = notification_count()
     points.add([20, 20])  # no model yet: the preselected default loads on a worker, then answers the click
     qtbot.waitUntil(lambda: hub_for(viewer).model is not None, timeout=120_000)
@@ -273,15 +273,15 @@ def test_first_click_loads_the_default_model_then_bad_input_is_notified(open_seg
     wait_idle(qtbot, widget)
     viewer.layers.remove("img labels")
     wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
-    widget.labels_choice.choose(wrong)
+    widget.form.labels_choice.choose(wrong)
     start = notification_count()
-    widget.update_prediction()
+    widget.editor.update()
     wait_idle(qtbot, widget)
     assert any("has shape (10, 10)" in m for m in notifications_since(start))
     assert not wrong.data.any()
 
     start = notification_count()
-    widget.update_prediction()  # the same problem again: not notified again
+    widget.editor.update()  # the same problem again: not notified again
     wait_idle(qtbot, widget)
     assert not notifications_since(start)
     assert "has shape (10, 10)" in widget.status.text()
@@ -291,11 +291,11 @@ def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qt
     image = np.zeros((64, 64), np.float32)
     image[16:48, 20:44] = 1.0
     viewer, widget = open_segmenter(image)
-    reference = Session(widget.session.model)
+    reference = Session(widget.jobs.session.model)
     reference.set_image(image)
     click = (32, 32)
     expected, _ = reference.predict(points=[click], labels=[1])
-    widget.points_layer().add(click)
+    widget.layers.points().add(click)
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["img labels"].data == 1, expected)
 
@@ -303,35 +303,35 @@ def test_preview_with_the_real_tiny_model_matches_the_session(open_segmenter, qt
 def test_hub_model_change_rebuilds_session_and_keeps_prompts(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    widget.points_layer().add([30, 30])
+    widget.layers.points().add([30, 30])
     wait_idle(qtbot, widget)
     calls = len(masks.calls)
     tuned = load_model("tiny")
     tuned.adapter_source = "/tmp/tuned_adapter.safetensors"
     hub_for(viewer).set_model(tuned)  # what the Tune widget does when tuning finishes
     wait_idle(qtbot, widget)
-    assert widget.session.model is tuned
-    assert "tuned_adapter.safetensors" in widget.model_label.text()
+    assert widget.jobs.session.model is tuned
+    assert "tuned_adapter.safetensors" in widget.model_panel.label.text()
     assert len(masks.calls) == calls + 1  # the prompted slice was predicted again with the new model
-    assert len(widget.points_layer().data) == 1
+    assert len(widget.layers.points().data) == 1
     assert (viewer.layers["img labels"].data == 1).sum() == disk((64, 80), (30, 30), 6).sum()
 
 
 def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
     viewer, widget = open_segmenter(image2d(), model=None)
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny_model.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
-    widget.load_button.click()
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     model = hub_for(viewer).model
     assert model is not None and model.source == str(path)
-    assert widget.session.model is model
-    assert model.describe() in widget.model_label.text()
+    assert widget.jobs.session.model is model
+    assert model.describe() in widget.model_panel.label.text()
 
-    widget.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
+    widget.model_panel.checkpoint.edit.setText(str(tmp_path / "missing.pth"))
     start = notification_count()
-    widget.load_button.click()
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     assert any("missing.pth" in m for m in notifications_since(start))
     assert hub_for(viewer).model is model  # the failed load left the working model in place
@@ -339,17 +339,17 @@ def test_load_model_from_file_on_a_worker(open_segmenter, qtbot, tmp_path):
 
 def test_closing_the_widget_releases_keys_and_viewer_events(open_segmenter, qtbot):
     viewer, widget = open_segmenter(image2d(), model=None)
-    points = widget.points_layer()
+    points = widget.layers.points()
     assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
     assert any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
     viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.keymap.values())
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in points.keymap.values())
     assert not any(getattr(f, "__name__", "").startswith("msa_") for f in viewer.layers["img boxes"].keymap.values())
-    image_choice = [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())]
+    image_choice = [widget.form.image_choice.itemText(i) for i in range(widget.form.image_choice.count())]
     viewer.add_image(image2d(), name="after")
     points.add([5, 5])
-    assert [widget.image_choice.itemText(i) for i in range(widget.image_choice.count())] == image_choice
+    assert [widget.form.image_choice.itemText(i) for i in range(widget.form.image_choice.count())] == image_choice
     assert widget.idle and "img labels" not in viewer.layers
     widget.deleteLater()
 
@@ -358,23 +358,23 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
     viewer.add_image(image2d((40, 50)), name="other")
-    widget.image_choice.choose(viewer.layers["img"])
+    widget.form.image_choice.choose(viewer.layers["img"])
     wait_idle(qtbot, widget)
-    widget.points_layer().add([20, 20])
+    widget.layers.points().add([20, 20])
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
     assert (labels.data == 1).any()  # the preview is shown
     history = len(labels._undo_history)
 
-    widget.image_choice.choose(viewer.layers["other"])
+    widget.form.image_choice.choose(viewer.layers["other"])
     wait_idle(qtbot, widget)
     assert not labels.data.any()  # the preview was taken back, not baked into the old labels
     assert len(labels._undo_history) == history  # and no undo step was made
-    assert widget.points_layer() is viewer.layers["other prompts"]
+    assert widget.layers.points() is viewer.layers["other prompts"]
 
-    widget.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
+    widget.form.image_choice.choose(viewer.layers["img"])  # back: the prompts are still there, so is their preview
     wait_idle(qtbot, widget)
-    assert widget.object_id.value() == 1  # the id did not advance past an object that was never committed
+    assert widget.form.object_id.value() == 1  # the id did not advance past an object that was never committed
     np.testing.assert_array_equal(labels.data == 1, disk((64, 80), (20, 20), 6))
     widget.clear()
     assert not labels.data.any()
@@ -383,7 +383,7 @@ def test_switching_the_image_takes_the_uncommitted_preview_back(open_segmenter, 
 def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     start = notification_count()
@@ -414,16 +414,16 @@ def test_a_point_outside_the_image_is_ignored_once_and_the_others_still_segment(
 def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    assert widget.status.text().startswith("Object 1") and widget.activity.text() == ""
+    assert widget.status.text().startswith("Object 1") and widget.form.activity.text() == ""
     press(viewer, "C")
     assert "Committed object 1" in widget.status.text()
     labels = viewer.layers["img labels"]
     labels.undo()  # Ctrl+Z on the labels layer: the status must not keep saying it is committed
     assert "Committed" not in widget.status.text()
-    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    assert "Object 1 was undone" in widget.status.text() and widget.form.object_id.value() == 1
 
     masks.error = RuntimeError("decoder exploded")
     start = notification_count()
@@ -447,12 +447,12 @@ def _luminance(hex_colour: str) -> float:
 
 
 def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields(open_segmenter, qtbot):
-    from napari_msa._widgets.segment_widget import SIGN_COLORS
+    from napari_msa._widgets.segment.segment_widget import SIGN_COLORS
 
     long_name = "ct_abdomen_patient_0042_portal_venous_phase"
     viewer, widget = open_segmenter(image2d(), model=None)
     viewer.add_image(image2d(), name=long_name)
-    widget.image_choice.choose(viewer.layers[long_name])
+    widget.form.image_choice.choose(viewer.layers[long_name])
     wait_idle(qtbot, widget)
 
     # the sign of new points: the points' colour as background, dark text on it, contrast >= 4.5:1 (WCAG AA)
@@ -460,29 +460,30 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
         if L_new_points_positive(widget) != positive:
             press(viewer, "T")
         background, text = SIGN_COLORS[positive]
-        style = widget.sign_button.styleSheet()
+        style = widget.form.sign_button.styleSheet()
         assert background in style and f"color: {text}" in style
         lighter, darker = sorted((_luminance(background), _luminance(text)), reverse=True)
         assert (lighter + 0.05) / (darker + 0.05) >= 4.5
-        picture = widget.sign_button.grab().toImage()
+        picture = widget.form.sign_button.grab().toImage()
         assert picture.pixelColor(picture.width() // 2, 3).name() == background  # the style is what is painted
 
     # long names: cut in the middle, so Points still reads '… prompts' and not like the image; full text in tooltips
-    for combo in (widget.image_choice, widget.points_choice, widget.shapes_choice, widget.labels_choice):
+    form = widget.form
+    for combo in (form.image_choice, form.points_choice, form.shapes_choice, form.labels_choice):
         combo.setFixedWidth(170)
-    points_text = widget.points_choice.displayed_text()
+    points_text = widget.form.points_choice.displayed_text()
     assert "…" in points_text and points_text.endswith("prompts"), points_text
-    assert widget.shapes_choice.displayed_text().endswith("boxes")
-    assert widget.image_choice.displayed_text() != points_text
-    assert widget.points_choice.toolTip().startswith(f"{long_name} prompts")
-    index = widget.points_choice.currentIndex()
-    assert widget.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
+    assert widget.form.shapes_choice.displayed_text().endswith("boxes")
+    assert widget.form.image_choice.displayed_text() != points_text
+    assert widget.form.points_choice.toolTip().startswith(f"{long_name} prompts")
+    index = widget.form.points_choice.currentIndex()
+    assert widget.form.points_choice.itemData(index, 3) == f"{long_name} prompts"  # 3: Qt's ToolTipRole
 
     # a model error names the widget's fields, not command-line flags
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText("")
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText("")
     start = notification_count()
-    widget.load_button.click()
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     messages = notifications_since(start)
     assert any("Checkpoint field" in m for m in messages), messages
@@ -493,7 +494,7 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
 def L_new_points_positive(widget) -> bool:  # noqa: N802 - mirrors the widget's layer helper
     from napari_msa._widgets._layers import new_points_positive
 
-    return new_points_positive(widget.points_layer())
+    return new_points_positive(widget.layers.points())
 
 
 def click_canvas_center(viewer, qtbot) -> None:
@@ -523,7 +524,7 @@ def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbo
     points = viewer.layers["CT slice (HU) prompts"]
     qtbot.waitUntil(lambda: viewer.layers.selection.active is points)
     assert points.mode == "add"
-    assert widget.image_choice.currentText() == "CT slice (HU)"
+    assert widget.form.image_choice.currentText() == "CT slice (HU)"
     assert "click on an object in 'CT slice (HU)'" in widget.status.text()
     viewer.reset_view()
     qtbot.wait(50)
@@ -534,7 +535,7 @@ def test_first_click_after_opening_a_sample_is_a_prompt(make_napari_viewer, qtbo
     wait_idle(qtbot, widget)
     assert masks.calls and len(masks.calls[-1]["points"]) == 1
     assert (viewer.layers["CT slice (HU) labels"].data == 1).sum() > 0  # the preview is painted
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)
 
 
@@ -546,23 +547,23 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
 
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
     labels = viewer.layers["img labels"]
     committed = labels.data.copy()
-    assert (committed == 1).sum() > 0 and widget.object_id.value() == 2
+    assert (committed == 1).sum() > 0 and widget.form.object_id.value() == 2
     assert viewer.layers.selection.active is points
 
     canvas = viewer.window._qt_viewer.canvas.native
     ctrl, shift = Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier
     qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl)
     assert not labels.data.any()
-    assert "Object 1 was undone" in widget.status.text() and widget.object_id.value() == 1
+    assert "Object 1 was undone" in widget.status.text() and widget.form.object_id.value() == 1
     qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl | shift)
     np.testing.assert_array_equal(labels.data, committed)
-    assert widget.object_id.value() == 2 and "Object 1 is back" in widget.status.text()
+    assert widget.form.object_id.value() == 2 and "Object 1 is back" in widget.status.text()
 
     points.add([45, 60])  # a new object's preview is shown while the user undoes the commit before it
     wait_idle(qtbot, widget)
@@ -580,26 +581,26 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
 def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget = open_segmenter(image2d())
-    widget.points_layer().add([20, 20])
+    widget.layers.points().add([20, 20])
     wait_idle(qtbot, widget)
     press(viewer, "C")
     assert "now segmenting object 2" in widget.status.text()
-    widget.object_id.setValue(7)
+    widget.form.object_id.setValue(7)
     assert widget.status.text() == "Segmenting object 7."
-    widget.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
+    widget.form.object_id.setValue(1)  # an object that exists: the status says what a click will do to it
     assert widget.status.text().startswith("Segmenting object 1. It is already in the labels")
 
 
 def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer, qtbot, monkeypatch):
     """The first click must not wait for the model: opening an image starts loading it on a worker."""
-    from napari_msa._widgets import segment_widget
+    from napari_msa._widgets.segment import segment_widget
 
     monkeypatch.setattr(segment_widget, "PRELOAD", True)
     if not DEMO_MODEL_FILE.is_file():
         pytest.skip("the demo model file is not installed")
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
-    widget.model_combo.setCurrentText("demo")  # small: loads in a second
+    widget.model_panel.combo.setCurrentText("demo")  # small: loads in a second
     assert widget.hub.model is None and not widget.model_panel.loading  # no image yet: nothing loads
     viewer.add_image(image2d(), name="img")
     assert widget.model_panel.loading and "model is loading" in widget.status.text()
@@ -607,5 +608,5 @@ def test_the_chosen_model_loads_as_soon_as_an_image_is_there(make_napari_viewer,
     assert widget.hub.model.is_demo
     wait_idle(qtbot, widget)
     assert widget.status.text().startswith("Ready: click on an object in 'img'")
-    widget.prefetcher.stop()
+    widget.jobs.prefetcher.stop()
     wait_idle(qtbot, widget)

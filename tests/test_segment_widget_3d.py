@@ -49,8 +49,8 @@ def open_volume(make_napari_viewer, qtbot):
 
     yield open_
     for widget in opened:
-        widget.prefetcher.stop()
-        widget.propagation.cancel()
+        widget.jobs.prefetcher.stop()
+        widget.jobs.propagation.cancel()
         wait_idle(qtbot, widget)
 
 
@@ -64,14 +64,14 @@ def test_clicks_are_per_slice_and_slice_changes_reuse_cached_embeddings(open_vol
     masks = install(monkeypatch, DiskMasks(radius=5))
     viewer, widget, model = open_volume()
     assert viewer.dims.current_step[0] == 3  # napari opens a volume on its middle slice
-    assert widget.prefetcher.computed == [3, 4, 2, 5, 1]  # that slice, then its neighbours (radius 2)
+    assert widget.jobs.prefetcher.computed == [3, 4, 2, 5, 1]  # that slice, then its neighbours (radius 2)
     go_to_slice(viewer, widget, qtbot, 0)
-    assert widget.prefetcher.computed[5:] == [0]  # only the slice not yet cached
+    assert widget.jobs.prefetcher.computed[5:] == [0]  # only the slice not yet cached
     encoded = model.encoded
     go_to_slice(viewer, widget, qtbot, 2)
     assert model.encoded == encoded  # slices 0..4 are all cached: no encoder pass at all
 
-    points = widget.points_layer()
+    points = widget.layers.points()
     points.add([2, 20, 30])  # (z, row, col) in the points layer's data = the image's pixels
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
@@ -99,21 +99,21 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
     go_to_slice(viewer, widget, qtbot, 3)
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     handler = viewer.window._qt_viewer._key_map_handler
     handler.press_key("Shift-S")
     handler.release_key("Shift-S")
-    assert widget.propagation.running and widget.propagate_button.text() == "Cancel (Shift+S)"
+    assert widget.jobs.propagation.running and widget.form.propagate_button.text() == "Cancel (Shift+S)"
     wait_idle(qtbot, widget)
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
     labels = viewer.layers["vol labels"]
     expected = disk(SHAPE[1:], (24, 28), 6)
     for z in range(SHAPE[0]):
         np.testing.assert_array_equal(labels.data[z] == 1, expected, err_msg=f"slice {z}")
     handler.press_key("C")
     handler.release_key("C")
-    assert widget.object_id.value() == 2
+    assert widget.form.object_id.value() == 2
     assert (labels.data == 1).sum() == SHAPE[0] * expected.sum()
     labels.undo()  # the whole propagated object was one commit
     assert not labels.data.any()
@@ -122,7 +122,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
 def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])  # on the slice shown (napari opens on the middle one)
+    widget.layers.points().add([3, 24, 28])  # on the slice shown (napari opens on the middle one)
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     history = len(labels._undo_history)
@@ -132,17 +132,17 @@ def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, mo
     start = notification_count()
     widget.propagate()
     qtbot.waitUntil(masks.first_started.is_set, timeout=10_000)
-    widget.propagate_button.click()  # the same key/button again cancels
+    widget.form.propagate_button.click()  # the same key/button again cancels
     masks.release.set()
     wait_idle(qtbot, widget)
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"
     assert labels.data[3].any()
     # at most the slice finished before the cancel is shown, as a preview: nothing was committed
     assert not np.delete(labels.data, [3, 4], axis=0).any()
     assert len(labels._undo_history) == history
     assert sum("cancelled" in m for m in notifications_since(start)) == 1
     assert len(masks.calls) == 1
-    widget.clear_button.click()
+    widget.form.clear_button.click()
     wait_idle(qtbot, widget)
     assert not labels.data.any()
 
@@ -150,12 +150,12 @@ def test_propagation_can_be_cancelled_and_commits_nothing(open_volume, qtbot, mo
 def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volume, qtbot, monkeypatch):
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     history = len(labels._undo_history)
     clicks = len(masks.calls)
-    masks.after_call = lambda n: widget.propagation.cancel() if n == clicks + 3 else None  # cancel after 3 slices
+    masks.after_call = lambda n: widget.jobs.propagation.cancel() if n == clicks + 3 else None  # cancel after 3 slices
     start = notification_count()
     press_key(viewer, "Shift-S")
     wait_idle(qtbot, widget)
@@ -168,18 +168,18 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     messages = notifications_since(start)
     assert sum("cancelled" in m for m in messages) == 1, messages
     assert "slices 4–6" in widget.status.text() and "C commits" in widget.status.text()
-    assert widget.propagate_button.text() == "Propagate (Shift+S)"
+    assert widget.form.propagate_button.text() == "Propagate (Shift+S)"
 
     press_key(viewer, "C")  # commit keeps them all as one undo step
-    assert (labels.data == 1).sum() == 4 * expected.sum() and widget.object_id.value() == 2
+    assert (labels.data == 1).sum() == 4 * expected.sum() and widget.form.object_id.value() == 2
     labels.undo()
     assert not labels.data.any()
 
     # or X drops them all
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     clicks = len(masks.calls)
-    masks.after_call = lambda n: widget.propagation.cancel() if n == clicks + 2 else None
+    masks.after_call = lambda n: widget.jobs.propagation.cancel() if n == clicks + 2 else None
     press_key(viewer, "Shift-S")
     wait_idle(qtbot, widget)
     assert [z for z in range(SHAPE[0]) if labels.data[z].any()] == [3, 4, 5]
@@ -200,23 +200,23 @@ def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volu
     seen = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: seen.append(widget.activity.text()))
+    timer.timeout.connect(lambda: seen.append(widget.form.activity.text()))
     timer.start()
     hub_for(viewer).set_model(model)
     wait_idle(qtbot, widget)
     assert "Embedding slice 3…" in seen and any(t.startswith("Prefetching slice") for t in seen), set(seen)
-    assert widget.activity.text() == ""  # idle: nothing claims to run
-    widget.points_layer().add([3, 20, 30])
+    assert widget.form.activity.text() == ""  # idle: nothing claims to run
+    widget.layers.points().add([3, 20, 30])
     wait_idle(qtbot, widget)
     result = widget.status.text()
     assert result.startswith("Object 1 — slice 3")
     seen.clear()
     viewer.dims.set_current_step(0, 7)  # embeds slice 7 and prefetches 6, 5 (4, 3 are cached)
-    qtbot.waitUntil(lambda: not widget.prefetcher.idle, timeout=5000)
+    qtbot.waitUntil(lambda: not widget.jobs.prefetcher.idle, timeout=5000)
     wait_idle(qtbot, widget)
     timer.stop()
     assert "Embedding slice 7…" in seen and "Prefetching slice 6…" in seen, set(seen)
-    assert widget.status.text() == result and widget.activity.text() == ""
+    assert widget.status.text() == result and widget.form.activity.text() == ""
 
 
 def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
@@ -224,10 +224,10 @@ def test_gui_stays_responsive_while_the_slice_is_embedded(open_volume, qtbot):
     ticks_while_busy = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks_while_busy.append(not widget.prefetcher.idle))
+    timer.timeout.connect(lambda: ticks_while_busy.append(not widget.jobs.prefetcher.idle))
     timer.start()
     hub_for(viewer).set_model(model)
-    qtbot.waitUntil(lambda: widget.prefetcher.encoding is not None, timeout=5000)  # a worker is encoding
+    qtbot.waitUntil(lambda: widget.jobs.prefetcher.encoding is not None, timeout=5000)  # a worker is encoding
     qtbot.waitUntil(lambda: any("embedding" in (p.desc or "") for p in progress._all_instances), timeout=5000)
     wait_idle(qtbot, widget)
     timer.stop()
@@ -240,14 +240,14 @@ def test_a_box_prompt_on_its_slice(open_volume, qtbot, monkeypatch):
     viewer, widget, _ = open_volume()
     go_to_slice(viewer, widget, qtbot, 4)
     boxes = viewer.add_shapes(name="boxes", scale=Z_SCALE, ndim=3)
-    widget.shapes_choice.choose(boxes)
+    widget.form.shapes_choice.choose(boxes)
     boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
     wait_idle(qtbot, widget)
     labels = viewer.layers["vol labels"]
     np.testing.assert_allclose(masks.calls[-1]["box"], [10, 12, 30, 32])
     assert masks.calls[-1]["z"] == 4
     np.testing.assert_array_equal(labels.data[4] == 1, disk(SHAPE[1:], (20, 22), 10))
-    widget.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
+    widget.form.clear_button.click()  # on an active Shapes layer napari's own X (remove vertex) applies
     wait_idle(qtbot, widget)
     assert len(boxes.data) == 0 and not labels.data.any()
 
@@ -256,9 +256,9 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     masks = install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
     boxes = viewer.layers["vol boxes"]  # created with the prompt points, placed like the image
-    assert widget.shapes_layer() is boxes and boxes.mode == "add_rectangle" and boxes.ndim == 3
+    assert widget.layers.shapes() is boxes and boxes.mode == "add_rectangle" and boxes.ndim == 3
     np.testing.assert_allclose(boxes.scale, Z_SCALE)
-    assert viewer.layers.selection.active is widget.points_layer()  # clicks still go to the points
+    assert viewer.layers.selection.active is widget.layers.points()  # clicks still go to the points
     go_to_slice(viewer, widget, qtbot, 4)
 
     viewer.layers.selection.active = boxes  # the user selects the box layer and drags a rectangle
@@ -276,22 +276,22 @@ def test_the_widget_makes_and_manages_its_own_box_layer(open_volume, qtbot, monk
     boxes.add_rectangles(np.array([[4, 10, 12], [4, 10, 32], [4, 30, 32], [4, 30, 12]]))
     wait_idle(qtbot, widget)
     press_key(viewer, "C")
-    assert (labels.data == 1).any() and widget.object_id.value() == 2 and len(boxes.data) == 0
+    assert (labels.data == 1).any() and widget.form.object_id.value() == 2 and len(boxes.data) == 0
 
-    widget.shapes_choice.choose("(none)")  # boxes can be switched off...
-    assert widget.shapes_layer() is None
-    widget.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
-    assert widget.shapes_layer() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
+    widget.form.shapes_choice.choose("(none)")  # boxes can be switched off...
+    assert widget.layers.shapes() is None
+    widget.form.shapes_choice.choose("(new)")  # ...and '(new)' finds the image's own layer again
+    assert widget.layers.shapes() is boxes and len([ly for ly in viewer.layers if ly.name.endswith("boxes")]) == 1
 
 
 def test_a_refused_action_is_told_once_and_shown_in_the_status(open_volume, qtbot, monkeypatch):
     install(monkeypatch, DiskMasks(radius=6))
     viewer, widget, _ = open_volume()
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     go_to_slice(viewer, widget, qtbot, 5)  # nothing segmented on this slice
     start = notification_count()
     press_key(viewer, "Shift-S")
     messages = notifications_since(start)
     assert len(messages) == 1 and "empty on slice 5" in messages[0]
-    assert "empty on slice 5" in widget.status.text() and not widget.propagation.running
+    assert "empty on slice 5" in widget.status.text() and not widget.jobs.propagation.running

@@ -8,9 +8,9 @@ import torch
 from tuning_support import blob_task
 
 from napari_msa import Session, load_model
-from napari_msa._widgets import _tune_curve
-from napari_msa._widgets import tune_widget as tw
 from napari_msa._widgets._hub import hub_for
+from napari_msa._widgets.tune import _curve
+from napari_msa._widgets.tune import tune_widget as tw
 
 SIZE = 128
 
@@ -40,7 +40,7 @@ def tuner(make_napari_viewer, qtbot):
     yield open_
     for widget in opened:
         widget.cancel()
-        qtbot.waitUntil(lambda w=widget: not w.running and w._save_worker is None, timeout=60_000)
+        qtbot.waitUntil(lambda w=widget: not w.run.running and w._save_worker is None, timeout=60_000)
 
 
 def predict_logits(model, image: np.ndarray) -> np.ndarray:
@@ -66,12 +66,13 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     widget.train_what.setCurrentText("adapters + decoder")
     widget.norm_combo.setCurrentText("limits")  # the layer's contrast limits, kept by the tuned model
     widget.start_button.click()
-    assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.run.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=120_000)
 
     hub = hub_for(viewer)
     assert widget.result is not None and hub.model is widget.result.model and hub.model is not old
-    qtbot.waitUntil(lambda: segment.session is not None and segment.session.model is hub.model, timeout=10_000)
+    qtbot.waitUntil(lambda: segment.jobs.session is not None and segment.jobs.session.model is hub.model,
+                    timeout=10_000)
     after = predict_logits(hub.model, image)
     assert np.abs(after - before).max() > 0.1  # segmentation now answers with the tuned weights
     assert all(torch.equal(v, old_state[k]) for k, v in old.trainable_state().items())  # old model untouched
@@ -90,16 +91,17 @@ def test_tunes_on_layers_and_segment_uses_the_tuned_model(tuner, qtbot, tmp_path
     assert widget.keep_button.isHidden() and hub.model is widget.result.model and "Kept" in widget.status.text()
     picture = widget.curve.grab().toImage()  # the live curve paints both lines
     colours = {picture.pixelColor(x, y).name() for x in range(picture.width()) for y in range(20, picture.height())}
-    assert _tune_curve.DICE_COLOR.name() in colours and _tune_curve.LOSS_COLOR.name() in colours
+    assert _curve.DICE_COLOR.name() in colours and _curve.LOSS_COLOR.name() in colours
 
     assert "inherit" not in table  # Qt draws 'color:inherit' black on napari's dark grey
-    assert segment.adapter.edit.placeholderText() == "tuned in this session (not saved)"
+    assert segment.model_panel.adapter.edit.placeholderText() == "tuned in this session (not saved)"
     path = tmp_path / "tuned.safetensors"
     widget.save_adapter(path)
     qtbot.waitUntil(lambda: path.is_file() and widget._save_worker is None, timeout=30_000)
     assert "saved" in widget.status.text()
-    qtbot.waitUntil(lambda: segment.adapter.edit.text() == str(path))  # Segment's Adapter field names the file
-    assert segment.session.model is hub.model  # the same weights: the session (and its embeddings) stay
+    # Segment's Adapter field names the file
+    qtbot.waitUntil(lambda: segment.model_panel.adapter.edit.text() == str(path))
+    assert segment.jobs.session.model is hub.model  # the same weights: the session (and its embeddings) stay
     reloaded = old.clone()
     reloaded.apply_adapter(path)
     np.testing.assert_allclose(predict_logits(reloaded, image), after, atol=1e-5)
@@ -113,7 +115,7 @@ def test_discard_goes_back_to_the_model_tuning_started_from(tuner, qtbot):
     widget.val_share.setValue(0.34)
     widget.train_what.setCurrentText("adapters + decoder")
     widget.start_button.click()
-    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=120_000)
     hub = hub_for(viewer)
     assert "disc" in widget.results.text() and "label 1" not in widget.results.text()  # the layer's names
     assert hub.model is widget.result.model is not old
@@ -142,11 +144,11 @@ def test_cancel_keeps_the_model_and_napari_stays_responsive(tuner, qtbot):
     widget.start_button.click()
     # progress reaches the GUI thread while training runs: the event loop is free
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)
-    assert widget.running
+    assert widget.run.running
     viewer.add_labels(np.zeros((6, 48, 48), np.int32), name="more")  # the layer list still reacts
     assert widget.labels_combo.findText("more") >= 0
     widget.cancel_button.click()
-    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=60_000)
     assert hub_for(viewer).model is old and widget.result is None
     assert "Cancelled" in widget.status.text() and widget.start_button.isEnabled()
     assert widget.progress.value() < 5000
@@ -156,12 +158,12 @@ def test_unusable_inputs_are_explained(tuner, monkeypatch):
     viewer, widget, _ = tuner(with_model=False)
     monkeypatch.setattr("napari_msa.engine.catalog.litemedsam_installed", lambda: False)
     widget._show_model(None)
-    assert "Segment (MSA)" in widget.model_label.text()
+    assert "Segment (MSA)" in widget.model_panel.label.text()
     widget.start_button.click()
-    assert not widget.running and "load one in the Segment (MSA) widget" in widget.status.text()
+    assert not widget.run.running and "load one in the Segment (MSA) widget" in widget.status.text()
     viewer.layers["annotations"].data = np.zeros((6, 48, 48), np.int32)
     widget.start_button.click()
-    assert not widget.running and "is empty" in widget.status.text()
+    assert not widget.run.running and "is empty" in widget.status.text()
     viewer.layers.remove("annotations")
     assert widget.labels_combo.layer() is None
     widget.start_button.click()
@@ -195,7 +197,7 @@ def test_labels_choice_follows_the_layer_being_annotated(make_napari_viewer, qtb
     hub_for(viewer).set_model(load_model("tiny"))
     wait_idle(qtbot, segment)
     viewer.dims.set_current_step(0, 2)
-    segment.points_layer().add([2, 24, 24])
+    segment.layers.points().add([2, 24, 24])
     wait_idle(qtbot, segment)
     # 'img labels' now holds only the uncommitted preview: not an annotation, so not chosen, and not tunable
     preview = viewer.layers["img labels"]
@@ -204,7 +206,7 @@ def test_labels_choice_follows_the_layer_being_annotated(make_napari_viewer, qtb
     assert widget.labels_combo.layer() is mine
     widget.labels_combo.choose(preview)  # chosen by hand: refused with what to do
     widget.start_button.click()
-    assert not widget.running and "only the Segment widget's uncommitted preview" in widget.status.text()
+    assert not widget.run.running and "only the Segment widget's uncommitted preview" in widget.status.text()
     viewer.layers.selection.active = viewer.layers["ground truth"]
     segment.commit()
     assert widget.labels_combo.layer() is viewer.layers["img labels"]
@@ -216,9 +218,9 @@ def test_undocking_stops_tuning_and_lets_go_of_the_viewer_and_the_hub(tuner, qtb
     widget.steps.setValue(5000)
     widget.start_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
-    shown = widget.model_label.text()
+    shown = widget.model_panel.label.text()
     viewer.window.remove_dock_widget(widget)  # napari detaches the widget; it must let go of the viewer
-    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)  # the run it started was cancelled
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=60_000)  # the run it started was cancelled
     assert hub_for(viewer).model is old and widget.result is None
     viewer.add_labels(np.zeros((6, 48, 48), np.int32), name="after")
     assert widget.labels_combo.findText("after") < 0  # no longer follows the layer list
@@ -227,5 +229,5 @@ def test_undocking_stops_tuning_and_lets_go_of_the_viewer_and_the_hub(tuner, qtb
     assert widget.labels_combo.layer() is viewer.layers["annotations"]  # nor edits and selection
     hub_for(viewer).set_model(load_model("tiny", device="cpu", image_size=SIZE))
     qtbot.wait(50)
-    assert widget.model_label.text() == shown  # nor the model hub
+    assert widget.model_panel.label.text() == shown  # nor the model hub
     widget.deleteLater()

@@ -94,7 +94,7 @@ def test_both_widgets_docked_fit_a_1366x768_screen(make_napari_viewer, qtbot):
     # a long status (it wraps) and the model fields open: rows scroll, nothing is squeezed or overlaps
     segment.feedback.set("Out of memory during prediction; nothing was written. Choose a smaller model or the cpu "
                         "device (Device field), close other programs, or crop the image. " * 2)
-    segment.model_section.set_expanded(True)
+    segment.model_panel.section.set_expanded(True)
     tune.training_section.set_expanded(True)
     qtbot.wait(50)
     for widget in (segment, tune):
@@ -102,14 +102,14 @@ def test_both_widgets_docked_fit_a_1366x768_screen(make_napari_viewer, qtbot):
 
     # with a model loaded the Model fields fold away (its line names the model) and the workflow shows
     hub_for(viewer).set_model(load_model("tiny"))
-    segment.model_section.user_toggled = False
+    segment.model_panel.section.user_toggled = False
     segment._show_model(hub_for(viewer).model)
     wait_idle(qtbot, segment)
-    assert not segment.model_section.expanded and "Model: tiny" in segment.model_label.text()
+    assert not segment.model_panel.section.expanded and "Model: tiny" in segment.model_panel.label.text()
     qtbot.wait(50)
     check_nothing_clipped(qtbot, segment)
     assert segment.panel.contents.sizeHint().height() <= segment.panel.viewport().height() + 200
-    segment.model_section.header.click()  # the user opens it again; it then stays as the user left it
-    assert segment.model_section.expanded and segment.model_section.user_toggled
+    segment.model_panel.section.header.click()  # the user opens it again; it then stays as the user left it
+    assert segment.model_panel.section.expanded and segment.model_panel.section.user_toggled
     assert tune.training_section.header.text().startswith("Training: ")  # folded, it still says what it will do
     assert f"{tune.train_what.currentText()}, auto steps" in tune.training_section.header.text()

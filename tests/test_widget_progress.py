@@ -86,10 +86,10 @@ def test_model_loading_shows_a_busy_bar_that_goes_when_loaded(make_napari_viewer
     _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
     recorder = dock(viewer)
     path = save_model_file(load_model("tiny").sam, tmp_path / "tiny.safetensors", description="test")
-    widget.model_combo.setCurrentText("vit_b")
-    widget.checkpoint.edit.setText(str(path))
+    widget.model_panel.combo.setCurrentText("vit_b")
+    widget.model_panel.checkpoint.edit.setText(str(path))
     for _ in range(3):  # a load from a small file is short: the bar must never be left behind
-        widget.load_button.click()
+        widget.model_panel.load_button.click()
         qtbot.waitUntil(lambda: recorder.open_bars() == ["MSA: loading vit_b"] or widget.idle, timeout=5000)
         assert "MSA: loading vit_b: " in recorder.shown  # the dock showed it while loading
         wait_idle(qtbot, widget)
@@ -110,7 +110,7 @@ def test_embedding_and_propagation_report_slices_done_of_total(make_napari_viewe
     assert max(recorder.values["MSA: embedding slice 3"]) == (5, 5)
     assert "MSA: embedding slice 4 (prefetch)" in recorder.descs
 
-    widget.points_layer().add([3, 24, 28])
+    widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
     masks.after_call = lambda n: time.sleep(0.1)  # a slice takes a while, as with a real model
     widget.propagate()
@@ -138,7 +138,7 @@ def test_tuning_reports_steps_and_eta(make_napari_viewer, qtbot, dock):
     widget.val_share.setValue(0.0)
     widget.start_button.click()
     qtbot.waitUntil(lambda: any(d.startswith("MSA: tuning") for d in recorder.opened), timeout=5000)
-    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=120_000)
     assert len(recorder.opened) == 1, recorder.opened
     steps = sorted(recorder.values[recorder.opened[0]])
     assert steps[-1] == (6, 6) and len(steps) >= 3

@@ -90,17 +90,16 @@ class _ParentWatcher(QObject):
 
 
 class ViewerLink:
-    """A dock widget's ties to its viewer: the viewer's events it follows, the model hub, and what to stop.
+    """A dock widget's ties to its viewer: the viewer's events it follows, its model hub's news, and what to stop.
 
     Everything is let go when the widget is undocked (napari keeps the object) or destroyed, exactly once;
     until then ``connect`` and ``on_release`` collect what to undo, which must not need the widget's Qt
     objects (they may be gone). ``on_undocked`` runs first on undocking only: the widget stops its own work.
     """
 
-    def __init__(self, owner: QWidget, viewer, on_model: Callable[[MSAModel | None], None],
+    def __init__(self, owner: QWidget, hub: ModelHub, on_model: Callable[[MSAModel | None], None],
                  on_undocked: Callable[[], None] | None = None) -> None:
-        self.viewer = viewer
-        self.hub = hub_for(viewer)
+        self.hub = hub  # the viewer's (hub_for): its model_changed is followed until release
         self.released = False
         self._connections: list[tuple[object, Callable]] = []
         self._cleanups: list[Callable[[], None]] = []

@@ -9,8 +9,8 @@ The GUI thread only hands plain arrays and prompts to these classes and gets mas
 * ``Prefetcher`` – embeddings of the current slice, then its neighbours, with a napari progress bar in
   the activity dock. A slice change restarts it (between slices: an encoder pass cannot be interrupted).
 * ``Propagation`` – one object through the volume, with progress and a cancel flag (the running/cancelling
-  bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``_volume``, segment-everything
-  in ``_everything``, the model panel's load and the Tune widget's run).
+  bookkeeping is ``CancellableRun``'s, shared with the whole-volume embedding in ``segment._volume``,
+  segment-everything in ``segment._everything``, the model panel's load and the Tune widget's run in ``tune._run``).
 
 Every engine call goes through ``ImageFeed.prepare`` first, which gives the session the image once per
 (session, layer data, normalisation) instead of hashing a whole volume on every click.

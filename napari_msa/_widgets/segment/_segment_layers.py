@@ -10,8 +10,8 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from . import _layers as L
-from ._controls import LayerChoice
+from .. import _layers as L
+from .._controls import LayerChoice
 
 NEW = "(new)"  # a layer field's choice: the image's own layer, made when needed
 NONE = "(none)"  # the Boxes field's choice: no box prompts

@@ -16,12 +16,12 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QSpinBox
 
-from . import _layers as L
+from .. import _layers as L
+from .._feedback import Feedback
+from .._workers import ImageSource, predict_planes
 from . import _segment_layers as S
-from ._feedback import Feedback
+from ._jobs import SegmentJobs
 from ._labels_writer import LabelsWriter
-from ._segment_jobs import SegmentJobs
-from ._workers import ImageSource, predict_planes
 from .object_draft import ObjectDraft
 
 CANDIDATES = 3  # SAM's masks for an ambiguous prompt

@@ -9,8 +9,8 @@ import numpy as np
 
 from napari_msa.engine import catalog
 
-from ._tune_curve import TuneRelay, fmt_time
-from ._workers import CancellableRun, Failure
+from .._workers import CancellableRun, Failure
+from ._curve import TuneRelay, fmt_time
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from . import _layers as L
-from ._workers import CancellableRun, Failure, ImageFeed, ImageSource
+from .. import _layers as L
+from .._workers import CancellableRun, Failure, ImageFeed, ImageSource
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import Session

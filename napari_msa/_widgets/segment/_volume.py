@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._workers import CancellableRun, Failure, ImageFeed, ImageSource
+from .._workers import CancellableRun, Failure, ImageFeed, ImageSource
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import Session

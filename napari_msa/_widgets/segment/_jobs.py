@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from napari.qt.threading import create_worker
 
+from .._workers import ImageFeed, LatestWins, Prefetcher, Propagation, guarded
 from ._everything import EverythingRun
 from ._volume import VolumeEmbedder
-from ._workers import ImageFeed, LatestWins, Prefetcher, Propagation, guarded
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from napari_msa.engine import MSAModel, Session

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_msa.recovery import Recovered, RecoveryFile, image_key
 
-from . import _layers as L
+from .. import _layers as L
 from . import _segment_layers as S
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,10 @@ def recovery_file_for(image: Image) -> RecoveryFile:
 
 
 class RecoveryOffer(QWidget):
-    """A row shown when the chosen image has a recovery file whose labels are in no layer: Restore or Discard."""
+    """A row shown when the chosen image has a recovery file whose labels are in no layer: Restore or Discard
+    (the widget connects the buttons)."""
 
-    def __init__(self, restore: Callable[[], None], discard: Callable[[], None]) -> None:
+    def __init__(self) -> None:
         super().__init__()
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
@@ -76,10 +77,8 @@ class RecoveryOffer(QWidget):
         self.text.setWordWrap(True)
         self.restore_button = QPushButton("Restore")
         self.restore_button.setToolTip("Add the recovered objects as a labels layer (nothing you have is changed)")
-        self.restore_button.clicked.connect(restore)
         self.discard_button = QPushButton("Discard")
         self.discard_button.setToolTip("Delete the recovery copy of this image's labels")
-        self.discard_button.clicked.connect(discard)
         row.addWidget(self.text, 1)
         row.addWidget(self.restore_button)
         row.addWidget(self.discard_button)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from napari.layers import Labels
 
-from ._controls import LayerChoice
-from ._layers import spatial_shape
+from .._controls import LayerChoice
+from .._layers import spatial_shape
 
 
 class AnnotatedLabels:

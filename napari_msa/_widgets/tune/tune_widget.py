@@ -36,17 +36,16 @@ from napari_msa.engine import catalog
 from napari_msa.engine.tuning.budget import LIGHT_DECODER, STANDARD
 from napari_msa.engine.tuning.tune_types import TuneConfig
 
-from . import _normalization
-from ._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
-from ._docking import TabWithSiblings
-from ._feedback import Feedback
-from ._hub import ViewerLink
-from ._layers import spatial_shape
-from ._model_panel import ModelPanel
-from ._tune_curve import CurveWidget
-from ._tune_curve import fmt_time as _fmt_time
+from .. import _normalization
+from .._controls import ElidingComboBox, LayerChoice, ScrollPanel, Section
+from .._docking import TabWithSiblings
+from .._feedback import Feedback
+from .._hub import ViewerLink, hub_for
+from .._layers import spatial_shape
+from .._model_panel import ModelPanel
+from ._curve import CurveWidget, fmt_time
+from ._run import TuneRun
 from ._tune_layers import AnnotatedLabels
-from ._tune_run import TuneRun
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
     from napari_msa.engine import Normalization
@@ -67,9 +66,9 @@ class TuneWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.link = ViewerLink(self, napari_viewer, self._show_model)  # undocked or closed: lets go of the viewer
+        self.hub = hub_for(napari_viewer)
+        self.link = ViewerLink(self, self.hub, self._show_model)  # undocked or closed: lets go of the viewer
         TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
-        self.hub = self.link.hub
         self.result: TuneResult | None = None
         self._before = None  # the model tuning started from: what Discard goes back to
         self._label_names: dict = {}
@@ -77,7 +76,7 @@ class TuneWidget(QWidget):
                            on_change=self._run_changed)
         self._save_worker = None
         self._build()
-        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.running,
+        self.annotations = AnnotatedLabels(self.viewer, self.image_combo, self.labels_combo, lambda: self.run.running,
                                            self.hub.preview_only)
         self.image_combo.currentIndexChanged.connect(self.annotations.pick)
         for emitter, callback in ((self.viewer.layers.events.inserted, self.annotations.refresh),
@@ -99,8 +98,7 @@ class TuneWidget(QWidget):
         self.feedback = Feedback(self.status)
         self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, chooser=False)
         self.link.connect(self.hub.adapter_saved, self.model_panel.show)
-        self.model_label = self.model_panel.label
-        root.addWidget(self.model_label)
+        root.addWidget(self.model_panel.label)
 
         data = QGroupBox("Annotations")
         form = QFormLayout(data)
@@ -222,10 +220,6 @@ class TuneWidget(QWidget):
             self._show_decision(False)  # another model was loaded meanwhile: nothing to keep or discard
         self.model_panel.show(model)
 
-    @property
-    def running(self) -> bool:
-        return self.run.running
-
     # ============================================================================ tuning
     def _normalization(self, image: Image) -> Normalization | None:
         return _normalization.normalization(self.norm_combo.currentText(), image)
@@ -251,16 +245,16 @@ class TuneWidget(QWidget):
 
     def start(self) -> None:
         """Start tuning on a worker (no-op while one runs)."""
-        if self.running:
+        if self.run.running:
             return
         try:
             image, labels, rgb = self._inputs()
         except ValueError as err:
-            self._fail(f"Tuning: {err}")
+            self.feedback.problem(f"Tuning: {err}")
             return
         model = self.hub.model
         if model is None and not catalog.litemedsam_installed():
-            self._fail("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
+            self.feedback.problem("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
         steps = int(self.steps.value()) or None  # 0 shows as "auto"
         train_adapters, train_decoder = TRAIN_CHOICES[self.train_what.currentText()]
@@ -280,7 +274,7 @@ class TuneWidget(QWidget):
 
     def cancel(self) -> None:
         """Ask the running tuning to stop; the model stays as it was."""
-        if self.running:
+        if self.run.running:
             self.run.cancel()
             self.status.setText("Cancelling…")
 
@@ -299,7 +293,7 @@ class TuneWidget(QWidget):
         if p.val_dice is not None:
             parts.append(f"held-out Dice {p.val_dice:.3f} (best {p.best_val_dice:.3f})")
         if p.phase == "train":
-            parts.append(f"ETA {_fmt_time(p.eta_s)}")
+            parts.append(f"ETA {fmt_time(p.eta_s)}")
         self.status.setText(" · ".join(parts))
 
     def _on_done(self, result: TuneResult) -> None:
@@ -307,7 +301,7 @@ class TuneWidget(QWidget):
         s = result.summary
         self.progress.setValue(self.progress.maximum())
         stop = " (stopped early)" if s.stopped == "early_stopping" else ""
-        done = f"Done in {_fmt_time(s.time_s)}: {s.steps_done} steps{stop}"
+        done = f"Done in {fmt_time(s.time_s)}: {s.steps_done} steps{stop}"
         if s.held_out is not None:
             self.results.setText(results_table(s, self._label_names))
             self.results.setVisible(True)
@@ -372,9 +366,6 @@ class TuneWidget(QWidget):
         if running:
             self.save_button.setEnabled(False)
 
-    def _fail(self, message: str) -> None:
-        self.feedback.problem(message)
-
     # ============================================================================ saving
     def _choose_save_path(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save tuned adapter", "adapter.safetensors",
@@ -385,14 +376,14 @@ class TuneWidget(QWidget):
     def save_adapter(self, path: str | Path) -> None:
         """Write the tuned adapter on a worker (atomic: a crash never leaves half a file)."""
         if self.result is None:
-            self._fail("Nothing to save yet: tune first.")
+            self.feedback.problem("Nothing to save yet: tune first.")
             return
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_suffix(".safetensors")
         worker = create_worker(self.result.save, path, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda out: self._saved(Path(out)))
-        worker.errored.connect(lambda exc: self._fail(f"Could not save the adapter to {path}: {exc}"))
+        worker.errored.connect(lambda exc: self.feedback.problem(f"Could not save the adapter to {path}: {exc}"))
         worker.finished.connect(lambda: setattr(self, "_save_worker", None))
         self._save_worker = worker
         worker.start()

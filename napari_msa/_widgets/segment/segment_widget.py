@@ -14,30 +14,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Image, Labels, Points, Shapes
+from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QLayout, QVBoxLayout, QWidget
 
 from napari_msa.engine import catalog
 
-from . import _layers as L
-from . import _segment_form
+from .. import _layers as L
+from .._controls import ScrollPanel
+from .._docking import TabWithSiblings
+from .._feedback import Feedback
+from .._hub import ViewerLink, hub_for
+from .._model_panel import ModelPanel
+from .._normalization import normalization
+from .._workers import ImageSource, ensure_thread_capacity
 from . import _segment_layers as S
-from ._controls import ScrollPanel
-from ._docking import TabWithSiblings
 from ._everything import EverythingTool
-from ._feedback import Feedback
-from ._hub import ViewerLink
-from ._model_panel import ModelPanel
-from ._normalization import normalization
+from ._form import SegmentForm
+from ._jobs import SegmentJobs
+from ._object_editor import ObjectEditor
 from ._recovery import RecoveryKeeper
-from ._segment_jobs import SegmentJobs
-from ._segment_object import ObjectEditor
-from ._workers import ImageSource, ensure_thread_capacity
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: importing this module must not load it
-    from napari_msa.engine import MSAModel, Session
+    from napari_msa.engine import MSAModel
 
 # New-point sign button: the point colour as background (lime, red) and black text, contrast 15:1 and 5.3:1
 # (WCAG asks for 4.5:1); red text on napari's grey was about 2:1.
@@ -68,17 +68,16 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self._volume_wanted = False  # 'Embed volume' was pressed before a model was there
         ensure_thread_capacity()
-        self.link = ViewerLink(self, napari_viewer, self._on_model, on_undocked=self._stop_work)
+        self.hub = hub_for(napari_viewer)
+        self.link = ViewerLink(self, self.hub, self._on_model, on_undocked=self._stop_work)
         TabWithSiblings(self)  # beside the plugin's other dock widget as a tab, each with the full height
-        self.hub = self.link.hub
         self._build()
         self.link.connect(self.hub.adapter_saved, self.model_panel.show)  # tuned adapter saved: name the file
-        self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, self.object_id, self.overwrite,
-                                   self.refine, self._source, self._load_on_first_need, self.schedule_update)
-        self.draft = self.editor.draft
-        self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, self.recovery_offer,
+        f = self.form
+        self.editor = ObjectEditor(self.viewer, self.layers, self.feedback, f.object_id, f.overwrite, f.refine,
+                                   self._source, self._load_on_first_need, self.schedule_update)
+        self.recovery = RecoveryKeeper(self.viewer, self.editor, self.feedback, f.recovery_offer,
                                        self.layers.prompts, offer=offer_recovery)
-        self.autosave = self.recovery.autosave
         self.editor.on_written = self.save_recovery
         self.hub.preview_sources.append(self._labels_without_preview)
         self.link.on_release(lambda: self.hub.preview_sources.remove(self._labels_without_preview))
@@ -88,11 +87,8 @@ class SegmentWidget(QWidget):
                                                    self._sync_propagate_button, self._on_volume_finished,
                                                    self.feedback.report, self._refresh_activity,
                                                    self.everything_tool.found)
-        j = self.jobs
-        self.feed, self.predictions, self.prefetcher = j.feed, j.predictions, j.prefetcher
-        self.propagation, self.volume = j.propagation, j.volume
         self._update_timer = QTimer(self, singleShot=True, interval=0)
-        self._update_timer.timeout.connect(self.update_prediction)
+        self._update_timer.timeout.connect(self.editor.update)
         # Prefetches start from this timer, never straight from an event: scrolling settles first, and
         # when napari closes (removing layers one by one) the timer dies with the widget instead of
         # starting an encoder pass for the next image.
@@ -103,6 +99,7 @@ class SegmentWidget(QWidget):
         # image after File > Open makes a prompt.
         self._select_timer = QTimer(self, singleShot=True, interval=0)
         self._select_timer.timeout.connect(self._activate_prompts)
+        self._connect_form()
 
         for emitter, callback in ((self.viewer.layers.events.inserted, self._on_layers_changed),
                                   (self.viewer.layers.events.removed, self._on_layer_removed),
@@ -130,21 +127,38 @@ class SegmentWidget(QWidget):
         self.status = QLabel("Ready")  # the last outcome: a result, a problem, what to do next (added last)
         self.status.setWordWrap(True)
         self.feedback = Feedback(self.status)
-        self.model_panel = p = ModelPanel(self.hub, self.feedback, _no_model_text, self._refresh_activity)
-        self.model_section, self.model_label, self.model_combo = p.section, p.label, p.combo
-        self.checkpoint, self.adapter, self.load_button = p.checkpoint, p.adapter, p.load_button
-        self.device_combo, self.precision_combo = p.device_combo, p.precision_combo
-        root.addWidget(p.section)
-        root.addWidget(p.label)
-        _segment_form.build(self, root)  # the fields below: image and prompts, output, keys, activity, status
-        self.layers = S.SegmentLayers(self.viewer, self.image_choice, self.points_choice, self.shapes_choice,
-                                      self.labels_choice)
+        self.model_panel = ModelPanel(self.hub, self.feedback, _no_model_text, self._refresh_activity)
+        root.addWidget(self.model_panel.section)
+        root.addWidget(self.model_panel.label)
+        self.form = f = SegmentForm(root, type(self).__doc__)  # the fields below: image and prompts, output, keys
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self.layers = S.SegmentLayers(self.viewer, f.image_choice, f.points_choice, f.shapes_choice, f.labels_choice)
+
+    def _connect_form(self) -> None:
+        """The form's fields and buttons act on this widget."""
+        f = self.form
+        f.image_choice.currentIndexChanged.connect(self._on_image_chosen)
+        f.norm_combo.currentIndexChanged.connect(self._on_normalization_changed)
+        f.points_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        f.shapes_choice.currentIndexChanged.connect(self._on_prompt_layers_chosen)
+        f.cache_folder.edit.textChanged.connect(self._on_cache_folder_changed)
+        f.embed_button.clicked.connect(self.embed_volume)
+        f.sign_button.clicked.connect(self.toggle_positive)
+        f.recovery_offer.restore_button.clicked.connect(self.restore_recovered)
+        f.recovery_offer.discard_button.clicked.connect(self.recovery.discard)
+        f.labels_choice.currentIndexChanged.connect(self._on_labels_chosen)
+        f.object_id.valueChanged.connect(self.editor.repaint)  # the same preview under the new id
+        f.object_id.valueChanged.connect(self._on_object_id_changed)
+        f.overwrite.toggled.connect(self.editor.repaint)
+        f.refine.toggled.connect(self.editor.refine_toggled)
+        f.commit_button.clicked.connect(self.commit)
+        f.clear_button.clicked.connect(self.clear)
+        f.propagate_button.clicked.connect(self.propagate)
+        f.everything_button.clicked.connect(self.everything_tool.run)
+        f.keep_all_button.clicked.connect(self.everything_tool.keep_all)
 
     # ============================================================================ model
-    def load_model(self) -> None:
-        """Load the chosen model on a worker, then share it through the viewer's hub."""
-        self.model_panel.load()
-
     def _load_on_first_need(self) -> None:
         """Prompts arrived before any model: load the chosen one (the default) now; they are answered after."""
         if self.model_panel.loading:
@@ -153,13 +167,13 @@ class SegmentWidget(QWidget):
             self.feedback.problem("No model loaded: choose an available model in the Model field above and press "
                                   "Load model.")
         else:
-            show_info(f"Loading {self.model_combo.currentText()} for your first prompt (once per session)…")
+            show_info(f"Loading {self.model_panel.combo.currentText()} for your first prompt (once per session)…")
             self.model_panel.load()
 
     def _on_model(self, model: MSAModel | None) -> None:
         """A new model (loaded here or tuned elsewhere): a new session, same image and prompts."""
-        self.jobs.use(model, self.cache_folder.path() or None)
-        self.draft.outdated()
+        self.jobs.use(model, self.form.cache_folder.path() or None)
+        self.editor.draft.outdated()
         self._show_model(model)
         if model is not None:
             self._prefetch_timer.start()
@@ -171,40 +185,24 @@ class SegmentWidget(QWidget):
     def _show_model(self, model: MSAModel | None) -> None:
         self.model_panel.show(model)
         if model is not None:
-            image = self.image_layer()
+            image = self.layers.image()
             if image is None:
                 self.feedback.set("Ready: open or choose an image layer, then click on an object.")
             else:
                 self._tell_ready(image)
 
-    @property
-    def session(self) -> Session | None:
-        return self.jobs.session
-
     # ============================================================================ layers
-    def image_layer(self) -> Image | None:
-        return self.layers.image()
-
-    def points_layer(self) -> Points | None:
-        return self.layers.points()
-
-    def shapes_layer(self) -> Shapes | None:
-        return self.layers.shapes()
-
-    def labels_layer(self) -> Labels | None:
-        return self.layers.labels()
-
     def _on_layers_changed(self, event=None) -> None:
-        had_image = self.image_layer()
+        had_image = self.layers.image()
         self.layers.refresh()
-        if self.image_layer() != had_image:  # == : plugin widgets see layers through proxies
+        if self.layers.image() != had_image:  # == : plugin widgets see layers through proxies
             self._on_image_chosen()
         else:
-            self.recovery.layers_changed(self.image_layer())  # e.g. the user opened the labels saved from them
+            self.recovery.layers_changed(self.layers.image())  # e.g. the user opened the labels saved from them
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        busy = not self.predictions.idle or self.propagation.running
+        busy = not self.jobs.predictions.idle or self.jobs.propagation.running
         if self.layers.in_use(layer):
             self.jobs.drop_results()
             if busy:
@@ -213,18 +211,18 @@ class SegmentWidget(QWidget):
         self.editor.layer_removed(layer)
         if layer in self.prompts.layers:
             self._follow_prompt_layers()
-            self.draft.outdated()
-        if layer == self.image_layer():
-            self.prefetcher.stop()
-            self.feed.forget()
+            self.editor.draft.outdated()
+        if layer == self.layers.image():
+            self.jobs.prefetcher.stop()
+            self.jobs.feed.forget()
         self._on_layers_changed()
 
     def _on_image_chosen(self, *_) -> None:
         """A new image: its own prompt layers (created on demand), a fresh preview, embeddings started."""
         self.editor.drop_preview()
-        self.prefetcher.stop()
-        self.volume.cancel()  # its worker would give the session the old image back
-        if self.image_layer() is None:
+        self.jobs.prefetcher.stop()
+        self.jobs.volume.cancel()  # its worker would give the session the old image back
+        if self.layers.image() is None:
             self.feedback.set("Open or choose an image layer.")
             self._follow_prompt_layers()
             return
@@ -244,7 +242,7 @@ class SegmentWidget(QWidget):
 
     def _activate_prompts(self) -> None:
         """The chosen points layer active, in add mode: the user's next click on the image is a prompt."""
-        points = self.points_layer()
+        points = self.layers.points()
         if points is not None and points in self.viewer.layers:
             self.viewer.layers.selection.active = points
             points.mode = "add"
@@ -252,11 +250,12 @@ class SegmentWidget(QWidget):
     def _preload_model(self) -> None:
         """An image is there and no model: load the chosen one now, on a worker, so the first click does not
         wait for it (models that need a checkpoint file the user has not given still load on demand)."""
-        if not PRELOAD or self.hub.model is not None or self.model_panel.loading:
+        panel = self.model_panel
+        if not PRELOAD or self.hub.model is not None or panel.loading:
             return
-        chosen = catalog.MODEL_NAMES[self.model_combo.currentIndex()]
-        if self.model_panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or self.checkpoint.path()):
-            self.model_panel.load()
+        chosen = catalog.MODEL_NAMES[panel.combo.currentIndex()]
+        if panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or panel.checkpoint.path()):
+            panel.load()
 
     def _tell_ready(self, image: Image) -> None:
         if self.hub.model is not None:
@@ -279,17 +278,14 @@ class SegmentWidget(QWidget):
     # ============================================================================ recovery
     def save_recovery(self) -> None:
         """The committed labels changed (a commit, undo, redo): they go to the image's recovery file."""
-        self.recovery.save(self.image_layer(), self.labels_layer())
+        self.recovery.save(self.layers.image(), self.layers.labels())
 
     def restore_recovered(self) -> None:
         """Restore: the recovered objects as a labels layer, chosen in the Labels field."""
-        labels = self.recovery.restore(self.image_layer())
+        labels = self.recovery.restore(self.layers.image())
         if labels is not None:
             self.layers.refresh()
-            self.labels_choice.choose(labels)
-
-    def discard_recovered(self) -> None:
-        self.recovery.discard()
+            self.form.labels_choice.choose(labels)
 
     def _on_prompt_layers_chosen(self, *_) -> None:
         """'(new)' in Points or Boxes creates (or finds) the image's own layer; then follow what is chosen."""
@@ -298,11 +294,11 @@ class SegmentWidget(QWidget):
         self.schedule_update()
 
     def _on_labels_chosen(self, *_) -> None:
-        if self.editor.writer is not None and self.editor.writer.layer != self.labels_layer():
+        if self.editor.writer is not None and self.editor.writer.layer != self.layers.labels():
             self.editor.drop_preview()
-        labels = self.labels_layer()
+        labels = self.layers.labels()
         if labels is not None:
-            self.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
+            self.form.object_id.setValue(int(np.max(labels.data, initial=0)) + 1)
         self.schedule_update()
 
     def _follow_prompt_layers(self) -> None:
@@ -316,23 +312,19 @@ class SegmentWidget(QWidget):
         action = getattr(event, "action", None)
         if action is not None and str(getattr(action, "value", action)).endswith("ing"):
             return  # 'adding'/'changing'/'removing' precede the change itself
-        self.update_prediction()
+        self.editor.update()
 
     def schedule_update(self) -> None:
         """Coalesce the events of one user action into one prediction request."""
         self._update_timer.start()
 
-    def update_prediction(self) -> None:
-        """Send the slices whose prompts changed to the engine; the newest request wins."""
-        self.editor.update()
-
     def _source(self, image: Image) -> ImageSource:
-        norm = normalization(self.norm_combo.currentText(), image)
+        norm = normalization(self.form.norm_combo.currentText(), image)
         return ImageSource(image.data, bool(image.rgb), norm, (id(image), id(image.data), norm, bool(image.rgb)))
 
     def toggle_positive(self) -> None:
         """T: the sign of new points flips (positive adds area, negative removes it)."""
-        points = self.points_layer()
+        points = self.layers.points()
         if points is None:
             self.feedback.tell("Choose a prompt points layer first.")
             return
@@ -340,11 +332,11 @@ class SegmentWidget(QWidget):
         self._show_sign()
 
     def _show_sign(self) -> None:
-        points = self.points_layer()
+        points = self.layers.points()
         positive = True if points is None else L.new_points_positive(points)
-        self.sign_button.setText("positive (T)" if positive else "negative (T)")
+        self.form.sign_button.setText("positive (T)" if positive else "negative (T)")
         background, text = SIGN_COLORS[positive]  # the points' own colour, with text readable on it
-        self.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
+        self.form.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
                                        "font-weight: bold; border-radius: 3px; padding: 3px 8px; }")
 
     def next_mask(self) -> None:
@@ -358,14 +350,6 @@ class SegmentWidget(QWidget):
     def clear(self) -> None:
         """X: drop the prompts and the preview of the current object."""
         self.editor.clear()
-
-    def segment_everything(self) -> None:
-        """Every object the model finds on the slice shown, as candidates to keep with a click (again: cancel)."""
-        self.everything_tool.run()
-
-    def keep_all_candidates(self) -> None:
-        """Every candidate of 'Segment everything' becomes an object of the labels."""
-        self.everything_tool.keep_all()
 
     def undo(self) -> None:
         """Ctrl+Z on the prompt layers: undo the last change of the labels layer (a commit, a refinement)."""
@@ -383,80 +367,74 @@ class SegmentWidget(QWidget):
     def _sync_propagate_button(self) -> None:
         """The button proposes a new run when none runs (done, cancelled, failed or discarded)."""
         try:
-            self.propagate_button.setText("Cancel (Shift+S)" if self.propagation.running else "Propagate (Shift+S)")
+            running = self.jobs.propagation.running
+            self.form.propagate_button.setText("Cancel (Shift+S)" if running else "Propagate (Shift+S)")
         except RuntimeError:  # the widget was closed meanwhile
             pass
 
-    def _repaint_preview(self, *_) -> None:
-        """Id or overwrite changed: show the same preview under the new settings."""
-        self.editor.repaint()
-
     def _on_object_id_changed(self, obj: int) -> None:
         """The status names the object a click now works on (a commit or an undo says more right after)."""
-        labels = self.labels_layer()
+        labels = self.layers.labels()
         exists = labels is not None and bool(np.any(labels.data == obj))
-        note = "" if not exists or self.refine.isChecked() else (
+        note = "" if not exists or self.form.refine.isChecked() else (
             " It is already in the labels: new masks add to it; tick 'refine the object where it exists' to redo it.")
         self.feedback.set(f"Segmenting object {obj}.{note}")
 
-    def _on_refine_toggled(self, *_) -> None:
-        self.editor.refine_toggled()
-
     # ============================================================================ slices and embeddings
     def _on_slice_changed(self, event=None) -> None:
-        image = self.image_layer()
+        image = self.layers.image()
         if image is not None and L.is_volume(image):
             self._prefetch_timer.start()
 
     def _on_normalization_changed(self, *_) -> None:
-        self.volume.cancel()
-        self.predictions.invalidate()
-        self.draft.outdated()
+        self.jobs.volume.cancel()
+        self.jobs.predictions.invalidate()
+        self.editor.draft.outdated()
         self._prefetch_timer.start()
         self.schedule_update()
 
     def start_prefetch(self) -> None:
         """Embed the current slice now and its neighbours after it, in the background."""
-        image = self.editor.usable_image(tell=False)
-        if image is None or self.session is None or self.propagation.running:
+        image, jobs = self.editor.usable_image(tell=False), self.jobs
+        if image is None or jobs.session is None or jobs.propagation.running:
             return
         if L.is_volume(image) and not L.plane_axes_displayed(self.viewer, image):
             self.feedback.set("Show the image's (Y,X) planes (dims order) to segment slice by slice.")
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.prefetcher.request(self.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+        jobs.prefetcher.request(jobs.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
 
     def embed_volume(self) -> None:
         """Embed every slice in the background (press again to stop); loads the model first if needed."""
-        if self.volume.running:
-            self.volume.cancel()
+        if self.jobs.volume.running:
+            self.jobs.volume.cancel()
             return
-        if self.image_layer() is None:
+        if self.layers.image() is None:
             self.feedback.problem("Open or choose an image layer first (the Image field above).")
             return
         image = self.editor.usable_image()
         if image is None:
             return
-        if self.session is None:
+        if self.jobs.session is None:
             self._volume_wanted = True
             self._load_on_first_need()
             return
         n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        self.volume.start(self.session, self._source(image), n_slices)
-        self.embed_button.setText("Stop embedding")
+        self.jobs.volume.start(self.jobs.session, self._source(image), n_slices)
+        self.form.embed_button.setText("Stop embedding")
 
     def _on_volume_finished(self, completed: bool) -> None:
         try:
-            self.embed_button.setText("Embed volume")
+            self.form.embed_button.setText("Embed volume")
         except RuntimeError:  # the widget was closed meanwhile
             return
         if completed:
-            where = f", kept in {self.cache_folder.path()}" if self.cache_folder.path() else ""
-            self.feedback.set(f"All {self.volume.total} slices are embedded{where}.")
+            where = f", kept in {self.form.cache_folder.path()}" if self.form.cache_folder.path() else ""
+            self.feedback.set(f"All {self.jobs.volume.total} slices are embedded{where}.")
 
     def _on_cache_folder_changed(self, text: str) -> None:
-        if self.session is not None:
-            self.session.cache.directory = Path(text.strip()) if text.strip() else None
+        if self.jobs.session is not None:
+            self.jobs.session.cache.directory = Path(text.strip()) if text.strip() else None
 
     # ============================================================================ feedback
     def _refresh_activity(self) -> None:
@@ -464,8 +442,8 @@ class SegmentWidget(QWidget):
         loading = [f"Loading {self.model_panel.load_run.name}…"] if self.model_panel.loading else []
         parts = loading + self.jobs.activity()
         try:
-            self.activity.setText(" · ".join(parts))
-            self.activity.setVisible(bool(parts))
+            self.form.activity.setText(" · ".join(parts))
+            self.form.activity.setVisible(bool(parts))
         except RuntimeError:  # the widget was closed while a worker finished
             pass
 
@@ -477,7 +455,7 @@ class SegmentWidget(QWidget):
         self.editor.drop_preview()  # closing the widget must not leave an uncommitted preview in the labels
         self.feedback.unwatch_commit()
         self.jobs.stop()
-        self.autosave.wait(10)  # the last commit's recovery copy is on disk before the widget goes
+        self.recovery.autosave.wait(10)  # the last commit's recovery copy is on disk before the widget goes
 
     def release(self) -> None:
         """Stop all work and stop listening to the viewer, its layers, its keys and the model hub."""
