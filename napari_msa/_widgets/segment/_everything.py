@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from .. import _layers as L
+from .. import _layers
 from .._workers import CancellableRun, Failure, ImageFeed, ImageSource
 
 if TYPE_CHECKING:  # annotations only: importing this module must not load torch
@@ -64,7 +64,7 @@ def show_candidates(viewer, image: Image, z: int | None, plane: np.ndarray) -> L
     name = candidates_name(image)
     layer = next((ly for ly in viewer.layers if isinstance(ly, Labels) and ly.name == name), None)
     if layer is None:
-        layer = viewer.add_layer(L.new_labels(image))
+        layer = viewer.add_layer(_layers.new_labels(image))
         layer.name = name
         layer.opacity = 0.45
     data = layer.data
@@ -106,18 +106,18 @@ class EverythingTool:
         if jobs.session is None:
             self.need_model()
             return
-        z = L.current_plane(self.viewer, image)
+        z = _layers.current_plane(self.viewer, image)
         jobs.prefetcher.stop()
         jobs.everything.start(jobs.session, self.source(image), z)
-        where = f" on slice {z}" if L.is_volume(image) else ""
+        where = f" on slice {z}" if _layers.is_volume(image) else ""
         self.feedback.set(f"Segmenting everything{where} (a grid of clicks, up to a minute on a CPU); press "
                           "'Segment everything' again to cancel.")
 
     def found(self, z: int, plane: np.ndarray, count: int) -> None:
         image = self.editor.usable_image(tell=False)
-        if image is None or plane.shape != L.spatial_shape(image)[-2:]:
+        if image is None or plane.shape != _layers.spatial_shape(image)[-2:]:
             return  # the image changed meanwhile: the candidates answer another one
-        layer = show_candidates(self.viewer, image, z if L.is_volume(image) else None, plane)
+        layer = show_candidates(self.viewer, image, z if _layers.is_volume(image) else None, plane)
         if id(layer) not in self._clickable:
             layer.mouse_drag_callbacks.append(self._clicked)
             self._clickable.add(id(layer))
@@ -136,7 +136,7 @@ class EverythingTool:
         image = self.editor.usable_image()
         if image is None:
             return
-        z = L.current_plane(self.viewer, image) if L.is_volume(image) else None
+        z = _layers.current_plane(self.viewer, image) if _layers.is_volume(image) else None
         self._keep(layer, image, {z: int(value)})
 
     def keep_all(self) -> None:
@@ -146,7 +146,7 @@ class EverythingTool:
         if layer is None:
             self.feedback.tell("No candidates to keep: press 'Segment everything' first.")
             return
-        if L.is_volume(image):
+        if _layers.is_volume(image):
             picks = [(z, int(v)) for z in range(layer.data.shape[0]) for v in np.unique(layer.data[z]) if v]
         else:
             picks = [(None, int(v)) for v in np.unique(layer.data) if v]
@@ -160,7 +160,7 @@ class EverythingTool:
             return 0
         try:
             writer = self.editor.ensure_writer()
-        except L.PromptError as exc:
+        except _layers.PromptError as exc:
             self.feedback.problem(str(exc))
             return 0
         if writer is None:

@@ -16,10 +16,10 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QSpinBox
 
-from .. import _layers as L
+from .. import _layers
 from .._feedback import Feedback
 from .._workers import ImageSource, predict_planes
-from . import _segment_layers as S
+from . import _segment_layers
 from ._jobs import SegmentJobs
 from ._labels_writer import LabelsWriter
 from .object_draft import ObjectDraft
@@ -30,7 +30,7 @@ CANDIDATES = 3  # SAM's masks for an ambiguous prompt
 class ObjectEditor:
     """One object at a time: its draft, and the writer that shows it in the labels layer until it is committed."""
 
-    def __init__(self, viewer, layers: S.SegmentLayers, feedback: Feedback, object_id: QSpinBox,
+    def __init__(self, viewer, layers: _segment_layers.SegmentLayers, feedback: Feedback, object_id: QSpinBox,
                  overwrite: QCheckBox, refine: QCheckBox, source: Callable[[Image], ImageSource],
                  need_model: Callable[[], None], schedule: Callable[[], None]) -> None:
         self.viewer = viewer
@@ -54,8 +54,8 @@ class ObjectEditor:
         image = self.layers.image()
         if image is not None:
             try:
-                L.check_image(image)
-            except L.PromptError as exc:
+                _layers.check_image(image)
+            except _layers.PromptError as exc:
                 if tell:
                     self.feedback.problem(str(exc))
                 return None
@@ -78,8 +78,8 @@ class ObjectEditor:
             predictions.invalidate()  # what is in flight answers prompts the user is fixing
             return
         try:
-            prompts, ignored = L.collect_prompts(image, self.layers.points(), self.layers.shapes())
-        except L.PromptsChanging:
+            prompts, ignored = _layers.collect_prompts(image, self.layers.points(), self.layers.shapes())
+        except _layers.PromptsChanging:
             predictions.invalidate()
             self.schedule()
             return
@@ -87,7 +87,7 @@ class ObjectEditor:
         if prompts and self.jobs.session is not None and self.writer is None:
             try:  # the request needs the labels layer when refining (the object as committed)
                 self.ensure_writer()
-            except L.PromptError as exc:
+            except _layers.PromptError as exc:
                 self.feedback.problem(str(exc))
                 return
         prompts = {z: self._request(z, p) for z, p in prompts.items()} if self.writer is not None else prompts
@@ -104,12 +104,13 @@ class ObjectEditor:
             return
         try:
             self.ensure_writer()
-        except L.PromptError as exc:
+        except _layers.PromptError as exc:
             self.feedback.problem(str(exc))
             return
         todo = {z: prompts[z] for z in update.todo}
         self.ambiguous = {z: p.candidate for z, p in todo.items() if p.ambiguous}
-        job = partial(predict_planes, self.jobs.session, self.jobs.feed, self.source(image), L.is_volume(image), todo)
+        job = partial(predict_planes, self.jobs.session, self.jobs.feed, self.source(image), _layers.is_volume(image),
+                      todo)
         self.draft.sent(predictions.submit(job), update.todo)
 
     def predicted(self, request: int, result: dict[int, tuple[np.ndarray, float]]) -> None:
@@ -122,7 +123,7 @@ class ObjectEditor:
         masks = self.draft.answered(request, {z: mask for z, (mask, _score) in result.items()})
         painted = self._paint(masks)
         self.jobs.prefetch_windows(sorted(result))
-        where = "" if not L.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
+        where = "" if not _layers.is_volume(self.layers.image()) else f"slice {', '.join(map(str, sorted(result)))}: "
         scores = ", ".join(f"{s:.2f}" for _, s in result.values())
         choice = [f"mask {self.ambiguous[z] + 1} of {CANDIDATES}" for z in result if z in self.ambiguous]
         hint = f"; {choice[0]} for this click (N: next)" if len(choice) == 1 else ""
@@ -132,7 +133,7 @@ class ObjectEditor:
                      "objects' to take them)")
         self.feedback.result(f"Object {self.object_id.value()} — {where}{painted} px, predicted IoU {scores}{hint}")
 
-    def _request(self, z: int, prompts: L.PlanePrompts) -> L.PlanePrompts:
+    def _request(self, z: int, prompts: _layers.PlanePrompts) -> _layers.PlanePrompts:
         """The slice's prompts as the engine gets them: with the mask the user chose for a lone click, and when
         refining, the object as committed there (the engine's rule decides how either joins the clicks)."""
         refining = self.refine.isChecked() and self.writer is not None
@@ -150,10 +151,10 @@ class ObjectEditor:
         if image is None or self.jobs.session is None:
             self.feedback.tell("Click on an object first; N then shows the model's other masks for that click.")
             return
-        z = L.current_plane(self.viewer, image)
+        z = _layers.current_plane(self.viewer, image)
         try:
-            prompts, _ = L.collect_prompts(image, self.layers.points(), self.layers.shapes())
-        except L.PromptsChanging:
+            prompts, _ = _layers.collect_prompts(image, self.layers.points(), self.layers.shapes())
+        except _layers.PromptsChanging:
             return
         plane = prompts.get(z)
         if plane is None or not self._request(z, plane).ambiguous:
@@ -199,9 +200,9 @@ class ObjectEditor:
         labels, made = self.layers.labels_to_write(image)
         if made:
             self.object_id.setValue(1)
-        L.check_labels(labels, image)
+        _layers.check_labels(labels, image)
         if self.writer is None or self.writer.layer != labels:
-            self.writer = LabelsWriter(labels, L.is_volume(image), made)
+            self.writer = LabelsWriter(labels, _layers.is_volume(image), made)
         labels.selected_label = self.object_id.value()
         return self.writer
 
@@ -239,7 +240,7 @@ class ObjectEditor:
         before = {z: writer.committed(z, obj) for z in masks} if refined else {}
         written = writer.commit(masks, obj, self.overwrite.isChecked(), self.refine.isChecked())
         self.on_written()
-        S.clear_prompts(self.layers.points(), self.layers.shapes())
+        _segment_layers.clear_prompts(self.layers.points(), self.layers.shapes())
         if refined:  # the user is fixing this object: stay on it
             writer.layer.selected_label = obj
             self.feedback.outcome(f"Refined object {obj} ({written} px); still on object {obj} (set Object id for "
@@ -292,7 +293,7 @@ class ObjectEditor:
             self.writer.clear()
         self.draft.drop()
         self.choices.clear()
-        S.clear_prompts(self.layers.points(), self.layers.shapes())
+        _segment_layers.clear_prompts(self.layers.points(), self.layers.shapes())
         self.feedback.outcome(f"Cleared; segmenting object {self.object_id.value()}.")
 
     def propagate(self) -> None:
@@ -302,7 +303,7 @@ class ObjectEditor:
             propagation.cancel()  # the activity line says "Cancelling…" until the worker stops
             return
         image = self.layers.image()
-        if image is None or not L.is_volume(image):
+        if image is None or not _layers.is_volume(image):
             self.feedback.tell("Propagation needs a (Z,Y,X) volume image.")
             return
         if self.jobs.session is None:
@@ -310,10 +311,10 @@ class ObjectEditor:
             return
         try:
             writer = self.ensure_writer()
-        except L.PromptError as exc:
+        except _layers.PromptError as exc:
             self.feedback.problem(str(exc))
             return
-        z, obj = L.current_plane(self.viewer, image), self.object_id.value()
+        z, obj = _layers.current_plane(self.viewer, image), self.object_id.value()
         mask = self.draft.seed(z, np.asarray(writer.layer.data[z]) == obj)
         if mask is None:
             self.feedback.tell(f"Object {obj} is empty on slice {z}; segment it there first.")
@@ -346,6 +347,6 @@ def _span(planes) -> str:
     return f"slice {planes[0]}" if len(planes) == 1 else f"slices {planes[0]}–{planes[-1]}"
 
 
-def _first_click(prompts: L.PlanePrompts) -> tuple:
+def _first_click(prompts: _layers.PlanePrompts) -> tuple:
     """The click an interaction starts from: the mask chosen for it holds while later clicks correct it."""
     return tuple(np.round(prompts.points[0], 3)), int(prompts.labels[0])

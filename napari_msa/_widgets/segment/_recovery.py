@@ -14,8 +14,8 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_msa.recovery import Recovered, RecoveryFile, image_key
 
-from .. import _layers as L
-from . import _segment_layers as S
+from .. import _layers
+from . import _segment_layers
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RecoveryOffer(QWidget):
 
 def unheld(recovered: Recovered | None, image: Image, layers) -> bool:
     """The recovered labels fit the image and no labels layer holds them already (e.g. opened from a file)."""
-    if recovered is None or tuple(recovered.labels.shape) != L.spatial_shape(image):
+    if recovered is None or tuple(recovered.labels.shape) != _layers.spatial_shape(image):
         return False
     return not any(isinstance(ly, Labels) and ly.data.shape == recovered.labels.shape
                    and np.array_equal(np.asarray(ly.data), recovered.labels) for ly in layers)
@@ -146,12 +146,12 @@ class RecoveryKeeper:
         recovered = self.row.recovered
         if image is None or recovered is None:
             return None
-        labels = S.own_labels(self.viewer, image)
+        labels = _segment_layers.own_labels(self.viewer, image)
         if labels is not None and not np.any(labels.data):
             labels.data = recovered.labels.astype(labels.data.dtype, copy=False)
         else:
             had_own = labels is not None
-            labels = S.add_labels_below(self.viewer, image, self.prompts())
+            labels = _segment_layers.add_labels_below(self.viewer, image, self.prompts())
             labels.data = recovered.labels
             if had_own:
                 labels.name = f"{image.name} labels (recovered)"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from .. import _layers as L
+from .. import _layers
 from .._controls import LayerChoice
 
 NEW = "(new)"  # a layer field's choice: the image's own layer, made when needed
@@ -26,14 +26,14 @@ def own_prompt_layer(viewer, image: Image, kind: type) -> Points | Shapes:
 
     Boxes go below the points, so a click on a point is never taken by a rectangle's edge.
     """
-    name = L.prompt_points_name(image) if kind is Points else L.prompt_boxes_name(image)
+    name = _layers.prompt_points_name(image) if kind is Points else _layers.prompt_boxes_name(image)
     layer = next((ly for ly in viewer.layers if isinstance(ly, kind) and ly.name == name), None)
     if layer is not None:
         return layer
     active = viewer.layers.selection.active
-    layer = viewer.add_layer(L.new_prompt_points(image) if kind is Points else L.new_prompt_boxes(image))
-    points = viewer.layers[L.prompt_points_name(image)] if kind is Shapes and \
-        L.prompt_points_name(image) in viewer.layers else None
+    layer = viewer.add_layer(_layers.new_prompt_points(image) if kind is Points else _layers.new_prompt_boxes(image))
+    points = viewer.layers[_layers.prompt_points_name(image)] if kind is Shapes and \
+        _layers.prompt_points_name(image) in viewer.layers else None
     if points is not None:
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(points))
     if active is not None and kind is Shapes:
@@ -50,7 +50,7 @@ def own_labels(viewer, image: Image) -> Labels | None:
 def add_labels_below(viewer, image: Image, prompts: list) -> Labels:
     """A new '<image> labels' layer, drawn under the prompt layers; the selected layer stays selected."""
     active = viewer.layers.selection.active
-    labels = viewer.add_layer(L.new_labels(image))
+    labels = viewer.add_layer(_layers.new_labels(image))
     above = [viewer.layers.index(ly) for ly in prompts if ly is not None and ly in viewer.layers]
     if above:  # keep the prompts drawn above the masks
         viewer.layers.move(viewer.layers.index(labels), min(above))
@@ -150,7 +150,7 @@ class SegmentLayers:
 
     def own_boxes_name(self) -> str | None:
         image = self.image()
-        return None if image is None else L.prompt_boxes_name(image)
+        return None if image is None else _layers.prompt_boxes_name(image)
 
     def in_use(self, layer) -> bool:
         return layer in (self.image(), self.labels(), self.points(), self.shapes())

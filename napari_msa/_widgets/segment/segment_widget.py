@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QLabel, QLayout, QVBoxLayout, QWidget
 
 from napari_msa.engine import catalog
 
-from .. import _layers as L
+from .. import _layers
 from .._controls import ScrollPanel
 from .._docking import TabWithSiblings
 from .._feedback import Feedback
@@ -29,7 +29,7 @@ from .._hub import ViewerLink, hub_for
 from .._model_panel import ModelPanel
 from .._normalization import normalization
 from .._workers import ImageSource, ensure_thread_capacity
-from . import _segment_layers as S
+from . import _segment_layers
 from ._everything import EverythingTool
 from ._form import SegmentForm
 from ._jobs import SegmentJobs
@@ -107,10 +107,10 @@ class SegmentWidget(QWidget):
                                   (self.viewer.dims.events.current_step, self._on_slice_changed)):
             self.link.connect(emitter, callback)
         actions = partial(_key_action, self)
-        self.prompts = S.PromptFollower(self._on_prompts_changed, actions)
-        S.bind_keys(self.viewer, actions)
+        self.prompts = _segment_layers.PromptFollower(self._on_prompts_changed, actions)
+        _segment_layers.bind_keys(self.viewer, actions)
         self.link.on_release(self.prompts.release)
-        self.link.on_release(partial(S.unbind_keys, self.viewer))
+        self.link.on_release(partial(_segment_layers.unbind_keys, self.viewer))
 
         self.layers.refresh()
         self._on_image_chosen()
@@ -133,7 +133,8 @@ class SegmentWidget(QWidget):
         self.form = f = SegmentForm(root, type(self).__doc__)  # the fields below: image and prompts, output, keys
         root.addWidget(self.status)
         root.addStretch(1)
-        self.layers = S.SegmentLayers(self.viewer, f.image_choice, f.points_choice, f.shapes_choice, f.labels_choice)
+        self.layers = _segment_layers.SegmentLayers(self.viewer, f.image_choice, f.points_choice, f.shapes_choice,
+                                                    f.labels_choice)
 
     def _connect_form(self) -> None:
         """The form's fields and buttons act on this widget."""
@@ -260,7 +261,7 @@ class SegmentWidget(QWidget):
     def _tell_ready(self, image: Image) -> None:
         if self.hub.model is not None:
             self.feedback.set(f"Ready: click on an object in '{image.name}' (T for negative points), or drag a box "
-                              f"in '{L.prompt_boxes_name(image)}'.")
+                              f"in '{_layers.prompt_boxes_name(image)}'.")
         elif self.model_panel.loading:
             self.feedback.set(f"Click on an object in '{image.name}' to segment it (T for negative points); the "
                               "model is loading and answers as soon as it is there.")
@@ -328,12 +329,12 @@ class SegmentWidget(QWidget):
         if points is None:
             self.feedback.tell("Choose a prompt points layer first.")
             return
-        L.toggle_positive(points)
+        _layers.toggle_positive(points)
         self._show_sign()
 
     def _show_sign(self) -> None:
         points = self.layers.points()
-        positive = True if points is None else L.new_points_positive(points)
+        positive = True if points is None else _layers.new_points_positive(points)
         self.form.sign_button.setText("positive (T)" if positive else "negative (T)")
         background, text = SIGN_COLORS[positive]  # the points' own colour, with text readable on it
         self.form.sign_button.setStyleSheet(f"QPushButton {{ background-color: {background}; color: {text}; "
@@ -383,7 +384,7 @@ class SegmentWidget(QWidget):
     # ============================================================================ slices and embeddings
     def _on_slice_changed(self, event=None) -> None:
         image = self.layers.image()
-        if image is not None and L.is_volume(image):
+        if image is not None and _layers.is_volume(image):
             self._prefetch_timer.start()
 
     def _on_normalization_changed(self, *_) -> None:
@@ -398,11 +399,11 @@ class SegmentWidget(QWidget):
         image, jobs = self.editor.usable_image(tell=False), self.jobs
         if image is None or jobs.session is None or jobs.propagation.running:
             return
-        if L.is_volume(image) and not L.plane_axes_displayed(self.viewer, image):
+        if _layers.is_volume(image) and not _layers.plane_axes_displayed(self.viewer, image):
             self.feedback.set("Show the image's (Y,X) planes (dims order) to segment slice by slice.")
             return
-        n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
-        jobs.prefetcher.request(jobs.session, self._source(image), L.current_plane(self.viewer, image), n_slices)
+        n_slices = _layers.spatial_shape(image)[0] if _layers.is_volume(image) else 1
+        jobs.prefetcher.request(jobs.session, self._source(image), _layers.current_plane(self.viewer, image), n_slices)
 
     def embed_volume(self) -> None:
         """Embed every slice in the background (press again to stop); loads the model first if needed."""
@@ -419,7 +420,7 @@ class SegmentWidget(QWidget):
             self._volume_wanted = True
             self._load_on_first_need()
             return
-        n_slices = L.spatial_shape(image)[0] if L.is_volume(image) else 1
+        n_slices = _layers.spatial_shape(image)[0] if _layers.is_volume(image) else 1
         self.jobs.volume.start(self.jobs.session, self._source(image), n_slices)
         self.form.embed_button.setText("Stop embedding")
 
