@@ -1,12 +1,13 @@
 """Few-shot adapter tuning from an annotator's labels: ``tune(model, images, labels)``.
 
-Every labelled slice and object id becomes a training pair (``tuning_data``; one frame for pixels, points and
-masks, as the session's); some slices (or objects) are held out; the adapters (optionally the mask decoder) train
-on sessions simulated as an annotator clicks (``tuning_step``; a first click or a jittered box, then corrections
-at the largest error) under the model's interaction rule, with held-out Dice after every epoch and early stopping
-that keeps the best weights (``tuning_loop``, ``held_out``). Frozen first blocks are computed once per slice and
-augmentation (``prefix_cache``). A fixed seed reproduces a run; a cancel or an error leaves the model as it was (a
-copy is tuned, or with ``inplace=True`` the trainable weights are restored).
+Every labelled slice and object id becomes a training pair (``data``; one frame for pixels, points and masks, as
+the session's); some slices (or objects) are held out; the adapters (optionally the mask decoder) train on
+sessions simulated as an annotator clicks (``step``; a first click or a jittered box, then corrections at the
+largest error) under the model's interaction rule, with held-out checks during the run and early stopping; the
+best check's weights, or the smallest part of their change that scores as well, are kept (``loop``,
+``held_out``). Frozen first blocks are computed once per slice and augmentation (``prefix_cache``). A fixed seed
+reproduces a run; a cancel or an error leaves the model as it was (a copy is tuned, or with ``inplace=True`` the
+trainable weights are restored).
 """
 
 from __future__ import annotations

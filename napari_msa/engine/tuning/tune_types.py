@@ -17,7 +17,7 @@ class TuneConfig:
     """How tuning runs (stored in the adapter file's metadata). The defaults are the few-shot case the Tune
     widget exists for, measured in benchmarks/tuning_gain.py: 1-8 labelled slices, 2-20 objects."""
 
-    steps: int | None = None  # optimiser steps; None: scaled to the data and the model (tuning_budget)
+    steps: int | None = None  # optimiser steps; None: scaled to the data and the model (budget)
     lr: float = 1e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01
     batch_size: int | None = None  # objects of one slice per sample; None: the model's budget (4, or 8 if light)
@@ -50,7 +50,7 @@ class TuneConfig:
     # development volumes (benchmarks/tuning_gain.py, seeds 7001-7008), where no accepted run lost more.
     accept_margin: float = 0.01
     # Besides the best check's weights, these shares of its change from the start are checked, and the smallest
-    # change that scores as well is kept (tuning_loop.BestWeights.restore); () keeps the best check's weights.
+    # change that scores as well is kept (loop.BestWeights.restore); () keeps the best check's weights.
     blends: tuple[float, ...] = (0.5, 0.75)
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
     min_steps_share: float = 0.5  # no early stop before this share of the steps: zero-initialised adapters
