@@ -21,7 +21,7 @@ import torch
 from _harness import machine_line
 
 from napari_msa import Normalization, Session, load_model
-from napari_msa.evaluation.clicks import next_click
+from napari_msa.engine.prompts.geometry import next_click
 from napari_msa.evaluation.devset import load_devset
 
 

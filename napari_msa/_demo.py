@@ -91,8 +91,7 @@ def _annotate(segment, points, truth: np.ndarray, z: int | None, timeout_s: floa
     """Click on one object as the field's automatic annotator does (evaluation.clicks: the first click at its
     deepest pixel, then at most two corrections in the larger error region, negative where the mask spills),
     through the widget's points layer; returns the clicks made, None when a prediction did not finish."""
-    from napari_msa.engine.prompts.geometry import dice
-    from napari_msa.evaluation.clicks import next_click
+    from napari_msa.engine.prompts.geometry import dice, next_click
 
     mask = np.zeros_like(truth)
     for clicks in range(1, MAX_DEMO_CLICKS + 1):

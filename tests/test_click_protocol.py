@@ -7,7 +7,8 @@ import pytest
 from segment_support import disk
 
 from napari_msa import Session
-from napari_msa.evaluation.clicks import ClickSession, next_click, run_session, summarize
+from napari_msa.engine.prompts.geometry import next_click
+from napari_msa.evaluation.clicks import ClickSession, run_session, summarize
 
 SHAPE = (40, 60)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_msa.engine.prompts.geometry import dice, next_click
+from napari_msa.engine.prompts.geometry import automatic_clicks, dice
 
 NOC_CAP = 20  # the usual convention: a session that never reaches the threshold counts as 20 clicks
 STEP_LOSS = 0.05  # a click step that loses more Dice than this counts as a step that made things worse
@@ -39,25 +39,20 @@ def run_session(session, truth: np.ndarray, *, z: int | None = None, max_clicks:
     """Click as the automatic annotator does through ``session.predict`` (one call per click, as the widget
     and a script do), for ``curve_clicks`` clicks and then until Dice reaches ``stop_at`` or ``max_clicks``."""
     truth = np.asarray(truth, dtype=bool)
-    points: list[np.ndarray] = []
-    labels: list[int] = []
-    mask = np.zeros_like(truth)
     out = ClickSession([])
-    while len(points) < max_clicks:
-        click = next_click(mask, truth)
-        if click is None:
-            break
-        points.append(click[0])
-        labels.append(click[1])
-        pts = np.array(points) if z is None else np.column_stack([np.full(len(points), z), np.array(points)])
-        mask, _ = session.predict(points=pts, labels=labels)
+
+    def predict(points: np.ndarray, labels: list[int]) -> np.ndarray:
+        pts = points if z is None else np.column_stack([np.full(len(points), z), points])
+        return session.predict(points=pts, labels=labels)[0]
+
+    for n, mask in enumerate(automatic_clicks(predict, truth, max_clicks), start=1):
         out.dice.append(dice(mask, truth))
-        if len(points) == 1:
+        if n == 1:
             answer = session.last_prediction
             if answer is not None and len(answer.scores) > 1:
                 out.first_candidates = [dice(m, truth) for m in answer.masks]
                 out.first_choice_best = out.first_candidates[answer.chosen] >= max(out.first_candidates) - 1e-9
-        if len(points) >= curve_clicks and out.dice[-1] >= stop_at:
+        if n >= curve_clicks and out.dice[-1] >= stop_at:
             break
     if not out.dice:  # cannot happen for a non-empty truth; kept so a caller never divides by zero
         out.dice.append(0.0)

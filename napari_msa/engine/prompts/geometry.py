@@ -7,6 +7,8 @@ Coordinates are numpy's: (row, col), boxes (min_row, min_col, max_row, max_col) 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 from scipy import ndimage
 
@@ -93,6 +95,25 @@ def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | 
     positive = d_missed.max() >= d_spilled.max()
     depth = d_missed if positive else d_spilled
     return np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64), int(positive)
+
+
+def automatic_clicks(predict: Callable[[np.ndarray, list[int]], np.ndarray], truth: np.ndarray,
+                     max_clicks: int) -> Iterator[np.ndarray]:
+    """The automatic annotator's session on ``truth``: each click (``next_click`` on the mask shown) goes with all
+    the earlier ones to ``predict(points, labels) -> mask``, one call per click as the widget makes them; yields
+    the mask after each click, until ``max_clicks`` or an exact mask (the caller may stop earlier)."""
+    truth = np.asarray(truth, dtype=bool)
+    points: list[np.ndarray] = []
+    labels: list[int] = []
+    mask = np.zeros_like(truth)
+    while len(points) < max_clicks:
+        click = next_click(mask, truth)
+        if click is None:
+            return
+        points.append(click[0])
+        labels.append(click[1])
+        mask = predict(np.array(points), list(labels))
+        yield mask
 
 
 def components(labels: np.ndarray, min_area: int) -> list[np.ndarray]:

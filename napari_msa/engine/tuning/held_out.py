@@ -18,7 +18,7 @@ from ..inference.decoding import decode, upscale_logits
 from ..inference.session import Session
 from ..model.msa_model import MSAModel
 from ..network.preprocessing import Normalization
-from ..prompts.geometry import dice, interior_click, mask_box, next_click
+from ..prompts.geometry import automatic_clicks, dice, interior_click, mask_box
 from . import distributed
 from .data import Pair, TrainingSlice
 from .step import StepModule
@@ -66,15 +66,8 @@ class AnnotatorSessions:
             session.set_image(self.slices[slice_id].rgb, rgb=True)
         out = []
         for truth in truths:
-            mask, points, labels = np.zeros_like(truth), [], []
-            for _ in range(clicks):
-                click = next_click(mask, truth)
-                if click is None:
-                    break
-                points.append(click[0])
-                labels.append(click[1])
-                mask, _ = session.predict(points=np.array(points), labels=labels)
-            out.append(dice(mask, truth))
+            masks = list(automatic_clicks(lambda p, lab: session.predict(points=p, labels=lab)[0], truth, clicks))
+            out.append(dice(masks[-1] if masks else np.zeros_like(truth), truth))
         return out
 
 
