@@ -73,6 +73,7 @@ def test_a_source_voxel_index_maps_to_the_display_voxel_holding_it(tmp_path, cod
     for ijk in [(0, 0, 0), tuple(s - 1 for s in source.shape), (3, 17, 9), (20, 1, 24)]:
         ijk = tuple(min(v, s - 1) for v, s in zip(ijk, source.shape))
         assert image.data[image.geometry.display_index(ijk)] == values[ijk]
+        assert image.geometry.source_index(image.geometry.display_index(ijk)) == ijk  # and back (a client's clicks)
 
 
 def test_a_one_slice_file_maps_voxel_indices_to_rows_and_columns(tmp_path):
@@ -82,8 +83,11 @@ def test_a_one_slice_file_maps_voxel_indices_to_rows_and_columns(tmp_path):
     assert image.data.ndim == 2
     for ijk in [(0, 0, 0), (11, 6, 0), (4, 2, 0)]:
         assert image.data[image.geometry.display_index(ijk)] == values[ijk]
+        assert image.geometry.source_index(image.geometry.display_index(ijk)) == ijk
     with pytest.raises(MedicalIOError, match="i, j, k"):
         image.geometry.display_index((1, 2))
+    with pytest.raises(MedicalIOError, match="2 values"):
+        image.geometry.source_index((1, 2, 3))
 
 
 def test_4d_nifti_puts_time_first_and_scaled_nifti_gives_values():

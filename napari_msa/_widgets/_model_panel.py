@@ -2,17 +2,20 @@
 
 The model itself lives in the viewer's hub (``_hub``), so the Segment and Tune widgets always show the same
 one. Loading runs on a napari worker, and that is where torch is first imported: building the panel needs
-no engine at all (``engine.catalog`` holds what it offers before a model exists, torch-free).
+no engine at all (``engine.catalog`` holds what it offers before a model exists, torch-free). With a Server
+address the "model" is a MONAI Label server running napari-msa's app (``napari_msa.remote``): connecting checks
+it on a worker and loads nothing here.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QFormLayout, QLabel, QLineEdit, QPushButton
 
 from napari_msa.engine import catalog
 
@@ -38,6 +41,15 @@ RUNTIME_TIP = ("Where the image encoder runs on a CPU. auto: OpenVINO (the same 
                "the background while torch answers; later runs read the saved graph.")
 
 
+SERVER_ENV = "NAPARI_MSA_SERVER"  # the Server field's default (e.g. a lab's server); empty: this machine
+TOKEN_ENV = "NAPARI_MSA_SERVER_TOKEN"  # the Token field's default, so a token need not be typed or shown
+SERVER_TIP = ("A MONAI Label server running napari-msa's app (README, 'Team server'), e.g. http://127.0.0.1:8000: "
+              "images go up once, clicks and boxes go to the server and masks come back here. Empty: the model "
+              f"above runs on this machine. ${SERVER_ENV} fills it in.")
+TOKEN_TIP = (f"The bearer token, when the server has MONAI Label's auth on; ${TOKEN_ENV} fills it in. Sent as "
+             "'Authorization: Bearer <token>' to that server only.")
+
+
 class ModelPanel:
     """The model line (``label``) and, with ``chooser``, a foldable Model section to load another model.
 
@@ -52,6 +64,7 @@ class ModelPanel:
         self.empty_text = empty_text
         self.on_change = on_change
         self.load_run = ModelLoad(self.hub.set_model, self._load_failed, on_change=self._load_changed)
+        self._load_next = False  # another model (or a server) was asked for while one was loading
         self.label = QLabel()
         self.label.setWordWrap(True)  # outside the section: a wrapped label inside squeezes the form
         self.section: Section | None = None
@@ -102,10 +115,32 @@ class ModelPanel:
         self.runtime_combo.setCurrentText(catalog.setting_or_auto(catalog.RUNTIMES, catalog.RUNTIME_ENV))
         self.runtime_combo.setToolTip(RUNTIME_TIP)
         form.addRow("Runtime", self.runtime_combo)
+        self.server = QLineEdit(os.environ.get(SERVER_ENV, ""))
+        self.server.setPlaceholderText("empty: this machine; or http://host:8000")
+        self.server.setToolTip(SERVER_TIP)
+        self.server.setClearButtonEnabled(True)
+        self.server.textChanged.connect(self._name_load_button)
+        self.server.textChanged.connect(self._load_changed)
+        form.addRow("Server", self.server)
+        self.token = QLineEdit(os.environ.get(TOKEN_ENV, ""))
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("only if the server asks for one")
+        self.token.setToolTip(TOKEN_TIP)
+        form.addRow("Token", self.token)
         self.load_button = QPushButton("Load model")
-        self.load_button.setToolTip("Load on a background thread; the Tune widget shares the loaded model")
         self.load_button.clicked.connect(self.load)
         form.addRow(self.load_button)
+        self._name_load_button()
+
+    def _name_load_button(self, *_) -> None:
+        remote = bool(self.server_url())
+        self.load_button.setText("Connect to server" if remote else "Load model")
+        self.load_button.setToolTip("Check the server on a background thread; both widgets then use it" if remote
+                                    else "Load on a background thread; the Tune widget shares the loaded model")
+
+    def server_url(self) -> str:
+        """The Server field (empty: the model runs here)."""
+        return self.server.text().strip() if self.section is not None else ""
 
     # ============================================================================ showing the model
     def show(self, model: MSAModel | None) -> None:
@@ -114,7 +149,7 @@ class ModelPanel:
             self.label.setText(self.empty_text())
             return
         self.label.setText(f"Model: {model.describe()}")
-        if self.section is not None:
+        if self.section is not None and not getattr(model, "remote", False):
             self._show_choice(model)
             if not self.section.user_toggled:
                 self.section.set_expanded(False)  # loaded: the line below names it; click Model to change
@@ -142,11 +177,23 @@ class ModelPanel:
 
     # ============================================================================ loading
     def chosen_available(self) -> bool:
-        return self.combo.model().item(self.combo.currentIndex()).isEnabled()
+        return bool(self.server_url()) or self.combo.model().item(self.combo.currentIndex()).isEnabled()
+
+    def chosen_name(self) -> str:
+        """What a load gets: the model's name, or the server's address."""
+        return self.server_url() or self.combo.currentText()
 
     def load(self) -> None:
-        """Load the chosen model on a worker, then share it through the viewer's hub."""
+        """Load the chosen model (or connect to the server) on a worker, then share it through the viewer's hub."""
         if self.loading:
+            if self.chosen_name() != self.load_run.name:  # e.g. a server typed in while the default model loads
+                self.load_run.discard()
+                self._load_next = True  # started when the discarded load ends
+            return
+        url = self.server_url()
+        if url:
+            self.load_run.start(url, {"url": url, "token": self.token.text().strip() or None}, loader=_connect,
+                                verb="Connecting to")
             return
         name = catalog.MODEL_NAMES[self.combo.currentIndex()]
         if name == "demo" and not catalog.demo_model_available():
@@ -167,16 +214,19 @@ class ModelPanel:
         return self.load_run.running
 
     def _load_failed(self, error: BaseException) -> None:
-        self.feedback.report("loading the model", error)
+        self.feedback.report("connecting to the server" if self.server_url() else "loading the model", error)
         if self.section is not None:
             self.section.set_expanded(True)  # show the fields the message names
 
     def _load_changed(self) -> None:
         try:
-            self.load_button.setEnabled(not self.loading)
+            self.load_button.setEnabled(not self.loading or self.chosen_name() != self.load_run.name)
         except RuntimeError:  # the widget was closed while loading
             return
         self.on_change()
+        if self._load_next and not self.loading:
+            self._load_next = False
+            self.load()
 
 
 class ModelLoad(CancellableRun):
@@ -188,12 +238,14 @@ class ModelLoad(CancellableRun):
         super().__init__(on_change)  # on_change: told when a load starts and when it ends
         self.on_loaded = on_loaded
         self.on_error = on_error
-        self.name = ""  # the model being loaded, for the widget's activity line
+        self.name = ""  # the model being loaded (or the server connected to), for the widget's activity line
+        self.verb = "Loading"
 
-    def start(self, name: str, kwargs: dict) -> None:
-        self.name = name
+    def start(self, name: str, kwargs: dict, loader: Callable[..., Any] | None = None, verb: str = "Loading") -> None:
+        """``loader(name, kwargs)`` on a worker (default: the engine's load_model); ``verb`` names it."""
+        self.name, self.verb = name, verb
         token = self._token
-        self._launch(f"MSA: loading {name}", 0, _load, name, kwargs,
+        self._launch(f"MSA: {verb.lower()} {name}", 0, loader or _load, name, kwargs,
                      on_returned=lambda value: self._returned(token, value))
 
     def _returned(self, token: int, value: Any) -> None:
@@ -210,6 +262,14 @@ def _load(name: str, kwargs: dict) -> MSAModel:
 
     _warm_imports()
     return load_model(name, **kwargs)
+
+
+def _connect(url: str, kwargs: dict):
+    """A MONAI Label server's model (``napari_msa.remote``): checked on the worker, nothing loaded here."""
+    from napari_msa.remote import connect
+
+    _warm_imports()
+    return connect(kwargs["url"], kwargs["token"])
 
 
 def _warm_imports() -> None:

@@ -154,6 +154,21 @@ class Geometry:
             out[int(dst)] = n - 1 - ijk[axis] if flip < 0 else ijk[axis]
         return tuple(out[1:]) if self.is_2d else tuple(out)
 
+    def source_index(self, display_index) -> tuple[int, int, int]:
+        """Invert ``display_index``: a display index (z, y, x), or (y, x) for a one-slice image, as the source's
+        (i, j, k): what a MONAI Label server and 3D Slicer expect."""
+        idx = [int(v) for v in display_index]
+        if len(idx) != (2 if self.is_2d else 3):
+            raise MedicalIOError(f"a display index of this {'2D' if self.is_2d else '3D'} image has "
+                                 f"{2 if self.is_2d else 3} values, got {list(display_index)}")
+        if self.is_2d:
+            idx = [0, *idx]
+        out = [0, 0, 0]
+        for axis, (dst, flip) in enumerate(self._to_display_ornt):
+            n = self.source_shape[axis]
+            out[axis] = n - 1 - idx[int(dst)] if flip < 0 else idx[int(dst)]
+        return tuple(out)
+
     def to_display(self, source: np.ndarray) -> np.ndarray:
         """The source array (i, j, k, extra...) in display order, contiguous."""
         if tuple(source.shape) != self.source_shape:

@@ -30,6 +30,14 @@ from export_samples import export  # noqa: E402
 
 os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
 os.environ.setdefault("NAPARI_MSA_RUNTIME", "torch")
+os.environ.setdefault("NAPARI_MSA_PRELOAD", "0")  # widgets connect (or load) when a test says so
+
+
+@pytest.fixture(autouse=True)
+def _own_folders(tmp_path_factory, monkeypatch):
+    """Recovery files and encoder graphs of the widget tests go to folders of their own, never the user's."""
+    monkeypatch.setenv("NAPARI_MSA_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+    monkeypatch.setenv("NAPARI_MSA_GRAPH_DIR", str(tmp_path_factory.mktemp("encoder-graphs")))
 
 START_TIMEOUT_S = 300  # imports of monai/itk and the model load; ~10 s on the 2-core VM when warm
 CONF = {"model": "demo", "device": "cpu", "precision": "fp32", "runtime": "torch", "threads": "1"}

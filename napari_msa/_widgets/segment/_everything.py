@@ -106,6 +106,10 @@ class EverythingTool:
         if jobs.session is None:
             self.need_model()
             return
+        if jobs.remote:
+            self.feedback.tell("Segment everything runs with a model on this machine, not on a server: clear the "
+                               "Server field and load a model for it.")
+            return
         z = _layers.current_plane(self.viewer, image)
         jobs.prefetcher.stop()
         jobs.everything.start(jobs.session, self.source(image), z)

@@ -61,12 +61,27 @@ class SegmentJobs:
         self.volume.cancel()
         self.everything.discard()
         self.feed.forget()
+        old = self.session
         if model is None:
             self.session = None
+        elif getattr(model, "remote", False):  # a MONAI Label server (napari_msa.remote): the model runs there
+            self.session = model.new_session()
         else:
             from napari_msa.engine import Session  # the model is loaded: so is the engine
 
             self.session = Session(model, cache_dir=cache_dir)
+        if getattr(old, "remote", False):
+            self._close_later(old)
+
+    @property
+    def remote(self) -> bool:
+        """The session is on a MONAI Label server: what runs only here (embed volume, everything) says so."""
+        return bool(getattr(self.session, "remote", False))
+
+    @staticmethod
+    def _close_later(session) -> None:
+        """A server session no longer used: its image is removed from the server on a worker (a request)."""
+        create_worker(guarded(session.close), _start_thread=True, _ignore_errors=True)
 
     def drop_results(self) -> None:
         """Results on their way answer layers or prompts that changed: they are never shown."""
@@ -78,6 +93,9 @@ class SegmentJobs:
         self.prefetcher.stop()
         self.volume.cancel()
         self.everything.discard()
+        if self.remote:
+            self._close_later(self.session)
+            self.session = None
 
     @property
     def idle(self) -> bool:

@@ -168,7 +168,8 @@ class SegmentWidget(QWidget):
             self.feedback.problem("No model loaded: choose an available model in the Model field above and press "
                                   "Load model.")
         else:
-            show_info(f"Loading {self.model_panel.combo.currentText()} for your first prompt (once per session)…")
+            verb = "Connecting to" if self.model_panel.server_url() else "Loading"
+            show_info(f"{verb} {self.model_panel.chosen_name()} for your first prompt (once per session)…")
             self.model_panel.load()
 
     def _on_model(self, model: MSAModel | None) -> None:
@@ -255,7 +256,8 @@ class SegmentWidget(QWidget):
         if not PRELOAD or self.hub.model is not None or panel.loading:
             return
         chosen = catalog.MODEL_NAMES[panel.combo.currentIndex()]
-        if panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS or panel.checkpoint.path()):
+        if panel.server_url() or (panel.chosen_available() and (chosen in catalog.BUILTIN_MODELS
+                                                                 or panel.checkpoint.path())):
             panel.load()
 
     def _tell_ready(self, image: Image) -> None:
@@ -420,6 +422,10 @@ class SegmentWidget(QWidget):
             self._volume_wanted = True
             self._load_on_first_need()
             return
+        if self.jobs.remote:
+            self.feedback.tell("The server embeds each slice at your first click on it (and keeps it); Embed volume "
+                               "is for a model on this machine.")
+            return
         n_slices = _layers.spatial_shape(image)[0] if _layers.is_volume(image) else 1
         self.jobs.volume.start(self.jobs.session, self._source(image), n_slices)
         self.form.embed_button.setText("Stop embedding")
@@ -440,7 +446,8 @@ class SegmentWidget(QWidget):
     # ============================================================================ feedback
     def _refresh_activity(self) -> None:
         """The activity line, from what is running now (so it is never stale): empty when nothing runs."""
-        loading = [f"Loading {self.model_panel.load_run.name}…"] if self.model_panel.loading else []
+        run = self.model_panel.load_run
+        loading = [f"{run.verb} {run.name}…"] if self.model_panel.loading else []
         parts = loading + self.jobs.activity()
         try:
             self.form.activity.setText(" · ".join(parts))

@@ -253,6 +253,11 @@ class TuneWidget(QWidget):
             self.feedback.problem(f"Tuning: {err}")
             return
         model = self.hub.model
+        if getattr(model, "remote", False):
+            self.feedback.problem("The model runs on a MONAI Label server: tune it there (its train task msa_tune: "
+                                  "submit final labels, then train; README 'Team server'), or clear the Server field "
+                                  "in Segment (MSA) and load a model to tune here.")
+            return
         if model is None and not catalog.litemedsam_installed():
             self.feedback.problem("No model loaded: load one in the Segment (MSA) widget first, then press Start.")
             return
