@@ -1,5 +1,10 @@
 """Click latency through the MONAI Label server (``make server``) vs the same clicks on ``Session.predict`` here.
 
+Three sides, the same clicks: as 3D Slicer sends them (``server``), through napari-msa's own client
+(``napari client``: ``napari_msa.remote.RemoteSession``, what the Segment widget uses with a Server address; the
+image uploaded once as a MONAI Label session, every click so far in each request), and the model in this process
+(``in-process``, the widget without a server).
+
 Each round is one object on one phantom slice clicked like an annotator in 3D Slicer: a first click deep inside an
 organ, then corrections around it; one request per click, with every click so far, as Slicer's MONAI Label
 extension sends them (POST /infer/msa_2d, multipart params). The slice is encoded once before timing, on both
@@ -32,6 +37,7 @@ from _harness import machine_line
 from napari_msa import Session, load_model
 from napari_msa._sample_data import read_sample
 from napari_msa.medical_io.cli import read_array
+from napari_msa.remote import connect
 
 ORGANS = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 9: "stomach"}
 
@@ -78,7 +84,7 @@ def server_click(url: str, study: str, label: str, clicks, k: int) -> float:
 def summary(name: str, first: list[float], later: list[float]) -> str:
     def ms(v):
         return f"{1000 * statistics.median(v):7.1f} ms (p90 {1000 * float(np.percentile(v, 90)):6.1f})"
-    return f"{name:<12} first click {ms(first)}   later clicks {ms(later)}   n={len(first)}+{len(later)}"
+    return f"{name:<14} first click {ms(first)}   later clicks {ms(later)}   n={len(first)}+{len(later)}"
 
 
 def main() -> None:
@@ -98,19 +104,31 @@ def main() -> None:
     data, _ = read_array(Path(args.studies) / f"{args.study}.nii.gz")
     session = Session(model)
     session.set_image(data)
+    start = time.perf_counter()
+    remote = connect(args.url).new_session()
+    remote.set_image(data)  # the widget does this once per image, on a worker
+    upload_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     rounds = [(f"{name} {r}", *clicks_for(label, args.clicks, rng)) for r in range(2) for label, name in
               ORGANS.items()]
     for _, k, _ in rounds:  # encode each slice once on both sides (not timed)
         session.embedding(k)
         server_click(args.url, args.study, "warm-up", [(0, 0, k, 1)], k)
-    times = {"server": ([], []), "in-process": ([], [])}
+        remote.predict(points=[(k, 0, 0)], labels=[1])  # the uploaded image is a study of its own on the server
+    times = {"server": ([], []), "napari client": ([], []), "in-process": ([], [])}
     # One side after the other: each encodes ahead while its annotator looks, which must not overlap the other's
     # click (on 2 cores it would).
     for name, k, clicks in rounds:
         for n in range(1, len(clicks) + 1):
             times["server"][0 if n == 1 else 1].append(server_click(args.url, args.study, name, clicks[:n], k))
             time.sleep(args.think)  # the server encodes ahead meanwhile
+    for _, _k, clicks in rounds:
+        for n in range(1, len(clicks) + 1):
+            start = time.perf_counter()
+            remote.predict(points=[(c[2], c[1], c[0]) for c in clicks[:n]], labels=[c[3] for c in clicks[:n]])
+            times["napari client"][0 if n == 1 else 1].append(time.perf_counter() - start)
+            time.sleep(args.think)
+    remote.close()
     for _, k, clicks in rounds:
         for n in range(1, len(clicks) + 1):
             start = time.perf_counter()
@@ -119,6 +137,7 @@ def main() -> None:
             start = time.perf_counter()
             session.prefetch_window(k)  # what the widget's idle worker does while the annotator looks
             time.sleep(max(0.0, args.think - (time.perf_counter() - start)))
+    print(f"napari client: image upload (once per image) {upload_s:.2f} s for {data.nbytes / 1e6:.1f} MB")
     for side, (first, later) in times.items():
         print(summary(side, first, later))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
@@ -68,7 +69,7 @@ class Geometry:
             raise MedicalIOError(f"a source shape has three spatial axes, got {self.source_shape}")
 
     # --- the orientation rule ---------------------------------------------------------------------------------
-    @property
+    @cached_property  # (frozen: computed once; a client maps every click through it)
     def _source_ornt(self) -> np.ndarray:
         return io_orientation(self.affine)
 
@@ -86,7 +87,7 @@ class Geometry:
         """The patient direction each display axis increases toward (nibabel axis codes)."""
         return DISPLAY_CODES[self.slice_axis]
 
-    @property
+    @cached_property
     def _to_display_ornt(self) -> np.ndarray:
         return ornt_transform(self._source_ornt, axcodes2ornt(self.codes))
 

@@ -157,10 +157,12 @@ class LabelServer:
     def remove_session(self, session_id: str) -> None:
         self.request("DELETE", f"/session/{quote(session_id)}", timeout=min(self.timeout, INFO_TIMEOUT_S))
 
-    def infer(self, task: str, session_id: str, params: dict, label: Path | None = None) -> tuple[dict, bytes]:
+    def infer(self, task: str, session_id: str, params: dict, label: Path | None = None,
+              timeout: float | None = None) -> tuple[dict, bytes]:
         """POST /infer/<task> on the session's image: the result's params and its label file's bytes."""
         reply = self.request("POST", f"/infer/{quote(task)}", query={"session_id": session_id},
-                             fields={"params": json.dumps(params)}, files={"label": label} if label else None)
+                             fields={"params": json.dumps(params)}, files={"label": label} if label else None,
+                             timeout=timeout)
         parts = multipart_parts(reply.content_type, reply.body)
         if "params" not in parts or "image" not in parts:
             raise ServerError(f"The server {self.url} answered {task} without a label file ({sorted(parts)})")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TASK_2D = "msa_2d"
 TASK_3D = "msa_3d"
+PROPAGATION_TIMEOUT_S = 1800.0  # a whole volume, slice after slice, on a CPU server: minutes, not seconds
 SERVER_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64)
 
 
@@ -215,12 +216,13 @@ class RemoteSession:
         return dict(params, client_id=self.client_id, label_name="object",
                     normalization=None if norm is None else norm.to_dict())
 
-    def _infer(self, task: str, params: dict, label: Path | None = None) -> tuple[dict, np.ndarray]:
+    def _infer(self, task: str, params: dict, label: Path | None = None,
+               timeout: float | None = None) -> tuple[dict, np.ndarray]:
         """The result's params and labels in display order; an expired server session is uploaded again once."""
         with self._lock:
             session_id = self._session_id
         try:
-            result, blob = self.server.infer(task, session_id, params, label)
+            result, blob = self.server.infer(task, session_id, params, label, timeout)
         except ServerError as err:
             if err.status is None or err.status in (401, 403) or self.server.session_exists(session_id):
                 raise
@@ -228,7 +230,7 @@ class RemoteSession:
             with self._lock:
                 self._session_id = self._upload(self._data, self.geometry)
                 session_id = self._session_id
-            result, blob = self.server.infer(task, session_id, params, label)
+            result, blob = self.server.infer(task, session_id, params, label, timeout)
         if blob[:2] == b"\x1f\x8b":
             blob = gzip.decompress(blob)
         source = np.asanyarray(nib.Nifti1Image.from_bytes(blob).dataobj)
@@ -296,7 +298,8 @@ class RemoteSession:
             raise ValueError(f"the object is empty on slice {z}; segment it there first")
         upload = self._label_file(mask, int(z), "start")
         try:
-            result, labels_display = self._infer(TASK_3D, self._params(slice=self._k(z)), upload)
+            result, labels_display = self._infer(TASK_3D, self._params(slice=self._k(z)), upload,
+                                                 PROPAGATION_TIMEOUT_S)
         finally:
             upload.unlink(missing_ok=True)
         filled = {self.geometry.display_index((0, 0, int(k)))[0] for k in result.get("filled", [])}
