@@ -41,9 +41,12 @@ def explain(action: str, exc: BaseException, outcome: str = "nothing was written
     """A message for ``action`` ('prediction', 'tuning', ...) failing with ``exc``; ``outcome`` says what that
     left as it was ('nothing was written', 'the model is unchanged')."""
     from napari_msa.engine import Cancelled, CheckpointError  # here: importing this module must not load torch
+    from napari_msa.remote import ServerError
 
     if isinstance(exc, Cancelled):
         return f"{action.capitalize()} cancelled; {outcome}."
+    if isinstance(exc, ServerError):  # the message already names the server and what to do
+        return f"{action.capitalize()}: {exc} ({outcome.capitalize()}.)"
     if is_out_of_memory(exc):
         return (f"Out of memory during {action}; {outcome}. Choose a smaller model or the cpu device "
                 "(Device field), close other programs, or crop the image.")

@@ -10,7 +10,16 @@ import pytest
 
 from napari_msa import Normalization, Session
 from napari_msa.medical_io.cli import read_array
-from napari_msa.remote import RemoteSession, ServerError, connect
+from napari_msa.remote import LabelServer, RemoteSession, ServerError, connect
+
+
+def free_port() -> int:
+    """A port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +169,20 @@ def test_the_segment_widget_connects_from_its_model_panel_and_segments_on_the_se
     assert "server" in widget.status.text() and not widget.jobs.volume.running
     assert np.array_equal(image.data, phantom)
 
+    # The server goes away (its address answers no more): each click is told, once, and nothing changes.
+    from napari.utils.notifications import notification_manager
+
+    widget.jobs.session.server = LabelServer(f"http://127.0.0.1:{free_port()}")
+    committed = labels.data.copy()
+    told = len(notification_manager.records)
+    for point in ([z, y - 8, x], [z, y + 8, x]):
+        widget.layers.points().add(point)
+        qtbot.waitUntil(lambda: widget.idle, timeout=60_000)
+    gone = [str(n.message) for n in notification_manager.records[told:] if "connection refused" in str(n.message)]
+    assert len(gone) == 1, gone
+    assert gone[0].startswith("Prediction: Cannot reach the server") and "Nothing was written" in gone[0]
+    assert np.array_equal(labels.data, committed) and len(widget.layers.points().data) == 2
+
 
 @pytest.mark.gui
 def test_a_labs_server_from_the_environment_is_connected_when_an_image_opens(
@@ -186,11 +209,7 @@ def test_a_labs_server_from_the_environment_is_connected_when_an_image_opens(
 
 @pytest.mark.gui
 def test_the_widget_says_once_when_the_server_is_gone_and_nothing_changes(make_napari_viewer, qtbot, phantom):
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     viewer = make_napari_viewer()
     viewer.add_image(phantom, name="phantom")
     labels = viewer.add_labels(np.zeros(phantom.shape, np.uint8), name="mine")
