@@ -25,8 +25,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "server"
 sys.path.insert(0, str(SERVER))  # export_samples, msa_app's torch-free parts
+sys.path.insert(0, str(REPO / "tests"))  # the main suite's real DICOM series builder
 
 from export_samples import export  # noqa: E402
+from medical_io_files import write_series  # noqa: E402
 
 os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
 os.environ.setdefault("NAPARI_MSA_RUNTIME", "torch")
@@ -73,6 +75,7 @@ def studies(tmp_path_factory) -> Path:
     plain = nib.load(folder / "phantom_ct.nii.gz")  # dark organs on a bright body: the demo model needs tuning
     inverted = nib.Nifti1Image((-np.asanyarray(plain.dataobj)).astype(np.int16), plain.affine, plain.header)
     nib.save(inverted, folder / "phantom_inv.nii.gz")
+    write_series(folder / "ct_series", n=6, spacing=3.0, description="abdomen CT")  # a DICOM series folder
     return folder
 
 

@@ -132,7 +132,7 @@ def test_info_lists_the_deepgrow_tasks_as_slicer_reads_them(server):
     models = info["models"]
     assert models["msa_2d"]["type"] == "deepgrow" and models["msa_2d"]["dimension"] == 2
     assert models["msa_3d"]["type"] == "deepgrow" and models["msa_3d"]["dimension"] == 3
-    assert info["datastore"]["total"] == 5  # the three samples, the phantom reoriented and inverted
+    assert info["datastore"]["total"] == 6  # the three samples, the phantom reoriented and inverted, a DICOM series
     assert "msa_tune" in info["trainers"]
 
 
@@ -218,7 +218,8 @@ def test_monailabel_client_2d_and_the_datastore_flow(run_client, studies, local_
         {"op": "infer", "model": "msa_2d", "image": "mri_volume",
          "params": {"label": "brain", "foreground": [list(click)], "background": [], "slice": 12}},
     ])
-    assert results[0]["result"]["id"] in {"ct_slice", "mri_volume", "phantom_ct", "phantom_rpi", "phantom_inv"}
+    assert results[0]["result"]["id"] in {"ct_slice", "mri_volume", "phantom_ct", "phantom_rpi", "phantom_inv",
+                                          "ct_series"}
     mask, z = local.predict([(*click, 1)])
     label_file = results[1]["result"]["file"]
     assert np.array_equal(np.asanyarray(nib.load(label_file).dataobj), local.to_source({z: mask}))
