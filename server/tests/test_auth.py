@@ -256,3 +256,19 @@ def test_monailabel_alone_refuses_even_a_valid_token_and_the_apps_fix_accepts_it
     result = json.loads(done.stdout.splitlines()[-1])
     assert 'pass in a value for the "algorithms" argument' in result["before"]
     assert result == dict(result, installed=True, roles=[USER_ROLE], name="ann")
+
+
+def test_roles_are_per_endpoint_and_not_nested(auth_server, idp):
+    """MONAI Label's defaults: clicking needs ``monailabel-user``, submitting a label ``monailabel-annotator``,
+    starting training ``monailabel-admin``; a role does not include another, so a realm gives each user all it needs."""
+    user = signed_token(idp.key, [USER_ROLE])
+    admin_only = signed_token(idp.key, ["monailabel-admin"])
+    assert send(auth_server, "GET", "/info/", admin_only)[0] == 403
+    train = ("POST", "/train/msa_tune?run_sync=false", {"headers": {"content-type": "application/json"}})
+    save = ("PUT", "/datastore/label?image=phantom_ct&tag=final", {"fields": {"params": "{}"}})
+    for method, selector, extra in (train, save):
+        status, _, body = send(auth_server, method, selector, user, **extra)
+        assert status == 403, (selector, body)
+    status, _, body = send(auth_server, "PUT", "/datastore/label?image=phantom_ct&tag=final",
+                           signed_token(idp.key, [USER_ROLE, "monailabel-annotator"]), fields={"params": "{}"})
+    assert status == 422, body  # past the role check: the label file is missing
