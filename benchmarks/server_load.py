@@ -19,8 +19,8 @@ Every phase gets fresh studies; ``--rounds`` repeat the loads (the second in rev
 whose answer lists the clicks in another order than they were made counts as *out of order*: the server recovers
 the order from the previous request of the object, which another process never saw, and the mask then differs.
 
-    python benchmarks/server_load.py                      # demo model, about 4 min on the 2-core VM
-    python benchmarks/server_load.py --model litemedsam   # the default model (OpenVINO encoder on CPU)
+    python benchmarks/server_load.py            # demo model, 2 rounds: about 3.5 min on the 2-core VM
+    python benchmarks/server_load.py --model litemedsam --rounds 1 --budget 400   # the default model: ~7.5 min
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ class Phase:
     job_3d: tuple[float, float, int] | None = None  # (start, end, port) of the msa_3d request
 
 
-def annotate(dep: Deployment, study: str, client: str, rounds, think: float, phase: Phase, lock: threading.Lock,
+def annotate(dep: Deployment, study: str, client: str, objects, think: float, phase: Phase, lock: threading.Lock,
              delay: float) -> None:
     """One annotator's objects, click after click; each click's timing and order check go into ``phase``."""
     srv = dep.for_study(study)
     time.sleep(delay)
-    for label, k, clicks in rounds:
+    for label, k, clicks in objects:
         for n in range(1, len(clicks) + 1):
             start = time.perf_counter()
             try:
