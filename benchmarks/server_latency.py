@@ -22,8 +22,6 @@ Options: --url http://127.0.0.1:8000, --studies .server-studies, --clicks, --thi
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import statistics
 import sys
 import time
@@ -33,51 +31,19 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from _harness import machine_line
+from _slicer_clicks import ORGANS, ServerRefused, click_params, clicks_for, slicer_infer
 
 from napari_msa import Session, load_model
-from napari_msa._sample_data import read_sample
 from napari_msa.medical_io.cli import read_array
 from napari_msa.remote import connect
 
-ORGANS = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 9: "stomach"}
-
-
-def clicks_for(label: int, n: int, rng: np.random.Generator) -> tuple[int, list[tuple[int, int, int, int]]]:
-    """(slice k, [(i, j, k, positive)]): a deep click, then n-1 corrections inside (+) or just outside (-)."""
-    from scipy import ndimage
-
-    ref, _ = read_sample("phantom_labels.tif")  # display (z, y, x) = the exported NIfTI's (k, j, i)
-    k = int(np.argmax((ref == label).sum(axis=(1, 2))))
-    obj = ref[k] == label
-    depth = ndimage.distance_transform_edt(obj)
-    y, x = np.unravel_index(depth.argmax(), depth.shape)
-    out = [(int(x), int(y), k, 1)]
-    ring = ndimage.binary_dilation(obj, iterations=4) & ~obj
-    for m in range(1, n):
-        where = np.argwhere(obj if m % 2 == 0 else ring)
-        yy, xx = where[rng.integers(len(where))]
-        out.append((int(xx), int(yy), k, 1 if m % 2 == 0 else 0))
-    return k, out
-
 
 def server_click(url: str, study: str, label: str, clicks, k: int) -> float:
-    fg = [list(c[:3]) for c in clicks if c[3] == 1]
-    bg = [list(c[:3]) for c in clicks if c[3] == 0]
-    params = {"label": label, "foreground": fg, "background": bg, "slice": k, "client_id": "bench"}
-    boundary = "----------lImIt_of_THE_fIle_eW_$"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
-            f"--{boundary}--\r\n").encode()
     where = urlparse(url)
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=300)
-    conn.request("POST", f"/infer/msa_2d?image={study}", body=body,
-                 headers={"content-type": f"multipart/form-data; boundary={boundary}",
-                          "content-length": str(len(body))})
-    response = conn.getresponse()
-    data = response.read()
-    elapsed = time.perf_counter() - start
-    if response.status != 200:
-        sys.exit(f"server: {response.status} {data[:500]!r}")
+    try:
+        elapsed, _ = slicer_infer(where.hostname, where.port, "msa_2d", study, click_params(label, clicks, k, "bench"))
+    except ServerRefused as err:
+        sys.exit(f"server: {err}")
     return elapsed
 
 

@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # msa_app, beside this file
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from msa_app import auth  # noqa: E402
 from msa_app.config import AppConfig  # noqa: E402
 from msa_app.dicom_series import series_as_studies  # noqa: E402
 from msa_app.infer import MSAInfer  # noqa: E402
@@ -25,6 +26,7 @@ from msa_app.train import MSATrain  # noqa: E402
 import napari_msa  # noqa: E402
 
 logger = logging.getLogger(__name__)
+auth.install()  # before the first request: MONAI Label 0.8.5 refuses every token without it (msa_app/auth.py)
 
 
 class NapariMSAApp(MONAILabelApp):

@@ -7,15 +7,12 @@ it these tests fail (they never skip): run them with ``make test-server``, which
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -28,6 +25,8 @@ sys.path.insert(0, str(SERVER))  # export_samples, msa_app's torch-free parts
 sys.path.insert(0, str(REPO / "tests"))  # the main suite's real DICOM series builder
 
 from export_samples import export  # noqa: E402
+from launch import START_TIMEOUT_S, Server, ServerError, running_server  # noqa: E402
+from launch import server_python as _server_python  # noqa: E402
 from medical_io_files import write_series  # noqa: E402
 
 os.environ.setdefault("NAPARI_MSA_PRECISION", "fp32")
@@ -41,21 +40,14 @@ def _own_folders(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_MSA_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
     monkeypatch.setenv("NAPARI_MSA_GRAPH_DIR", str(tmp_path_factory.mktemp("encoder-graphs")))
 
-START_TIMEOUT_S = 300  # imports of monai/itk and the model load; ~10 s on the 2-core VM when warm
 CONF = {"model": "demo", "device": "cpu", "precision": "fp32", "runtime": "torch", "threads": "1"}
 
 
 def server_python() -> Path:
-    py = Path(os.environ.get("NAPARI_MSA_SERVER_PYTHON", REPO / ".server-venv" / "bin" / "python"))
-    if not py.exists():
-        pytest.fail(f"the server's python {py} is missing: run `make test-server` (it builds .server-venv first)")
-    return py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        return _server_python()
+    except ServerError as err:
+        pytest.fail(str(err))
 
 
 def reoriented(path: Path, codes: tuple[str, str, str], out: Path) -> Path:
@@ -79,60 +71,32 @@ def studies(tmp_path_factory) -> Path:
     return folder
 
 
-class Server:
-    """A running server: its URL, host and port, its log."""
-
-    def __init__(self, port: int, log: Path, app_dir: Path) -> None:
-        self.host, self.port, self.log, self.app_dir = "127.0.0.1", port, log, app_dir
-        self.url = f"http://127.0.0.1:{port}"
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def connection(self, timeout: float = 120) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+@contextmanager
+def started(studies: Path, app_dir: Path, conf: Mapping[str, str] = CONF, **options) -> Iterator[Server]:
+    """``launch.running_server`` with its errors as test failures (these tests fail without a server, never skip)."""
+    server_python()
+    try:
+        with running_server(studies, app_dir, conf, timeout_s=START_TIMEOUT_S, **options) as srv:
+            yield srv
+    except ServerError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="session")
 def server(studies, tmp_path_factory):
-    py = server_python()
-    app_dir = tmp_path_factory.mktemp("app")
-    shutil.copy(SERVER / "main.py", app_dir / "main.py")
-    shutil.copytree(SERVER / "msa_app", app_dir / "msa_app", ignore=shutil.ignore_patterns("__pycache__"))
-    log = app_dir / "server.log"
-    port = free_port()
-    cmd = [str(py), "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port)]
-    for key, value in CONF.items():
-        cmd += ["--conf", key, value]
-    env = dict(os.environ, NAPARI_MSA_GRAPH_DIR=str(app_dir / "graphs"), PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    srv = Server(port, log, app_dir)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode} before answering:\n{srv.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /info/ within {START_TIMEOUT_S} s:\n{srv.log_tail()}")
-            try:
-                conn = srv.connection(timeout=5)
-                conn.request("GET", "/info/")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
+    with started(studies, tmp_path_factory.mktemp("app")) as srv:
         yield srv
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def start_server(studies, tmp_path_factory) -> Callable[..., AbstractContextManager[Server]]:
+    """Another server of its own, with extra settings: ``with start_server(env={...}, conf={...}) as srv:``
+    (``conf`` is added to CONF; ``env`` holds MONAI Label's ``MONAI_LABEL_*`` settings; ``ready_path``, ``workers``)."""
+
+    def start(conf: Mapping[str, str] | None = None, **options) -> AbstractContextManager[Server]:
+        return started(studies, tmp_path_factory.mktemp("app"), {**CONF, **(conf or {})}, **options)
+
+    return start
 
 
 @pytest.fixture(scope="session")
