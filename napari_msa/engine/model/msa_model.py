@@ -22,7 +22,7 @@ from ..network.architectures import ModelConfig, base_fingerprint
 from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 from ..prompts.interaction import InteractionRule
 from .precision import FP32_EXACT, Precision
-from .runtime import OpenVINOEncoder
+from .runtime import OpenVINODecoder, OpenVINOEncoder
 
 
 def default_rule(name: str, is_demo: bool) -> InteractionRule:
@@ -51,6 +51,7 @@ class MSAModel:
         self.precision = precision
         self.runtime = runtime  # 'torch' or 'openvino' (engine.model.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
+        self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one key
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -65,6 +66,7 @@ class MSAModel:
         self.adapter_metadata: dict = {}
         self.version = 0  # bumped whenever weights change, so embedding caches know
         self._encoder_key: tuple[int, str] | None = None  # (version, key) of the last weights_key()
+        self._decoder_key: tuple[int, str] | None = None  # (version, key) of the last decoder_key()
 
     @property
     def config(self) -> ModelConfig:
@@ -150,6 +152,39 @@ class MSAModel:
             graph = self._graph
             if wait and not graph.ready:
                 graph.export_in_background(self.sam.image_encoder)
+        if wait:
+            graph.wait()
+        return None if graph.failed else graph
+
+    def decoder_key(self) -> str:
+        """What a decoder pass depends on, by content: base weights, image size and every value of the prompt
+        encoder and mask decoder (tuning and adapter files change them): the name of its graph."""
+        if self._decoder_key is None or self._decoder_key[0] != self.version:
+            h = hashlib.sha256()
+            for part in ("prompt_encoder", "mask_decoder"):
+                for name, tensor in sorted(getattr(self.sam, part).state_dict().items()):
+                    h.update(f"{part}.{name}".encode())
+                    h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._decoder_key = (self.version, f"{self.base_fingerprint}-{self.image_size}-d{h.hexdigest()[:16]}")
+        return self._decoder_key[1]
+
+    def decoder_graph(self, wait: bool = False) -> OpenVINODecoder | None:
+        """The prompt encoder + mask decoder as an OpenVINO graph when this model runs there (one prompt's pass
+        measured faster in it: BENCHMARKS.md, "The decoder path"): the saved one for these weights if there is
+        one, else one that ``decoding.decode`` exports in the background after its first torch answer (``wait``:
+        export now if not begun, and block until ready). None on the torch runtime or after a failed export."""
+        if self.runtime != "openvino":
+            return None
+        key = self.decoder_key()
+        with self._graph_lock:
+            if self._decoder is None or self._decoder.key != key:
+                pe = self.sam.prompt_encoder
+                self._decoder = OpenVINODecoder(key, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
+                                                tuple(pe.mask_input_size))
+                self._decoder.load_saved()
+            graph = self._decoder
+            if wait and not graph.ready:
+                graph.export_in_background(self.sam)
         if wait:
             graph.wait()
         return None if graph.failed else graph
