@@ -170,9 +170,10 @@ class MSAModel:
 
     def decoder_graph(self, wait: bool = False) -> OpenVINODecoder | None:
         """The prompt encoder + mask decoder as an OpenVINO graph when this model runs there (one prompt's pass
-        measured faster in it: BENCHMARKS.md, "The decoder path"): the saved one for these weights if there is
-        one, else one that ``decoding.decode`` exports in the background after its first torch answer (``wait``:
-        export now if not begun, and block until ready). None on the torch runtime or after a failed export."""
+        measured faster in it: BENCHMARKS.md, "The decoder path"). ``decoding.decode`` has it read from the graph
+        folder, or exported, in the background after its first torch answer: a decoder pass is shorter than
+        compiling even a saved graph (~0.3 s), so no click waits for it (``wait``: begin now if not begun, and
+        block until ready). None on the torch runtime or after a failed export."""
         if self.runtime != "openvino":
             return None
         key = self.decoder_key()
@@ -181,7 +182,6 @@ class MSAModel:
                 pe = self.sam.prompt_encoder
                 self._decoder = OpenVINODecoder(key, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
                                                 tuple(pe.mask_input_size))
-                self._decoder.load_saved()
             graph = self._decoder
             if wait and not graph.ready:
                 graph.export_in_background(self.sam)

@@ -114,6 +114,7 @@ class OpenVINOGraph:
     names its file, builds its example inputs and runs it."""
 
     FILE = ""
+    PIN_THREADS = True  # OpenVINO's default on Linux: its threads stay on the cores they start on
 
     def __init__(self, key: str, image_size: int, threads: int | None = None,
                  directory: Path | None = None) -> None:
@@ -154,8 +155,9 @@ class OpenVINOGraph:
         return True
 
     def export_in_background(self, module: torch.nn.Module) -> None:
-        """Export and compile on a daemon thread (torch answers meanwhile); a copy of the module is exported,
-        so the model can go on answering (or be tuned) while it runs. Once per graph, whoever asks."""
+        """Read the saved graph, else export it, and compile, on a daemon thread (torch answers meanwhile); a copy
+        of the module is exported, so the model can go on answering (or be tuned) while it runs. Once per graph,
+        whoever asks."""
         with self._start_lock:
             if self._started or self.ready or self.failed:
                 return
@@ -184,6 +186,10 @@ class OpenVINOGraph:
 
         import openvino as ov
 
+        if self.load_saved():  # saved meanwhile by another process, or a graph read on this thread (the decoder's)
+            _exports.discard(threading.current_thread())
+            self._done.set()
+            return
         with _export_lock:
             t0 = time.perf_counter()
             logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
@@ -231,11 +237,14 @@ class OpenVINOGraph:
         prune(self.folder.parent)
 
     def _compile(self, graph) -> None:
-        self._compiled = _openvino_core().compile_model(graph, "CPU", {
+        config = {
             "INFERENCE_PRECISION_HINT": "f32",  # a bf16 CPU would otherwise get bf16 (not the exact numbers)
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
-        })
+        }
+        if not self.PIN_THREADS:
+            config["ENABLE_CPU_PINNING"] = False
+        self._compiled = _openvino_core().compile_model(graph, "CPU", config)
 
 
 class OpenVINOEncoder(OpenVINOGraph):
@@ -297,6 +306,9 @@ class OpenVINODecoder(OpenVINOGraph):
     the number of tokens is free (2 to ``MAX_TOKENS``)."""
 
     FILE = "decoder.xml"
+    # Threads free to move: on a loaded machine a pinned thread waits for its busy core (one thread measured 2x
+    # slower pinned there, 120 vs 60 ms a click; the same when the machine is quiet). BENCHMARKS.md, "The decoder path".
+    PIN_THREADS = False
     max_tokens = MAX_TOKENS
 
     def __init__(self, key: str, image_size: int, embedding_shape: tuple[int, int, int],
