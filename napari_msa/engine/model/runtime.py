@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 GRAPH_DIR_ENV = "NAPARI_MSA_GRAPH_DIR"
 GRAPH_FORMAT = 1  # bump when what a graph holds (its inputs, outputs, export settings) changes
-KEEP_GRAPHS = 8  # graphs of each kind kept (LiteMedSAM: ~29 MB an encoder, ~16 MB a decoder), least recently used go
+KEEP_GRAPHS = 8  # graphs of each kind kept (LiteMedSAM: ~29 MB an encoder, ~20 MB a decoder), least recently used go
 GRAPH_FILES = ("encoder.xml", "decoder.xml")
 
 
