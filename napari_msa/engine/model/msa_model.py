@@ -22,7 +22,7 @@ from ..network.architectures import ModelConfig, base_fingerprint
 from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 from ..prompts.interaction import InteractionRule
 from .precision import FP32_EXACT, Precision
-from .runtime import OpenVINODecoder, OpenVINOEncoder
+from .runtime import OpenVINODecoder, OpenVINOEncoder, decoder_key
 
 
 def default_rule(name: str, is_demo: bool) -> InteractionRule:
@@ -51,7 +51,8 @@ class MSAModel:
         self.precision = precision
         self.runtime = runtime  # 'torch' or 'openvino' (engine.model.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
-        self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one key
+        self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one version
+        self._decoder_version = -1
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -160,12 +161,7 @@ class MSAModel:
         """What a decoder pass depends on, by content: base weights, image size and every value of the prompt
         encoder and mask decoder (tuning and adapter files change them): the name of its graph."""
         if self._decoder_key is None or self._decoder_key[0] != self.version:
-            h = hashlib.sha256()
-            for part in ("prompt_encoder", "mask_decoder"):
-                for name, tensor in sorted(getattr(self.sam, part).state_dict().items()):
-                    h.update(f"{part}.{name}".encode())
-                    h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            self._decoder_key = (self.version, f"{self.base_fingerprint}-{self.image_size}-d{h.hexdigest()[:16]}")
+            self._decoder_key = (self.version, decoder_key(f"{self.base_fingerprint}-{self.image_size}", self.sam))
         return self._decoder_key[1]
 
     def decoder_graph(self, wait: bool = False) -> OpenVINODecoder | None:
@@ -176,12 +172,15 @@ class MSAModel:
         block until ready). None on the torch runtime or after a failed export."""
         if self.runtime != "openvino":
             return None
-        key = self.decoder_key()
         with self._graph_lock:
-            if self._decoder is None or self._decoder.key != key:
+            if self._decoder is None or self._decoder_version != self.version:
+                # weights may have changed: a graph whose key (a digest of the decoder's values) is found on the
+                # export thread; hashing here, beside a running encoder export, took 0.5 s of a click (the GIL)
                 pe = self.sam.prompt_encoder
-                self._decoder = OpenVINODecoder(key, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
-                                                tuple(pe.mask_input_size))
+                self._decoder = OpenVINODecoder(None, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
+                                                tuple(pe.mask_input_size),
+                                                prefix=f"{self.base_fingerprint}-{self.image_size}")
+                self._decoder_version = self.version
             graph = self._decoder
             if wait and not graph.ready:
                 graph.export_in_background(self.sam)

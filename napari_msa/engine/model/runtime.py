@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import logging
 import os
@@ -115,22 +116,31 @@ class OpenVINOGraph:
 
     FILE = ""
     PIN_THREADS = True  # OpenVINO's default on Linux: its threads stay on the cores they start on
+    # Copy the module on the export thread, not the caller's: only where the key is found from the copy itself
+    # (a change of weights meanwhile then names the graph it made). A copy beside a running export held a click
+    # up for a second on 2 cores (the GIL).
+    COPY_ON_THREAD = False
 
-    def __init__(self, key: str, image_size: int, threads: int | None = None,
+    def __init__(self, key: str | None, image_size: int, threads: int | None = None,
                  directory: Path | None = None) -> None:
         import openvino as ov
 
-        self.key = key
+        self.key = key  # None: found from the module's weights on the export thread (``_key_of``)
         self.image_size = image_size
         self.threads = int(threads or torch.get_num_threads())
-        version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.__version__)  # it holds a '/'
-        self.folder = (directory or graph_dir()) / f"{key}-ov{version}-g{GRAPH_FORMAT}"
+        self._directory = directory or graph_dir()
+        self._ov_version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.__version__)  # it holds a '/'
         self._compiled = None
         self._started = False
         self._start_lock = threading.Lock()
         self._done = threading.Event()  # set when an export ends, ready or failed
         self.error: str | None = None
         self.export_s: float | None = None
+
+    @property
+    def folder(self) -> Path:
+        """Where this key's graph is saved."""
+        return self._directory / f"{self.key}-ov{self._ov_version}-g{GRAPH_FORMAT}"
 
     @property
     def ready(self) -> bool:
@@ -142,6 +152,8 @@ class OpenVINOGraph:
 
     def load_saved(self) -> bool:
         """Compile the saved graph of this key if there is one (a fraction of a second); True when ready."""
+        if self.key is None:
+            return False
         xml = self.folder / self.FILE
         if not xml.is_file():
             return False
@@ -157,12 +169,12 @@ class OpenVINOGraph:
     def export_in_background(self, module: torch.nn.Module) -> None:
         """Read the saved graph, else export it, and compile, on a daemon thread (torch answers meanwhile); a copy
         of the module is exported, so the model can go on answering (or be tuned) while it runs. Once per graph,
-        whoever asks."""
+        whoever asks; one graph at a time."""
         with self._start_lock:
             if self._started or self.ready or self.failed:
                 return
             self._started = True  # a second caller returns at once
-        snapshot = self._exportable(module)
+        snapshot = module if self.COPY_ON_THREAD else self._exportable(module)
         thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export", daemon=True)
         _exports.add(thread)
         thread.start()
@@ -181,39 +193,48 @@ class OpenVINOGraph:
         """Example inputs, and torch.export's dynamic shapes for them (None: all fixed)."""
         raise NotImplementedError
 
+    def _key_of(self, module: torch.nn.Module) -> str:
+        """The key of the exported copy's weights, where the graph was made without one."""
+        raise NotImplementedError
+
     def _export(self, module: torch.nn.Module) -> None:
+        try:
+            with _export_lock:  # one at a time: each takes the cores, and the GIL, for seconds
+                if self.COPY_ON_THREAD:
+                    module = self._exportable(module)
+                if self.key is None:
+                    self.key = self._key_of(module)
+                if not self.load_saved():  # saved meanwhile by another process, or a decoder's graph read here
+                    self._convert(module)
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
+            what = self.FILE.split(".")[0]
+            warnings.warn(f"the {what} could not be exported to OpenVINO ({self.error}); it runs in torch",
+                          RuntimeWarning, stacklevel=2)
+        finally:
+            _exports.discard(threading.current_thread())
+            self._done.set()
+
+    def _convert(self, module: torch.nn.Module) -> None:
+        """Export ``module`` (torch.export, else OpenVINO's tracing), save the graph and compile it."""
         import time
 
         import openvino as ov
 
-        if self.load_saved():  # saved meanwhile by another process, or a graph read on this thread (the decoder's)
-            _exports.discard(threading.current_thread())
-            self._done.set()
-            return
-        with _export_lock:
-            t0 = time.perf_counter()
-            logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
-            try:
-                example, dynamic = self._example()
-                with torch.no_grad():
-                    try:  # torch.export: a few seconds, and no tracing warnings
-                        graph = ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
-                    except Exception as err:  # a module torch.export cannot take: OpenVINO's own tracing
-                        log.info("torch.export failed (%s); converting by tracing", err)
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            graph = ov.convert_model(module, example_input=example)
-                self._save(graph)
-                self._compile(graph)
-                self.export_s = time.perf_counter() - t0
-            except Exception as err:
-                self.error = f"{type(err).__name__}: {err}"
-                what = self.FILE.split(".")[0]
-                warnings.warn(f"the {what} could not be exported to OpenVINO ({self.error}); it runs in torch",
-                              RuntimeWarning, stacklevel=2)
-            finally:
-                _exports.discard(threading.current_thread())
-                self._done.set()
+        t0 = time.perf_counter()
+        logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
+        example, dynamic = self._example()
+        with torch.no_grad():
+            try:  # torch.export: a few seconds, and no tracing warnings
+                graph = ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
+            except Exception as err:  # a module torch.export cannot take: OpenVINO's own tracing
+                log.info("torch.export failed (%s); converting by tracing", err)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    graph = ov.convert_model(module, example_input=example)
+        self._save(graph)
+        self._compile(graph)
+        self.export_s = time.perf_counter() - t0
 
     def _save(self, graph) -> None:
         """Write the graph atomically (a temporary folder renamed into place); a folder that cannot be written
@@ -298,6 +319,17 @@ class PromptDecoder(torch.nn.Module):
         return self.mask_decoder.predict_masks(embedding, pe.get_dense_pe(), sparse, dense)
 
 
+def decoder_key(prefix: str, model: torch.nn.Module) -> str:
+    """``prefix`` (base weights, image size) and a digest of every value of a model's ``prompt_encoder`` and
+    ``mask_decoder`` (a SAM or a ``PromptDecoder``; tuning and adapter files change them): a decoder graph's name."""
+    h = hashlib.sha256()
+    for part in ("prompt_encoder", "mask_decoder"):
+        for name, tensor in sorted(getattr(model, part).state_dict().items()):
+            h.update(f"{part}.{name}".encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return f"{prefix}-d{h.hexdigest()[:16]}"
+
+
 MAX_TOKENS = 256  # tokens (points, a pad, a box's two corners) of one prompt in the decoder graph; more: torch
 
 
@@ -309,16 +341,22 @@ class OpenVINODecoder(OpenVINOGraph):
     # Threads free to move: on a loaded machine a pinned thread waits for its busy core (one thread measured 2x
     # slower pinned there, 120 vs 60 ms a click; the same when the machine is quiet). BENCHMARKS.md, "The decoder path".
     PIN_THREADS = False
+    COPY_ON_THREAD = True  # its key is a digest of the copy (``decoder_key``)
     max_tokens = MAX_TOKENS
 
-    def __init__(self, key: str, image_size: int, embedding_shape: tuple[int, int, int],
-                 mask_shape: tuple[int, int], threads: int | None = None, directory: Path | None = None) -> None:
+    def __init__(self, key: str | None, image_size: int, embedding_shape: tuple[int, int, int],
+                 mask_shape: tuple[int, int], threads: int | None = None, directory: Path | None = None,
+                 prefix: str = "") -> None:
         super().__init__(key, image_size, threads, directory)
         self.embedding_shape = tuple(embedding_shape)
         self.mask_shape = tuple(mask_shape)
+        self.prefix = prefix  # the key's start (base weights, image size) when the key is found on export
 
     def _exportable(self, module: torch.nn.Module) -> torch.nn.Module:
         return super()._exportable(PromptDecoder(module))  # a copy of these two parts only, not the encoder
+
+    def _key_of(self, module: torch.nn.Module) -> str:
+        return decoder_key(self.prefix, module)
 
     def _example(self) -> tuple[tuple[torch.Tensor, ...], tuple | None]:
         tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)  # a box, or a point and its pad
