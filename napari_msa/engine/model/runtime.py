@@ -5,9 +5,9 @@ of what the CPU does; OpenVINO, given the same encoder (adapters included) as a 
 the same embeddings (within 1e-5) in a fraction of the time (BENCHMARKS.md, "The encoder on a CPU runtime"). It
 was chosen over ONNX Runtime because it measured faster here and converts the torch module directly (no ONNX
 exporter, no onnx/onnxscript packages). A click's decoder pass (prompt encoder + mask decoder on a cached
-embedding) measured 1.5-1.9x faster there too, with the same logits within 1e-4 (BENCHMARKS.md, "The decoder
-path"), so on the same runtime one prompt's pass runs in a second graph; batches of prompts (segment everything)
-and tuning stay in torch.
+embedding) measured 1.6-1.9x faster there too (6x where torch's two threads stalled on a loaded 2-core machine),
+with the same logits within 1e-4 (BENCHMARKS.md, "The decoder path"), so on the same runtime one prompt's pass runs
+in a second graph; batches of prompts (segment everything) and tuning stay in torch.
 
 A graph depends on its module's weights (the adapters and the decoder change with tuning), so it is exported once
 per weights key into a folder (``$NAPARI_MSA_GRAPH_DIR``, else ``$XDG_CACHE_HOME/napari-msa/encoders``: decoders are
