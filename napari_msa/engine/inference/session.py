@@ -486,7 +486,7 @@ class Session:
             prompt.mask_input, dtype=torch.float, device=emb.features.device)[None, None]
         with self._lock, torch.no_grad():
             low, predicted_iou = decode(sam, emb.features, points_in, prompt.labels[None] if n else None, box_in,
-                                        prompt.multimask, mask_input=dense)
+                                        prompt.multimask, mask_input=dense, graph=self.model.decoder_graph())
             masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].cpu().numpy()
             scores, logits = predicted_iou[0].float().cpu().numpy(), low[0].float().cpu().numpy()
         return Answer(masks.astype(bool), scores, logits).ranked()

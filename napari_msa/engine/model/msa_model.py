@@ -22,7 +22,7 @@ from ..network.architectures import ModelConfig, base_fingerprint
 from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 from ..prompts.interaction import InteractionRule
 from .precision import FP32_EXACT, Precision
-from .runtime import OpenVINOEncoder
+from .runtime import OpenVINODecoder, OpenVINOEncoder, decoder_key
 
 
 def default_rule(name: str, is_demo: bool) -> InteractionRule:
@@ -51,6 +51,8 @@ class MSAModel:
         self.precision = precision
         self.runtime = runtime  # 'torch' or 'openvino' (engine.model.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
+        self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one version
+        self._decoder_version = -1
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -65,6 +67,7 @@ class MSAModel:
         self.adapter_metadata: dict = {}
         self.version = 0  # bumped whenever weights change, so embedding caches know
         self._encoder_key: tuple[int, str] | None = None  # (version, key) of the last weights_key()
+        self._decoder_key: tuple[int, str] | None = None  # (version, key) of the last decoder_key()
 
     @property
     def config(self) -> ModelConfig:
@@ -150,6 +153,37 @@ class MSAModel:
             graph = self._graph
             if wait and not graph.ready:
                 graph.export_in_background(self.sam.image_encoder)
+        if wait:
+            graph.wait()
+        return None if graph.failed else graph
+
+    def decoder_key(self) -> str:
+        """What a decoder pass depends on, by content: base weights, image size and every value of the prompt
+        encoder and mask decoder (tuning and adapter files change them): the name of its graph."""
+        if self._decoder_key is None or self._decoder_key[0] != self.version:
+            self._decoder_key = (self.version, decoder_key(f"{self.base_fingerprint}-{self.image_size}", self.sam))
+        return self._decoder_key[1]
+
+    def decoder_graph(self, wait: bool = False) -> OpenVINODecoder | None:
+        """The prompt encoder + mask decoder as an OpenVINO graph when this model runs there (one prompt's pass
+        measured faster in it: BENCHMARKS.md, "The decoder path"). ``decoding.decode`` has it read from the graph
+        folder, or exported, in the background after its first torch answer: a decoder pass is shorter than
+        compiling even a saved graph (~0.3 s), so no click waits for it (``wait``: begin now if not begun, and
+        block until ready). None on the torch runtime or after a failed export."""
+        if self.runtime != "openvino":
+            return None
+        with self._graph_lock:
+            if self._decoder is None or self._decoder_version != self.version:
+                # weights may have changed: a graph whose key (a digest of the decoder's values) is found on the
+                # export thread; hashing here, beside a running encoder export, took 0.5 s of a click (the GIL)
+                pe = self.sam.prompt_encoder
+                self._decoder = OpenVINODecoder(None, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
+                                                tuple(pe.mask_input_size),
+                                                prefix=f"{self.base_fingerprint}-{self.image_size}")
+                self._decoder_version = self.version
+            graph = self._decoder
+            if wait and not graph.ready:
+                graph.export_in_background(self.sam)
         if wait:
             graph.wait()
         return None if graph.failed else graph

@@ -1,18 +1,21 @@
-"""Where the image encoder runs: torch (the reference, and every GPU) or OpenVINO on CPUs (an exported graph, f32).
+"""Where the model runs: torch (the reference, and every GPU) or OpenVINO on CPUs (exported graphs, f32).
 
 On CPUs the encoder is the annotator's wait (every new slice, every volume). torch's eager kernels reach a fraction
 of what the CPU does; OpenVINO, given the same encoder (adapters included) as a graph and asked for f32, computes
 the same embeddings (within 1e-5) in a fraction of the time (BENCHMARKS.md, "The encoder on a CPU runtime"). It
 was chosen over ONNX Runtime because it measured faster here and converts the torch module directly (no ONNX
-exporter, no onnx/onnxscript packages).
+exporter, no onnx/onnxscript packages). A click's decoder pass (prompt encoder + mask decoder on a cached
+embedding) measured 1.6-1.9x faster there too (6x where torch's two threads stalled on a loaded 2-core machine),
+with the same logits within 1e-4 (BENCHMARKS.md, "The decoder path"), so on the same runtime one prompt's pass runs
+in a second graph; batches of prompts (segment everything) and tuning stay in torch.
 
-The graph depends on the encoder's weights (the adapters change with tuning), so it is exported once per weights
-key into a folder (``$NAPARI_MSA_GRAPH_DIR``, else ``$XDG_CACHE_HOME/napari-msa/encoders``), atomically, and read
-back next time (0.3 s). An export takes seconds (6 s for LiteMedSAM on 2 cores), so it runs on a background
-thread, begun after torch's first answer (the first click is not slowed), while torch goes on answering; the graph
-takes over when it is ready. A failed export or compile leaves torch in charge, with one warning. Embedding caches
-are keyed without the runtime: the graph computes the fp32 numbers torch computes (tests hold them to 1e-4 and
-equal masks).
+A graph depends on its module's weights (the adapters and the decoder change with tuning), so it is exported once
+per weights key into a folder (``$NAPARI_MSA_GRAPH_DIR``, else ``$XDG_CACHE_HOME/napari-msa/encoders``: decoders are
+kept there too), atomically, and read back next time (0.3 s). An export takes seconds (6 s for LiteMedSAM's encoder
+on 2 cores, 5 s for its decoder), so it runs on a background thread, one export at a time, begun after torch's
+first answer (the first click is not slowed), while torch goes on answering; the graph takes over when it is
+ready. A failed export or compile leaves torch in charge, with one warning. Embedding caches are keyed without the
+runtime: the graph computes the fp32 numbers torch computes (tests hold them to 1e-4 and equal masks).
 
 ``runtime``: 'auto' (OpenVINO on a CPU when it is installed and the precision setting is 'auto'; torch otherwise),
 'torch', or 'openvino' (a CPU, fp32). ``$NAPARI_MSA_RUNTIME`` sets what None means (the test suite says torch).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import logging
 import os
@@ -42,7 +46,8 @@ log = logging.getLogger(__name__)
 
 GRAPH_DIR_ENV = "NAPARI_MSA_GRAPH_DIR"
 GRAPH_FORMAT = 1  # bump when what a graph holds (its inputs, outputs, export settings) changes
-KEEP_GRAPHS = 8  # graphs kept in the folder (~29 MB each for LiteMedSAM), the least recently used go first
+KEEP_GRAPHS = 8  # graphs of each kind kept (LiteMedSAM: ~29 MB an encoder, ~20 MB a decoder), least recently used go
+GRAPH_FILES = ("encoder.xml", "decoder.xml")
 
 
 def check_runtime(runtime: str | None) -> str:
@@ -74,7 +79,7 @@ def resolve_runtime(runtime: str | None, device: torch.device, precision: str) -
 
 
 def graph_dir() -> Path:
-    """Where exported encoder graphs are kept between runs."""
+    """Where exported graphs are kept between runs."""
     if os.environ.get(GRAPH_DIR_ENV):
         return Path(os.environ[GRAPH_DIR_ENV])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -84,6 +89,7 @@ def graph_dir() -> Path:
 _core = None
 _core_lock = threading.Lock()
 _exports: set[threading.Thread] = set()
+_export_lock = threading.Lock()  # one export at a time: each takes the CPU's cores for seconds
 
 
 @atexit.register
@@ -104,24 +110,37 @@ def _openvino_core():
         return _core
 
 
-class OpenVINOEncoder:
-    """One encoder's weights as a compiled OpenVINO graph (f32), from the graph folder or exported now."""
+class OpenVINOGraph:
+    """One module's weights as a compiled OpenVINO graph (f32), from the graph folder or exported now. A subclass
+    names its file, builds its example inputs and runs it."""
 
-    def __init__(self, key: str, image_size: int, threads: int | None = None,
+    FILE = ""
+    PIN_THREADS = True  # OpenVINO's default on Linux: its threads stay on the cores they start on
+    # Copy the module on the export thread, not the caller's: only where the key is found from the copy itself
+    # (a change of weights meanwhile then names the graph it made). A copy beside a running export held a click
+    # up for a second on 2 cores (the GIL).
+    COPY_ON_THREAD = False
+
+    def __init__(self, key: str | None, image_size: int, threads: int | None = None,
                  directory: Path | None = None) -> None:
         import openvino as ov
 
-        self.key = key
+        self.key = key  # None: found from the module's weights on the export thread (``_key_of``)
         self.image_size = image_size
         self.threads = int(threads or torch.get_num_threads())
-        version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.__version__)  # it holds a '/'
-        self.folder = (directory or graph_dir()) / f"{key}-ov{version}-g{GRAPH_FORMAT}"
+        self._directory = directory or graph_dir()
+        self._ov_version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.__version__)  # it holds a '/'
         self._compiled = None
         self._started = False
         self._start_lock = threading.Lock()
         self._done = threading.Event()  # set when an export ends, ready or failed
         self.error: str | None = None
         self.export_s: float | None = None
+
+    @property
+    def folder(self) -> Path:
+        """Where this key's graph is saved."""
+        return self._directory / f"{self.key}-ov{self._ov_version}-g{GRAPH_FORMAT}"
 
     @property
     def ready(self) -> bool:
@@ -133,26 +152,29 @@ class OpenVINOEncoder:
 
     def load_saved(self) -> bool:
         """Compile the saved graph of this key if there is one (a fraction of a second); True when ready."""
-        xml = self.folder / "encoder.xml"
+        if self.key is None:
+            return False
+        xml = self.folder / self.FILE
         if not xml.is_file():
             return False
         try:
             self._compile(_openvino_core().read_model(str(xml)))
         except Exception as err:  # a damaged or foreign file: export again
-            log.warning("saved encoder graph %s is unreadable (%s); exporting it again", self.folder, err)
+            log.warning("saved graph %s is unreadable (%s); exporting it again", xml, err)
             return False
         with contextlib.suppress(OSError):
             os.utime(self.folder)  # recently used: kept longest
         return True
 
-    def export_in_background(self, encoder: torch.nn.Module) -> None:
-        """Export and compile on a daemon thread (torch answers meanwhile); a copy of the encoder is exported,
-        so the model can go on encoding (or be tuned) while it runs. Once per graph, whoever asks."""
+    def export_in_background(self, module: torch.nn.Module) -> None:
+        """Read the saved graph, else export it, and compile, on a daemon thread (torch answers meanwhile); a copy
+        of the module is exported, so the model can go on answering (or be tuned) while it runs. Once per graph,
+        whoever asks; one graph at a time."""
         with self._start_lock:
             if self._started or self.ready or self.failed:
                 return
             self._started = True  # a second caller returns at once
-        snapshot = copy.deepcopy(encoder).float().eval().to(memory_format=torch.contiguous_format)
+        snapshot = module if self.COPY_ON_THREAD else self._exportable(module)
         thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export", daemon=True)
         _exports.add(thread)
         thread.start()
@@ -163,33 +185,56 @@ class OpenVINOEncoder:
             self._done.wait(timeout)
         return self.ready
 
-    def _export(self, encoder: torch.nn.Module) -> None:
+    def _exportable(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The fp32 eval-mode copy of ``module`` that is exported."""
+        return copy.deepcopy(module).float().eval()
+
+    def _example(self) -> tuple[tuple[torch.Tensor, ...], tuple | None]:
+        """Example inputs, and torch.export's dynamic shapes for them (None: all fixed)."""
+        raise NotImplementedError
+
+    def _key_of(self, module: torch.nn.Module) -> str:
+        """The key of the exported copy's weights, where the graph was made without one."""
+        raise NotImplementedError
+
+    def _export(self, module: torch.nn.Module) -> None:
+        try:
+            with _export_lock:  # one at a time: each takes the cores, and the GIL, for seconds
+                if self.COPY_ON_THREAD:
+                    module = self._exportable(module)
+                if self.key is None:
+                    self.key = self._key_of(module)
+                if not self.load_saved():  # saved meanwhile by another process, or a decoder's graph read here
+                    self._convert(module)
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
+            what = self.FILE.split(".")[0]
+            warnings.warn(f"the {what} could not be exported to OpenVINO ({self.error}); it runs in torch",
+                          RuntimeWarning, stacklevel=2)
+        finally:
+            _exports.discard(threading.current_thread())
+            self._done.set()
+
+    def _convert(self, module: torch.nn.Module) -> None:
+        """Export ``module`` (torch.export, else OpenVINO's tracing), save the graph and compile it."""
         import time
 
         import openvino as ov
 
         t0 = time.perf_counter()
         logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
-        try:
-            example = torch.zeros(1, 3, self.image_size, self.image_size)
-            with torch.no_grad():
-                try:  # torch.export: a few seconds, and no tracing warnings
-                    graph = ov.convert_model(torch.export.export(encoder, (example,)))
-                except Exception as err:  # an encoder torch.export cannot take: OpenVINO's own tracing
-                    log.info("torch.export failed (%s); converting by tracing", err)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        graph = ov.convert_model(encoder, example_input=example)
-            self._save(graph)
-            self._compile(graph)
-            self.export_s = time.perf_counter() - t0
-        except Exception as err:
-            self.error = f"{type(err).__name__}: {err}"
-            warnings.warn(f"the encoder could not be exported to OpenVINO ({self.error}); it runs in torch",
-                          RuntimeWarning, stacklevel=2)
-        finally:
-            _exports.discard(threading.current_thread())
-            self._done.set()
+        example, dynamic = self._example()
+        with torch.no_grad():
+            try:  # torch.export: a few seconds, and no tracing warnings
+                graph = ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
+            except Exception as err:  # a module torch.export cannot take: OpenVINO's own tracing
+                log.info("torch.export failed (%s); converting by tracing", err)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    graph = ov.convert_model(module, example_input=example)
+        self._save(graph)
+        self._compile(graph)
+        self.export_s = time.perf_counter() - t0
 
     def _save(self, graph) -> None:
         """Write the graph atomically (a temporary folder renamed into place); a folder that cannot be written
@@ -200,25 +245,39 @@ class OpenVINOEncoder:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
         except OSError as err:
-            log.warning("cannot keep the encoder graph in %s (%s); it is exported again next run",
-                        self.folder.parent, err)
+            log.warning("cannot keep the graph in %s (%s); it is exported again next run", self.folder.parent, err)
             return
         try:
-            ov.save_model(graph, str(tmp / "encoder.xml"), compress_to_fp16=False)
+            ov.save_model(graph, str(tmp / self.FILE), compress_to_fp16=False)
             os.replace(tmp, self.folder)
         except Exception as err:  # another process put it there first, or the disk is full: the graph in memory
             shutil.rmtree(tmp, ignore_errors=True)  # still serves this run
-            if not (self.folder / "encoder.xml").is_file():
-                log.warning("cannot keep the encoder graph in %s (%s); it is exported again next run",
+            if not (self.folder / self.FILE).is_file():
+                log.warning("cannot keep the graph in %s (%s); it is exported again next run",
                             self.folder.parent, err)
         prune(self.folder.parent)
 
     def _compile(self, graph) -> None:
-        self._compiled = _openvino_core().compile_model(graph, "CPU", {
+        config = {
             "INFERENCE_PRECISION_HINT": "f32",  # a bf16 CPU would otherwise get bf16 (not the exact numbers)
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
-        })
+        }
+        if not self.PIN_THREADS:
+            config["ENABLE_CPU_PINNING"] = False
+        self._compiled = _openvino_core().compile_model(graph, "CPU", config)
+
+
+class OpenVINOEncoder(OpenVINOGraph):
+    """The image encoder (with its adapters) as a graph: (1,3,S,S) preprocessed slice → (1,C,g,g) embedding."""
+
+    FILE = "encoder.xml"
+
+    def _exportable(self, module: torch.nn.Module) -> torch.nn.Module:
+        return super()._exportable(module).to(memory_format=torch.contiguous_format)
+
+    def _example(self) -> tuple[tuple[torch.Tensor, ...], tuple | None]:
+        return (torch.zeros(1, 3, self.image_size, self.image_size),), None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """fp32 embeddings of a preprocessed (B,3,S,S) batch, one slice per inference."""
@@ -230,22 +289,111 @@ class OpenVINOEncoder:
         return torch.cat(out)
 
 
+class PromptDecoder(torch.nn.Module):
+    """SAM's prompt encoder and mask decoder as one traceable function of fixed-type inputs (what is exported).
+
+    ``PromptEncoder`` picks embeddings by boolean indexing and branches on which prompts are given; here the prompt
+    is always tokens (T points in the input frame as (x, y), labels 1 positive, 0 negative, -1 not a point, 2 and 3
+    a box's corners: exactly the tokens PromptEncoder builds, in its order) plus a mask input and a 0/1 flag saying
+    whether it is used. The labels select embeddings by arithmetic (segment_anything's own ONNX model does the
+    same); each term adds an exact zero or the embedding itself, so the sums are PromptEncoder's. The output is all
+    of the decoder's masks and IoU scores, as ``MaskDecoder.predict_masks`` returns them.
+    """
+
+    def __init__(self, sam: torch.nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+    def forward(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor,
+                has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pe = self.prompt_encoder
+        size = torch.tensor(pe.input_image_size, dtype=torch.float32).flip(0)  # (w, h), as _embed_points divides
+        sparse = pe.pe_layer._pe_encoding((coords + 0.5) / size)
+        labels = labels.unsqueeze(-1)
+        sparse = sparse * (labels != -1).float() + pe.not_a_point_embed.weight * (labels == -1).float()
+        for i in range(pe.num_point_embeddings):
+            sparse = sparse + pe.point_embeddings[i].weight * (labels == i).float()
+        dense = (has_mask * pe.mask_downscaling(mask_input)
+                 + (1 - has_mask) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1))
+        return self.mask_decoder.predict_masks(embedding, pe.get_dense_pe(), sparse, dense)
+
+
+def decoder_key(prefix: str, model: torch.nn.Module) -> str:
+    """``prefix`` (base weights, image size) and a digest of every value of a model's ``prompt_encoder`` and
+    ``mask_decoder`` (a SAM or a ``PromptDecoder``; tuning and adapter files change them): a decoder graph's name."""
+    h = hashlib.sha256()
+    for part in ("prompt_encoder", "mask_decoder"):
+        for name, tensor in sorted(getattr(model, part).state_dict().items()):
+            h.update(f"{part}.{name}".encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return f"{prefix}-d{h.hexdigest()[:16]}"
+
+
+MAX_TOKENS = 256  # tokens (points, a pad, a box's two corners) of one prompt in the decoder graph; more: torch
+
+
+class OpenVINODecoder(OpenVINOGraph):
+    """A model's prompt encoder + mask decoder (``PromptDecoder``) as a graph, for one prompt on one embedding;
+    the number of tokens is free (2 to ``MAX_TOKENS``)."""
+
+    FILE = "decoder.xml"
+    # Threads free to move: on a loaded machine a pinned thread waits for its busy core (one thread measured 2x
+    # slower pinned there, 120 vs 60 ms a click; the same when the machine is quiet). BENCHMARKS.md, "The decoder path".
+    PIN_THREADS = False
+    COPY_ON_THREAD = True  # its key is a digest of the copy (``decoder_key``)
+    max_tokens = MAX_TOKENS
+
+    def __init__(self, key: str | None, image_size: int, embedding_shape: tuple[int, int, int],
+                 mask_shape: tuple[int, int], threads: int | None = None, directory: Path | None = None,
+                 prefix: str = "") -> None:
+        super().__init__(key, image_size, threads, directory)
+        self.embedding_shape = tuple(embedding_shape)
+        self.mask_shape = tuple(mask_shape)
+        self.prefix = prefix  # the key's start (base weights, image size) when the key is found on export
+
+    def _exportable(self, module: torch.nn.Module) -> torch.nn.Module:
+        return super()._exportable(PromptDecoder(module))  # a copy of these two parts only, not the encoder
+
+    def _key_of(self, module: torch.nn.Module) -> str:
+        return decoder_key(self.prefix, module)
+
+    def _example(self) -> tuple[tuple[torch.Tensor, ...], tuple | None]:
+        tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)  # a box, or a point and its pad
+        example = (torch.zeros(1, *self.embedding_shape), torch.zeros(1, 2, 2), torch.tensor([[1.0, -1.0]]),
+                   torch.zeros(1, 1, *self.mask_shape), torch.ones(1))
+        return example, ({}, {1: tokens}, {1: tokens}, {}, {})
+
+    def __call__(self, embedding: torch.Tensor, coords: np.ndarray, labels: np.ndarray,
+                 mask_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1,M,g',g') low-res logits and (1,M) IoU scores (all M outputs) of one prompt's (1,T,2) (x, y) tokens
+        and (1,T) labels on a (1,C,g,g) embedding, with an optional (1,1,g',g') mask input."""
+        request = self._compiled.create_infer_request()  # one per call: calls may come from several threads
+        has_mask = np.array([0.0 if mask_input is None else 1.0], np.float32)
+        mask = (np.zeros((1, 1, *self.mask_shape), np.float32) if mask_input is None
+                else mask_input.detach().to("cpu", torch.float32).contiguous().numpy())
+        request.infer([embedding.detach().to("cpu", torch.float32).contiguous().numpy(),
+                       np.ascontiguousarray(coords, np.float32), np.ascontiguousarray(labels, np.float32), mask,
+                       has_mask])
+        return tuple(torch.from_numpy(np.array(request.get_output_tensor(i).data, copy=True)) for i in (0, 1))
+
+
 STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a process that died while writing it
 
 
 def prune(folder: Path, keep: int = KEEP_GRAPHS) -> None:
-    """Remove all but the ``keep`` most recently used graphs (each tuned adapter makes one), and temporary export
-    folders a killed process left; only folders this module names are ever touched."""
+    """Remove all but the ``keep`` most recently used graphs of each kind (each tuned adapter makes one), and
+    temporary export folders a killed process left; only folders this module names are ever touched."""
     import time
 
     try:
         entries = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
-        ours = [p for p in entries if not p.name.startswith(".") and re.search(r"-ov[0-9A-Za-z._]+-g\d+$", p.name)
-                and (p / "encoder.xml").is_file()]
+        named = [p for p in entries if not p.name.startswith(".") and re.search(r"-ov[0-9A-Za-z._]+-g\d+$", p.name)]
+        kinds = [sorted((p for p in named if (p / file).is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+                 for file in GRAPH_FILES]
         stale = [p for p in entries if re.fullmatch(r"\..+-ov[0-9A-Za-z._]+-g\d+\..+\.tmp", p.name)
                  and time.time() - p.stat().st_mtime > STALE_TEMP_S]
-        ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return
-    for old in ours[keep:] + stale:
+    for old in [p for ours in kinds for p in ours[keep:]] + stale:
         shutil.rmtree(old, ignore_errors=True)
