@@ -36,9 +36,9 @@ PRECISION_TIP = ("How the image encoder computes. auto: fp32 (on a CPU in OpenVI
                  "and CPUs with AVX512-BF16/AMX, but it changes some masks (BENCHMARKS.md), so auto does not pick it.")
 
 
-RUNTIME_TIP = ("Where the image encoder runs on a CPU. auto: OpenVINO (the same fp32 numbers as torch, faster) when "
-               "Precision is auto, else torch. The first use of a model (and of each tuned adapter) exports it in "
-               "the background while torch answers; later runs read the saved graph.")
+RUNTIME_TIP = ("Where the image encoder and each click's decoder pass run on a CPU. auto: OpenVINO (the fp32 numbers "
+               "of torch, faster) when Precision is auto, else torch. The first use of a model (and of each tuned "
+               "adapter) exports it in the background while torch answers; later runs read the saved graphs.")
 
 
 SERVER_ENV = "NAPARI_MSA_SERVER"  # the Server field's default (e.g. a lab's server); empty: this machine
