@@ -70,6 +70,13 @@ def install(monkeypatch, masks: DiskMasks) -> DiskMasks:
     return masks
 
 
+def press_key(viewer, key: str) -> None:
+    """A key press as napari dispatches it: the active layer's keymap first, then the viewer's."""
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
 def wait_idle(qtbot, widget, timeout: int = 30_000) -> None:
     qtbot.waitUntil(lambda: widget.idle, timeout=timeout)
 

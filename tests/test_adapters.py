@@ -8,11 +8,16 @@ from napari_msa.engine.network.adapters import (
     PROMPT_EMBEDDING_KEYS,
     AdaptedBlock,
     adapter_parameter_names,
-    count_parameters,
     is_trainable,
     set_depth_slices,
     set_trainable,
 )
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def _pair(adapter: AdapterConfig):

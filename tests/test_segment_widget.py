@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from segment_support import DiskMasks, disk, install, notification_count, notifications_since, wait_idle
+from segment_support import DiskMasks, disk, install, notification_count, notifications_since, press_key, wait_idle
 
 from napari_msa import Session, load_model
 from napari_msa._widgets._hub import hub_for
@@ -39,13 +39,6 @@ def open_segmenter(make_napari_viewer, qtbot):
         widget.jobs.prefetcher.stop()
         widget.jobs.propagation.cancel()
         wait_idle(qtbot, widget)
-
-
-def press(viewer, key: str) -> None:
-    """A key press as napari dispatches it: active layer's keymap first, then the viewer's."""
-    handler = viewer.window._qt_viewer._key_map_handler
-    handler.press_key(key)
-    handler.release_key(key)
 
 
 def image2d(shape=(64, 80)) -> np.ndarray:
@@ -94,7 +87,7 @@ def test_negative_point_removes_area(open_segmenter, qtbot, monkeypatch):
     wait_idle(qtbot, widget)
     labels = viewer.layers["img labels"]
     before = int((labels.data == 1).sum())
-    press(viewer, "T")
+    press_key(viewer, "T")
     points.add([32, 46])
     wait_idle(qtbot, widget)
     assert points.features["positive"].tolist() == [True, False]
@@ -108,16 +101,16 @@ def test_t_toggles_sign_of_new_points_and_their_colour(open_segmenter):
     viewer, widget = open_segmenter(image2d(), model=None)
     points = widget.layers.points()
     assert widget.form.sign_button.text().startswith("positive")
-    press(viewer, "T")
+    press_key(viewer, "T")
     assert widget.form.sign_button.text().startswith("negative")
     points.add([5, 5])
-    press(viewer, "T")
+    press_key(viewer, "T")
     points.add([6, 6])
     assert points.features["positive"].tolist() == [False, True]
     np.testing.assert_allclose(points.face_color[:, :3], [[1, 0, 0], [0, 1, 0]])
     # T also works when another layer (here the image) is active: it is bound on the viewer too.
     viewer.layers.selection.active = viewer.layers["img"]
-    press(viewer, "T")
+    press_key(viewer, "T")
     assert widget.form.sign_button.text().startswith("negative")
 
 
@@ -127,7 +120,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     labels = viewer.layers["img labels"]
     first = disk((64, 80), (20, 20), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
@@ -137,7 +130,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     points.add([20, 28])
     wait_idle(qtbot, widget)
     assert "lie on other objects" in widget.status.text() and "overwrite other objects" in widget.status.text()
-    press(viewer, "C")
+    press_key(viewer, "C")
     second = disk((64, 80), (20, 28), 6)
     np.testing.assert_array_equal(labels.data == 1, first)
     np.testing.assert_array_equal(labels.data == 2, second & ~first)
@@ -147,7 +140,7 @@ def test_commit_moves_to_new_id_keeps_objects_and_undo_restores(open_segmenter, 
     widget.form.overwrite.setChecked(True)
     points.add([20, 24])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     third = disk((64, 80), (20, 24), 6)
     np.testing.assert_array_equal(labels.data == 3, third)
 
@@ -167,13 +160,13 @@ def test_clear_drops_prompts_and_preview_but_not_committed_objects(open_segmente
     points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     labels = viewer.layers["img labels"]
     committed = labels.data.copy()
     points.add([40, 60])
     wait_idle(qtbot, widget)
     assert (labels.data == 2).any()
-    press(viewer, "X")
+    press_key(viewer, "X")
     wait_idle(qtbot, widget)
     assert len(points.data) == 0
     np.testing.assert_array_equal(labels.data, committed)
@@ -221,7 +214,7 @@ def test_worker_error_is_reported_and_labels_unchanged(open_segmenter, qtbot, mo
     points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     labels = viewer.layers["img labels"]
     before = labels.data.copy()
     for error, words in ((RuntimeError("decoder exploded"), "prediction failed"),
@@ -418,7 +411,7 @@ def test_status_follows_undo_and_problems_are_told_once_per_click(open_segmenter
     points.add([20, 20])
     wait_idle(qtbot, widget)
     assert widget.status.text().startswith("Object 1") and widget.form.activity.text() == ""
-    press(viewer, "C")
+    press_key(viewer, "C")
     assert "Committed object 1" in widget.status.text()
     labels = viewer.layers["img labels"]
     labels.undo()  # Ctrl+Z on the labels layer: the status must not keep saying it is committed
@@ -458,7 +451,7 @@ def test_sign_is_readable_long_names_are_elided_and_model_errors_name_the_fields
     # the sign of new points: the points' colour as background, dark text on it, contrast >= 4.5:1 (WCAG AA)
     for positive in (True, False):
         if L_new_points_positive(widget) != positive:
-            press(viewer, "T")
+            press_key(viewer, "T")
         background, text = SIGN_COLORS[positive]
         style = widget.form.sign_button.styleSheet()
         assert background in style and f"color: {text}" in style
@@ -550,7 +543,7 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
     points = widget.layers.points()
     points.add([20, 20])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     labels = viewer.layers["img labels"]
     committed = labels.data.copy()
     assert (committed == 1).sum() > 0 and widget.form.object_id.value() == 2
@@ -574,7 +567,7 @@ def test_ctrl_z_on_the_prompts_layer_undoes_and_redoes_the_commit(open_segmenter
     np.testing.assert_array_equal(labels.data == 2, preview)  # the preview is still shown, unchanged
     qtbot.keyClick(canvas, Qt.Key.Key_Z, ctrl | shift)
     np.testing.assert_array_equal(labels.data == 1, committed == 1)
-    press(viewer, "X")  # clearing the preview leaves exactly the committed object
+    press_key(viewer, "X")  # clearing the preview leaves exactly the committed object
     np.testing.assert_array_equal(labels.data, committed)
 
 
@@ -583,7 +576,7 @@ def test_status_names_the_object_after_a_manual_id_change(open_segmenter, qtbot,
     viewer, widget = open_segmenter(image2d())
     widget.layers.points().add([20, 20])
     wait_idle(qtbot, widget)
-    press(viewer, "C")
+    press_key(viewer, "C")
     assert "now segmenting object 2" in widget.status.text()
     widget.form.object_id.setValue(7)
     assert widget.status.text() == "Segmenting object 7."

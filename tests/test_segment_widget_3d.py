@@ -10,7 +10,7 @@ import pytest
 import torch
 from napari.utils import progress
 from qtpy.QtCore import QTimer
-from segment_support import DiskMasks, disk, install, notification_count, notifications_since, wait_idle
+from segment_support import DiskMasks, disk, install, notification_count, notifications_since, press_key, wait_idle
 
 from napari_msa import load_model
 from napari_msa._widgets._hub import hub_for
@@ -101,9 +101,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     go_to_slice(viewer, widget, qtbot, 3)
     widget.layers.points().add([3, 24, 28])
     wait_idle(qtbot, widget)
-    handler = viewer.window._qt_viewer._key_map_handler
-    handler.press_key("Shift-S")
-    handler.release_key("Shift-S")
+    press_key(viewer, "Shift-S")
     assert widget.jobs.propagation.running and widget.form.propagate_button.text() == "Cancel (Shift+S)"
     wait_idle(qtbot, widget)
     assert widget.form.propagate_button.text() == "Propagate (Shift+S)"  # finished: the button proposes a new run
@@ -111,8 +109,7 @@ def test_shift_s_propagates_then_commit_and_undo(open_volume, qtbot, monkeypatch
     expected = disk(SHAPE[1:], (24, 28), 6)
     for z in range(SHAPE[0]):
         np.testing.assert_array_equal(labels.data[z] == 1, expected, err_msg=f"slice {z}")
-    handler.press_key("C")
-    handler.release_key("C")
+    press_key(viewer, "C")
     assert widget.form.object_id.value() == 2
     assert (labels.data == 1).sum() == SHAPE[0] * expected.sum()
     labels.undo()  # the whole propagated object was one commit
@@ -186,12 +183,6 @@ def test_cancelled_propagation_keeps_the_finished_slices_as_a_preview(open_volum
     press_key(viewer, "X")
     wait_idle(qtbot, widget)
     assert not labels.data.any()
-
-
-def press_key(viewer, key: str) -> None:
-    handler = viewer.window._qt_viewer._key_map_handler
-    handler.press_key(key)
-    handler.release_key(key)
 
 
 def test_activity_line_shows_what_runs_and_never_hides_the_last_result(open_volume, qtbot, monkeypatch):

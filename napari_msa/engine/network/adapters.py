@@ -8,7 +8,6 @@ SAM checkpoints and the MSA reference checkpoints load with unchanged key names.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -209,9 +208,3 @@ def set_trainable(sam: nn.Module, *, adapters: bool = True, decoder: bool = Fals
     for name, p in sam.named_parameters():
         p.requires_grad = everything or is_trainable(name, adapters=adapters, decoder=decoder, depth=depth)
     return [p for p in sam.parameters() if p.requires_grad]
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params: Iterable[torch.Tensor] = list(module.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
