@@ -222,3 +222,23 @@ def test_the_widget_says_once_when_the_server_is_gone_and_nothing_changes(make_n
     assert widget.hub.model is None
     assert "connection refused" in widget.status.text() and "make server" in widget.status.text()
     assert np.array_equal(labels.data, before)
+
+
+@pytest.mark.gui
+def test_a_server_asked_for_while_the_local_model_loads_replaces_that_load(
+        make_napari_viewer, qtbot, monkeypatch, server, phantom):
+    from napari_msa._widgets.segment import segment_widget
+
+    monkeypatch.setattr(segment_widget, "PRELOAD", True)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-msa", "Segment (MSA)")
+    viewer.add_image(phantom, name="phantom")  # the default model starts loading here
+    panel = widget.model_panel
+    assert panel.loading and panel.load_run.name == "litemedsam"
+    panel.server.setText(server.url)
+    assert panel.load_button.isEnabled()  # another choice than the one loading
+    panel.load_button.click()
+    qtbot.waitUntil(lambda: widget.hub.model is not None and widget.idle, timeout=120_000)
+    qtbot.wait(200)  # the discarded local model would have arrived by now
+    assert widget.jobs.remote and getattr(widget.hub.model, "remote", False)
+    assert server.url in panel.label.text()
