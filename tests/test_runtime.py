@@ -25,6 +25,16 @@ def _same_weights(a, b) -> None:
     b.version += 1
 
 
+def _sessions_on_one_image(models, seed: int) -> list[Session]:
+    """One session per model on the same small image with a bright object (a click and a box find it)."""
+    image = (np.random.default_rng(seed).random((90, 70)) * 255).astype(np.uint8)
+    image[20:50, 20:40] = 250
+    sessions = [Session(m) for m in models]
+    for s in sessions:
+        s.set_image(image)
+    return sessions
+
+
 @pytest.mark.parametrize("name", ["tinyvit_test", "tiny"])  # LiteMedSAM's TinyViT and SAM's ViT, with adapters
 def test_the_graph_gives_torch_fp32_embeddings_and_masks(name):
     torch.manual_seed(0)
@@ -35,12 +45,7 @@ def test_the_graph_gives_torch_fp32_embeddings_and_masks(name):
         p.data.add_(0.01 * torch.randn_like(p))
     _same_weights(ref, ov)
     assert ov.encoder_graph(wait=True).ready
-    rng = np.random.default_rng(0)
-    image = (rng.random((90, 70)) * 255).astype(np.uint8)
-    image[20:50, 20:40] = 250
-    sessions = [Session(m) for m in (ref, ov)]
-    for s in sessions:
-        s.set_image(image)
+    sessions = _sessions_on_one_image((ref, ov), seed=0)
     e_ref, e_ov = (s.embedding().features for s in sessions)
     assert torch.allclose(e_ref, e_ov, atol=1e-4), float((e_ref - e_ov).abs().max())
     for prompt in ({"points": [[35, 30]], "labels": [1]}, {"box": [18, 18, 52, 42]},
@@ -222,12 +227,7 @@ def test_the_decoder_graph_gives_torch_fp32_masks(name, tmp_path, monkeypatch):
     torch_decoder = ov.sam.mask_decoder.predict_masks
     monkeypatch.setattr(ov.sam.mask_decoder, "predict_masks",
                         lambda *a, **k: in_torch.append(1) or torch_decoder(*a, **k))
-    rng = np.random.default_rng(1)
-    image = (rng.random((90, 70)) * 255).astype(np.uint8)
-    image[20:50, 20:40] = 250
-    sessions = [Session(m) for m in (ref, ov)]
-    for s in sessions:
-        s.set_image(image)
+    sessions = _sessions_on_one_image((ref, ov), seed=1)
     prompts = [{"points": [[35, 30]], "labels": [1]},  # a lone click: SAM's three masks
                {"box": [18, 18, 52, 42]},
                {"points": [[35, 30], [60, 60]], "labels": [1, 0]},

@@ -7,8 +7,6 @@ monailabel's ``MONAILabelClient`` in the server's venv.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import gzip
 import json
 from pathlib import Path
@@ -22,6 +20,7 @@ from conftest import CONF
 from napari_msa import Session
 from napari_msa.engine.inference.propagation import fill_by_propagation
 from napari_msa.medical_io.cli import read_array
+from napari_msa.remote.server import multipart_parts  # the replies' parts, read as napari-msa's client reads them
 
 SLICER_BOUNDARY = "----------lImIt_of_THE_fIle_eW_$"  # MONAILabelLib's multipart boundary
 SLICER_CLIENT = "user-xyz"  # the extension's default Client/User-ID
@@ -58,12 +57,6 @@ def slicer_send(server, method: str, selector: str, fields=None, files=None, jso
     conn.request(method, selector, body=body, headers=headers)
     response = conn.getresponse()
     return response.status, response.getheader("content-type", ""), response.read()
-
-
-def multipart_parts(content_type: str, body: bytes) -> dict[str, bytes]:
-    msg = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body, policy=email.policy.HTTP)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in msg.iter_parts()}
 
 
 def slicer_infer(server, model: str, image: str, params: dict) -> tuple[dict, np.ndarray]:
