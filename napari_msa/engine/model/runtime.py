@@ -115,7 +115,6 @@ class OpenVINOGraph:
     names its file, builds its example inputs and runs it."""
 
     FILE = ""
-    PIN_THREADS = True  # OpenVINO's default on Linux: its threads stay on the cores they start on
     # Copy the module on the export thread, not the caller's: only where the key is found from the copy itself
     # (a change of weights meanwhile then names the graph it made). A copy beside a running export held a click
     # up for a second on 2 cores (the GIL).
@@ -262,9 +261,10 @@ class OpenVINOGraph:
             "INFERENCE_PRECISION_HINT": "f32",  # a bf16 CPU would otherwise get bf16 (not the exact numbers)
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
+            # Threads free to move between cores (OpenVINO pins them on Linux by default): on a loaded machine a
+            # pinned thread waits for its busy core; quiet, both measure the same (BENCHMARKS.md, issue 25).
+            "ENABLE_CPU_PINNING": False,
         }
-        if not self.PIN_THREADS:
-            config["ENABLE_CPU_PINNING"] = False
         self._compiled = _openvino_core().compile_model(graph, "CPU", config)
 
 
@@ -338,9 +338,6 @@ class OpenVINODecoder(OpenVINOGraph):
     the number of tokens is free (2 to ``MAX_TOKENS``)."""
 
     FILE = "decoder.xml"
-    # Threads free to move: on a loaded machine a pinned thread waits for its busy core (one thread measured 2x
-    # slower pinned there, 120 vs 60 ms a click; the same when the machine is quiet). BENCHMARKS.md, "The decoder path".
-    PIN_THREADS = False
     COPY_ON_THREAD = True  # its key is a digest of the copy (``decoder_key``)
     max_tokens = MAX_TOKENS
 
