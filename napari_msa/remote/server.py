@@ -160,9 +160,17 @@ class LabelServer:
     def infer(self, task: str, session_id: str, params: dict, label: Path | None = None,
               timeout: float | None = None) -> tuple[dict, bytes]:
         """POST /infer/<task> on the session's image: the result's params and its label file's bytes."""
-        reply = self.request("POST", f"/infer/{quote(task)}", query={"session_id": session_id},
-                             fields={"params": json.dumps(params)}, files={"label": label} if label else None,
-                             timeout=timeout)
+        return self._infer(task, {"session_id": session_id}, params, label, timeout)
+
+    def infer_image(self, task: str, image: str, params: dict, label: Path | None = None,
+                    timeout: float | None = None) -> tuple[dict, bytes]:
+        """POST /infer/<task> on a study of the server's datastore (its image id), as 3D Slicer asks."""
+        return self._infer(task, {"image": image}, params, label, timeout)
+
+    def _infer(self, task: str, query: dict, params: dict, label: Path | None, timeout: float | None
+               ) -> tuple[dict, bytes]:
+        reply = self.request("POST", f"/infer/{quote(task)}", query=query, fields={"params": json.dumps(params)},
+                             files={"label": label} if label else None, timeout=timeout)
         parts = multipart_parts(reply.content_type, reply.body)
         if "params" not in parts or "image" not in parts:
             raise ServerError(f"The server {self.url} answered {task} without a label file ({sorted(parts)})")

@@ -6,8 +6,9 @@ volume), so masks come back into the same preview / commit / undo / propagate fl
 MONAI Label session (a NIfTI written on ``Geometry.default``, so the server reads back exactly the layer's array);
 each request then names the session and sends every click so far in its order (the app's ``clicks``), so the
 server's ``Session`` replays them with the engine's interaction rule and answers what a local model would.
-Clicks and boxes travel as voxel indices (the voxel a click falls in, as 3D Slicer sends them). An expired
-session is uploaded again once, silently.
+Clicks and boxes travel as voxel indices (the voxel a click falls in, as 3D Slicer sends them); a click's answer,
+and an object sent along (refining, propagating), is one plane, not the volume. An expired session is uploaded
+again once, silently.
 """
 
 from __future__ import annotations
@@ -203,12 +204,11 @@ class RemoteSession:
         plane = (int(round(row)), int(round(col)))
         return list(self.geometry.source_index(plane if z is None else (int(z), *plane)))
 
-    def _label_file(self, plane: np.ndarray, z: int | None, name: str) -> Path:
-        """The object on slice ``z`` (zeros elsewhere) as a NIfTI on the image's grid: MONAI Label's label upload."""
-        labels = np.zeros(self.spatial_shape, dtype=np.uint8)
-        (labels if z is None else labels[z])[np.asarray(plane, dtype=bool)] = 1
+    def _label_file(self, plane: np.ndarray, name: str) -> Path:
+        """The object on one slice, as the app takes it in MONAI Label's label upload: that plane in display order
+        (a 2D NIfTI; the request's ``slice`` says which), not the whole volume."""
         path = Path(self._folder.name) / f"{name}-{uuid.uuid4().hex[:8]}.nii.gz"
-        nib.save(nib.Nifti1Image(self.geometry.to_source(labels), self.geometry.affine), path)
+        nib.save(nib.Nifti1Image(np.asarray(plane, dtype=bool).astype(np.uint8), np.eye(4)), path)
         return path
 
     def _params(self, **params) -> dict:
@@ -218,7 +218,8 @@ class RemoteSession:
 
     def _infer(self, task: str, params: dict, label: Path | None = None,
                timeout: float | None = None) -> tuple[dict, np.ndarray]:
-        """The result's params and labels in display order; an expired server session is uploaded again once."""
+        """The result's params and labels in display order (the clicked plane, when the answer is one); an expired
+        server session is uploaded again once."""
         with self._lock:
             session_id = self._session_id
         try:
@@ -233,11 +234,13 @@ class RemoteSession:
             result, blob = self.server.infer(task, session_id, params, label, timeout)
         if blob[:2] == b"\x1f\x8b":
             blob = gzip.decompress(blob)
-        source = np.asanyarray(nib.Nifti1Image.from_bytes(blob).dataobj)
-        if tuple(source.shape[:3]) != self.geometry.source_shape[:3]:
-            raise ServerError(f"The server {self.server.url} answered a label of shape {source.shape}, not the "
+        answer = np.asanyarray(nib.Nifti1Image.from_bytes(blob).dataobj)
+        if result.get("answer") == "plane" and answer.shape == self.plane_shape:
+            return result, answer > 0  # the clicked plane only, in display order
+        if tuple(answer.shape[:3]) != self.geometry.source_shape[:3]:
+            raise ServerError(f"The server {self.server.url} answered a label of shape {answer.shape}, not the "
                               f"image's {self.geometry.source_shape}")
-        return result, self.geometry.to_display(source.reshape(self.geometry.source_shape)) > 0
+        return result, self.geometry.to_display(answer.reshape(self.geometry.source_shape)) > 0
 
     def predict(self, points=None, labels=None, box=None, mask_input=None, *, z: int | None = None,
                 multimask: bool | None = None, prior: np.ndarray | None = None,
@@ -266,7 +269,7 @@ class RemoteSession:
         if len(pts) and (np.any(pts < -0.5) or np.any(pts[:, 0] > h - 0.5) or np.any(pts[:, 1] > w - 0.5)):
             raise ValueError(f"a point lies outside the {h}×{w} image")
         clicks = [[*self._voxel(z, r, c), int(label > 0)] for (r, c), label in zip(pts, lab)]
-        params = self._params(clicks=clicks, slice=self._k(z), candidate=int(candidate))
+        params = self._params(clicks=clicks, slice=self._k(z), candidate=int(candidate), answer="plane")
         if box is not None:
             r0, c0, r1, c1 = (float(v) for v in box)
             a, b = self._voxel(z, r0, c0), self._voxel(z, r1, c1)
@@ -275,13 +278,13 @@ class RemoteSession:
         if prior is not None and np.any(prior):
             if np.shape(prior) != (h, w):
                 raise ValueError(f"the prior mask has shape {np.shape(prior)}, the slice is {h}×{w}")
-            upload = self._label_file(prior, z, "prior")
+            upload = self._label_file(prior, "prior")
         try:
             result, labels_display = self._infer(TASK_2D, params, upload)
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)
-        mask = labels_display if z is None else labels_display[z]
+        mask = labels_display if labels_display.ndim == 2 else labels_display[z]
         scores = result.get("scores") or {}
         score = float(scores.get(str(self._k(z)), scores.get(self._k(z), 0.0)))
         return np.ascontiguousarray(mask), score
@@ -296,7 +299,7 @@ class RemoteSession:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise ValueError(f"the object is empty on slice {z}; segment it there first")
-        upload = self._label_file(mask, int(z), "start")
+        upload = self._label_file(mask, "start")
         try:
             result, labels_display = self._infer(TASK_3D, self._params(slice=self._k(z)), upload,
                                                  PROPAGATION_TIMEOUT_S)

@@ -6,6 +6,8 @@ import logging
 import os
 import tempfile
 
+import nibabel as nib
+import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
@@ -42,7 +44,10 @@ class MSAInfer(InferTask):
         fd, path = tempfile.mkstemp(prefix="msa_", suffix=".nii.gz")
         os.close(fd)
         try:
-            write_mask(path, result.labels, result.geometry)
+            if result.geometry is None:  # one display-order plane, for napari-msa's client
+                nib.save(nib.Nifti1Image(result.labels.astype(np.uint8), np.eye(4)), path)
+            else:
+                write_mask(path, result.labels, result.geometry)
         except BaseException:
             os.unlink(path)
             raise

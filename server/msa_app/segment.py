@@ -9,9 +9,11 @@ engine's interaction rule replays them, so the mask is the one the widget and th
 napari-msa's own client (``napari_msa.remote``) sends a few more params, so the widget's flow works remotely:
 ``clicks`` (every click in its order, [i, j, k, label]; when given, the order is not guessed), ``candidate`` (which
 of SAM's masks a lone click keeps: the widget's N key), ``normalization`` (the widget's intensity setting, as
-``Normalization.to_dict()``), and a ``label`` *file* (MONAI Label's label upload, on the study's grid): on
-``msa_2d`` the object as it exists on the slice (refining it); on ``msa_3d`` without clicks, the object on the
-request's ``slice`` to propagate from (as the widget's Propagate does).
+``Normalization.to_dict()``), ``answer: plane`` (``msa_2d`` answers with the clicked plane only, in display order:
+a click on a big volume does not write and send the whole volume), and a ``label`` *file* (MONAI Label's label
+upload, on the study's grid or that one display-order plane): on ``msa_2d`` the object as it exists on the slice
+(refining it); on ``msa_3d`` without clicks, the object on the request's ``slice`` to propagate from (as the
+widget's Propagate does).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import nibabel as nib
 import numpy as np
 
 from napari_msa import Normalization
@@ -46,10 +49,11 @@ class SlicePrompts:
 
 @dataclass
 class Result:
-    """Display-order labels (1 where the object is) on the study's geometry, and what the client is told."""
+    """Display-order labels (1 where the object is) on the study's geometry, and what the client is told; or, for
+    napari-msa's client (``answer: plane``), the one display-order plane and no geometry."""
 
     labels: np.ndarray
-    geometry: Geometry
+    geometry: Geometry | None
     params: dict
 
 
@@ -114,9 +118,19 @@ def _object_name(request: dict) -> str:
 
 
 def _mask_on(study: Study, path: str, z: int | None) -> np.ndarray:
-    """The uploaded object on display slice ``z`` (2D: the image), as a bool plane."""
+    """The uploaded object on display slice ``z`` (2D: the image), as a bool plane. The file is either on the
+    study's grid or, as napari-msa's client sends it, that one plane in display order (a 2D NIfTI)."""
+    plane_shape = tuple(study.geometry.spatial_display_shape[-2:])
     try:
+        raw = nib.load(path)
+        if len(raw.shape) == 2:
+            plane = np.asanyarray(raw.dataobj)
+            if plane.shape != plane_shape:
+                raise RequestError(f"the uploaded plane has shape {plane.shape}, the study's slices {plane_shape}")
+            return plane > 0
         labels, _ = read_array(path)
+    except RequestError:
+        raise
     except Exception as err:
         raise RequestError(f"the uploaded label is not a readable NIfTI ({err})") from err
     if tuple(labels.shape) != tuple(study.geometry.spatial_display_shape):
@@ -247,4 +261,8 @@ def segment(studies: Studies, request: dict, dimension: int) -> Result:
         "adapter": studies.adapter if studies.adapter is None else str(studies.adapter),
         "seconds": round(time.perf_counter() - start, 4),
     }
+    if request.get("answer") == "plane" and dimension == 2:  # napari-msa's client: the clicked plane, not the volume
+        z = _display_z(study, asked[0].k)
+        params["answer"] = "plane"
+        return Result(labels if z is None else labels[z], None, params)
     return Result(labels, geometry, params)

@@ -242,3 +242,28 @@ def test_a_server_asked_for_while_the_local_model_loads_replaces_that_load(
     qtbot.wait(200)  # the discarded local model would have arrived by now
     assert widget.jobs.remote and getattr(widget.hub.model, "remote", False)
     assert server.url in panel.label.text()
+
+
+def test_an_object_uploaded_on_the_studys_grid_propagates_too(server, studies, local_model, phantom, reference,
+                                                            tmp_path):
+    """MONAI Label's own convention for a label upload (the whole study's grid), beside the client's one plane."""
+    import gzip
+
+    import nibabel as nib
+
+    from napari_msa.medical_io import write_nifti_labels
+
+    _, geometry = read_array(studies / "phantom_ct.nii.gz")
+    z, y, x = deep_point(reference, 4)  # the left kidney
+    local = Session(local_model)
+    local.set_image(phantom)
+    start, _ = local.predict(points=[(z, y, x)], labels=[1])
+    grid = np.zeros(phantom.shape, np.uint8)
+    grid[z][start] = 1
+    path = write_nifti_labels(tmp_path / "start.nii.gz", grid, geometry)
+    result, blob = LabelServer(server.url).infer_image("msa_3d", "phantom_ct", {"slice": z, "label_name": "kidney"},
+                                                       path)
+    labels = geometry.to_display(np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(blob)).dataobj))
+    want = local.propagate(start, z)
+    assert sorted(result["filled"]) == sorted(want)
+    assert all(np.array_equal(labels[k] == 1, want[k]) for k in want)
