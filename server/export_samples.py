@@ -7,16 +7,12 @@ reader gives back the sample arrays exactly. Existing files are left as they are
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from napari_msa._sample_data import read_sample
-from napari_msa.engine.files.checkpoints import atomic_write
 from napari_msa.medical_io import Geometry
+from napari_msa.medical_io.nifti import write_nifti_image
 
 SAMPLES = ("ct_slice", "mri_volume", "phantom_ct")
 
@@ -32,13 +28,7 @@ def export(folder: str | Path) -> list[Path]:
         if path.exists():
             continue
         data, meta = read_sample(f"{name}.tif")
-        geometry = Geometry.default(data.shape, scale=meta.get("scale"))
-        img = nib.Nifti1Image(geometry.to_source(np.asarray(data)), geometry.affine)
-        img.set_qform(geometry.affine, code="scanner")
-        img.set_sform(geometry.affine, code="scanner")
-        img.header.set_xyzt_units("mm", "sec")
-        blob = gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
-        atomic_write(path, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
+        write_nifti_image(path, data, Geometry.default(data.shape, scale=meta.get("scale")), compresslevel=6)
     return written
 
 

@@ -341,3 +341,20 @@ def test_dicom_labels_are_written_on_the_dicom_geometry(tmp_path):
     flat = nib.load(write_nifti_labels(tmp_path / "one.nii", mask, single.geometry))
     assert flat.shape == (128, 128, 1) and np.array_equal(np.asarray(flat.dataobj)[:, :, 0].T, mask)
     assert np.array_equal(_one(tmp_path / "one.nii").data, mask)
+
+
+@pytest.mark.parametrize("name", ["a.nii.gz", "a.nii"])
+def test_an_image_written_on_a_series_geometry_reads_back_as_the_series(tmp_path, name):
+    """What the MONAI Label server keeps for a DICOM series and what the client uploads: the same array, the same
+    patient geometry, whichever voxel order the source had."""
+    from napari_msa.medical_io.nifti import write_nifti_image
+
+    write_series(tmp_path / "s", n=4)
+    series = read_medical(tmp_path / "s")[0]
+    write_nifti_image(tmp_path / name, series.data, series.geometry)
+    back = read_medical(tmp_path / name)[0]
+    assert np.array_equal(back.data, series.data) and back.data.dtype == series.data.dtype
+    assert np.allclose(back.geometry.affine, series.geometry.affine)
+    assert back.layer_data()[1]["scale"] == pytest.approx(series.layer_data()[1]["scale"])
+    with pytest.raises(MedicalIOError, match="written as .nii or .nii.gz"):
+        write_nifti_image(tmp_path / "a.tif", series.data, series.geometry)

@@ -161,6 +161,35 @@ def labels_for_writing(labels: np.ndarray) -> np.ndarray:
     return arr.astype(smallest_int_dtype(0, high))
 
 
+def _in_scanner_space(img: nib.Nifti1Image, affine: np.ndarray) -> nib.Nifti1Image:
+    """qform and sform both the affine (scanner space), millimetres: what readers other than nibabel expect."""
+    img.set_qform(affine, code="scanner")
+    img.set_sform(affine, code="scanner")
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def nifti_image_bytes(image: np.ndarray, geometry: Geometry, *, compresslevel: int = 1) -> bytes:
+    """A display-order grey-level image as the complete NIfTI file (gzip at ``compresslevel``; 0: none) on
+    ``geometry``, in its source voxel order: napari-msa's reader gives back the same array. For the MONAI Label
+    server's studies and the client's uploads."""
+    img = _in_scanner_space(nib.Nifti1Image(geometry.to_source(np.asarray(image)), geometry.affine), geometry.affine)
+    data = img.to_bytes()
+    return gzip.compress(data, compresslevel=compresslevel, mtime=0) if compresslevel else data
+
+
+def write_nifti_image(path: str | Path, image: np.ndarray, geometry: Geometry, *, compresslevel: int = 1) -> Path:
+    """``nifti_image_bytes`` written atomically (a ``.nii.gz`` name; ``.nii``: uncompressed)."""
+    from napari_msa.engine.files.checkpoints import atomic_write  # loads torch: only when a file is written
+
+    path = Path(path)
+    if not is_nifti_name(path):
+        raise MedicalIOError(f"{path.name}: NIfTI images are written as .nii or .nii.gz")
+    level = compresslevel if path.name.lower().endswith(".gz") else 0
+    blob = nifti_image_bytes(image, geometry, compresslevel=level)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
 def nifti_labels_bytes(labels: np.ndarray, geometry: Geometry, *, compress: bool) -> bytes:
     """The complete file (gzip-compressed when asked) for display-order ``labels`` on ``geometry``."""
     ids = labels_for_writing(labels)
@@ -173,10 +202,7 @@ def nifti_labels_bytes(labels: np.ndarray, geometry: Geometry, *, compress: bool
         image_class = nib.Nifti2Image if header_class is nib.Nifti2Header else nib.Nifti1Image
         img = image_class(source, geometry.affine, header=header)
     else:
-        img = nib.Nifti1Image(source, geometry.affine)
-        img.set_qform(geometry.affine, code="scanner")
-        img.set_sform(geometry.affine, code="scanner")
-        img.header.set_xyzt_units("mm", "sec")
+        img = _in_scanner_space(nib.Nifti1Image(source, geometry.affine), geometry.affine)
     hdr = img.header
     hdr.set_data_dtype(source.dtype)
     hdr.set_slope_inter(1.0, 0.0)

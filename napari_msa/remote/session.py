@@ -27,6 +27,7 @@ import numpy as np
 
 from napari_msa.engine.cancel import CancelFn, Cancelled, ProgressFn
 from napari_msa.medical_io import Geometry
+from napari_msa.medical_io.nifti import nifti_image_bytes
 
 from .server import LabelServer, ServerError
 
@@ -79,12 +80,6 @@ def connect(url: str, token: str | None = None, timeout: float = 120.0) -> Remot
     return RemoteModel(server, info)
 
 
-class _ServerSideCache:
-    """The widget's cache folder setting has nothing to act on here: the server keeps its own embeddings."""
-
-    directory: Path | None = None
-
-
 def _as_nifti_dtype(image: np.ndarray) -> np.ndarray:
     """The array in a dtype NIfTI stores as is (the server must read back the very values the layer holds)."""
     if image.dtype == bool:
@@ -110,10 +105,10 @@ class RemoteSession:
         self.model = model
         self.server = model.server
         self.client_id = f"napari-msa-{uuid.uuid4().hex[:12]}"
-        self.cache = _ServerSideCache()
         self.image: np.ndarray | None = None
         self.normalization: Normalization | None = None
         self.geometry: Geometry | None = None
+        self._data: np.ndarray | None = None  # what was uploaded (the image in a dtype NIfTI keeps), to upload again
         self._digest = ""
         self._session_id: str | None = None
         self._lock = threading.Lock()
@@ -150,7 +145,7 @@ class RemoteSession:
 
     def _upload(self, data: np.ndarray, geometry: Geometry) -> str:
         path = Path(self._folder.name) / "image.nii.gz"
-        nib.save(nib.Nifti1Image(geometry.to_source(data), geometry.affine), path)
+        path.write_bytes(nifti_image_bytes(data, geometry))
         try:
             return self.server.create_session(path)
         finally:

@@ -10,18 +10,15 @@ Done at start-up (and never over a folder's files): series copied in later are s
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from napari_msa.engine.files.checkpoints import atomic_write
 from napari_msa.medical_io import MedicalIOError, read_medical
 from napari_msa.medical_io.dicom import folder_has_dicom
+from napari_msa.medical_io.nifti import write_nifti_image
 
 logger = logging.getLogger(__name__)
 NOT_SERIES = {"labels", "model", "logs"}  # MONAI Label's own folders inside the studies folder
@@ -34,15 +31,6 @@ def _newest_file(folder: Path) -> float:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "series"
-
-
-def _write(path: Path, data: np.ndarray, geometry) -> None:
-    img = nib.Nifti1Image(geometry.to_source(np.asarray(data)), geometry.affine)
-    img.set_qform(geometry.affine, code="scanner")
-    img.set_sform(geometry.affine, code="scanner")
-    img.header.set_xyzt_units("mm", "sec")
-    blob = gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
 
 
 def _manifest(root: Path) -> dict:
@@ -83,7 +71,7 @@ def series_as_studies(studies: str | Path) -> list[Path]:
                 continue
             name = folder.name if len(images) == 1 else f"{folder.name}_{_slug(image.name)}"
             path = root / f"{name}.nii.gz"
-            _write(path, image.data, image.geometry)
+            write_nifti_image(path, image.data, image.geometry)
             logger.info(f"napari-msa: DICOM series {folder.name} ({image.name}) served as study {name}")
             names.append(name)
             written.append(path)

@@ -440,7 +440,7 @@ class SegmentWidget(QWidget):
             self.feedback.set(f"All {self.jobs.volume.total} slices are embedded{where}.")
 
     def _on_cache_folder_changed(self, text: str) -> None:
-        if self.jobs.session is not None:
+        if self.jobs.session is not None and not self.jobs.remote:  # a server keeps its own embeddings
             self.jobs.session.cache.directory = Path(text.strip()) if text.strip() else None
 
     # ============================================================================ feedback
