@@ -267,3 +267,39 @@ def test_an_object_uploaded_on_the_studys_grid_propagates_too(server, studies, l
     want = local.propagate(start, z)
     assert sorted(result["filled"]) == sorted(want)
     assert all(np.array_equal(labels[k] == 1, want[k]) for k in want)
+
+
+# Fresh napari first, then the plugin and a sample from the menus (tests/test_menu_path.py's script, Qt before
+# anything of torch's), then the Server field, Connect and a click: the user's path to a server.
+SERVER_AFTER = """
+import time
+widget = viewer.window.dock_widgets["Segment (MSA) (napari-msa)"]
+widget.model_panel.server.setText(plan["url"])
+widget.model_panel.load_button.click()
+deadline = time.monotonic() + 120
+while (widget.hub.model is None or not widget.idle) and time.monotonic() < deadline:
+    app.processEvents(); time.sleep(0.02)
+assert widget.jobs.remote, widget.status.text()
+widget.form.image_choice.choose(viewer.layers["CT slice (HU)"])
+widget.layers.points().add([64, 64])
+while (widget.layers.labels() is None or not widget.idle) and time.monotonic() < deadline:
+    app.processEvents(); time.sleep(0.02)
+assert widget.layers.labels() is not None and widget.layers.labels().data.any(), widget.status.text()
+print("server click answered:", int(widget.layers.labels().data.sum()), "pixels", flush=True)
+"""
+
+
+@pytest.mark.gui
+def test_from_a_fresh_napari_the_menus_and_a_server_answer_a_click(server):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_menu_path import VIEWER_FIRST, _assert_ok
+
+    plan = {"widgets": ["Segment (MSA)"], "samples": ["ct_slice"], "after": SERVER_AFTER, "url": server.url}
+    proc = subprocess.run([sys.executable, "-c", VIEWER_FIRST, json.dumps(plan)], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    _assert_ok(proc)
+    assert "server click answered" in proc.stdout
