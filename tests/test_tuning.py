@@ -606,3 +606,31 @@ def test_tuning_with_zoomed_views_draws_a_share_of_its_samples_from_them(monkeyp
     assert 0 < len(views) < len(seen)
     with pytest.raises(ValueError, match="zoom_views"):
         tune(tiny(), images, labels, steps=1, zoom_views=1.5)
+
+
+def test_anchoring_first_clicks_keeps_a_lone_clicks_answers_while_corrections_train():
+    """With ``anchor_first_clicks`` a lone click's three masks and scores stay as the starting decoder gives
+    them (a distillation term replaces their task loss); corrections and boxes still train. Without it, the
+    same run moves the lone click's answers too."""
+    images, labels = blob_task(3, size=96)
+    start = tiny(image_size=96)
+    click = interior_click(labels[0] == 1)
+    opts = dict(steps=25, seed=0, val_fraction=0, lr=3e-3, box_share=0.3, max_correction_rounds=2, batch_size=2,
+                accept_margin=-1.0, blends=(), augment=False)
+    with pytest.raises(ValueError, match="anchor_first_clicks"):
+        tune(start, images, labels, steps=1, anchor_first_clicks=-1.0)
+
+    def answers(model):
+        session = Session(model)
+        session.set_image(images[0])
+        lone = session.interact(points=[click], labels=[1], multimask=True)
+        corrected = session.interact(points=[click, (5, 5)], labels=[1, 0], multimask=False)
+        return lone.logits.clip(-8, 8), lone.scores, corrected.logits.clip(-8, 8)
+
+    before = answers(start)
+    anchored = answers(tune(start, images, labels, anchor_first_clicks=1.0, **opts).model)
+    free = answers(tune(start, images, labels, **opts).model)
+    moved = [float(np.abs(after[0] - before[0]).mean()) for after in (anchored, free)]
+    assert moved[0] < 0.25 * moved[1]
+    assert np.abs(anchored[1] - before[1]).max() < np.abs(free[1] - before[1]).max()
+    assert np.abs(anchored[2] - before[2]).mean() > moved[0]  # the correction's answer did train

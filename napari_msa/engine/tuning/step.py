@@ -10,7 +10,9 @@ SAM's IoU-score regression, so the mask the session picks by its score is the go
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,12 +43,43 @@ class Sample:
     rng: np.random.Generator
 
 
+LOGIT_RANGE = 8.0  # sigmoid(±8) is 0.9997 / 0.0003: beyond it a logit's exact value changes no mask
+
+
+@dataclass
+class FirstClickAnchor:
+    """A frozen copy of the starting prompt encoder and decoder: a lone click's answers are trained towards
+    its answers (low-res logits and scores, mean squared error × ``weight``) instead of towards the object, so
+    training for correction clicks (e.g. on whole objects, which a click deep inside may not mean) keeps the
+    first click's masks and choice as they were."""
+
+    teacher: SimpleNamespace  # prompt_encoder, mask_decoder: what ``decode`` reads of a SAM
+    weight: float
+
+    @classmethod
+    def of(cls, sam: nn.Module, weight: float) -> FirstClickAnchor:
+        parts = {name: copy.deepcopy(getattr(sam, name)).eval().requires_grad_(False)
+                 for name in ("prompt_encoder", "mask_decoder")}
+        return cls(SimpleNamespace(**parts), float(weight))
+
+    def loss(self, emb: torch.Tensor, points: np.ndarray, labels: np.ndarray, low: torch.Tensor,
+             iou_pred: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            want_low, want_iou = decode(self.teacher, emb, points, labels, None, True)
+        # logits only where a sigmoid still tells them apart; scores ×10, as hundredths decide which mask is kept
+        logits = F.mse_loss(low.float().clamp(-LOGIT_RANGE, LOGIT_RANGE), want_low.float().clamp(-LOGIT_RANGE,
+                                                                                                 LOGIT_RANGE))
+        return self.weight * (logits + 10.0 * F.mse_loss(iou_pred.float(), want_iou.float()))
+
+
 class StepModule(nn.Module):
     """Computes the loss of one sample: the encoder once, the decoder once per prompt kind and round."""
 
     def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float,
-                 rule: InteractionRule | None = None, grad_rounds: int = 2) -> None:
+                 rule: InteractionRule | None = None, grad_rounds: int = 2,
+                 anchor: FirstClickAnchor | None = None) -> None:
         super().__init__()
+        self._anchor = (anchor,)  # a tuple: not a submodule (its frozen weights are no part of the step's)
         self.rule = rule or InteractionRule()
         self.grad_rounds = max(1, int(grad_rounds))
         self.sam = model.sam
@@ -108,9 +141,13 @@ class StepModule(nn.Module):
         def carries_loss(r: int) -> bool:
             return r == 0 or r >= rounds - self.grad_rounds + 2
 
-        for r, _low, iou_pred, logits in self.session(emb, depths, use_box, rounds, rng, carries_loss,
-                                                      click_depths):
-            if carries_loss(r):
+        anchor = self._anchor[0]
+        for r, low, iou_pred, logits, prompt in self.session(emb, depths, use_box, rounds, rng, carries_loss,
+                                                             click_depths):
+            if r == 0 and not use_box and anchor is not None:
+                total = total + anchor.loss(emb, *prompt, low, iou_pred)
+                counted += 1
+            elif carries_loss(r):
                 with torch.no_grad():
                     iou_true = hard_iou(logits > 0, truth[:, None] > 0)
                 mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
@@ -122,10 +159,10 @@ class StepModule(nn.Module):
     def session(self, emb: torch.Tensor, depths: list[np.ndarray], use_box: bool, rounds: int,
                 rng: np.random.Generator, with_grad=lambda r: False, click_depths: list[np.ndarray] | None = None):
         """A simulated annotation session on N objects of one slice, round by round: yields (round, low-res
-        logits, predicted IoU, logits at the slice's size) of every prompt, the first (a click inside each
-        object, or a jittered box) and ``rounds`` corrections at the largest error of the mask shown, prompted by
-        the interaction rule as ``Session.predict`` prompts them. ``with_grad(round)``: that round keeps the graph.
-        ``click_depths``: depth maps of where the first clicks land (default: the objects' own)."""
+        logits, predicted IoU, logits at the slice's size, (points, labels)) of every prompt, the first (a click
+        inside each object, or a jittered box) and ``rounds`` corrections at the largest error of the mask shown,
+        prompted by the interaction rule as ``Session.predict`` prompts them. ``with_grad(round)``: that round keeps
+        the graph. ``click_depths``: depth maps of where the first clicks land (default: the objects' own)."""
         truth_np = np.stack([d > 0 for d in depths])
         n, hw = len(depths), truth_np.shape[1:]
         user_boxes = np.stack([jittered_box(t, rng) for t in truth_np]) if use_box else None
@@ -145,7 +182,8 @@ class StepModule(nn.Module):
                                        np.array(labels) if labels[0] else None, boxes, multimask,
                                        mask_input=mask_input)
                 logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
-            yield r, low, iou_pred, logits
+            yield r, low, iou_pred, logits, (np.array(points) if points[0] else None,
+                                              np.array(labels) if labels[0] else None)
             if r < rounds:
                 with torch.no_grad():
                     shown = iou_pred.argmax(1) if multimask else torch.zeros(n, dtype=torch.long,

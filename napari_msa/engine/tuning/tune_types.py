@@ -43,6 +43,9 @@ class TuneConfig:
     grad_rounds: int = 2  # the first prompt and the last grad_rounds - 1 corrections carry the loss; the others
     # only move the simulated session on (SAM's training does the same), so long sessions stay cheap
     iou_weight: float = 1.0
+    # Weight of a distillation term that keeps a lone click's three masks and scores as the starting decoder gives
+    # them (in place of their task loss), so training for corrections cannot cost the first click. 0: off.
+    anchor_first_clicks: float = 0.0
     patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
     min_delta: float = 1e-3  # smaller held-out gains do not count as improvement (early stopping)
     # The tuned weights replace the starting ones only when they beat them on the held-out objects by this much:
@@ -71,6 +74,8 @@ class TuneConfig:
             raise ValueError(f"zoom_views is a share of the samples in [0, 1), got {self.zoom_views}")
         if not all(0 < share <= 1 for share in self.blends):
             raise ValueError(f"blends are shares of the tuned change, each in (0, 1], got {self.blends}")
+        if self.anchor_first_clicks < 0:
+            raise ValueError(f"anchor_first_clicks is a loss weight ≥ 0, got {self.anchor_first_clicks}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
         if not (self.train_adapters or self.train_decoder or self.full_finetune):
