@@ -166,6 +166,42 @@ def test_the_command_line_embeds_with_openvino_and_exits_cleanly(tmp_path):
         assert torch.allclose(ea.float(), eb.float(), atol=1e-4)
 
 
+def test_exports_send_no_telemetry_and_fork_no_process(tmp_path):
+    """OpenVINO's converter sends usage events to Google Analytics (each from a forked process, with a client id
+    written under ~/intel) unless opted out; napari-msa never goes on the network. A fresh process exports both
+    graphs of a model with a home of its own and no CI variable (which would silence it anyway)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import multiprocessing, sys
+forks = []
+real_start = multiprocessing.Process.start
+multiprocessing.Process.start = lambda self: forks.append(self) or real_start(self)
+import numpy as np
+from napari_msa import Session, load_model
+from napari_msa.engine.network.adapters import AdapterConfig
+model = load_model("tinyvit_test", adapter=None, random_init=True, device="cpu", runtime="openvino",
+                   precision="fp32", adapter_config=AdapterConfig(blocks=(1,)))
+assert model.encoder_graph(wait=True).ready
+session = Session(model)
+session.set_image(np.random.default_rng(0).random((40, 40)).astype(np.float32))
+session.predict(points=[[20, 20]], labels=[1])
+graph = model.decoder_graph()
+graph.wait()
+assert graph.ready, graph.error
+print("forks", len(forks), "telemetry", sys.modules.get("openvino_telemetry", "absent"))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(tmp_path / "home"), **{rt.GRAPH_DIR_ENV: str(tmp_path / "graphs")})
+    (tmp_path / "home").mkdir()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "forks 0 telemetry None" in proc.stdout
+    assert not (tmp_path / "home" / "intel").exists()
+
+
 def test_old_graphs_are_pruned_and_nothing_else_is_touched(tmp_path):
     import os
     import time

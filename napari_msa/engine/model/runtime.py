@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -100,13 +101,25 @@ def _finish_exports() -> None:
         thread.join()
 
 
+def _openvino():
+    """OpenVINO, its Python tools' telemetry kept out. ``convert_model`` would otherwise send usage events to Google
+    Analytics unless the user opted out, each from a process forked off ours (the GUI thread stalls for the fork),
+    with a client id written under ~/intel; napari-msa never goes on the network. OpenVINO's tools fall back to
+    their own no-op stub when ``openvino_telemetry`` cannot be imported."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # its import now raises ImportError
+    elif sys.modules["openvino_telemetry"] is not None:
+        log.info("openvino_telemetry was imported before napari-msa used OpenVINO; its opt-out is the user's")
+    import openvino
+
+    return openvino
+
+
 def _openvino_core():
     global _core
     with _core_lock:
         if _core is None:
-            import openvino as ov
-
-            _core = ov.Core()
+            _core = _openvino().Core()
         return _core
 
 
@@ -122,8 +135,7 @@ class OpenVINOGraph:
 
     def __init__(self, key: str | None, image_size: int, threads: int | None = None,
                  directory: Path | None = None) -> None:
-        import openvino as ov
-
+        ov = _openvino()
         self.key = key  # None: found from the module's weights on the export thread (``_key_of``)
         self.image_size = image_size
         self.threads = int(threads or torch.get_num_threads())
@@ -218,8 +230,7 @@ class OpenVINOGraph:
         """Export ``module`` (torch.export, else OpenVINO's tracing), save the graph and compile it."""
         import time
 
-        import openvino as ov
-
+        ov = _openvino()
         t0 = time.perf_counter()
         logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
         example, dynamic = self._example()
@@ -238,7 +249,7 @@ class OpenVINOGraph:
     def _save(self, graph) -> None:
         """Write the graph atomically (a temporary folder renamed into place); a folder that cannot be written
         only costs the next run another export."""
-        import openvino as ov
+        ov = _openvino()
 
         try:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
