@@ -629,8 +629,12 @@ def test_anchoring_first_clicks_keeps_a_lone_clicks_answers_while_corrections_tr
 
     before = answers(start)
     anchored = answers(tune(start, images, labels, anchor_first_clicks=1.0, **opts).model)
-    free = answers(tune(start, images, labels, **opts).model)
+    free_model = tune(start, images, labels, **opts).model
+    free = answers(free_model)
     moved = [float(np.abs(after[0] - before[0]).mean()) for after in (anchored, free)]
     assert moved[0] < 0.25 * moved[1]
     assert np.abs(anchored[1] - before[1]).max() < np.abs(free[1] - before[1]).max()
     assert np.abs(anchored[2] - before[2]).mean() > moved[0]  # the correction's answer did train
+    # another model's first clicks as the teacher: training from the moved decoder brings its lone click back
+    back = answers(tune(free_model, images, labels, anchor_first_clicks=1.0, first_click_teacher=start, **opts).model)
+    assert np.abs(back[0] - before[0]).mean() < 0.5 * moved[1]

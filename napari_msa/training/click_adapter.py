@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--anchor-first-clicks", type=float, default=0.0, help="keep a lone click's masks and "
                     "scores as the starting adapter gives them (a distillation term of this weight in place of "
                     "their task loss): train corrections without costing the first click")
+    ap.add_argument("--anchor-adapter", type=Path, help="whose first clicks --anchor-first-clicks keeps (default: "
+                    "the adapter training starts from)")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -277,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             history.append([done + p.step, p.loss])
             print(f"  checkpoint at step {done + p.step} ({time.time() - t0:.0f} s)", flush=True)
 
+    teacher = None if args.anchor_adapter is None else load_model("litemedsam", adapter=args.anchor_adapter,
+                                                                   device="cpu", runtime="torch")
     summary = {}
     if args.steps > done:
         result = tune(
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             patience=0, accept_margin=-1.0, max_correction_rounds=args.rounds, grad_rounds=args.grad_rounds,
             interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True, inplace=True,
             cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
-            click_regions=regions, anchor_first_clicks=args.anchor_first_clicks,
+            click_regions=regions, anchor_first_clicks=args.anchor_first_clicks, first_click_teacher=teacher,
         )
         model = result.model
         summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
@@ -302,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         "interaction": rule,
         "augment": not args.no_augment, "wholes": args.wholes and args.wholes_share,
         "whole_clicks": args.whole_clicks if args.wholes else None,
-        "anchor_first_clicks": args.anchor_first_clicks or None, "phantoms": args.phantoms,
+        "anchor_first_clicks": args.anchor_first_clicks or None,
+        "anchor_adapter": None if args.anchor_adapter is None else args.anchor_adapter.name, "phantoms": args.phantoms,
         "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "

@@ -60,6 +60,7 @@ def tune(
     progress: Callable[[TuneProgress], None] | None = None,
     cancel: CancelFn | None = None,
     click_regions: Sequence[np.ndarray | None] | None = None,
+    first_click_teacher: MSAModel | None = None,
     **options,
 ) -> TuneResult:
     """Tune ``model`` on labelled images; returns the tuned model and a summary.
@@ -70,6 +71,7 @@ def tune(
     group, gradients are averaged with DistributedDataParallel, samples are sharded by rank and only rank 0
     reports progress. Raises ``Cancelled`` when ``cancel()`` turns true. ``click_regions``: where simulated
     first clicks land, per image (``build_pairs``); for training data whose targets enclose other objects.
+    ``first_click_teacher``: whose lone-click answers ``anchor_first_clicks`` keeps (default: the model as it starts).
     """
     cfg = replace(config or TuneConfig(), **options)
     cfg.check()
@@ -120,7 +122,7 @@ def tune(
     flags = {n: p.requires_grad for n, p in sam.named_parameters()}
     try:
         loop = train(target, slices, train_pairs, val_pairs, split, cfg, dist_info=dist_info, report=report,
-                     check_cancel=check_cancel, zoom_pairs=zoom_pairs)
+                     check_cancel=check_cancel, zoom_pairs=zoom_pairs, first_click_teacher=first_click_teacher)
     except BaseException:
         if snapshot is not None:
             target.restore_state(snapshot)

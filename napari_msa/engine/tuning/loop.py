@@ -146,7 +146,8 @@ class LoopResult:
 
 def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair], val_pairs: list[Pair], split: str,
           cfg: TuneConfig, *, dist_info: distributed.DistInfo, report: Callable[[TuneProgress], None],
-          check_cancel: Callable[[], None], zoom_pairs: list[Pair] | None = None) -> LoopResult:
+          check_cancel: Callable[[], None], zoom_pairs: list[Pair] | None = None,
+          first_click_teacher: MSAModel | None = None) -> LoopResult:
     """Train ``model`` in place for ``cfg.steps`` steps (fewer if it stops early) and leave the chosen weights in it."""
     sam, device, world = model.sam, model.device, dist_info.world_size
     set_depth_slices(sam, 1)
@@ -159,7 +160,8 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     encoder = SplitEncoder(model, start, PrefixCache(cfg.cache_budget_bytes) if use_cache else None,
                            cfg.checkpoint_blocks)
     rule = InteractionRule.from_name(cfg.interaction) if cfg.interaction else model.interaction
-    anchor = FirstClickAnchor.of(sam, cfg.anchor_first_clicks) if cfg.anchor_first_clicks > 0 else None
+    teacher = sam if first_click_teacher is None else first_click_teacher.sam
+    anchor = FirstClickAnchor.of(teacher, cfg.anchor_first_clicks) if cfg.anchor_first_clicks > 0 else None
     step_module = StepModule(model, encoder, slices, cfg.iou_weight, rule, cfg.grad_rounds, anchor)
     runner: nn.Module = step_module
     if dist_info.enabled:
