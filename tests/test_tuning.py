@@ -17,7 +17,7 @@ from napari_msa.engine.network.adapters import is_trainable
 from napari_msa.engine.prompts.geometry import interior_click
 from napari_msa.engine.prompts.interaction import InteractionRule
 from napari_msa.engine.tuning.api import TuneProgress, tune
-from napari_msa.engine.tuning.data import build_pairs, correction_click, jittered_box, split_pairs
+from napari_msa.engine.tuning.data import Pair, build_pairs, correction_click, jittered_box, split_pairs
 
 SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
 
@@ -97,6 +97,38 @@ def test_pairs_reject_mismatched_or_float_labels():
     with pytest.raises(ValueError, match="integers"):
         build_pairs(images, labels.astype(np.float32), image_size=SIZE)
 
+
+def test_object_split_spreads_over_slices_and_keeps_every_slice_and_label_trained():
+    # 4 slices x 5 objects (labels 1-5); label 9 has one piece, on slice 0
+    pairs = [Pair(s, o, label) for s in range(4) for o, label in enumerate((1, 2, 3, 4, 5), start=1)]
+    pairs[0] = Pair(0, 1, 9)
+    train, held, how = split_pairs([], pairs, 0.2, np.random.default_rng(0), "object")
+    assert how == "object" and len(held) == 4  # 0.2 of 20 objects
+    assert sorted(p.slice_id for p in held) == [0, 1, 2, 3]  # one from every slice before any gives two
+    assert set(train) | set(held) == set(pairs) and not set(train) & set(held)
+    assert Pair(0, 1, 9) not in held  # the only piece of its label
+    assert {p.slice_id for p in train} == {0, 1, 2, 3} and {p.label for p in train} == {p.label for p in pairs}
+    again = split_pairs([], pairs, 0.2, np.random.default_rng(0), "object")
+    assert again == (train, held, how)  # seeded
+    # more than a share of the objects asked for: still a training object per slice and per label
+    for fraction in (0.5, 0.9):
+        train, held, _ = split_pairs([], pairs, fraction, np.random.default_rng(1), "object")
+        assert {p.slice_id for p in train} == {0, 1, 2, 3} and {p.label for p in train} == {p.label for p in pairs}
+        assert len(held) <= len(pairs) - 5
+    # nothing can go (each slice one object of its own label): whole slices, as by='slice'
+    lone = [Pair(0, 1, 1), Pair(1, 1, 2)]
+    assert split_pairs([], lone, 0.2, np.random.default_rng(0), "object")[2] == "slice"
+    with pytest.raises(ValueError, match="held_out"):
+        split_pairs([], pairs, 0.2, np.random.default_rng(0), "pieces")
+    with pytest.raises(ValueError, match="held_out"):
+        tune(tiny(), *blob_task(2, size=48), steps=1, held_out="pieces")
+
+
+def test_tune_holds_out_objects_of_every_slice():
+    images, labels = blob_task(4, size=48)
+    result = tune(tiny(), images, labels, steps=2, lr=1e-3, val_fraction=0.25, held_out="object", seed=0)
+    s = result.summary
+    assert s.split == "object" and s.n_val_objects == 2 and s.n_train_objects == 6
 
 def test_split_by_slice_then_by_object_and_clear_errors():
     rng = np.random.default_rng(0)

@@ -96,7 +96,7 @@ def tune(
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb,
                                 click_regions=click_regions)
-    train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
+    train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng, cfg.held_out)
     zoom_pairs: list[Pair] = []
     if cfg.zoom_views > 0:
         views, view_pairs = window_views(images, labels, slices, train_pairs, image_size=model.image_size,
