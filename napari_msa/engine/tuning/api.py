@@ -118,6 +118,11 @@ def tune(
     sam = target.sam
     snapshot = model.trainable_state() if inplace else None
     flags = {n: p.requires_grad for n, p in sam.named_parameters()}
+    # The held-out sessions run on torch: on the OpenVINO runtime every check's new weights would begin a graph
+    # export (torch.export) on a background thread, beside the training steps, for weights used for one check;
+    # besides the CPU, torch.fx's global trace metadata is not thread-safe, and such a race ended runs with
+    # KeyError('custom') in optimizer.zero_grad.
+    runtime, target.runtime = target.runtime, "torch"
     try:
         loop = train(target, slices, train_pairs, val_pairs, split, cfg, dist_info=dist_info, report=report,
                      check_cancel=check_cancel, zoom_pairs=zoom_pairs)
@@ -126,6 +131,7 @@ def tune(
             target.restore_state(snapshot)
         raise
     finally:
+        target.runtime = runtime
         for n, p in sam.named_parameters():
             p.requires_grad = flags[n]
         sam.eval()
