@@ -205,7 +205,7 @@ def _pieces(labels: np.ndarray, min_pixels: int) -> tuple[np.ndarray, list[int]]
 
 
 def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: float,
-                rng: np.random.Generator, by: str = "slice") -> tuple[list[Pair], list[Pair], str]:
+                rng: np.random.Generator, by: str = "object") -> tuple[list[Pair], list[Pair], str]:
     """(train, held-out, 'slice' | 'object' | 'none').
 
     ``by='slice'``: whole slices when there are several (``val_fraction`` of the slices), else objects. ``by='object'``:
