@@ -1,7 +1,7 @@
 """Few-shot adapter tuning from an annotator's labels: ``tune(model, images, labels)``.
 
 Every labelled slice and object id becomes a training pair (``data``; one frame for pixels, points and masks, as
-the session's); some slices (or objects) are held out; the adapters (optionally the mask decoder) train on
+the session's); some objects (of every labelled slice) are held out; the adapters (optionally the mask decoder) train on
 sessions simulated as an annotator clicks (``step``; a first click or a jittered box, then corrections at the
 largest error) under the model's interaction rule, with held-out checks during the run and early stopping; the
 best check's weights, or the smallest part of their change that scores as well, are kept (``loop``,
