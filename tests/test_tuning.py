@@ -17,7 +17,7 @@ from napari_msa.engine.network.adapters import is_trainable
 from napari_msa.engine.prompts.geometry import interior_click
 from napari_msa.engine.prompts.interaction import InteractionRule
 from napari_msa.engine.tuning.api import TuneProgress, tune
-from napari_msa.engine.tuning.data import build_pairs, correction_click, jittered_box, split_pairs
+from napari_msa.engine.tuning.data import Pair, build_pairs, correction_click, jittered_box, split_pairs
 
 SIZE = 128  # the tiny model at 128 px keeps each step well under 0.1 s on one core
 
@@ -98,11 +98,43 @@ def test_pairs_reject_mismatched_or_float_labels():
         build_pairs(images, labels.astype(np.float32), image_size=SIZE)
 
 
+def test_object_split_spreads_over_slices_and_keeps_every_slice_and_label_trained():
+    # 4 slices x 5 objects (labels 1-5); label 9 has one piece, on slice 0
+    pairs = [Pair(s, o, label) for s in range(4) for o, label in enumerate((1, 2, 3, 4, 5), start=1)]
+    pairs[0] = Pair(0, 1, 9)
+    train, held, how = split_pairs([], pairs, 0.2, np.random.default_rng(0), "object")
+    assert how == "object" and len(held) == 4  # 0.2 of 20 objects
+    assert sorted(p.slice_id for p in held) == [0, 1, 2, 3]  # one from every slice before any gives two
+    assert set(train) | set(held) == set(pairs) and not set(train) & set(held)
+    assert Pair(0, 1, 9) not in held  # the only piece of its label
+    assert {p.slice_id for p in train} == {0, 1, 2, 3} and {p.label for p in train} == {p.label for p in pairs}
+    again = split_pairs([], pairs, 0.2, np.random.default_rng(0), "object")
+    assert again == (train, held, how)  # seeded
+    # more than a share of the objects asked for: still a training object per slice and per label
+    for fraction in (0.5, 0.9):
+        train, held, _ = split_pairs([], pairs, fraction, np.random.default_rng(1), "object")
+        assert {p.slice_id for p in train} == {0, 1, 2, 3} and {p.label for p in train} == {p.label for p in pairs}
+        assert len(held) <= len(pairs) - 5
+    # nothing can go (each slice one object of its own label): whole slices, as by='slice'
+    lone = [Pair(0, 1, 1), Pair(1, 1, 2)]
+    assert split_pairs([], lone, 0.2, np.random.default_rng(0), "object")[2] == "slice"
+    with pytest.raises(ValueError, match="held_out"):
+        split_pairs([], pairs, 0.2, np.random.default_rng(0), "pieces")
+    with pytest.raises(ValueError, match="held_out"):
+        tune(tiny(), *blob_task(2, size=48), steps=1, held_out="pieces")
+
+
+def test_tune_holds_out_objects_of_every_slice():
+    images, labels = blob_task(4, size=48)
+    result = tune(tiny(), images, labels, steps=2, lr=1e-3, val_fraction=0.25, held_out="object", seed=0)
+    s = result.summary
+    assert s.split == "object" and s.n_val_objects == 2 and s.n_train_objects == 6
+
 def test_split_by_slice_then_by_object_and_clear_errors():
     rng = np.random.default_rng(0)
     images, labels = blob_task(5, size=48)
     slices, pairs = build_pairs(images, labels, image_size=SIZE)
-    train, held, how = split_pairs(slices, pairs, 0.2, rng)
+    train, held, how = split_pairs(slices, pairs, 0.2, rng, "slice")
     assert how == "slice" and len({p.slice_id for p in held}) == 1
     assert not {p.slice_id for p in held} & {p.slice_id for p in train}
     slices, pairs = build_pairs(images[0], labels[0], image_size=SIZE)
@@ -187,7 +219,7 @@ def test_adapters_alone_learn_a_new_structure_and_nothing_else_moves(pretrained)
     s = result.summary
     assert s.loss_last < 0.5 * s.loss_first, s  # measured: 3.1 → 0.85
     assert s.held_out.click_after > s.held_out.click_before + 0.3, s  # measured: 0.005 → 0.46
-    assert s.split == "slice" and s.n_val_objects == 4 and s.steps_done == 40
+    assert s.split == "object" and s.n_val_objects == 4 and s.steps_done == 40
     # progress: prepare, eval before, every step, ETA, done
     assert seen[0].phase == "prepare" and seen[-1].phase == "done"
     train = [p for p in seen if p.phase == "train"]
@@ -348,7 +380,8 @@ def test_activation_checkpointing_trains_the_same():
 def test_early_stopping_keeps_the_best_weights():
     """A far too high learning rate: held-out Dice peaks then collapses; the peak's weights are returned."""
     images, labels = blob_task(4, size=48)
-    kwargs = dict(seed=0, val_fraction=0.25, eval_every=2)
+    # by slice: the scenario (a peak, then a collapse) was measured on that split
+    kwargs = dict(seed=0, val_fraction=0.25, eval_every=2, held_out="slice")
     # accept_margin 0: the best check is returned even when it beats the start by little (tested apart below)
     result = tune(tiny(), images, labels, steps=40, lr=1.0, train_decoder=True, patience=2, accept_margin=0.0,
                   blends=(), **kwargs)

@@ -55,7 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"objects of one slice per step and process [auto: {STANDARD.batch_size}; "
                         f"{LIGHT_DECODER.batch_size} when only the decoder of a light model trains]")
     t.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of labelled slices held out to measure Dice (objects when there is one slice); "
+                   help="share of the labelled objects held out (from every labelled slice) to measure Dice; "
                         "0 turns the held-out check and early stopping off [0.2]")
     t.add_argument("--patience", type=int, default=DEFAULTS.patience,
                    help="stop after this many held-out checks without improvement in the second half of the run; "

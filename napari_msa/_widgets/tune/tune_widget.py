@@ -152,7 +152,7 @@ class TuneWidget(QWidget):
         self.val_share.setRange(0.0, 0.9)
         self.val_share.setSingleStep(0.05)
         self.val_share.setValue(defaults.val_fraction)
-        self.val_share.setToolTip("Share of labelled slices (objects, if there is one slice) held out to measure "
+        self.val_share.setToolTip("Share of the labelled objects held out, from every labelled slice, to measure "
                                   "Dice; the tuned weights are kept only if they beat the model on them. 0 turns "
                                   "the check and early stopping off")
         form.addRow("Held-out share", self.val_share)
@@ -212,7 +212,7 @@ class TuneWidget(QWidget):
         self.training_section.set_title(f"Training: {what}, {steps} steps")
         self.training_section.header.setToolTip(
             f"Tune {what}, {steps} steps, peak learning rate {self.lr.value():g}, "
-            f"{self.val_share.value():.0%} of the labelled slices held out. Click to show or hide.")
+            f"{self.val_share.value():.0%} of the labelled objects held out. Click to show or hide.")
 
     # ============================================================================ model
     def _show_model(self, model) -> None:

@@ -1,7 +1,7 @@
 """Few-shot adapter tuning from an annotator's labels: ``tune(model, images, labels)``.
 
 Every labelled slice and object id becomes a training pair (``data``; one frame for pixels, points and masks, as
-the session's); some slices (or objects) are held out; the adapters (optionally the mask decoder) train on
+the session's); some objects (of every labelled slice) are held out; the adapters (optionally the mask decoder) train on
 sessions simulated as an annotator clicks (``step``; a first click or a jittered box, then corrections at the
 largest error) under the model's interaction rule, with held-out checks during the run and early stopping; the
 best check's weights, or the smallest part of their change that scores as well, are kept (``loop``,
@@ -98,7 +98,7 @@ def tune(
     report(TuneProgress("prepare", 0, steps, message="preparing training pairs"))
     slices, pairs = build_pairs(images, labels, image_size=model.image_size, normalization=norm, rgb=rgb,
                                 click_regions=click_regions)
-    train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng)
+    train_pairs, val_pairs, split = split_pairs(slices, pairs, cfg.val_fraction, rng, cfg.held_out)
     zoom_pairs: list[Pair] = []
     if cfg.zoom_views > 0:
         views, view_pairs = window_views(images, labels, slices, train_pairs, image_size=model.image_size,
@@ -120,6 +120,11 @@ def tune(
     sam = target.sam
     snapshot = model.trainable_state() if inplace else None
     flags = {n: p.requires_grad for n, p in sam.named_parameters()}
+    # The held-out sessions run on torch: on the OpenVINO runtime every check's new weights would begin a graph
+    # export (torch.export) on a background thread, beside the training steps, for weights used for one check;
+    # besides the CPU, torch.fx's global trace metadata is not thread-safe, and such a race ended runs with
+    # KeyError('custom') in optimizer.zero_grad.
+    runtime, target.runtime = target.runtime, "torch"
     try:
         loop = train(target, slices, train_pairs, val_pairs, split, cfg, dist_info=dist_info, report=report,
                      check_cancel=check_cancel, zoom_pairs=zoom_pairs, first_click_teacher=first_click_teacher)
@@ -128,6 +133,7 @@ def tune(
             target.restore_state(snapshot)
         raise
     finally:
+        target.runtime = runtime
         for n, p in sam.named_parameters():
             p.requires_grad = flags[n]
         sam.eval()

@@ -205,16 +205,26 @@ def _pieces(labels: np.ndarray, min_pixels: int) -> tuple[np.ndarray, list[int]]
 
 
 def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: float,
-                rng: np.random.Generator) -> tuple[list[Pair], list[Pair], str]:
-    """(train, held-out, 'slice' | 'object' | 'none'): by slice when there are several, else by object."""
+                rng: np.random.Generator, by: str = "object") -> tuple[list[Pair], list[Pair], str]:
+    """(train, held-out, 'slice' | 'object' | 'none').
+
+    ``by='slice'``: whole slices when there are several (``val_fraction`` of the slices), else objects. ``by='object'``:
+    ``val_fraction`` of the objects, spread over every labelled slice (``_object_split``: each slice and each label id
+    keeps at least one training object), so the check sees objects of every slice rather than one slice's."""
     if not pairs:
         raise ValueError("no labelled objects found: paint at least two objects (or one object on two slices)")
     if val_fraction <= 0:
         return list(pairs), [], "none"
     if not 0 < val_fraction < 1:
         raise ValueError(f"the held-out share must be between 0 and 1, got {val_fraction}")
+    if by not in HELD_OUT_KINDS:
+        raise ValueError(f"held_out must be one of {HELD_OUT_KINDS}, got {by!r}")
     slice_ids = sorted({p.slice_id for p in pairs})
-    if len(slice_ids) >= 2:
+    if by == "object" and len(slice_ids) >= 2:
+        held_pairs = _object_split(pairs, val_fraction, rng)
+        if held_pairs:
+            return [p for p in pairs if p not in held_pairs], [p for p in pairs if p in held_pairs], "object"
+    if len(slice_ids) >= 2:  # by slice, or by object where no object can go without emptying a slice or a label
         n_val = min(len(slice_ids) - 1, max(1, round(val_fraction * len(slice_ids))))
         held = set(rng.permutation(slice_ids)[:n_val].tolist())
         return [p for p in pairs if p.slice_id not in held], [p for p in pairs if p.slice_id in held], "slice"
@@ -228,6 +238,35 @@ def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: fl
         "only one labelled object: label at least one more object or slice so some can be held out "
         "to measure progress (or set the held-out share to 0)"
     )
+
+
+HELD_OUT_KINDS = ("slice", "object")
+
+
+def _object_split(pairs: list[Pair], val_fraction: float, rng: np.random.Generator) -> set[Pair]:
+    """About ``val_fraction`` of the pairs (at least one), taken in turn from the slices in a seeded order (a seeded
+    pick within each), skipping any pair whose slice or label id would be left with no training object."""
+    n_val = max(1, round(val_fraction * len(pairs)))
+    by_slice: dict[int, list[Pair]] = {}
+    for pair in pairs:
+        by_slice.setdefault(pair.slice_id, []).append(pair)
+    queues = [[by_slice[sid][i] for i in rng.permutation(len(by_slice[sid]))]
+              for sid in rng.permutation(sorted(by_slice)).tolist()]
+    left_in_slice = {sid: len(group) for sid, group in by_slice.items()}
+    left_of_label: dict[int, int] = {}
+    for pair in pairs:
+        left_of_label[pair.label] = left_of_label.get(pair.label, 0) + 1
+    held: set[Pair] = set()
+    while len(held) < n_val and any(queues):
+        for queue in queues:  # one pair per slice per round, so every slice gives before any gives twice
+            while queue and len(held) < n_val:
+                pair = queue.pop(0)
+                if left_in_slice[pair.slice_id] > 1 and left_of_label[pair.label] > 1:
+                    held.add(pair)
+                    left_in_slice[pair.slice_id] -= 1
+                    left_of_label[pair.label] -= 1
+                    break
+    return held
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,13 @@ class TuneConfig:
     weight_decay: float = 0.01
     batch_size: int | None = None  # objects of one slice per sample; None: the model's budget (4, or 8 if light)
     slices_per_step: int = 1  # samples (slices) per step and process
-    val_fraction: float = 0.2  # share of labelled slices held out (objects when there is one slice); 0: none
+    val_fraction: float = 0.2  # share of the labelled objects held out (of the slices with held_out='slice'); 0: none
+    # What the held-out check holds out (data.split_pairs): 'object', val_fraction of the labelled objects, spread
+    # over every labelled slice, each slice and label id keeping a training object (whole slices where none can go);
+    # 'slice', whole labelled slices (val_fraction of them; objects when there is one). 'object' by default: at k = 4
+    # the one held-out slice missed runs that lost session Dice on the other slices, objects of every slice did not
+    # (BENCHMARKS.md, "Few-shot tuning", "Held-out objects").
+    held_out: str = "object"
     seed: int = 0
     # Default: the mask decoder on embeddings computed once per slice, the most gain per minute measured
     # (benchmarks/tuning_gain.py); a LiteMedSAM step through the encoder's last stage costs far more.
@@ -70,6 +76,8 @@ class TuneConfig:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if not 0 < self.lr < float("inf"):  # nan too
             raise ValueError(f"the learning rate must be a positive number (e.g. 1e-4), got {self.lr}")
+        if self.held_out not in ("slice", "object"):
+            raise ValueError(f"held_out is 'slice' or 'object', got {self.held_out!r}")
         if not 0 <= self.zoom_views < 1:
             raise ValueError(f"zoom_views is a share of the samples in [0, 1), got {self.zoom_views}")
         if not all(0 < share <= 1 for share in self.blends):
