@@ -13,6 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from ..prompts.geometry import depth_map, interior_click, mask_box, most_interior
 from ..prompts.zoom import zoom_window
+from .tune_types import HELD_OUT_KINDS
 
 # --------------------------------------------------------------------------------------------------
 # Training pairs
@@ -238,9 +239,6 @@ def split_pairs(slices: list[TrainingSlice], pairs: list[Pair], val_fraction: fl
         "only one labelled object: label at least one more object or slice so some can be held out "
         "to measure progress (or set the held-out share to 0)"
     )
-
-
-HELD_OUT_KINDS = ("slice", "object")
 
 
 def _object_split(pairs: list[Pair], val_fraction: float, rng: np.random.Generator) -> set[Pair]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+HELD_OUT_KINDS = ("slice", "object")  # what the held-out check holds out (data.split_pairs)
+
 
 class TuningDiverged(ValueError):
     """The loss or the weights became non-finite: the run is abandoned and the model left as it was."""
@@ -76,7 +78,7 @@ class TuneConfig:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if not 0 < self.lr < float("inf"):  # nan too
             raise ValueError(f"the learning rate must be a positive number (e.g. 1e-4), got {self.lr}")
-        if self.held_out not in ("slice", "object"):
+        if self.held_out not in HELD_OUT_KINDS:
             raise ValueError(f"held_out is 'slice' or 'object', got {self.held_out!r}")
         if not 0 <= self.zoom_views < 1:
             raise ValueError(f"zoom_views is a share of the samples in [0, 1), got {self.zoom_views}")
