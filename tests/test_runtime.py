@@ -15,6 +15,13 @@ from napari_msa.engine.network.adapters import ADAPTER_KEY, AdapterConfig
 pytest.importorskip("openvino")  # an install dependency: present wherever the project's own files installed it
 
 
+@pytest.fixture(autouse=True)
+def _export_in_this_process(monkeypatch):
+    """Graphs exported in the test's own process (a child process costs seconds each); the child's path has its
+    own tests, and the command-line tests export in a child as users' processes do."""
+    monkeypatch.setattr(rt, "EXPORT_IN_CHILD", False)
+
+
 def _model(runtime: str, name: str = "tinyvit_test", **kw):
     return load_model(name, adapter=None, random_init=True, device="cpu", runtime=runtime,
                       adapter_config=AdapterConfig(blocks=(1,)), **kw)
@@ -102,6 +109,37 @@ def test_a_failed_export_leaves_torch_in_charge_with_one_warning(tmp_path, monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
         assert torch.equal(model.encode(x), model.sam.image_encoder(x))
+
+
+def test_the_export_runs_in_a_child_process_and_falls_back_to_this_one(tmp_path, monkeypatch):
+    """By default the graph is exported in a child process (this one's converter is never called); when no child
+    can export it, this process does."""
+    monkeypatch.setattr(rt, "EXPORT_IN_CHILD", True)
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path / "a"))
+    here = []
+    real = rt.convert_module
+    monkeypatch.setattr(rt, "convert_module", lambda *a: here.append(1) or real(*a))
+    torch.manual_seed(3)
+    model, ref = _model("openvino", precision="fp32"), _model("torch", precision="fp32")
+    _same_weights(model, ref)
+    assert model.encoder_graph(wait=True).ready and not here
+    assert len(list((tmp_path / "a").glob("*/encoder.xml"))) == 1
+    sessions = _sessions_on_one_image((ref, model), seed=3)
+    assert torch.allclose(*(s.embedding().features for s in sessions), atol=1e-4)
+    assert model.decoder_graph(wait=True).ready and not here  # the decoder's graph too
+    calls = _counting_decoder(monkeypatch)
+    answers = [s.interact(points=[[35, 30]], labels=[1]) for s in sessions]
+    assert calls and np.allclose(answers[0].logits, answers[1].logits, atol=1e-3)
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+    def no_child(*a, **k):
+        raise RuntimeError("no child process here")
+
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path / "b"))
+    monkeypatch.setattr(rt, "export_in_child", no_child)
+    model = _model("openvino")
+    assert model.encoder_graph(wait=True).ready and here == [1]
+    assert len(list((tmp_path / "b").glob("*/encoder.xml"))) == 1
 
 
 def test_an_unwritable_graph_folder_still_gives_the_graph(tmp_path, monkeypatch):

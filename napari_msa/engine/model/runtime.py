@@ -123,6 +123,39 @@ def _openvino_core():
         return _core
 
 
+EXPORT_IN_CHILD = True  # export graphs in a child process (tests switch it off to test the in-process path)
+CHILD_TIMEOUT_S = 900
+
+
+def convert_module(module: torch.nn.Module, example: tuple, dynamic: tuple | None):
+    """``module`` as an OpenVINO model: torch.export (a few seconds, no tracing warnings), else OpenVINO's tracing."""
+    ov = _openvino()
+    logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
+    with torch.no_grad():
+        try:
+            return ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
+        except Exception as err:  # a module torch.export cannot take
+            log.info("torch.export failed (%s); converting by tracing", err)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ov.convert_model(module, example_input=example)
+
+
+def export_in_child(module: torch.nn.Module, kind: str, args: dict, xml: Path, threads: int) -> None:
+    """Export ``module`` into ``xml`` in a child Python process (``graph_child``). The module goes to it pickled
+    through a pipe, never through a file: nothing another process could swap is unpickled. Raises on failure."""
+    import pickle
+    import subprocess
+    import sys
+
+    payload = pickle.dumps({"module": module, "kind": kind, "args": args, "xml": str(xml), "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "napari_msa.engine.model.graph_child"], input=payload,
+                          capture_output=True, timeout=CHILD_TIMEOUT_S, check=False)
+    if proc.returncode != 0 or not xml.is_file():
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"exit status {proc.returncode}: {' / '.join(tail) or 'no message'}")
+
+
 class OpenVINOGraph:
     """One module's weights as a compiled OpenVINO graph (f32), from the graph folder or exported now. A subclass
     names its file, builds its example inputs and runs it."""
@@ -227,45 +260,70 @@ class OpenVINOGraph:
             self._done.set()
 
     def _convert(self, module: torch.nn.Module) -> None:
-        """Export ``module`` (torch.export, else OpenVINO's tracing), save the graph and compile it."""
+        """Export ``module``, save the graph and compile it: in a child process when one can be started (the export
+        holds the GIL for half a second at a time, which froze napari's window and delayed clicks), else here."""
         import time
 
-        ov = _openvino()
         t0 = time.perf_counter()
-        logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found", said once
-        example, dynamic = self._example()
-        with torch.no_grad():
-            try:  # torch.export: a few seconds, and no tracing warnings
-                graph = ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
-            except Exception as err:  # a module torch.export cannot take: OpenVINO's own tracing
-                log.info("torch.export failed (%s); converting by tracing", err)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    graph = ov.convert_model(module, example_input=example)
-        self._save(graph)
-        self._compile(graph)
+        if not self._convert_in_child(module):
+            graph = convert_module(module, *self._example())
+            self._save(graph)
+            self._compile(graph)
         self.export_s = time.perf_counter() - t0
+
+    def _convert_in_child(self, module: torch.nn.Module) -> bool:
+        """Export in ``python -m napari_msa.engine.model.graph_child`` into a temporary folder renamed into place, then
+        compile the saved graph here (reading and compiling hold no lock for long); False when that failed."""
+        if not EXPORT_IN_CHILD:
+            return False
+        tmp = self._temp_folder()
+        if tmp is None:
+            return False
+        try:
+            export_in_child(module, type(self).__name__, self._child_args(), tmp / self.FILE, self.threads)
+            self._keep(tmp)
+            if self.load_saved():
+                return True
+            log.info("the graph exported in a child process could not be read; exporting it here")
+        except Exception as err:  # no child process here (a frozen app), or it failed: export in this process
+            log.info("exporting in a child process failed (%s); exporting it here", err)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
+    def _child_args(self) -> dict:
+        """What the child needs to build this graph's example inputs (``_example``), besides the image size."""
+        return {"image_size": self.image_size}
+
+    def _temp_folder(self) -> Path | None:
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
+        except OSError as err:
+            log.warning("cannot keep the graph in %s (%s); it is exported again next run", self.folder.parent, err)
+            return None
+
+    def _keep(self, tmp: Path) -> None:
+        """Rename a written graph into place (another process may have put it there first: then it stays)."""
+        try:
+            os.replace(tmp, self.folder)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (self.folder / self.FILE).is_file():
+                raise OSError(f"cannot keep the graph in {self.folder.parent} ({err})") from err
+        prune(self.folder.parent)
 
     def _save(self, graph) -> None:
         """Write the graph atomically (a temporary folder renamed into place); a folder that cannot be written
         only costs the next run another export."""
-        ov = _openvino()
-
-        try:
-            self.folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
-        except OSError as err:
-            log.warning("cannot keep the graph in %s (%s); it is exported again next run", self.folder.parent, err)
+        tmp = self._temp_folder()
+        if tmp is None:
             return
         try:
-            ov.save_model(graph, str(tmp / self.FILE), compress_to_fp16=False)
-            os.replace(tmp, self.folder)
-        except Exception as err:  # another process put it there first, or the disk is full: the graph in memory
-            shutil.rmtree(tmp, ignore_errors=True)  # still serves this run
-            if not (self.folder / self.FILE).is_file():
-                log.warning("cannot keep the graph in %s (%s); it is exported again next run",
-                            self.folder.parent, err)
-        prune(self.folder.parent)
+            _openvino().save_model(graph, str(tmp / self.FILE), compress_to_fp16=False)
+            self._keep(tmp)
+        except Exception as err:  # the disk is full: the graph in memory still serves this run
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("cannot keep the graph in %s (%s); it is exported again next run", self.folder.parent, err)
 
     def _compile(self, graph) -> None:
         config = {
@@ -365,6 +423,9 @@ class OpenVINODecoder(OpenVINOGraph):
 
     def _key_of(self, module: torch.nn.Module) -> str:
         return decoder_key(self.prefix, module)
+
+    def _child_args(self) -> dict:
+        return {**super()._child_args(), "embedding_shape": self.embedding_shape, "mask_shape": self.mask_shape}
 
     def _example(self) -> tuple[tuple[torch.Tensor, ...], tuple | None]:
         tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)  # a box, or a point and its pad
