@@ -90,15 +90,21 @@ def graph_dir() -> Path:
 _core = None
 _core_lock = threading.Lock()
 _exports: set[threading.Thread] = set()
+_exports_lock = threading.Lock()
 _export_lock = threading.Lock()  # one export at a time: each takes the CPU's cores for seconds
 
 
 @atexit.register
 def _finish_exports() -> None:
-    """An export still running when the process ends is waited for: OpenVINO aborts the process if the interpreter
-    shuts down under it, and the graph it saves spares the next run the export."""
-    for thread in list(_exports):
-        thread.join()
+    """An export thread still alive when the process ends is waited for, to its very end: OpenVINO aborts the process
+    if the interpreter shuts down under an export, and so does torch when a thread still freeing the exported copy's
+    tensors is stopped by the shutdown ("terminate called without an active exception"). The graph it saves spares
+    the next run the export."""
+    with _exports_lock:
+        threads = list(_exports)
+    for thread in threads:
+        if thread.ident is not None:  # started
+            thread.join()
 
 
 def _openvino():
@@ -220,7 +226,9 @@ class OpenVINOGraph:
             self._started = True  # a second caller returns at once
         snapshot = module if self.COPY_ON_THREAD else self._exportable(module)
         thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export", daemon=True)
-        _exports.add(thread)
+        with _exports_lock:
+            _exports.difference_update([t for t in _exports if not t.is_alive()])
+            _exports.add(thread)
         thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -255,8 +263,7 @@ class OpenVINOGraph:
             what = self.FILE.split(".")[0]
             warnings.warn(f"the {what} could not be exported to OpenVINO ({self.error}); it runs in torch",
                           RuntimeWarning, stacklevel=2)
-        finally:
-            _exports.discard(threading.current_thread())
+        finally:  # the thread stays in _exports until it has ended: it still frees the copy after this
             self._done.set()
 
     def _convert(self, module: torch.nn.Module) -> None:
