@@ -11,7 +11,8 @@ Random-init weights (timing does not depend on them). Needs a display: ``xvfb-ru
 benchmarks/bench_widget.py``. Usage: [--model vit_b] [--clicks 15] [--size 512] [--slices 3]
 
 ``--waiting [--no-preload]``: the annotator's waits with the real default model (LiteMedSAM + click adapter), window
-hidden, one load path per process (the first load of a process also imports torch):
+hidden, one load path per process (this script imports torch before the window opens, so the worker's import of torch,
+which a user's first load pays, is not in these figures):
 (c) from opening an image to the first click answered, with the model loading as soon as the image is chosen
     (and the longest GUI-thread gap meanwhile), against loading it on the first click;
 (d) a click on a slice that is not embedded yet, and a click on one the prefetch embedded;
@@ -155,7 +156,7 @@ def waiting(size: int, slices: int, preload: bool) -> None:
         return painted[0] - clicked, gaps.longest_ms, cold
 
     print("(c) open a volume, click after 5 s of looking at it: seconds from click to mask, longest GUI gap")
-    # one case per process: the first model load of a process also imports torch, the GUI gap's largest part
+    # one case per process: the first model load of a process builds what later loads reuse
     wait, gap, cold = first_click(preload, 5.0)
     how = "model loads when the image is chosen" if preload else "model loads on the first click (before)"
     print(f"    {how}: first click answered after {wait:.2f} s; longest GUI gap {gap:.0f} ms; a click on a "
