@@ -172,3 +172,26 @@ def test_the_click_adapter_makes_one_click_work_on_held_out_phantoms():
     assert tuned["objects"] >= 10
     assert tuned["mean_dice"] >= CLICK_DICE_FLOOR, (plain, tuned)
     assert tuned["mean_dice"] >= plain["mean_dice"] + 0.3, (plain, tuned)
+
+
+def test_a_click_adapter_run_keeps_each_checkpoint_and_resumes_from_the_last(tmp_path):
+    """``--keep-checkpoints``: every chunk's adapter stays beside ``latest`` (to measure where a run was best); a run
+    started again goes on from ``latest`` instead of starting over."""
+    from napari_msa.engine.files.formats import read_adapter_metadata
+    from napari_msa.training import click_adapter
+
+    work = tmp_path / "run"
+    argv = ["--out", str(tmp_path / "a.safetensors"), "--phantoms", "1", "--phantoms-mr", "0", "--real", "none",
+            "--steps", "2", "--chunk-steps", "1", "--keep-checkpoints", "--work-dir", str(work), "--train", "decoder",
+            "--rounds", "1", "--grad-rounds", "1", "--batch-size", "1", "--val-fraction", "0", "--threads", "1",
+            "--no-augment", "--eval-every", "100"]
+    click_adapter.main(argv)
+    kept = sorted(p.name for p in work.glob("step*.safetensors"))
+    assert kept == ["step00001.safetensors", "step00002.safetensors"]
+    steps = [read_adapter_metadata(work / name)["training"]["steps_done"] for name in kept]
+    assert steps == [1, 2] and read_adapter_metadata(work / "latest.safetensors")["training"]["steps_done"] == 2
+    decoders = [load_model("litemedsam", adapter=work / n, device="cpu").sam.mask_decoder.state_dict() for n in kept]
+    assert any(not torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])  # each is its own step
+    click_adapter.main([*argv[:9], "3", *argv[10:]])  # --steps 3: one more step, from step 2
+    assert read_adapter_metadata(work / "step00003.safetensors")["training"]["steps_done"] == 3
+    assert not (work / "step00004.safetensors").exists()

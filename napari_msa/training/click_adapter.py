@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", type=Path, help="resumable run: a checkpoint here every --chunk-steps steps; a "
                     "run started again goes on from the last one")
     ap.add_argument("--chunk-steps", type=int, default=100)
+    ap.add_argument("--keep-checkpoints", action="store_true", help="with --work-dir: keep every checkpoint as "
+                    "step<N>.safetensors beside latest.safetensors (to measure where a run was best)")
     ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -273,9 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         progress(p)
         if latest is not None and p.phase == "train" and p.step % args.chunk_steps == 0:
             latest.parent.mkdir(parents=True, exist_ok=True)
-            model.save_adapter(latest, training={"steps_done": done + p.step, "interaction": rule,
-                                                 "history": history + [[done + p.step, p.loss]]},
-                               include_decoder=True)
+            training = {"steps_done": done + p.step, "interaction": rule,
+                        "history": history + [[done + p.step, p.loss]]}
+            kept = [latest.with_name(f"step{done + p.step:05d}.safetensors")] if args.keep_checkpoints else []
+            for path in [latest, *kept]:
+                model.save_adapter(path, training=training, include_decoder=True)
             history.append([done + p.step, p.loss])
             print(f"  checkpoint at step {done + p.step} ({time.time() - t0:.0f} s)", flush=True)
 
