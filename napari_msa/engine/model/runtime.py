@@ -89,8 +89,8 @@ def graph_dir() -> Path:
 
 _core = None
 _core_lock = threading.Lock()
-_exports: set[threading.Thread] = set()
-_exports_lock = threading.Lock()
+_export_threads: set[threading.Thread] = set()
+_export_threads_lock = threading.Lock()
 _export_lock = threading.Lock()  # one export at a time: each takes the CPU's cores for seconds
 
 
@@ -100,8 +100,8 @@ def _finish_exports() -> None:
     if the interpreter shuts down under an export, and so does torch when a thread still freeing the exported copy's
     tensors is stopped by the shutdown ("terminate called without an active exception"). The graph it saves spares
     the next run the export."""
-    with _exports_lock:
-        threads = list(_exports)
+    with _export_threads_lock:
+        threads = list(_export_threads)
     for thread in threads:
         if thread.ident is not None:  # started
             thread.join()
@@ -226,9 +226,9 @@ class OpenVINOGraph:
             self._started = True  # a second caller returns at once
         snapshot = module if self.COPY_ON_THREAD else self._exportable(module)
         thread = threading.Thread(target=self._export, args=(snapshot,), name="napari-msa-export", daemon=True)
-        with _exports_lock:
-            _exports.difference_update([t for t in _exports if not t.is_alive()])
-            _exports.add(thread)
+        with _export_threads_lock:
+            _export_threads.difference_update([t for t in _export_threads if not t.is_alive()])
+            _export_threads.add(thread)
         thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -263,7 +263,7 @@ class OpenVINOGraph:
             what = self.FILE.split(".")[0]
             warnings.warn(f"the {what} could not be exported to OpenVINO ({self.error}); it runs in torch",
                           RuntimeWarning, stacklevel=2)
-        finally:  # the thread stays in _exports until it has ended: it still frees the copy after this
+        finally:  # the thread stays in _export_threads until it has ended: it still frees the copy after this
             self._done.set()
 
     def _convert(self, module: torch.nn.Module) -> None:
