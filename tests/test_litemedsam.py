@@ -195,3 +195,28 @@ def test_a_click_adapter_run_keeps_each_checkpoint_and_resumes_from_the_last(tmp
     click_adapter.main([*argv[:9], "3", *argv[10:]])  # --steps 3: one more step, from step 2
     assert read_adapter_metadata(work / "step00003.safetensors")["training"]["steps_done"] == 3
     assert not (work / "step00004.safetensors").exists()
+
+
+def test_a_click_adapter_run_can_train_on_zoomed_views(tmp_path, monkeypatch):
+    """``--zoom-views``: a share of the samples comes from the windows the zooming rule decodes corrections in, so
+    the decoder meets objects at the scale it answers them at; the share is recorded in the file."""
+    from napari_msa.engine.files.formats import read_adapter_metadata
+    from napari_msa.engine.tuning import api
+    from napari_msa.training import click_adapter
+
+    made = []
+
+    def window_views(*args, **kwargs):
+        views, pairs = real_window_views(*args, **kwargs)
+        made.append(len(pairs))
+        return views, pairs
+
+    real_window_views = api.window_views
+    monkeypatch.setattr(api, "window_views", window_views)
+    out = tmp_path / "z.safetensors"
+    click_adapter.main(["--out", str(out), "--phantoms", "1", "--phantoms-mr", "0", "--real", "none", "--steps", "2",
+                        "--train", "decoder", "--rounds", "1", "--grad-rounds", "1", "--batch-size", "1",
+                        "--val-fraction", "0", "--threads", "1", "--no-augment", "--eval-every", "100",
+                        "--zoom-views", "0.5"])
+    assert made and made[0] > 0  # the phantom's objects, each on its own zoomed view
+    assert read_adapter_metadata(out)["training"]["zoom_views"] == 0.5
