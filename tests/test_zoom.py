@@ -51,14 +51,14 @@ def test_points_boxes_and_masks_between_the_slice_and_a_window():
 
 
 class Recorder:
-    """A stand-in decoder: records each prompt, answers disks of 6, 10, 14 px at the last click (slice frame)."""
+    """A stand-in decoder: records each prompt, answers disks of 6, 10, 14 px at the first click (slice frame)."""
 
     def __init__(self) -> None:
         self.prompts = []
 
     def __call__(self, prompt) -> Answer:
         self.prompts.append(prompt)
-        centre = tuple(prompt.points[-1]) if len(prompt.points) else tuple(np.reshape(prompt.box, (2, 2)).mean(0))
+        centre = tuple(prompt.points[0]) if len(prompt.points) else tuple(np.reshape(prompt.box, (2, 2)).mean(0))
         masks = np.stack([disk(SHAPE, centre, r) for r in (6, 10, 14)])
         return Answer(masks, np.array([0.9, 0.8, 0.7], np.float32), np.full((3, 16, 16), len(self.prompts), float))
 
@@ -78,6 +78,48 @@ def test_clicks_after_the_first_answer_are_decoded_in_its_window_with_the_answer
     Interaction(InteractionRule(feed_logits=True, zoom=True)).run(np.array([[100.0, 120.0], [10.0, 10.0]]),
                                                                   np.array([1, 1]), None, far)
     assert far.prompts[1].window is None and far.prompts[1].carried is None and far.prompts[1].mask_input is not None
+
+
+class Unlike(Recorder):
+    """A decoder to which the object looks unlike itself in a window: there it answers a speck (or, to a negative
+    click, most of the window); on the whole slice a disk of 12 px, or ``whole`` if given."""
+
+    def __init__(self, whole: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.whole = whole
+
+    def __call__(self, prompt) -> Answer:
+        self.prompts.append(prompt)
+        if prompt.window is None:
+            mask = self.whole if self.whole is not None and len(self.prompts) > 1 else disk(SHAPE, (100, 120), 12)
+        elif prompt.labels[-1] == 1:
+            mask = disk(SHAPE, tuple(prompt.points[-1]), 2)
+        else:
+            r0, c0, r1, c1 = prompt.window
+            mask = np.zeros(SHAPE, bool)
+            mask[r0:r1, c0:c1] = True
+        return Answer(mask[None], np.array([0.5], np.float32), np.full((1, 16, 16), len(self.prompts), float))
+
+
+@pytest.mark.parametrize("label", [1, 0])
+def test_a_zoomed_answer_that_contradicts_its_click_is_decoded_again_on_the_whole_slice(label):
+    clicks, labels = np.array([[100.0, 120.0], [100.0, 133.0]]), np.array([1, label])
+    decode = Unlike()
+    answer = Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, decode)
+    _first, zoomed, whole = decode.prompts
+    assert zoomed.window is not None and whole.window is None  # the same step, again on the whole slice
+    assert np.array_equal(whole.points, zoomed.points) and np.all(whole.mask_input == 1) and whole.carried is None
+    assert answer.window is None and np.array_equal(answer.mask, disk(SHAPE, (100, 120), 12))
+    again = Unlike(whole=np.zeros(SHAPE, bool) if label == 1 else np.ones(SHAPE, bool))  # it contradicts there too
+    kept = Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, again)
+    assert len(again.prompts) == 3 and kept.window == again.prompts[1].window  # the zoomed answer stays
+
+
+def test_a_zoomed_answer_that_agrees_with_its_click_is_not_decoded_twice():
+    decode = Recorder()  # disks around the first click: a correction never loses or doubles the object
+    clicks, labels = np.array([[100.0, 120.0], [104.0, 124.0], [96.0, 116.0]]), np.array([1, 0, 1])
+    Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, decode)
+    assert len(decode.prompts) == 3 and all(p.window is not None for p in decode.prompts[1:])
 
 
 def test_a_users_box_is_zoomed_into_at_once_and_its_clicks_stay_there():

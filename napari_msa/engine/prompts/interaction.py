@@ -7,7 +7,10 @@ step of its object's interaction and stays in every later prompt. An optional *p
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
 the first answer (and a box the user drew, at once) in a window around the object (``engine.prompts.zoom``),
 re-encoded at the model's full input size; its answers are pasted back on the slice, and the previous answer's
-logits are resampled into a new window.
+logits are resampled into a new window. A zoomed answer that grossly contradicts its click (a positive click that
+keeps less than half of the object shown, a negative one that more than doubles it) is decoded again on the whole
+slice, and that answer is kept when it does not contradict the click too: some objects look unlike themselves in
+their window (measured: benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in").
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -143,6 +146,9 @@ class Interaction:
                                       None if prior is None else prior.answer.mask, shape)
                 answer = decode(prompt)
                 answer.window = prompt.window
+                if prompt.window is not None and previous is not None and n >= 1 and not ambiguous \
+                        and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
+                    answer = self._unzoomed(prompt, previous, decode, answer, int(labels[n - 1]))
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -151,6 +157,19 @@ class Interaction:
         self.steps = kept
         self.last = (points, labels, box)
         return previous
+
+    @staticmethod
+    def _unzoomed(prompt: Prompt, previous: Answer, decode: DecodeFn, zoomed: Answer, label: int) -> Answer:
+        """The step decoded again on the whole slice, kept when it does not contradict the click as ``zoomed`` did."""
+        if previous.window is None:
+            prompt = replace(prompt, window=None, mask_input=previous.low_logits if prompt.mask_input is not None
+                             or prompt.carried is not None else None, carried=None)
+        else:
+            prompt = replace(prompt, window=None, mask_input=None,
+                             carried=previous if prompt.mask_input is not None or prompt.carried is not None else None)
+        answer = decode(prompt)
+        answer.window = None
+        return zoomed if contradicts(answer.mask, previous.mask, label) else answer
 
     def likely_window(self, shape: tuple[int, int]) -> Window | None:
         """The window the next click will most likely be decoded in, when it is not the last answer's own (which
@@ -189,6 +208,16 @@ class Interaction:
         if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
+
+
+def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
+    """Whether an answer to a correction click grossly contradicts it: a positive click (add this) that keeps less
+    than half of the mask shown, or a negative one (remove this) that more than doubles it."""
+    if not shown.any():
+        return False
+    if label == 1:
+        return int(np.count_nonzero(mask & shown)) < 0.5 * int(np.count_nonzero(shown))
+    return int(np.count_nonzero(mask)) > 2 * int(np.count_nonzero(shown))
 
 
 @dataclass(frozen=True)
