@@ -671,3 +671,37 @@ def test_anchoring_first_clicks_keeps_a_lone_clicks_answers_while_corrections_tr
     # another model's first clicks as the teacher: training from the moved decoder brings its lone click back
     back = answers(tune(free_model, images, labels, anchor_first_clicks=1.0, first_click_teacher=start, **opts).model)
     assert np.abs(back[0] - before[0]).mean() < 0.5 * moved[1]
+
+
+def test_a_corrector_learns_what_follows_a_lone_click_answered_by_the_starting_decoder(monkeypatch):
+    """``corrector``: in the simulated sessions a frozen copy of the starting decoder answers each lone click (no
+    gradient), the model answers and learns every step after it and every box."""
+    from types import SimpleNamespace
+
+    from napari_msa.engine.tuning import step
+
+    images, labels = blob_task(3, size=96)
+    start = tiny(image_size=96)
+    with pytest.raises(ValueError, match="corrector"):
+        tune(start, images, labels, steps=1, corrector=True, anchor_first_clicks=1.0)
+    start_decoder = {k: v.clone() for k, v in start.sam.mask_decoder.state_dict().items()}
+    answered = []
+    real_decode = step.decode
+
+    def spy(sam, emb, points, labels_, boxes, multimask, **kwargs):
+        low, iou = real_decode(sam, emb, points, labels_, boxes, multimask, **kwargs)
+        answered.append((multimask, sam, low.requires_grad))
+        return low, iou
+
+    monkeypatch.setattr(step, "decode", spy)
+    tuned = tune(start, images, labels, corrector=True, steps=10, seed=0, val_fraction=0, lr=3e-3, box_share=0.3,
+                 max_correction_rounds=2, batch_size=2, accept_margin=-1.0, blends=(), augment=False).model
+    lone = [(sam, grad) for multimask, sam, grad in answered if multimask]
+    rest = [(sam, grad) for multimask, sam, grad in answered if not multimask]
+    assert lone and rest
+    assert all(isinstance(sam, SimpleNamespace) and not grad for sam, grad in lone)  # the frozen copy
+    frozen = lone[0][0].mask_decoder.state_dict()
+    assert all(torch.equal(frozen[k], start_decoder[k]) for k in frozen)  # as the decoder started, to the end
+    assert all(sam is tuned.sam for sam, _ in rest) and any(grad for _, grad in rest)
+    moved = tuned.sam.mask_decoder.state_dict()
+    assert any(not torch.equal(moved[k], start_decoder[k]) for k in moved)

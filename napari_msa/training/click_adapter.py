@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                     "their task loss): train corrections without costing the first click")
     ap.add_argument("--anchor-adapter", type=Path, help="whose first clicks --anchor-first-clicks keeps (default: "
                     "the adapter training starts from)")
+    ap.add_argument("--corrector", action="store_true", help="train a corrector: lone clicks answered by the "
+                    "--anchor-adapter's (default: the starting) decoder, the model trained on what follows them")
     ap.add_argument("--zoom-views", type=float, default=0.0, help="share of samples drawn from the window a "
                     "zooming rule decodes each object's corrections in (TuneConfig.zoom_views)")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True, inplace=True,
             cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
             click_regions=regions, anchor_first_clicks=args.anchor_first_clicks, first_click_teacher=teacher,
-            zoom_views=args.zoom_views,
+            zoom_views=args.zoom_views, corrector=args.corrector,
         )
         model = result.model
         summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
@@ -316,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         "anchor_first_clicks": args.anchor_first_clicks or None,
         "anchor_adapter": None if args.anchor_adapter is None else args.anchor_adapter.name, "phantoms": args.phantoms,
         "zoom_views": args.zoom_views or None,
+        "corrector": args.corrector or None,  # answers every step but a lone click's (that: the anchor adapter's)
         "phantoms_mr": args.phantoms_mr,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "

@@ -71,7 +71,8 @@ def tune(
     group, gradients are averaged with DistributedDataParallel, samples are sharded by rank and only rank 0
     reports progress. Raises ``Cancelled`` when ``cancel()`` turns true. ``click_regions``: where simulated
     first clicks land, per image (``build_pairs``); for training data whose targets enclose other objects.
-    ``first_click_teacher``: whose lone-click answers ``anchor_first_clicks`` keeps (default: the model as it starts).
+    ``first_click_teacher``: whose lone-click answers ``anchor_first_clicks`` keeps, or a ``corrector`` follows
+    (default: the model as it starts).
     """
     cfg = replace(config or TuneConfig(), **options)
     cfg.check()

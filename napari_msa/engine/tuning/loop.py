@@ -19,7 +19,7 @@ from . import distributed
 from .data import Pair, TrainingSlice
 from .held_out import VAL_CLICKS, AnnotatorSessions, HeldOut, evaluate
 from .prefix_cache import PrefixCache, SplitEncoder, first_adapted_block
-from .step import FirstClickAnchor, Sample, StepModule
+from .step import FirstClickAnchor, Sample, StepModule, frozen_prompting
 from .tune_types import DiceChange, TuneConfig, TuneProgress, TuneSummary, TuningDiverged
 
 FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of the peak learning rate
@@ -162,7 +162,8 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     rule = InteractionRule.from_name(cfg.interaction) if cfg.interaction else model.interaction
     teacher = sam if first_click_teacher is None else first_click_teacher.sam
     anchor = FirstClickAnchor.of(teacher, cfg.anchor_first_clicks) if cfg.anchor_first_clicks > 0 else None
-    step_module = StepModule(model, encoder, slices, cfg.iou_weight, rule, cfg.grad_rounds, anchor)
+    first_clicker = frozen_prompting(teacher) if cfg.corrector else None
+    step_module = StepModule(model, encoder, slices, cfg.iou_weight, rule, cfg.grad_rounds, anchor, first_clicker)
     runner: nn.Module = step_module
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel

@@ -46,6 +46,12 @@ class Sample:
 LOGIT_RANGE = 8.0  # sigmoid(±8) is 0.9997 / 0.0003: beyond it a logit's exact value changes no mask
 
 
+def frozen_prompting(sam: nn.Module) -> SimpleNamespace:
+    """A frozen copy of a SAM's prompt encoder and mask decoder: what ``decode`` reads of a SAM."""
+    return SimpleNamespace(**{name: copy.deepcopy(getattr(sam, name)).eval().requires_grad_(False)
+                              for name in ("prompt_encoder", "mask_decoder")})
+
+
 @dataclass
 class FirstClickAnchor:
     """A frozen copy of the starting prompt encoder and decoder: a lone click's answers are trained towards
@@ -58,9 +64,7 @@ class FirstClickAnchor:
 
     @classmethod
     def of(cls, sam: nn.Module, weight: float) -> FirstClickAnchor:
-        parts = {name: copy.deepcopy(getattr(sam, name)).eval().requires_grad_(False)
-                 for name in ("prompt_encoder", "mask_decoder")}
-        return cls(SimpleNamespace(**parts), float(weight))
+        return cls(frozen_prompting(sam), float(weight))
 
     def loss(self, emb: torch.Tensor, points: np.ndarray, labels: np.ndarray, low: torch.Tensor,
              iou_pred: torch.Tensor) -> torch.Tensor:
@@ -77,9 +81,11 @@ class StepModule(nn.Module):
 
     def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float,
                  rule: InteractionRule | None = None, grad_rounds: int = 2,
-                 anchor: FirstClickAnchor | None = None) -> None:
+                 anchor: FirstClickAnchor | None = None, first_clicker: SimpleNamespace | None = None) -> None:
         super().__init__()
         self._anchor = (anchor,)  # a tuple: not a submodule (its frozen weights are no part of the step's)
+        # a corrector's training (TuneConfig.corrector): who answers the lone click that every correction follows
+        self._first_clicker = (first_clicker,)
         self.rule = rule or InteractionRule()
         self.grad_rounds = max(1, int(grad_rounds))
         self.sam = model.sam
@@ -137,6 +143,9 @@ class StepModule(nn.Module):
         truth_np = np.stack([d > 0 for d in depths])  # (N, h, w)
         truth = torch.as_tensor(truth_np, dtype=torch.float32, device=emb.device)
         total, counted = emb.new_zeros(()), 0
+        corrector = self._first_clicker[0] is not None and not use_box
+        if corrector:  # the lone click is not the model's to answer: at least one correction to learn from
+            rounds = max(1, rounds)
 
         def carries_loss(r: int) -> bool:
             return r == 0 or r >= rounds - self.grad_rounds + 2
@@ -144,6 +153,8 @@ class StepModule(nn.Module):
         anchor = self._anchor[0]
         for r, low, iou_pred, logits, prompt in self.session(emb, depths, use_box, rounds, rng, carries_loss,
                                                              click_depths):
+            if r == 0 and corrector:
+                continue
             if r == 0 and not use_box and anchor is not None:
                 total = total + anchor.loss(emb, *prompt, low, iou_pred)
                 counted += 1
@@ -177,8 +188,9 @@ class StepModule(nn.Module):
             if boxes is None and r > 0 and self.rule.shown_box:
                 boxes = np.stack([_shown_box(shown_np[i], points[i], labels[i]) for i in range(n)])
             mask_input = previous_low if r > 0 and self.rule.feed_logits else None
-            with torch.set_grad_enabled(with_grad(r) and torch.is_grad_enabled()):
-                low, iou_pred = decode(self.sam, emb, np.array(points) if points[0] else None,
+            first_clicker = self._first_clicker[0] if multimask else None
+            with torch.set_grad_enabled(with_grad(r) and torch.is_grad_enabled() and first_clicker is None):
+                low, iou_pred = decode(first_clicker or self.sam, emb, np.array(points) if points[0] else None,
                                        np.array(labels) if labels[0] else None, boxes, multimask,
                                        mask_input=mask_input)
                 logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)

@@ -54,6 +54,11 @@ class TuneConfig:
     # Weight of a distillation term that keeps a lone click's three masks and scores as the starting decoder gives
     # them (in place of their task loss), so training for corrections cannot cost the first click. 0: off.
     anchor_first_clicks: float = 0.0
+    # Train a *corrector*: in the simulated sessions a lone click is answered by a frozen copy of the starting
+    # decoder (or of ``first_click_teacher``'s) and the model learns only what follows it (corrections, boxes), as
+    # a second decoder that takes over from the first click's answer would be used. Its own lone clicks are not
+    # trained. Off: one decoder answers every step.
+    corrector: bool = False
     patience: int = 3  # checks without improvement (after min_steps_share of the run) before stopping; 0: never
     min_delta: float = 1e-3  # smaller held-out gains do not count as improvement (early stopping)
     # The tuned weights replace the starting ones only when they beat them on the held-out objects by this much:
@@ -86,6 +91,8 @@ class TuneConfig:
             raise ValueError(f"blends are shares of the tuned change, each in (0, 1], got {self.blends}")
         if self.anchor_first_clicks < 0:
             raise ValueError(f"anchor_first_clicks is a loss weight ≥ 0, got {self.anchor_first_clicks}")
+        if self.corrector and self.anchor_first_clicks > 0:
+            raise ValueError("a corrector does not answer lone clicks: anchor_first_clicks has nothing to keep")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
         if not (self.train_adapters or self.train_decoder or self.full_finetune):
