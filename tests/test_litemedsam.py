@@ -174,7 +174,16 @@ def test_the_click_adapter_makes_one_click_work_on_held_out_phantoms():
     assert tuned["mean_dice"] >= plain["mean_dice"] + 0.3, (plain, tuned)
 
 
-def test_a_click_adapter_run_keeps_each_checkpoint_and_resumes_from_the_last(tmp_path):
+@pytest.fixture
+def torch_threads_kept():
+    """``click_adapter.main`` sets torch's thread count for the process (``--threads``), as a command should; the
+    tests after these keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_click_adapter_run_keeps_each_checkpoint_and_resumes_from_the_last(torch_threads_kept, tmp_path):
     """``--keep-checkpoints``: every chunk's adapter stays beside ``latest`` (to measure where a run was best); a run
     started again goes on from ``latest`` instead of starting over."""
     from napari_msa.engine.files.formats import read_adapter_metadata
@@ -197,7 +206,7 @@ def test_a_click_adapter_run_keeps_each_checkpoint_and_resumes_from_the_last(tmp
     assert not (work / "step00004.safetensors").exists()
 
 
-def test_a_click_adapter_run_can_train_on_zoomed_views(tmp_path, monkeypatch):
+def test_a_click_adapter_run_can_train_on_zoomed_views(torch_threads_kept, tmp_path, monkeypatch):
     """``--zoom-views``: a share of the samples comes from the windows the zooming rule decodes corrections in, so
     the decoder meets objects at the scale it answers them at; the share is recorded in the file."""
     from napari_msa.engine.files.formats import read_adapter_metadata

@@ -18,8 +18,14 @@ pytest.importorskip("openvino")  # an install dependency: present wherever the p
 @pytest.fixture(autouse=True)
 def _export_in_this_process(monkeypatch):
     """Graphs exported in the test's own process (a child process costs seconds each); the child's path has its
-    own tests, and the command-line tests export in a child as users' processes do."""
+    own tests, and the command-line tests export in a child as users' processes do. A test's background exports
+    end before the next test begins: an export in this process, on its thread, changes torch.fx's global trace
+    metadata and torch's generator state, which broke the next test's seeding (KeyError 'custom' in
+    ``torch.manual_seed``, other random weights) when the exports ran long (one torch thread)."""
     monkeypatch.setattr(rt, "EXPORT_IN_CHILD", False)
+    rt._finish_exports()
+    yield
+    rt._finish_exports()
 
 
 def _model(runtime: str, name: str = "tinyvit_test", **kw):
