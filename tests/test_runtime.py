@@ -20,8 +20,8 @@ def _export_in_this_process(monkeypatch):
     """Graphs exported in the test's own process (a child process costs seconds each); the child's path has its
     own tests, and the command-line tests export in a child as users' processes do. A test's background exports
     end before the next test begins: an export in this process, on its thread, changes torch.fx's global trace
-    metadata and torch's generator state, which broke the next test's seeding (KeyError 'custom' in
-    ``torch.manual_seed``, other random weights) when the exports ran long (one torch thread)."""
+    metadata, which broke the next test's seeding (KeyError 'custom' in ``torch.manual_seed``; "same-seed" models
+    with other weights) when the exports ran long (one torch thread)."""
     monkeypatch.setattr(rt, "EXPORT_IN_CHILD", False)
     rt._finish_exports()
     yield

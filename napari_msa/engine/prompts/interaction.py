@@ -161,12 +161,10 @@ class Interaction:
     @staticmethod
     def _unzoomed(prompt: Prompt, previous: Answer, decode: DecodeFn, zoomed: Answer, label: int) -> Answer:
         """The step decoded again on the whole slice, kept when it does not contradict the click as ``zoomed`` did."""
-        if previous.window is None:
-            prompt = replace(prompt, window=None, mask_input=previous.low_logits if prompt.mask_input is not None
-                             or prompt.carried is not None else None, carried=None)
-        else:
-            prompt = replace(prompt, window=None, mask_input=None,
-                             carried=previous if prompt.mask_input is not None or prompt.carried is not None else None)
+        fed = prompt.mask_input is not None or prompt.carried is not None  # the rule feeds the previous logits
+        same_frame = previous.window is None  # its logits are the whole slice's already: no resampling
+        prompt = replace(prompt, window=None, mask_input=previous.low_logits if fed and same_frame else None,
+                         carried=previous if fed and not same_frame else None)
         answer = decode(prompt)
         answer.window = None
         return zoomed if contradicts(answer.mask, previous.mask, label) else answer
