@@ -12,7 +12,7 @@ missed region, negative in a false one).
 Objects: every connected piece >= 64 px of the development phantom volumes (seeds 7001-7004 of the evaluation
 stream; never used for reported tuning figures) whose one-click mask has Dice < 0.9: the ones worth refining.
 
-    python benchmarks/refine_quality.py [--model litemedsam] [--rounds 3] [--rule logits]
+    python benchmarks/refine_quality.py [--model litemedsam] [--adapter PATH] [--rounds 3] [--rule logits]
 
 Prints numbers only; nothing here asserts a threshold.
 """
@@ -68,6 +68,7 @@ def refine_rounds(session: Session, z: int, truth: np.ndarray, rounds: int) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="litemedsam")
+    ap.add_argument("--adapter", default="auto", help="an adapter file (default: the one shipped for the model)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(DEV_SEEDS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -77,7 +78,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_line("cpu"))
-    session = Session(load_model(args.model, device="cpu"), normalization=CT)
+    session = Session(load_model(args.model, adapter=args.adapter, device="cpu"), normalization=CT)
     if args.rule:
         session.rule = args.rule
     print(f"interaction rule: {session.rule.name}")

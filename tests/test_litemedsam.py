@@ -148,6 +148,12 @@ def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():
     assert model.name == "litemedsam" and Path(model.adapter_source) == CLICK_ADAPTER_FILE
     assert "LiteMedSAM + click adapter" in model.describe()
     assert model.interaction.name == "logits+zoom"  # the rule its file names, zoomed in (engine.prompts.zoom)
+    # its corrector (engine.network.corrector), made from a decoder trained from this file's own
+    corrector = model.adapter_metadata["corrector"]
+    assert model.corrector() is not None and corrector["rank"] == 32
+    assert corrector["command"].startswith("python -m napari_msa.training.add_corrector")
+    assert "--corrector" in corrector["trained"] or "corrector" in corrector["what"]
+    assert load_model("litemedsam", adapter=None, device="cpu").corrector() is None  # plain LiteMedSAM: none
     provenance = model.adapter_metadata["training"]
     assert provenance["command"].startswith("python -m napari_msa.training.click_adapter")
     assert provenance["seed"] == 0 and provenance["data"]

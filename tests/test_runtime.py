@@ -10,7 +10,8 @@ import torch
 from napari_msa import Session, load_model
 from napari_msa.engine import catalog
 from napari_msa.engine.model import runtime as rt
-from napari_msa.engine.network.adapters import ADAPTER_KEY, AdapterConfig
+from napari_msa.engine.network.adapters import ADAPTER_KEY, AdapterConfig, is_decoder_weight
+from napari_msa.engine.network.corrector import CorrectorChange
 
 pytest.importorskip("openvino")  # an install dependency: present wherever the project's own files installed it
 
@@ -356,6 +357,30 @@ def test_the_decoder_graph_gives_torch_fp32_masks(name, tmp_path, monkeypatch):
     for s in sessions:
         s.lone_clicks(emb, np.array([[30.0, 30.0], [60.0, 50.0]]))
     assert len(calls) == passes and in_torch == [1]
+
+
+def test_the_corrector_has_a_decoder_graph_of_its_own_with_torchs_masks(tmp_path, monkeypatch):
+    monkeypatch.setenv(rt.GRAPH_DIR_ENV, str(tmp_path))
+    torch.manual_seed(5)
+    ref = _model("torch", precision="fp32")
+    ov = _model("openvino", precision="fp32")
+    _same_weights(ref, ov)
+    decoder = {k: v for k, v in ref.sam.state_dict().items() if is_decoder_weight(k)}
+    trained = {k: v + 0.05 * torch.randn_like(v) for k, v in decoder.items()}
+    ref.corrector_change = ov.corrector_change = CorrectorChange.between(decoder, trained, rank=4)
+    monkeypatch.setattr(ov, "encoder_graph", lambda wait=False: None)  # the encoder in torch: decoders compared
+    corrector = ov.decoder_graph(wait=True, corrector=True)
+    assert corrector.ready and corrector.key != ov.decoder_graph(wait=True).key
+    calls = _counting_decoder(monkeypatch)
+    sessions = _sessions_on_one_image((ref, ov), seed=2)
+    for prompt in ({"points": [[35, 30]], "labels": [1]}, {"box": [18, 18, 52, 42]},
+                   {"points": [[35, 30], [60, 60]], "labels": [1, 0]}):
+        answers = [s.interact(**prompt) for s in sessions]
+        np.testing.assert_array_equal(answers[0].masks, answers[1].masks)
+        np.testing.assert_allclose(answers[0].logits, answers[1].logits, atol=1e-4)
+    base = ov.decoder_graph().key  # the lone click (and its replay before the correction), the rest the corrector's
+    assert calls[:2] == [base, corrector.key] and calls[-1] == corrector.key and set(calls) == {base, corrector.key}
+    assert _model("openvino").decoder_graph(corrector=True) is None  # no corrector, no graph
 
 
 def test_the_decoder_graph_is_exported_after_torch_answers_and_found_again(tmp_path, monkeypatch):

@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         done = int(model.adapter_metadata["training"].get("steps_done", 0))
         history = list(model.adapter_metadata["training"].get("history", []))
         print(f"resuming after step {done} from {latest}")
+    # the decoder trained here answers every prompt; a corrector for it is made apart (training.add_corrector)
+    model.corrector_change = None
     rule = args.interaction or model.interaction.name
 
     def checkpoint(p) -> None:

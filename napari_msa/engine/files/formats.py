@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -21,6 +22,9 @@ from ..file_checks import CheckpointError, existing_file
 from ..network.adapters import AdapterConfig, is_trainable
 from ..network.preprocessing import Normalization
 from .checkpoints import atomic_write
+
+if TYPE_CHECKING:
+    from ..network.corrector import CorrectorChange
 
 MODEL_FORMAT = "napari-msa-model/1"
 ADAPTER_FORMAT = "napari-msa-adapter/1"
@@ -66,8 +70,11 @@ def save_adapter(
     normalization: dict | None = None,
     training: dict | None = None,
     include_decoder: bool = False,
+    corrector: CorrectorChange | None = None,
 ) -> Path:
-    """Write adapters (and tuned decoder weights) with the metadata needed to check them on load."""
+    """Write adapters (and tuned decoder weights) with the metadata needed to check them on load. A
+    ``corrector``'s change (``network.corrector``) goes with the decoder it was made for, so only with
+    ``include_decoder``."""
     state = {
         k: v.detach().to("cpu").contiguous()
         for k, v in sam.state_dict().items()
@@ -75,6 +82,9 @@ def save_adapter(
     }
     if not state:
         raise CheckpointError("the model has no adapters to save")
+    carried = corrector is not None and include_decoder
+    if carried:
+        state.update({k: v.detach().to("cpu") for k, v in corrector.file_tensors().items()})
     metadata = {
         "format": ADAPTER_FORMAT,
         "model": json.dumps(sam.model_config.to_dict()),
@@ -85,6 +95,8 @@ def save_adapter(
         "training": json.dumps(training or {}),
         "includes_decoder": str(bool(include_decoder)),
     }
+    if carried:
+        metadata["corrector"] = corrector.meta_json()
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -132,7 +144,7 @@ def _decoded_adapter_metadata(meta: dict, path: Path) -> dict:
         raise CheckpointError(f"{path.name} is not a napari-msa adapter (format {meta.get('format')!r})")
     out = dict(meta)
     try:
-        for key in ("model", "adapter_config", "normalization", "training"):
+        for key in ("model", "adapter_config", "normalization", "training", "corrector"):
             out[key] = json.loads(meta.get(key) or "{}")
         out["image_size"] = int(meta["image_size"])
     except (KeyError, ValueError, TypeError) as err:
@@ -177,8 +189,9 @@ def _adapter_meta_problem(meta: dict) -> str | None:
             Normalization.from_dict(norm)
         except (TypeError, ValueError) as err:
             return f"normalisation {norm!r}: {err}"
-    if not isinstance(meta.get("training"), dict):
-        return f"'training' is {type(meta.get('training')).__name__}, not a mapping"
+    for key in ("training", "corrector"):
+        if not isinstance(meta.get(key), dict):
+            return f"'{key}' is {type(meta.get(key)).__name__}, not a mapping"
     if not 32 <= meta["image_size"] <= 4096:
         return f"image size {meta['image_size']} is not between 32 and 4096"
     if not isinstance(meta.get("base_fingerprint", ""), str):

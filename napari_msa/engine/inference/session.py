@@ -477,16 +477,21 @@ class Session:
         return out
 
     def _decode(self, emb: Embedding, prompt: Prompt) -> Answer:
-        """One decoder pass on a slice's embedding; candidates best-first."""
+        """One decoder pass on a slice's embedding; candidates best-first. A lone click (one point, no box, no
+        earlier answer) is the model's own decoder's; every other prompt its corrector's, when it has one
+        (``network.corrector``)."""
         sam, frame = self.model.sam, (emb.original_size, self.model.image_size)
+        corrector = None if prompt.lone_click else self.model.corrector()
+        decoder = sam if corrector is None else corrector
         n = len(prompt.points)
         points_in = to_input_frame(prompt.points, *frame)[None] if n else None
         box_in = None if prompt.box is None else to_input_frame(np.reshape(prompt.box, (2, 2)), *frame).reshape(1, 4)
         dense = None if prompt.mask_input is None else torch.as_tensor(
             prompt.mask_input, dtype=torch.float, device=emb.features.device)[None, None]
         with self._lock, torch.no_grad():
-            low, predicted_iou = decode(sam, emb.features, points_in, prompt.labels[None] if n else None, box_in,
-                                        prompt.multimask, mask_input=dense, graph=self.model.decoder_graph())
+            low, predicted_iou = decode(decoder, emb.features, points_in, prompt.labels[None] if n else None,
+                                        box_in, prompt.multimask, mask_input=dense,
+                                        graph=self.model.decoder_graph(corrector=corrector is not None))
             masks = image_masks(sam, low, emb.input_size, emb.original_size)[0].cpu().numpy()
             scores, logits = predicted_iou[0].float().cpu().numpy(), low[0].float().cpu().numpy()
         return Answer(masks.astype(bool), scores, logits).ranked()

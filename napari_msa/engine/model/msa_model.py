@@ -19,6 +19,8 @@ from ..files.checkpoints import LoadReport
 from ..files.formats import AdapterFile, check_adapter_compatible, read_adapter, save_adapter
 from ..network.adapters import ADAPTER_KEY, AdapterConfig, is_trainable, set_depth_slices
 from ..network.architectures import ModelConfig, base_fingerprint
+from ..network.corrector import PREFIX as CORRECTOR_PREFIX
+from ..network.corrector import CorrectorChange, PromptSide, corrector_of
 from ..network.preprocessing import PREPROCESSING_VERSION, Normalization, encoder_input
 from ..prompts.interaction import InteractionRule
 from .precision import FP32_EXACT, Precision
@@ -53,6 +55,9 @@ class MSAModel:
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
         self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one version
         self._decoder_version = -1
+        self.corrector_change: CorrectorChange | None = None  # a corrector's change, from the adapter file
+        self._corrector: tuple[int, PromptSide] | None = None  # (version, the corrector built for it)
+        self._corrector_graph: tuple[int, OpenVINODecoder] | None = None
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -164,29 +169,47 @@ class MSAModel:
             self._decoder_key = (self.version, decoder_key(f"{self.base_fingerprint}-{self.image_size}", self.sam))
         return self._decoder_key[1]
 
-    def decoder_graph(self, wait: bool = False) -> OpenVINODecoder | None:
-        """The prompt encoder + mask decoder as an OpenVINO graph when this model runs there (one prompt's pass
-        measured faster in it: BENCHMARKS.md, "The decoder path"). ``decoding.decode`` has it read from the graph
-        folder, or exported, in the background after its first torch answer: a decoder pass is shorter than
-        compiling even a saved graph (~0.3 s), so no click waits for it (``wait``: begin now if not begun, and
-        block until ready). None on the torch runtime or after a failed export."""
-        if self.runtime != "openvino":
+    def decoder_graph(self, wait: bool = False, corrector: bool = False) -> OpenVINODecoder | None:
+        """The prompt encoder + mask decoder (``corrector``: the corrector's) as an OpenVINO graph when this model
+        runs there (one prompt's pass measured faster in it: BENCHMARKS.md, "The decoder path").
+        ``decoding.decode`` has it read from the graph folder, or exported, in the background after its first torch
+        answer: a decoder pass is shorter than compiling even a saved graph (~0.3 s), so no click waits for it
+        (``wait``: begin now if not begun, and block until ready). None on the torch runtime, after a failed export,
+        or for a corrector this model lacks."""
+        if self.runtime != "openvino" or (corrector and self.corrector_change is None):
             return None
         with self._graph_lock:
-            if self._decoder is None or self._decoder_version != self.version:
+            held = self._corrector_graph if corrector else (self._decoder_version, self._decoder)
+            if held is None or held[1] is None or held[0] != self.version:
                 # weights may have changed: a graph whose key (a digest of the decoder's values) is found on the
                 # export thread; hashing here, beside a running encoder export, took 0.5 s of a click (the GIL)
                 pe = self.sam.prompt_encoder
-                self._decoder = OpenVINODecoder(None, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
-                                                tuple(pe.mask_input_size),
-                                                prefix=f"{self.base_fingerprint}-{self.image_size}")
-                self._decoder_version = self.version
-            graph = self._decoder
+                fresh = OpenVINODecoder(None, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
+                                        tuple(pe.mask_input_size), prefix=f"{self.base_fingerprint}-{self.image_size}")
+                held = (self.version, fresh)
+                if corrector:
+                    self._corrector_graph = held
+                else:
+                    self._decoder_version, self._decoder = held
+            graph = held[1]
             if wait and not graph.ready:
-                graph.export_in_background(self.sam)
+                graph.export_in_background(self._corrector_locked() if corrector else self.sam)
         if wait:
             graph.wait()
         return None if graph.failed else graph
+
+    def corrector(self) -> PromptSide | None:
+        """The prompt side that answers every interaction step but a lone click's (``network.corrector``): this
+        model's decoder as it is now plus the adapter file's change; None when the adapter file has none."""
+        with self._graph_lock:
+            return self._corrector_locked()
+
+    def _corrector_locked(self) -> PromptSide | None:
+        if self.corrector_change is None:
+            return None
+        if self._corrector is None or self._corrector[0] != self.version:
+            self._corrector = (self.version, corrector_of(self.sam, self.corrector_change))
+        return self._corrector[1]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the tunable weights (adapters + decoder), to restore after a cancelled tuning."""
@@ -200,7 +223,8 @@ class MSAModel:
     def apply_adapter(self, adapter: str | os.PathLike | AdapterFile) -> LoadReport:
         """Load an adapter (a file, or one already read) into this model, checked against the base weights."""
         file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
-        meta, tensors, path = file.meta, file.tensors, file.path
+        meta, path = file.meta, file.path
+        tensors = {k: v for k, v in file.tensors.items() if not k.startswith(CORRECTOR_PREFIX)}
         check_adapter_compatible(meta, self.sam, self.base_fingerprint, path.name)
         if file.config != self.adapter_config:
             raise CheckpointError(
@@ -216,7 +240,11 @@ class MSAModel:
             k = wrong[0]
             raise CheckpointError(f"{Path(path).name}: '{k}' has shape {tuple(tensors[k].shape)}, the model expects "
                                   f"{tuple(own[k].shape)}; the file is damaged or for another model")
+        stored = {k: v for k, v in file.tensors.items() if k.startswith(CORRECTOR_PREFIX)}
+        change = None if not stored else CorrectorChange.from_file_tensors(
+            stored, {k: v.shape for k, v in own.items()}, path.name, meta.get("corrector"))
         self.sam.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+        self.corrector_change = change  # a file without one replaces the model's prompt side: no corrector
         if meta.get("normalization"):
             self.normalization = Normalization.from_dict(meta["normalization"])
         rule = meta["training"].get("interaction") if isinstance(meta.get("training"), dict) else None
@@ -232,7 +260,7 @@ class MSAModel:
                      include_decoder: bool = False) -> Path:
         out = save_adapter(self.sam, path, base_fingerprint=self.base_fingerprint,
                            normalization=self.normalization.to_dict(), training=training,
-                           include_decoder=include_decoder)
+                           include_decoder=include_decoder, corrector=self.corrector_change)
         self.adapter_source = str(out)
         return out
 
@@ -241,4 +269,5 @@ class MSAModel:
         other = copy.copy(self)
         other.sam = copy.deepcopy(self.sam)
         other._graph_lock = threading.Lock()
+        other._corrector = None  # built again from the copy's own decoder
         return other

@@ -68,6 +68,12 @@ class Prompt:
     window: Window | None = None
     carried: Answer | None = None
 
+    @property
+    def lone_click(self) -> bool:
+        """One point and nothing else: no box, no earlier answer (the prompt a model's own decoder answers, a
+        corrector every other)."""
+        return len(self.points) == 1 and self.box is None and self.mask_input is None and self.carried is None
+
 
 @dataclass
 class Answer:

@@ -57,9 +57,12 @@ class AnnotatorSessions:
         self.slices = slices
         self._sessions: dict[int, Session] = {}
 
+    def weights_moved(self) -> None:
+        """Before a check: new interactions, re-keyed embeddings, a corrector built on the weights as they are."""
+        self.model.version += 1
+
     def dice_after_clicks(self, slice_id: int, truths: list[np.ndarray], clicks: int = SESSION_CLICKS) -> list[float]:
         """Each object's Dice after the automatic annotator's ``clicks`` clicks, under the model's own rule."""
-        self.model.version += 1  # the weights moved since the last check: new interactions, re-keyed embeddings
         session = self._sessions.get(slice_id)
         if session is None:
             session = self._sessions[slice_id] = Session(self.model, normalization=PLANE_WINDOW)
@@ -78,6 +81,8 @@ def evaluate(step_module: StepModule, pairs: list[Pair], dist_info: distributed.
     if not pairs:
         return None
     enc, sam, size = step_module.enc, step_module.sam, step_module.image_size
+    sessions.weights_moved()
+    boxes_by = sessions.model.corrector() or sam  # who answers a box in a session (network.corrector)
     per_object = np.zeros((len(pairs), 3))  # click, box, session; each process fills its share, summed below
     by_slice: dict[int, list[tuple[int, Pair]]] = {}
     for index in range(dist_info.rank, len(pairs), dist_info.world_size):
@@ -99,7 +104,7 @@ def evaluate(step_module: StepModule, pairs: list[Pair], dist_info: distributed.
         low, iou = decode(sam, emb, np.array(clicks)[:, None], np.ones((len(clicks), 1)), None, True)
         best = iou.argmax(1)
         click_masks = (upscale_logits(low[torch.arange(len(clicks)), best][:, None], size, sl.rgb.shape[:2])[:, 0] > 0)
-        low, _ = decode(sam, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
+        low, _ = decode(boxes_by, emb, None, None, np.array([mask_box(gt) for gt in truths]), False)
         box_masks = upscale_logits(low, size, sl.rgb.shape[:2])[:, 0] > 0
         click_masks, box_masks = click_masks.cpu().numpy(), box_masks.cpu().numpy()
         session_dice = sessions.dice_after_clicks(sid, truths)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..inference.decoding import decode, upscale_logits
 from ..model.msa_model import MSAModel
+from ..network.corrector import CorrectorChange
 from ..prompts.geometry import clicked_object_box, depth_map, interior_click
 from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
@@ -76,6 +78,34 @@ class FirstClickAnchor:
         return self.weight * (logits + 10.0 * F.mse_loss(iou_pred.float(), want_iou.float()))
 
 
+class _PromptSideDecoding(nn.Module):
+    """A SAM's prompt encoder and mask decoder (shared, not copied) whose forward is ``decode``."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+
+    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode(self, *args, **kwargs)
+
+
+class CorrectedDecoding:
+    """``decode`` through a model's corrector (``network.corrector``) with the gradient reaching the model's own
+    decoder weights: each weight the change touches is used as (weight + change). Tuning a model that has a
+    corrector trains each prompt through the decoder the session answers it with: lone clicks through the
+    decoder, every other prompt through the corrector, whose change stays as it is."""
+
+    def __init__(self, sam: nn.Module, change: CorrectorChange) -> None:
+        self._side = _PromptSideDecoding(sam)
+        device = next(sam.mask_decoder.parameters()).device
+        self._change = {name: change.change_of(name).to(device) for name in change.names}
+
+    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        own = dict(self._side.named_parameters())
+        weights = {name: own[name] + delta.to(own[name].dtype) for name, delta in self._change.items()}
+        return torch.func.functional_call(self._side, weights, args, kwargs)
+
+
 class StepModule(nn.Module):
     """Computes the loss of one sample: the encoder once, the decoder once per prompt kind and round."""
 
@@ -86,6 +116,9 @@ class StepModule(nn.Module):
         self._anchor = (anchor,)  # a tuple: not a submodule (its frozen weights are no part of the step's)
         # a corrector's training (TuneConfig.corrector): who answers the lone click that every correction follows
         self._first_clicker = (first_clicker,)
+        # every prompt but a lone click goes through the corrector, as the session sends it (network.corrector)
+        change = None if first_clicker is not None else model.corrector_change
+        self._corrected = (None if change is None else CorrectedDecoding(model.sam, change),)
         self.rule = rule or InteractionRule()
         self.grad_rounds = max(1, int(grad_rounds))
         self.sam = model.sam
@@ -189,10 +222,11 @@ class StepModule(nn.Module):
                 boxes = np.stack([_shown_box(shown_np[i], points[i], labels[i]) for i in range(n)])
             mask_input = previous_low if r > 0 and self.rule.feed_logits else None
             first_clicker = self._first_clicker[0] if multimask else None
+            corrected = None if multimask else self._corrected[0]
             with torch.set_grad_enabled(with_grad(r) and torch.is_grad_enabled() and first_clicker is None):
-                low, iou_pred = decode(first_clicker or self.sam, emb, np.array(points) if points[0] else None,
-                                       np.array(labels) if labels[0] else None, boxes, multimask,
-                                       mask_input=mask_input)
+                low, iou_pred = (corrected or partial(decode, first_clicker or self.sam))(
+                    emb, np.array(points) if points[0] else None, np.array(labels) if labels[0] else None, boxes,
+                    multimask, mask_input=mask_input)
                 logits = upscale_logits(low, self.image_size, hw)  # (N, M, h, w)
             yield r, low, iou_pred, logits, (np.array(points) if points[0] else None,
                                               np.array(labels) if labels[0] else None)
