@@ -128,6 +128,9 @@ def test_a_lone_click_is_the_decoders_and_every_other_step_the_correctors(model_
     session.predict(box=(18, 24, 42, 48))
     session.predict(points=[(30, 36)], labels=[1], prior=disk(SHAPE, (30, 36), 8))  # refining an object
     assert used[0] is model.sam and all(d is model.corrector() for d in used[1:]) and len(used) >= 4
+    used.clear()  # one pass outside any interaction (SamPredictor's call; propagation's per-slice prompt)
+    session.predict(points=[(30, 36)], labels=[1], box=(18, 24, 42, 48), multimask=False)
+    assert used == [model.sam]
     used.clear()
     segment_everything(session, 0, EverythingSettings(points_per_side=4, coarse_per_side=2))
     assert used and all(d is model.sam for d in used)  # segment everything's grid: lone clicks

@@ -369,7 +369,8 @@ class Session:
         ``prior``: the object as it exists (refining it), the answer before the first click.
         ``candidate``: which of SAM's three masks a lone click keeps (0: the best predicted IoU; 1, 2: the
         others; ``last_prediction`` lists them). ``mask_input`` or ``multimask``: one decoder pass with exactly
-        these prompts, outside any interaction (SamPredictor's call).
+        these prompts, outside any interaction, by the model's own decoder (SamPredictor's call; propagation's
+        per-slice prompt); an interaction's steps after a lone click go to its corrector, if it has one.
         """
         answer = self.interact(points, labels, box, z=z, prior=prior, candidate=candidate,
                                mask_input=mask_input, multimask=multimask)
@@ -413,7 +414,7 @@ class Session:
             single = len(pts) == 1 and box is None and mask_input is None
             prompt = Prompt(pts, lab, box_arr, None if mask_input is None else np.asarray(mask_input)[0],
                             single if multimask is None else bool(multimask))
-            answer = self._decode(emb, prompt)
+            answer = self._decode(emb, prompt, correcting=False)
         else:
             with self._lock:
                 key = self._interaction_key(z)
@@ -476,12 +477,12 @@ class Session:
         out[window[0]:window[2], window[1]:window[3]] = up
         return out
 
-    def _decode(self, emb: Embedding, prompt: Prompt) -> Answer:
-        """One decoder pass on a slice's embedding; candidates best-first. A lone click (one point, no box, no
-        earlier answer) is the model's own decoder's; every other prompt its corrector's, when it has one
-        (``network.corrector``)."""
+    def _decode(self, emb: Embedding, prompt: Prompt, correcting: bool = True) -> Answer:
+        """One decoder pass on a slice's embedding; candidates best-first. An interaction's lone click (one point,
+        no box, no earlier answer) is the model's own decoder's, its every other step the model's corrector's
+        when it has one (``network.corrector``); ``correcting=False``: the model's own decoder whatever the prompt."""
         sam, frame = self.model.sam, (emb.original_size, self.model.image_size)
-        corrector = None if prompt.lone_click else self.model.corrector()
+        corrector = None if prompt.lone_click or not correcting else self.model.corrector()
         decoder = sam if corrector is None else corrector
         n = len(prompt.points)
         points_in = to_input_frame(prompt.points, *frame)[None] if n else None
