@@ -13,6 +13,8 @@ from napari_msa import Session, load_model
 from napari_msa._cli.segment import INTERACTIONS
 from napari_msa._widgets._hub import hub_for
 from napari_msa.cli import main
+from napari_msa.engine.network.adapters import is_decoder_weight
+from napari_msa.engine.network.corrector import CorrectorChange
 from napari_msa.engine.prompts import interaction
 from napari_msa.engine.prompts.geometry import clicked_object_box
 from napari_msa.engine.prompts.interaction import RULE_NAMES, Answer, Interaction, InteractionRule, Prior
@@ -133,29 +135,44 @@ def test_the_cli_offers_the_engines_rules():
 
 
 @pytest.mark.gui
-@pytest.mark.parametrize("rule", ["logits", "logits+zoom"])
+@pytest.mark.parametrize(("rule", "corrector"), [("logits", False), ("logits+zoom", False), ("logits+zoom", True)])
 def test_api_cli_and_widget_give_the_same_masks_for_the_same_clicks(make_napari_viewer, qtbot, tmp_path, rule,
-                                                                   monkeypatch):
+                                                                   corrector, monkeypatch):
     """SAM's rule (logits fed back) makes the answer depend on the whole sequence: the three front ends agree,
-    zooming in too (a random model's masks are most of the slice, so its window is fixed here)."""
+    zooming in too (a random model's masks are most of the slice, so its window is fixed here), and with a corrector
+    answering the steps after the first click (an adapter file that holds one, as the shipped one does)."""
     monkeypatch.setattr(interaction, "zoom_window", lambda *args, **kwargs: (10, 14, 58, 62))
     img = image()
     torch.manual_seed(0)  # the CLI seeds 0 before building a model no file holds
     model = load_model("tiny")
     assert model.interaction.feed_logits
+    cli_model = []
+    if corrector:
+        decoder = {k: v for k, v in model.sam.state_dict().items() if is_decoder_weight(k)}
+        moved = {k: v + 0.2 * v.std() * torch.randn_like(v) if v.numel() > 1 else v + 0.2 for k, v in decoder.items()}
+        model.corrector_change = CorrectorChange.between(decoder, moved, rank=4)
+        adapter = model.save_adapter(tmp_path / "with_corrector.safetensors", include_decoder=True)
+        cli_model = ["--adapter", str(adapter)]
     model.interaction = InteractionRule.from_name(rule)  # the widget asks the model for its rule
 
     session = Session(model)  # the API, one call per click as a script does
     session.set_image(img)
     api = [session.predict(points=CLICKS[:k], labels=LABELS[:k])[0] for k in range(1, 4)]
     assert not np.array_equal(api[-1], Session_once(model, img))  # the history matters
+    if corrector:  # and the corrector answered the steps after the first
+        without = model.clone()
+        without.corrector_change = None
+        plain = Session(without)
+        plain.set_image(img)
+        assert not np.array_equal(plain.predict(points=CLICKS, labels=LABELS)[0], api[-1])
     assert (session.last_prediction.window is not None) == ("zoom" in rule)
 
     tifffile.imwrite(tmp_path / "img.tif", img)  # the CLI, the clicks of one object in file order
     rows = ["index,axis-0,axis-1,positive"] + [f"{i},{r},{c},{p}" for i, ((r, c), p) in enumerate(zip(CLICKS, LABELS))]
     (tmp_path / "pts.csv").write_text("\n".join(rows) + "\n")
     assert main(["-q", "segment", str(tmp_path / "img.tif"), "-p", str(tmp_path / "pts.csv"), "-o",
-                 str(tmp_path / "out.tif"), "--model", "tiny", "--device", "cpu", "--interaction", rule]) == 0
+                 str(tmp_path / "out.tif"), "--model", "tiny", "--device", "cpu", "--interaction", rule,
+                 *cli_model]) == 0
     cli = tifffile.imread(tmp_path / "out.tif") == 1
     assert np.array_equal(cli, api[-1])
 
