@@ -9,7 +9,8 @@ Datasets: ``dev`` — real images no training uses, references by rule (``napari
 benchmarks/devset/README.md); ``heldout`` — the confirmation set, other planes and another crop of the dev set's
 sources that nothing was chosen on (``benchmarks/devset/heldout.py``); ``phantoms`` — the first phantom generator's
 evaluation seed stream (CT window); ``phantoms-mr`` — the second generator's evaluation stream (MRI/ultrasound-like,
-dark objects, rings).
+dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every slice of five whole volumes of either generator
+(``VOLUME_SEEDS``, each volume's own intensity window).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
         [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,phantoms,phantoms-mr] [--json OUT]
@@ -38,6 +39,9 @@ from napari_msa.engine.prompts.geometry import components, dice, mask_box  # noq
 from napari_msa.evaluation.clicks import run_session, summarize  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)
+# whole phantom volumes (20 × 256 × 256) of the evaluation stream, every slice: the volumes tuning_gain.py tunes on
+# (its confirmation seeds), where single evaluation slices missed a loss at click 2 (BENCHMARKS "With the corrector")
+VOLUME_SEEDS = {"ct-volumes": (9101, 9102, 9103, 9104, 9105), "mr-volumes": (9201, 9202, 9203, 9204, 9205)}
 
 
 def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalization, list[tuple[np.ndarray, bool]]]]:
@@ -64,6 +68,19 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
         return [(f"mr phantom eval {i}", s.image, Normalization("percentile"),
                  [(m, _is_dark(s.image, m)) for m in components(s.labels, 64)])
                 for i, s in enumerate(evaluation_slices_mr(n_slices))]
+    if name in VOLUME_SEEDS:  # every slice of whole phantom volumes, as tuning_gain.py's volumes
+        from tuning_gain import GENERATORS, SHAPE, objects_of
+
+        from napari_msa.engine.network.preprocessing import intensity_window
+
+        generate, norm = GENERATORS[name.split("-")[0]]
+        out = []
+        for seed in VOLUME_SEEDS[name]:
+            volume, labels, _ = generate(seed, shape=SHAPE)
+            window = Normalization("limits", limits=intensity_window(volume, norm, False))  # the volume's, per slice
+            out += [(f"{name} {seed} z={z}", volume[z], window,
+                     [(m, _is_dark(volume[z], m)) for _, m in objects_of(labels[z])]) for z in range(len(volume))]
+        return out
     raise SystemExit(f"unknown dataset {name!r}")
 
 
