@@ -53,11 +53,10 @@ class MSAModel:
         self.precision = precision
         self.runtime = runtime  # 'torch' or 'openvino' (engine.model.runtime): where the image encoder runs
         self._graph: OpenVINOEncoder | None = None  # the encoder as an OpenVINO graph, for one weights key
-        self._decoder: OpenVINODecoder | None = None  # prompt encoder + mask decoder as a graph, for one version
-        self._decoder_version = -1
+        # prompt encoder + mask decoder as graphs: {corrector?: (version, graph)}, the decoder's and the corrector's
+        self._decoder_graphs: dict[bool, tuple[int, OpenVINODecoder]] = {}
         self.corrector_change: CorrectorChange | None = None  # a corrector's change, from the adapter file
         self._corrector: tuple[int, PromptSide] | None = None  # (version, the corrector built for it)
-        self._corrector_graph: tuple[int, OpenVINODecoder] | None = None
         self._graph_lock = threading.Lock()  # one graph per key, whichever thread asks first
         if precision.channels_last:  # convolutions read NHWC directly (TinyViT's stem, stage 0, mergings, neck)
             self.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -179,18 +178,14 @@ class MSAModel:
         if self.runtime != "openvino" or (corrector and self.corrector_change is None):
             return None
         with self._graph_lock:
-            held = self._corrector_graph if corrector else (self._decoder_version, self._decoder)
-            if held is None or held[1] is None or held[0] != self.version:
+            held = self._decoder_graphs.get(corrector)
+            if held is None or held[0] != self.version:
                 # weights may have changed: a graph whose key (a digest of the decoder's values) is found on the
                 # export thread; hashing here, beside a running encoder export, took 0.5 s of a click (the GIL)
                 pe = self.sam.prompt_encoder
                 fresh = OpenVINODecoder(None, self.image_size, (pe.embed_dim, *pe.image_embedding_size),
                                         tuple(pe.mask_input_size), prefix=f"{self.base_fingerprint}-{self.image_size}")
-                held = (self.version, fresh)
-                if corrector:
-                    self._corrector_graph = held
-                else:
-                    self._decoder_version, self._decoder = held
+                held = self._decoder_graphs[corrector] = (self.version, fresh)
             graph = held[1]
             if wait and not graph.ready:
                 graph.export_in_background(self._corrector_locked() if corrector else self.sam)
@@ -270,4 +265,5 @@ class MSAModel:
         other.sam = copy.deepcopy(self.sam)
         other._graph_lock = threading.Lock()
         other._corrector = None  # built again from the copy's own decoder
+        other._decoder_graphs = dict(self._decoder_graphs)  # its own from now on: versions move apart
         return other

@@ -3,8 +3,9 @@ but a lone click's.
 
 One decoder could not learn correction clicks without moving its first click (BENCHMARKS.md, "A corrector"): a
 lone click is ambiguous and wants SAM's three candidates, a correction wants the object the clicks so far pin
-down. So the model's own decoder answers lone clicks (and segment everything's grid), and the corrector — the
-same decoder plus a stored *change* — answers corrections, boxes, refining and propagation. The change is kept
+down. So the model's own decoder answers lone clicks (segment everything's grid, propagation's per-slice prompt
+and any single pass outside an interaction too), and the corrector — the same decoder plus a stored *change* —
+answers an interaction's other steps: corrections, boxes, refining. The change is kept
 small: each 2-D weight's change as a low-rank product ``lora_a @ lora_b`` (an SVD of what training changed), every
 other tensor's change in full. It is added to whatever the decoder is now, so a tuned decoder keeps its tuning in
 the corrector as well.
