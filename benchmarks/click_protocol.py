@@ -16,7 +16,9 @@ dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every slice of five wh
         [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,phantoms,phantoms-mr] [--json OUT]
         [--png docs/click_curves.png]
 
-Prints numbers only; nothing here asserts a threshold.
+Every model after the first is also compared with the first on the same objects: mean differences with 95 %
+bootstrap intervals over objects (``evaluation.clicks.paired_difference``), so a difference that one object
+makes is not read as a finding. Prints numbers only; nothing here asserts a threshold.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from _harness import machine_line  # noqa: E402
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.engine.prompts.geometry import components, dice, mask_box  # noqa: E402
-from napari_msa.evaluation.clicks import run_session, summarize  # noqa: E402
+from napari_msa.evaluation.clicks import ClickSession, paired_difference, run_session, summarize  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)
 # whole phantom volumes (20 × 256 × 256) of the evaluation stream, every slice: the volumes tuning_gain.py tunes on
@@ -120,6 +122,7 @@ def measure(model, rule: str, data) -> dict:
             box_mask, _ = session.predict(box=mask_box(mask))
             (boxes_dark if dark else boxes_other).append(dice(box_mask, mask))
     out = summarize(sessions)
+    out["sessions"] = [s.dice for s in sessions]  # per object, for the paired comparison (``paired``)
     out["box_dark"] = float(np.mean(boxes_dark)) if boxes_dark else None
     out["box_other"] = float(np.mean(boxes_other)) if boxes_other else None
     out["dark_objects"] = len(boxes_dark)
@@ -148,7 +151,29 @@ def table(results: dict) -> str:
                          f"| {r['worst_mean_step']:+.3f} | {fmt(r['box_dark'])} | {fmt(r['box_other'])} "
                          f"| {fmt(r['first_choice_best'] and 100 * r['first_choice_best'], 0)} % "
                          f"| {fmt(r['first_best_of_candidates'])} |")
+        lines += paired(rows)
     return "\n".join(lines)
+
+
+def paired(rows: dict) -> list[str]:
+    """Each row against the first on the same objects: mean differences with 95 % bootstrap intervals, and how
+    many objects got better / worse at click 5 (differences whose interval holds 0 are not findings)."""
+    keys = list(rows)
+    if len(keys) < 2:
+        return []
+    base = [ClickSession(d) for d in rows[keys[0]]["sessions"]]
+    lines = [f"\nAgainst {keys[0].replace('|', ', ')} on the same objects (mean difference, 95 % bootstrap "
+             "interval over objects):\n",
+             "| model | rule | Δ Dice@3 | Δ Dice@5 | Δ Dice@10 | Δ NoC@90 | better / worse at 5 |",
+             "|---|---|---|---|---|---|---|"]
+    for key in keys[1:]:
+        other = [ClickSession(d) for d in rows[key]["sessions"]]
+        at = {k: paired_difference([s.at(k) for s in base], [s.at(k) for s in other]) for k in (3, 5, 10)}
+        noc = paired_difference([s.noc(0.90) for s in base], [s.noc(0.90) for s in other])
+        model, rule = key.split("|")
+        lines.append(f"| {model} | {rule} | {at[3]} | {at[5]} | {at[10]} | {noc.mean:+.2f} [{noc.low:+.2f}, "
+                     f"{noc.high:+.2f}] | {at[5].better} / {at[5].worse} |")
+    return lines
 
 
 def plot(results: dict, path: Path) -> None:

@@ -8,7 +8,7 @@ from segment_support import disk
 
 from napari_msa import Session
 from napari_msa.engine.prompts.geometry import next_click
-from napari_msa.evaluation.clicks import ClickSession, run_session, summarize
+from napari_msa.evaluation.clicks import ClickSession, paired_difference, run_session, summarize
 
 SHAPE = (40, 60)
 
@@ -67,3 +67,20 @@ def test_a_real_session_records_click_ones_candidates(tiny_model):
     session.set_image(image)
     s = run_session(session, truth, max_clicks=4, curve_clicks=4)
     assert len(s.dice) == 4 and len(s.first_candidates) == 3 and s.first_choice_best is not None
+
+
+def test_a_paired_difference_separates_a_real_shift_from_which_objects_were_drawn():
+    rng = np.random.default_rng(1)
+    before = rng.uniform(0.3, 0.9, 40)
+    shifted = paired_difference(before, before + 0.05 + rng.normal(0, 0.01, 40))
+    assert 0.0 < shifted.low < shifted.mean < shifted.high and abs(shifted.mean - 0.05) < 0.01
+    assert (shifted.better, shifted.worse) == (40, 0)
+    noise = paired_difference(before, before + rng.normal(0, 0.05, 40))
+    assert noise.low < 0.0 < noise.high  # symmetric noise: the interval holds no change
+    one_object = paired_difference(before, np.r_[before[:-1], before[-1] - 0.8])  # one object collapses
+    assert one_object.mean < 0 and one_object.high == 0.0 and (one_object.better, one_object.worse) == (0, 1)
+    same = paired_difference(before, before)
+    assert (same.mean, same.low, same.high, same.better, same.worse) == (0.0, 0.0, 0.0, 0, 0)
+    assert str(shifted).startswith("+0.0") and "[" in str(shifted)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_difference(before, before[:-1])

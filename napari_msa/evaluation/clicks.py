@@ -79,3 +79,34 @@ def summarize(sessions: list[ClickSession], ks: tuple[int, ...] = (1, 2, 3, 5, 1
         "first_best_of_candidates": float(np.mean([max(s.first_candidates) if s.first_candidates else s.at(1)
                                                    for s in sessions])),
     }
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``after`` minus ``before`` on the same objects: the mean, a 95 % bootstrap interval (objects resampled with
+    replacement), and how many objects got better / worse. An interval that holds 0 says the data cannot tell."""
+
+    mean: float
+    low: float
+    high: float
+    better: int
+    worse: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def paired_difference(before: list[float], after: list[float], *, resamples: int = 4000,
+                      seed: int = 0) -> PairedDifference:
+    """Whether a change is more than which objects happened to be in the set: with 22 or 49 objects a difference
+    of 0.01 in mean Dice is often one object, and two rules' sessions on the same objects are paired."""
+    a = np.asarray(before, dtype=np.float64)
+    b = np.asarray(after, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired values must be two equal, non-empty lists (got {a.shape} and {b.shape})")
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return PairedDifference(float(diff.mean()), float(low), float(high), int(np.count_nonzero(diff > 1e-9)),
+                            int(np.count_nonzero(diff < -1e-9)))
