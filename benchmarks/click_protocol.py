@@ -6,11 +6,11 @@ the share of click steps that lose more than 0.05 Dice, the worst mean step; a t
 than their surroundings apart); how often a lone click keeps the best of its three masks.
 
 Datasets: ``dev`` — real images no training uses, references by rule (``napari_msa.evaluation.devset``,
-benchmarks/devset/README.md); ``heldout`` — the confirmation set, other planes and another crop of the dev set's
-sources that nothing was chosen on (``benchmarks/devset/heldout.py``); ``phantoms`` — the first phantom generator's
-evaluation seed stream (CT window); ``phantoms-mr`` — the second generator's evaluation stream (MRI/ultrasound-like,
-dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every slice of five whole volumes of either generator
-(``VOLUME_SEEDS``, each volume's own intensity window).
+benchmarks/devset/README.md); ``heldout`` — other planes and another crop of the dev set's sources
+(``benchmarks/devset/heldout.py``), the confirmation set until run KZ's corrector was chosen on it (BENCHMARKS.md);
+``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
+generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
+slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
         [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,phantoms,phantoms-mr] [--json OUT]
@@ -53,7 +53,7 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
 
         return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
                 for im in load_devset()]
-    if name == "heldout":  # the confirmation set: the dev set's sources elsewhere, never looked at to choose
+    if name == "heldout":  # the dev set's sources elsewhere; a confirmation set until KZ was chosen on it
         sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
         from heldout import heldout_images
 
