@@ -8,12 +8,14 @@ than their surroundings apart); how often a lone click keeps the best of its thr
 Datasets: ``dev`` — real images no training uses, references by rule (``napari_msa.evaluation.devset``,
 benchmarks/devset/README.md); ``heldout`` — other planes and another crop of the dev set's sources
 (``benchmarks/devset/heldout.py``), the confirmation set until run KZ's corrector was chosen on it (BENCHMARKS.md);
+``fresh`` — the second confirmation set, other sources (pyradiomics' and pydicom-data's test images: MRI, CT,
+X-ray, NM; ``benchmarks/devset/fresh.py``), never chosen on;
 ``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
 generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
 slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
-        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,phantoms,phantoms-mr] [--json OUT]
+        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,fresh,phantoms,phantoms-mr] [--json OUT]
         [--png docs/click_curves.png]
 
 Every model after the first is also compared with the first on the same objects: mean differences with 95 %
@@ -59,6 +61,11 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
 
         return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
                 for im in heldout_images()]
+    if name == "fresh":  # the second confirmation set: other sources (benchmarks/devset/fresh.py), never chosen on
+        from napari_msa.evaluation.devset import load_devset
+
+        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
+                for im in load_devset(Path("benchmarks") / "devset" / "fresh.npz")]
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 

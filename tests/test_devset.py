@@ -136,3 +136,28 @@ def test_trainer_opens_no_devset_file():
     assert images and _OPENED, "the loaders opened no file: the check would prove nothing"
     bad = sorted({p for p in _OPENED for e in DEVSET_SOURCES if p.endswith(e)})
     assert not bad, f"training read evaluation-only files: {bad}"
+
+
+FRESH = REPO_ROOT / "benchmarks" / "devset" / "fresh.npz"
+
+
+def test_second_confirmation_set_is_other_sources_and_well_formed():
+    """benchmarks/devset/fresh.py's set: loads, has its breadth, true dark tags, and shares no source with the dev
+    set or the first confirmation set (which reuse the dev set's files)."""
+    fresh = load_devset(FRESH)
+    objects = [o for im in fresh for o in im.objects]
+    assert len(fresh) >= 15 and len(objects) >= 25
+    assert {"CT", "MRI", "X-ray", "NM"} <= {im.modality for im in fresh} <= set(MODALITIES)
+    assert sum("dark" in o.tags for o in objects) >= 4 and any("ring" in o.tags for o in objects)
+    for im in fresh:
+        for o in im.objects:
+            assert o.mask.dtype == bool and o.mask.shape == im.image.shape[:2] and o.mask.any(), (im.name, o.name)
+            assert set(o.tags) <= set(TAGS), (im.name, o.name, o.tags)
+            if "dark" in o.tags:
+                a = im.image.astype(np.float64)
+                ring = ndi.binary_dilation(o.mask, iterations=3) & ~o.mask
+                assert a[o.mask].mean() < a[ring].mean(), (im.name, o.name)
+    fresh_files = {f for m in load_metadata(FRESH)["images"] for f in m["source_files"]}
+    dev_files = {f for m in load_metadata()["images"] for f in m["source_files"]}
+    assert fresh_files and fresh_files <= set(DEVSET_SOURCES)
+    assert not {_basename(f) for f in fresh_files} & {_basename(f) for f in dev_files}

@@ -17,7 +17,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = Path("benchmarks") / "devset" / "devset.npz"
 TAGS = ("dark", "bright", "ring", "nested", "small", "large")
-MODALITIES = ("CT", "MRI", "US", "fundus", "dermoscopy", "microscopy")
+MODALITIES = ("CT", "MRI", "US", "fundus", "dermoscopy", "microscopy", "X-ray", "NM")
 
 # Every file the development set is made from, as "<package>/<path inside the installed package>" (what a file
 # path ends with when the package reads it). Training must never read any of them.
@@ -38,6 +38,19 @@ DEVSET_SOURCES: tuple[str, ...] = (
     # the project's CT sample and its reference masks are CT_small.dcm, converted: evaluation-only as well
     "sample_data/ct_slice.tif",
     "sample_data/ct_slice_reference.tif",
+    # the second confirmation set (benchmarks/devset/fresh.py), from two public repositories' test data
+    "pyradiomics/data/brain1_image.nrrd",
+    "pyradiomics/data/brain1_label.nrrd",
+    "pyradiomics/data/brain2_image.nrrd",
+    "pyradiomics/data/brain2_label.nrrd",
+    "pyradiomics/data/breast1_image.nrrd",
+    "pyradiomics/data/breast1_label.nrrd",
+    "pydicom-data/data_store/data/explicit_VR-UN.dcm",
+    "pydicom-data/data_store/data/MR2_UNCR.dcm",
+    "pydicom-data/data_store/data/RG3_J2KR.dcm",
+    "pydicom-data/data_store/data/JPEG2000_UNC.dcm",
+    # the same NM image, compressed, ships inside pydicom (a non-CT/MR file 2b would otherwise let training read)
+    "pydicom/data/test_files/JPEG2000.dcm",
 )
 
 
@@ -51,7 +64,7 @@ class DevObject:
 @dataclass
 class DevImage:
     name: str  # e.g. "nilearn MNI152 T1 axial z=95"
-    modality: str  # "CT" | "MRI" | "US" | "fundus" | "dermoscopy" | "microscopy"
+    modality: str  # one of MODALITIES
     image: np.ndarray  # (Y, X) or (Y, X, 3), float32 or native ints, as the user would open it
     normalization: str  # "ct" | "percentile" | "none" (napari_msa.engine.network.preprocessing.Normalization presets)
     source: str  # package + file
