@@ -9,13 +9,16 @@ Datasets: ``dev`` — real images no training uses, references by rule (``napari
 benchmarks/devset/README.md); ``heldout`` — other planes and another crop of the dev set's sources
 (``benchmarks/devset/heldout.py``), the confirmation set until run KZ's corrector was chosen on it (BENCHMARKS.md);
 ``fresh`` — the second confirmation set, other sources (pyradiomics' and pydicom-data's test images: MRI, CT,
-X-ray, NM; ``benchmarks/devset/fresh.py``), never chosen on;
+X-ray, NM; ``benchmarks/devset/fresh.py``), used once to reject run KZ; ``reserve`` — BRATS brain tumours with
+expert labels (six patients, 95 objects; ``benchmarks/devset/reserve.py``, built locally: CC BY-NC-SA), kept for
+confirming the next choice;
 ``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
 generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
 slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
-        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,fresh,phantoms,phantoms-mr] [--json OUT]
+        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,fresh,reserve,phantoms,phantoms-mr]
+        [--json OUT]
         [--png docs/click_curves.png]
 
 Every model after the first is also compared with the first on the same objects: mean differences with 95 %
@@ -66,6 +69,17 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
 
         return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
                 for im in load_devset(Path("benchmarks") / "devset" / "fresh.npz")]
+    if name == "reserve":  # BRATS tumours, built locally (benchmarks/devset/reserve.py); for confirming a choice
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
+        from reserve import reserve_path
+
+        from napari_msa.evaluation.devset import load_devset
+
+        if not reserve_path().is_file():
+            raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
+                             "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
+        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
+                for im in load_devset(reserve_path())]
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 

@@ -161,3 +161,42 @@ def test_second_confirmation_set_is_other_sources_and_well_formed():
     dev_files = {f for m in load_metadata()["images"] for f in m["source_files"]}
     assert fresh_files and fresh_files <= set(DEVSET_SOURCES)
     assert not {_basename(f) for f in fresh_files} & {_basename(f) for f in dev_files}
+
+
+def test_reserve_builder_reads_brats_layout_and_keeps_rings(tmp_path):
+    """benchmarks/devset/reserve.py on a small BRATS-like case written to disk: eligible slices picked, the core's
+    hole filled, the enhancing ring kept as a ring, a dark necrosis tagged dark; the npz loads back."""
+    import nibabel
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "devset"))
+    import reserve
+
+    patient = reserve.PATIENTS[0]
+    case = tmp_path / reserve.DATA / patient
+    case.mkdir(parents=True)
+    shape = (64, 64, 30)
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    labels = np.zeros(shape, np.int16)
+    for z in range(8, 22):  # a tumour on 14 slices: necrosis inside an enhancing ring, oedema around
+        labels[..., z][r < 16] = 2
+        labels[..., z][r < 11] = 4
+        labels[..., z][r < 6] = 1
+    t1c = np.where(labels == 1, -1.0, np.where(labels == 4, 3.0, 0.5)).astype(np.float32)
+    flair = np.where(labels > 0, 2.0, 0.0).astype(np.float32)
+    for name, vol in (("OTMultiClass", labels), ("T1c_subtrMeanDivStd", t1c), ("Flair_subtrMeanDivStd", flair)):
+        nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), case / f"{name}.nii.gz")
+    images = reserve.patient_images(tmp_path, patient)
+    assert len(images) == 2 * reserve.SLICES_PER_PATIENT
+    t1 = [im for im in images if im.key.endswith("t1c")][0]
+    objs = {o.name: o for o in t1.objects}
+    plane = np.rot90(labels[..., 8])
+    assert objs["tumour core"].mask.sum() == np.isin(plane, (1, 4)).sum()
+    assert "ring" in objs["enhancing tumour"].tags and not objs["enhancing tumour"].mask[32, 32]
+    assert "dark" in objs["necrosis"].tags
+    out = tmp_path / "reserve.npz"
+    from build import to_npz, write_atomic
+
+    write_atomic(out, to_npz(images))
+    back = load_devset(out)
+    assert [len(im.objects) for im in back] == [len(im.objects) for im in images]

@@ -51,6 +51,11 @@ DEVSET_SOURCES: tuple[str, ...] = (
     "pydicom-data/data_store/data/JPEG2000_UNC.dcm",
     # the same NM image, compressed, ships inside pydicom (a non-CT/MR file 2b would otherwise let training read)
     "pydicom/data/test_files/JPEG2000.dcm",
+    # the reserve set (benchmarks/devset/reserve.py: BRATS cases shipped by deepmedic; built locally, not committed)
+    *(f"deepmedic/examples/dataForExamples/brats2015TrainingData/{case}/{name}.nii.gz"
+      for case in ("test/brats_2013_pat0001_1", "test/brats_2013_pat0002_1", "validation/brats_2013_pat0003_1",
+                   "validation/brats_2013_pat0004_1", "train/brats_2013_pat0005_1", "train/brats_2013_pat0006_1")
+      for name in ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "OTMultiClass")),
 )
 
 
