@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -130,20 +131,30 @@ def model_for(name: str, new_adapter: str | None):
     raise SystemExit(f"unknown model {name!r} (plain, shipped, new, demo or adapter:PATH)")
 
 
+def source_of(image_name: str) -> str:
+    """The image's source (a volume, a patient, an image) for intervals over sources: its name up to a colon or
+    comma, without the plane, slice or sequence (the dev set's three MNI planes are one volume, BRATS's slices and
+    sequences one patient, pyradiomics' slices one case)."""
+    head = re.split(r"[:,]", image_name, maxsplit=1)[0]
+    return re.sub(r"\s+(axial|coronal|midsagittal|sagittal|FLAIR|contrast-enhanced T1|slice|[xyz]=).*$", "", head)
+
+
 def measure(model, rule: str, data) -> dict:
     session = Session(model)
     if rule != "model":
         session.rule = rule
-    sessions, boxes_dark, boxes_other = [], [], []
-    for _name, image, norm, objects in data:
+    sessions, boxes_dark, boxes_other, groups = [], [], [], []
+    for name, image, norm, objects in data:
         session.normalization = norm
         session.set_image(image, normalization=norm, rgb=image.ndim == 3 and image.shape[-1] == 3)
         for mask, dark in objects:
             sessions.append(run_session(session, mask))
+            groups.append(source_of(name))
             box_mask, _ = session.predict(box=mask_box(mask))
             (boxes_dark if dark else boxes_other).append(dice(box_mask, mask))
     out = summarize(sessions)
     out["sessions"] = [s.dice for s in sessions]  # per object, for the paired comparison (``paired``)
+    out["groups"] = groups  # per object, its source: intervals over sources
     out["box_dark"] = float(np.mean(boxes_dark)) if boxes_dark else None
     out["box_other"] = float(np.mean(boxes_other)) if boxes_other else None
     out["dark_objects"] = len(boxes_dark)
@@ -177,23 +188,29 @@ def table(results: dict) -> str:
 
 
 def paired(rows: dict) -> list[str]:
-    """Each row against the first on the same objects: mean differences with 95 % bootstrap intervals, and how
-    many objects got better / worse at click 5 (differences whose interval holds 0 are not findings)."""
+    """Each row against the first on the same objects: mean differences with 95 % bootstrap intervals over objects
+    and, in a second line, over sources (objects of one volume or patient are not independent), and how many
+    objects got better / worse at click 5 (differences whose interval holds 0 are not findings)."""
     keys = list(rows)
     if len(keys) < 2:
         return []
     base = [ClickSession(d) for d in rows[keys[0]]["sessions"]]
+    groups = rows[keys[0]].get("groups")
+    n_sources = len(set(groups)) if groups else 0
     lines = [f"\nAgainst {keys[0].replace('|', ', ')} on the same objects (mean difference, 95 % bootstrap "
-             "interval over objects):\n",
-             "| model | rule | Δ Dice@3 | Δ Dice@5 | Δ Dice@10 | Δ NoC@90 | better / worse at 5 |",
-             "|---|---|---|---|---|---|---|"]
+             f"interval over objects, then over the {n_sources} sources):\n",
+             "| model | rule | resampled | Δ Dice@3 | Δ Dice@5 | Δ Dice@10 | Δ NoC@90 | better / worse at 5 |",
+             "|---|---|---|---|---|---|---|---|"]
     for key in keys[1:]:
         other = [ClickSession(d) for d in rows[key]["sessions"]]
-        at = {k: paired_difference([s.at(k) for s in base], [s.at(k) for s in other]) for k in (3, 5, 10)}
-        noc = paired_difference([s.noc(0.90) for s in base], [s.noc(0.90) for s in other])
         model, rule = key.split("|")
-        lines.append(f"| {model} | {rule} | {at[3]} | {at[5]} | {at[10]} | {noc.mean:+.2f} [{noc.low:+.2f}, "
-                     f"{noc.high:+.2f}] | {at[5].better} / {at[5].worse} |")
+        for label, g in (("objects", None), ("sources", groups)):
+            if label == "sources" and not g:
+                continue
+            at = {k: paired_difference([s.at(k) for s in base], [s.at(k) for s in other], groups=g) for k in (3, 5, 10)}
+            noc = paired_difference([s.noc(0.90) for s in base], [s.noc(0.90) for s in other], groups=g)
+            lines.append(f"| {model} | {rule} | {label} | {at[3]} | {at[5]} | {at[10]} | {noc.mean:+.2f} "
+                         f"[{noc.low:+.2f}, {noc.high:+.2f}] | {at[5].better} / {at[5].worse} |")
     return lines
 
 

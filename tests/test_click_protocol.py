@@ -84,3 +84,21 @@ def test_a_paired_difference_separates_a_real_shift_from_which_objects_were_draw
     assert str(shifted).startswith("+0.0") and "[" in str(shifted)
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_difference(before, before[:-1])
+
+
+def test_a_paired_difference_over_sources_widens_when_one_source_carries_the_change():
+    """Ten slices of one volume that all gain look like ten independent wins over objects; over sources they are
+    one, and the interval reaches 0."""
+    rng = np.random.default_rng(2)
+    before = rng.uniform(0.4, 0.9, 30)
+    after = before.copy()
+    after[:10] += 0.2  # one volume's ten slices gain, the other twenty sources do not move
+    groups = ["volume A"] * 10 + [f"image {i}" for i in range(20)]
+    over_objects = paired_difference(before, after)
+    over_sources = paired_difference(before, after, groups=groups)
+    assert over_objects.low > 0.0  # objects: a clear gain
+    assert over_sources.low == 0.0 and over_sources.mean == over_objects.mean  # sources: one of 21 moved
+    singletons = paired_difference(before, after, groups=[str(i) for i in range(30)], seed=3)
+    assert singletons.low > 0.0  # every object its own source: back to the object bootstrap's verdict
+    with pytest.raises(ValueError, match="one group per object"):
+        paired_difference(before, after, groups=groups[:-1])

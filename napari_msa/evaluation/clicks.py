@@ -96,17 +96,28 @@ class PairedDifference:
         return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
-def paired_difference(before: list[float], after: list[float], *, resamples: int = 4000,
-                      seed: int = 0) -> PairedDifference:
+def paired_difference(before: list[float], after: list[float], *, groups: list[str] | None = None,
+                      resamples: int = 4000, seed: int = 0) -> PairedDifference:
     """Whether a change is more than which objects happened to be in the set: with 22 or 49 objects a difference
-    of 0.01 in mean Dice is often one object, and two rules' sessions on the same objects are paired."""
+    of 0.01 in mean Dice is often one object, and two rules' sessions on the same objects are paired.
+    ``groups``: each object's source (an image, a volume, a patient); the sources are resampled instead of the
+    objects, because objects of one source are not independent (neighbouring slices of one tumour)."""
     a = np.asarray(before, dtype=np.float64)
     b = np.asarray(after, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"paired values must be two equal, non-empty lists (got {a.shape} and {b.shape})")
     diff = b - a
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    if groups is None:
+        means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    else:
+        if len(groups) != diff.size:
+            raise ValueError(f"one group per object: {len(groups)} groups for {diff.size} objects")
+        keys, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        sums = np.bincount(index, weights=diff, minlength=len(keys))
+        counts = np.bincount(index, minlength=len(keys)).astype(np.float64)
+        picks = rng.integers(0, len(keys), size=(resamples, len(keys)))
+        means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return PairedDifference(float(diff.mean()), float(low), float(high), int(np.count_nonzero(diff > 1e-9)),
                             int(np.count_nonzero(diff < -1e-9)))
