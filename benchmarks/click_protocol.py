@@ -45,6 +45,7 @@ from _harness import machine_line  # noqa: E402
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.engine.prompts.geometry import components, dice, mask_box  # noqa: E402
 from napari_msa.evaluation.clicks import ClickSession, paired_difference, run_session, summarize  # noqa: E402
+from napari_msa.evaluation.devset import load_devset  # noqa: E402
 
 CT = Normalization("ct", level=40.0, width=400.0)
 # whole phantom volumes (20 × 256 × 256) of the evaluation stream, every slice: the volumes tuning_gain.py tunes on
@@ -52,35 +53,31 @@ CT = Normalization("ct", level=40.0, width=400.0)
 VOLUME_SEEDS = {"ct-volumes": (9101, 9102, 9103, 9104, 9105), "mr-volumes": (9201, 9202, 9203, 9204, 9205)}
 
 
+def _entries(images) -> list[tuple[str, np.ndarray, Normalization, list[tuple[np.ndarray, bool]]]]:
+    """A real set's images (``DevImage`` or the builders' ``Img``) as ``dataset`` entries."""
+    return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
+            for im in images]
+
+
 def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalization, list[tuple[np.ndarray, bool]]]]:
     """(image name, image, normalisation, [(object mask, darker than its surroundings)])."""
     if name == "dev":
-        from napari_msa.evaluation.devset import load_devset
-
-        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
-                for im in load_devset()]
+        return _entries(load_devset())
     if name == "heldout":  # the dev set's sources elsewhere; a confirmation set until KZ was chosen on it
         sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
         from heldout import heldout_images
 
-        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
-                for im in heldout_images()]
-    if name == "fresh":  # the second confirmation set: other sources (benchmarks/devset/fresh.py), never chosen on
-        from napari_msa.evaluation.devset import load_devset
-
-        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
-                for im in load_devset(Path("benchmarks") / "devset" / "fresh.npz")]
-    if name == "reserve":  # BRATS tumours, built locally (benchmarks/devset/reserve.py); for confirming a choice
+        return _entries(heldout_images())
+    if name == "fresh":  # other sources (benchmarks/devset/fresh.py); a confirmation set until it rejected KZ
+        return _entries(load_devset(Path("benchmarks") / "devset" / "fresh.npz"))
+    if name == "reserve":  # BRATS tumours, built locally (benchmarks/devset/reserve.py); first used to confirm R1
         sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
         from reserve import reserve_path
-
-        from napari_msa.evaluation.devset import load_devset
 
         if not reserve_path().is_file():
             raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
                              "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
-        return [(im.name, im.image, Normalization(im.normalization), [(o.mask, "dark" in o.tags) for o in im.objects])
-                for im in load_devset(reserve_path())]
+        return _entries(load_devset(reserve_path()))
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 

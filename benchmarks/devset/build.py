@@ -487,6 +487,20 @@ def dark_check(image: np.ndarray, mask: np.ndarray, width: int = 3) -> tuple[flo
     return float(a[mask].mean()), float(a[ring].mean())
 
 
+def checked(im: Img, overlays: Path) -> Img:
+    """Refuse a ``dark`` tag the image does not bear out, write the image's overlay PNG (to check its references by
+    eye) and say what it holds."""
+    for ob in im.objects:
+        if "dark" in ob.tags:
+            inside, ring = dark_check(im.image, ob.mask)
+            if not inside < ring:
+                raise ValueError(f"{im.key}/{ob.name} is tagged dark but its mean {inside:.1f} >= ring {ring:.1f}")
+    write_atomic(overlays / f"{im.key}.png", overlay_png(im))
+    print(f"{im.key}: {im.image.shape} {im.image.dtype}, {len(im.objects)} objects: "
+          + "; ".join(f"{o.name} {int(o.mask.sum())}" for o in im.objects))
+    return im
+
+
 def to_npz(images: list[Img]) -> bytes:
     import io
 
@@ -514,16 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in BUILDERS:
         if only and b.__name__ not in only:
             continue
-        im = b()
-        for ob in im.objects:
-            if "dark" in ob.tags:
-                inside, ring = dark_check(im.image, ob.mask)
-                if not inside < ring:
-                    raise ValueError(f"{im.key}/{ob.name} is tagged dark but its mean {inside:.1f} >= ring {ring:.1f}")
-        images.append(im)
-        write_atomic(OUT_OVERLAYS / f"{im.key}.png", overlay_png(im))
-        print(f"{im.key}: {im.image.shape} {im.image.dtype}, {len(im.objects)} objects: "
-              + "; ".join(f"{o.name} {int(o.mask.sum())}" for o in im.objects))
+        images.append(checked(b(), OUT_OVERLAYS))
     if not only:
         data = to_npz(images)
         write_atomic(OUT_NPZ, data)

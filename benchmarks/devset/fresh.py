@@ -194,14 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     built = images(args.pyradiomics, args.pydicom_data)
     for im in built:
-        for ob in im.objects:
-            if "dark" in ob.tags:
-                inside, ring = build.dark_check(im.image, ob.mask)
-                if not inside < ring:
-                    raise ValueError(f"{im.key}/{ob.name} is tagged dark but its mean {inside:.1f} >= ring {ring:.1f}")
-        build.write_atomic(OUT_OVERLAYS / f"{im.key}.png", build.overlay_png(im))
-        print(f"{im.key}: {im.image.shape} {im.image.dtype}, {len(im.objects)} objects: "
-              + "; ".join(f"{o.name} {int(o.mask.sum())}" for o in im.objects))
+        build.checked(im, OUT_OVERLAYS)
     if not args.no_npz:
         data = build.to_npz(built)
         build.write_atomic(OUT_NPZ, data)
