@@ -11,13 +11,15 @@ benchmarks/devset/README.md); ``heldout`` — other planes and another crop of t
 ``fresh`` — the second confirmation set, other sources (pyradiomics' and pydicom-data's test images: MRI, CT,
 X-ray, NM; ``benchmarks/devset/fresh.py``), used once to reject run KZ; ``reserve`` — BRATS brain tumours with
 expert labels (six patients, 95 objects; ``benchmarks/devset/reserve.py``, built locally: CC BY-NC-SA), kept for
-confirming the next choice;
+confirming the next choice; ``wide`` — five modalities the others lack (fetal ultrasound, chest X-ray, fundus,
+dermoscopy, colonoscopy: samples of HC18, Montgomery/Shenzhen, DRIONS-DB, HAM10000 and Kvasir-SEG with their
+people-drawn masks; ``benchmarks/devset/wide.py``, built locally: non-commercial licences);
 ``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
 generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
 slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
 
     python benchmarks/click_protocol.py [--models plain,shipped,new,demo] [--new-adapter PATH]
-        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,fresh,reserve,phantoms,phantoms-mr]
+        [--rules model | logits,logits+zoom,...] [--datasets dev,heldout,fresh,reserve,wide,phantoms,phantoms-mr]
         [--json OUT]
         [--png docs/click_curves.png]
 
@@ -78,6 +80,14 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
             raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
                              "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
         return _entries(load_devset(reserve_path()))
+    if name == "wide":  # five modalities from five other repositories, built locally (benchmarks/devset/wide.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
+        from wide import wide_path
+
+        if not wide_path().is_file():
+            raise SystemExit(f"{wide_path()} is missing: build it with `python benchmarks/devset/wide.py --repos DIR` "
+                             "(clones of the five repositories that benchmarks/devset/wide.py names)")
+        return _entries(load_devset(wide_path()))
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 

@@ -201,3 +201,68 @@ def test_reserve_builder_reads_brats_layout_and_keeps_rings(tmp_path):
     write_atomic(out, to_npz(images))
     back = load_devset(out)
     assert [len(im.objects) for im in back] == [len(im.objects) for im in images]
+
+
+def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
+    """benchmarks/devset/wide.py on small stand-ins for its five sources' files: the fetal head's outline filled, the
+    two lungs named by image side and tagged dark, two polyps kept apart and a JPEG speck dropped, images scaled to
+    256 px and masks with them; every file it reads is in DEVSET_SOURCES; the npz loads back."""
+    import io
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "devset"))
+    import wide
+
+    def png(a: np.ndarray, fmt: str = "PNG") -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format=fmt)
+        return buf.getvalue()
+
+    yy, xx = np.mgrid[:540, :800]
+    ellipse = ((yy - 270) / 150.0) ** 2 + ((xx - 400) / 220.0) ** 2
+    outline = (np.abs(ellipse - 1) < 0.02).astype(np.uint8) * 255
+    us = np.where(ellipse < 1, 60, 120).astype(np.uint8)
+    cy, cx = np.mgrid[:512, :512]
+    lungs = (((cy - 250) / 150.0) ** 2 + ((cx - 150) / 70.0) ** 2 < 1) | (((cy - 250) / 150.0) ** 2
+                                                                          + ((cx - 360) / 70.0) ** 2 < 1)
+    xray = np.where(lungs, 40, 200).astype(np.uint8)
+    rgb = np.full((400, 600, 3), 90, np.uint8)
+    disc = (yy[:400, :600] - 200) ** 2 + (xx[:400, :600] - 420) ** 2 < 40 ** 2
+    rgb[disc] = 230
+    polyp = np.zeros((400, 600), np.uint8)
+    polyp[50:150, 50:200] = polyp[250:350, 400:550] = 255
+    polyp[10:12, 580:582] = 255  # a speck, as JPEG noise leaves
+    files = {}
+    for source, path in wide.files():
+        name = path.rsplit("/", 1)[1]
+        if source is wide.HC18:
+            data = png(outline if "Annotation" in name else us)
+        elif source is wide.CXR:
+            data = png((lungs * 255).astype(np.uint8) if "/masks/" in path else xray)
+        elif source is wide.KVASIR:
+            data = png(polyp if "/masks/" in path else rgb, "JPEG" if "/masks/" in path else "PNG")
+        else:
+            data = png((disc * 255).astype(np.uint8) if "mask" in path or "groundtruth" in path else rgb)
+        files[(source.repo, path)] = data
+
+    images = wide.wide_images(lambda source, path: files[(source.repo, path)])
+    assert len(images) == 38 and max(max(im.image.shape[:2]) for im in images) == 256
+    by_key = {im.key: im for im in images}
+    head = by_key["hc18_000"].objects[0]
+    assert head.mask.shape == by_key["hc18_000"].image.shape == (173, 256)
+    assert abs(head.mask.sum() - (ellipse < 1).sum() * (256 / 800) ** 2) < 0.03 * head.mask.sum()
+    chest = by_key["cxr_MCUCXR_0001_0"].objects
+    assert [o.name for o in chest] == ["lung on the image left", "lung on the image right"]
+    assert all("dark" in o.tags for o in chest) and "dark" in by_key["hc18_000"].objects[0].tags
+    kvasir = [im for im in images if im.modality == "endoscopy"][0]
+    assert [o.name for o in kvasir.objects] == ["polyp 1 of 2 (left to right)", "polyp 2 of 2 (left to right)"]
+    assert "bright" in by_key["fundus_image_091"].objects[0].tags
+    assert set(wide.source_files()) <= set(DEVSET_SOURCES)
+    assert {f for im in images for f in im.source_files} == set(wide.source_files())
+    from build import to_npz, write_atomic
+
+    write_atomic(tmp_path / "wide.npz", to_npz(images))
+    back = load_devset(tmp_path / "wide.npz")
+    assert sum(len(im.objects) for im in back) == sum(len(im.objects) for im in images)
+    assert {im.modality for im in back} <= set(MODALITIES)

@@ -17,7 +17,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = Path("benchmarks") / "devset" / "devset.npz"
 TAGS = ("dark", "bright", "ring", "nested", "small", "large")
-MODALITIES = ("CT", "MRI", "US", "fundus", "dermoscopy", "microscopy", "X-ray", "NM")
+MODALITIES = ("CT", "MRI", "US", "fundus", "dermoscopy", "microscopy", "X-ray", "NM", "endoscopy")
 
 # Every file the development set is made from, as "<package>/<path inside the installed package>" (what a file
 # path ends with when the package reads it). Training must never read any of them.
@@ -56,6 +56,20 @@ DEVSET_SOURCES: tuple[str, ...] = (
       for case in ("test/brats_2013_pat0001_1", "test/brats_2013_pat0002_1", "validation/brats_2013_pat0003_1",
                    "validation/brats_2013_pat0004_1", "train/brats_2013_pat0005_1", "train/brats_2013_pat0006_1")
       for name in ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "OTMultiClass")),
+    # the wide set (benchmarks/devset/wide.py: HC18, Montgomery/Shenzhen, DRIONS-DB, HAM10000 and Kvasir-SEG samples
+    # from five repositories; built locally, not committed); wide.source_files() gives the same names
+    *(f"Tensorflow-Keras-UNET-model-for-Fetal-dataset/training_set/{i:03d}_HC{s}.png"
+      for i in range(10) for s in ("", "_Annotation")),
+    *(f"MultiResUNet-lung-segmentation/data/{d}/{site}_000{i}_0.png"
+      for site in ("MCUCXR", "CHNCXR") for i in range(1, 5) for d in ("cxr", "masks")),
+    *(f"Optic-Disc-Segmentation/sample_dataset/{d}/image_{i:03d}.jpg"
+      for i in range(91, 101) for d in ("origin1", "groundtruth1")),
+    *(f"artefact_insertion/data/{p}"
+      for n in ("ISIC_0024311", "ISIC_0027001", "ISIC_0027287", "ISIC_0027533", "ISIC_0027800")
+      for p in (f"test_images/{n}.jpg", f"test_masks/{n}.png")),
+    *(f"latent-diffusion-inpainting/Kvasir-SEG/{d}/{n}.jpg"
+      for n in ("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0qx73cjw570799j4n5cjze",
+                "cju0roawvklrq0799vmjorwfv", "cju0rx1idathl0835detmsp84") for d in ("images", "masks")),
 )
 
 
