@@ -13,7 +13,8 @@ X-ray, NM; ``benchmarks/devset/fresh.py``), used once to reject run KZ; ``reserv
 expert labels (six patients, 95 objects; ``benchmarks/devset/reserve.py``, built locally: CC BY-NC-SA), kept for
 confirming the next choice; ``wide`` — five modalities the others lack (fetal ultrasound, chest X-ray, fundus,
 dermoscopy, colonoscopy: samples of HC18, Montgomery/Shenzhen, DRIONS-DB, HAM10000 and Kvasir-SEG with their
-people-drawn masks; ``benchmarks/devset/wide.py``, built locally: non-commercial licences);
+people-drawn masks; ``benchmarks/devset/wide.py``, built locally: non-commercial licences); ``wide2`` — other
+images of three of its sources, kept to confirm the next model;
 ``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
 generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
 slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
@@ -80,14 +81,14 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
             raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
                              "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
         return _entries(load_devset(reserve_path()))
-    if name == "wide":  # five modalities from five other repositories, built locally (benchmarks/devset/wide.py)
+    if name in ("wide", "wide2"):  # five modalities from five other repositories, built locally (devset/wide.py)
         sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
         from wide import wide_path
 
-        if not wide_path().is_file():
-            raise SystemExit(f"{wide_path()} is missing: build it with `python benchmarks/devset/wide.py --repos DIR` "
-                             "(clones of the five repositories that benchmarks/devset/wide.py names)")
-        return _entries(load_devset(wide_path()))
+        if not wide_path(name).is_file():
+            raise SystemExit(f"{wide_path(name)} is missing: build it with `python benchmarks/devset/wide.py --set "
+                             f"{name} --repos DIR` (clones of the repositories that benchmarks/devset/wide.py names)")
+        return _entries(load_devset(wide_path(name)))
     if name == "phantoms":
         from napari_msa.demo.evaluation import evaluation_slices
 

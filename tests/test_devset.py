@@ -234,7 +234,7 @@ def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
     polyp[50:150, 50:200] = polyp[250:350, 400:550] = 255
     polyp[10:12, 580:582] = 255  # a speck, as JPEG noise leaves
     files = {}
-    for source, path in wide.files():
+    for source, path in wide.files(wide.SETS["wide"]):
         name = path.rsplit("/", 1)[1]
         if source is wide.HC18:
             data = png(outline if "Annotation" in name else us)
@@ -246,7 +246,7 @@ def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
             data = png((disc * 255).astype(np.uint8) if "mask" in path or "groundtruth" in path else rgb)
         files[(source.repo, path)] = data
 
-    images = wide.wide_images(lambda source, path: files[(source.repo, path)])
+    images = wide.wide_images(lambda source, path: files[(source.repo, path)], wide.SETS["wide"])
     assert len(images) == 38 and max(max(im.image.shape[:2]) for im in images) == 256
     by_key = {im.key: im for im in images}
     head = by_key["hc18_000"].objects[0]
@@ -258,8 +258,10 @@ def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
     kvasir = [im for im in images if im.modality == "endoscopy"][0]
     assert [o.name for o in kvasir.objects] == ["polyp 1 of 2 (left to right)", "polyp 2 of 2 (left to right)"]
     assert "bright" in by_key["fundus_image_091"].objects[0].tags
-    assert set(wide.source_files()) <= set(DEVSET_SOURCES)
-    assert {f for im in images for f in im.source_files} == set(wide.source_files())
+    for selection in wide.SETS.values():
+        assert set(wide.source_files(selection)) <= set(DEVSET_SOURCES)
+    assert {f for im in images for f in im.source_files} == set(wide.source_files(wide.SETS["wide"]))
+    assert not set(wide.source_files(wide.SETS["wide"])) & set(wide.source_files(wide.SETS["wide2"]))
     from build import to_npz, write_atomic
 
     write_atomic(tmp_path / "wide.npz", to_npz(images))

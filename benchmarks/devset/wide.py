@@ -21,7 +21,9 @@ into a git-ignored file, from the repositories (a clone, or the ``fetch`` tool's
 
     python benchmarks/devset/wide.py --repos DIR   # DIR/<owner>+<name>/repo or DIR/<owner>+<name> or DIR/<name>
 
-``click_protocol.py --datasets wide`` reads ``benchmarks/devset/wide.npz`` (or ``$NAPARI_MSA_WIDE``). Images are
+``click_protocol.py --datasets wide`` reads ``benchmarks/devset/wide.npz`` (a folder in ``$NAPARI_MSA_WIDE``
+instead). ``--set wide2`` builds a second sample of the three sources with more images (``SETS``), fixed before
+any of its images was opened and kept to confirm the next model (``--datasets wide2``). Images are
 scaled to 256 px on the longest side (area average; masks by area, kept where at least half covered).
 Evaluation only: nothing may train on it (its files are in ``DEVSET_SOURCES``). Measure it only to report the
 shipped model or to confirm a choice made elsewhere, and say in BENCHMARKS.md when it was used.
@@ -46,7 +48,6 @@ sys.path.insert(0, str(HERE))
 import build  # noqa: E402  (the dev set's Img, overlays, npz writer)
 from build import fill, largest  # noqa: E402
 
-DEFAULT_OUT = HERE / "wide.npz"
 OVERLAYS = Path("/tmp/napari-msa-wide-overlays")  # not committed either (licences)
 LONGEST = 256
 SMALL_PX, LARGE_FRACTION = 400, 0.10
@@ -70,28 +71,52 @@ DERM = Source("thisismexp/artefact_insertion", "e5cf2301622f0e28561b6637d6828adc
 KVASIR = Source("nickyisadog/latent-diffusion-inpainting", "4fa007bafab0ecedfb247f370953d428a06432d5",
                 "Kvasir-SEG: research and education use only (Jha et al. 2020)")
 
-HC18_IMAGES = tuple(f"{i:03d}" for i in range(10))
-CXR_IMAGES = tuple(f"MCUCXR_000{i}_0" for i in range(1, 5)) + tuple(f"CHNCXR_000{i}_0" for i in range(1, 5))
-FUNDUS_IMAGES = tuple(f"image_{i:03d}" for i in range(91, 101))
-DERM_IMAGES = ("ISIC_0024311", "ISIC_0027001", "ISIC_0027287", "ISIC_0027533", "ISIC_0027800")
-KVASIR_IMAGES = ("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0qx73cjw570799j4n5cjze",
-                 "cju0roawvklrq0799vmjorwfv", "cju0rx1idathl0835detmsp84")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which images of each source a set takes (names as the repositories spell them)."""
+
+    hc18: tuple[str, ...]
+    cxr: tuple[str, ...]
+    fundus: tuple[str, ...] = ()
+    derm: tuple[str, ...] = ()
+    kvasir: tuple[str, ...] = ()
+
+
+SETS = {
+    # measured first on 2026-12-07 (K1200 and R1, after R1 was shipped)
+    "wide": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(10)),
+        cxr=tuple(f"MCUCXR_000{i}_0" for i in range(1, 5)) + tuple(f"CHNCXR_000{i}_0" for i in range(1, 5)),
+        fundus=tuple(f"image_{i:03d}" for i in range(91, 101)),
+        derm=("ISIC_0024311", "ISIC_0027001", "ISIC_0027287", "ISIC_0027533", "ISIC_0027800"),
+        kvasir=("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0qx73cjw570799j4n5cjze",
+                "cju0roawvklrq0799vmjorwfv", "cju0rx1idathl0835detmsp84")),
+    # other images of the three sources with more to give, fixed before any of them was opened, kept to confirm the
+    # next model (run R2's rule, BENCHMARKS.md); the dermoscopy and colonoscopy samples hold no more images
+    "wide2": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(100, 120)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (5, 6, 8, 11, 13, 15, 16, 17))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in range(5, 13)),
+        fundus=tuple(f"image_{i:03d}" for i in range(102, 111))),
+}
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes
 
 
-def files() -> tuple[tuple[Source, str], ...]:
-    """Every file the set reads, with its source."""
-    return (tuple((HC18, f"training_set/{n}_HC{s}.png") for n in HC18_IMAGES for s in ("", "_Annotation"))
-            + tuple((CXR, f"data/{d}/{n}.png") for n in CXR_IMAGES for d in ("cxr", "masks"))
-            + tuple((FUNDUS, f"sample_dataset/{d}/{n}.jpg") for n in FUNDUS_IMAGES for d in ("origin1", "groundtruth1"))
-            + tuple((DERM, p) for n in DERM_IMAGES for p in (f"data/test_images/{n}.jpg", f"data/test_masks/{n}.png"))
-            + tuple((KVASIR, f"Kvasir-SEG/{d}/{n}.jpg") for n in KVASIR_IMAGES for d in ("images", "masks")))
+def files(sel: Selection) -> tuple[tuple[Source, str], ...]:
+    """Every file a set reads, with its source."""
+    return (tuple((HC18, f"training_set/{n}_HC{s}.png") for n in sel.hc18 for s in ("", "_Annotation"))
+            + tuple((CXR, f"data/{d}/{n}.png") for n in sel.cxr for d in ("cxr", "masks"))
+            + tuple((FUNDUS, f"sample_dataset/{d}/{n}.jpg") for n in sel.fundus for d in ("origin1", "groundtruth1"))
+            + tuple((DERM, p) for n in sel.derm for p in (f"data/test_images/{n}.jpg", f"data/test_masks/{n}.png"))
+            + tuple((KVASIR, f"Kvasir-SEG/{d}/{n}.jpg") for n in sel.kvasir for d in ("images", "masks")))
 
 
-def source_files() -> tuple[str, ...]:
-    """The set's files as ``DEVSET_SOURCES`` names them: "<repository name>/<path>"."""
-    return tuple(f"{s.repo.split('/')[1]}/{p}" for s, p in files())
+def source_files(sel: Selection) -> tuple[str, ...]:
+    """A set's files as ``DEVSET_SOURCES`` names them: "<repository name>/<path>"."""
+    return tuple(f"{s.repo.split('/')[1]}/{p}" for s, p in files(sel))
 
 
 def git_reader(root: Path) -> Reader:
@@ -218,26 +243,29 @@ def polyps(read: Reader, n: str) -> build.Img:
     return im
 
 
-def wide_images(read: Reader) -> list[build.Img]:
-    return ([fetal_head(read, n) for n in HC18_IMAGES] + [lungs(read, n) for n in CXR_IMAGES]
-            + [optic_disc(read, n) for n in FUNDUS_IMAGES] + [skin_lesion(read, n) for n in DERM_IMAGES]
-            + [polyps(read, n) for n in KVASIR_IMAGES])
+def wide_images(read: Reader, sel: Selection) -> list[build.Img]:
+    return ([fetal_head(read, n) for n in sel.hc18] + [lungs(read, n) for n in sel.cxr]
+            + [optic_disc(read, n) for n in sel.fundus] + [skin_lesion(read, n) for n in sel.derm]
+            + [polyps(read, n) for n in sel.kvasir])
 
 
-def wide_path() -> Path:
-    return Path(os.environ.get("NAPARI_MSA_WIDE", DEFAULT_OUT))
+def wide_path(name: str = "wide") -> Path:
+    """Where a set is built: ``$NAPARI_MSA_WIDE`` is a folder that holds ``wide.npz`` and ``wide2.npz``."""
+    return Path(os.environ.get("NAPARI_MSA_WIDE", HERE)) / f"{name}.npz"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repos", type=Path, required=True, help="where the five repositories' clones are")
-    ap.add_argument("--out", type=Path, default=None, help=f"default: $NAPARI_MSA_WIDE or {DEFAULT_OUT}")
+    ap.add_argument("--set", choices=sorted(SETS), default="wide")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: $NAPARI_MSA_WIDE/SET.npz or benchmarks/devset/SET.npz")
     ap.add_argument("--overlays", action="store_true", help=f"also write overlay PNGs to {OVERLAYS}")
     args = ap.parse_args(argv)
-    images = wide_images(git_reader(args.repos))
+    images = wide_images(git_reader(args.repos), SETS[args.set])
     if args.overlays:
-        images = [build.checked(im, OVERLAYS) for im in images]
-    out = args.out or wide_path()
+        images = [build.checked(im, OVERLAYS / args.set) for im in images]
+    out = args.out or wide_path(args.set)
     data = build.to_npz(images)
     build.write_atomic(out, data)
     objects = [o for im in images for o in im.objects]
