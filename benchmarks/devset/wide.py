@@ -211,22 +211,26 @@ def lungs(read: Reader, n: str) -> build.Img:
     return im
 
 
-def optic_disc(read: Reader, n: str) -> build.Img:
-    paths = (f"sample_dataset/origin1/{n}.jpg", f"sample_dataset/groundtruth1/{n}.jpg")
-    image, ref = _decode(read(FUNDUS, paths[0]), "RGB"), _decode(read(FUNDUS, paths[1]), "L") > 127
-    im = _img(f"fundus_{n}", f"fundus {n} (DRIONS-DB)", "fundus", scaled_image(image), FUNDUS, paths)
+def _one_object(read: Reader, source: Source, paths: tuple[str, str], key: str, name: str, modality: str,
+                obj: str, rule: str) -> build.Img:
+    """An RGB image whose mask holds one object: its largest piece, holes filled."""
+    image, ref = _decode(read(source, paths[0]), "RGB"), _decode(read(source, paths[1]), "L") > 127
+    im = _img(key, name, modality, scaled_image(image), source, paths)
     mask = scaled_mask(fill(largest(ref)))
-    im.add("optic disc", mask, tags_of(im.image, mask), "the outline shipped (> 127), largest piece, filled")
+    im.add(obj, mask, tags_of(im.image, mask), rule)
     return im
+
+
+def optic_disc(read: Reader, n: str) -> build.Img:
+    return _one_object(read, FUNDUS, (f"sample_dataset/origin1/{n}.jpg", f"sample_dataset/groundtruth1/{n}.jpg"),
+                       f"fundus_{n}", f"fundus {n} (DRIONS-DB)", "fundus", "optic disc",
+                       "the outline shipped (> 127), largest piece, filled")
 
 
 def skin_lesion(read: Reader, n: str) -> build.Img:
-    paths = (f"data/test_images/{n}.jpg", f"data/test_masks/{n}.png")
-    image, ref = _decode(read(DERM, paths[0]), "RGB"), _decode(read(DERM, paths[1]), "L") > 127
-    im = _img(f"derm_{n}", f"HAM10000 dermoscopy {n}", "dermoscopy", scaled_image(image), DERM, paths)
-    mask = scaled_mask(fill(largest(ref)))
-    im.add("lesion", mask, tags_of(im.image, mask), "the dataset's lesion mask (> 127), largest piece, filled")
-    return im
+    return _one_object(read, DERM, (f"data/test_images/{n}.jpg", f"data/test_masks/{n}.png"), f"derm_{n}",
+                       f"HAM10000 dermoscopy {n}", "dermoscopy", "lesion",
+                       "the dataset's lesion mask (> 127), largest piece, filled")
 
 
 def polyps(read: Reader, n: str) -> build.Img:
