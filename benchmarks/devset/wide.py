@@ -72,7 +72,6 @@ KVASIR = Source("nickyisadog/latent-diffusion-inpainting", "4fa007bafab0ecedfb24
                 "Kvasir-SEG: research and education use only (Jha et al. 2020)")
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """Which images of each source a set takes (names as the repositories spell them)."""
@@ -125,8 +124,12 @@ def git_reader(root: Path) -> Reader:
         owner, name = source.repo.split("/")
         for cand in (root / f"{owner}+{name}" / "repo", root / f"{owner}+{name}", root / name):
             if cand.is_dir():
-                return subprocess.run(["git", "-C", str(cand), "show", f"{source.commit}:{path}"], check=True,
-                                      capture_output=True).stdout
+                done = subprocess.run(["git", "-C", str(cand), "show", f"{source.commit}:{path}"],
+                                      capture_output=True)
+                if done.returncode:
+                    raise FileNotFoundError(f"{cand} has no {path} at commit {source.commit[:10]} (a shallow clone, "
+                                            f"or another repository?): {done.stderr.decode().strip()}")
+                return done.stdout
         raise FileNotFoundError(f"no clone of {source.repo} under {root} (tried {owner}+{name}/repo, "
                                 f"{owner}+{name}, {name})")
     return read
