@@ -115,7 +115,12 @@ def files(sel: Selection) -> tuple[tuple[Source, str], ...]:
 
 def source_files(sel: Selection) -> tuple[str, ...]:
     """A set's files as ``DEVSET_SOURCES`` names them: "<repository name>/<path>"."""
-    return tuple(f"{s.repo.split('/')[1]}/{p}" for s, p in files(sel))
+    return tuple(listed(s, p) for s, p in files(sel))
+
+
+def listed(source: Source, path: str) -> str:
+    """A file as ``DEVSET_SOURCES`` names it: "<repository name>/<path>"."""
+    return f"{source.repo.split('/')[1]}/{path}"
 
 
 def git_reader(root: Path) -> Reader:
@@ -181,7 +186,7 @@ def tags_of(image: np.ndarray, mask: np.ndarray, *extra: str) -> tuple[str, ...]
 def _img(key: str, name: str, modality: str, image: np.ndarray, source: Source, paths: tuple[str, ...]) -> build.Img:
     norm = "none" if image.ndim == 3 else "percentile"
     where = f"github.com/{source.repo} at {source.commit[:10]}: {', '.join(paths)}"
-    return build.Img(key, name, modality, image, norm, where, tuple(f"{source.repo.split('/')[1]}/{p}" for p in paths),
+    return build.Img(key, name, modality, image, norm, where, tuple(listed(source, p) for p in paths),
                      source.licence)
 
 
