@@ -29,6 +29,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
+from .local_change import local_change
 from .zoom import Window, inside, zoom_window
 
 
@@ -39,18 +40,20 @@ class InteractionRule:
     feed_logits: bool = False  # its low-res logits as the decoder's mask input
     shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
     zoom: bool = False  # later clicks decoded in a window around the object (engine.prompts.zoom)
+    local: bool = False  # an honoured correction changes the mask only where it was clicked (prompts.local_change)
 
     @property
     def name(self) -> str:
         parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on] or ["clicks"]
-        return "+".join(parts + (["zoom"] if self.zoom else []))
+        return "+".join(parts + (["zoom"] if self.zoom else []) + (["local"] if self.local else []))
 
     @classmethod
     def from_name(cls, name: str) -> InteractionRule:
         if name not in RULE_NAMES:
             raise ValueError(f"unknown interaction rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
         parts = set(name.split("+"))
-        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts)
+        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts,
+                   local="local" in parts)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class Interaction:
                 if prompt.window is not None and previous is not None and n >= 1 and not ambiguous \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
                     answer = self._unzoomed(prompt, previous, decode, answer, int(labels[n - 1]))
+                if self.rule.local and previous is not None and n >= 1 and not ambiguous:
+                    answer = _localized(answer, previous.mask, points[n - 1], int(labels[n - 1]))
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -212,6 +217,13 @@ class Interaction:
         if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
+
+
+def _localized(answer: Answer, shown: np.ndarray, point: np.ndarray, label: int) -> Answer:
+    """The answer with its kept mask changed only where the click was (``local_change``); its logits as decoded."""
+    masks = answer.masks.copy()
+    masks[answer.chosen] = local_change(answer.mask, shown, point, label)
+    return replace(answer, masks=masks)
 
 
 def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
