@@ -48,8 +48,7 @@ PRECISION_ENV = "NAPARI_MSA_PRECISION"
 RUNTIMES = ("auto", "torch", "openvino")
 # how an object's clicks become prompts (engine.prompts.interaction): what the previous answer adds, and zoom-in
 INTERACTION_RULES = ("clicks", "box", "logits", "box+logits",
-                     "clicks+zoom", "box+zoom", "logits+zoom", "box+logits+zoom", "logits+zoom+local",
-                     "logits+zoom+consistent")
+                     "clicks+zoom", "box+zoom", "logits+zoom", "box+logits+zoom")
 RUNTIME_ENV = "NAPARI_MSA_RUNTIME"
 DEVICES_WITHOUT_TORCH = ("auto", "cpu")  # accelerators are listed once torch has looked
 

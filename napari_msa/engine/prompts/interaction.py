@@ -29,7 +29,6 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .local_change import local_change
 from .zoom import Window, inside, zoom_window
 
 
@@ -40,22 +39,18 @@ class InteractionRule:
     feed_logits: bool = False  # its low-res logits as the decoder's mask input
     shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
     zoom: bool = False  # later clicks decoded in a window around the object (engine.prompts.zoom)
-    local: bool = False  # an honoured correction changes the mask only where it was clicked (prompts.local_change)
-    consistent: bool = False  # a correction's answer is the candidate that honours the most clicks (see run)
 
     @property
     def name(self) -> str:
         parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on] or ["clicks"]
-        return "+".join(parts + (["zoom"] if self.zoom else []) + (["local"] if self.local else [])
-                        + (["consistent"] if self.consistent else []))
+        return "+".join(parts + (["zoom"] if self.zoom else []))
 
     @classmethod
     def from_name(cls, name: str) -> InteractionRule:
         if name not in RULE_NAMES:
             raise ValueError(f"unknown interaction rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
         parts = set(name.split("+"))
-        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts,
-                   local="local" in parts, consistent="consistent" in parts)
+        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts)
 
 
 @dataclass(frozen=True)
@@ -160,10 +155,6 @@ class Interaction:
                 if prompt.window is not None and previous is not None and n >= 1 and not ambiguous \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
                     answer = self._unzoomed(prompt, previous, decode, answer, int(labels[n - 1]))
-                if self.rule.consistent and previous is not None and n >= 1 and not ambiguous:
-                    answer = self._most_consistent(prompt, previous, decode, answer, points[:n], labels[:n])
-                if self.rule.local and previous is not None and n >= 1 and not ambiguous:
-                    answer = _localized(answer, previous.mask, points[n - 1], int(labels[n - 1]))
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -183,25 +174,6 @@ class Interaction:
         answer = decode(prompt)
         answer.window = None
         return zoomed if contradicts(answer.mask, previous.mask, label) else answer
-
-    @staticmethod
-    def _most_consistent(prompt: Prompt, previous: Answer, decode: DecodeFn, answer: Answer, points: np.ndarray,
-                         labels: np.ndarray) -> Answer:
-        """Of the step's answer, its three multimask candidates and (when zoomed) the whole slice's answer, the one
-        whose mask honours the most clicks so far; ties keep the earlier (the rule's own answer first)."""
-        options = [answer]
-        several = decode(replace(prompt, multimask=True))
-        several.window = prompt.window
-        options += [replace(several, chosen=i) for i in range(len(several.scores))]
-        if prompt.window is not None:
-            fed = prompt.mask_input is not None or prompt.carried is not None
-            same_frame = previous.window is None
-            whole = decode(replace(prompt, window=None, mask_input=previous.low_logits if fed and same_frame else None,
-                                   carried=previous if fed and not same_frame else None))
-            whole.window = None
-            options.append(whole)
-        honoured = [clicks_honoured(o.mask, points, labels) for o in options]
-        return options[int(np.argmax(honoured))]
 
     def likely_window(self, shape: tuple[int, int]) -> Window | None:
         """The window the next click will most likely be decoded in, when it is not the last answer's own (which
@@ -240,20 +212,6 @@ class Interaction:
         if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
-
-
-def _localized(answer: Answer, shown: np.ndarray, point: np.ndarray, label: int) -> Answer:
-    """The answer with its kept mask changed only where the click was (``local_change``); its logits as decoded."""
-    masks = answer.masks.copy()
-    masks[answer.chosen] = local_change(answer.mask, shown, point, label)
-    return replace(answer, masks=masks)
-
-
-def clicks_honoured(mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> int:
-    """How many clicks the mask agrees with: positive ones inside it, negative ones outside."""
-    rc = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(int)
-    rc = np.clip(rc, 0, np.array(mask.shape) - 1)
-    return int(np.count_nonzero(mask[rc[:, 0], rc[:, 1]] == (np.asarray(labels).reshape(-1) == 1)))
 
 
 def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
