@@ -214,14 +214,18 @@ class Interaction:
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
 
 
+POSITIVE_KEEPS = 0.5  # a positive click's zoomed answer keeping less of the mask shown contradicts it
+NEGATIVE_GROWS = 2.0  # a negative click's zoomed answer growing the mask shown more than this contradicts it
+
+
 def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
     """Whether an answer to a correction click grossly contradicts it: a positive click (add this) that keeps less
-    than half of the mask shown, or a negative one (remove this) that more than doubles it."""
+    than ``POSITIVE_KEEPS`` of the mask shown, or a negative one (remove this) that grows it over ``NEGATIVE_GROWS``."""
     if not shown.any():
         return False
     if label == 1:
-        return int(np.count_nonzero(mask & shown)) < 0.5 * int(np.count_nonzero(shown))
-    return int(np.count_nonzero(mask)) > 2 * int(np.count_nonzero(shown))
+        return int(np.count_nonzero(mask & shown)) < POSITIVE_KEEPS * int(np.count_nonzero(shown))
+    return int(np.count_nonzero(mask)) > NEGATIVE_GROWS * int(np.count_nonzero(shown))
 
 
 @dataclass(frozen=True)
