@@ -11,7 +11,7 @@ from segment_support import disk
 from napari_msa import Session
 from napari_msa.engine.inference.decoding import mask_to_logits, to_mask_input
 from napari_msa.engine.prompts import interaction
-from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule
+from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule, contradicts
 from napari_msa.engine.prompts.zoom import MIN_SIDE, box_in, paste, points_in, zoom_window
 
 SHAPE = (200, 240)
@@ -113,6 +113,21 @@ def test_a_zoomed_answer_that_contradicts_its_click_is_decoded_again_on_the_whol
     again = Unlike(whole=np.zeros(SHAPE, bool) if label == 1 else np.ones(SHAPE, bool))  # it contradicts there too
     kept = Interaction(InteractionRule(feed_logits=True, zoom=True)).run(clicks, labels, None, again)
     assert len(again.prompts) == 3 and kept.window == again.prompts[1].window  # the zoomed answer stays
+
+
+def test_a_correction_contradicts_its_click_when_it_shrinks_or_grows_the_object_against_it():
+    shown = np.zeros((10, 10), bool)
+    shown[:, :5] = True  # 50 px
+    kept = shown.copy()
+    kept[:, 4] = False  # keeps 0.9 of it
+    lost = shown.copy()
+    lost[:, 3:5] = False  # keeps 0.6 of it
+    assert not contradicts(kept, shown, 1) and contradicts(lost, shown, 1)
+    grown, flooded = shown.copy(), shown.copy()
+    grown[:, 5] = True  # 1.2 times
+    flooded[:, 5:7] = True  # 1.4 times
+    assert not contradicts(grown, shown, 0) and contradicts(flooded, shown, 0)
+    assert not contradicts(lost, np.zeros_like(shown), 1)  # nothing shown: nothing to contradict
 
 
 def test_a_zoomed_answer_that_agrees_with_its_click_is_not_decoded_twice():

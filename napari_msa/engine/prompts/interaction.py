@@ -7,10 +7,11 @@ step of its object's interaction and stays in every later prompt. An optional *p
 exists, when refining it) is the answer before the first click. With ``zoom`` the rule decodes every click after
 the first answer (and a box the user drew, at once) in a window around the object (``engine.prompts.zoom``),
 re-encoded at the model's full input size; its answers are pasted back on the slice, and the previous answer's
-logits are resampled into a new window. A zoomed answer that grossly contradicts its click (a positive click that
-keeps less than half of the object shown, a negative one that more than doubles it) is decoded again on the whole
+logits are resampled into a new window. A zoomed answer that contradicts its click (a positive click that keeps
+less than 0.8 of the object shown, a negative one that grows it over 1.25 times) is decoded again on the whole
 slice, and that answer is kept when it does not contradict the click too: some objects look unlike themselves in
-their window (measured: benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in").
+their window, small ones above all (measured: benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in" and "Small
+objects").
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -214,8 +215,9 @@ class Interaction:
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
 
 
-POSITIVE_KEEPS = 0.5  # a positive click's zoomed answer keeping less of the mask shown contradicts it
-NEGATIVE_GROWS = 2.0  # a negative click's zoomed answer growing the mask shown more than this contradicts it
+# chosen on the real sets and the ct phantom volumes' small objects (BENCHMARKS.md "Small objects"; 0.5 and 2.0 before)
+POSITIVE_KEEPS = 0.8  # a positive click's zoomed answer keeping less of the mask shown contradicts it
+NEGATIVE_GROWS = 1.25  # a negative click's zoomed answer growing the mask shown more than this contradicts it
 
 
 def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
