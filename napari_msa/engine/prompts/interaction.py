@@ -221,7 +221,7 @@ NEGATIVE_GROWS = 1.25  # a negative click's zoomed answer growing the mask shown
 
 
 def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
-    """Whether an answer to a correction click grossly contradicts it: a positive click (add this) that keeps less
+    """Whether an answer to a correction click contradicts it: a positive click (add this) that keeps less
     than ``POSITIVE_KEEPS`` of the mask shown, or a negative one (remove this) that grows it over ``NEGATIVE_GROWS``."""
     if not shown.any():
         return False
