@@ -9,9 +9,9 @@ the first answer (and a box the user drew, at once) in a window around the objec
 re-encoded at the model's full input size; its answers are pasted back on the slice, and the previous answer's
 logits are resampled into a new window. A zoomed answer that contradicts its click (a positive click that keeps
 less than 0.8 of the object shown, a negative one that grows it over 1.25 times) is decoded again on the whole
-slice, and that answer is kept when it does not contradict the click too and does not ignore a click the zoomed one
-honours: some objects look unlike themselves in their window, small ones above all (measured:
-benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in" and "Small objects").
+slice, and that answer is kept when it does not contradict the click too: some objects look unlike themselves in
+their window, small ones above all (measured: benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in" and "Small
+objects").
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
@@ -174,12 +174,7 @@ class Interaction:
                          carried=previous if fed and not same_frame else None)
         answer = decode(prompt)
         answer.window = None
-        if contradicts(answer.mask, previous.mask, label):
-            return zoomed
-        click = prompt.points[-1]
-        if honours(zoomed.mask, click, label) and not honours(answer.mask, click, label):
-            return zoomed  # else a poor mask that only the zoom can repair stays stuck (BENCHMARKS "The stuck session")
-        return answer
+        return zoomed if contradicts(answer.mask, previous.mask, label) else answer
 
     def likely_window(self, shape: tuple[int, int]) -> Window | None:
         """The window the next click will most likely be decoded in, when it is not the last answer's own (which
@@ -233,13 +228,6 @@ def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
     if label == 1:
         return int(np.count_nonzero(mask & shown)) < POSITIVE_KEEPS * int(np.count_nonzero(shown))
     return int(np.count_nonzero(mask)) > NEGATIVE_GROWS * int(np.count_nonzero(shown))
-
-
-def honours(mask: np.ndarray, point: np.ndarray, label: int) -> bool:
-    """Whether an answer does what its click at ``point`` (row, col) asks there: holds the pixel for a positive
-    click, leaves it out for a negative one."""
-    row, col = np.clip(np.round(np.asarray(point, dtype=np.float64)).astype(int), 0, np.array(mask.shape) - 1)
-    return bool(mask[row, col]) == (label == 1)
 
 
 @dataclass(frozen=True)
