@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--phantoms-mr", type=int, default=0, help="slices of the second phantom generator")
     ap.add_argument("--real", default="all", help="real images to pseudo-label: 'all', 'none' or names of "
                     "training.real_images.LOADERS, comma-separated")
+    ap.add_argument("--real-copies", type=int, default=1, help="how many times each pseudo-labelled real image "
+                    "enters the data (each copy gets its own appearance copies): real images weigh more than "
+                    "their number among the phantoms")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--blocks", type=str, default="8,9", help="attention blocks that get adapters")
@@ -239,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         images, labels, listing = build_dataset(model, args.phantoms, args.seed, real)
         if args.data_cache is not None:
             write_dataset(args.data_cache, images, labels, listing)
+    if args.real_copies > 1:  # the data's real images follow its phantom slices (build_dataset)
+        real_images, real_labels = images[args.phantoms:], labels[args.phantoms:]
+        images = images + real_images * (args.real_copies - 1)
+        labels = labels + real_labels * (args.real_copies - 1)
+        listing.append({"name": f"the {len(real_images)} real images {args.real_copies} times each",
+                        "source": "the pseudo-labelled real images above", "licence": "as above"})
     more_images, more_labels, more_listing = extra_phantoms(args.phantoms_mr, args.seed)
     images, labels, listing = images + more_images, labels + more_labels, listing + more_listing
     regions: list[np.ndarray | None] = [None] * len(images)
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "anchor_adapter": None if args.anchor_adapter is None else args.anchor_adapter.name, "phantoms": args.phantoms,
         "zoom_views": args.zoom_views or None,
         "corrector": args.corrector or None,  # answers every step but a lone click's (that: the anchor adapter's)
-        "phantoms_mr": args.phantoms_mr,
+        "phantoms_mr": args.phantoms_mr, "real_copies": args.real_copies,
         "data": listing,
         "held_out": "pydicom CT_small.dcm (the CT sample), MR_small.dcm and every other pydicom CT/MR file; "
                     "the development set (napari_msa.evaluation.devset); phantom evaluation seed streams",

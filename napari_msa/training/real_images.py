@@ -66,8 +66,10 @@ def _skimage(name: str, licence: str) -> Callable[[], list[RealImage]]:
     def load() -> list[RealImage]:
         import skimage.data
 
-        img = getattr(skimage.data, name)()
-        if name == "retina":
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.dtype == bool:  # the horse: a silhouette
+            img = img.astype(np.uint8) * 255
+        if name in ("retina", "hubble_deep_field"):
             img = img[::2, ::2]
         return [RealImage(f"skimage {name}", _percentile_uint8(np.asarray(img)), f"scikit-image data.{name}()",
                           licence)]
@@ -75,13 +77,15 @@ def _skimage(name: str, licence: str) -> Callable[[], list[RealImage]]:
     return load
 
 
-def _pydicom_ultrasound() -> list[RealImage]:
+def _pydicom_ultrasound(frames_of_ybr: tuple[int, ...] = (0, 10, 20), others: bool = True) -> list[RealImage]:
     import pydicom
     from pydicom.data import get_testdata_file
 
     out = []
-    for fname, frames in (("examples_ybr_color.dcm", (0, 10, 20)), ("examples_rgb_color.dcm", (None,)),
-                          ("examples_palette.dcm", (None,))):
+    files = [("examples_ybr_color.dcm", frames_of_ybr)]
+    if others:
+        files += [("examples_rgb_color.dcm", (None,)), ("examples_palette.dcm", (None,))]
+    for fname, frames in files:
         try:
             ds = pydicom.dcmread(get_testdata_file(fname))
             if getattr(ds, "Modality", "") in HELD_OUT_MODALITIES:
@@ -108,6 +112,19 @@ LOADERS: dict[str, Callable[[], list[RealImage]]] = {
     "cell": _skimage("cell", "CC0 1.0"),
     "coins": _skimage("coins", "no known copyright restrictions (Brooklyn Museum)"),
     "ultrasound": _pydicom_ultrasound,
+    # more of the allow-list (thirteenth session): scikit-image's photographs with a stated free licence, its
+    # text (dark letters), its Shepp-Logan phantom, and the ultrasound clip's frames between those above
+    "ultrasound_more_frames": lambda: _pydicom_ultrasound((5, 15, 25), others=False),
+    "astronaut": _skimage("astronaut", "public domain (NASA)"),
+    "camera": _skimage("camera", "CC0 (Lav Varshney)"),
+    "chelsea": _skimage("chelsea", "CC0 (Stefan van der Walt)"),
+    "coffee": _skimage("coffee", "CC0 (Rachel Michetti)"),
+    "rocket": _skimage("rocket", "public domain (SpaceX)"),
+    "clock": _skimage("clock", "public domain (Stefan van der Walt)"),
+    "hubble_deep_field": _skimage("hubble_deep_field", "public domain (NASA)"),
+    "text": _skimage("text", "public domain"),
+    "horse": _skimage("horse", "CC0 (Andreas Preuss)"),
+    "shepp_logan_phantom": _skimage("shepp_logan_phantom", "BSD-3-Clause (scikit-image; a mathematical phantom)"),
 }
 
 
