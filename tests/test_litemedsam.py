@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,29 @@ def test_a_click_adapter_run_can_train_on_zoomed_views(torch_threads_kept, tmp_p
                         "--zoom-views", "0.5"])
     assert made and made[0] > 0  # the phantom's objects, each on its own zoomed view
     assert read_adapter_metadata(out)["training"]["zoom_views"] == 0.5
+
+
+def test_a_click_adapter_run_can_weigh_its_real_images_more(torch_threads_kept, tmp_path, monkeypatch, capsys):
+    """``--real-copies N``: each pseudo-labelled real image enters the data N times (the phantoms once), and the
+    file says so."""
+    from napari_msa.engine.files.formats import read_adapter_metadata
+    from napari_msa.training import click_adapter
+
+    phantoms_only = click_adapter.build_dataset
+
+    def build_dataset(model, n_phantoms, seed, real=None, log=print):
+        images, labels, listing = phantoms_only(model, n_phantoms, seed, [], log)
+        plane = np.full((64, 64), 40, np.uint8)
+        plane[20:40, 20:40] = 200
+        lab = np.zeros((64, 64), np.int32)
+        lab[20:40, 20:40] = 1
+        return images + [plane], labels + [lab], listing + [{"name": "a bright square", "objects": 1}]
+
+    monkeypatch.setattr(click_adapter, "build_dataset", build_dataset)
+    out = tmp_path / "r.safetensors"
+    click_adapter.main(["--out", str(out), "--phantoms", "1", "--phantoms-mr", "0", "--steps", "1", "--train",
+                        "decoder", "--rounds", "1", "--grad-rounds", "1", "--batch-size", "1", "--val-fraction", "0",
+                        "--threads", "1", "--no-augment", "--eval-every", "100", "--real-copies", "3"])
+    assert "4 images" in capsys.readouterr().out  # one phantom slice, the square three times
+    training = read_adapter_metadata(out)["training"]
+    assert training["real_copies"] == 3 and "the 1 real images 3 times each" in json.dumps(training["data"])
