@@ -162,6 +162,7 @@ def measure(model, rule: str, data) -> dict:
             (boxes_dark if dark else boxes_other).append(dice(box_mask, mask))
     out = summarize(sessions)
     out["sessions"] = [s.dice for s in sessions]  # per object, for the paired comparison (``paired``)
+    out["surfaces"] = [s.surface for s in sessions]  # per object, NSD (1 px) after each click
     out["groups"] = groups  # per object, its source: intervals over sources
     out["box_dark"] = float(np.mean(boxes_dark)) if boxes_dark else None
     out["box_other"] = float(np.mean(boxes_other)) if boxes_other else None
@@ -173,6 +174,12 @@ def fmt(x, nd=3) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def surface(r: dict) -> str:
+    """The row's Normalized Surface Dice at 1 px after 1, 3, 5 and 10 clicks (– for results recorded before it)."""
+    s = r.get("surface_at")
+    return "–" if not s else " / ".join(fmt(s.get(k, s.get(str(k)))) for k in (1, 3, 5, 10))
+
+
 def table(results: dict) -> str:
     lines = []
     for ds, rows in results.items():
@@ -181,8 +188,8 @@ def table(results: dict) -> str:
         lines += [f"\n### {ds} ({n} objects, {dark} darker than their surroundings)\n",
                   "| model | rule | Dice@1 | @2 | @3 | @5 | @10 | NoC@85 | NoC@90 | steps losing >0.05 "
                   "| worst mean step | box (dark) | box (other) | click 1 kept its best mask "
-                  "| click 1, best of its masks |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| click 1, best of its masks | NSD (1 px) @1 / @3 / @5 / @10 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, r in rows.items():
             model, rule = key.split("|")
             d = r["dice_at"]
@@ -190,7 +197,7 @@ def table(results: dict) -> str:
                          f"| {r['noc85']:.2f} | {r['noc90']:.2f} | {100 * r['step_loss_share']:.1f} % "
                          f"| {r['worst_mean_step']:+.3f} | {fmt(r['box_dark'])} | {fmt(r['box_other'])} "
                          f"| {fmt(r['first_choice_best'] and 100 * r['first_choice_best'], 0)} % "
-                         f"| {fmt(r['first_best_of_candidates'])} |")
+                         f"| {fmt(r['first_best_of_candidates'])} | {surface(r)} |")
         lines += paired(rows)
     return "\n".join(lines)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from segment_support import disk
 
 from napari_msa import Session
-from napari_msa.engine.prompts.geometry import next_click
+from napari_msa.engine.prompts.geometry import dice, next_click, surface_dice
 from napari_msa.evaluation.clicks import ClickSession, paired_difference, run_session, summarize
 
 SHAPE = (40, 60)
@@ -47,6 +48,20 @@ def test_a_session_clicks_until_the_curve_is_long_enough_and_counts_clicks_to_th
     assert fake.calls == [1, 2, 3]  # one call per click, each with every click so far; exact after 3: stop
     assert s.dice[-1] == 1.0 and s.at(10) == 1.0
     assert s.noc(0.99) == 3 and s.noc(0.5) == 1
+
+
+def test_the_surface_dice_forgives_a_rim_within_its_tolerance_and_nothing_more():
+    truth = disk(SHAPE, (20, 30), 9)
+    grown = ndimage.binary_dilation(truth)  # one pixel more all round: Dice counts the rim, the surface Dice not
+    far = ndimage.binary_dilation(truth, iterations=3)
+    assert surface_dice(truth, truth) == 1.0 and surface_dice(grown, truth) == 1.0 > dice(grown, truth)
+    assert surface_dice(far, truth) == 0.0 and surface_dice(far, truth, tolerance=3.0) == 1.0
+    assert surface_dice(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)) == 1.0
+    assert surface_dice(np.zeros(SHAPE, bool), truth) == 0.0
+    fake = FakeSession(truth)  # the truth grown by 3 px, then exact: the session records both measures per click
+    s = run_session(fake, truth, curve_clicks=10)
+    assert s.surface == [0.0, 0.0, 1.0] and s.surface_at(10) == 1.0
+    assert summarize([s])["surface_at"][1] == 0.0 and summarize([ClickSession([0.5])])["surface_at"] is None
 
 
 def test_summary_counts_steps_that_lose_dice():

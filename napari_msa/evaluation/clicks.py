@@ -3,7 +3,8 @@
 The first click goes to the object's deepest pixel; each next one to the deepest pixel of the larger error
 region, positive in what the mask misses, negative in what it spills. A session is the Dice after each click;
 a model that learnt corrections has a curve that rises. Reported: Dice@k, NoC@85/90 (clicks to reach it, capped
-at 20 as usual), and how often a click makes the mask worse.
+at 20 as usual), how often a click makes the mask worse, and the Normalized Surface Dice at 1 px after k clicks (the
+shape without the reference's pixel convention on its edge).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_msa.engine.prompts.geometry import automatic_clicks, dice
+from napari_msa.engine.prompts.geometry import automatic_clicks, dice, surface_dice
 
 NOC_CAP = 20  # the usual convention: a session that never reaches the threshold counts as 20 clicks
 STEP_LOSS = 0.05  # a click step that loses more Dice than this counts as a step that made things worse
+SURFACE_TOLERANCE = 1.0  # px: the Normalized Surface Dice forgives an edge this far off
 
 
 @dataclass
@@ -25,6 +27,11 @@ class ClickSession:
     dice: list[float]
     first_choice_best: bool | None = None  # None when the model gave one mask
     first_candidates: list[float] = field(default_factory=list)  # Dice of each candidate of click 1, ranked
+    surface: list[float] = field(default_factory=list)  # Normalized Surface Dice (1 px) after each click
+
+    def surface_at(self, k: int) -> float | None:
+        """NSD (1 px) after ``k`` clicks, as ``at``; None for a session recorded without it."""
+        return self.surface[min(k, len(self.surface)) - 1] if self.surface else None
 
     def at(self, k: int) -> float:
         """Dice after ``k`` clicks (a session that ended exact keeps its last value)."""
@@ -47,6 +54,7 @@ def run_session(session, truth: np.ndarray, *, z: int | None = None, max_clicks:
 
     for n, mask in enumerate(automatic_clicks(predict, truth, max_clicks), start=1):
         out.dice.append(dice(mask, truth))
+        out.surface.append(surface_dice(mask, truth, SURFACE_TOLERANCE))
         if n == 1:
             answer = session.last_prediction
             if answer is not None and len(answer.scores) > 1:
@@ -56,6 +64,7 @@ def run_session(session, truth: np.ndarray, *, z: int | None = None, max_clicks:
             break
     if not out.dice:  # cannot happen for a non-empty truth; kept so a caller never divides by zero
         out.dice.append(0.0)
+        out.surface.append(0.0)
     return out
 
 
@@ -66,9 +75,11 @@ def summarize(sessions: list[ClickSession], ks: tuple[int, ...] = (1, 2, 3, 5, 1
         return {"objects": 0}
     steps = np.array([[s.at(k + 1) - s.at(k) for k in range(1, 10)] for s in sessions])
     chosen = [s.first_choice_best for s in sessions if s.first_choice_best is not None]
+    surfaced = [s for s in sessions if s.surface]
     return {
         "objects": len(sessions),
         "dice_at": {k: float(np.mean([s.at(k) for s in sessions])) for k in ks},
+        "surface_at": {k: float(np.mean([s.surface_at(k) for s in surfaced])) for k in ks} if surfaced else None,
         "curve": [float(np.mean([s.at(k) for s in sessions])) for k in range(1, 11)],
         "noc85": float(np.mean([s.noc(0.85) for s in sessions])),
         "noc90": float(np.mean([s.noc(0.90) for s in sessions])),
