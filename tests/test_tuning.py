@@ -705,3 +705,31 @@ def test_a_corrector_learns_what_follows_a_lone_click_answered_by_the_starting_d
     assert all(sam is tuned.sam for sam, _ in rest) and any(grad for _, grad in rest)
     moved = tuned.sam.mask_decoder.state_dict()
     assert any(not torch.equal(moved[k], start_decoder[k]) for k in moved)
+
+
+def test_the_edge_weight_makes_the_mask_loss_weigh_the_objects_edge_more():
+    """``edge_weight``: the BCE counts the pixels within 2 px of each object's edge (``edge_band``) more, so a mask
+    that is wrong only along the edge costs more than with every pixel alike; 0 leaves the loss as it was."""
+    from napari_msa.engine.tuning.losses import bce_dice_loss, edge_band
+
+    truth = np.zeros((1, 32, 32), bool)
+    truth[0, 8:24, 8:24] = True
+    band = edge_band(truth)
+    assert band[0, 8, 8] and band[0, 6, 16] and band[0, 9, 16] and not band[0, 16, 16] and not band[0, 2, 16]
+    target = torch.as_tensor(truth, dtype=torch.float32)[:, None]
+    rim_wrong = torch.where(target > 0, 6.0, -6.0)
+    rim_wrong[0, 0, 8, 8:24] = -6.0  # one row of the edge missed
+    weight = (1.0 + 4.0 * torch.as_tensor(band, dtype=torch.float32))[:, None]
+    plain, weighted = bce_dice_loss(rim_wrong, target), bce_dice_loss(rim_wrong, target, weight)
+    assert float(weighted) > float(plain)
+    assert torch.allclose(bce_dice_loss(rim_wrong, target, torch.ones_like(target)), plain)
+    images, labels = blob_task(2, size=96)
+    start = tiny(image_size=96)
+    with pytest.raises(ValueError, match="edge_weight"):
+        tune(start, images, labels, steps=1, edge_weight=-1.0)
+    opts = dict(steps=4, seed=0, val_fraction=0, lr=3e-3, max_correction_rounds=1, batch_size=1, accept_margin=-1.0,
+                blends=(), augment=False)
+    decoders = [tune(start, images, labels, edge_weight=w, **opts).model.sam.mask_decoder.state_dict()
+                for w in (0.0, 0.0, 4.0)]
+    same = all(torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
+    assert same and any(not torch.equal(decoders[0][k], decoders[2][k]) for k in decoders[0])

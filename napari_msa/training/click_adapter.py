@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
                     "the adapter training starts from)")
     ap.add_argument("--corrector", action="store_true", help="train a corrector: lone clicks answered by the "
                     "--anchor-adapter's (default: the starting) decoder, the model trained on what follows them")
+    ap.add_argument("--edge-weight", type=float, default=0.0, help="extra weight of the pixels within 2 px of "
+                    "each object's edge in the mask loss (TuneConfig.edge_weight)")
     ap.add_argument("--zoom-views", type=float, default=0.0, help="share of samples drawn from the window a "
                     "zooming rule decodes each object's corrections in (TuneConfig.zoom_views)")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             interaction=args.interaction, eval_every=args.eval_every, cache_prefix=True, inplace=True,
             cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
             click_regions=regions, anchor_first_clicks=args.anchor_first_clicks, first_click_teacher=teacher,
-            zoom_views=args.zoom_views, corrector=args.corrector,
+            zoom_views=args.zoom_views, corrector=args.corrector, edge_weight=args.edge_weight,
         )
         model = result.model
         summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "whole_clicks": args.whole_clicks if args.wholes else None,
         "anchor_first_clicks": args.anchor_first_clicks or None,
         "anchor_adapter": None if args.anchor_adapter is None else args.anchor_adapter.name, "phantoms": args.phantoms,
-        "zoom_views": args.zoom_views or None,
+        "zoom_views": args.zoom_views or None, "edge_weight": args.edge_weight or None,
         "corrector": args.corrector or None,  # answers every step but a lone click's (that: the anchor adapter's)
         "phantoms_mr": args.phantoms_mr, "real_copies": args.real_copies,
         "data": listing,

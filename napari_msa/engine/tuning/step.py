@@ -26,7 +26,7 @@ from ..network.corrector import CorrectorChange
 from ..prompts.geometry import clicked_object_box, depth_map, interior_click
 from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
-from .losses import bce_dice_loss, hard_iou
+from .losses import bce_dice_loss, edge_band, hard_iou
 from .prefix_cache import SplitEncoder, dihedral
 
 
@@ -111,7 +111,8 @@ class StepModule(nn.Module):
 
     def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float,
                  rule: InteractionRule | None = None, grad_rounds: int = 2,
-                 anchor: FirstClickAnchor | None = None, first_clicker: SimpleNamespace | None = None) -> None:
+                 anchor: FirstClickAnchor | None = None, first_clicker: SimpleNamespace | None = None,
+                 edge_weight: float = 0.0) -> None:
         super().__init__()
         self._anchor = (anchor,)  # a tuple: not a submodule (its frozen weights are no part of the step's)
         # a corrector's training (TuneConfig.corrector): who answers the lone click that every correction follows
@@ -126,6 +127,7 @@ class StepModule(nn.Module):
         self.enc = encoder
         self.slices = slices
         self.iou_weight = iou_weight
+        self.edge_weight = float(edge_weight)  # TuneConfig.edge_weight
         self._depths: dict[tuple[int, int], np.ndarray] = {}
         self._click_depths: dict[tuple[int, int], np.ndarray] = {}
 
@@ -175,6 +177,10 @@ class StepModule(nn.Module):
         logits as mask input, the shown mask's box) as ``Session.predict`` prompts it."""
         truth_np = np.stack([d > 0 for d in depths])  # (N, h, w)
         truth = torch.as_tensor(truth_np, dtype=torch.float32, device=emb.device)
+        weight = None
+        if self.edge_weight > 0:  # (N, 1, h, w): 1 everywhere, 1 + edge_weight near each object's edge
+            band = torch.as_tensor(edge_band(truth_np), dtype=torch.float32, device=emb.device)
+            weight = (1.0 + self.edge_weight * band)[:, None]
         total, counted = emb.new_zeros(()), 0
         corrector = self._first_clicker[0] is not None and not use_box
         if corrector:  # the lone click is not the model's to answer: at least one correction to learn from
@@ -194,7 +200,7 @@ class StepModule(nn.Module):
             elif carries_loss(r):
                 with torch.no_grad():
                     iou_true = hard_iou(logits > 0, truth[:, None] > 0)
-                mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits))  # (N, M)
+                mask_loss = bce_dice_loss(logits, truth[:, None].expand_as(logits), weight)  # (N, M)
                 iou_loss = F.mse_loss(iou_pred.float(), iou_true)
                 total = total + mask_loss.min(1).values.mean() + self.iou_weight * iou_loss
                 counted += 1

@@ -51,6 +51,9 @@ class TuneConfig:
     grad_rounds: int = 2  # the first prompt and the last grad_rounds - 1 corrections carry the loss; the others
     # only move the simulated session on (SAM's training does the same), so long sessions stay cheap
     iou_weight: float = 1.0
+    # Extra weight of the pixels near each object's edge (losses.edge_band) in the mask loss: after five clicks most
+    # of what a session leaves wrong is a rim along the reference's edge. 0: off (every pixel weighs the same).
+    edge_weight: float = 0.0
     # Weight of a distillation term that keeps a lone click's three masks and scores as the starting decoder gives
     # them (in place of their task loss), so training for corrections cannot cost the first click. 0: off.
     anchor_first_clicks: float = 0.0
@@ -89,6 +92,8 @@ class TuneConfig:
             raise ValueError(f"zoom_views is a share of the samples in [0, 1), got {self.zoom_views}")
         if not all(0 < share <= 1 for share in self.blends):
             raise ValueError(f"blends are shares of the tuned change, each in (0, 1], got {self.blends}")
+        if not 0 <= self.edge_weight < float("inf"):
+            raise ValueError(f"edge_weight is a loss weight ≥ 0, got {self.edge_weight}")
         if self.anchor_first_clicks < 0:
             raise ValueError(f"anchor_first_clicks is a loss weight ≥ 0, got {self.anchor_first_clicks}")
         if self.corrector and self.anchor_first_clicks > 0:
