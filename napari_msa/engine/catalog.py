@@ -46,9 +46,10 @@ NORMALIZATION_PRESETS = ("auto", "ct", "percentile", "limits", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "NAPARI_MSA_PRECISION"
 RUNTIMES = ("auto", "torch", "openvino")
-# how an object's clicks become prompts (engine.prompts.interaction): what the previous answer adds, and zoom-in
-INTERACTION_RULES = ("clicks", "box", "logits", "box+logits",
-                     "clicks+zoom", "box+zoom", "logits+zoom", "box+logits+zoom")
+# how an object's clicks become prompts (engine.prompts.interaction): what the previous answer adds, zoom-in, and
+# whether a correction the answer ignores edits it (engine.prompts.honour)
+INTERACTION_RULES = tuple(f"{base}{zoom}{honour}" for honour in ("", "+honour") for zoom in ("", "+zoom")
+                          for base in ("clicks", "box", "logits", "box+logits"))
 RUNTIME_ENV = "NAPARI_MSA_RUNTIME"
 DEVICES_WITHOUT_TORCH = ("auto", "cpu")  # accelerators are listed once torch has looked
 

@@ -21,6 +21,7 @@ from ..model.devices import volume_batch_size
 from ..model.msa_model import MSAModel
 from ..network.preprocessing import ImageLayout, Normalization, intensity_window, to_uint8_rgb
 from ..prompts.geometry import grown_box, most_interior
+from ..prompts.honour import EDIT_LOGIT
 from ..prompts.interaction import Answer, Interaction, InteractionRule, Prior, Prompt
 from ..prompts.zoom import Window, box_in, paste, points_in
 from .decoding import decode, image_masks, mask_to_logits, to_input_frame, to_mask_input
@@ -427,7 +428,7 @@ class Session:
                 prior_state = Prior.of(prior, mask_to_logits(self.model.sam, prior, emb.input_size))
             with self._lock:
                 answer = interaction.run(pts, lab, box_arr, partial(self._decode_step, z, emb), prior=prior_state,
-                                         candidate=candidate, shape=self.plane_shape)
+                                         candidate=candidate, shape=self.plane_shape, amend=partial(self._amend, z))
         self.last_prediction = answer
         self.last_logits = answer.low_logits[None]
         return answer
@@ -464,6 +465,22 @@ class Session:
         if window is None:
             return answer
         return Answer(paste(window, answer.masks, self.plane_shape), answer.scores, answer.logits, window=window)
+
+    def _amend(self, z: int, answer: Answer, edit: np.ndarray, label: int) -> Answer:
+        """The answer with its kept mask flipped at ``edit`` (slice pixels) and its logits, in the frame it was
+        decoded in, sure of the edit (``engine.prompts.honour``): the next click is prompted with the edited mask."""
+        logits = self._slice_logits(z, answer)
+        logits[edit] = EDIT_LOGIT if label == 1 else -EDIT_LOGIT
+        window = answer.window
+        if window is None:
+            input_size = self.embedding(z).input_size
+        else:
+            input_size = self.window_embedding(z, window).input_size
+            logits = logits[window[0]:window[2], window[1]:window[3]]
+        masks, low = answer.masks.copy(), answer.logits.copy()
+        masks[answer.chosen] = answer.mask ^ edit
+        low[answer.chosen] = to_mask_input(self.model.sam, logits, input_size)
+        return Answer(masks, answer.scores, low, answer.chosen, window)
 
     def _slice_logits(self, z: int, answer: Answer) -> np.ndarray:
         """The kept mask's logits at the slice's size (outside its window: its most confident background)."""

@@ -12,7 +12,11 @@ less than 0.8 of the object shown, a negative one that grows it over 1.25 times)
 slice, and that answer is kept when it does not contradict the click too: some objects look unlike themselves in
 their window, small ones above all (measured: benchmarks/click_protocol.py, BENCHMARKS.md "Zoom-in" and "Small
 objects").
-Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns.
+With ``honour`` a correction the answer leaves unhonoured (a positive click outside the mask, a negative one inside)
+gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
+the click's reach (``engine.prompts.honour``); the logits fed back carry the edit.
+Tuning simulates sessions on whole slices: ``zoom`` and ``honour`` are inference choices, not something an adapter
+learns.
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
 reusing the steps it already decoded when the new sequence extends the old one. So the API, the command line and
@@ -25,11 +29,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
+from .honour import click_edit, honoured
 from .zoom import Window, inside, zoom_window
 
 
@@ -40,18 +46,20 @@ class InteractionRule:
     feed_logits: bool = False  # its low-res logits as the decoder's mask input
     shown_box: bool = False  # the box around it (and the positive clicks), unless the user drew a box
     zoom: bool = False  # later clicks decoded in a window around the object (engine.prompts.zoom)
+    honour: bool = False  # a correction the answer ignores edits it (engine.prompts.honour)
 
     @property
     def name(self) -> str:
         parts = [n for n, on in (("box", self.shown_box), ("logits", self.feed_logits)) if on] or ["clicks"]
-        return "+".join(parts + (["zoom"] if self.zoom else []))
+        return "+".join(parts + [n for n, on in (("zoom", self.zoom), ("honour", self.honour)) if on])
 
     @classmethod
     def from_name(cls, name: str) -> InteractionRule:
         if name not in RULE_NAMES:
             raise ValueError(f"unknown interaction rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
         parts = set(name.split("+"))
-        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts)
+        return cls(feed_logits="logits" in parts, shown_box="box" in parts, zoom="zoom" in parts,
+                   honour="honour" in parts)
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class Answer:
 
 
 DecodeFn = Callable[[Prompt], Answer]  # must return candidates best-first (Answer.ranked)
+# (answer, pixels to flip on the slice, the click's label) -> the answer with its kept mask and logits edited
+AmendFn = Callable[[Answer, np.ndarray, int], Answer]
 
 
 @dataclass
@@ -124,13 +134,16 @@ class Interaction:
     last: tuple | None = None  # (points, labels, box) of the last run
 
     def run(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, decode: DecodeFn, *,
-            prior: Prior | None = None, candidate: int = 0, shape: tuple[int, int] | None = None) -> Answer:
+            prior: Prior | None = None, candidate: int = 0, shape: tuple[int, int] | None = None,
+            amend: AmendFn | None = None) -> Answer:
         """The answer to the whole sequence: a box first (if any), then one step per click, in order.
 
         ``candidate`` picks among the ranked masks of an ambiguous step (a lone click with nothing before it):
         0 is the model's choice, 1 and 2 the others. ``shape``: the slice's (h, w), where a zooming rule zooms into
-        a user's box before any answer.
+        a user's box before any answer. ``amend``: how an answer takes an edit, for a rule that honours clicks.
         """
+        if self.rule.honour and amend is None:
+            raise ValueError("a rule that honours clicks needs an amend function")
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         box = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
@@ -151,11 +164,14 @@ class Interaction:
                 reuse = False
                 prompt = self._prompt(points[:n], labels[:n], box, previous, ambiguous,
                                       None if prior is None else prior.answer.mask, shape)
-                answer = decode(prompt)
+                correction = previous is not None and n >= 1 and not ambiguous
+                decode_step = partial(_honouring, decode=decode, amend=amend) if (
+                    correction and self.rule.honour and prior is None) else decode
+                answer = decode_step(prompt)
                 answer.window = prompt.window
-                if prompt.window is not None and previous is not None and n >= 1 and not ambiguous \
+                if prompt.window is not None and correction \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
-                    answer = self._unzoomed(prompt, previous, decode, answer, int(labels[n - 1]))
+                    answer = self._unzoomed(prompt, previous, decode_step, answer, int(labels[n - 1]))
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
                 step = _Step(key, answer)
@@ -213,6 +229,22 @@ class Interaction:
         if previous.window is not None and len(points) and inside(previous.window, points[-1]):
             return previous.window
         return zoom_window(previous.mask.shape, previous.mask, points, labels, box)
+
+
+def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
+    """A correction step's answer, edited where it leaves its click unhonoured (``engine.prompts.honour``): the
+    model's own decoder answers a lone click there, in the same frame, and its smallest candidate holding the click
+    is added or taken away within the click's reach."""
+    answer = decode(prompt)
+    point, label = prompt.points[-1], int(prompt.labels[-1])
+    if honoured(answer.mask, point, label):
+        return answer
+    lone = decode(Prompt(point[None], np.ones(1, np.int64), None, None, multimask=True, window=prompt.window))
+    edit = click_edit(answer.mask, lone.masks, point, label)
+    if edit is None:
+        return answer
+    answer.window = prompt.window
+    return amend(answer, edit, label)
 
 
 # chosen on the real sets and the ct phantom volumes' small objects (BENCHMARKS.md "Small objects"; 0.5 and 2.0 before)

@@ -1,0 +1,59 @@
+"""A correction click the answer ignores: the thing under it added or taken away, within the click's reach.
+
+The model leaves about four correction clicks in ten as they were (a positive click stays outside the mask, a
+negative one inside); the annotator, or the field's automatic clicker, then clicks the same miss again and the
+session stalls. The model's own decoder, asked about a lone click at that pixel, says what it sees there: its
+smallest candidate that holds the pixel is *the thing under the click*. The click says what the user meant about
+it. The edit is cut to a disc around the click whose radius is twice the click's distance from the mask's edge (a
+click that deep in a miss or a spill says how wide the error is), and it is not made for a click on the shown edge
+itself, where a reference's own pixel convention decides and edits undo each other click after click. Measured on
+real images of seven modalities (BENCHMARKS.md, "Off the rim").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+REACH = 2.0  # the edit's disc: this many times the click's distance from the mask's edge
+RIM = 1.5  # px: a click this close to the shown edge keeps the model's answer
+ADD_MAX = 1.0  # an addition no larger than the mask shown
+REMOVE_MAX = 0.5  # a removal at most half the mask shown
+EDIT_LOGIT = 8.0  # what the edited pixels feed back: as sure as a mask given whole (decoding.mask_to_logits)
+
+
+def click_pixel(point: np.ndarray, shape: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) pixel a click falls on, inside the slice."""
+    r, c = np.clip(np.round(np.asarray(point, dtype=np.float64).reshape(2)).astype(int), 0, np.array(shape) - 1)
+    return int(r), int(c)
+
+
+def honoured(mask: np.ndarray, point: np.ndarray, label: int) -> bool:
+    """Whether the mask agrees with the click at its pixel: inside for a positive click, outside for a negative."""
+    return bool(mask[click_pixel(point, mask.shape)]) == bool(label)
+
+
+def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, label: int) -> np.ndarray | None:
+    """The pixels to flip so that ``mask`` honours the click: the smallest of a lone click's ``candidates`` (M, h, w)
+    that holds the clicked pixel, within the click's reach; None where no edit is made (the click is honoured, on
+    the shown edge, nothing holds it, or the edit is larger than the guards allow). An empty mask and a positive
+    click: the thing whole."""
+    mask = np.asarray(mask, dtype=bool)
+    if honoured(mask, point, label):
+        return None
+    r, c = click_pixel(point, mask.shape)
+    holding = [m for m in np.asarray(candidates, dtype=bool) if m[r, c]]
+    if not holding:
+        return None
+    thing = min(holding, key=lambda m: int(np.count_nonzero(m)))
+    area = int(np.count_nonzero(mask))
+    if area == 0:
+        return thing.copy()  # only a positive click goes unhonoured by an empty mask
+    distance = float(ndimage.distance_transform_edt(~mask if label == 1 else mask)[r, c])
+    if distance <= RIM:
+        return None
+    rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    reach = (rows - r) ** 2 + (cols - c) ** 2 <= (REACH * distance) ** 2
+    edit = thing & reach & (~mask if label == 1 else mask)
+    limit = ADD_MAX if label == 1 else REMOVE_MAX
+    return edit if 0 < np.count_nonzero(edit) <= limit * area else None
