@@ -135,13 +135,25 @@ def test_the_cli_offers_the_engines_rules():
 
 
 @pytest.mark.gui
-@pytest.mark.parametrize(("rule", "corrector"), [("logits", False), ("logits+zoom", False), ("logits+zoom", True)])
+@pytest.mark.parametrize(("rule", "corrector"), [("logits", False), ("logits+zoom", False), ("logits+zoom", True),
+                                                ("logits+zoom+honour", True)])
 def test_api_cli_and_widget_give_the_same_masks_for_the_same_clicks(make_napari_viewer, qtbot, tmp_path, rule,
                                                                    corrector, monkeypatch):
     """SAM's rule (logits fed back) makes the answer depend on the whole sequence: the three front ends agree,
     zooming in too (a random model's masks are most of the slice, so its window is fixed here), and with a corrector
     answering the steps after the first click (an adapter file that holds one, as the shipped one does)."""
     monkeypatch.setattr(interaction, "zoom_window", lambda *args, **kwargs: (10, 14, 58, 62))
+    edits = []
+    if "honour" in rule:  # a random model's ignored clicks fall on its rim: an edit made to measure, so one is made
+
+        def square_edit(mask, candidates, point, label):
+            r, c = np.round(point).astype(int)
+            square = np.zeros_like(mask)
+            square[r - 2:r + 3, c - 2:c + 3] = True
+            edits.append(square & (~mask if label == 1 else mask))
+            return edits[-1]
+
+        monkeypatch.setattr(interaction, "click_edit", square_edit)
     img = image()
     torch.manual_seed(0)  # the CLI seeds 0 before building a model no file holds
     model = load_model("tiny")
@@ -166,6 +178,7 @@ def test_api_cli_and_widget_give_the_same_masks_for_the_same_clicks(make_napari_
         plain.set_image(img)
         assert not np.array_equal(plain.predict(points=CLICKS, labels=LABELS)[0], api[-1])
     assert (session.last_prediction.window is not None) == ("zoom" in rule)
+    assert bool(edits) == ("honour" in rule)  # the honour rule edited an ignored click
 
     tifffile.imwrite(tmp_path / "img.tif", img)  # the CLI, the clicks of one object in file order
     rows = ["index,axis-0,axis-1,positive"] + [f"{i},{r},{c},{p}" for i, ((r, c), p) in enumerate(zip(CLICKS, LABELS))]
