@@ -261,7 +261,8 @@ def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
     for selection in wide.SETS.values():
         assert set(wide.source_files(selection)) <= set(DEVSET_SOURCES)
     assert {f for im in images for f in im.source_files} == set(wide.source_files(wide.SETS["wide"]))
-    assert not set(wide.source_files(wide.SETS["wide"])) & set(wide.source_files(wide.SETS["wide2"]))
+    for a, b in (("wide", "wide2"), ("wide", "wide3"), ("wide2", "wide3")):
+        assert not set(wide.source_files(wide.SETS[a])) & set(wide.source_files(wide.SETS[b]))
     from build import to_npz, write_atomic
 
     write_atomic(tmp_path / "wide.npz", to_npz(images))

@@ -23,7 +23,8 @@ into a git-ignored file, from the repositories (a clone, or the ``fetch`` tool's
 
 ``click_protocol.py --datasets wide`` reads ``benchmarks/devset/wide.npz`` (a folder in ``$NAPARI_MSA_WIDE``
 instead). ``--set wide2`` builds a second sample of the three sources with more images (``SETS``), fixed before
-any of its images was opened and kept to confirm the next model (``--datasets wide2``). Images are
+any of its images was opened and kept to confirm the next model (``--datasets wide2``; spent on 2026-12-07 on
+the honour rule); ``--set wide3``, fetal heads and lungs only, is the confirmation set after it. Images are
 scaled to 256 px on the longest side (area average; masks by area, kept where at least half covered).
 Evaluation only: nothing may train on it (its files are in ``DEVSET_SOURCES``). Measure it only to report the
 shipped model or to confirm a choice made elsewhere, and say in BENCHMARKS.md when it was used.
@@ -99,6 +100,13 @@ SETS = {
         cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (5, 6, 8, 11, 13, 15, 16, 17))
         + tuple(f"CHNCXR_{i:04d}_0" for i in range(5, 13)),
         fundus=tuple(f"image_{i:03d}" for i in range(102, 111))),
+    # fixed on 2026-12-07 (fourteenth session) from the file listings alone, before any of its images was opened,
+    # after wide2 was spent on the honour rule: the next confirmation set. Two sources only (the fundus, dermoscopy
+    # and colonoscopy samples hold no more images): fetal heads and lungs
+    "wide3": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(200, 220)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (19, 20, 21, 22, 23, 24, 26, 27))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in range(13, 21))),
 }
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes
@@ -262,7 +270,7 @@ def wide_images(read: Reader, sel: Selection) -> list[build.Img]:
 
 
 def wide_path(name: str = "wide") -> Path:
-    """Where a set is built: ``$NAPARI_MSA_WIDE`` is a folder that holds ``wide.npz`` and ``wide2.npz``."""
+    """Where a set is built: ``$NAPARI_MSA_WIDE`` is a folder that holds ``wide.npz``, ``wide2.npz``, ..."""
     return Path(os.environ.get("NAPARI_MSA_WIDE", HERE)) / f"{name}.npz"
 
 
