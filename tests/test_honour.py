@@ -84,8 +84,9 @@ def test_an_honouring_rule_edits_an_ignored_correction_and_feeds_the_edit_back()
     # click 1 (its own lone click); click 2 ignored -> a lone click at it; click 3 ignored -> a lone click at it
     assert kinds == [(True, 1), (False, 2), (True, 1), (False, 3), (True, 1)]
     assert np.all(decode.prompts[3].mask_input == -1)  # the edited answer's logits prompt the next click
-    # this decoder ignores that prompt and answers the mask shown first again; click 3's edit takes a piece of it
-    np.testing.assert_array_equal(answer.mask, SHOWN & ~disk(SHAPE, (30, 24), 3))
+    # this decoder ignores that prompt and answers the mask shown first again: click 2's edit stays in force (it is
+    # sticky) and click 3's takes a piece away
+    np.testing.assert_array_equal(answer.mask, (SHOWN | disk(SHAPE, (30, 34), 3)) & ~disk(SHAPE, (30, 24), 3))
     two = Interaction(InteractionRule(feed_logits=True, honour=True)).run(clicks[:2], labels[:2], None, Stubborn(),
                                                                           amend=amend)
     np.testing.assert_array_equal(two.mask, SHOWN | disk(SHAPE, (30, 34), 3))  # within reach: 12 px, all of it
@@ -95,27 +96,43 @@ def test_an_honouring_rule_edits_an_ignored_correction_and_feeds_the_edit_back()
         Interaction(InteractionRule(honour=True)).run(clicks, labels, None, Stubborn())
 
 
-def test_the_session_writes_the_edit_into_the_mask_and_the_logits_it_feeds_back(tiny_model, monkeypatch):
-    """Whatever a random model answers, an edit (here made to measure) flips exactly its pixels of the kept mask,
-    the logits fed back are sure of it, and the session's answer to the click is the edited one."""
+def test_the_session_writes_an_edit_into_the_kept_mask_and_the_logits_it_feeds_back(tiny_model):
+    rng = np.random.default_rng(0)
+    session = Session(tiny_model)
+    session.set_image(rng.normal(size=(48, 48)).astype(np.float32))
+    first = session.interact(points=[[24, 24]], labels=[1])
+    square = np.zeros((48, 48), bool)
+    square[2:22, 2:22] = True
+    emb = session.embedding(0)
+    for label in (1, 0):
+        amended = session._amend(0, first, square, label)
+        np.testing.assert_array_equal(amended.mask, first.mask ^ square)
+        np.testing.assert_array_equal(amended.masks[1:], first.masks[1:])  # the other candidates as they were
+        low = torch.as_tensor(amended.low_logits)[None, None]
+        fed = tiny_model.sam.postprocess_masks(low, emb.input_size, emb.original_size)[0, 0].numpy()
+        sure = fed[6:18, 6:18] > EDIT_LOGIT / 2 if label == 1 else fed[6:18, 6:18] < -EDIT_LOGIT / 2
+        assert sure.all()  # the next click is prompted with the edit
+
+
+def test_an_ignored_click_through_the_session_gets_its_edit(tiny_model, monkeypatch):
+    """The session's own path: the rule asks the model's decoder about a lone click and amends the answer (the
+    edit made to measure here, since a random model's answers are what they are)."""
     rng = np.random.default_rng(0)
     img = rng.normal(size=(48, 48)).astype(np.float32)
-    edit = np.zeros((48, 48), bool)
-    edit[4:12, 4:12] = True
-    clicks, labels = [[24, 24], [40, 40]], [1, 1]
+    clicks, labels = [[24, 24], [40, 40]], [1, 0]
     plain = Session(tiny_model)
     plain.set_image(img)
     plain.rule = "logits"
-    expected = plain.predict(points=clicks, labels=labels)[0] ^ edit
-
+    shown = plain.predict(points=clicks, labels=labels)[0]
+    edit = shown & disk(shown.shape, (24, 24), 10)  # a negative click's edit takes away what the mask holds
+    assert edit.any()
+    seen = []
     monkeypatch.setattr(interaction, "honoured", lambda *args: False)  # every correction counts as ignored
-    monkeypatch.setattr(interaction, "click_edit", lambda *args: edit)
+    monkeypatch.setattr(interaction, "click_edit", lambda mask, candidates, point, label: seen.append(
+        (candidates.shape, label)) or edit)
     session = Session(tiny_model)
     session.set_image(img)
     session.rule = "logits+honour"
     mask, _ = session.predict(points=clicks, labels=labels)
-    np.testing.assert_array_equal(mask, expected)
-    emb = session.embedding(0)
-    low = torch.as_tensor(session.last_prediction.low_logits)[None, None]
-    fed = tiny_model.sam.postprocess_masks(low, emb.input_size, emb.original_size)[0, 0].numpy()
-    assert (fed[5:11, 5:11] > EDIT_LOGIT / 2).all()  # the next click is prompted with the edit
+    np.testing.assert_array_equal(mask, shown & ~edit)
+    assert seen == [((3, 48, 48), 0)]  # the lone click's three candidates, on the slice, for the negative click

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import click_edit, honoured
+from .honour import click_edit, click_pixel, honoured
 from .zoom import Window, inside, zoom_window
 
 
@@ -93,6 +93,7 @@ class Answer:
     logits: np.ndarray  # (M, g, g) low-res, in the frame decoded (``window``)
     chosen: int = 0
     window: Window | None = None  # where it was decoded (None: the whole slice)
+    edit: tuple[np.ndarray, int] | None = None  # what an ignored click got (engine.prompts.honour): pixels, label
 
     @property
     def mask(self) -> np.ndarray:
@@ -120,6 +121,7 @@ AmendFn = Callable[[Answer, np.ndarray, int], Answer]
 class _Step:
     key: tuple
     answer: Answer
+    edits: tuple[tuple[np.ndarray, int], ...] = ()  # the edits in force after it (honour), in click order
 
 
 PRIOR_FEEDS_LOGITS = False  # refining: the object's box only, no mask input (measured best, refine_quality.py)
@@ -152,6 +154,7 @@ class Interaction:
         counts = ([0] if box is not None else []) + list(range(1, len(points) + 1))
         base = (None if box is None else tuple(np.round(box, 3)), None if prior is None else prior.key)
         previous = prior.answer if prior is not None else None
+        edits: tuple[tuple[np.ndarray, int], ...] = ()
         kept: list[_Step] = []
         reuse = True
         for i, n in enumerate(counts):
@@ -165,18 +168,21 @@ class Interaction:
                 prompt = self._prompt(points[:n], labels[:n], box, previous, ambiguous,
                                       None if prior is None else prior.answer.mask, shape)
                 correction = previous is not None and n >= 1 and not ambiguous
-                decode_step = partial(_honouring, decode=decode, amend=amend) if (
-                    correction and self.rule.honour and prior is None) else decode
+                honouring = correction and self.rule.honour and prior is None
+                decode_step = partial(_honouring, decode=decode, amend=amend) if honouring else decode
                 answer = decode_step(prompt)
                 answer.window = prompt.window
                 if prompt.window is not None and correction \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
                     answer = self._unzoomed(prompt, previous, decode_step, answer, int(labels[n - 1]))
+                if honouring:
+                    answer, edits = _sticky(answer, edits, points[n - 1], int(labels[n - 1]), amend)
                 if ambiguous:
                     answer.chosen = min(max(0, int(candidate)), len(answer.scores) - 1)
-                step = _Step(key, answer)
+                step = _Step(key, answer, edits)
             kept.append(step)
             previous = step.answer
+            edits = step.edits
         self.steps = kept
         self.last = (points, labels, box)
         return previous
@@ -244,7 +250,28 @@ def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
     if edit is None:
         return answer
     answer.window = prompt.window
-    return amend(answer, edit, label)
+    edited = amend(answer, edit, label)
+    edited.edit = (edit, label)
+    return edited
+
+
+def _sticky(answer: Answer, earlier: tuple[tuple[np.ndarray, int], ...], point: np.ndarray, label: int,
+            amend: AmendFn) -> tuple[Answer, tuple[tuple[np.ndarray, int], ...]]:
+    """The step's answer with every earlier edit still in force (in click order, this step's own last) and the edits
+    in force after it: what an ignored click was given stays given, measured better than letting the next answer
+    take a quarter of it back (BENCHMARKS.md, "Sticky edits"), until a click of the other sign falls inside it."""
+    pixel = click_pixel(point, answer.mask.shape)
+    kept = tuple((e, lab) for e, lab in earlier if lab == label or not e[pixel])
+    in_force = kept + ((answer.edit,) if answer.edit is not None else ())
+    target = answer.mask.copy()
+    for e, lab in in_force:
+        target[e] = lab == 1
+    out = answer
+    for flip, lab in ((target & ~answer.mask, 1), (answer.mask & ~target, 0)):
+        if flip.any():
+            out = amend(out, flip, lab)
+    out.edit = answer.edit
+    return out, in_force
 
 
 # chosen on the real sets and the ct phantom volumes' small objects (BENCHMARKS.md "Small objects"; 0.5 and 2.0 before)
