@@ -6,8 +6,9 @@ session stalls. The model's own decoder, asked about a lone click at that pixel,
 smallest candidate that holds the pixel is *the thing under the click*. The click says what the user meant about
 it. The edit is cut to a disc around the click whose radius is twice the click's distance from the mask's edge (a
 click that deep in a miss or a spill says how wide the error is), and it is not made for a click on the shown edge
-itself, where a reference's own pixel convention decides and edits undo each other click after click. Measured on
-real images of seven modalities (BENCHMARKS.md, "Off the rim").
+itself, where a reference's own pixel convention decides and edits undo each other click after click. An edit
+stays in force at the object's later steps (``interaction``): the corrector, fed the edited logits, would give back
+a quarter of it. Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits").
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ their window, small ones above all (measured: benchmarks/click_protocol.py, BENC
 objects").
 With ``honour`` a correction the answer leaves unhonoured (a positive click outside the mask, a negative one inside)
 gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
-the click's reach (``engine.prompts.honour``); the logits fed back carry the edit.
+the click's reach (``engine.prompts.honour``); the edit stays in force at every later step (until a click of the
+other sign falls inside it) and the logits fed back carry it. Refining an existing object is left as it was.
 Tuning simulates sessions on whole slices: ``zoom`` and ``honour`` are inference choices, not something an adapter
 learns.
 
