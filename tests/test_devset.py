@@ -3,6 +3,8 @@ are true, and the trainer never reads any of its source files (DESIGN.md 2b: eva
 
 from __future__ import annotations
 
+import itertools
+
 import ast
 import sys
 from pathlib import Path
@@ -261,7 +263,7 @@ def test_wide_builder_reads_each_source_and_names_its_files(tmp_path):
     for selection in wide.SETS.values():
         assert set(wide.source_files(selection)) <= set(DEVSET_SOURCES)
     assert {f for im in images for f in im.source_files} == set(wide.source_files(wide.SETS["wide"]))
-    for a, b in (("wide", "wide2"), ("wide", "wide3"), ("wide2", "wide3")):
+    for a, b in itertools.combinations(wide.SETS, 2):
         assert not set(wide.source_files(wide.SETS[a])) & set(wide.source_files(wide.SETS[b]))
     from build import to_npz, write_atomic
 
