@@ -3,9 +3,8 @@ are true, and the trainer never reads any of its source files (DESIGN.md 2b: eva
 
 from __future__ import annotations
 
-import itertools
-
 import ast
+import itertools
 import sys
 from pathlib import Path
 
