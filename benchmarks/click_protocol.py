@@ -82,7 +82,7 @@ def dataset(name: str, n_slices: int) -> list[tuple[str, np.ndarray, Normalizati
             raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
                              "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
         return _entries(load_devset(reserve_path()))
-    if name.startswith("wide"):  # samples of five other repositories, built locally (devset/wide.py)
+    if name in ("wide", "wide2", "wide3", "wide4"):  # samples of other repositories (devset/wide.py)
         sys.path.insert(0, str(Path(__file__).resolve().parent / "devset"))
         from wide import wide_path
 
