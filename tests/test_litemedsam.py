@@ -148,7 +148,8 @@ def test_the_default_model_is_litemedsam_with_its_shipped_click_adapter():
     model = load_model(device="cpu")
     assert model.name == "litemedsam" and Path(model.adapter_source) == CLICK_ADAPTER_FILE
     assert "LiteMedSAM + click adapter" in model.describe()
-    assert model.interaction.name == "logits+zoom"  # the rule its file names, zoomed in (engine.prompts.zoom)
+    # the rule its file names, zoomed in (engine.prompts.zoom), honouring ignored clicks (engine.prompts.honour)
+    assert model.interaction.name == "logits+zoom+honour"
     # its corrector (engine.network.corrector), made from a decoder trained from this file's own
     corrector = model.adapter_metadata["corrector"]
     assert model.corrector() is not None and corrector["rank"] == 32
