@@ -13,52 +13,19 @@ alternate per object.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import numpy as np
-import torch
-from _harness import machine_line
-
-from napari_msa import Normalization, Session, load_model
-from napari_msa.engine.prompts.geometry import next_click
-from napari_msa.evaluation.devset import load_devset
+from zoom_latency import default_model_sessions, time_clicks
 
 RULES = ("logits+zoom", "logits+zoom+honour")
 CLICKS = 6
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(device="cpu")
-    print(machine_line(threads=args.threads, extra=f"{model.describe()}, runtime {model.runtime}"))
-    sessions = {rule: Session(model) for rule in RULES}
-    for rule, s in sessions.items():
-        s.rule = rule
-    times: dict[str, list[float]] = {rule: [] for rule in RULES}
-    for im in load_devset():
-        for s in sessions.values():
-            s.set_image(im.image, normalization=Normalization(im.normalization), rgb=im.image.ndim == 3)
-            s.embedding(0)
-        for obj in im.objects:
-            for rule, s in sessions.items():
-                points, labels, mask = [], [], np.zeros_like(obj.mask)
-                for k in range(1, CLICKS + 1):
-                    click = next_click(mask, obj.mask)
-                    if click is None:
-                        break
-                    points.append(click[0])
-                    labels.append(click[1])
-                    t = time.perf_counter()
-                    mask, _ = s.predict(points=np.array(points), labels=labels)
-                    if k > 1:
-                        times[rule].append(time.perf_counter() - t)
-                    else:
-                        s.prefetch_window(0)  # while the annotator looks at the mask
+    sessions = default_model_sessions(__doc__.splitlines()[0], RULES)
+    by_click, _ = time_clicks(sessions, clicks=CLICKS, prefetched=RULES)
+    times = {rule: [t for k in sorted(ts) for t in ts[k]] for rule, ts in by_click.items()}
     print(f"clicks 2-{CLICKS} of the development set's objects")
     print("| rule | clicks timed | median | 90th percentile | max | mean |")
     print("|---|---|---|---|---|---|")
