@@ -105,7 +105,7 @@ def test_the_session_writes_an_edit_into_the_kept_mask_and_the_logits_it_feeds_b
     square[2:22, 2:22] = True
     emb = session.embedding(0)
     for label in (1, 0):
-        amended = session._amend(0, first, square, label)
+        amended = session._amend(first, square, label)
         np.testing.assert_array_equal(amended.mask, first.mask ^ square)
         np.testing.assert_array_equal(amended.masks[1:], first.masks[1:])  # the other candidates as they were
         low = torch.as_tensor(amended.low_logits)[None, None]

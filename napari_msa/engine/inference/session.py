@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..cancel import CancelFn, Cancelled, ProgressFn
 from ..files.checkpoints import atomic_write
@@ -428,7 +429,7 @@ class Session:
                 prior_state = Prior.of(prior, mask_to_logits(self.model.sam, prior, emb.input_size))
             with self._lock:
                 answer = interaction.run(pts, lab, box_arr, partial(self._decode_step, z, emb), prior=prior_state,
-                                         candidate=candidate, shape=self.plane_shape, amend=partial(self._amend, z))
+                                         candidate=candidate, shape=self.plane_shape, amend=self._amend)
         self.last_prediction = answer
         self.last_logits = answer.low_logits[None]
         return answer
@@ -457,7 +458,7 @@ class Session:
             box = None if prompt.box is None else box_in(window, prompt.box)
             prompt = replace(prompt, points=points, labels=labels, box=box)
         if prompt.carried is not None:
-            logits = self._slice_logits(z, prompt.carried)
+            logits = self._slice_logits(prompt.carried)
             if window is not None:
                 logits = logits[window[0]:window[2], window[1]:window[3]]
             prompt = replace(prompt, mask_input=to_mask_input(self.model.sam, logits, emb.input_size))
@@ -466,28 +467,31 @@ class Session:
             return answer
         return Answer(paste(window, answer.masks, self.plane_shape), answer.scores, answer.logits, window=window)
 
-    def _amend(self, z: int, answer: Answer, edit: np.ndarray, label: int) -> Answer:
+    def _amend(self, answer: Answer, edit: np.ndarray, label: int) -> Answer:
         """The answer with its kept mask flipped at ``edit`` (slice pixels) and its logits, in the frame it was
         decoded in, sure of the edit (``engine.prompts.honour``): the next click is prompted with the edited mask."""
-        logits = self._slice_logits(z, answer)
+        logits = self._slice_logits(answer)
         logits[edit] = EDIT_LOGIT if label == 1 else -EDIT_LOGIT
         window = answer.window
-        if window is None:
-            input_size = self.embedding(z).input_size
-        else:
-            input_size = self.window_embedding(z, window).input_size
+        input_size, _ = self._frame_sizes(window)
+        if window is not None:
             logits = logits[window[0]:window[2], window[1]:window[3]]
         masks, low = answer.masks.copy(), answer.logits.copy()
         masks[answer.chosen] = answer.mask ^ edit
         low[answer.chosen] = to_mask_input(self.model.sam, logits, input_size)
         return Answer(masks, answer.scores, low, answer.chosen, window)
 
-    def _slice_logits(self, z: int, answer: Answer) -> np.ndarray:
+    def _frame_sizes(self, window: Window | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The (input size before padding, original size) of the frame an answer was decoded in, the slice or a
+        window of it, from its shape alone (``encoder_input``'s resize): no embedding is fetched for them."""
+        h, w = self.plane_shape if window is None else (window[2] - window[0], window[3] - window[1])
+        return ResizeLongestSide.get_preprocess_shape(h, w, self.model.image_size), (h, w)
+
+    def _slice_logits(self, answer: Answer) -> np.ndarray:
         """The kept mask's logits at the slice's size (outside its window: its most confident background)."""
         window = answer.window
-        emb = self.embedding(z) if window is None else self.window_embedding(z, window)
         low = torch.as_tensor(answer.low_logits, dtype=torch.float)[None, None]
-        up = self.model.sam.postprocess_masks(low, emb.input_size, emb.original_size)[0, 0].numpy()
+        up = self.model.sam.postprocess_masks(low, *self._frame_sizes(window))[0, 0].numpy()
         if window is None:
             return up
         out = np.full(self.plane_shape, up.min(), dtype=np.float32)
