@@ -24,7 +24,8 @@ into a git-ignored file, from the repositories (a clone, or the ``fetch`` tool's
 ``click_protocol.py --datasets wide`` reads ``benchmarks/devset/wide.npz`` (a folder in ``$NAPARI_MSA_WIDE``
 instead). ``--set wide2`` builds a second sample of the three sources with more images (``SETS``), fixed before
 any of its images was opened and kept to confirm the next model (``--datasets wide2``; spent on 2026-12-07 on
-the honour rule); ``--set wide3``, fetal heads and lungs only, is the confirmation set after it. Images are
+the honour rule); ``--set wide3`` and ``wide4``, fetal heads and lungs only, were the confirmation sets after it
+(spent on the honour rule too); ``wide5`` and ``wide6`` are the next two, fixed the same way. Images are
 scaled to 256 px on the longest side (area average; masks by area, kept where at least half covered).
 Evaluation only: nothing may train on it (its files are in ``DEVSET_SOURCES``). Measure it only to report the
 shipped model or to confirm a choice made elsewhere, and say in BENCHMARKS.md when it was used.
@@ -113,6 +114,17 @@ SETS = {
         hc18=tuple(f"{i:03d}" for i in range(300, 320)),
         cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (28, 29, 30, 31, 35, 38, 40, 41))
         + tuple(f"CHNCXR_{i:04d}_0" for i in (21, 22, 23, 24, 26, 27, 28, 29))),
+    # both fixed on 2026-12-07 (fifteenth session) from the file listings alone, before any of their images was
+    # opened, after wide2-wide4 were spent on the honour rule: the next two confirmation sets, the next numbers of
+    # each listing (HC18's next hundred, the lungs' next masks in file order)
+    "wide5": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(400, 420)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in range(42, 50))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in (30, 31, 32, 33, 34, 35, 41, 42))),
+    "wide6": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(500, 520)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (51, 52, 53, 54, 55, 56, 57, 58))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in range(43, 51))),
 }
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes
