@@ -469,6 +469,50 @@ def test_simulated_sessions_prompt_each_correction_as_the_session_does(monkeypat
     assert [c["grad"] for c in rounds] == [i == 0 or i == n - 1 for i in range(n)]
 
 
+@pytest.mark.parametrize("honour_edits", [True, False])
+def test_simulated_sessions_edit_ignored_clicks_when_asked(monkeypatch, honour_edits):
+    """With ``honour_edits`` an ignored correction asks the decoder about a lone click there and the next round is
+    fed logits sure of the edit, as ``Session`` feeds them; without it (users' tuning) no such pass is made."""
+    import napari_msa.engine.tuning.step as step_module
+    from napari_msa.engine.prompts.honour import EDIT_LOGIT
+
+    calls = []
+    real_decode = step_module.decode
+
+    def spy(sam, emb, points, labels, boxes, multimask, *, mask_input=None, **kw):
+        calls.append({"points": None if points is None else len(points[0]), "multimask": multimask,
+                      "label": None if labels is None else int(labels[0][-1]),
+                      "fed": None if mask_input is None else mask_input.detach().clone()})
+        return real_decode(sam, emb, points, labels, boxes, multimask, mask_input=mask_input, **kw)
+
+    def corner(mask, candidates, point, label):  # the edit, made to measure: the slice's top-left quarter
+        assert candidates.shape[1:] == mask.shape and len(candidates) == 3  # a lone click's three masks
+        edit = np.zeros(mask.shape, bool)
+        edit[: mask.shape[0] // 2, : mask.shape[1] // 2] = True
+        return edit
+
+    monkeypatch.setattr(step_module, "decode", spy)
+    monkeypatch.setattr(step_module, "honoured", lambda *args: False)  # every correction counts as ignored
+    monkeypatch.setattr(step_module, "click_edit", corner)
+    images, labels = blob_task(2, size=48)
+    tune(tiny(), images, labels, steps=4, seed=0, val_fraction=0, box_share=0.0, max_correction_rounds=3,
+         grad_rounds=2, interaction="logits+honour", honour_edits=honour_edits, batch_size=1)
+    # a correction round i and the session's next one: right after it, or after a lone click's pass between them
+    gap = 2 if honour_edits else 1
+    pairs = [(i, i + gap) for i, c in enumerate(calls[:-gap]) if (c["points"] or 0) > 1
+             and calls[i + gap]["points"] == c["points"] + 1]
+    assert pairs
+    for i, j in pairs:
+        if honour_edits:  # the edit of the click before is in the logits fed back, with that click's sign
+            assert calls[i + 1]["points"] == 1 and calls[i + 1]["multimask"] and calls[i + 1]["fed"] is None
+            sign = 1 if calls[i]["label"] == 1 else -1
+            fed = calls[j]["fed"][0, 0] * sign  # the edited quarter, well inside (logits are area averages)
+            g = fed.shape[0] // 2  # a square slice fills the model's input: the grid's top-left quarter is the edit
+            assert (fed[: g - 2, : g - 2] > 0).all() and float(fed[: g - 2, : g - 2].max()) == EDIT_LOGIT
+        else:
+            assert float(calls[j]["fed"].abs().max()) != pytest.approx(EDIT_LOGIT)
+
+
 def test_appearance_variants_keep_labels_and_invert_polarity():
     from napari_msa.training.appearance import KINDS, augmented, variant
 

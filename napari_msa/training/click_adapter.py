@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                     "--anchor-adapter's (default: the starting) decoder, the model trained on what follows them")
     ap.add_argument("--edge-weight", type=float, default=0.0, help="extra weight of the pixels within 2 px of "
                     "each object's edge in the mask loss (TuneConfig.edge_weight)")
+    ap.add_argument("--honour-edits", action="store_true", help="simulate the honour rule's edits in the "
+                    "sessions (TuneConfig.honour_edits); needs an --interaction rule that honours clicks")
     ap.add_argument("--zoom-views", type=float, default=0.0, help="share of samples drawn from the window a "
                     "zooming rule decodes each object's corrections in (TuneConfig.zoom_views)")
     ap.add_argument("--no-augment", action="store_true", help="no flips/rotations (fewer prefix-cache entries)")
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                     "step<N>.safetensors beside latest.safetensors (to measure where a run was best)")
     ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args(argv)
+    if args.honour_edits and "honour" not in (args.interaction or "").split("+"):
+        ap.error("--honour-edits needs an --interaction rule that honours clicks (e.g. logits+honour)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -313,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             cache_budget_bytes=12 << 30, normalization=Normalization("none"), progress=checkpoint,
             click_regions=regions, anchor_first_clicks=args.anchor_first_clicks, first_click_teacher=teacher,
             zoom_views=args.zoom_views, corrector=args.corrector, edge_weight=args.edge_weight,
+            honour_edits=args.honour_edits,
         )
         model = result.model
         summary = {k: v for k, v in result.summary.to_dict().items() if k not in ("config",)}
@@ -331,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         "anchor_first_clicks": args.anchor_first_clicks or None,
         "anchor_adapter": None if args.anchor_adapter is None else args.anchor_adapter.name, "phantoms": args.phantoms,
         "zoom_views": args.zoom_views or None, "edge_weight": args.edge_weight or None,
+        "honour_edits": args.honour_edits or None,
         "corrector": args.corrector or None,  # answers every step but a lone click's (that: the anchor adapter's)
         "phantoms_mr": args.phantoms_mr, "real_copies": args.real_copies,
         "data": listing,

@@ -58,3 +58,23 @@ def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, labe
     edit = thing & reach & (~mask if label == 1 else mask)
     limit = ADD_MAX if label == 1 else REMOVE_MAX
     return edit if 0 < np.count_nonzero(edit) <= limit * area else None
+
+
+Edit = tuple[np.ndarray, int]  # (pixels, the label of the click that made it)
+
+
+def edits_in_force(earlier: tuple[Edit, ...], edit: Edit | None, point: np.ndarray, label: int,
+                   shape: tuple[int, int]) -> tuple[Edit, ...]:
+    """The edits in force after a correction click: the earlier ones, but those of the other sign that the click
+    falls inside, then the click's own (None: it made none)."""
+    pixel = click_pixel(point, shape)
+    kept = tuple((e, lab) for e, lab in earlier if lab == label or not e[pixel])
+    return kept + ((edit,) if edit is not None else ())
+
+
+def with_edits(mask: np.ndarray, edits: tuple[Edit, ...]) -> np.ndarray:
+    """The mask with every edit written in, in order (a later edit wins where two overlap)."""
+    target = np.array(mask, dtype=bool, copy=True)
+    for e, lab in edits:
+        target[e] = lab == 1
+    return target

@@ -16,8 +16,8 @@ With ``honour`` a correction the answer leaves unhonoured (a positive click outs
 gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
 the click's reach (``engine.prompts.honour``); the edit stays in force at every later step (until a click of the
 other sign falls inside it) and the logits fed back carry it. Refining an existing object is left as it was.
-Tuning simulates sessions on whole slices: ``zoom`` and ``honour`` are inference choices, not something an adapter
-learns.
+Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns; the
+honour rule's edits go into the simulated sessions only when asked (``TuneConfig.honour_edits``).
 
 The answer for a sequence is a function of the sequence alone: ``Interaction.run`` replays it from the start,
 reusing the steps it already decoded when the new sequence extends the old one. So the API, the command line and
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import click_edit, click_pixel, honoured
+from .honour import click_edit, edits_in_force, honoured, with_edits
 from .zoom import Window, inside, zoom_window
 
 
@@ -261,12 +261,8 @@ def _sticky(answer: Answer, earlier: tuple[tuple[np.ndarray, int], ...], point: 
     """The step's answer with every earlier edit still in force (in click order, this step's own last) and the edits
     in force after it: what an ignored click was given stays given, measured better than letting the next answer
     take a quarter of it back (BENCHMARKS.md, "Sticky edits"), until a click of the other sign falls inside it."""
-    pixel = click_pixel(point, answer.mask.shape)
-    kept = tuple((e, lab) for e, lab in earlier if lab == label or not e[pixel])
-    in_force = kept + ((answer.edit,) if answer.edit is not None else ())
-    target = answer.mask.copy()
-    for e, lab in in_force:
-        target[e] = lab == 1
+    in_force = edits_in_force(earlier, answer.edit, point, label, answer.mask.shape)
+    target = with_edits(answer.mask, in_force)
     out = answer
     for flip, lab in ((target & ~answer.mask, 1), (answer.mask & ~target, 0)):
         if flip.any():

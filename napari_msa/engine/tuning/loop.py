@@ -164,7 +164,7 @@ def train(model: MSAModel, slices: list[TrainingSlice], train_pairs: list[Pair],
     anchor = FirstClickAnchor.of(teacher, cfg.anchor_first_clicks) if cfg.anchor_first_clicks > 0 else None
     first_clicker = frozen_prompting(teacher) if cfg.corrector else None
     step_module = StepModule(model, encoder, slices, cfg.iou_weight, rule, cfg.grad_rounds, anchor, first_clicker,
-                             edge_weight=cfg.edge_weight)
+                             edge_weight=cfg.edge_weight, honour_edits=cfg.honour_edits and rule.honour)
     runner: nn.Module = step_module
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel

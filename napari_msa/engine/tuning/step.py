@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..inference.decoding import decode, upscale_logits
+from ..inference.decoding import decode, to_mask_input, upscale_logits
 from ..model.msa_model import MSAModel
 from ..network.corrector import CorrectorChange
 from ..prompts.geometry import clicked_object_box, depth_map, interior_click
+from ..prompts.honour import EDIT_LOGIT, Edit, click_edit, edits_in_force, honoured, with_edits
 from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
 from .losses import bce_dice_loss, edge_band, hard_iou
@@ -112,7 +113,7 @@ class StepModule(nn.Module):
     def __init__(self, model: MSAModel, encoder: SplitEncoder, slices: list[TrainingSlice], iou_weight: float,
                  rule: InteractionRule | None = None, grad_rounds: int = 2,
                  anchor: FirstClickAnchor | None = None, first_clicker: SimpleNamespace | None = None,
-                 edge_weight: float = 0.0) -> None:
+                 edge_weight: float = 0.0, honour_edits: bool = False) -> None:
         super().__init__()
         self._anchor = (anchor,)  # a tuple: not a submodule (its frozen weights are no part of the step's)
         # a corrector's training (TuneConfig.corrector): who answers the lone click that every correction follows
@@ -128,6 +129,7 @@ class StepModule(nn.Module):
         self.slices = slices
         self.iou_weight = iou_weight
         self.edge_weight = float(edge_weight)  # TuneConfig.edge_weight
+        self.honour_edits = bool(honour_edits)  # TuneConfig.honour_edits
         self._depths: dict[tuple[int, int], np.ndarray] = {}
         self._click_depths: dict[tuple[int, int], np.ndarray] = {}
 
@@ -221,6 +223,7 @@ class StepModule(nn.Module):
         labels = [[] if use_box else [1] for _ in depths]
         previous_low: torch.Tensor | None = None  # (N, 1, g, g) logits of the masks shown
         shown_np: np.ndarray | None = None
+        edits: list[tuple[Edit, ...]] = [() for _ in depths]  # each object's edits in force (honour_edits)
         for r in range(1 + rounds):
             multimask = r == 0 and not use_box  # a lone click: SAM answers with three masks
             boxes = user_boxes
@@ -243,10 +246,39 @@ class StepModule(nn.Module):
                     rows = torch.arange(n, device=low.device)
                     previous_low = low[rows, shown][:, None].detach()
                     shown_np = (logits[rows, shown] > 0).cpu().numpy()
+                    if self.honour_edits and r > 0:  # the answer to a correction, as the honour rule shows it
+                        previous_low, shown_np = self._honoured(emb, previous_low, logits[rows, shown], shown_np,
+                                                                points, labels, edits)
                 for i in range(n):
                     point, label = correction_click(shown_np[i], truth_np[i], rng)
                     points[i].append(point)
                     labels[i].append(label)
+
+
+    def _honoured(self, emb: torch.Tensor, low: torch.Tensor, logits: torch.Tensor, shown: np.ndarray,
+                  points: list, labels: list, edits: list[tuple[Edit, ...]]) -> tuple[torch.Tensor, np.ndarray]:
+        """The masks shown after a correction round and the logits fed back, edited as ``Session`` edits them
+        (``engine.prompts.interaction``): an ignored click gets the thing under it, which the model's own decoder
+        finds at a lone click there, and every edit in force is written in. ``edits`` is updated in place."""
+        hw = shown.shape[1:]
+        ignored = [i for i in range(len(shown)) if not honoured(shown[i], points[i][-1], labels[i][-1])]
+        things = {}
+        if ignored:  # one decoder pass for every object whose click was ignored
+            lone, _ = decode(self._first_clicker[0] or self.sam, emb, np.array([[points[i][-1]] for i in ignored]),
+                             np.ones((len(ignored), 1), np.int64), None, True)
+            things = dict(zip(ignored, (upscale_logits(lone, self.image_size, hw) > 0).cpu().numpy(), strict=True))
+        low, shown = low.clone(), shown.copy()
+        for i in range(len(shown)):
+            point, label = points[i][-1], int(labels[i][-1])
+            edit = click_edit(shown[i], things[i], point, label) if i in things else None
+            edits[i] = edits_in_force(edits[i], None if edit is None else (edit, label), point, label, hw)
+            target = with_edits(shown[i], edits[i])
+            if (target != shown[i]).any():
+                values = logits[i].float().cpu().numpy().copy()
+                values[target & ~shown[i]], values[shown[i] & ~target] = EDIT_LOGIT, -EDIT_LOGIT
+                low[i, 0] = torch.as_tensor(to_mask_input(self.sam, values, hw), dtype=low.dtype, device=low.device)
+                shown[i] = target
+        return low, shown
 
 
 def _shown_box(mask: np.ndarray, points: list, labels: list) -> np.ndarray:

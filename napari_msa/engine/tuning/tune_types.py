@@ -54,6 +54,10 @@ class TuneConfig:
     # Extra weight of the pixels near each object's edge (losses.edge_band) in the mask loss: after five clicks most
     # of what a session leaves wrong is a rim along the reference's edge. 0: off (every pixel weighs the same).
     edge_weight: float = 0.0
+    # Simulate the honour rule's edits (engine.prompts.honour) in the sessions, where the rule honours clicks: an
+    # ignored correction gets the thing under it and the edits in force go into the mask shown and the logits fed
+    # back, as a session at inference shows them. Off by default: users' tuning is measured without it.
+    honour_edits: bool = False
     # Weight of a distillation term that keeps a lone click's three masks and scores as the starting decoder gives
     # them (in place of their task loss), so training for corrections cannot cost the first click. 0: off.
     anchor_first_clicks: float = 0.0
