@@ -145,8 +145,21 @@ def summarize(run: dict) -> str:
             + (f", blend {run['blend']:g}" if "blend" in run else "") + ")")
 
 
+def read_runs(*paths: str) -> list[dict]:
+    """The runs written to JSON-lines files (``append_run``); a file not there holds none."""
+    return [json.loads(line) for p in paths if Path(p).exists() for line in Path(p).read_text().splitlines()
+            if line.strip()]
+
+
+def append_run(path: str | None, run: dict) -> None:
+    """Append one finished run to a JSON-lines file (None: nowhere), so a stopped benchmark resumes after it."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(run) + "\n")
+
+
 def report(paths: list[str], png: str | None) -> None:
-    runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    runs = read_runs(*paths)
     print("| model | volumes | k | runs | one-click Dice before → after | error cut | box Dice before → after | "
           f"{SESSION_CLICKS}-click session before → after | worst run (click / box / session change) | kept tuned | "
           "tune time (median, max) |")
@@ -219,11 +232,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"# {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
     tune_kwargs = json.loads(args.tune)
-    done = set()
-    if args.out and Path(args.out).exists():
-        for line in Path(args.out).read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["model"], r.get("generator", "ct"), r["seed"], r["k"], json.dumps(r["tune"], sort_keys=True)))
+    done = {(r["model"], r.get("generator", "ct"), r["seed"], r["k"], json.dumps(r["tune"], sort_keys=True))
+            for r in (read_runs(args.out) if args.out else [])}
     for seed in args.seeds:
         todo = [k for k in args.k
                 if (args.model, args.generator, seed, k, json.dumps(tune_kwargs, sort_keys=True)) not in done]
@@ -231,9 +241,7 @@ def main() -> None:
         for k in todo:
             run = run_one(volume, k, tune_kwargs, args.verbose)
             print(summarize(run), flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(run) + "\n")
+            append_run(args.out, run)
 
 
 if __name__ == "__main__":

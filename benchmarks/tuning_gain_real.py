@@ -19,7 +19,6 @@ set stays evaluation-only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "devset"))
 
-from tuning_gain import labelled_slices  # noqa: E402
+from tuning_gain import append_run, labelled_slices, read_runs  # noqa: E402
 
 from napari_msa import Normalization, Session, load_model  # noqa: E402
 from napari_msa.engine.prompts.geometry import depth_map, dice, mask_box, most_interior  # noqa: E402
@@ -54,6 +53,13 @@ def tasks(images) -> dict[tuple[str, str, str], list[tuple[int, np.ndarray, np.n
     return {key: sorted(v, key=lambda t: t[0]) for key, v in out.items()}
 
 
+def spread(n: int, k: int) -> list[int]:
+    """k distinct slices of n, evenly spread, inner ones first (``tuning_gain.labelled_slices``); the two ends where
+    the inner ones would coincide (k = 2 of 3)."""
+    picks = sorted(set(labelled_slices(n, k)))
+    return picks if len(picks) == k else sorted({int(round(z)) for z in np.linspace(0, n - 1, k)})
+
+
 def score(session: Session, masks: list[np.ndarray], slices: list[int]) -> list[dict]:
     """One record per slice: one click's Dice, the box's, and the automatic session's Dice after each click."""
     records = []
@@ -70,7 +76,7 @@ def score(session: Session, masks: list[np.ndarray], slices: list[int]) -> list[
 def run_one(model_name: str, key: tuple[str, str, str], slices: list, k: int, device: str) -> dict:
     volume = np.stack([image for _, image, _ in slices]).astype(np.float32)
     masks = [mask for _, _, mask in slices]
-    labelled = labelled_slices(len(slices), k)
+    labelled = spread(len(slices), k)
     others = [z for z in range(len(slices)) if z not in labelled]
     labels = np.zeros(volume.shape, np.int32)
     for z in labelled:
@@ -108,7 +114,7 @@ def line(run: dict) -> str:
 
 
 def report(paths: list[str]) -> None:
-    runs = [json.loads(x) for p in paths for x in Path(p).read_text().splitlines() if x.strip()]
+    runs = read_runs(*paths)
     for run in runs:
         print(line(run))
     for k in sorted({r["k"] for r in runs}):
@@ -148,10 +154,7 @@ def main() -> None:
         raise SystemExit(f"{reserve_path()} is missing: build it with `python benchmarks/devset/reserve.py "
                          "--deepmedic DIR` (a checkout of github.com/deepmedic/deepmedic)")
     print(f"# {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
-    done = set()
-    if args.out and Path(args.out).exists():
-        done = {(tuple(r["task"]), r["k"], r["model"])
-                for r in (json.loads(x) for x in Path(args.out).read_text().splitlines() if x.strip())}
+    done = {(tuple(r["task"]), r["k"], r["model"]) for r in (read_runs(args.out) if args.out else [])}
     wanted = {p for p in args.patients.split(",") if p}
     for key, slices in tasks(load_devset(reserve_path())).items():
         if (wanted and key[0] not in wanted) or (key, args.k, args.model) in done or len(slices) <= args.k:
@@ -162,9 +165,7 @@ def main() -> None:
             print(f"{' '.join(key):55s} k={args.k}: not tuned: {e}", flush=True)
             continue
         print(line(run), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(run) + "\n")
+        append_run(args.out, run)
 
 
 if __name__ == "__main__":
