@@ -9,7 +9,7 @@ import torch
 from segment_support import disk
 
 from napari_msa import Session
-from napari_msa.engine.prompts import honour
+from napari_msa.engine.prompts import interaction
 from napari_msa.engine.prompts.honour import EDIT_LOGIT, click_edit, honoured
 from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule
 
@@ -81,13 +81,11 @@ def test_an_honouring_rule_edits_an_ignored_correction_and_feeds_the_edit_back()
     decode = Stubborn()
     answer = Interaction(InteractionRule(feed_logits=True, honour=True)).run(clicks, labels, None, decode, amend=amend)
     kinds = [(p.lone_click, len(p.points)) for p in decode.prompts]
-    # click 1 (its own lone click); click 2 ignored -> a lone click at it; click 3's answer leaves clicks 2 and 3
-    # unhonoured -> a lone click at each, in click order
-    assert kinds == [(True, 1), (False, 2), (True, 1), (False, 3), (True, 1), (True, 1)]
-    assert [tuple(p.points[0]) for p in decode.prompts[4:]] == [(30.0, 34.0), (30.0, 24.0)]
+    # click 1 (its own lone click); click 2 ignored -> a lone click at it; click 3 ignored -> a lone click at it
+    assert kinds == [(True, 1), (False, 2), (True, 1), (False, 3), (True, 1)]
     assert np.all(decode.prompts[3].mask_input == -1)  # the edited answer's logits prompt the next click
-    # this decoder ignores that prompt and answers the mask shown first again: click 2's edit is made again (and
-    # stays in force, it is sticky) and click 3's takes a piece away
+    # this decoder ignores that prompt and answers the mask shown first again: click 2's edit stays in force (it is
+    # sticky) and click 3's takes a piece away
     np.testing.assert_array_equal(answer.mask, (SHOWN | disk(SHAPE, (30, 34), 3)) & ~disk(SHAPE, (30, 24), 3))
     two = Interaction(InteractionRule(feed_logits=True, honour=True)).run(clicks[:2], labels[:2], None, Stubborn(),
                                                                           amend=amend)
@@ -96,32 +94,6 @@ def test_an_honouring_rule_edits_an_ignored_correction_and_feeds_the_edit_back()
     np.testing.assert_array_equal(plain.mask, SHOWN)  # without the rule the clicks stay ignored
     with pytest.raises(ValueError, match="amend"):
         Interaction(InteractionRule(honour=True)).run(clicks, labels, None, Stubborn())
-
-
-class Forgetful(Stubborn):
-    """A decoder that honours click 2 at its own step and forgets it at the next: the mask shown grows by the
-    thing under click 2 for a two-click prompt and is the first mask again for a longer one."""
-
-    def __call__(self, prompt) -> Answer:
-        answer = super().__call__(prompt)
-        if not prompt.lone_click and len(prompt.points) == 2:
-            answer.masks[0] |= disk(SHAPE, (30, 34), 5)
-        return answer
-
-
-def test_an_answer_that_undoes_an_earlier_click_gets_it_back():
-    clicks, labels = np.array([[30.0, 20.0], [30.0, 34.0], [10.0, 50.0]]), np.array([1, 1, 0])
-    decode = Forgetful()
-    rule = InteractionRule(feed_logits=True, honour=True)
-    two = Interaction(rule).run(clicks[:2], labels[:2], None, decode, amend=amend)
-    assert two.mask[30, 34] and two.edit is None  # click 2 honoured at its own step: nothing to edit
-    three = Interaction(rule).run(clicks, labels, None, decode, amend=amend)
-    # click 3 (outside the mask, so honoured) forgot click 2: the thing under click 2, within its reach, is back
-    reach = disk(SHAPE, (30, 34), 2 * 6)  # click 2 lies 6 px beyond the forgetful mask's edge at column 28
-    np.testing.assert_array_equal(three.mask, SHOWN | (disk(SHAPE, (30, 34), 3) & reach))
-    assert three.edit is None  # an earlier click's edit is not kept in force: it is looked at again at every step
-    plain = Interaction(InteractionRule(feed_logits=True)).run(clicks, labels, None, Forgetful())
-    np.testing.assert_array_equal(plain.mask, SHOWN)  # without the rule the forgotten click stays forgotten
 
 
 def test_the_session_writes_an_edit_into_the_kept_mask_and_the_logits_it_feeds_back(tiny_model):
@@ -155,13 +127,12 @@ def test_an_ignored_click_through_the_session_gets_its_edit(tiny_model, monkeypa
     edit = shown & disk(shown.shape, (24, 24), 10)  # a negative click's edit takes away what the mask holds
     assert edit.any()
     seen = []
-    monkeypatch.setattr(honour, "honoured", lambda *args: False)  # every click counts as ignored
-    monkeypatch.setattr(honour, "click_edit", lambda mask, candidates, point, label: seen.append(
-        (candidates.shape, label)) or (edit if label == 0 else None))
+    monkeypatch.setattr(interaction, "honoured", lambda *args: False)  # every correction counts as ignored
+    monkeypatch.setattr(interaction, "click_edit", lambda mask, candidates, point, label: seen.append(
+        (candidates.shape, label)) or edit)
     session = Session(tiny_model)
     session.set_image(img)
     session.rule = "logits+honour"
     mask, _ = session.predict(points=clicks, labels=labels)
     np.testing.assert_array_equal(mask, shown & ~edit)
-    # a lone click's three candidates, on the slice, for each click the answer leaves unhonoured (here both)
-    assert seen == [((3, 48, 48), 1), ((3, 48, 48), 0)]
+    assert seen == [((3, 48, 48), 0)]  # the lone click's three candidates, on the slice, for the negative click

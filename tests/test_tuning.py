@@ -492,11 +492,8 @@ def test_simulated_sessions_edit_ignored_clicks_when_asked(monkeypatch, honour_e
         return edit
 
     monkeypatch.setattr(step_module, "decode", spy)
-    import napari_msa.engine.prompts.honour as honour
-
-    monkeypatch.setattr(step_module, "honoured", lambda *args: False)  # every click counts as ignored
-    monkeypatch.setattr(honour, "honoured", lambda *args: False)
-    monkeypatch.setattr(honour, "click_edit", corner)
+    monkeypatch.setattr(step_module, "honoured", lambda *args: False)  # every correction counts as ignored
+    monkeypatch.setattr(step_module, "click_edit", corner)
     images, labels = blob_task(2, size=48)
     tune(tiny(), images, labels, steps=4, seed=0, val_fraction=0, box_share=0.0, max_correction_rounds=3,
          grad_rounds=2, interaction="logits+honour", honour_edits=honour_edits, batch_size=1)

@@ -8,14 +8,10 @@ it. The edit is cut to a disc around the click whose radius is twice the click's
 click that deep in a miss or a spill says how wide the error is), and it is not made for a click on the shown edge
 itself, where a reference's own pixel convention decides and edits undo each other click after click. An edit
 stays in force at the object's later steps (``interaction``): the corrector, fed the edited logits, would give back
-a quarter of it. A later answer that undoes an earlier click (13 % of correction steps) gets that click's edit too
-(``every_click_edits``). Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits",
-"Every click stays honoured").
+a quarter of it. Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits").
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -65,25 +61,6 @@ def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, labe
 
 
 Edit = tuple[np.ndarray, int]  # (pixels, the label of the click that made it)
-
-
-def every_click_edits(mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                      things: Callable[[int], np.ndarray | None]) -> list[tuple[int, np.ndarray, int]]:
-    """(click index, pixels, label) of the edits that make ``mask`` honour every click it leaves unhonoured, in
-    click order, each made on the mask as the edits before it left it: an answer that undoes an earlier click
-    (a positive one left outside, a negative one inside) gets it back, as the last click would. ``things(i)``: a
-    lone click's candidates at click ``i`` (decoded only for a click left unhonoured), None where they cannot be had."""
-    current = np.array(mask, dtype=bool, copy=True)
-    out = []
-    for i, (point, label) in enumerate(zip(points, labels, strict=True)):
-        if honoured(current, point, int(label)):
-            continue
-        candidates = things(i)
-        edit = None if candidates is None else click_edit(current, candidates, point, int(label))
-        if edit is not None:
-            current[edit] = int(label) == 1
-            out.append((i, edit, int(label)))
-    return out
 
 
 def edits_in_force(earlier: tuple[Edit, ...], edit: Edit | None, point: np.ndarray, label: int,

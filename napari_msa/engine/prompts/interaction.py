@@ -15,8 +15,7 @@ objects").
 With ``honour`` a correction the answer leaves unhonoured (a positive click outside the mask, a negative one inside)
 gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
 the click's reach (``engine.prompts.honour``); the edit stays in force at every later step (until a click of the
-other sign falls inside it) and the logits fed back carry it. An earlier click a later answer undoes gets the same
-edit again at that step. Refining an existing object is left as it was.
+other sign falls inside it) and the logits fed back carry it. Refining an existing object is left as it was.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns; the
 honour rule's edits go into the simulated sessions only when asked (``TuneConfig.honour_edits``).
 
@@ -37,7 +36,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import edits_in_force, every_click_edits, with_edits
+from .honour import click_edit, edits_in_force, honoured, with_edits
 from .zoom import Window, inside, zoom_window
 
 
@@ -240,27 +239,21 @@ class Interaction:
 
 
 def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
-    """A correction step's answer, edited where it leaves a click unhonoured (``engine.prompts.honour``): for every
-    click so far that it leaves unhonoured inside the step's frame, earlier clicks first, the model's own decoder
-    answers a lone click there and its smallest candidate holding the click is added or taken away within the
-    click's reach. Only the last click's edit is kept in force (``_sticky``); an earlier click is looked at again at
-    every step (BENCHMARKS.md, "Every click stays honoured")."""
+    """A correction step's answer, edited where it leaves its click unhonoured (``engine.prompts.honour``): the
+    model's own decoder answers a lone click there, in the same frame, and its smallest candidate holding the click
+    is added or taken away within the click's reach."""
     answer = decode(prompt)
-
-    def things(i: int) -> np.ndarray | None:
-        point = prompt.points[i]
-        if prompt.window is not None and not inside(prompt.window, point):
-            return None
-        return decode(Prompt(point[None], np.ones(1, np.int64), None, None, multimask=True,
-                             window=prompt.window)).masks
-
-    last = len(prompt.points) - 1
-    for i, edit, label in every_click_edits(answer.mask, prompt.points, prompt.labels, things):
-        answer.window = prompt.window
-        edited = amend(answer, edit, label)
-        edited.edit = (edit, label) if i == last else answer.edit
-        answer = edited
-    return answer
+    point, label = prompt.points[-1], int(prompt.labels[-1])
+    if honoured(answer.mask, point, label):
+        return answer
+    lone = decode(Prompt(point[None], np.ones(1, np.int64), None, None, multimask=True, window=prompt.window))
+    edit = click_edit(answer.mask, lone.masks, point, label)
+    if edit is None:
+        return answer
+    answer.window = prompt.window
+    edited = amend(answer, edit, label)
+    edited.edit = (edit, label)
+    return edited
 
 
 def _sticky(answer: Answer, earlier: tuple[tuple[np.ndarray, int], ...], point: np.ndarray, label: int,

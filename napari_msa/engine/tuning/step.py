@@ -24,7 +24,7 @@ from ..inference.decoding import decode, to_mask_input, upscale_logits
 from ..model.msa_model import MSAModel
 from ..network.corrector import CorrectorChange
 from ..prompts.geometry import clicked_object_box, depth_map, interior_click
-from ..prompts.honour import EDIT_LOGIT, Edit, edits_in_force, every_click_edits, honoured, with_edits
+from ..prompts.honour import EDIT_LOGIT, Edit, click_edit, edits_in_force, honoured, with_edits
 from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
 from .losses import bce_dice_loss, edge_band, hard_iou
@@ -258,31 +258,21 @@ class StepModule(nn.Module):
     def _honoured(self, emb: torch.Tensor, low: torch.Tensor, logits: torch.Tensor, shown: np.ndarray,
                   points: list, labels: list, edits: list[tuple[Edit, ...]]) -> tuple[torch.Tensor, np.ndarray]:
         """The masks shown after a correction round and the logits fed back, edited as ``Session`` edits them
-        (``engine.prompts.interaction``): every click a mask leaves unhonoured gets the thing under it, which the
-        model's own decoder finds at a lone click there, and every edit in force is written in. ``edits`` is
-        updated in place."""
+        (``engine.prompts.interaction``): an ignored click gets the thing under it, which the model's own decoder
+        finds at a lone click there, and every edit in force is written in. ``edits`` is updated in place."""
         hw = shown.shape[1:]
-        lone_decoder = self._first_clicker[0] or self.sam
-
-        def things_at(pts: list) -> list[np.ndarray]:
-            lone, _ = decode(lone_decoder, emb, np.array([[p] for p in pts]), np.ones((len(pts), 1), np.int64),
-                             None, True)
-            return list((upscale_logits(lone, self.image_size, hw) > 0).cpu().numpy())
-
-        # one decoder pass for every click the answers leave unhonoured; one more for a click an edit unhonours
-        asked = [(i, j) for i in range(len(shown)) for j, (p, lab) in enumerate(zip(points[i], labels[i]))
-                 if not honoured(shown[i], p, lab)]
-        things = dict(zip(asked, things_at([points[i][j] for i, j in asked]), strict=True)) if asked else {}
+        ignored = [i for i in range(len(shown)) if not honoured(shown[i], points[i][-1], labels[i][-1])]
+        things = {}
+        if ignored:  # one decoder pass for every object whose click was ignored
+            lone, _ = decode(self._first_clicker[0] or self.sam, emb, np.array([[points[i][-1]] for i in ignored]),
+                             np.ones((len(ignored), 1), np.int64), None, True)
+            things = dict(zip(ignored, (upscale_logits(lone, self.image_size, hw) > 0).cpu().numpy(), strict=True))
         low, shown = low.clone(), shown.copy()
         for i in range(len(shown)):
-            made = every_click_edits(shown[i], np.array(points[i]), np.array(labels[i]),
-                                     lambda j, i=i: things[(i, j)] if (i, j) in things else
-                                     things_at([points[i][j]])[0])
-            last = len(points[i]) - 1
-            edited = with_edits(shown[i], tuple((e, lab) for _, e, lab in made))
-            own = next(((e, lab) for j, e, lab in made if j == last), None)
-            edits[i] = edits_in_force(edits[i], own, points[i][last], int(labels[i][last]), hw)
-            target = with_edits(edited, edits[i])
+            point, label = points[i][-1], int(labels[i][-1])
+            edit = click_edit(shown[i], things[i], point, label) if i in things else None
+            edits[i] = edits_in_force(edits[i], None if edit is None else (edit, label), point, label, hw)
+            target = with_edits(shown[i], edits[i])
             if (target != shown[i]).any():
                 values = logits[i].float().cpu().numpy().copy()
                 values[target & ~shown[i]], values[shown[i] & ~target] = EDIT_LOGIT, -EDIT_LOGIT
