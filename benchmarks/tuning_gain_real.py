@@ -96,7 +96,9 @@ def run_one(model_name: str, key: tuple[str, str, str], slices: list, k: int, de
     s = result.summary
     return {"model": model_name, "task": list(key), "k": k, "slices": [z for z, _, _ in slices],
             "labelled": labelled, "tune_s": round(tune_s, 1), "steps_done": s.steps_done, "stopped": s.stopped,
-            "kept": s.kept, "before": before, "after": after}
+            "kept": s.kept, "best_step": s.best_step, "blend": s.blend, "held_out_objects": s.n_val_objects,
+            "checks": [list(h) for h in s.history],  # (step, click, box, session) of each held-out check
+            "before": before, "after": after}
 
 
 def sessions(records: list[dict]) -> list[ClickSession]:
