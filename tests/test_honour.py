@@ -10,7 +10,7 @@ from segment_support import disk
 
 from napari_msa import Session
 from napari_msa.engine.prompts import interaction
-from napari_msa.engine.prompts.honour import EDIT_LOGIT, click_edit, honoured
+from napari_msa.engine.prompts.honour import EDIT_LOGIT, click_edit, honoured, insists
 from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule
 
 SHAPE = (60, 60)
@@ -47,6 +47,33 @@ def test_no_edit_for_a_click_on_the_shown_edge_or_one_larger_than_the_mask():
     far = np.array([30.0, 50.0])  # 22 px out: its reach holds a thing larger than the mask
     assert click_edit(SHOWN, disk(SHAPE, (30, 50), 15)[None], far, 1) is None
     assert click_edit(SHOWN, disk(SHAPE, (30, 20), 3)[None], np.array([30.0, 20.0]), 1) is None  # honoured
+
+
+def test_a_click_insists_when_it_falls_again_on_a_pixel_clicked_with_its_label():
+    assert insists(np.array([[30.0, 20.0], [10.0, 10.0], [30.2, 19.8]]), np.array([1, 0, 1]))
+    assert not insists(np.array([[30.0, 20.0], [30.0, 20.0]]), np.array([0, 1]))  # the other label
+    assert not insists(np.array([[30.0, 20.0], [30.0, 21.0]]), np.array([1, 1]))  # a pixel further
+    assert not insists(np.array([[30.0, 20.0]]), np.array([1]))
+
+
+def test_a_click_on_the_shown_edge_gets_its_edit_only_when_it_insists():
+    edge_click = np.array([30.0, 29.0])  # one pixel right of the mask (its edge at column 28)
+    thing = disk(SHAPE, (30, 30), 4)
+    assert click_edit(SHOWN, thing[None], edge_click, 1) is None
+    edit = click_edit(SHOWN, thing[None], edge_click, 1, rim=0.0)
+    np.testing.assert_array_equal(edit, thing & disk(SHAPE, (30, 29), 2) & ~SHOWN)  # within 2 x 1 px of the click
+    assert edit[30, 29]
+
+
+def test_the_interaction_honours_an_edge_click_the_second_time_it_comes():
+    clicks, labels = np.array([[30.0, 20.0], [30.0, 29.0], [30.0, 29.0]]), np.array([1, 1, 1])
+    rule = InteractionRule(feed_logits=True, honour=True)
+    once = Interaction(rule).run(clicks[:2], labels[:2], None, Stubborn(), amend=amend)
+    np.testing.assert_array_equal(once.mask, SHOWN)  # on the edge: the model's answer as it is
+    twice = Interaction(rule).run(clicks, labels, None, Stubborn(), amend=amend)
+    assert twice.mask[30, 29] and twice.edit is not None
+    np.testing.assert_array_equal(twice.mask & ~SHOWN, disk(SHAPE, (30, 29), 2) & ~SHOWN)  # the lone click's
+    # smallest candidate (3 px around the click) within twice the click's distance from the edge
 
 
 def test_an_empty_answer_to_a_positive_click_becomes_the_thing_whole():
@@ -128,7 +155,7 @@ def test_an_ignored_click_through_the_session_gets_its_edit(tiny_model, monkeypa
     assert edit.any()
     seen = []
     monkeypatch.setattr(interaction, "honoured", lambda *args: False)  # every correction counts as ignored
-    monkeypatch.setattr(interaction, "click_edit", lambda mask, candidates, point, label: seen.append(
+    monkeypatch.setattr(interaction, "click_edit", lambda mask, candidates, point, label, rim: seen.append(
         (candidates.shape, label)) or edit)
     session = Session(tiny_model)
     session.set_image(img)

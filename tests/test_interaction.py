@@ -146,7 +146,7 @@ def test_api_cli_and_widget_give_the_same_masks_for_the_same_clicks(make_napari_
     edits = []
     if "honour" in rule:  # a random model's ignored clicks fall on its rim: an edit made to measure, so one is made
 
-        def square_edit(mask, candidates, point, label):
+        def square_edit(mask, candidates, point, label, rim):
             r, c = np.round(point).astype(int)
             square = np.zeros_like(mask)
             square[r - 2:r + 3, c - 2:c + 3] = True

@@ -485,7 +485,7 @@ def test_simulated_sessions_edit_ignored_clicks_when_asked(monkeypatch, honour_e
                       "fed": None if mask_input is None else mask_input.detach().clone()})
         return real_decode(sam, emb, points, labels, boxes, multimask, mask_input=mask_input, **kw)
 
-    def corner(mask, candidates, point, label):  # the edit, made to measure: the slice's top-left quarter
+    def corner(mask, candidates, point, label, rim):  # the edit, made to measure: the slice's top-left quarter
         assert candidates.shape[1:] == mask.shape and len(candidates) == 3  # a lone click's three masks
         edit = np.zeros(mask.shape, bool)
         edit[: mask.shape[0] // 2, : mask.shape[1] // 2] = True

@@ -6,7 +6,8 @@ session stalls. The model's own decoder, asked about a lone click at that pixel,
 smallest candidate that holds the pixel is *the thing under the click*. The click says what the user meant about
 it. The edit is cut to a disc around the click whose radius is twice the click's distance from the mask's edge (a
 click that deep in a miss or a spill says how wide the error is), and it is not made for a click on the shown edge
-itself, where a reference's own pixel convention decides and edits undo each other click after click. An edit
+itself, where a reference's own pixel convention decides and edits undo each other click after click — unless the
+click insists (the same pixel clicked again with the same label). An edit
 stays in force at the object's later steps (``interaction``): the corrector, fed the edited logits, would give back
 a quarter of it. Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits").
 """
@@ -34,11 +35,13 @@ def honoured(mask: np.ndarray, point: np.ndarray, label: int) -> bool:
     return bool(mask[click_pixel(point, mask.shape)]) == bool(label)
 
 
-def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, label: int) -> np.ndarray | None:
+def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, label: int, *,
+               rim: float = RIM) -> np.ndarray | None:
     """The pixels to flip so that ``mask`` honours the click: the smallest of a lone click's ``candidates`` (M, h, w)
     that holds the clicked pixel, within the click's reach; None where no edit is made (the click is honoured, on
     the shown edge, nothing holds it, or the edit is larger than the guards allow). An empty mask and a positive
-    click: the thing whole."""
+    click: the thing whole. ``rim``: a click this close to the shown edge gets no edit (0 for a click that insists,
+    ``insists``)."""
     mask = np.asarray(mask, dtype=bool)
     if honoured(mask, point, label):
         return None
@@ -51,13 +54,21 @@ def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, labe
     if area == 0:
         return thing.copy()  # only a positive click goes unhonoured by an empty mask
     distance = float(ndimage.distance_transform_edt(~mask if label == 1 else mask)[r, c])
-    if distance <= RIM:
+    if distance <= rim:
         return None
     rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
     reach = (rows - r) ** 2 + (cols - c) ** 2 <= (REACH * distance) ** 2
     edit = thing & reach & (~mask if label == 1 else mask)
     limit = ADD_MAX if label == 1 else REMOVE_MAX
     return edit if 0 < np.count_nonzero(edit) <= limit * area else None
+
+
+def insists(points: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the last click falls on the pixel of an earlier click of the same label: the user says again what
+    the answer left as it was, and is honoured on the shown edge too (BENCHMARKS.md, "A click that insists")."""
+    points = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(int)
+    labels = np.asarray(labels).reshape(-1)
+    return bool(np.any((points[:-1] == points[-1]).all(axis=1) & (labels[:-1] == labels[-1])))
 
 
 Edit = tuple[np.ndarray, int]  # (pixels, the label of the click that made it)

@@ -14,8 +14,9 @@ their window, small ones above all (measured: benchmarks/click_protocol.py, BENC
 objects").
 With ``honour`` a correction the answer leaves unhonoured (a positive click outside the mask, a negative one inside)
 gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
-the click's reach (``engine.prompts.honour``); the edit stays in force at every later step (until a click of the
-other sign falls inside it) and the logits fed back carry it. Refining an existing object is left as it was.
+the click's reach (``engine.prompts.honour``; not for a click on the shown edge, unless it is the same pixel
+clicked again); the edit stays in force at every later step (until a click of the other sign falls inside it) and
+the logits fed back carry it. Refining an existing object is left as it was.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns; the
 honour rule's edits go into the simulated sessions only when asked (``TuneConfig.honour_edits``).
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import click_edit, edits_in_force, honoured, with_edits
+from .honour import RIM, click_edit, edits_in_force, honoured, insists, with_edits
 from .zoom import Window, inside, zoom_window
 
 
@@ -247,7 +248,8 @@ def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
     if honoured(answer.mask, point, label):
         return answer
     lone = decode(Prompt(point[None], np.ones(1, np.int64), None, None, multimask=True, window=prompt.window))
-    edit = click_edit(answer.mask, lone.masks, point, label)
+    edit = click_edit(answer.mask, lone.masks, point, label,
+                      rim=0.0 if insists(prompt.points, prompt.labels) else RIM)
     if edit is None:
         return answer
     answer.window = prompt.window
