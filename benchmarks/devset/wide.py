@@ -25,7 +25,8 @@ into a git-ignored file, from the repositories (a clone, or the ``fetch`` tool's
 instead). ``--set wide2`` builds a second sample of the three sources with more images (``SETS``), fixed before
 any of its images was opened and kept to confirm the next model (``--datasets wide2``; spent on 2026-12-07 on
 the honour rule); ``--set wide3`` and ``wide4``, fetal heads and lungs only, were the confirmation sets after it
-(spent on the honour rule too); ``wide5`` and ``wide6`` are the next two, fixed the same way. Images are
+(spent on the honour rule too); ``wide5`` and ``wide6``, fixed the same way, were spent in the sixteenth session;
+``wide7`` and ``wide8`` are the next two, fixed the same way. Images are
 scaled to 256 px on the longest side (area average; masks by area, kept where at least half covered).
 Evaluation only: nothing may train on it (its files are in ``DEVSET_SOURCES``). Measure it only to report the
 shipped model or to confirm a choice made elsewhere, and say in BENCHMARKS.md when it was used.
@@ -125,6 +126,16 @@ SETS = {
         hc18=tuple(f"{i:03d}" for i in range(500, 520)),
         cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (51, 52, 53, 54, 55, 56, 57, 58))
         + tuple(f"CHNCXR_{i:04d}_0" for i in range(43, 51))),
+    # both fixed on 2026-12-07 (sixteenth session) from the file listings alone, before any of their images was
+    # opened, after wide5 and wide6 were spent (every-click rule, insist rule): the next two confirmation sets
+    "wide7": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(600, 620)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (59, 60, 61, 62, 63, 64, 68, 69))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in range(51, 59))),
+    "wide8": Selection(
+        hc18=tuple(f"{i:03d}" for i in range(700, 720)),
+        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (70, 71, 72, 74, 75, 77, 79, 80))
+        + tuple(f"CHNCXR_{i:04d}_0" for i in (59, 60, 61, 62, 63, 64, 66, 67))),
 }
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes
