@@ -39,7 +39,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,12 @@ class Selection:
     kvasir: tuple[str, ...] = ()
 
 
+def heads_and_lungs(hc18: Iterable[int], montgomery: Iterable[int], shenzhen: Iterable[int]) -> Selection:
+    """A set of fetal heads and chest X-rays only (the other sources hold no more images), by their numbers."""
+    return Selection(hc18=tuple(f"{i:03d}" for i in hc18),
+                     cxr=tuple(f"MCUCXR_{i:04d}_0" for i in montgomery) + tuple(f"CHNCXR_{i:04d}_0" for i in shenzhen))
+
+
 SETS = {
     # measured first on 2026-12-07 (K1200 and R1, after R1 was shipped)
     "wide": Selection(
@@ -105,37 +111,19 @@ SETS = {
     # fixed on 2026-12-07 (fourteenth session) from the file listings alone, before any of its images was opened,
     # after wide2 was spent on the honour rule: the next confirmation set. Two sources only (the fundus, dermoscopy
     # and colonoscopy samples hold no more images): fetal heads and lungs
-    "wide3": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(200, 220)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (19, 20, 21, 22, 23, 24, 26, 27))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in range(13, 21))),
+    "wide3": heads_and_lungs(range(200, 220), (19, 20, 21, 22, 23, 24, 26, 27), range(13, 21)),
     # fixed the same way the same day, after wide3 decided against the honour rule by 0.0003 Dice@5: its last look
     # (BENCHMARKS.md, "Sticky edits"), spent on it
-    "wide4": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(300, 320)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (28, 29, 30, 31, 35, 38, 40, 41))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in (21, 22, 23, 24, 26, 27, 28, 29))),
+    "wide4": heads_and_lungs(range(300, 320), (28, 29, 30, 31, 35, 38, 40, 41), (21, 22, 23, 24, 26, 27, 28, 29)),
     # both fixed on 2026-12-07 (fifteenth session) from the file listings alone, before any of their images was
     # opened, after wide2-wide4 were spent on the honour rule: the next two confirmation sets, the next numbers of
     # each listing (HC18's next hundred, the lungs' next masks in file order)
-    "wide5": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(400, 420)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in range(42, 50))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in (30, 31, 32, 33, 34, 35, 41, 42))),
-    "wide6": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(500, 520)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (51, 52, 53, 54, 55, 56, 57, 58))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in range(43, 51))),
+    "wide5": heads_and_lungs(range(400, 420), range(42, 50), (30, 31, 32, 33, 34, 35, 41, 42)),
+    "wide6": heads_and_lungs(range(500, 520), range(51, 59), range(43, 51)),
     # both fixed on 2026-12-07 (sixteenth session) from the file listings alone, before any of their images was
     # opened, after wide5 and wide6 were spent (every-click rule, insist rule): the next two confirmation sets
-    "wide7": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(600, 620)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (59, 60, 61, 62, 63, 64, 68, 69))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in range(51, 59))),
-    "wide8": Selection(
-        hc18=tuple(f"{i:03d}" for i in range(700, 720)),
-        cxr=tuple(f"MCUCXR_{i:04d}_0" for i in (70, 71, 72, 74, 75, 77, 79, 80))
-        + tuple(f"CHNCXR_{i:04d}_0" for i in (59, 60, 61, 62, 63, 64, 66, 67))),
+    "wide7": heads_and_lungs(range(600, 620), (59, 60, 61, 62, 63, 64, 68, 69), range(51, 59)),
+    "wide8": heads_and_lungs(range(700, 720), (70, 71, 72, 74, 75, 77, 79, 80), (59, 60, 61, 62, 63, 64, 66, 67)),
 }
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes
