@@ -10,7 +10,7 @@ from segment_support import disk
 
 from napari_msa import Session
 from napari_msa.engine.prompts import interaction
-from napari_msa.engine.prompts.honour import EDIT_LOGIT, click_edit, honoured, insists
+from napari_msa.engine.prompts.honour import EDIT_LOGIT, RIM, click_edit, edge_rim, honoured, insists
 from napari_msa.engine.prompts.interaction import Answer, Interaction, InteractionRule
 
 SHAPE = (60, 60)
@@ -54,6 +54,9 @@ def test_a_click_insists_when_it_falls_again_on_a_pixel_clicked_with_its_label()
     assert not insists(np.array([[30.0, 20.0], [30.0, 20.0]]), np.array([0, 1]))  # the other label
     assert not insists(np.array([[30.0, 20.0], [30.0, 21.0]]), np.array([1, 1]))  # a pixel further
     assert not insists(np.array([[30.0, 20.0]]), np.array([1]))
+    # the rim the session and the trainer both use: none for a click that insists
+    assert edge_rim(np.array([[30.0, 20.0], [30.0, 20.0]]), np.array([1, 1])) == 0.0
+    assert edge_rim(np.array([[30.0, 20.0], [30.0, 20.0]]), np.array([0, 1])) == RIM
 
 
 def test_a_click_on_the_shown_edge_gets_its_edit_only_when_it_insists():

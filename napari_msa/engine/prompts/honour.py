@@ -9,7 +9,8 @@ click that deep in a miss or a spill says how wide the error is), and it is not 
 itself, where a reference's own pixel convention decides and edits undo each other click after click — unless the
 click insists (the same pixel clicked again with the same label). An edit
 stays in force at the object's later steps (``interaction``): the corrector, fed the edited logits, would give back
-a quarter of it. Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits").
+a quarter of it. Measured on real images of seven modalities (BENCHMARKS.md, "Off the rim", "Sticky edits", "A
+click that insists").
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def insists(points: np.ndarray, labels: np.ndarray) -> bool:
     points = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(int)
     labels = np.asarray(labels).reshape(-1)
     return bool(np.any((points[:-1] == points[-1]).all(axis=1) & (labels[:-1] == labels[-1])))
+
+
+def edge_rim(points: np.ndarray, labels: np.ndarray) -> float:
+    """How close to the shown edge the last click may be and still get no edit: ``RIM``, or 0 when it insists. One
+    place for the session's rule and the trainer's simulated sessions."""
+    return 0.0 if insists(points, labels) else RIM
 
 
 Edit = tuple[np.ndarray, int]  # (pixels, the label of the click that made it)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import RIM, click_edit, edits_in_force, honoured, insists, with_edits
+from .honour import click_edit, edge_rim, edits_in_force, honoured, with_edits
 from .zoom import Window, inside, zoom_window
 
 
@@ -248,8 +248,7 @@ def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
     if honoured(answer.mask, point, label):
         return answer
     lone = decode(Prompt(point[None], np.ones(1, np.int64), None, None, multimask=True, window=prompt.window))
-    edit = click_edit(answer.mask, lone.masks, point, label,
-                      rim=0.0 if insists(prompt.points, prompt.labels) else RIM)
+    edit = click_edit(answer.mask, lone.masks, point, label, rim=edge_rim(prompt.points, prompt.labels))
     if edit is None:
         return answer
     answer.window = prompt.window

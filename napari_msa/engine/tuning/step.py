@@ -24,7 +24,7 @@ from ..inference.decoding import decode, to_mask_input, upscale_logits
 from ..model.msa_model import MSAModel
 from ..network.corrector import CorrectorChange
 from ..prompts.geometry import clicked_object_box, depth_map, interior_click
-from ..prompts.honour import EDIT_LOGIT, RIM, Edit, click_edit, edits_in_force, honoured, insists, with_edits
+from ..prompts.honour import EDIT_LOGIT, Edit, click_edit, edge_rim, edits_in_force, honoured, with_edits
 from ..prompts.interaction import InteractionRule
 from .data import TrainingSlice, correction_click, jittered_box
 from .losses import bce_dice_loss, edge_band, hard_iou
@@ -270,7 +270,7 @@ class StepModule(nn.Module):
         low, shown = low.clone(), shown.copy()
         for i in range(len(shown)):
             point, label = points[i][-1], int(labels[i][-1])
-            rim = 0.0 if insists(points[i], labels[i]) else RIM
+            rim = edge_rim(points[i], labels[i])
             edit = click_edit(shown[i], things[i], point, label, rim=rim) if i in things else None
             edits[i] = edits_in_force(edits[i], None if edit is None else (edit, label), point, label, hw)
             target = with_edits(shown[i], edits[i])
