@@ -16,7 +16,6 @@ click that insists").
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 REACH = 2.0  # the edit's disc: this many times the click's distance from the mask's edge
 RIM = 1.5  # px: a click this close to the shown edge keeps the model's answer
@@ -54,14 +53,39 @@ def click_edit(mask: np.ndarray, candidates: np.ndarray, point: np.ndarray, labe
     area = int(np.count_nonzero(mask))
     if area == 0:
         return thing.copy()  # only a positive click goes unhonoured by an empty mask
-    distance = float(ndimage.distance_transform_edt(~mask if label == 1 else mask)[r, c])
+    distance = click_depth(mask, point, label)
     if distance <= rim:
         return None
-    rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
-    reach = (rows - r) ** 2 + (cols - c) ** 2 <= (REACH * distance) ** 2
-    edit = thing & reach & (~mask if label == 1 else mask)
+    edit = thing & reach_disc(mask.shape, point, distance) & (~mask if label == 1 else mask)
     limit = ADD_MAX if label == 1 else REMOVE_MAX
     return edit if 0 < np.count_nonzero(edit) <= limit * area else None
+
+
+def click_depth(shown: np.ndarray, point: np.ndarray, label: int, *, within: float | None = None) -> float:
+    """How deep a click lies in the error it marks: its distance from the shown edge (the nearest pixel of the other
+    side; 0 for a click on the wrong side). ``within``: only a depth below it matters; the search stays in a square
+    that size around the click and a deeper click gets inf."""
+    shown = np.asarray(shown, dtype=bool)
+    r, c = click_pixel(point, shown.shape)
+    side = ~shown if label == 1 else shown
+    if not side[r, c]:
+        return 0.0
+    other, r0, c0 = ~side, 0, 0
+    if within is not None:
+        k = int(np.ceil(within))
+        r0, c0 = max(r - k, 0), max(c - k, 0)
+        other = other[r0:r + k + 1, c0:c + k + 1]
+    rows, cols = np.nonzero(other)
+    if rows.size == 0:
+        return float("inf")
+    return float(np.sqrt(np.min((rows + r0 - r) ** 2 + (cols + c0 - c) ** 2)))
+
+
+def reach_disc(shape: tuple[int, int], point: np.ndarray, depth: float) -> np.ndarray:
+    """A click's reach: the disc ``REACH`` times its depth around it."""
+    r, c = click_pixel(point, shape)
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - r) ** 2 + (cols - c) ** 2 <= (REACH * depth) ** 2
 
 
 def insists(points: np.ndarray, labels: np.ndarray) -> bool:

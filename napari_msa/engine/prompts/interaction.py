@@ -16,7 +16,10 @@ With ``honour`` a correction the answer leaves unhonoured (a positive click outs
 gets the thing under the click, as the model's own decoder sees it at a lone click there, added or taken away within
 the click's reach (``engine.prompts.honour``; not for a click on the shown edge, unless it is the same pixel
 clicked again); the edit stays in force at every later step (until a click of the other sign falls inside it) and
-the logits fed back carry it. Refining an existing object is left as it was.
+the logits fed back carry it. A fine correction (a click near the shown edge, for the object's size) whose answer
+changes much of the mask far from the click keeps only the change within the click's reach (``strays``): such
+answers flood a neighbour or take away the object's other side, and lost Dice nearly every time (BENCHMARKS.md, "A
+fine click changes the mask near it"). Refining an existing object is left as it was.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns; the
 honour rule's edits go into the simulated sessions only when asked (``TuneConfig.honour_edits``).
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from ..catalog import INTERACTION_RULES as RULE_NAMES
 from .geometry import clicked_object_box
-from .honour import click_edit, edge_rim, edits_in_force, honoured, with_edits
+from .honour import click_depth, click_edit, edge_rim, edits_in_force, honoured, reach_disc, with_edits
 from .zoom import Window, inside, zoom_window
 
 
@@ -177,6 +180,9 @@ class Interaction:
                 if prompt.window is not None and correction \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
                     answer = self._unzoomed(prompt, previous, decode_step, answer, int(labels[n - 1]))
+                if honouring and answer.edit is None and strays(answer.mask, previous.mask, points[n - 1],
+                                                                int(labels[n - 1])):
+                    answer = _localized(answer, previous, points[n - 1], int(labels[n - 1]), amend)
                 if honouring:
                     answer, edits = _sticky(answer, edits, points[n - 1], int(labels[n - 1]), amend)
                 if ambiguous:
@@ -257,6 +263,20 @@ def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
     return edited
 
 
+def _localized(answer: Answer, previous: Answer, point: np.ndarray, label: int, amend: AmendFn) -> Answer:
+    """The mask shown with the answer's change kept only within the click's reach (``strays``)."""
+    shown = previous.mask
+    depth = click_depth(shown, point, label, within=FINE * np.sqrt(np.count_nonzero(shown)))
+    target = shown ^ ((answer.mask ^ shown) & reach_disc(shown.shape, point, depth))
+    out = previous
+    for flip, lab in ((target & ~shown, 1), (shown & ~target, 0)):
+        if flip.any():
+            out = amend(out, flip, lab)
+    if out is previous:  # nothing changed within reach: the mask shown, as a new answer
+        out = Answer(previous.masks.copy(), previous.scores, previous.logits.copy(), previous.chosen, previous.window)
+    return out
+
+
 def _sticky(answer: Answer, earlier: tuple[tuple[np.ndarray, int], ...], point: np.ndarray, label: int,
             amend: AmendFn) -> tuple[Answer, tuple[tuple[np.ndarray, int], ...]]:
     """The step's answer with every earlier edit still in force (in click order, this step's own last) and the edits
@@ -285,6 +305,22 @@ def contradicts(mask: np.ndarray, shown: np.ndarray, label: int) -> bool:
     if label == 1:
         return int(np.count_nonzero(mask & shown)) < POSITIVE_KEEPS * int(np.count_nonzero(shown))
     return int(np.count_nonzero(mask)) > NEGATIVE_GROWS * int(np.count_nonzero(shown))
+
+
+FINE = 0.12  # a click closer to the shown edge than this times the object's side is a fine correction ...
+FAR_SHARE = 0.3  # ... and an answer to it that changes more than this share of the mask beyond its reach strays
+
+
+def strays(mask: np.ndarray, shown: np.ndarray, point: np.ndarray, label: int) -> bool:
+    """Whether an answer to a fine correction (a click near the shown edge, for the object's size: the error it marks
+    is small) changes much of the mask beyond the click's reach: a flood or a collapse away from the click, which
+    the session measured to lose Dice nearly every time (BENCHMARKS.md, "A fine click changes the mask near it")."""
+    area = int(np.count_nonzero(shown))
+    depth = click_depth(shown, point, label, within=FINE * np.sqrt(area))
+    if area == 0 or depth == 0.0 or depth >= FINE * np.sqrt(area):
+        return False
+    far = (mask ^ shown) & ~reach_disc(shown.shape, point, depth)
+    return int(np.count_nonzero(far)) > FAR_SHARE * area
 
 
 @dataclass(frozen=True)
