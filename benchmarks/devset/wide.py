@@ -26,7 +26,7 @@ instead). ``--set wide2`` builds a second sample of the three sources with more 
 any of its images was opened and kept to confirm the next model (``--datasets wide2``; spent on 2026-12-07 on
 the honour rule); ``--set wide3`` and ``wide4``, fetal heads and lungs only, were the confirmation sets after it
 (spent on the honour rule too); ``wide5`` and ``wide6``, fixed the same way, were spent in the sixteenth session;
-``wide7`` and ``wide8`` are the next two, fixed the same way. Images are
+``wide7`` and ``wide8`` in the seventeenth; ``wide9`` and ``wide10`` are the next two, fixed the same way. Images are
 scaled to 256 px on the longest side (area average; masks by area, kept where at least half covered).
 Evaluation only: nothing may train on it (its files are in ``DEVSET_SOURCES``). Measure it only to report the
 shipped model or to confirm a choice made elsewhere, and say in BENCHMARKS.md when it was used.
@@ -124,6 +124,11 @@ SETS = {
     # opened, after wide5 and wide6 were spent (every-click rule, insist rule): the next two confirmation sets
     "wide7": heads_and_lungs(range(600, 620), (59, 60, 61, 62, 63, 64, 68, 69), range(51, 59)),
     "wide8": heads_and_lungs(range(700, 720), (70, 71, 72, 74, 75, 77, 79, 80), (59, 60, 61, 62, 63, 64, 66, 67)),
+    # both fixed on 2026-12-07 (seventeenth session) from the file listings alone, before any of their images was
+    # opened, after wide7 and wide8 were spent (the fine-click rule and its variant): HC18's listing ends at 805,
+    # so the heads are the unused 020-059; the lungs the next masks in file order
+    "wide9": heads_and_lungs(range(20, 40), (81, 82, 83, 84, 85, 86, 87, 89), range(68, 76)),
+    "wide10": heads_and_lungs(range(40, 60), (90, 91, 92, 94, 95, 96, 97, 99), range(76, 84)),
 }
 
 Reader = Callable[[Source, str], bytes]  # (source, path in its repository) -> the file's bytes

@@ -59,13 +59,14 @@ DEVSET_SOURCES: tuple[str, ...] = (
     # the wide set (benchmarks/devset/wide.py: HC18, Montgomery/Shenzhen, DRIONS-DB, HAM10000 and Kvasir-SEG samples
     # from five repositories; built locally, not committed); wide.source_files() gives the same names
     *(f"Tensorflow-Keras-UNET-model-for-Fetal-dataset/training_set/{i:03d}_HC{s}.png"
-      for i in (*range(10), *range(100, 120), *range(200, 220), *range(300, 320), *range(400, 420),
-                *range(500, 520), *range(600, 620), *range(700, 720)) for s in ("", "_Annotation")),
+      for i in (*range(10), *range(20, 60), *range(100, 120), *range(200, 220), *range(300, 320),
+                *range(400, 420), *range(500, 520), *range(600, 620), *range(700, 720)) for s in ("", "_Annotation")),
     *(f"MultiResUNet-lung-segmentation/data/{d}/{site}_{i:04d}_0.png"
       for site, numbers in (("MCUCXR", (1, 2, 3, 4, 5, 6, 8, 11, 13, 15, 16, 17, 19, 20, 21, 22, 23, 24, 26, 27,
                                         28, 29, 30, 31, 35, 38, 40, 41, *range(42, 50), *range(51, 65), 68, 69,
-                                        70, 71, 72, 74, 75, 77, 79, 80)),
-                            ("CHNCXR", (*range(1, 25), *range(26, 36), *range(41, 65), 66, 67)))
+                                        70, 71, 72, 74, 75, 77, 79, 80, *range(81, 88), 89, 90, 91, 92, 94,
+                                        95, 96, 97, 99)),
+                            ("CHNCXR", (*range(1, 25), *range(26, 36), *range(41, 65), *range(66, 84))))
       for i in numbers for d in ("cxr", "masks")),
     *(f"Optic-Disc-Segmentation/sample_dataset/{d}/image_{i:03d}.jpg"
       for i in (*range(91, 101), *range(102, 111)) for d in ("origin1", "groundtruth1")),
