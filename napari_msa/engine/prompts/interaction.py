@@ -17,7 +17,7 @@ gets the thing under the click, as the model's own decoder sees it at a lone cli
 the click's reach (``engine.prompts.honour``; not for a click on the shown edge, unless it is the same pixel
 clicked again); the edit stays in force at every later step (until a click of the other sign falls inside it) and
 the logits fed back carry it. A fine correction (a click near the shown edge, for the object's size) whose answer
-changes much of the mask far from the click keeps only the change within the click's reach (``strays``): such
+changes much of the mask far from the click keeps only the change within the click's reach (``stray_reach``): such
 answers flood a neighbour or take away the object's other side, and lost Dice nearly every time (BENCHMARKS.md, "A
 fine click changes the mask near it"). Refining an existing object is left as it was.
 Tuning simulates sessions on whole slices: ``zoom`` is an inference choice, not something an adapter learns; the
@@ -180,9 +180,10 @@ class Interaction:
                 if prompt.window is not None and correction \
                         and contradicts(answer.mask, previous.mask, int(labels[n - 1])):
                     answer = self._unzoomed(prompt, previous, decode_step, answer, int(labels[n - 1]))
-                if honouring and answer.edit is None and strays(answer.mask, previous.mask, points[n - 1],
-                                                                int(labels[n - 1])):
-                    answer = _localized(answer, previous, points[n - 1], int(labels[n - 1]), amend)
+                reach = stray_reach(answer.mask, previous.mask, points[n - 1], int(labels[n - 1])) \
+                    if honouring and answer.edit is None else None
+                if reach is not None:
+                    answer = _localized(answer, previous, reach, amend)
                 if honouring:
                     answer, edits = _sticky(answer, edits, points[n - 1], int(labels[n - 1]), amend)
                 if ambiguous:
@@ -263,11 +264,10 @@ def _honouring(prompt: Prompt, decode: DecodeFn, amend: AmendFn) -> Answer:
     return edited
 
 
-def _localized(answer: Answer, previous: Answer, point: np.ndarray, label: int, amend: AmendFn) -> Answer:
-    """The mask shown with the answer's change kept only within the click's reach (``strays``)."""
+def _localized(answer: Answer, previous: Answer, reach: np.ndarray, amend: AmendFn) -> Answer:
+    """The mask shown with the answer's change kept only within the click's ``reach`` (``stray_reach``)."""
     shown = previous.mask
-    depth = click_depth(shown, point, label, within=FINE * np.sqrt(np.count_nonzero(shown)))
-    target = shown ^ ((answer.mask ^ shown) & reach_disc(shown.shape, point, depth))
+    target = shown ^ ((answer.mask ^ shown) & reach)
     out = previous
     for flip, lab in ((target & ~shown, 1), (shown & ~target, 0)):
         if flip.any():
@@ -311,16 +311,25 @@ FINE = 0.12  # a click closer to the shown edge than this times the object's sid
 FAR_SHARE = 0.3  # ... and an answer to it that changes more than this share of the mask beyond its reach strays
 
 
-def strays(mask: np.ndarray, shown: np.ndarray, point: np.ndarray, label: int) -> bool:
-    """Whether an answer to a fine correction (a click near the shown edge, for the object's size: the error it marks
-    is small) changes much of the mask beyond the click's reach: a flood or a collapse away from the click, which
-    the session measured to lose Dice nearly every time (BENCHMARKS.md, "A fine click changes the mask near it")."""
+def stray_reach(mask: np.ndarray, shown: np.ndarray, point: np.ndarray, label: int) -> np.ndarray | None:
+    """The click's reach (``honour.reach_disc``) where an answer to a fine correction (a click near the shown edge,
+    for the object's size: the error it marks is small) changes much of the mask beyond it — a flood or a collapse
+    away from the click, measured to lose Dice nearly every time (BENCHMARKS.md, "A fine click changes the mask near
+    it"); None otherwise."""
     area = int(np.count_nonzero(shown))
-    depth = click_depth(shown, point, label, within=FINE * np.sqrt(area))
-    if area == 0 or depth == 0.0 or depth >= FINE * np.sqrt(area):
-        return False
-    far = (mask ^ shown) & ~reach_disc(shown.shape, point, depth)
-    return int(np.count_nonzero(far)) > FAR_SHARE * area
+    if area == 0:
+        return None
+    fine = FINE * np.sqrt(area)
+    depth = click_depth(shown, point, label, within=fine)
+    if depth == 0.0 or depth >= fine:
+        return None
+    reach = reach_disc(shown.shape, point, depth)
+    return reach if int(np.count_nonzero((mask ^ shown) & ~reach)) > FAR_SHARE * area else None
+
+
+def strays(mask: np.ndarray, shown: np.ndarray, point: np.ndarray, label: int) -> bool:
+    """Whether the answer to a correction changes much of the mask far from a fine click (``stray_reach``)."""
+    return stray_reach(mask, shown, point, label) is not None
 
 
 @dataclass(frozen=True)
