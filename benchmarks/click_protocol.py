@@ -17,7 +17,8 @@ people-drawn masks; ``benchmarks/devset/wide.py``, built locally: non-commercial
 images of three of its sources, spent on the honour rule (2026-12-07); ``wide3`` and ``wide4`` — other fetal heads
 and lungs, spent on the honour rule too; ``wide5`` and ``wide6`` — the next fetal heads and lungs, fixed before any was
 opened (2026-12-07, fifteenth session), spent in the sixteenth; ``wide7`` and ``wide8`` — the next, fixed the same way
-(both spent in the seventeenth); ``wide9`` and ``wide10`` — the next, never measured;
+(both spent in the seventeenth); ``wide9`` and ``wide10`` — the next (wide9 measured with the shipped model
+only, eighteenth session: the product's figure there; wide10 never measured);
 ``phantoms`` — the first phantom generator's evaluation seed stream (CT window); ``phantoms-mr`` — the second
 generator's evaluation stream (MRI/ultrasound-like, dark objects, rings); ``ct-volumes`` / ``mr-volumes`` — every
 slice of five whole volumes of either generator (``VOLUME_SEEDS``, each volume's own intensity window).
